@@ -1,0 +1,254 @@
+//! The `rds-csi` command line. Every flag can also be set from an `RDS_CSI_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::logging::{self, LogFormat};
+
+/// The CSI driver name the earlier Go driver registered; existing PVs carry it.
+pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rds-csi",
+    version,
+    about = "Kubernetes CSI driver for the MikroTik ROSE Data Server (RDS)",
+    long_about = "Kubernetes CSI driver for the MikroTik ROSE Data Server (RDS).\n\n\
+        The controller manages file-backed NVMe/TCP disks on the RDS by running RouterOS \
+        commands over SSH; the node connects to them over NVMe/TCP, formats and mounts them."
+)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RDS_CSI_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `rds_csi=debug,info`.
+    #[arg(long, global = true, default_value = "info", env = "RDS_CSI_LOG_LEVEL")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CSI gRPC services (Identity, and Controller and/or Node) on a Unix socket.
+    Serve(ServeArgs),
+}
+
+/// How the node reaches a volume's block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnectorKind {
+    /// NVMe over TCP to the RDS (production).
+    NvmeTcp,
+    /// A loop device over the volume's backing file under `--loop-root` (development and CI,
+    /// against mock-rds's data directory).
+    Loop,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// CSI endpoint: `unix:///path/to/csi.sock` or a plain path.
+    #[arg(
+        long,
+        default_value = "unix:///var/lib/kubelet/plugins/rds.csi.srvlab.io/csi.sock",
+        env = "RDS_CSI_ENDPOINT"
+    )]
+    pub endpoint: String,
+
+    /// CSI driver name reported by GetPluginInfo (must match the CSIDriver object).
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+
+    /// This node's name (normally the Kubernetes node name). Required with `--node`.
+    #[arg(long, env = "RDS_CSI_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Serve the CSI Controller service (provisioning through the RDS).
+    #[arg(long, env = "RDS_CSI_CONTROLLER")]
+    pub controller: bool,
+
+    /// Serve the CSI Node service (attach, format and mount on this host).
+    #[arg(long, env = "RDS_CSI_NODE")]
+    pub node: bool,
+
+    /// RDS management address for SSH (host name or IP).
+    #[arg(long, env = "RDS_CSI_RDS_ADDRESS")]
+    pub rds_address: Option<String>,
+
+    /// RDS SSH port.
+    #[arg(long, default_value_t = 22, env = "RDS_CSI_RDS_PORT")]
+    pub rds_port: u16,
+
+    /// RDS SSH user.
+    #[arg(long, default_value = "admin", env = "RDS_CSI_RDS_USER")]
+    pub rds_user: String,
+
+    /// SSH private key file (ed25519, RSA or ECDSA; OpenSSH or PEM; no passphrase).
+    #[arg(
+        long,
+        default_value = "/etc/rds-csi/ssh-key/id_rsa",
+        env = "RDS_CSI_RDS_KEY_FILE"
+    )]
+    pub rds_key_file: PathBuf,
+
+    /// File holding the RDS's SSH host public key (OpenSSH one-line format) to pin.
+    #[arg(long, env = "RDS_CSI_RDS_HOST_KEY", group = "host_key_check")]
+    pub rds_host_key: Option<PathBuf>,
+
+    /// known_hosts file to verify the RDS's SSH host key against.
+    #[arg(long, env = "RDS_CSI_RDS_KNOWN_HOSTS", group = "host_key_check")]
+    pub rds_known_hosts: Option<PathBuf>,
+
+    /// Accept any SSH host key. Insecure: anyone on the path can impersonate the RDS.
+    #[arg(
+        long,
+        env = "RDS_CSI_RDS_INSECURE_SKIP_VERIFY",
+        group = "host_key_check"
+    )]
+    pub rds_insecure_skip_verify: bool,
+
+    /// Base directory on the RDS under which volume backing files live.
+    #[arg(
+        long,
+        default_value = "/storage-pool/metal-csi",
+        env = "RDS_CSI_RDS_VOLUME_BASE_PATH"
+    )]
+    pub rds_volume_base_path: String,
+
+    /// Default NVMe/TCP address of the RDS storage network (defaults to `--rds-address`).
+    #[arg(long, env = "RDS_CSI_NVME_ADDRESS")]
+    pub nvme_address: Option<String>,
+
+    /// Default NVMe/TCP port of the RDS.
+    #[arg(long, default_value_t = 4420, env = "RDS_CSI_NVME_PORT")]
+    pub nvme_port: u16,
+
+    /// How the node attaches volumes.
+    #[arg(long, value_enum, default_value_t = ConnectorKind::NvmeTcp, env = "RDS_CSI_CONNECTOR")]
+    pub connector: ConnectorKind,
+
+    /// With `--connector loop`: the directory that holds the RDS's files (mock-rds's `--data-dir`).
+    #[arg(long, env = "RDS_CSI_LOOP_ROOT", required_if_eq("connector", "loop"))]
+    pub loop_root: Option<PathBuf>,
+
+    /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
+    #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]
+    pub metrics_address: String,
+}
+
+impl ServeArgs {
+    /// Checks that flags which only make sense together were given together.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.controller && !self.node {
+            return Err("nothing to serve: pass --controller, --node or both".into());
+        }
+        if self.node && self.node_id.as_deref().is_none_or(str::is_empty) {
+            return Err("--node-id is required with --node".into());
+        }
+        if self.driver_name.is_empty() {
+            return Err("--driver-name must not be empty".into());
+        }
+        if !self.metrics_address.is_empty() {
+            parse_listen_address(&self.metrics_address)
+                .map_err(|e| format!("--metrics-address: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `host:port` or `:port` (all interfaces), as Go drivers accept.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not an address of the form HOST:PORT or :PORT"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("rds-csi: {e}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Serve(args) => {
+            if let Err(e) = args.validate() {
+                eprintln!("rds-csi serve: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("rds-csi: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::server::serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "rds-csi serve failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn host_key_options_are_mutually_exclusive() {
+        let err = Cli::try_parse_from([
+            "rds-csi",
+            "serve",
+            "--controller",
+            "--rds-host-key",
+            "/k",
+            "--rds-insecure-skip-verify",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn node_requires_node_id() {
+        let cli = Cli::try_parse_from(["rds-csi", "serve", "--node"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(
+            args.validate().unwrap_err(),
+            "--node-id is required with --node"
+        );
+    }
+
+    #[test]
+    fn loop_connector_requires_root() {
+        let err =
+            Cli::try_parse_from(["rds-csi", "serve", "--node", "--connector", "loop"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn listen_address_accepts_go_style_port_only() {
+        assert_eq!(parse_listen_address(":9809").unwrap().port(), 9809);
+        assert_eq!(
+            parse_listen_address("127.0.0.1:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert!(parse_listen_address("9809").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! rds-csi: a CSI driver for the MikroTik ROSE Data Server.
+
+pub mod cli;
+pub mod endpoint;
+pub mod identity;
+pub mod logging;
+pub mod rds;
+pub mod server;

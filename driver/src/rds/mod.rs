@@ -1,0 +1,22 @@
+//! The RDS client: SSH transport, RouterOS commands, output parsing and error classification.
+
+pub mod client;
+pub mod command;
+pub mod error;
+pub mod model;
+pub mod parse;
+pub mod ssh;
+
+pub use client::{RdsClient, RetryPolicy};
+pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
+pub use error::{RdsError, TransportError};
+pub use model::{Capacity, Disk, FileInfo, Traffic};
+pub use ssh::{HostKeyPolicy, SshConfig, Transport};
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A deadline `after` from now.
+pub fn deadline_in(after: Duration) -> Instant {
+    Instant::now() + after
+}

@@ -1,0 +1,367 @@
+//! A tokenizer for RouterOS `print detail` output, as real hardware prints it: an optional
+//! `Flags:` legend, entries that start with an index and flag letters, `key=value` fields wrapped
+//! over indented continuation lines (sometimes in the middle of a value), quoted strings with
+//! backslash escapes, blank lines between entries and CRLF line endings.
+//!
+//! Fields are looked up by exact key, so `size` never matches inside `file-size`.
+
+/// Lines this long or longer were cut by the terminal width, not at a word boundary.
+const WRAP_WIDTH: usize = 79;
+
+/// One entry of a `print detail` listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub index: Option<u32>,
+    /// Flag letters printed after the index (`t` = NVMe/TCP export, `X` = disabled, ...).
+    pub flags: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Entry {
+    /// The value of `key`, unquoted; None when the entry has no such field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits `print detail` output into entries. Never panics; text that is not `key=value` is
+/// kept out of the fields.
+pub fn parse_detail(output: &str) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut current: Option<(Entry, String, usize)> = None; // entry, joined text, last line length
+    let mut in_legend = false;
+
+    for raw in output.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            in_legend = false;
+            flush(&mut current, &mut entries);
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("Flags:") || trimmed.starts_with("Columns:") {
+            flush(&mut current, &mut entries);
+            in_legend = true;
+            continue;
+        }
+        if let Some((index, rest)) = entry_start(line) {
+            in_legend = false;
+            flush(&mut current, &mut entries);
+            let (flags, text) = split_flags(rest);
+            current = Some((
+                Entry {
+                    index,
+                    flags,
+                    fields: Vec::new(),
+                },
+                text.to_string(),
+                line.len(),
+            ));
+            continue;
+        }
+        if in_legend {
+            continue; // a wrapped legend line
+        }
+        match current.as_mut() {
+            Some((_, text, last_len)) => {
+                join_continuation(text, *last_len, trimmed);
+                *last_len = line.len();
+            }
+            None => {
+                // Output without an index column: the first line of an entry is unindented.
+                let (flags, text) = split_flags(trimmed);
+                current = Some((
+                    Entry {
+                        index: None,
+                        flags,
+                        fields: Vec::new(),
+                    },
+                    text.to_string(),
+                    line.len(),
+                ));
+            }
+        }
+    }
+    flush(&mut current, &mut entries);
+    entries
+}
+
+fn flush(current: &mut Option<(Entry, String, usize)>, entries: &mut Vec<Entry>) {
+    if let Some((mut entry, text, _)) = current.take() {
+        entry.fields = tokenize_fields(&text);
+        if !entry.fields.is_empty() {
+            entries.push(entry);
+        }
+    }
+}
+
+/// An entry starts with its index near the left margin (` 0 `, `12 `); continuation lines are
+/// indented further, so a wrapped `091 200` is never taken for an index.
+fn entry_start(line: &str) -> Option<(Option<u32>, &str)> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    if indent > 3 {
+        return None;
+    }
+    let rest = &line[indent..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || !rest[digits..].starts_with([' ', '\t']) {
+        return None;
+    }
+    Some((rest[..digits].parse().ok(), rest[digits..].trim_start()))
+}
+
+/// Flag letters come before the first `key=value`: single letters or short runs of letters.
+fn split_flags(text: &str) -> (String, &str) {
+    let mut flags = String::new();
+    let mut rest = text.trim_start();
+    loop {
+        let word_end = rest.find([' ', '\t']).unwrap_or(rest.len());
+        let word = &rest[..word_end];
+        if word.is_empty() || word.contains('=') || !word.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return (flags, rest);
+        }
+        flags.push_str(word);
+        rest = rest[word_end..].trim_start();
+    }
+}
+
+fn starts_with_key(s: &str) -> bool {
+    let key_len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
+        .count();
+    key_len > 0 && s.as_bytes().get(key_len) == Some(&b'=')
+}
+
+/// Appends a continuation line. The terminal cut the previous line inside a token when it was
+/// inside a quoted string, or when it filled the width and the next line does not start a new
+/// `key=`; then the pieces join with no space.
+fn join_continuation(text: &mut String, last_len: usize, next: &str) {
+    let mid_token = in_open_quote(text) || (last_len >= WRAP_WIDTH && !starts_with_key(next));
+    if !mid_token && !text.is_empty() {
+        text.push(' ');
+    }
+    text.push_str(next);
+}
+
+fn in_open_quote(text: &str) -> bool {
+    let mut open = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if open => escaped = true,
+            '"' => open = !open,
+            _ => {}
+        }
+    }
+    open
+}
+
+/// Parses `key=value` tokens. A quoted value runs to its closing quote; an unquoted value runs
+/// over following words until a word that starts a new `key=` (so `size=53 687 091 200`,
+/// `type=.img file` and `last-modified=2025-11-11 16:47:07` each stay one value).
+pub fn tokenize_fields(text: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        if !starts_with_key(rest) {
+            // Stray word (never expected): skip it.
+            let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+            rest = rest[end..].trim_start();
+            continue;
+        }
+        let eq = rest.find('=').unwrap_or_default();
+        let key = rest[..eq].to_string();
+        let after = &rest[eq + 1..];
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            read_quoted(quoted)
+        } else {
+            read_unquoted(after)
+        };
+        fields.push((key, value));
+        rest = remainder.trim_start();
+    }
+    fields
+}
+
+fn read_quoted(s: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (value, &s[i + 1..]),
+            '\\' => {
+                if let Some((_, escaped)) = chars.next() {
+                    value.push(escaped);
+                }
+            }
+            _ => value.push(c),
+        }
+    }
+    (value, "") // unterminated: take what there is
+}
+
+fn read_unquoted(s: &str) -> (String, &str) {
+    let mut end = s.find([' ', '\t']).unwrap_or(s.len());
+    loop {
+        let after = &s[end..];
+        let next = after.trim_start();
+        if next.is_empty() || starts_with_key(next) || next.starts_with('"') {
+            break;
+        }
+        let word_start = s.len() - next.len();
+        end = word_start + next.find([' ', '\t']).unwrap_or(next.len());
+    }
+    (s[..end].to_string(), &s[end..])
+}
+
+/// Parses `key: value` lines (`/disk monitor-traffic ... once`, `/system identity print`).
+pub fn parse_key_colon_value(output: &str) -> Vec<(String, String)> {
+    output
+        .split('\n')
+        .filter_map(|raw| {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            let (key, value) = line.split_once(':')?;
+            let key = key.trim();
+            if key.is_empty() || key.contains(' ') {
+                return None;
+            }
+            Some((key.to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Reads a byte count printed with space thousands separators (`53 687 091 200`).
+pub fn parse_separated_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b' ') {
+        return None;
+    }
+    s.bytes()
+        .filter(u8::is_ascii_digit)
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+}
+
+/// Reads a human size (`50.0GiB`, `1024.0MiB`, `512B`, `12`) to bytes, rounding to the nearest
+/// byte. Only a fallback: it carries at most one decimal of precision.
+pub fn parse_human_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let num_len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    if num_len == 0 {
+        return None;
+    }
+    let number: f64 = s[..num_len].parse().ok()?;
+    let unit = s[num_len..].trim();
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        "p" | "pib" | "pb" => 1 << 50,
+        _ => return None,
+    };
+    let bytes = (number * multiplier as f64).round();
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return None;
+    }
+    Some(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_keys_only() {
+        let e = &parse_detail(" 0  type=file size=1 024 file-size=1.0KiB sector-size=512\r\n")[0];
+        assert_eq!(e.get("size"), Some("1 024"));
+        assert_eq!(e.get("file-size"), Some("1.0KiB"));
+        assert_eq!(e.get("sector-size"), Some("512"));
+        assert_eq!(e.get("ize"), None);
+    }
+
+    #[test]
+    fn legend_index_flags_and_blank_lines() {
+        let out = "Flags: X - disabled, B - block-device; t - nvme-tcp-export\r\n \
+                   M - mounted\r\n 0 B  t type=file slot=\"a\"\r\n\r\n 1    type=file slot=\"b\"\r\n";
+        let entries = parse_detail(out);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].index, Some(0));
+        assert_eq!(entries[0].flags, "Bt");
+        assert_eq!(entries[0].get("slot"), Some("a"));
+        assert_eq!(entries[1].flags, "");
+        assert_eq!(entries[1].get("slot"), Some("b"));
+        assert!(parse_detail("Flags: X - disabled\r\n").is_empty());
+    }
+
+    #[test]
+    fn mid_token_breaks_join_without_space() {
+        let head = " 0    type=file file-path=/storage-pool/metal-csi/pvc-";
+        let first = format!("{head}{}", "a".repeat(80 - head.len()));
+        let out = format!("{first}\r\n               -yyy.img file-size=1.0GiB\r\n");
+        let e = &parse_detail(&out)[0];
+        let expected = format!(
+            "/storage-pool/metal-csi/pvc-{}-yyy.img",
+            "a".repeat(80 - head.len())
+        );
+        assert_eq!(e.get("file-path"), Some(expected.as_str()));
+        assert_eq!(e.get("file-size"), Some("1.0GiB"));
+        // A short line was wrapped at a word boundary: the words keep their space.
+        let e = &parse_detail(" 0   name=x last-modified=2025-11-11\r\n     16:47:07\r\n")[0];
+        assert_eq!(e.get("last-modified"), Some("2025-11-11 16:47:07"));
+    }
+
+    #[test]
+    fn quoted_values_with_escapes_and_breaks() {
+        let out =
+            " 0  model=\"a \\\"b\\\" c\" nqn=\"nqn.2000-02.com.mi\r\n     krotik:x\" e=\"\"\r\n";
+        let e = &parse_detail(out)[0];
+        assert_eq!(e.get("model"), Some("a \"b\" c"));
+        assert_eq!(e.get("nqn"), Some("nqn.2000-02.com.mikrotik:x"));
+        assert_eq!(e.get("e"), Some(""));
+    }
+
+    #[test]
+    fn multi_word_unquoted_values() {
+        let out = " 1   name=storage-pool/metal-csi/pvc-1.img\r\n     type=.img file size=10.0GiB last-modified=2025-11-11 14:32:41\r\n";
+        let e = &parse_detail(out)[0];
+        assert_eq!(e.get("name"), Some("storage-pool/metal-csi/pvc-1.img"));
+        assert_eq!(e.get("type"), Some(".img file"));
+        assert_eq!(e.get("size"), Some("10.0GiB"));
+        assert_eq!(e.get("last-modified"), Some("2025-11-11 14:32:41"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(
+            parse_separated_bytes("53 687 091 200"),
+            Some(53_687_091_200)
+        );
+        assert_eq!(parse_separated_bytes("0"), Some(0));
+        assert_eq!(parse_separated_bytes("1.0GiB"), None);
+        assert_eq!(parse_separated_bytes("99999999999999999999999"), None);
+        assert_eq!(parse_human_size("50.0GiB"), Some(50 << 30));
+        assert_eq!(parse_human_size("1024.0MiB"), Some(1 << 30));
+        assert_eq!(parse_human_size("512"), Some(512));
+        assert_eq!(parse_human_size("1.5KiB"), Some(1536));
+        assert_eq!(parse_human_size("GiB"), None);
+        assert_eq!(parse_human_size("1.0XiB"), None);
+    }
+
+    #[test]
+    fn key_colon_value() {
+        let kv = parse_key_colon_value("   read-ops:   243 401\r\n  write-rate: 12.8Mbps\r\n");
+        assert_eq!(kv[0], ("read-ops".into(), "243 401".into()));
+        assert_eq!(kv[1], ("write-rate".into(), "12.8Mbps".into()));
+    }
+}

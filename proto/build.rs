@@ -1,0 +1,18 @@
+//! Compiles `proto/csi.proto` with protox (pure Rust), so no `protoc` is needed to build.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/csi.proto");
+    let fds = protox::compile(["csi.proto"], ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    // Keep the encoded descriptor set too: the spec test reads field numbers from it.
+    std::fs::write(
+        out.join("csi_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

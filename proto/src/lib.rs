@@ -1,0 +1,15 @@
+//! CSI v1 types, servers and clients, generated from `proto/csi.proto`.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod csi {
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
+pub use csi::v1;
+
+/// The encoded `FileDescriptorSet` of `csi.proto`, for reflection and the spec tests.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/csi_descriptor.bin"));
