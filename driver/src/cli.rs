@@ -111,6 +111,18 @@ pub struct ServeArgs {
     )]
     pub rds_insecure_skip_verify: bool,
 
+    /// Parallel SSH connections to the RDS.
+    #[arg(long, default_value_t = 1, env = "RDS_CSI_RDS_CONNECTIONS", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub rds_connections: u16,
+
+    /// Most RouterOS commands in flight at once (RouterOS chokes on bursts of sessions).
+    #[arg(long, default_value_t = 8, env = "RDS_CSI_RDS_MAX_CHANNELS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub rds_max_channels: u16,
+
+    /// Deadline for SSH connect, handshake and login, in seconds.
+    #[arg(long, default_value_t = 10, env = "RDS_CSI_RDS_CONNECT_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub rds_connect_timeout: u64,
+
     /// Base directory on the RDS under which volume backing files live.
     #[arg(
         long,
@@ -148,6 +160,21 @@ impl ServeArgs {
         }
         if self.node && self.node_id.as_deref().is_none_or(str::is_empty) {
             return Err("--node-id is required with --node".into());
+        }
+        if self.controller {
+            if self.rds_address.as_deref().is_none_or(str::is_empty) {
+                return Err("--rds-address is required with --controller".into());
+            }
+            if self.rds_host_key.is_none()
+                && self.rds_known_hosts.is_none()
+                && !self.rds_insecure_skip_verify
+            {
+                return Err(
+                    "the RDS host key must be verified: pass --rds-host-key FILE or \
+                     --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
+                        .into(),
+                );
+            }
         }
         if self.driver_name.is_empty() {
             return Err("--driver-name must not be empty".into());

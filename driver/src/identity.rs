@@ -6,19 +6,34 @@ use csi_proto::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
+use std::sync::Arc;
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 
-#[derive(Debug, Clone)]
+use crate::rds::RdsClient;
+
+/// How long Probe waits for the RDS before reporting not ready.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
 pub struct IdentityService {
     driver_name: String,
     controller: bool,
+    /// The controller's RDS, whose reachability is the driver's readiness.
+    rds: Option<Arc<RdsClient>>,
 }
 
 impl IdentityService {
-    pub fn new(driver_name: impl Into<String>, controller: bool) -> Self {
+    pub fn new(
+        driver_name: impl Into<String>,
+        controller: bool,
+        rds: Option<Arc<RdsClient>>,
+    ) -> Self {
         Self {
             driver_name: driver_name.into(),
             controller,
+            rds,
         }
     }
 }
@@ -67,7 +82,17 @@ impl Identity for IdentityService {
         &self,
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
-        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+        let ready = match &self.rds {
+            None => true,
+            Some(rds) => match rds.identity(crate::rds::deadline_in(PROBE_TIMEOUT)).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "probe: the RDS is not reachable");
+                    false
+                }
+            },
+        };
+        Ok(Response::new(ProbeResponse { ready: Some(ready) }))
     }
 }
 
@@ -78,7 +103,7 @@ mod tests {
     #[tokio::test]
     async fn capabilities_follow_the_controller_role() {
         let caps = |controller| async move {
-            IdentityService::new("x", controller)
+            IdentityService::new("x", controller, None)
                 .get_plugin_capabilities(Request::new(GetPluginCapabilitiesRequest {}))
                 .await
                 .unwrap()

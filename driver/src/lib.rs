@@ -1,7 +1,9 @@
 //! rds-csi: a CSI driver for the MikroTik ROSE Data Server.
 
 pub mod cli;
+pub mod controller;
 pub mod endpoint;
+pub mod grpc;
 pub mod identity;
 pub mod logging;
 pub mod rds;

@@ -5,9 +5,68 @@ use csi_proto::v1::identity_server::IdentityServer;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_server::ControllerServer;
+
 use crate::cli::ServeArgs;
+use crate::controller::params::ParamDefaults;
+use crate::controller::{ControllerConfig, ControllerService};
 use crate::endpoint;
 use crate::identity::IdentityService;
+use crate::rds::ssh::{load_host_key, load_private_key};
+use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
+
+/// The RDS client the controller uses, from the command line. Nothing is contacted yet: the
+/// connection is made on first use, so a driver starts (and reports not ready) while the RDS is
+/// down.
+pub fn rds_client(args: &ServeArgs) -> anyhow::Result<Arc<RdsClient>> {
+    let host = args
+        .rds_address
+        .clone()
+        .context("--rds-address is required")?;
+    let key = load_private_key(&args.rds_key_file).context("--rds-key-file")?;
+    let policy = if let Some(path) = &args.rds_host_key {
+        HostKeyPolicy::Pinned(vec![load_host_key(path).context("--rds-host-key")?])
+    } else if let Some(path) = &args.rds_known_hosts {
+        std::fs::metadata(path).with_context(|| format!("--rds-known-hosts {}", path.display()))?;
+        HostKeyPolicy::KnownHosts(path.clone())
+    } else {
+        tracing::warn!("--rds-insecure-skip-verify: the RDS host key will NOT be verified");
+        HostKeyPolicy::InsecureSkipVerify
+    };
+    let mut config = SshConfig::new(host, args.rds_port, args.rds_user.clone(), key, policy);
+    config.connections = usize::from(args.rds_connections);
+    config.max_channels = usize::from(args.rds_max_channels);
+    config.connect_timeout = Duration::from_secs(args.rds_connect_timeout);
+    Ok(Arc::new(RdsClient::new(
+        Transport::new(config),
+        RetryPolicy::default(),
+    )))
+}
+
+fn controller_config(args: &ServeArgs) -> anyhow::Result<ControllerConfig> {
+    let base_path =
+        RdsPath::new(args.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let nvme_address = match &args.nvme_address {
+        Some(a) => Some(
+            a.parse::<std::net::IpAddr>()
+                .context("--nvme-address must be an IP address")?
+                .to_string(),
+        ),
+        None => args
+            .rds_address
+            .as_ref()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_string()),
+    };
+    Ok(ControllerConfig::new(ParamDefaults {
+        base_path,
+        nvme_address,
+        nvme_port: Port::new(u32::from(args.nvme_port)).context("--nvme-port")?,
+    }))
+}
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let path = endpoint::socket_path(&args.endpoint)?;
@@ -15,9 +74,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // client sees the socket still shuts down cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let listener = endpoint::bind(&path).await?;
 
-    let identity = IdentityService::new(args.driver_name.clone(), args.controller);
+    let (rds, controller) = if args.controller {
+        let rds = rds_client(&args)?;
+        let controller = ControllerService::new(Arc::clone(&rds), controller_config(&args)?);
+        (Some(rds), Some(ControllerServer::new(controller)))
+    } else {
+        (None, None)
+    };
+    let identity = IdentityService::new(args.driver_name.clone(), args.controller, rds);
+    let listener = endpoint::bind(&path).await?;
     tracing::info!(
         endpoint = %path.display(),
         driver_name = %args.driver_name,
@@ -40,6 +106,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_optional_service(controller)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&path) {

@@ -1,0 +1,169 @@
+//! Volume and snapshot IDs. An ID is the RouterOS slot, the NQN suffix and the backing file's
+//! name, so it must follow the slot grammar. The external-provisioner's `pvc-<uuid>` names are
+//! valid as they are (existing PVs of the Go driver keep their IDs); any other name maps
+//! deterministically to `vol-<uuid5(name)>`. Snapshot IDs always start with `snap-`, volume IDs
+//! never do, so the two can never be confused.
+
+use uuid::Uuid;
+
+use crate::rds::command::{RdsPath, Slot};
+
+pub const SNAPSHOT_PREFIX: &str = "snap-";
+const HASHED_VOLUME_PREFIX: &str = "vol-";
+/// Separates the snapshot ID from its source volume ID in a snapshot's file name. IDs contain no
+/// `.`, so the split is unambiguous.
+const SNAPSHOT_SOURCE_MARK: &str = ".from-";
+const IMAGE_SUFFIX: &str = ".img";
+
+/// The volume ID for a CreateVolume name.
+pub fn volume_id_for_name(name: &str) -> Slot {
+    match Slot::new(name) {
+        Ok(slot) if !name.starts_with(SNAPSHOT_PREFIX) => slot,
+        _ => {
+            let id = format!(
+                "{HASHED_VOLUME_PREFIX}{}",
+                Uuid::new_v5(&Uuid::NAMESPACE_DNS, name.as_bytes())
+            );
+            Slot::new(id).expect("a uuid is a valid slot")
+        }
+    }
+}
+
+/// The snapshot ID for a CreateSnapshot name, in the Go driver's format
+/// (`snap-<uuid5(name)>-at-<first 10 hex digits>`), so its snapshots keep their IDs.
+pub fn snapshot_id_for_name(name: &str) -> Slot {
+    let uuid = Uuid::new_v5(&Uuid::NAMESPACE_DNS, name.as_bytes());
+    let hex: String = uuid.simple().to_string().chars().take(10).collect();
+    Slot::new(format!("{SNAPSHOT_PREFIX}{uuid}-at-{hex}")).expect("valid slot")
+}
+
+/// Parses a volume ID sent by the CO.
+pub fn parse_volume_id(id: &str) -> Option<Slot> {
+    Slot::new(id)
+        .ok()
+        .filter(|_| !id.starts_with(SNAPSHOT_PREFIX))
+}
+
+/// Parses a snapshot ID sent by the CO.
+pub fn parse_snapshot_id(id: &str) -> Option<Slot> {
+    Slot::new(id)
+        .ok()
+        .filter(|_| id.starts_with(SNAPSHOT_PREFIX))
+}
+
+pub fn volume_file(dir: &RdsPath, id: &Slot) -> RdsPath {
+    dir.join(&format!("{id}{IMAGE_SUFFIX}"))
+        .expect("an ID is a valid file name")
+}
+
+/// The snapshot's file name records its source, because RouterOS keeps no such field.
+pub fn snapshot_file(dir: &RdsPath, id: &Slot, source: &Slot) -> RdsPath {
+    dir.join(&format!("{id}{SNAPSHOT_SOURCE_MARK}{source}{IMAGE_SUFFIX}"))
+        .expect("IDs are valid file names")
+}
+
+/// What a managed file name says: a volume `<id>.img`, or a snapshot `<snap-id>.from-<src>.img`
+/// (or the Go driver's `<snap-id>.img`, source unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagedFile {
+    Volume(Slot),
+    Snapshot { id: Slot, source: Option<Slot> },
+}
+
+/// Classifies a file by its absolute path: only `<dir>/<name>` directly inside `dir`, with a
+/// name of the managed grammar, belongs to the driver.
+pub fn classify_file(dir: &RdsPath, path: &str) -> Option<ManagedFile> {
+    let name = path.strip_prefix(dir.as_str())?.strip_prefix('/')?;
+    let stem = name.strip_suffix(IMAGE_SUFFIX)?;
+    if let Some((id, source)) = stem.split_once(SNAPSHOT_SOURCE_MARK) {
+        return Some(ManagedFile::Snapshot {
+            id: parse_snapshot_id(id)?,
+            source: Some(parse_volume_id(source)?),
+        });
+    }
+    if let Some(id) = parse_snapshot_id(stem) {
+        return Some(ManagedFile::Snapshot { id, source: None });
+    }
+    parse_volume_id(stem).map(ManagedFile::Volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvc_names_are_their_own_ids() {
+        let name = "pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8";
+        assert_eq!(volume_id_for_name(name).as_str(), name);
+    }
+
+    #[test]
+    fn other_names_map_deterministically_to_valid_ids() {
+        for name in [
+            "sanity-Node-Stage-ABC",
+            "Mixed",
+            &"x".repeat(128),
+            "snap-looks-like-a-snapshot",
+            "a b;c",
+        ] {
+            let id = volume_id_for_name(name);
+            assert!(id.as_str().starts_with("vol-"), "{name} -> {id}");
+            assert_eq!(id, volume_id_for_name(name));
+            assert!(parse_volume_id(id.as_str()).is_some());
+        }
+        assert_ne!(volume_id_for_name("A"), volume_id_for_name("B"));
+    }
+
+    #[test]
+    fn snapshot_ids_match_the_go_driver() {
+        assert_eq!(
+            snapshot_id_for_name("my-snap").as_str(),
+            "snap-6ec89291-e651-5af7-8470-1168d64acbcd-at-6ec89291e6"
+        );
+        assert_eq!(
+            snapshot_id_for_name("test-snap-copy-1").as_str(),
+            "snap-37b8d270-f2b5-559b-8e70-1c127d43cf60-at-37b8d270f2"
+        );
+    }
+
+    #[test]
+    fn volume_and_snapshot_ids_never_cross() {
+        assert!(parse_volume_id("snap-x").is_none());
+        assert!(parse_snapshot_id("pvc-x").is_none());
+        assert!(parse_volume_id("Bad").is_none());
+    }
+
+    #[test]
+    fn files_are_classified_strictly() {
+        let dir = RdsPath::new("/pool/csi").unwrap();
+        let vol = Slot::new("pvc-1").unwrap();
+        let snap = Slot::new("snap-1").unwrap();
+        assert_eq!(
+            classify_file(&dir, volume_file(&dir, &vol).as_str()),
+            Some(ManagedFile::Volume(vol.clone()))
+        );
+        assert_eq!(
+            classify_file(&dir, snapshot_file(&dir, &snap, &vol).as_str()),
+            Some(ManagedFile::Snapshot {
+                id: snap.clone(),
+                source: Some(vol.clone())
+            })
+        );
+        assert_eq!(
+            classify_file(&dir, "/pool/csi/snap-1.img"),
+            Some(ManagedFile::Snapshot {
+                id: snap,
+                source: None
+            })
+        );
+        for other in [
+            "/pool/csi-old/pvc-1.img",
+            "/pool/csi/sub/pvc-1.img",
+            "/pool/csi/pvc-1.raw",
+            "/pool/csi/Bad.img",
+            "/pool/csi",
+        ] {
+            assert_eq!(classify_file(&dir, other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,1134 @@
+//! The CSI Controller service: volumes and snapshots as file-backed disks on the RDS.
+
+pub mod caps;
+pub mod ids;
+pub mod params;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::controller_service_capability::rpc::Type as RpcType;
+use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use csi_proto::v1::*;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::{deadline, rds_status, KeyedLocks};
+use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
+use crate::rds::{Disk, FileInfo, RdsClient};
+use caps::{check_capabilities, is_block, is_multi_node};
+use ids::{classify_file, parse_snapshot_id, parse_volume_id, ManagedFile};
+use params::{keys, ParamDefaults, VolumeParams};
+
+pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
+pub const TOPOLOGY_VALUE: &str = "default";
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub defaults: ParamDefaults,
+    /// Size of a volume whose request gives none.
+    pub default_size: u64,
+    /// Largest volume accepted.
+    pub max_size: u64,
+}
+
+impl ControllerConfig {
+    pub fn new(defaults: ParamDefaults) -> Self {
+        Self {
+            defaults,
+            default_size: GIB,
+            max_size: 16 << 40,
+        }
+    }
+}
+
+/// Which nodes hold a volume. Kept in memory; the Kubernetes integration rebuilds it from
+/// VolumeAttachments at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attachment {
+    node: String,
+    readonly: bool,
+    multi_node: bool,
+}
+
+pub struct ControllerService {
+    rds: Arc<RdsClient>,
+    config: ControllerConfig,
+    locks: KeyedLocks,
+    attachments: Mutex<HashMap<String, Vec<Attachment>>>,
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn topology() -> Vec<Topology> {
+    vec![Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), TOPOLOGY_VALUE.to_string())]),
+    }]
+}
+
+/// Bytes to allocate for a capacity range: at least `required`, at most `limit` (0 = none),
+/// rounded up to whole MiB.
+fn allocation(
+    range: Option<&CapacityRange>,
+    config: &ControllerConfig,
+) -> Result<AllocSize, Status> {
+    let (required, limit) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
+    if required < 0 || limit < 0 {
+        return Err(Status::invalid_argument(
+            "capacity_range: sizes must not be negative",
+        ));
+    }
+    let (required, limit) = (required as u64, limit as u64);
+    if limit != 0 && required > limit {
+        return Err(Status::invalid_argument(format!(
+            "capacity_range: required_bytes {required} exceeds limit_bytes {limit}"
+        )));
+    }
+    let wanted = match (required, limit) {
+        (0, 0) => config.default_size,
+        (0, limit) => config.default_size.min(limit),
+        (required, _) => required,
+    };
+    if wanted > config.max_size {
+        return Err(Status::out_of_range(format!(
+            "capacity_range: {wanted} bytes is more than the largest volume, {} bytes",
+            config.max_size
+        )));
+    }
+    let size = AllocSize::round_up(wanted)
+        .map_err(|e| Status::out_of_range(format!("capacity_range: {e}")))?;
+    if limit != 0 && size.bytes() > limit {
+        return Err(Status::out_of_range(format!(
+            "capacity_range: volumes are allocated in whole MiB; {} bytes does not fit under limit_bytes {limit}",
+            size.bytes()
+        )));
+    }
+    Ok(size)
+}
+
+fn timestamp(last_modified: &str) -> Option<prost_types::Timestamp> {
+    // `2025-11-11 16:47:07`, in the RDS's local time; read as UTC (RouterOS does not print the
+    // zone), which keeps it stable across controller restarts.
+    let (date, time) = last_modified.trim().split_once(' ')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(prost_types::Timestamp {
+        seconds: days * 86_400 + hh * 3600 + mm * 60 + ss,
+        nanos: 0,
+    })
+}
+
+/// Pages through items sorted by ID. The token is the last ID returned, so pages stay correct
+/// when volumes come and go between calls.
+fn paginate<T>(
+    mut items: Vec<(String, T)>,
+    max_entries: i32,
+    starting_token: &str,
+    token_valid: impl Fn(&str) -> bool,
+) -> Result<(Vec<T>, String), Status> {
+    if max_entries < 0 {
+        return Err(Status::invalid_argument("max_entries must not be negative"));
+    }
+    if !starting_token.is_empty() && !token_valid(starting_token) {
+        return Err(Status::aborted(format!(
+            "starting_token `{starting_token}` is not valid"
+        )));
+    }
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let start = items
+        .partition_point(|(id, _)| !starting_token.is_empty() && id.as_str() <= starting_token);
+    let mut rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
+    let mut next = String::new();
+    if max_entries > 0 && rest.len() > max_entries as usize {
+        rest.truncate(max_entries as usize);
+        next = rest.last().map(|(id, _)| id.clone()).unwrap_or_default();
+    }
+    Ok((rest.into_iter().map(|(_, v)| v).collect(), next))
+}
+
+impl ControllerService {
+    pub fn new(rds: Arc<RdsClient>, config: ControllerConfig) -> Self {
+        Self {
+            rds,
+            config,
+            locks: KeyedLocks::default(),
+            attachments: Mutex::default(),
+        }
+    }
+
+    fn base(&self) -> &RdsPath {
+        &self.config.defaults.base_path
+    }
+
+    /// The volume ID of a disk this driver made: a file disk whose file is `<dir>/<slot>.img`
+    /// with `dir` at or under the base path, and whose slot follows the volume-ID grammar.
+    fn owned_volume(&self, disk: &Disk) -> Option<Slot> {
+        let path = disk.file_path.as_deref()?;
+        let (dir, _) = path.rsplit_once('/')?;
+        let dir = RdsPath::new(dir).ok()?;
+        if !disk.is_file_disk() || (&dir != self.base() && !dir.is_under(self.base())) {
+            return None;
+        }
+        match classify_file(&dir, path)? {
+            ManagedFile::Volume(id) if id.as_str() == disk.slot => Some(id),
+            _ => None,
+        }
+    }
+
+    fn owned_snapshot(&self, disk: &Disk) -> Option<(Slot, Option<Slot>)> {
+        let path = disk.file_path.as_deref()?;
+        let (dir, _) = path.rsplit_once('/')?;
+        let dir = RdsPath::new(dir).ok()?;
+        if !disk.is_file_disk()
+            || disk.nvme_export
+            || (&dir != self.base() && !dir.is_under(self.base()))
+        {
+            return None;
+        }
+        match classify_file(&dir, path)? {
+            ManagedFile::Snapshot { id, source } if id.as_str() == disk.slot => Some((id, source)),
+            _ => None,
+        }
+    }
+
+    fn volume_context(disk: &Disk, params: Option<&VolumeParams>) -> HashMap<String, String> {
+        let mut ctx = HashMap::new();
+        if let Some(nqn) = &disk.nqn {
+            ctx.insert(keys::NQN.into(), nqn.clone());
+        }
+        if let Some(port) = disk.nvme_port {
+            ctx.insert(keys::NVME_PORT.into(), port.to_string());
+        }
+        if let Some(path) = &disk.file_path {
+            ctx.insert(keys::FILE_PATH.into(), path.clone());
+        }
+        if let Some(p) = params {
+            ctx.insert(keys::NVME_ADDRESS.into(), p.nvme_address.clone());
+            ctx.insert(keys::FS_TYPE.into(), p.fs_type.clone());
+            for (k, v) in &p.passthrough {
+                ctx.insert((*k).to_string(), v.clone());
+            }
+        }
+        ctx
+    }
+
+    fn volume_of(&self, disk: &Disk, id: &Slot, params: Option<&VolumeParams>) -> Volume {
+        Volume {
+            capacity_bytes: disk.size_bytes.unwrap_or_default() as i64,
+            volume_id: id.to_string(),
+            volume_context: Self::volume_context(disk, params),
+            content_source: None,
+            accessible_topology: topology(),
+        }
+    }
+
+    async fn source_disk(
+        &self,
+        source: &VolumeContentSource,
+        deadline: Instant,
+    ) -> Result<(Slot, Disk), Status> {
+        let (id, kind) = match &source.r#type {
+            Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
+                (parse_snapshot_id(snapshot_id), "snapshot")
+            }
+            Some(SourceType::Volume(VolumeSource { volume_id })) => {
+                (parse_volume_id(volume_id), "volume")
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "volume_content_source: type is required",
+                ))
+            }
+        };
+        let not_found = || {
+            Status::not_found(format!(
+                "volume_content_source: source {kind} does not exist"
+            ))
+        };
+        let id = id.ok_or_else(not_found)?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        let owned = if kind == "snapshot" {
+            self.owned_snapshot(&disk).is_some()
+        } else {
+            self.owned_volume(&disk).is_some()
+        };
+        if !owned {
+            return Err(not_found());
+        }
+        Ok((id, disk))
+    }
+
+    /// Removes the files a failed or earlier delete left for `id` anywhere under the base path.
+    async fn remove_leftover_files(
+        &self,
+        wanted: impl Fn(&ManagedFile) -> bool,
+        deadline: Instant,
+    ) -> Result<(), Status> {
+        let files = self
+            .rds
+            .list_files(self.base(), deadline)
+            .await
+            .map_err(rds_status)?;
+        for file in files.iter().filter(|f| !f.is_directory()) {
+            let Some((dir, _)) = file.path.rsplit_once('/') else {
+                continue;
+            };
+            let Ok(dir) = RdsPath::new(dir) else { continue };
+            if classify_file(&dir, &file.path).is_some_and(|m| wanted(&m)) {
+                let path = RdsPath::new(file.path.as_str())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                tracing::info!(path = %path, "removing a leftover backing file");
+                self.rds
+                    .remove_file(&path, deadline)
+                    .await
+                    .map_err(rds_status)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attached_nodes(&self, id: &str) -> Vec<String> {
+        self.attachments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|a| a.iter().map(|a| a.node.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_of(
+        &self,
+        id: &Slot,
+        source: Option<&Slot>,
+        size: Option<u64>,
+        file: Option<&FileInfo>,
+    ) -> Snapshot {
+        Snapshot {
+            size_bytes: size.unwrap_or_default() as i64,
+            snapshot_id: id.to_string(),
+            source_volume_id: source.map(ToString::to_string).unwrap_or_default(),
+            creation_time: file
+                .and_then(|f| f.last_modified.as_deref())
+                .and_then(timestamp),
+            ready_to_use: true,
+            group_snapshot_id: String::new(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let name = required(&req.name, "name")?;
+        check_capabilities(&req.volume_capabilities, "volume_capabilities")
+            .map_err(Status::invalid_argument)?;
+        let params = VolumeParams::parse(&req.parameters, &self.config.defaults)?;
+        let size = allocation(req.capacity_range.as_ref(), &self.config)?;
+        let id = ids::volume_id_for_name(name);
+        let path = ids::volume_file(&params.dir, &id);
+
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        let source = match &req.volume_content_source {
+            Some(src) => Some(self.source_disk(src, deadline).await?),
+            None => None,
+        };
+        if let Some((src_id, src_disk)) = &source {
+            if src_disk.size_bytes.unwrap_or_default() > size.bytes() {
+                return Err(Status::out_of_range(format!(
+                    "capacity_range: {} bytes is smaller than the source {src_id} ({} bytes)",
+                    size.bytes(),
+                    src_disk.size_bytes.unwrap_or_default()
+                )));
+            }
+        }
+        let limit = req.capacity_range.as_ref().map_or(0, |r| r.limit_bytes) as u64;
+        let response_volume = |disk: &Disk| {
+            let mut volume = self.volume_of(disk, &id, Some(&params));
+            volume.content_source = req.volume_content_source.clone();
+            Response::new(CreateVolumeResponse {
+                volume: Some(volume),
+            })
+        };
+
+        if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+            let actual = existing.size_bytes.unwrap_or_default();
+            let compatible = self.owned_volume(&existing).is_some()
+                && existing.file_path.as_deref() == Some(path.as_str())
+                && actual >= size.bytes()
+                && (limit == 0 || actual <= limit);
+            if compatible {
+                return Ok(response_volume(&existing));
+            }
+            return Err(Status::already_exists(format!(
+                "a volume named {name} (ID {id}) exists with a different size or location \
+                 ({actual} bytes at {})",
+                existing.file_path.as_deref().unwrap_or("-")
+            )));
+        }
+        // Never let a new volume pick up an old file's data.
+        if let Some(file) = self
+            .rds
+            .get_file(&path, deadline)
+            .await
+            .map_err(rds_status)?
+        {
+            return Err(Status::failed_precondition(format!(
+                "{} already exists on the RDS without a disk (last modified {}); it may hold another \
+                 volume's data, so it is not reused. Inspect it, then remove it (rds-csi orphans --delete) \
+                 to let this volume be created",
+                file.path,
+                file.last_modified.as_deref().unwrap_or("unknown")
+            )));
+        }
+        let add = DiskAdd {
+            slot: id.clone(),
+            file_path: path.clone(),
+            size: Some(size),
+            copy_from: source.as_ref().map(|(src, _)| src.clone()),
+            export: Some(NvmeExport {
+                port: params.nvme_port,
+                nqn: id.nqn(),
+            }),
+        };
+        let disk = self
+            .rds
+            .create_disk(&add, deadline)
+            .await
+            .map_err(rds_status)?;
+        tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
+        Ok(response_volume(&disk))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.volume_id, "volume_id")?;
+        // An ID outside the volume grammar was never made by this driver, so it does not exist.
+        let Some(id) = parse_volume_id(raw) else {
+            return Ok(Response::new(DeleteVolumeResponse {}));
+        };
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        let nodes = self.attached_nodes(id.as_str());
+        if !nodes.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is still published to {}",
+                nodes.join(", ")
+            )));
+        }
+        match self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+            Some(disk) => {
+                if self.owned_volume(&disk).is_none() {
+                    return Err(Status::failed_precondition(format!(
+                        "disk {id} on the RDS was not made by this driver (file {}); refusing to delete it",
+                        disk.file_path.as_deref().unwrap_or("-")
+                    )));
+                }
+                let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.rds
+                    .remove_disk(&id, deadline)
+                    .await
+                    .map_err(rds_status)?;
+                // RouterOS keeps the file after `/disk remove`. If this fails, the call fails and
+                // the CO's retry finds the file through the leftover search below.
+                self.rds
+                    .remove_file(&path, deadline)
+                    .await
+                    .map_err(rds_status)?;
+                tracing::info!(volume = %id, "volume deleted");
+            }
+            None => {
+                self.remove_leftover_files(|m| m == &ManagedFile::Volume(id.clone()), deadline)
+                    .await?;
+            }
+        }
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.volume_id, "volume_id")?;
+        let node = required(&req.node_id, "node_id")?.to_string();
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        caps::check_capability(cap)
+            .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
+        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
+        let id = parse_volume_id(raw).ok_or_else(not_found)?;
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&disk).is_none() {
+            return Err(not_found());
+        }
+        let wanted = Attachment {
+            node: node.clone(),
+            readonly: req.readonly,
+            multi_node: is_multi_node(cap) && is_block(cap),
+        };
+        {
+            let mut all = self.attachments.lock().unwrap_or_else(|p| p.into_inner());
+            let held = all.entry(id.to_string()).or_default();
+            if let Some(existing) = held.iter().find(|a| a.node == node) {
+                if existing != &wanted {
+                    return Err(Status::already_exists(format!(
+                        "volume {id} is already published to {node} with different options"
+                    )));
+                }
+            } else if !held.is_empty() {
+                let holders = held
+                    .iter()
+                    .map(|a| a.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let migration = wanted.multi_node && held.len() == 1 && held[0].multi_node;
+                if !migration {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {id} is already attached to {holders}; it can be attached to one node \
+                         (two only for a block RWX live migration)"
+                    )));
+                }
+                held.push(wanted);
+            } else {
+                held.push(wanted);
+            }
+        }
+        let ctx = &req.volume_context;
+        let address = ctx
+            .get(keys::NVME_ADDRESS)
+            .cloned()
+            .or_else(|| self.config.defaults.nvme_address.clone())
+            .unwrap_or_default();
+        let port = disk
+            .nvme_port
+            .unwrap_or(self.config.defaults.nvme_port.get());
+        let fs_type = ctx
+            .get(keys::FS_TYPE)
+            .cloned()
+            .unwrap_or_else(|| params::DEFAULT_FS_TYPE.into());
+        let publish_context = HashMap::from([
+            ("nvme_address".to_string(), address),
+            ("nvme_port".to_string(), port.to_string()),
+            (
+                "nvme_nqn".to_string(),
+                disk.nqn.clone().unwrap_or_else(|| id.nqn().to_string()),
+            ),
+            ("fs_type".to_string(), fs_type),
+        ]);
+        tracing::info!(volume = %id, node, "volume published");
+        Ok(Response::new(ControllerPublishVolumeResponse {
+            publish_context,
+        }))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        let _guard = self.locks.lock(id, deadline).await?;
+        let mut all = self.attachments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = all.get_mut(id) {
+            // An empty node ID means "from every node".
+            held.retain(|a| !req.node_id.is_empty() && a.node != req.node_id);
+            if held.is_empty() {
+                all.remove(id);
+            }
+        }
+        Ok(Response::new(ControllerUnpublishVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.volume_id, "volume_id")?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities is required"));
+        }
+        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
+        let id = parse_volume_id(raw).ok_or_else(not_found)?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&disk).is_none() {
+            return Err(not_found());
+        }
+        let response = match check_capabilities(&req.volume_capabilities, "volume_capabilities") {
+            Ok(()) => ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: Default::default(),
+                }),
+                message: String::new(),
+            },
+            Err(message) => ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        if !req.starting_token.is_empty() && parse_volume_id(&req.starting_token).is_none() {
+            return Err(Status::aborted(format!(
+                "starting_token `{}` is not valid",
+                req.starting_token
+            )));
+        }
+        let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
+        let attachments = self
+            .attachments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let items = disks
+            .iter()
+            .filter_map(|disk| {
+                let id = self.owned_volume(disk)?;
+                let nodes = attachments
+                    .get(id.as_str())
+                    .map(|a| a.iter().map(|a| a.node.clone()).collect())
+                    .unwrap_or_default();
+                let entry = list_volumes_response::Entry {
+                    volume: Some(self.volume_of(disk, &id, None)),
+                    status: Some(list_volumes_response::VolumeStatus {
+                        published_node_ids: nodes,
+                        volume_condition: None,
+                    }),
+                };
+                Some((id.to_string(), entry))
+            })
+            .collect();
+        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token, |t| {
+            parse_volume_id(t).is_some()
+        })?;
+        Ok(Response::new(ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        check_capabilities(&req.volume_capabilities, "volume_capabilities")
+            .or_else(|e| {
+                if req.volume_capabilities.is_empty() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(Status::invalid_argument)?;
+        if let Some(t) = &req.accessible_topology {
+            if t.segments
+                .iter()
+                .any(|(k, v)| k != TOPOLOGY_KEY || v != TOPOLOGY_VALUE)
+            {
+                return Ok(Response::new(GetCapacityResponse::default()));
+            }
+        }
+        let params = VolumeParams::parse(&req.parameters, &self.config.defaults).or_else(|e| {
+            // Capacity does not need an NVMe address; only the path matters here.
+            if e.message().contains("nvmeAddress: not set") {
+                let mut defaults = self.config.defaults.clone();
+                defaults.nvme_address = Some("0.0.0.0".into());
+                VolumeParams::parse(&req.parameters, &defaults)
+            } else {
+                Err(e)
+            }
+        })?;
+        let capacity = self
+            .rds
+            .capacity(&params.dir, deadline)
+            .await
+            .map_err(rds_status)?;
+        let free = capacity.free_bytes;
+        // What can really be allocated: whole MiB, within the size limit.
+        let max = (free - free % MIB).min(self.config.max_size);
+        Ok(Response::new(GetCapacityResponse {
+            available_capacity: free as i64,
+            maximum_volume_size: Some(max as i64),
+            minimum_volume_size: Some(MIB as i64),
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        let capabilities = [
+            RpcType::CreateDeleteVolume,
+            RpcType::PublishUnpublishVolume,
+            RpcType::ListVolumes,
+            RpcType::GetCapacity,
+            RpcType::CreateDeleteSnapshot,
+            RpcType::ListSnapshots,
+            RpcType::CloneVolume,
+            RpcType::ExpandVolume,
+            RpcType::ListVolumesPublishedNodes,
+            RpcType::GetVolume,
+            RpcType::GetSnapshot,
+        ]
+        .into_iter()
+        .map(|t| ControllerServiceCapability {
+            r#type: Some(controller_service_capability::Type::Rpc(
+                controller_service_capability::Rpc { r#type: t as i32 },
+            )),
+        })
+        .collect();
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let name = required(&req.name, "name")?;
+        let source_raw = required(&req.source_volume_id, "source_volume_id")?;
+        let not_found = || Status::not_found(format!("source volume {source_raw} does not exist"));
+        let source = parse_volume_id(source_raw).ok_or_else(not_found)?;
+        let id = ids::snapshot_id_for_name(name);
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+
+        if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+            let Some((_, recorded_source)) = self.owned_snapshot(&existing) else {
+                return Err(Status::already_exists(format!(
+                    "slot {id} is taken by a disk that is not a snapshot"
+                )));
+            };
+            if recorded_source.as_ref().is_some_and(|s| s != &source) {
+                return Err(Status::already_exists(format!(
+                    "snapshot {name} exists with a different source volume"
+                )));
+            }
+            let path = RdsPath::new(existing.file_path.clone().unwrap_or_default())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let file = self
+                .rds
+                .get_file(&path, deadline)
+                .await
+                .map_err(rds_status)?;
+            let snapshot = self.snapshot_of(&id, Some(&source), existing.size_bytes, file.as_ref());
+            return Ok(Response::new(CreateSnapshotResponse {
+                snapshot: Some(snapshot),
+            }));
+        }
+        let source_disk = self
+            .rds
+            .get_disk(&source, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&source_disk).is_none() {
+            return Err(not_found());
+        }
+        // The snapshot sits next to its source, and its name records the source.
+        let source_path = source_disk.file_path.clone().unwrap_or_default();
+        let dir = RdsPath::new(
+            source_path
+                .rsplit_once('/')
+                .map(|(d, _)| d)
+                .unwrap_or_default(),
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let path = ids::snapshot_file(&dir, &id, &source);
+        if let Some(file) = self
+            .rds
+            .get_file(&path, deadline)
+            .await
+            .map_err(rds_status)?
+        {
+            return Err(Status::failed_precondition(format!(
+                "{} already exists on the RDS without a disk; remove it to take this snapshot",
+                file.path
+            )));
+        }
+        let add = DiskAdd {
+            slot: id.clone(),
+            file_path: path.clone(),
+            size: None,
+            copy_from: Some(source.clone()),
+            export: None,
+        };
+        let disk = self
+            .rds
+            .create_disk(&add, deadline)
+            .await
+            .map_err(rds_status)?;
+        let file = self
+            .rds
+            .get_file(&path, deadline)
+            .await
+            .map_err(rds_status)?;
+        tracing::info!(snapshot = %id, source = %source, "snapshot created");
+        let size = disk.size_bytes.or(source_disk.size_bytes);
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(self.snapshot_of(&id, Some(&source), size, file.as_ref())),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.snapshot_id, "snapshot_id")?;
+        let Some(id) = parse_snapshot_id(raw) else {
+            return Ok(Response::new(DeleteSnapshotResponse {}));
+        };
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        match self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+            Some(disk) => {
+                if self.owned_snapshot(&disk).is_none() {
+                    return Err(Status::failed_precondition(format!(
+                        "disk {id} on the RDS is not a snapshot made by this driver; refusing to delete it"
+                    )));
+                }
+                let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.rds
+                    .remove_disk(&id, deadline)
+                    .await
+                    .map_err(rds_status)?;
+                self.rds
+                    .remove_file(&path, deadline)
+                    .await
+                    .map_err(rds_status)?;
+                tracing::info!(snapshot = %id, "snapshot deleted");
+            }
+            None => {
+                self.remove_leftover_files(
+                    |m| matches!(m, ManagedFile::Snapshot { id: s, .. } if s == &id),
+                    deadline,
+                )
+                .await?;
+            }
+        }
+        Ok(Response::new(DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        if !req.starting_token.is_empty() && parse_snapshot_id(&req.starting_token).is_none() {
+            return Err(Status::aborted(format!(
+                "starting_token `{}` is not valid",
+                req.starting_token
+            )));
+        }
+        // IDs that cannot exist match nothing.
+        if (!req.snapshot_id.is_empty() && parse_snapshot_id(&req.snapshot_id).is_none())
+            || (!req.source_volume_id.is_empty()
+                && parse_volume_id(&req.source_volume_id).is_none())
+        {
+            return Ok(Response::new(ListSnapshotsResponse::default()));
+        }
+        let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
+        let snapshots: Vec<(Slot, Option<Slot>, &Disk)> = disks
+            .iter()
+            .filter_map(|d| self.owned_snapshot(d).map(|(id, src)| (id, src, d)))
+            .filter(|(id, src, _)| {
+                (req.snapshot_id.is_empty() || id.as_str() == req.snapshot_id)
+                    && (req.source_volume_id.is_empty()
+                        || src
+                            .as_ref()
+                            .is_some_and(|s| s.as_str() == req.source_volume_id))
+            })
+            .collect();
+        let files: BTreeMap<String, FileInfo> = if snapshots.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.rds
+                .list_files(self.base(), deadline)
+                .await
+                .map_err(rds_status)?
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
+                .collect()
+        };
+        let items = snapshots
+            .into_iter()
+            .map(|(id, src, disk)| {
+                let file = disk.file_path.as_ref().and_then(|p| files.get(p));
+                let entry = list_snapshots_response::Entry {
+                    snapshot: Some(self.snapshot_of(&id, src.as_ref(), disk.size_bytes, file)),
+                };
+                (id.to_string(), entry)
+            })
+            .collect();
+        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token, |t| {
+            parse_snapshot_id(t).is_some()
+        })?;
+        Ok(Response::new(ListSnapshotsResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.snapshot_id, "snapshot_id")?;
+        let not_found = || Status::not_found(format!("snapshot {raw} does not exist"));
+        let id = parse_snapshot_id(raw).ok_or_else(not_found)?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        let (_, source) = self.owned_snapshot(&disk).ok_or_else(not_found)?;
+        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let file = self
+            .rds
+            .get_file(&path, deadline)
+            .await
+            .map_err(rds_status)?;
+        Ok(Response::new(GetSnapshotResponse {
+            snapshot: Some(self.snapshot_of(&id, source.as_ref(), disk.size_bytes, file.as_ref())),
+        }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.volume_id, "volume_id")?;
+        let range = req
+            .capacity_range
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let size = allocation(Some(range), &self.config)?;
+        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
+        let id = parse_volume_id(raw).ok_or_else(not_found)?;
+        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&disk).is_none() {
+            return Err(not_found());
+        }
+        // Filesystems need the node to grow them, even when this call is a retry at the same size;
+        // block volumes never do (a pending node expansion would block them forever).
+        let node_expansion_required = !req.volume_capability.as_ref().is_some_and(is_block);
+        let current = disk.size_bytes.unwrap_or_default();
+        let capacity = if current >= size.bytes() {
+            current
+        } else {
+            let resized = self
+                .rds
+                .resize_disk(&id, size, deadline)
+                .await
+                .map_err(rds_status)?;
+            tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
+            resized.size_bytes.unwrap_or(size.bytes())
+        };
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: capacity as i64,
+            node_expansion_required,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let raw = required(&req.volume_id, "volume_id")?;
+        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
+        let id = parse_volume_id(raw).ok_or_else(not_found)?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&disk).is_none() {
+            return Err(not_found());
+        }
+        Ok(Response::new(ControllerGetVolumeResponse {
+            volume: Some(self.volume_of(&disk, &id, None)),
+            status: Some(controller_get_volume_response::VolumeStatus {
+                published_node_ids: self.attached_nodes(id.as_str()),
+                volume_condition: None,
+            }),
+        }))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerModifyVolume is not supported",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ControllerConfig {
+        ControllerConfig::new(ParamDefaults {
+            base_path: RdsPath::new("/p/csi").unwrap(),
+            nvme_address: None,
+            nvme_port: crate::rds::Port::new(4420).unwrap(),
+        })
+    }
+
+    fn range(required: i64, limit: i64) -> CapacityRange {
+        CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        }
+    }
+
+    #[test]
+    fn allocation_rounds_up_and_respects_limits() {
+        let c = config();
+        assert_eq!(allocation(None, &c).unwrap().bytes(), GIB);
+        assert_eq!(
+            allocation(Some(&range(3 * GIB as i64 / 2, 0)), &c)
+                .unwrap()
+                .bytes(),
+            3 * GIB / 2
+        );
+        assert_eq!(allocation(Some(&range(1, 0)), &c).unwrap().bytes(), MIB);
+        assert_eq!(
+            allocation(Some(&range(0, 10 * MIB as i64)), &c)
+                .unwrap()
+                .bytes(),
+            10 * MIB
+        );
+        let code = |r| allocation(Some(&r), &c).unwrap_err().code();
+        assert_eq!(code(range(2, 1)), tonic::Code::InvalidArgument);
+        assert_eq!(code(range(-1, 0)), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(range((17u64 << 40) as i64, 0)),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            code(range(MIB as i64 + 1, MIB as i64 + 1)),
+            tonic::Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn routeros_times_become_timestamps() {
+        assert_eq!(timestamp("1970-01-01 00:00:00").unwrap().seconds, 0);
+        assert_eq!(
+            timestamp("2025-11-11 16:47:07").unwrap().seconds,
+            1_762_879_627
+        );
+        assert!(timestamp("nov/11/2025 16:47:07").is_none());
+        assert!(timestamp("2025-13-11 16:47:07").is_none());
+    }
+
+    #[test]
+    fn pagination_by_last_id() {
+        let items: Vec<(String, u32)> = ["c", "a", "b", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), i as u32))
+            .collect();
+        let valid = |_: &str| true;
+        let (page, next) = paginate(items.clone(), 2, "", valid).unwrap();
+        assert_eq!((page, next.as_str()), (vec![1, 2], "b"));
+        let (page, next) = paginate(items.clone(), 2, "b", valid).unwrap();
+        assert_eq!((page, next.as_str()), (vec![0, 3], ""));
+        let (page, _) = paginate(items.clone(), 0, "", valid).unwrap();
+        assert_eq!(page.len(), 4);
+        assert_eq!(
+            paginate(items.clone(), -1, "", valid).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            paginate(items, 1, "x", |_| false).unwrap_err().code(),
+            tonic::Code::Aborted
+        );
+    }
+}

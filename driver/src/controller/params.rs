@@ -1,0 +1,233 @@
+//! StorageClass parameters, validated, and the volume context they become for the node.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use tonic::Status;
+
+use crate::rds::command::{Port, RdsPath};
+
+/// Filesystems the node can make.
+pub const FS_TYPES: &[&str] = &["ext4", "ext3", "xfs"];
+pub const DEFAULT_FS_TYPE: &str = "ext4";
+
+/// Volume context keys (shared with the node; the first four are the Go driver's).
+pub mod keys {
+    pub const NQN: &str = "nqn";
+    pub const NVME_ADDRESS: &str = "nvmeAddress";
+    pub const NVME_PORT: &str = "nvmePort";
+    pub const FS_TYPE: &str = "fsType";
+    pub const FILE_PATH: &str = "filePath";
+    pub const MKFS_OPTIONS: &str = "mkfsOptions";
+    pub const CTRL_LOSS_TMO: &str = "ctrlLossTmo";
+    pub const RECONNECT_DELAY: &str = "reconnectDelay";
+    pub const KEEP_ALIVE_TMO: &str = "keepAliveTmo";
+    pub const MIGRATION_TIMEOUT: &str = "migrationTimeoutSeconds";
+}
+
+/// StorageClass parameter names.
+const VOLUME_PATH: &str = "volumePath";
+const FSTYPE_STANDARD: &str = "csi.storage.k8s.io/fstype";
+/// Keys the external-provisioner adds or reserves; they are not ours to check.
+const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeParams {
+    pub dir: RdsPath,
+    pub nvme_address: String,
+    pub nvme_port: Port,
+    pub fs_type: String,
+    /// Optional node settings passed through unchanged after validation.
+    pub passthrough: Vec<(&'static str, String)>,
+}
+
+/// Defaults from the command line.
+#[derive(Debug, Clone)]
+pub struct ParamDefaults {
+    pub base_path: RdsPath,
+    pub nvme_address: Option<String>,
+    pub nvme_port: Port,
+}
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("parameters.{key}: {why}"))
+}
+
+impl VolumeParams {
+    pub fn parse(
+        params: &HashMap<String, String>,
+        defaults: &ParamDefaults,
+    ) -> Result<Self, Status> {
+        let mut out = Self {
+            dir: defaults.base_path.clone(),
+            nvme_address: String::new(),
+            nvme_port: defaults.nvme_port,
+            fs_type: DEFAULT_FS_TYPE.to_string(),
+            passthrough: Vec::new(),
+        };
+        let mut address = defaults.nvme_address.clone();
+        let mut keys_sorted: Vec<_> = params.iter().collect();
+        keys_sorted.sort();
+        for (key, value) in keys_sorted {
+            match key.as_str() {
+                VOLUME_PATH => {
+                    let dir = RdsPath::new(value.as_str()).map_err(|e| invalid(key, e))?;
+                    if dir != defaults.base_path && !dir.is_under(&defaults.base_path) {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "`{dir}` is not under the allowed base path `{}`",
+                                defaults.base_path
+                            ),
+                        ));
+                    }
+                    out.dir = dir;
+                }
+                keys::NVME_ADDRESS => {
+                    let ip: IpAddr = value
+                        .parse()
+                        .map_err(|_| invalid(key, format!("`{value}` is not an IP address")))?;
+                    address = Some(ip.to_string());
+                }
+                keys::NVME_PORT => {
+                    let port: u32 = value
+                        .parse()
+                        .map_err(|_| invalid(key, format!("`{value}` is not a port number")))?;
+                    out.nvme_port = Port::new(port).map_err(|e| invalid(key, e))?;
+                }
+                FSTYPE_STANDARD | keys::FS_TYPE => {
+                    out.fs_type = parse_fs_type(value).map_err(|e| invalid(key, e))?;
+                }
+                keys::MKFS_OPTIONS => {
+                    let ok = value.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b' ' | b'-' | b'=' | b',' | b'.' | b'_' | b':')
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            key,
+                            "only letters, digits, spaces and - = , . _ : are allowed",
+                        ));
+                    }
+                    out.passthrough.push((keys::MKFS_OPTIONS, value.clone()));
+                }
+                keys::CTRL_LOSS_TMO
+                | keys::RECONNECT_DELAY
+                | keys::KEEP_ALIVE_TMO
+                | keys::MIGRATION_TIMEOUT => {
+                    let n: i64 = value.parse().map_err(|_| {
+                        invalid(key, format!("`{value}` is not a whole number of seconds"))
+                    })?;
+                    // -1 means "forever" for ctrlLossTmo; nothing else may be negative.
+                    if n < -1 || (n == -1 && key != keys::CTRL_LOSS_TMO) || n > 86_400 * 365 {
+                        return Err(invalid(key, format!("{n} is out of range")));
+                    }
+                    let key: &'static str = match key.as_str() {
+                        keys::CTRL_LOSS_TMO => keys::CTRL_LOSS_TMO,
+                        keys::RECONNECT_DELAY => keys::RECONNECT_DELAY,
+                        keys::KEEP_ALIVE_TMO => keys::KEEP_ALIVE_TMO,
+                        _ => keys::MIGRATION_TIMEOUT,
+                    };
+                    out.passthrough.push((key, n.to_string()));
+                }
+                other if other.starts_with(PROVISIONER_PREFIX) => {}
+                other => {
+                    return Err(invalid(
+                        other,
+                        "unknown parameter (known: volumePath, nvmeAddress, nvmePort, fsType, \
+                         csi.storage.k8s.io/fstype, mkfsOptions, ctrlLossTmo, reconnectDelay, \
+                         keepAliveTmo, migrationTimeoutSeconds)",
+                    ))
+                }
+            }
+        }
+        out.nvme_address = address.ok_or_else(|| {
+            Status::invalid_argument(
+                "parameters.nvmeAddress: not set and the driver has no --nvme-address default",
+            )
+        })?;
+        Ok(out)
+    }
+}
+
+pub fn parse_fs_type(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(DEFAULT_FS_TYPE.to_string());
+    }
+    if FS_TYPES.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "filesystem `{value}` is not supported (use one of {})",
+            FS_TYPES.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> ParamDefaults {
+        ParamDefaults {
+            base_path: RdsPath::new("/storage-pool/metal-csi").unwrap(),
+            nvme_address: Some("10.0.0.1".into()),
+            nvme_port: Port::new(4420).unwrap(),
+        }
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<VolumeParams, Status> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        VolumeParams::parse(&map, &defaults())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let p = parse(&[("csi.storage.k8s.io/pvc/name", "x")]).unwrap();
+        assert_eq!(p.dir.as_str(), "/storage-pool/metal-csi");
+        assert_eq!(p.nvme_address, "10.0.0.1");
+        assert_eq!(p.nvme_port.get(), 4420);
+        assert_eq!(p.fs_type, "ext4");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        for (key, value) in [
+            ("volumePath", "/storage-pool/metal-csi-evil"),
+            ("volumePath", "/storage-pool/metal-csi slot=x"),
+            ("volumePath", "/storage-pool/metal-csi/../x"),
+            ("nvmeAddress", "rds.local"),
+            ("nvmePort", "0"),
+            ("nvmePort", "70000"),
+            ("fsType", "btrfs"),
+            ("csi.storage.k8s.io/fstype", "zfs"),
+            ("mkfsOptions", "-O x; rm -rf /"),
+            ("ctrlLossTmo", "-2"),
+            ("keepAliveTmo", "-1"),
+            ("bogus", "1"),
+        ] {
+            let err = parse(&[(key, value)]).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}={value}");
+            assert!(err.message().contains(key), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn accepted_values() {
+        let p = parse(&[
+            ("volumePath", "/storage-pool/metal-csi/fast"),
+            ("nvmeAddress", "10.42.68.1"),
+            ("nvmePort", "4421"),
+            ("csi.storage.k8s.io/fstype", "xfs"),
+            ("ctrlLossTmo", "-1"),
+        ])
+        .unwrap();
+        assert_eq!(p.dir.as_str(), "/storage-pool/metal-csi/fast");
+        assert_eq!(p.nvme_port.get(), 4421);
+        assert_eq!(p.fs_type, "xfs");
+        assert_eq!(p.passthrough, vec![("ctrlLossTmo", "-1".to_string())]);
+    }
+}

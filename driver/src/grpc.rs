@@ -1,0 +1,120 @@
+//! Helpers shared by the gRPC services: deadlines from the caller, per-key operation locks, and
+//! the mapping of RDS errors to gRPC status codes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Request, Status};
+
+use crate::rds::{RdsError, TransportError};
+
+/// Used when the caller sent no deadline: long enough for a slow `/disk add` of a large file.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The caller's deadline (`grpc-timeout` header), or the default.
+pub fn deadline<T>(request: &Request<T>) -> Instant {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(DEFAULT_DEADLINE);
+    Instant::now() + timeout
+}
+
+/// `grpc-timeout` is digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
+fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Maps an RDS failure to the gRPC code a CO acts on correctly.
+pub fn rds_status(e: RdsError) -> Status {
+    let message = e.to_string();
+    match e {
+        RdsError::Invalid(_) => Status::invalid_argument(message),
+        RdsError::NotFound(_) => Status::not_found(message),
+        RdsError::AlreadyExists(_) => Status::already_exists(message),
+        RdsError::OutOfSpace(_) => Status::resource_exhausted(message),
+        RdsError::Transport(TransportError::HostKeyMismatch { .. })
+        | RdsError::Transport(TransportError::HostKeyUnknown { .. })
+        | RdsError::Transport(TransportError::AuthRejected { .. })
+        | RdsError::Transport(TransportError::Config(_)) => Status::failed_precondition(message),
+        RdsError::Transport(_) => Status::unavailable(message),
+        RdsError::InvalidArgument(_) | RdsError::Failed { .. } | RdsError::Parse(_) => {
+            Status::internal(message)
+        }
+    }
+}
+
+/// One lock per key (volume or snapshot ID). Operations on different keys run in parallel; on
+/// the same key they queue, up to the caller's deadline.
+#[derive(Default)]
+pub struct KeyedLocks {
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+pub struct KeyGuard {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str, deadline: Instant) -> Result<KeyGuard, Status> {
+        let mutex = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, weak| weak.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, mutex.lock_owned()).await {
+            Ok(guard) => Ok(KeyGuard { _guard: guard }),
+            Err(_) => Err(Status::aborted(format!(
+                "another operation on {key} is still in progress"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    #[tokio::test]
+    async fn same_key_waits_other_keys_do_not() {
+        let locks = KeyedLocks::default();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        let held = locks.lock("a", soon()).await.unwrap();
+        assert!(locks.lock("b", soon()).await.is_ok());
+        let err = locks.lock("a", soon()).await.err().unwrap();
+        assert_eq!(err.code(), tonic::Code::Aborted);
+        drop(held);
+        assert!(locks.lock("a", soon()).await.is_ok());
+    }
+}
