@@ -1,0 +1,686 @@
+//! The RouterOS command line: a tokenizer (quoted strings with backslash escapes, `[ ]`
+//! sub-expressions, `=`, `~`, `!=`) and a parser into a menu path, arguments and `where` filters.
+//! Errors carry the texts RouterOS prints, with 1-based `(line 1 column N)` positions.
+
+use std::fmt;
+
+/// A RouterOS CLI error; `Display` gives the exact text printed to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    BadCommand {
+        name: String,
+        col: usize,
+    },
+    ExpectedEnd {
+        col: usize,
+    },
+    Syntax {
+        col: usize,
+    },
+    InvalidValue {
+        arg: String,
+    },
+    NoMatch {
+        arg: String,
+    },
+    /// Printed as `failure: <text>`.
+    Failure(String),
+    /// Printed verbatim (mock-only messages).
+    Other(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::BadCommand { name, col } => {
+                write!(f, "bad command name {name} (line 1 column {col})")
+            }
+            CliError::ExpectedEnd { col } => {
+                write!(f, "expected end of command (line 1 column {col})")
+            }
+            CliError::Syntax { col } => write!(f, "syntax error (line 1 column {col})"),
+            CliError::InvalidValue { arg } => write!(f, "invalid value for argument {arg}"),
+            CliError::NoMatch { arg } => write!(f, "input does not match any value of {arg}"),
+            CliError::Failure(t) => write!(f, "failure: {t}"),
+            CliError::Other(t) => f.write_str(t),
+        }
+    }
+}
+
+pub fn failure(text: impl Into<String>) -> CliError {
+    CliError::Failure(text.into())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokKind {
+    Word(String),
+    Str(String),
+    Eq,
+    Tilde,
+    NotEq,
+    LBracket,
+    RBracket,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tok {
+    pub kind: TokKind,
+    /// 1-based column of the token's first character.
+    pub col: usize,
+    /// Whether whitespace separates this token from the previous one.
+    pub space_before: bool,
+}
+
+fn is_word_char(c: char) -> bool {
+    !(c.is_whitespace() || matches!(c, '"' | '[' | ']' | '=' | '~'))
+}
+
+/// Splits one command line into tokens.
+pub fn tokenize(line: &str) -> Result<Vec<Tok>, CliError> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    let mut space = true;
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i + 1;
+        if c.is_whitespace() {
+            space = true;
+            i += 1;
+            continue;
+        }
+        let kind = match c {
+            '[' => {
+                i += 1;
+                TokKind::LBracket
+            }
+            ']' => {
+                i += 1;
+                TokKind::RBracket
+            }
+            '=' => {
+                i += 1;
+                TokKind::Eq
+            }
+            '~' => {
+                i += 1;
+                TokKind::Tilde
+            }
+            '!' if chars.get(i + 1) == Some(&'=') => {
+                i += 2;
+                TokKind::NotEq
+            }
+            '"' => {
+                let (s, next) = read_string(&chars, i)?;
+                i = next;
+                TokKind::Str(s)
+            }
+            _ => {
+                let start = i;
+                while i < chars.len()
+                    && is_word_char(chars[i])
+                    && !(chars[i] == '!' && chars.get(i + 1) == Some(&'='))
+                {
+                    i += 1;
+                }
+                TokKind::Word(chars[start..i].iter().collect())
+            }
+        };
+        toks.push(Tok {
+            kind,
+            col,
+            space_before: space,
+        });
+        space = false;
+    }
+    Ok(toks)
+}
+
+/// Reads a `"..."` literal starting at `start` (the quote); returns the value and the index after
+/// the closing quote. Escapes follow RouterOS: `\" \\ \n \r \t \$ \? \_` (space) and `\XX` hex.
+fn read_string(chars: &[char], start: usize) -> Result<(String, usize), CliError> {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut i = start + 1;
+    loop {
+        let Some(&c) = chars.get(i) else {
+            return Err(CliError::Syntax { col: start + 1 });
+        };
+        match c {
+            '"' => return Ok((String::from_utf8_lossy(&bytes).into_owned(), i + 1)),
+            '\\' => {
+                let Some(&e) = chars.get(i + 1) else {
+                    return Err(CliError::Syntax { col: i + 1 });
+                };
+                let simple = match e {
+                    '"' => Some(b'"'),
+                    '\\' => Some(b'\\'),
+                    'n' => Some(b'\n'),
+                    'r' => Some(b'\r'),
+                    't' => Some(b'\t'),
+                    'a' => Some(0x07),
+                    'b' => Some(0x08),
+                    'f' => Some(0x0c),
+                    'v' => Some(0x0b),
+                    '$' => Some(b'$'),
+                    '?' => Some(b'?'),
+                    '_' => Some(b' '),
+                    _ => None,
+                };
+                if let Some(b) = simple {
+                    bytes.push(b);
+                    i += 2;
+                } else {
+                    let hex: String = chars.iter().skip(i + 1).take(2).collect();
+                    match u8::from_str_radix(&hex, 16) {
+                        Ok(b) if hex.len() == 2 && hex.chars().all(|h| h.is_ascii_hexdigit()) => {
+                            bytes.push(b);
+                            i += 3;
+                        }
+                        _ => return Err(CliError::Syntax { col: i + 1 }),
+                    }
+                }
+            }
+            _ => {
+                let mut buf = [0u8; 4];
+                bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += 1;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Match,
+    NotEq,
+}
+
+/// One `key=value`, `key~regex` or `key!=value` condition of `where` or `find`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    pub key: String,
+    pub col: usize,
+    pub op: Op,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    /// `[find cond and cond ...]`; empty matches everything.
+    Find(Vec<Cond>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arg {
+    pub name: String,
+    pub col: usize,
+    pub value: Value,
+}
+
+/// An unnamed argument: a word like `detail` or `once`, a string, or a `[find ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positional {
+    pub value: Value,
+    pub col: usize,
+    /// True for a bare word (which may be a flag such as `detail`).
+    pub word: bool,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Invocation {
+    /// Menu path and command, e.g. `["disk", "print"]`.
+    pub path: Vec<String>,
+    pub args: Vec<Arg>,
+    pub positional: Vec<Positional>,
+    /// `where` conditions (print only), joined by `and`.
+    pub filter: Option<Vec<Cond>>,
+}
+
+impl Invocation {
+    pub fn arg(&self, name: &str) -> Option<&Arg> {
+        self.args.iter().find(|a| a.name == name)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        match self.arg(name).map(|a| &a.value) {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Rejects named arguments other than `allowed`, the way RouterOS does.
+    pub fn only_args(&self, allowed: &[&str]) -> Result<(), CliError> {
+        for a in &self.args {
+            if !allowed.contains(&a.name.as_str()) {
+                return Err(CliError::ExpectedEnd { col: a.col });
+            }
+        }
+        // A repeated argument is also a RouterOS error.
+        for (i, a) in self.args.iter().enumerate() {
+            if self.args[..i].iter().any(|b| b.name == a.name) {
+                return Err(CliError::ExpectedEnd { col: a.col });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The menu tree: which words continue a path. Commands are leaves.
+fn children(path: &[String]) -> Option<&'static [&'static str]> {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    Some(match p.as_slice() {
+        [] => &["disk", "file", "system", "mock"],
+        ["disk"] => &["add", "set", "remove", "print", "monitor-traffic"],
+        ["file"] => &["print", "remove"],
+        ["system"] => &["identity", "resource"],
+        ["system", "identity"] | ["system", "resource"] => &["print"],
+        ["mock"] => &[
+            "orphan-file",
+            "orphan-disk",
+            "fault",
+            "reset",
+            "history",
+            "drop-connections",
+        ],
+        _ => return None,
+    })
+}
+
+struct Cursor {
+    toks: Vec<Tok>,
+    pos: usize,
+    end_col: usize,
+}
+
+impl Cursor {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn peek_at(&self, n: usize) -> Option<&Tok> {
+        self.toks.get(self.pos + n)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn col(&self) -> usize {
+        self.peek().map_or(self.end_col, |t| t.col)
+    }
+}
+
+/// Parses one command line. An empty line gives an empty path.
+pub fn parse(line: &str) -> Result<Invocation, CliError> {
+    let toks = tokenize(line)?;
+    let mut cur = Cursor {
+        toks,
+        pos: 0,
+        end_col: line.chars().count() + 1,
+    };
+    let mut inv = Invocation::default();
+
+    // The path: `/disk print`, `/disk/print`, or relative `disk print` (exec runs at the root).
+    match cur.peek().cloned() {
+        None => return Ok(inv),
+        Some(Tok {
+            kind: TokKind::Word(w),
+            col,
+            ..
+        }) => {
+            cur.next();
+            let mut offset = 0;
+            for seg in w.split('/') {
+                let seg_col = col + offset;
+                offset += seg.chars().count() + 1;
+                if seg.is_empty() {
+                    continue;
+                }
+                descend(&mut inv.path, seg, seg_col)?;
+            }
+        }
+        Some(t) => return Err(CliError::Syntax { col: t.col }),
+    }
+    // Further bare words extend the path while they name a child menu or command.
+    while let Some(Tok {
+        kind: TokKind::Word(w),
+        col,
+        ..
+    }) = cur.peek().cloned()
+    {
+        let Some(kids) = children(&inv.path) else {
+            break;
+        };
+        let next_is_op = cur.peek_at(1).is_some_and(|t| {
+            !t.space_before && matches!(t.kind, TokKind::Eq | TokKind::Tilde | TokKind::NotEq)
+        });
+        if next_is_op {
+            if kids.is_empty() {
+                break;
+            }
+            return Err(CliError::BadCommand { name: w, col });
+        }
+        if kids.contains(&w.as_str()) {
+            inv.path.push(w);
+            cur.next();
+        } else {
+            return Err(CliError::BadCommand { name: w, col });
+        }
+    }
+
+    // Arguments.
+    while let Some(t) = cur.peek().cloned() {
+        match &t.kind {
+            TokKind::Word(w) if w == "where" && inv.path.last().is_some_and(|c| c == "print") => {
+                cur.next();
+                if inv.filter.is_some() {
+                    return Err(CliError::ExpectedEnd { col: t.col });
+                }
+                inv.filter = Some(parse_conds(&mut cur, false)?);
+            }
+            TokKind::Word(w) => {
+                cur.next();
+                let is_named = cur
+                    .peek()
+                    .is_some_and(|n| !n.space_before && n.kind == TokKind::Eq);
+                if is_named {
+                    cur.next();
+                    let value = parse_value(&mut cur)?;
+                    inv.args.push(Arg {
+                        name: w.clone(),
+                        col: t.col,
+                        value,
+                    });
+                } else if cur.peek().is_some_and(|n| !n.space_before) {
+                    // `word~x` or `word"x"` outside a `where`.
+                    return Err(CliError::ExpectedEnd { col: cur.col() });
+                } else {
+                    inv.positional.push(Positional {
+                        value: Value::Text(w.clone()),
+                        col: t.col,
+                        word: true,
+                    });
+                }
+            }
+            TokKind::Str(s) => {
+                cur.next();
+                inv.positional.push(Positional {
+                    value: Value::Text(s.clone()),
+                    col: t.col,
+                    word: false,
+                });
+            }
+            TokKind::LBracket => {
+                cur.next();
+                let conds = parse_find(&mut cur)?;
+                inv.positional.push(Positional {
+                    value: Value::Find(conds),
+                    col: t.col,
+                    word: false,
+                });
+            }
+            _ => return Err(CliError::Syntax { col: t.col }),
+        }
+    }
+    Ok(inv)
+}
+
+fn descend(path: &mut Vec<String>, seg: &str, col: usize) -> Result<(), CliError> {
+    match children(path) {
+        Some(kids) if kids.contains(&seg) => {
+            path.push(seg.to_string());
+            Ok(())
+        }
+        _ => Err(CliError::BadCommand {
+            name: seg.to_string(),
+            col,
+        }),
+    }
+}
+
+/// The value after `name=`: a string, a word, a `[find ...]`, or nothing (an empty value).
+fn parse_value(cur: &mut Cursor) -> Result<Value, CliError> {
+    match cur.peek().cloned() {
+        Some(t) if !t.space_before => match t.kind {
+            TokKind::Str(s) | TokKind::Word(s) => {
+                cur.next();
+                Ok(Value::Text(s))
+            }
+            TokKind::LBracket => {
+                cur.next();
+                Ok(Value::Find(parse_find(cur)?))
+            }
+            _ => Err(CliError::Syntax { col: t.col }),
+        },
+        _ => Ok(Value::Text(String::new())),
+    }
+}
+
+/// After `[`: `find [where] conds ]`.
+fn parse_find(cur: &mut Cursor) -> Result<Vec<Cond>, CliError> {
+    match cur.next() {
+        Some(Tok {
+            kind: TokKind::Word(w),
+            ..
+        }) if w == "find" => {}
+        Some(Tok {
+            kind: TokKind::Word(w),
+            col,
+            ..
+        }) => return Err(CliError::BadCommand { name: w, col }),
+        Some(t) => return Err(CliError::Syntax { col: t.col }),
+        None => return Err(CliError::Syntax { col: cur.end_col }),
+    }
+    if matches!(cur.peek(), Some(Tok { kind: TokKind::Word(w), .. }) if w == "where") {
+        cur.next();
+    }
+    let conds = parse_conds(cur, true)?;
+    match cur.next() {
+        Some(Tok {
+            kind: TokKind::RBracket,
+            ..
+        }) => Ok(conds),
+        _ => Err(CliError::Syntax { col: cur.end_col }),
+    }
+}
+
+/// `key op value [and] key op value ...` until the end (or `]` when `in_find`).
+fn parse_conds(cur: &mut Cursor, in_find: bool) -> Result<Vec<Cond>, CliError> {
+    let mut conds = Vec::new();
+    loop {
+        let Some(t) = cur.peek().cloned() else {
+            if in_find {
+                return Err(CliError::Syntax { col: cur.end_col });
+            }
+            break;
+        };
+        match t.kind {
+            TokKind::RBracket if in_find => break,
+            TokKind::Word(ref w) if w == "and" && !conds.is_empty() => {
+                cur.next();
+            }
+            TokKind::Word(key) => {
+                cur.next();
+                let op = match cur.next() {
+                    Some(Tok {
+                        kind: TokKind::Eq,
+                        space_before: false,
+                        ..
+                    }) => Op::Eq,
+                    Some(Tok {
+                        kind: TokKind::Tilde,
+                        space_before: false,
+                        ..
+                    }) => Op::Match,
+                    Some(Tok {
+                        kind: TokKind::NotEq,
+                        space_before: false,
+                        ..
+                    }) => Op::NotEq,
+                    Some(o) => return Err(CliError::Syntax { col: o.col }),
+                    None => return Err(CliError::Syntax { col: cur.end_col }),
+                };
+                let value = match cur.peek().cloned() {
+                    Some(Tok {
+                        kind: TokKind::Str(s) | TokKind::Word(s),
+                        space_before: false,
+                        ..
+                    }) => {
+                        cur.next();
+                        s
+                    }
+                    _ => String::new(),
+                };
+                conds.push(Cond {
+                    key,
+                    col: t.col,
+                    op,
+                    value,
+                });
+            }
+            _ => return Err(CliError::Syntax { col: t.col }),
+        }
+    }
+    Ok(conds)
+}
+
+/// Parses a RouterOS size: digits with an optional binary `K`/`M`/`G`/`T` suffix.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<TokKind> {
+        tokenize(line)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.kind)
+            .collect()
+    }
+
+    #[test]
+    fn tokenizes_quotes_brackets_and_operators() {
+        assert_eq!(
+            words(r#"/disk remove [find slot="a b\"c"]"#),
+            vec![
+                TokKind::Word("/disk".into()),
+                TokKind::Word("remove".into()),
+                TokKind::LBracket,
+                TokKind::Word("find".into()),
+                TokKind::Word("slot".into()),
+                TokKind::Eq,
+                TokKind::Str("a b\"c".into()),
+                TokKind::RBracket,
+            ]
+        );
+        assert_eq!(
+            words("slot~\"pvc\" size!=5"),
+            vec![
+                TokKind::Word("slot".into()),
+                TokKind::Tilde,
+                TokKind::Str("pvc".into()),
+                TokKind::Word("size".into()),
+                TokKind::NotEq,
+                TokKind::Word("5".into()),
+            ]
+        );
+        assert_eq!(words(r#""\41\_\$""#), vec![TokKind::Str("A $".into())]);
+    }
+
+    #[test]
+    fn bad_strings_are_syntax_errors() {
+        assert_eq!(tokenize("a=\"abc"), Err(CliError::Syntax { col: 3 }));
+        assert_eq!(tokenize(r#"a="\q""#), Err(CliError::Syntax { col: 4 }));
+        assert_eq!(tokenize(r#"a="\"#), Err(CliError::Syntax { col: 4 }));
+    }
+
+    #[test]
+    fn parses_add_with_quoted_values_and_copy_from() {
+        let inv = parse(
+            r#"/disk add type=file copy-from=[find slot="snap-1"] file-path="/storage-pool/x.img" slot=pvc-1"#,
+        )
+        .unwrap();
+        assert_eq!(inv.path, vec!["disk", "add"]);
+        assert_eq!(inv.text("type"), Some("file"));
+        assert_eq!(inv.text("file-path"), Some("/storage-pool/x.img"));
+        assert_eq!(inv.text("slot"), Some("pvc-1"));
+        assert_eq!(
+            inv.arg("copy-from").unwrap().value,
+            Value::Find(vec![Cond {
+                key: "slot".into(),
+                col: 37,
+                op: Op::Eq,
+                value: "snap-1".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn parses_print_where_with_and() {
+        let inv = parse(r#"/disk/print detail where slot~"pvc" and nvme-tcp-export=yes"#).unwrap();
+        assert_eq!(inv.path, vec!["disk", "print"]);
+        assert_eq!(inv.positional.len(), 1);
+        let f = inv.filter.unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].op, Op::Match);
+        assert_eq!(f[1].value, "yes");
+    }
+
+    #[test]
+    fn unknown_commands_report_columns() {
+        assert_eq!(
+            parse("/foo").unwrap_err().to_string(),
+            "bad command name foo (line 1 column 2)"
+        );
+        assert_eq!(
+            parse("/disk prin detail").unwrap_err().to_string(),
+            "bad command name prin (line 1 column 7)"
+        );
+        assert_eq!(
+            parse("/disk remove [fnd slot=x]").unwrap_err().to_string(),
+            "bad command name fnd (line 1 column 15)"
+        );
+        assert_eq!(
+            parse("/disk remove [find slot=x").unwrap_err(),
+            CliError::Syntax { col: 26 }
+        );
+    }
+
+    #[test]
+    fn only_args_rejects_unknown_names() {
+        let inv = parse("/disk add type=file bogus=1").unwrap();
+        assert_eq!(
+            inv.only_args(&["type"]).unwrap_err().to_string(),
+            "expected end of command (line 1 column 21)"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("1073741824"), Some(1 << 30));
+        assert_eq!(parse_size("5k"), Some(5 << 10));
+        assert_eq!(parse_size("2T"), Some(2 << 40));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999999999999"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+}

@@ -1,0 +1,1273 @@
+//! Runs one parsed command against the state and produces the text and exit status RouterOS
+//! would. Transport-agnostic: the SSH server, the Rust handle and unit tests all call
+//! [`Engine::execute`].
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use regex::Regex;
+
+use crate::command::{self, failure, parse_size, CliError, Cond, Invocation, Op, Value};
+use crate::fault::{self, Action, Disposition, Fault, Faults, History, HistoryEntry};
+use crate::format::{self, Entry, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
+use crate::state::{self, DataDir, Disk, FileEntry, FileKind, State};
+
+/// Settings the engine needs; built from [`crate::Config`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub output: OutputMode,
+    pub mount_point: String,
+    pub pool_size: u64,
+    pub state_file: Option<PathBuf>,
+    pub data_dir: Option<DataDir>,
+    pub identity: String,
+    pub error_exit_status: u32,
+    pub fixed_time: Option<u64>,
+    pub latency_seed: u64,
+    pub history_depth: usize,
+}
+
+/// Side effects the transport must carry out after replying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    DropConnections,
+}
+
+/// The answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub output: String,
+    pub exit_status: u32,
+    pub effect: Effect,
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    state: Mutex<State>,
+    faults: Mutex<Faults>,
+    history: Mutex<History>,
+    started: Instant,
+}
+
+/// Locks a mutex, recovering from poisoning: a panic elsewhere must not wedge the mock.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The NQN RouterOS-side tooling uses by default for a slot.
+pub fn default_nqn(slot: &str) -> String {
+    format!("nqn.2000-02.com.mikrotik:{}", slot.to_lowercase())
+}
+
+const DISK_KEYS: &[&str] = &[
+    "type",
+    "slot",
+    "slot-default",
+    "parent",
+    "fs",
+    "fs-label",
+    "model",
+    "size",
+    "free",
+    "use",
+    "mount-point",
+    "mount-filesystem",
+    "mount-read-only",
+    "compress",
+    "sector-size",
+    "raid-type",
+    "raid-master",
+    "nvme-tcp-export",
+    "nvme-tcp-server-port",
+    "nvme-tcp-server-nqn",
+    "nvme-tcp-server-allow-host-name",
+    "iscsi-export",
+    "nfs-sharing",
+    "smb-sharing",
+    "media-sharing",
+    "media-interface",
+    "swap",
+    "file-path",
+    "file-size",
+    "file-offset",
+];
+
+const FILE_KEYS: &[&str] = &["name", "type", "size", "last-modified"];
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, state: State) -> Engine {
+        Engine {
+            faults: Mutex::new(Faults::new(cfg.latency_seed)),
+            history: Mutex::new(History {
+                entries: Default::default(),
+                depth: cfg.history_depth.max(1),
+            }),
+            cfg,
+            state: Mutex::new(state),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.cfg.fixed_time.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    }
+
+    fn mode(&self) -> OutputMode {
+        self.cfg.output
+    }
+
+    fn error(&self, e: CliError) -> Reply {
+        Reply {
+            output: self.mode().lines(&e.to_string()),
+            exit_status: self.cfg.error_exit_status,
+            effect: Effect::None,
+        }
+    }
+
+    fn ok(output: String) -> Reply {
+        Reply {
+            output,
+            exit_status: 0,
+            effect: Effect::None,
+        }
+    }
+
+    // ---- control API ----
+
+    pub fn state(&self) -> State {
+        lock(&self.state).clone()
+    }
+
+    pub fn add_fault(&self, f: Fault) -> Result<(), regex::Error> {
+        lock(&self.faults).add(f)
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.faults).clear();
+    }
+
+    pub fn refuse_connections(&self) -> bool {
+        lock(&self.faults).refuse
+    }
+
+    pub fn stall_handshake(&self) -> bool {
+        lock(&self.faults).stall
+    }
+
+    /// Decides how to treat `line`. `/mock` commands are never faulted, so a person at a shell
+    /// can always undo a fault.
+    pub fn decide(&self, line: &str) -> (Action, Duration) {
+        if is_mock_command(line) {
+            return (Action::Run, Duration::ZERO);
+        }
+        lock(&self.faults).decide(line)
+    }
+
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        lock(&self.history).entries.iter().cloned().collect()
+    }
+
+    pub fn clear_history(&self) {
+        lock(&self.history).entries.clear();
+    }
+
+    pub fn record(
+        &self,
+        command: &str,
+        exit_status: Option<u32>,
+        output: &str,
+        disposition: Disposition,
+    ) {
+        lock(&self.history).push(HistoryEntry {
+            time: SystemTime::now(),
+            command: command.to_string(),
+            exit_status,
+            output: output.to_string(),
+            disposition,
+        });
+    }
+
+    /// Empties the state (and removes the backing files the mock made) and clears faults and
+    /// history.
+    pub fn reset(&self) {
+        let mut st = lock(&self.state);
+        if let Some(dd) = &self.cfg.data_dir {
+            for f in st.files.iter().filter(|f| f.kind == FileKind::File) {
+                if let Err(e) = dd.remove(&f.path) {
+                    tracing::warn!(path = %f.path, error = %e, "could not remove backing file");
+                }
+            }
+        }
+        *st = State::default();
+        self.persist(&st);
+        drop(st);
+        self.clear_faults();
+        self.clear_history();
+    }
+
+    pub fn add_orphan_file(&self, path: &str, size: u64) -> Result<(), CliError> {
+        let path = absolute(path);
+        if !state::valid_path(&path) {
+            return Err(failure("invalid file-path"));
+        }
+        let mut st = lock(&self.state);
+        if let Some(dd) = &self.cfg.data_dir {
+            dd.create(&path, size)
+                .map_err(|e| failure(format!("could not create file: {e}")))?;
+        }
+        let now = self.now();
+        st.put_file(&path, size, now);
+        self.persist(&st);
+        Ok(())
+    }
+
+    pub fn add_orphan_disk(&self, slot: &str, file_path: &str, size: u64) -> Result<(), CliError> {
+        let file_path = absolute(file_path);
+        if !state::valid_path(&file_path) {
+            return Err(failure("invalid file-path"));
+        }
+        let mut st = lock(&self.state);
+        if st.disk(slot).is_some() || slot == self.cfg.mount_point {
+            return Err(failure("disk with such slot already exists"));
+        }
+        let id = st.take_id();
+        st.disks.push(Disk {
+            slot: slot.to_string(),
+            file_path,
+            file_size: size,
+            nvme_tcp_export: true,
+            nvme_tcp_server_port: Some(4420),
+            nvme_tcp_server_nqn: Some(default_nqn(slot)),
+            copied_from: None,
+            id,
+        });
+        self.persist(&st);
+        Ok(())
+    }
+
+    /// Removes a `/file` entry (and its backing file) without touching disks.
+    pub fn remove_file(&self, path: &str) {
+        let path = absolute(path);
+        let mut st = lock(&self.state);
+        for f in st.remove_file(&path) {
+            if let Some(dd) = &self.cfg.data_dir {
+                if let Err(e) = dd.remove(&f.path) {
+                    tracing::warn!(path = %f.path, error = %e, "could not remove backing file");
+                }
+            }
+        }
+        self.persist(&st);
+    }
+
+    fn persist(&self, st: &State) {
+        if let Some(p) = &self.cfg.state_file {
+            if let Err(e) = state::save(p, st) {
+                tracing::error!(path = %p.display(), error = %e, "could not save state");
+            }
+        }
+    }
+
+    // ---- commands ----
+
+    /// Runs one command line. Never panics on client input.
+    pub fn execute(&self, line: &str) -> Reply {
+        let line = line.trim();
+        let inv = match command::parse(line) {
+            Ok(inv) => inv,
+            Err(e) => return self.error(e),
+        };
+        let path: Vec<&str> = inv.path.iter().map(String::as_str).collect();
+        let res = match path.as_slice() {
+            [] | ["disk"] | ["file"] | ["system"] | ["system", _] | ["mock"] => {
+                // A bare menu only changes the CLI context in RouterOS: no output.
+                if let Some(p) = inv.positional.first() {
+                    Err(CliError::ExpectedEnd { col: p.col })
+                } else if let Some(a) = inv.args.first() {
+                    Err(CliError::ExpectedEnd { col: a.col })
+                } else {
+                    Ok(String::new())
+                }
+            }
+            ["disk", "print"] => self.disk_print(&inv),
+            ["disk", "add"] => self.disk_add(&inv),
+            ["disk", "set"] => self.disk_set(&inv),
+            ["disk", "remove"] => self.disk_remove(&inv),
+            ["disk", "monitor-traffic"] => self.monitor_traffic(&inv),
+            ["file", "print"] => self.file_print(&inv),
+            ["file", "remove"] => self.file_remove(&inv),
+            ["system", "identity", "print"] => self.identity(&inv),
+            ["system", "resource", "print"] => self.resource(&inv),
+            ["mock", "drop-connections"] => {
+                return match no_args(&inv) {
+                    Ok(()) => Reply {
+                        output: String::new(),
+                        exit_status: 0,
+                        effect: Effect::DropConnections,
+                    },
+                    Err(e) => self.error(e),
+                };
+            }
+            ["mock", cmd] => self.mock(cmd, &inv),
+            _ => Err(CliError::BadCommand {
+                name: inv.path.last().cloned().unwrap_or_default(),
+                col: 1,
+            }),
+        };
+        match res {
+            Ok(out) => Self::ok(out),
+            Err(e) => self.error(e),
+        }
+    }
+
+    fn pool_entry(&self, st: &State) -> Entry {
+        let total = self.cfg.pool_size;
+        let used = st.used(&self.cfg.mount_point).min(total);
+        let free = total - used;
+        let pct = if total == 0 {
+            0
+        } else {
+            ((used as u128 * 100 + total as u128 / 2) / total as u128) as u64
+        };
+        let mp = &self.cfg.mount_point;
+        Entry {
+            flags: flags(&[(2, 'B'), (3, 'M')]),
+            groups: vec![
+                vec![
+                    Prop::new("type", PVal::Plain("raid".into())),
+                    Prop::new("slot", PVal::Quoted(mp.clone())),
+                    Prop::new("slot-default", PVal::Quoted(String::new())),
+                    Prop::new("parent", PVal::Quoted(String::new())),
+                    Prop::new("fs", PVal::Plain("btrfs".into())),
+                    Prop::new("fs-label", PVal::Quoted(mp.clone())),
+                ],
+                vec![
+                    Prop::new("size", PVal::Bytes(total)),
+                    Prop::new("free", PVal::Bytes(free)),
+                    Prop::new("use", PVal::Percent(pct)),
+                    Prop::new("mount-point", PVal::Quoted(mp.clone())),
+                    Prop::new("mount-filesystem", PVal::Bool(true)),
+                    Prop::new("mount-read-only", PVal::Bool(false)),
+                    Prop::new("compress", PVal::Bool(false)),
+                    Prop::new("sector-size", PVal::Int(4096)),
+                    Prop::new("raid-type", PVal::Plain("raid5".into())),
+                    Prop::new("raid-master", PVal::Plain("none".into())),
+                ],
+                vec![
+                    Prop::new("nvme-tcp-export", PVal::Bool(false)),
+                    Prop::new("iscsi-export", PVal::Bool(false)),
+                ],
+                sharing_group(),
+            ],
+        }
+    }
+
+    fn disk_entries(&self, st: &State) -> Vec<Entry> {
+        let mut disks: Vec<&Disk> = st.disks.iter().collect();
+        disks.sort_by_key(|d| d.id);
+        let mut out = vec![self.pool_entry(st)];
+        out.extend(disks.into_iter().map(disk_entry));
+        out
+    }
+
+    fn disk_print(&self, inv: &Invocation) -> Result<String, CliError> {
+        print_flags(inv)?;
+        let st = lock(&self.state);
+        let entries = filter(self.disk_entries(&st), inv.filter.as_deref(), DISK_KEYS)?;
+        Ok(format::disk_list(&entries, self.mode()))
+    }
+
+    /// Slots of the disks a target (`[find ...]` or a name) selects. `find` with no match is
+    /// empty; a name that does not exist is `no such item`.
+    fn select_disks(&self, st: &State, target: &Value) -> Result<Vec<String>, CliError> {
+        match target {
+            Value::Find(conds) => {
+                let entries = filter(self.disk_entries(st), Some(conds), DISK_KEYS)?;
+                Ok(entries
+                    .iter()
+                    .filter_map(|e| e.get("slot").map(Prop::raw))
+                    .collect())
+            }
+            Value::Text(names) => names
+                .split(',')
+                .map(|n| {
+                    if st.disk(n).is_some() || n == self.cfg.mount_point {
+                        Ok(n.to_string())
+                    } else {
+                        Err(failure("no such item"))
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn disk_add(&self, inv: &Invocation) -> Result<String, CliError> {
+        inv.only_args(&[
+            "type",
+            "file-path",
+            "file-size",
+            "slot",
+            "nvme-tcp-export",
+            "nvme-tcp-server-port",
+            "nvme-tcp-server-nqn",
+            "copy-from",
+        ])?;
+        if let Some(p) = inv.positional.first() {
+            return Err(CliError::ExpectedEnd { col: p.col });
+        }
+        match inv.text("type") {
+            Some("file") => {}
+            Some("tmpfs" | "nvme-tcp" | "iscsi" | "nfs" | "smb" | "raid") => {
+                return Err(failure("only type=file is simulated"))
+            }
+            Some(_) => return Err(CliError::NoMatch { arg: "type".into() }),
+            None => return Err(failure("type not specified")),
+        }
+        let file_path = inv
+            .text("file-path")
+            .ok_or_else(|| failure("file-path not specified"))?
+            .to_string();
+        self.check_path(&file_path)?;
+        let size = opt_size(inv, "file-size")?;
+        let export = opt_bool(inv, "nvme-tcp-export")?.unwrap_or(false);
+        let port = match inv.text("nvme-tcp-server-port") {
+            None => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| CliError::InvalidValue {
+                arg: "nvme-tcp-server-port".into(),
+            })?),
+        };
+        if inv.arg("nvme-tcp-server-port").is_some() && port.is_none() {
+            return Err(CliError::InvalidValue {
+                arg: "nvme-tcp-server-port".into(),
+            });
+        }
+        let nqn = inv.text("nvme-tcp-server-nqn").map(str::to_string);
+
+        let mut st = lock(&self.state);
+        let source = match inv.arg("copy-from").map(|a| &a.value) {
+            None => None,
+            Some(target) => {
+                let slots = self.select_disks(&st, target)?;
+                let src = slots
+                    .iter()
+                    .find_map(|s| st.disk(s))
+                    .cloned()
+                    .ok_or_else(|| failure("no such item"))?;
+                Some(src)
+            }
+        };
+        let slot = match inv.text("slot") {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => (1..)
+                .map(|n| format!("file{n}"))
+                .find(|s| st.disk(s).is_none())
+                .unwrap_or_default(),
+        };
+        if st.disk(&slot).is_some() || slot == self.cfg.mount_point {
+            return Err(failure("disk with such slot already exists"));
+        }
+        let size = match (&source, size) {
+            (Some(src), s) => s.unwrap_or(0).max(src.file_size),
+            (None, Some(s)) => s,
+            (None, None) => return Err(failure("file-size not specified")),
+        };
+        if st.disks.iter().any(|d| d.file_path == file_path) {
+            return Err(failure("file is already used by another disk"));
+        }
+        if st.file(&file_path).is_some() {
+            return Err(failure("file already exists"));
+        }
+        let free = self
+            .cfg
+            .pool_size
+            .saturating_sub(st.used(&self.cfg.mount_point));
+        if size > free {
+            return Err(failure("not enough space"));
+        }
+        if let Some(dd) = &self.cfg.data_dir {
+            let res = match &source {
+                Some(src) => dd.copy(&src.file_path, &file_path, size),
+                None => dd.create(&file_path, size),
+            };
+            res.map_err(|e| failure(format!("could not create file: {e}")))?;
+        }
+        let id = st.take_id();
+        st.disks.push(Disk {
+            slot: slot.clone(),
+            file_path: file_path.clone(),
+            file_size: size,
+            nvme_tcp_export: export,
+            nvme_tcp_server_port: if export {
+                Some(port.unwrap_or(4420))
+            } else {
+                port
+            },
+            nvme_tcp_server_nqn: if export {
+                Some(nqn.unwrap_or_else(|| default_nqn(&slot)))
+            } else {
+                nqn
+            },
+            copied_from: source.map(|s| s.slot),
+            id,
+        });
+        let now = self.now();
+        st.put_file(&file_path, size, now);
+        self.persist(&st);
+        Ok(String::new())
+    }
+
+    fn check_path(&self, file_path: &str) -> Result<(), CliError> {
+        if !state::valid_path(file_path) {
+            return Err(failure("invalid file-path"));
+        }
+        let under = file_path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(self.cfg.mount_point.as_str()))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if !under {
+            return Err(failure("file-path is not on a mounted disk"));
+        }
+        Ok(())
+    }
+
+    fn single_target<'a>(&self, inv: &'a Invocation) -> Result<&'a Value, CliError> {
+        match inv.positional.as_slice() {
+            [one] => Ok(&one.value),
+            [] => Err(failure("no item specified")),
+            [_, extra, ..] => Err(CliError::ExpectedEnd { col: extra.col }),
+        }
+    }
+
+    fn disk_set(&self, inv: &Invocation) -> Result<String, CliError> {
+        inv.only_args(&[
+            "file-size",
+            "nvme-tcp-export",
+            "nvme-tcp-server-port",
+            "nvme-tcp-server-nqn",
+        ])?;
+        let target = self.single_target(inv)?;
+        let size = opt_size(inv, "file-size")?;
+        let export = opt_bool(inv, "nvme-tcp-export")?;
+        let port = match inv.text("nvme-tcp-server-port") {
+            None => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| CliError::InvalidValue {
+                arg: "nvme-tcp-server-port".into(),
+            })?),
+        };
+        let nqn = inv.text("nvme-tcp-server-nqn").map(str::to_string);
+
+        let mut st = lock(&self.state);
+        let slots = self.select_disks(&st, target)?;
+        if slots.contains(&self.cfg.mount_point) {
+            return Err(failure("can not change this disk"));
+        }
+        // Check every target before changing any, so a failure leaves the state untouched.
+        let mut grow = 0u64;
+        if let Some(new) = size {
+            for s in &slots {
+                let d = st.disk(s).ok_or_else(|| failure("no such item"))?;
+                if new < d.file_size {
+                    return Err(failure("file-size can not be decreased"));
+                }
+                grow = grow.saturating_add(new - d.file_size);
+            }
+            let free = self
+                .cfg
+                .pool_size
+                .saturating_sub(st.used(&self.cfg.mount_point));
+            if grow > free {
+                return Err(failure("not enough space"));
+            }
+        }
+        let now = self.now();
+        for s in &slots {
+            let Some(i) = st.disks.iter().position(|d| d.slot == *s) else {
+                continue;
+            };
+            if let Some(new) = size {
+                if new > st.disks[i].file_size {
+                    let fp = st.disks[i].file_path.clone();
+                    if let Some(dd) = &self.cfg.data_dir {
+                        dd.grow(&fp, new)
+                            .map_err(|e| failure(format!("could not resize file: {e}")))?;
+                    }
+                    st.disks[i].file_size = new;
+                    if st.file(&fp).is_some() {
+                        st.put_file(&fp, new, now);
+                    }
+                }
+            }
+            let d = &mut st.disks[i];
+            if let Some(e) = export {
+                d.nvme_tcp_export = e;
+                if e {
+                    d.nvme_tcp_server_port.get_or_insert(4420);
+                    let slot = d.slot.clone();
+                    d.nvme_tcp_server_nqn
+                        .get_or_insert_with(|| default_nqn(&slot));
+                }
+            }
+            if let Some(p) = port {
+                d.nvme_tcp_server_port = Some(p);
+            }
+            if let Some(n) = &nqn {
+                d.nvme_tcp_server_nqn = Some(n.clone());
+            }
+        }
+        self.persist(&st);
+        Ok(String::new())
+    }
+
+    fn disk_remove(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_named(inv)?;
+        if inv.positional.is_empty() {
+            return Err(failure("no item specified"));
+        }
+        let mut st = lock(&self.state);
+        let mut slots = Vec::new();
+        for p in &inv.positional {
+            slots.extend(self.select_disks(&st, &p.value)?);
+        }
+        if slots.contains(&self.cfg.mount_point) {
+            return Err(failure("disk is in use"));
+        }
+        if slots.is_empty() {
+            return Ok(String::new());
+        }
+        // RouterOS keeps the backing file: the driver must remove it with /file remove.
+        st.disks.retain(|d| !slots.contains(&d.slot));
+        self.persist(&st);
+        Ok(String::new())
+    }
+
+    fn monitor_traffic(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_named(inv)?;
+        let mut once = false;
+        let mut target = None;
+        for p in &inv.positional {
+            match &p.value {
+                Value::Text(w) if p.word && w == "once" => once = true,
+                v if target.is_none() => target = Some(v),
+                _ => return Err(CliError::ExpectedEnd { col: p.col }),
+            }
+        }
+        let target = target.ok_or_else(|| failure("no item specified"))?;
+        let slot = {
+            let st = lock(&self.state);
+            self.select_disks(&st, target)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| failure("no such item"))?
+        };
+        if !once {
+            return Err(failure(
+                "monitor-traffic streams until interrupted; add \"once\"",
+            ));
+        }
+        let pairs: Vec<(&str, String)> = vec![
+            ("slot", slot),
+            ("read-ops", "243 401".into()),
+            ("read-ops-per-second", "0".into()),
+            ("read-bytes", "33 131 503 616".into()),
+            ("read-rate", "0bps".into()),
+            ("read-merges", "0".into()),
+            ("read-time", "0ms".into()),
+            ("write-ops", "17 667 231".into()),
+            ("write-ops-per-second", "76".into()),
+            ("write-bytes", "515 659 673 600".into()),
+            ("write-rate", "12.8Mbps".into()),
+            ("write-merges", "0".into()),
+            ("write-time", "0ms".into()),
+            ("in-flight-ops", "0".into()),
+            ("active-time", "0ms".into()),
+            ("wait-time", "0ms".into()),
+            ("discard-ops", "0".into()),
+            ("discard-bytes", "0".into()),
+            ("discard-merges", "0".into()),
+            ("discard-time", "0ms".into()),
+            ("flush-ops", "0".into()),
+            ("flush-time", "0ms".into()),
+        ];
+        Ok(self.mode().lines(&format::key_values(&pairs, 22, 15)))
+    }
+
+    fn file_entries(&self, st: &State) -> Vec<Entry> {
+        let mut files: Vec<&FileEntry> = st.files.iter().collect();
+        files.sort_by_key(|f| f.id);
+        files.into_iter().map(file_entry).collect()
+    }
+
+    fn file_print(&self, inv: &Invocation) -> Result<String, CliError> {
+        print_flags(inv)?;
+        let st = lock(&self.state);
+        let entries = filter(self.file_entries(&st), inv.filter.as_deref(), FILE_KEYS)?;
+        Ok(format::file_list(&entries, self.mode()))
+    }
+
+    fn file_remove(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_named(inv)?;
+        if inv.positional.is_empty() {
+            return Err(failure("no item specified"));
+        }
+        let mut st = lock(&self.state);
+        let mut paths = Vec::new();
+        for p in &inv.positional {
+            match &p.value {
+                Value::Find(conds) => {
+                    for e in filter(self.file_entries(&st), Some(conds), FILE_KEYS)? {
+                        if let Some(n) = e.get("name") {
+                            paths.push(absolute(&n.raw()));
+                        }
+                    }
+                }
+                Value::Text(names) => {
+                    for n in names.split(',') {
+                        let path = absolute(n);
+                        if st.file(&path).is_none() {
+                            return Err(failure("no such item"));
+                        }
+                        paths.push(path);
+                    }
+                }
+            }
+        }
+        for path in paths {
+            for f in st.remove_file(&path) {
+                if let Some(dd) = &self.cfg.data_dir {
+                    dd.remove(&f.path)
+                        .map_err(|e| failure(format!("could not remove file: {e}")))?;
+                }
+            }
+        }
+        self.persist(&st);
+        Ok(String::new())
+    }
+
+    fn identity(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_args(inv)?;
+        Ok(self.mode().lines(&format!("  name: {}", self.cfg.identity)))
+    }
+
+    fn resource(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_args(inv)?;
+        let up = self.started.elapsed().as_secs();
+        let uptime = {
+            let (d, h, m, s) = (up / 86_400, up / 3600 % 24, up / 60 % 60, up % 60);
+            let mut t = String::new();
+            if d > 0 {
+                t.push_str(&format!("{d}d"));
+            }
+            if d > 0 || h > 0 {
+                t.push_str(&format!("{h}h"));
+            }
+            if d > 0 || h > 0 || m > 0 {
+                t.push_str(&format!("{m}m"));
+            }
+            t.push_str(&format!("{s}s"));
+            t
+        };
+        let pairs = [
+            ("uptime", uptime),
+            ("version", "7.16 (stable)".into()),
+            ("build-time", "2024-09-20 13:00:27".into()),
+            ("factory-software", "7.16".into()),
+            ("free-memory", "28.1GiB".into()),
+            ("total-memory", "32.0GiB".into()),
+            ("cpu", "ARM64".into()),
+            ("cpu-count", "16".into()),
+            ("cpu-frequency", "2000MHz".into()),
+            ("cpu-load", "1%".into()),
+            ("free-hdd-space", "96.2MiB".into()),
+            ("total-hdd-space", "128.0MiB".into()),
+            ("architecture-name", "arm64".into()),
+            ("board-name", "RDS2216".into()),
+            ("platform", "MikroTik".into()),
+        ];
+        let text: String = pairs
+            .iter()
+            .map(|(k, v)| format!("{k:>25}: {v}\n"))
+            .collect();
+        Ok(self.mode().lines(&text))
+    }
+
+    // ---- /mock ----
+
+    fn mock(&self, cmd: &str, inv: &Invocation) -> Result<String, CliError> {
+        match cmd {
+            "orphan-file" => {
+                inv.only_args(&["path", "size"])?;
+                no_positional(inv)?;
+                let path = inv
+                    .text("path")
+                    .ok_or_else(|| failure("path not specified"))?;
+                let size = opt_size(inv, "size")?.unwrap_or(0);
+                self.add_orphan_file(path, size)?;
+                Ok(String::new())
+            }
+            "orphan-disk" => {
+                inv.only_args(&["slot", "file-path", "size"])?;
+                no_positional(inv)?;
+                let slot = inv
+                    .text("slot")
+                    .ok_or_else(|| failure("slot not specified"))?;
+                let fp = inv
+                    .text("file-path")
+                    .ok_or_else(|| failure("file-path not specified"))?;
+                let size = opt_size(inv, "size")?.unwrap_or(1 << 30);
+                self.add_orphan_disk(slot, fp, size)?;
+                Ok(String::new())
+            }
+            "reset" => {
+                no_args(inv)?;
+                self.reset();
+                Ok(String::new())
+            }
+            "history" => {
+                inv.only_args(&["count"])?;
+                no_positional(inv)?;
+                let count = match inv.text("count") {
+                    None => usize::MAX,
+                    Some(c) => c.parse().map_err(|_| CliError::InvalidValue {
+                        arg: "count".into(),
+                    })?,
+                };
+                let hist = self.history();
+                let skip = hist.len().saturating_sub(count);
+                let mut text = String::new();
+                for h in &hist[skip..] {
+                    let secs = h.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let exit = h.exit_status.map_or("-".to_string(), |e| e.to_string());
+                    text.push_str(&format!(
+                        "{} exit={exit} {:?} {}\n",
+                        format::timestamp(secs),
+                        h.disposition,
+                        h.command
+                    ));
+                }
+                Ok(self.mode().lines(&text))
+            }
+            "fault" => self.mock_fault(inv),
+            _ => Err(CliError::BadCommand {
+                name: cmd.to_string(),
+                col: 7,
+            }),
+        }
+    }
+
+    fn mock_fault(&self, inv: &Invocation) -> Result<String, CliError> {
+        let kind = match inv.positional.as_slice() {
+            [p] => match &p.value {
+                Value::Text(k) => k.as_str(),
+                Value::Find(_) => return Err(CliError::Syntax { col: p.col }),
+            },
+            [] => return Err(failure("fault kind not specified")),
+            [_, extra, ..] => return Err(CliError::ExpectedEnd { col: extra.col }),
+        };
+        let pattern = inv.text("pattern").unwrap_or("").to_string();
+        let times = match inv.text("times") {
+            None => None,
+            Some(t) => Some(t.parse::<u32>().map_err(|_| CliError::InvalidValue {
+                arg: "times".into(),
+            })?),
+        };
+        let enabled = opt_bool(inv, "enabled")?.unwrap_or(true);
+        let fault = match kind {
+            "fail" => {
+                inv.only_args(&["pattern", "times", "message", "exit-status"])?;
+                let exit_status = match inv.text("exit-status") {
+                    None => self.cfg.error_exit_status,
+                    Some(e) => e.parse().map_err(|_| CliError::InvalidValue {
+                        arg: "exit-status".into(),
+                    })?,
+                };
+                Fault::Fail {
+                    pattern,
+                    times,
+                    message: inv
+                        .text("message")
+                        .unwrap_or("failure: execution error")
+                        .to_string(),
+                    exit_status,
+                }
+            }
+            "hang" => {
+                inv.only_args(&["pattern", "times"])?;
+                Fault::Hang { pattern, times }
+            }
+            "drop" => {
+                inv.only_args(&["pattern", "times"])?;
+                Fault::DropAfterRun { pattern, times }
+            }
+            "latency" => {
+                inv.only_args(&["pattern", "min", "max"])?;
+                let dur = |name: &str| -> Result<Duration, CliError> {
+                    inv.text(name)
+                        .map(|v| {
+                            fault::parse_duration(v)
+                                .ok_or_else(|| CliError::InvalidValue { arg: name.into() })
+                        })
+                        .unwrap_or(Ok(Duration::ZERO))
+                };
+                let min = dur("min")?;
+                let max = if inv.arg("max").is_some() {
+                    dur("max")?
+                } else {
+                    min
+                };
+                Fault::Latency { pattern, min, max }
+            }
+            "refuse-connections" => {
+                inv.only_args(&["enabled"])?;
+                Fault::RefuseConnections(enabled)
+            }
+            "stall-handshake" => {
+                inv.only_args(&["enabled"])?;
+                Fault::StallHandshake(enabled)
+            }
+            "clear" => {
+                no_named(inv)?;
+                self.clear_faults();
+                return Ok(String::new());
+            }
+            "print" => {
+                no_named(inv)?;
+                let text: String = lock(&self.faults)
+                    .describe()
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                return Ok(self.mode().lines(&text));
+            }
+            _ => {
+                return Err(CliError::NoMatch {
+                    arg: "fault".into(),
+                })
+            }
+        };
+        self.add_fault(fault)
+            .map_err(|e| failure(format!("bad pattern: {e}")))?;
+        Ok(String::new())
+    }
+}
+
+/// Whether a line is a `/mock` command (these bypass faults).
+pub fn is_mock_command(line: &str) -> bool {
+    let l = line.trim_start().trim_start_matches('/');
+    l == "mock" || l.starts_with("mock ") || l.starts_with("mock/")
+}
+
+fn absolute(p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    }
+}
+
+fn flags(set: &[(usize, char)]) -> String {
+    let mut f = vec![' '; DISK_FLAG_SLOTS];
+    for &(i, c) in set {
+        f[i] = c;
+    }
+    f.into_iter().collect()
+}
+
+fn sharing_group() -> Vec<Prop> {
+    vec![
+        Prop::new("nfs-sharing", PVal::Bool(false)),
+        Prop::new("smb-sharing", PVal::Bool(false)),
+        Prop::new("media-sharing", PVal::Bool(false)),
+        Prop::new("media-interface", PVal::Plain("none".into())),
+        Prop::new("swap", PVal::Bool(false)),
+    ]
+}
+
+/// The full property list of a file disk, grouped the way hardware breaks its lines.
+fn disk_entry(d: &Disk) -> Entry {
+    let mut nvme = vec![Prop::new("nvme-tcp-export", PVal::Bool(d.nvme_tcp_export))];
+    if let Some(p) = d.nvme_tcp_server_port {
+        nvme.push(Prop::new("nvme-tcp-server-port", PVal::Int(p.into())));
+    }
+    if let Some(n) = &d.nvme_tcp_server_nqn {
+        nvme.push(Prop::new("nvme-tcp-server-nqn", PVal::Quoted(n.clone())));
+    }
+    if d.nvme_tcp_export {
+        nvme.push(Prop::new(
+            "nvme-tcp-server-allow-host-name",
+            PVal::Quoted(String::new()),
+        ));
+    }
+    nvme.push(Prop::new("iscsi-export", PVal::Bool(false)));
+    Entry {
+        flags: if d.nvme_tcp_export {
+            flags(&[(8, 't')])
+        } else {
+            flags(&[])
+        },
+        groups: vec![
+            vec![
+                Prop::new("type", PVal::Plain("file".into())),
+                Prop::new("slot", PVal::Quoted(d.slot.clone())),
+                Prop::new("slot-default", PVal::Quoted(String::new())),
+                Prop::new("parent", PVal::Quoted(String::new())),
+                Prop::new("fs", PVal::Plain("-".into())),
+            ],
+            vec![Prop::new("model", PVal::Quoted(d.file_path.clone()))],
+            vec![
+                Prop::new("size", PVal::Bytes(d.file_size)),
+                Prop::new("mount-filesystem", PVal::Bool(true)),
+                Prop::new("mount-read-only", PVal::Bool(false)),
+                Prop::new("compress", PVal::Bool(false)),
+                Prop::new("sector-size", PVal::Int(512)),
+                Prop::new("raid-master", PVal::Plain("none".into())),
+            ],
+            nvme,
+            sharing_group(),
+            // Hardware prints file-path on a line of its own even when file-size would fit.
+            vec![Prop::new("file-path", PVal::Plain(d.file_path.clone()))],
+            vec![
+                Prop::new("file-size", PVal::Human(d.file_size)),
+                Prop::new("file-offset", PVal::Int(0)),
+            ],
+        ],
+    }
+}
+
+fn file_entry(f: &FileEntry) -> Entry {
+    let mut props = vec![
+        Prop::new("name", PVal::Plain(f.name().to_string())),
+        Prop::new("type", PVal::Plain(f.type_name())),
+    ];
+    if f.kind == FileKind::File {
+        props.push(Prop::new("size", PVal::Human(f.size)));
+    }
+    props.push(Prop::new(
+        "last-modified",
+        PVal::Plain(format::timestamp(f.last_modified)),
+    ));
+    Entry {
+        flags: String::new(),
+        groups: vec![props],
+    }
+}
+
+/// Keeps the entries matching every condition.
+fn filter(
+    entries: Vec<Entry>,
+    conds: Option<&[Cond]>,
+    keys: &[&str],
+) -> Result<Vec<Entry>, CliError> {
+    let Some(conds) = conds else {
+        return Ok(entries);
+    };
+    let mut compiled = Vec::new();
+    for c in conds {
+        if !keys.contains(&c.key.as_str()) {
+            return Err(CliError::ExpectedEnd { col: c.col });
+        }
+        let re = match c.op {
+            Op::Match => Some(Regex::new(&c.value).map_err(|_| failure("invalid regex"))?),
+            _ => None,
+        };
+        compiled.push((c, re));
+    }
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            compiled.iter().all(|(c, re)| {
+                let prop = e.get(&c.key);
+                match (c.op, prop) {
+                    (Op::Match, Some(p)) => re.as_ref().is_some_and(|r| r.is_match(&p.raw())),
+                    (Op::Match, None) => false,
+                    (Op::Eq, p) => p.is_some_and(|p| equal(p, &c.value)),
+                    (Op::NotEq, p) => !p.is_some_and(|p| equal(p, &c.value)),
+                }
+            })
+        })
+        .collect())
+}
+
+fn equal(p: &Prop, value: &str) -> bool {
+    match (p.number(), parse_size(value)) {
+        (Some(a), Some(b)) => a == b,
+        _ => p.raw() == value,
+    }
+}
+
+fn print_flags(inv: &Invocation) -> Result<(), CliError> {
+    if let Some(a) = inv.args.first() {
+        return Err(CliError::ExpectedEnd { col: a.col });
+    }
+    for p in &inv.positional {
+        match &p.value {
+            Value::Text(w) if p.word && (w == "detail" || w == "without-paging") => {}
+            _ => return Err(CliError::ExpectedEnd { col: p.col }),
+        }
+    }
+    Ok(())
+}
+
+fn no_named(inv: &Invocation) -> Result<(), CliError> {
+    match inv.args.first() {
+        Some(a) => Err(CliError::ExpectedEnd { col: a.col }),
+        None => Ok(()),
+    }
+}
+
+fn no_positional(inv: &Invocation) -> Result<(), CliError> {
+    match inv.positional.first() {
+        Some(p) => Err(CliError::ExpectedEnd { col: p.col }),
+        None => Ok(()),
+    }
+}
+
+fn no_args(inv: &Invocation) -> Result<(), CliError> {
+    no_named(inv)?;
+    no_positional(inv)
+}
+
+fn opt_size(inv: &Invocation, name: &str) -> Result<Option<u64>, CliError> {
+    match inv.arg(name).map(|a| &a.value) {
+        None => Ok(None),
+        Some(Value::Text(t)) => match parse_size(t) {
+            Some(n) if n > 0 || name == "size" => Ok(Some(n)),
+            _ => Err(CliError::InvalidValue { arg: name.into() }),
+        },
+        Some(Value::Find(_)) => Err(CliError::InvalidValue { arg: name.into() }),
+    }
+}
+
+fn opt_bool(inv: &Invocation, name: &str) -> Result<Option<bool>, CliError> {
+    match inv.arg(name).map(|a| &a.value) {
+        None => Ok(None),
+        Some(Value::Text(t)) if t == "yes" || t == "true" => Ok(Some(true)),
+        Some(Value::Text(t)) if t == "no" || t == "false" => Ok(Some(false)),
+        Some(_) => Err(CliError::NoMatch { arg: name.into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    fn engine() -> Engine {
+        Engine::new(
+            EngineConfig {
+                output: OutputMode::Routeros,
+                mount_point: "storage-pool".into(),
+                pool_size: 1 << 40,
+                state_file: None,
+                data_dir: None,
+                identity: "RDS".into(),
+                error_exit_status: 1,
+                fixed_time: Some(0),
+                latency_seed: 0,
+                history_depth: 10,
+            },
+            State::default(),
+        )
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let e = engine();
+        let fixed = [
+            "",
+            "   ",
+            "/",
+            "//",
+            "/disk//print",
+            "]",
+            "[",
+            "=",
+            "\\",
+            "\"\\",
+            "/disk print where",
+            "/disk print where slot",
+            "/disk print where slot=",
+            "/disk print where =x",
+            "/disk remove [find",
+            "/disk remove [find slot=x",
+            "/disk remove []",
+            "/disk remove [find]",
+            "/disk add type=file file-path=/storage-pool/\u{e9}.img file-size=1G slot=x",
+            "/disk add type=file file-path=/storage-pool/y.img file-size=1G slot=\"\u{e9}\u{1F600}\\\"\"",
+            "/disk add type=file file-path=/storage-pool/a.img file-size=18446744073709551615 slot=a",
+            "/mock orphan-file path=/storage-pool/b.img size=18446744073709551615",
+            "/mock orphan-file path=/storage-pool/c.img size=18446744073709551615",
+            "/disk print detail where mount-point=storage-pool",
+            "/disk print detail",
+            "/file print detail",
+            "/disk set a file-size=99999999999T",
+            "/mock fault latency min=99999999999m max=1ms",
+            "/mock history count=-1",
+            "/file print where name~\"[\"",
+            "/disk monitor-traffic [find] once",
+            "/disk add copy-from=[find slot=a] type=file file-path=/storage-pool/z.img slot=z",
+            "/disk print detail where slot~\"(a|\"",
+        ];
+        for line in fixed {
+            let r = e.execute(line);
+            assert!(r.output.is_ascii(), "{line:?}: {r:?}");
+        }
+        let _ = e.decide("anything");
+        // A random soup of RouterOS-ish fragments.
+        let parts = [
+            "/disk",
+            "/file",
+            "/mock",
+            "add",
+            "print",
+            "set",
+            "remove",
+            "detail",
+            "where",
+            "find",
+            "[",
+            "]",
+            "=",
+            "~",
+            "!=",
+            "\"",
+            "\\",
+            "slot",
+            "file-size",
+            "1G",
+            "x",
+            " ",
+            " and ",
+            "type=file",
+            "file-path=/storage-pool/q.img",
+            "copy-from=",
+            "once",
+            "fault",
+            "fail",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..3000 {
+            let n = rng.random_range(0..12);
+            let line: String = (0..n)
+                .map(|_| parts[rng.random_range(0..parts.len())])
+                .collect();
+            let _ = e.execute(&line);
+        }
+    }
+
+    #[test]
+    fn capacity_saturates_instead_of_overflowing() {
+        let e = engine();
+        e.add_orphan_file("/storage-pool/a.img", u64::MAX).unwrap();
+        e.add_orphan_file("/storage-pool/b.img", u64::MAX).unwrap();
+        let out = e.execute("/disk print detail where mount-point=\"storage-pool\"");
+        assert!(out.output.contains("free=0 use=100%"), "{}", out.output);
+        let full =
+            e.execute("/disk add type=file file-path=/storage-pool/c.img file-size=1 slot=c");
+        assert_eq!(full.output, "failure: not enough space\r\n");
+    }
+}

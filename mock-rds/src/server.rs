@@ -1,0 +1,403 @@
+//! The SSH transport (russh): exec requests, one command per channel, answers on stdout followed
+//! by exit-status, EOF and close. Also where connection-level faults happen (refuse, stall,
+//! drop), since they act on the TCP socket rather than on a command.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth as SshAuth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::engine::{Effect, Engine};
+use crate::fault::{Action, Disposition};
+use crate::Auth;
+
+struct Conns {
+    /// A duplicate of each live socket, so it can be shut down from outside its task.
+    live: HashMap<u64, std::net::TcpStream>,
+    stopped: bool,
+}
+
+pub(crate) struct Shared {
+    pub engine: Arc<Engine>,
+    pub auth: Auth,
+    conns: Mutex<Conns>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(engine: Arc<Engine>, auth: Auth) -> Shared {
+        Shared {
+            engine,
+            auth,
+            conns: Mutex::new(Conns {
+                live: HashMap::new(),
+                stopped: false,
+            }),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tracks a new socket; `None` once the server is stopping.
+    fn register(&self, sock: TcpStream) -> std::io::Result<Option<(TcpStream, u64)>> {
+        let std_sock = sock.into_std()?;
+        let dup = std_sock.try_clone()?;
+        let sock = TcpStream::from_std(std_sock)?;
+        let mut c = self.conns();
+        if c.stopped {
+            let _ = dup.shutdown(Shutdown::Both);
+            return Ok(None);
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        c.live.insert(id, dup);
+        Ok(Some((sock, id)))
+    }
+
+    fn unregister(&self, id: u64) {
+        self.conns().live.remove(&id);
+    }
+
+    fn alive(&self, id: u64) -> bool {
+        self.conns().live.contains_key(&id)
+    }
+
+    /// Cuts one connection at the TCP level: the client sees the connection close with no SSH
+    /// disconnect message, like a network failure or an RDS reboot.
+    fn kill(&self, id: u64) {
+        if let Some(s) = self.conns().live.remove(&id) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn kill_all(&self) {
+        for (_, s) in self.conns().live.drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn kill_all_but(&self, keep: u64) {
+        self.conns().live.retain(|id, s| {
+            if *id == keep {
+                return true;
+            }
+            let _ = s.shutdown(Shutdown::Both);
+            false
+        });
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns().live.len()
+    }
+
+    /// Marks the server stopped (no new connections are tracked) and cuts the live ones.
+    pub fn stop(&self) {
+        self.conns().stopped = true;
+        self.kill_all();
+    }
+
+    fn allows(&self, key: &PublicKey) -> bool {
+        match &self.auth {
+            Auth::AnyKey => true,
+            Auth::AuthorizedKeys(keys) => keys.iter().any(|k| k.key_data() == key.key_data()),
+        }
+    }
+}
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: Arc<russh::server::Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let sock = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    // Usually EMFILE; back off a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        if shared.engine.refuse_connections() {
+            tracing::debug!("refusing connection (fault)");
+            drop(sock);
+            continue;
+        }
+        let (mut sock, id) = match shared.register(sock) {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not track connection");
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let shared = shared.clone();
+        if shared.engine.stall_handshake() {
+            tracing::debug!(conn = id, "stalling handshake (fault)");
+            tokio::spawn(async move {
+                // Never send the SSH banner; just drain until the peer or a kill closes it.
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                shared.unregister(id);
+            });
+            continue;
+        }
+        let config = config.clone();
+        tokio::spawn(async move {
+            let handler = Conn {
+                shared: shared.clone(),
+                id,
+                execs: HashSet::new(),
+            };
+            match russh::server::run_stream(config, sock, handler).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        tracing::debug!(conn = id, error = %e, "connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(conn = id, error = %e, "handshake failed"),
+            }
+            shared.unregister(id);
+        });
+    }
+}
+
+/// One SSH connection.
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Channels that already had their one exec.
+    execs: HashSet<ChannelId>,
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<SshAuth, Self::Error> {
+        Ok(match self.shared.auth {
+            Auth::AnyKey => SshAuth::Accept,
+            Auth::AuthorizedKeys(_) => SshAuth::reject(),
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<SshAuth, Self::Error> {
+        Ok(if self.shared.allows(offer.public_key) {
+            SshAuth::Accept
+        } else {
+            SshAuth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<SshAuth, Self::Error> {
+        let ok = self.shared.allows(key.public_key);
+        tracing::debug!(conn = self.id, user, ok, "publickey auth");
+        Ok(if ok {
+            SshAuth::Accept
+        } else {
+            SshAuth::reject()
+        })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        // Replies go through the session handle; dropping the receiver just discards stdin.
+        drop(channel);
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.execs.insert(channel) {
+            // RouterOS runs one command per channel.
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        session.channel_success(channel)?;
+        let line = String::from_utf8_lossy(data).trim().to_string();
+        let handle = session.handle();
+        // Run off the connection's task so a slow or hung command does not block the others.
+        tokio::spawn(run_command(
+            self.shared.clone(),
+            self.id,
+            handle,
+            channel,
+            line,
+        ));
+        Ok(())
+    }
+
+    // No terminal and no shell; refusing them must not break a later exec on the channel.
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.execs.remove(&channel);
+        Ok(())
+    }
+}
+
+async fn run_command(
+    shared: Arc<Shared>,
+    conn: u64,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    line: String,
+) {
+    let engine = shared.engine.clone();
+    let (action, delay) = engine.decide(&line);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if !shared.alive(conn) {
+        // The connection went away (or the server stopped) while we waited: do not run it.
+        return;
+    }
+    tracing::info!(conn, command = %line, ?action, "exec");
+    match action {
+        Action::Hang => engine.record(&line, None, "", Disposition::Hung),
+        Action::Fail {
+            message,
+            exit_status,
+        } => {
+            let out = if message.is_empty() {
+                String::new()
+            } else {
+                engine.cfg.output.lines(&message)
+            };
+            engine.record(&line, Some(exit_status), &out, Disposition::Failed);
+            reply(&handle, channel, out, exit_status).await;
+        }
+        Action::DropAfterRun => {
+            let r = execute(&engine, &line).await;
+            engine.record(&line, Some(r.0), &r.1, Disposition::Dropped);
+            shared.kill(conn);
+        }
+        Action::Run => {
+            let (status, out, effect) = execute(&engine, &line).await;
+            engine.record(&line, Some(status), &out, Disposition::Answered);
+            reply(&handle, channel, out, status).await;
+            if effect == Effect::DropConnections {
+                // Cut the others at once; this one gets an SSH disconnect queued behind its
+                // reply, so the person who asked still sees the command succeed.
+                shared.kill_all_but(conn);
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "drop-connections".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs the command on the blocking pool: it may copy backing files and fsync the state.
+async fn execute(engine: &Arc<Engine>, line: &str) -> (u32, String, Effect) {
+    let e = engine.clone();
+    let l = line.to_string();
+    match tokio::task::spawn_blocking(move || e.execute(&l)).await {
+        Ok(r) => (r.exit_status, r.output, r.effect),
+        Err(err) => {
+            tracing::error!(error = %err, "command panicked");
+            (
+                engine.cfg.error_exit_status,
+                engine.cfg.output.lines("failure: internal error"),
+                Effect::None,
+            )
+        }
+    }
+}
+
+async fn reply(handle: &russh::server::Handle, channel: ChannelId, out: String, status: u32) {
+    if !out.is_empty() {
+        let _ = handle.data(channel, out.into_bytes()).await;
+    }
+    let _ = handle.exit_status_request(channel, status).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}

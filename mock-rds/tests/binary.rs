@@ -1,0 +1,265 @@
+//! The `mock-rds` binary driven by the OpenSSH client, as a person would use it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mock-rds");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills the server if the test fails before stopping it.
+struct Server {
+    child: Child,
+    port: u16,
+    fingerprint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    // Keep the caller's environment from changing the flags under test.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOCK_RDS_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn spawn(args: &[&str]) -> Server {
+    spawn_env(args, &[])
+}
+
+fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let mut child = command()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mock-rds");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let mut server = Server {
+        child,
+        port: 0,
+        fingerprint: String::new(),
+    };
+    let line = rx.recv_timeout(WAIT).expect("ready line");
+    // mock-rds listening on 127.0.0.1:PORT host-key SHA256:...
+    let rest = line
+        .trim_end()
+        .strip_prefix("mock-rds listening on 127.0.0.1:")
+        .unwrap_or_else(|| panic!("bad ready line {line:?}"));
+    let (port, fp) = rest
+        .split_once(" host-key ")
+        .expect("host-key in ready line");
+    server.port = port.parse().unwrap();
+    server.fingerprint = fp.to_string();
+    assert!(server.fingerprint.starts_with("SHA256:"));
+    server
+}
+
+fn keygen(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) must be installed");
+    assert!(st.success());
+    key
+}
+
+fn ssh(server: &Server, key: &Path, known_hosts: &Path, cmd: &str) -> Output {
+    Command::new("ssh")
+        .arg("-p")
+        .arg(server.port.to_string())
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "admin@127.0.0.1",
+            cmd,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh (openssh-client) must be installed")
+}
+
+fn known_hosts(server: &Server, state: &Path, dir: &Path) -> std::path::PathBuf {
+    let public = std::fs::read_to_string(state.join("ssh_host_ed25519_key.pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
+    let kh = dir.join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {kind} {b64}\n", server.port)).unwrap();
+    // The ready line's fingerprint is the key's.
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(state.join("ssh_host_ed25519_key.pub"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&server.fingerprint));
+    kh
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "mock-rds did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn openssh_round_trip_restart_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let key = keygen(dir.path());
+    let auth = dir.path().join("authorized_keys");
+    std::fs::copy(key.with_extension("pub"), &auth).unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--authorized-keys",
+        auth.to_str().unwrap(),
+    ];
+    let server = spawn(&args);
+    let kh = known_hosts(&server, &state, dir.path());
+
+    let slot = "pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8";
+    let add = ssh(
+        &server,
+        &key,
+        &kh,
+        &format!(
+            "/disk add type=file file-path=\"/storage-pool/metal-csi/{slot}.img\" file-size=1073741824 slot=\"{slot}\" nvme-tcp-export=yes nvme-tcp-server-port=4420 nvme-tcp-server-nqn=\"nqn.2000-02.com.mikrotik:{slot}\""
+        ),
+    );
+    assert!(add.status.success(), "{add:?}");
+    assert!(add.stdout.is_empty());
+
+    let print = ssh(
+        &server,
+        &key,
+        &kh,
+        &format!("/disk print detail where slot={slot}"),
+    );
+    assert!(print.status.success());
+    let text = String::from_utf8(print.stdout).unwrap();
+    assert!(text.starts_with("Flags: "), "{text}");
+    assert!(text.contains(&format!("slot=\"{slot}\"")), "{text}");
+    assert!(text.contains("file-size=1024.0MiB"), "{text}");
+    assert!(text.contains("\r\n"));
+
+    let bad = ssh(&server, &key, &kh, "/disk frobnicate");
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stdout),
+        "bad command name frobnicate (line 1 column 7)\r\n"
+    );
+
+    // An "RDS reboot": SIGTERM, clean exit, restart on the same state dir.
+    let mut server = server;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut server.child).success());
+    let fingerprint = server.fingerprint.clone();
+
+    // Same port again (as an RDS keeps its address across a reboot).
+    let listen = format!("127.0.0.1:{}", server.port);
+    drop(server);
+    let mut args = args;
+    args[1] = &listen;
+    let server = spawn(&args);
+    assert_eq!(server.fingerprint, fingerprint, "host key persists");
+    let kh = known_hosts(&server, &state, dir.path());
+    let print = ssh(&server, &key, &kh, "/disk print detail where slot~\"pvc\"");
+    assert!(String::from_utf8_lossy(&print.stdout).contains(slot));
+
+    let remove = ssh(
+        &server,
+        &key,
+        &kh,
+        &format!("/disk remove [find slot={slot}]"),
+    );
+    assert!(
+        remove.status.success() && remove.stdout.is_empty(),
+        "{remove:?}"
+    );
+    let print = ssh(
+        &server,
+        &key,
+        &kh,
+        &format!("/disk print detail where slot={slot}"),
+    );
+    assert!(!String::from_utf8_lossy(&print.stdout).contains(slot));
+
+    // A key that is not authorized is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = keygen(other_dir.path());
+    let denied = ssh(&server, &other, &kh, "/system identity print");
+    assert_eq!(denied.status.code(), Some(255), "{denied:?}");
+}
+
+#[test]
+fn refuses_to_start_without_client_authentication() {
+    let out = command()
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-any-key"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn allow_any_key_and_simple_output_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let state = dir.path().join("state");
+    let server = spawn_env(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("MOCK_RDS_ALLOW_ANY_KEY", "true"),
+            ("MOCK_RDS_OUTPUT", "simple"),
+            ("MOCK_RDS_STATE_DIR", state.to_str().unwrap()),
+        ],
+    );
+    let kh = known_hosts(&server, &dir.path().join("state"), dir.path());
+    let out = ssh(&server, &key, &kh, "/disk print detail where slot=nope");
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "simple mode prints no legend");
+    let out = ssh(&server, &key, &kh, "/system identity print");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "  name: RDS\n");
+}
