@@ -1,0 +1,51 @@
+//! How a node reaches a volume's block device: NVMe/TCP in production, loop devices over the
+//! backing files in development and CI.
+
+use std::path::{Path, PathBuf};
+
+use tokio::time::Instant;
+
+use super::context::VolumeTarget;
+use super::error::Result;
+
+pub mod loopdev;
+pub mod nvme;
+
+pub use loopdev::LoopConnector;
+pub use nvme::{NvmeConfig, NvmeTcpConnector};
+
+/// A volume this connector has attached on the host (found by scanning, not remembered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub target: VolumeTarget,
+    pub device: Option<PathBuf>,
+}
+
+#[tonic::async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// `nvme-tcp` or `loop`; stored in the volume records.
+    fn name(&self) -> &'static str;
+
+    /// Checks that the target has what this connector needs (InvalidArgument naming the field).
+    fn check_target(&self, target: &VolumeTarget) -> Result<()>;
+
+    /// Attaches the volume (idempotent: an existing attachment is reused) and waits until its
+    /// block device appears. Returns the device node.
+    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<PathBuf>;
+
+    /// The device node of an attached volume, looked up afresh (never cached).
+    async fn find_device(&self, target: &VolumeTarget) -> Result<Option<PathBuf>>;
+
+    /// Detaches the volume and verifies it is gone; Ok when it was not attached.
+    async fn detach(&self, target: &VolumeTarget, deadline: Instant) -> Result<()>;
+
+    /// Makes the kernel re-read the device's size after the backing store grew.
+    async fn rescan(&self, target: &VolumeTarget, device: &Path, deadline: Instant) -> Result<()>;
+
+    /// The volume behind the block device `major:minor`, when this connector manages it. Lets
+    /// unstage detach even when the state record was lost.
+    async fn target_for_device(&self, major: u32, minor: u32) -> Result<Option<VolumeTarget>>;
+
+    /// Every volume of this driver currently attached on the host.
+    async fn attached(&self) -> Result<Vec<Attached>>;
+}

@@ -1,0 +1,377 @@
+//! Validation of everything the CO sends: volume IDs, paths, and the volume/publish context
+//! produced by the controller.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{NodeError, Result};
+
+/// Filesystems the node formats and mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Ext3,
+    Xfs,
+}
+
+impl FsType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ext4" => Some(FsType::Ext4),
+            "ext3" => Some(FsType::Ext3),
+            "xfs" => Some(FsType::Xfs),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Ext3 => "ext3",
+            FsType::Xfs => "xfs",
+        }
+    }
+}
+
+/// What a connector needs to reach one volume. Persisted in the node state record, so unstage
+/// works after a restart without the volume context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VolumeTarget {
+    pub volume_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nqn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Absolute path of the backing file on the RDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctrl_loss_tmo: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_delay: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_tmo: Option<u32>,
+}
+
+/// The validated volume context of a NodeStageVolume call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageContext {
+    pub target: VolumeTarget,
+    /// From the volume context; the capability's `fs_type` takes precedence (see the service).
+    pub fs_type: Option<FsType>,
+    pub mkfs_options: Vec<String>,
+}
+
+/// Volume IDs also name the state record file, so they are restricted to a safe alphabet.
+pub fn validate_volume_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(NodeError::InvalidArgument("volume_id is required".into()));
+    }
+    let ok = id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(NodeError::InvalidArgument(format!(
+            "volume_id `{id}` is not valid: at most 128 characters of [A-Za-z0-9._-], not starting with `.`"
+        )));
+    }
+    Ok(())
+}
+
+/// The NQN suffix grammar of volumes this driver creates: `[a-z0-9-]{1,64}`.
+pub fn is_volume_suffix(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// True only for NQNs this driver manages: the managed prefix followed by a volume-ID suffix.
+/// Anything else (for example a node's own `/var` exported by the same RDS) is never touched.
+pub fn is_managed_nqn(nqn: &str, prefix: &str) -> bool {
+    !prefix.is_empty() && nqn.strip_prefix(prefix).is_some_and(is_volume_suffix)
+}
+
+/// Validates a path sent by the CO: absolute, no `..`, and under `root` when one is configured.
+pub fn validate_path(field: &str, path: &str, root: Option<&Path>) -> Result<PathBuf> {
+    if path.is_empty() {
+        return Err(NodeError::InvalidArgument(format!("{field} is required")));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() || path.len() > 4096 || path.contains('\0') {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{path}` must be an absolute path"
+        )));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{path}` must not contain `..`"
+        )));
+    }
+    if let Some(root) = root {
+        if !p.starts_with(root) {
+            return Err(NodeError::InvalidArgument(format!(
+                "{field} `{path}` is not under the kubelet directory {}",
+                root.display()
+            )));
+        }
+    }
+    Ok(p.to_path_buf())
+}
+
+/// `filePath`: an absolute RDS path of `[A-Za-z0-9._/-]`, without `..`.
+pub fn validate_file_path(field: &str, path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && path.len() <= 1024
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+        && !path.split('/').any(|c| c == "..")
+        && !path.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::InvalidArgument(format!(
+            "{field} `{path}` must be an absolute path of [A-Za-z0-9._/-] without `..`"
+        )))
+    }
+}
+
+/// The NQN grammar (as the controller builds them) plus the managed-prefix rule.
+pub fn validate_nqn(field: &str, nqn: &str, managed_prefix: &str) -> Result<()> {
+    if !is_managed_nqn(nqn, managed_prefix) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{nqn}` is not managed by this driver: it must be `{managed_prefix}` followed by [a-z0-9-]{{1,64}}"
+        )));
+    }
+    Ok(())
+}
+
+/// A mount flag or mkfs option: printable, no whitespace, not empty. They are passed as argv
+/// elements (never through a shell), this only keeps garbage out of the logs and the kernel.
+fn validate_option(field: &str, opt: &str) -> Result<()> {
+    if opt.is_empty() || opt.len() > 256 || opt.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field}: `{opt}` is not a valid option"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_mount_flags(flags: &[String]) -> Result<()> {
+    for f in flags {
+        validate_option("volume_capability.mount.mount_flags", f)?;
+        if f.starts_with('-') {
+            return Err(NodeError::InvalidArgument(format!(
+                "volume_capability.mount.mount_flags: `{f}` must not start with `-`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn lookup<'a>(
+    vc: &'a HashMap<String, String>,
+    pc: &'a HashMap<String, String>,
+    vc_key: &str,
+    pc_key: Option<&str>,
+) -> Option<(String, &'a str)> {
+    if let Some(v) = vc.get(vc_key).filter(|v| !v.is_empty()) {
+        return Some((format!("volume_context.{vc_key}"), v.as_str()));
+    }
+    let k = pc_key?;
+    pc.get(k)
+        .filter(|v| !v.is_empty())
+        .map(|v| (format!("publish_context.{k}"), v.as_str()))
+}
+
+fn parse_int<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: &str,
+    min: T,
+    max: T,
+) -> Result<T> {
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(NodeError::InvalidArgument(format!(
+            "{field} `{v}` must be an integer in {min}..={max}"
+        ))),
+    }
+}
+
+/// Reads the volume context (and the Go-driver-compatible publish context as a fallback).
+/// Which keys are required depends on the connector; it checks that itself.
+pub fn parse_stage_context(
+    volume_id: &str,
+    vc: &HashMap<String, String>,
+    pc: &HashMap<String, String>,
+    managed_prefix: &str,
+) -> Result<StageContext> {
+    let mut target = VolumeTarget {
+        volume_id: volume_id.to_string(),
+        ..Default::default()
+    };
+    if let Some((field, nqn)) = lookup(vc, pc, "nqn", Some("nvme_nqn")) {
+        validate_nqn(&field, nqn, managed_prefix)?;
+        target.nqn = Some(nqn.to_string());
+    }
+    if let Some((field, addr)) = lookup(vc, pc, "nvmeAddress", Some("nvme_address")) {
+        // A literal IP only: name resolution on the node is a failure mode we do not need.
+        let ip: IpAddr = addr.parse().map_err(|_| {
+            NodeError::InvalidArgument(format!("{field} `{addr}` must be an IP address literal"))
+        })?;
+        target.address = Some(ip);
+    }
+    if let Some((field, port)) = lookup(vc, pc, "nvmePort", Some("nvme_port")) {
+        target.port = Some(parse_int::<u16>(&field, port, 1, u16::MAX)?);
+    }
+    if let Some((field, fp)) = lookup(vc, pc, "filePath", None) {
+        validate_file_path(&field, fp)?;
+        target.file_path = Some(fp.to_string());
+    }
+    if let Some((field, v)) = lookup(vc, pc, "ctrlLossTmo", None) {
+        target.ctrl_loss_tmo = Some(parse_int::<i32>(&field, v, -1, 31_536_000)?);
+    }
+    if let Some((field, v)) = lookup(vc, pc, "reconnectDelay", None) {
+        target.reconnect_delay = Some(parse_int::<u32>(&field, v, 1, 3600)?);
+    }
+    if let Some((field, v)) = lookup(vc, pc, "keepAliveTmo", None) {
+        target.keep_alive_tmo = Some(parse_int::<u32>(&field, v, 1, 3600)?);
+    }
+    let fs_type = match lookup(vc, pc, "fsType", Some("fs_type")) {
+        Some((field, v)) => Some(FsType::parse(v).ok_or_else(|| {
+            NodeError::InvalidArgument(format!("{field} `{v}` must be one of ext4, ext3, xfs"))
+        })?),
+        None => None,
+    };
+    let mut mkfs_options = Vec::new();
+    if let Some((field, v)) = lookup(vc, pc, "mkfsOptions", None) {
+        for opt in v.split_whitespace() {
+            validate_option(&field, opt)?;
+            mkfs_options.push(opt.to_string());
+        }
+    }
+    Ok(StageContext {
+        target,
+        fs_type,
+        mkfs_options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "nqn.2000-02.com.mikrotik:";
+
+    fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn managed_nqn_needs_prefix_and_volume_suffix() {
+        assert!(is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:pvc-1234-ab",
+            PREFIX
+        ));
+        assert!(!is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:nixos-var.x",
+            PREFIX
+        ));
+        assert!(!is_managed_nqn("nqn.2000-02.com.mikrotik:PVC-1", PREFIX));
+        assert!(!is_managed_nqn("nqn.2000-02.com.mikrotik:", PREFIX));
+        assert!(!is_managed_nqn("nqn.2000-02.com.other:pvc-1", PREFIX));
+        assert!(!is_managed_nqn(
+            &format!("{PREFIX}{}", "a".repeat(65)),
+            PREFIX
+        ));
+        assert!(!is_managed_nqn("pvc-1", ""));
+    }
+
+    #[test]
+    fn paths_are_absolute_without_dotdot_and_under_root() {
+        assert!(validate_path("target_path", "", None).is_err());
+        assert!(validate_path("target_path", "rel/x", None).is_err());
+        assert!(validate_path("target_path", "/a/../b", None).is_err());
+        let root = Path::new("/var/lib/kubelet");
+        assert!(validate_path("t", "/var/lib/kubelet/pods/x", Some(root)).is_ok());
+        assert!(validate_path("t", "/var/lib/kubeletx/pods", Some(root)).is_err());
+        let e = validate_path("staging_target_path", "", None).unwrap_err();
+        assert!(e.to_string().contains("staging_target_path"));
+    }
+
+    #[test]
+    fn file_path_grammar() {
+        assert!(validate_file_path("f", "/storage-pool/metal-csi/pvc-1.img").is_ok());
+        for bad in ["rel.img", "/a/../b.img", "/a b.img", "/a/$x", "/a/"] {
+            assert!(validate_file_path("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_context_first_publish_context_fallback() {
+        let vc = map(&[
+            ("nqn", "nqn.2000-02.com.mikrotik:pvc-1"),
+            ("nvmePort", "4420"),
+            ("filePath", "/storage-pool/metal-csi/pvc-1.img"),
+            ("fsType", "xfs"),
+            ("mkfsOptions", "-m 0"),
+            ("ctrlLossTmo", "-1"),
+        ]);
+        let pc = map(&[
+            ("nvme_address", "10.0.0.5"),
+            ("nvme_port", "9999"),
+            ("nvme_nqn", "nqn.2000-02.com.mikrotik:other"),
+        ]);
+        let c = parse_stage_context("pvc-1", &vc, &pc, PREFIX).unwrap();
+        assert_eq!(
+            c.target.nqn.as_deref(),
+            Some("nqn.2000-02.com.mikrotik:pvc-1")
+        );
+        assert_eq!(c.target.address, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(c.target.port, Some(4420));
+        assert_eq!(c.target.ctrl_loss_tmo, Some(-1));
+        assert_eq!(c.fs_type, Some(FsType::Xfs));
+        assert_eq!(c.mkfs_options, vec!["-m", "0"]);
+    }
+
+    #[test]
+    fn bad_context_values_name_the_field() {
+        let cases = [
+            (
+                "nqn",
+                "nqn.2000-02.com.mikrotik:nixos.var",
+                "volume_context.nqn",
+            ),
+            ("nvmeAddress", "rds.local", "volume_context.nvmeAddress"),
+            ("nvmePort", "0", "volume_context.nvmePort"),
+            ("nvmePort", "70000", "volume_context.nvmePort"),
+            ("fsType", "btrfs", "volume_context.fsType"),
+            ("filePath", "/x/../y", "volume_context.filePath"),
+            ("reconnectDelay", "0", "volume_context.reconnectDelay"),
+        ];
+        for (k, v, field) in cases {
+            let e = parse_stage_context("v", &map(&[(k, v)]), &HashMap::new(), PREFIX).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{k}={v}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn volume_ids() {
+        assert!(validate_volume_id("pvc-0f923194-922a").is_ok());
+        assert!(validate_volume_id("").is_err());
+        assert!(validate_volume_id("../x").is_err());
+        assert!(validate_volume_id(".hidden").is_err());
+        assert!(validate_volume_id(&"a".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,900 @@
+//! The CSI Node service: attach (NVMe/TCP or loop), format, mount, publish, stats, expand.
+//!
+//! Every RPC derives its truth from the host (`/proc/self/mountinfo`, sysfs), never from
+//! memory; the only state kept is a small per-volume record on the host that lets unstage find
+//! what to detach after a restart.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::node_server::Node;
+use csi_proto::v1::node_service_capability::{rpc::Type as RpcType, Rpc, Type as CapType};
+use csi_proto::v1::volume_capability::AccessType;
+use csi_proto::v1::volume_usage::Unit;
+use csi_proto::v1::{
+    NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
+    NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
+    NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
+    NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
+    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
+    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, Topology, VolumeCapability,
+    VolumeCondition, VolumeUsage,
+};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+pub mod connector;
+pub mod context;
+pub mod error;
+mod exec;
+pub mod guard;
+pub mod mounts;
+pub mod state;
+
+use connector::Connector;
+use context::{
+    parse_stage_context, validate_mount_flags, validate_path, validate_volume_id, FsType,
+    VolumeTarget,
+};
+use error::{NodeError, Result};
+use guard::VolumeLocks;
+use mounts::{device_numbers, device_size, Mounter, Probe};
+use state::{AccessKind, StateStore, VolumeRecord};
+
+/// The topology segment every node reports (one RDS, reachable from every node).
+pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
+pub const TOPOLOGY_ZONE: &str = "default";
+pub const DEFAULT_MANAGED_NQN_PREFIX: &str = "nqn.2000-02.com.mikrotik:";
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// When set, every path the CO sends must be under it. `None` lifts the restriction (tests).
+    pub kubelet_dir: Option<PathBuf>,
+    /// Where the per-volume records live (must survive driver restarts).
+    pub state_dir: PathBuf,
+    pub managed_nqn_prefix: String,
+    /// 0: no limit reported.
+    pub max_volumes_per_node: i64,
+    /// Where sysfs is mounted (device sizes, device presence).
+    pub sys_root: PathBuf,
+    /// Upper bound of one RPC's work (connect, wait for the device, mkfs, ...).
+    pub operation_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            kubelet_dir: None,
+            state_dir: state_dir.into(),
+            managed_nqn_prefix: DEFAULT_MANAGED_NQN_PREFIX.into(),
+            max_volumes_per_node: 0,
+            sys_root: PathBuf::from("/sys"),
+            operation_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the start-up scan found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Volumes whose record, attachment and mount agree.
+    pub healthy: Vec<String>,
+    /// Staged volumes with a problem (stale mount, device gone, not mounted), described.
+    pub problems: Vec<String>,
+    /// Records removed because neither their attachment nor their mount exists any more.
+    pub removed_records: Vec<String>,
+    /// Attached managed volumes that no record mentions. Reported only: we cannot know who
+    /// uses them, and disconnecting a device in use corrupts data.
+    pub orphans: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    connector: Arc<dyn Connector>,
+    mounter: Mounter,
+    state: StateStore,
+    locks: VolumeLocks,
+}
+
+enum Access {
+    Mount {
+        fs_type: Option<FsType>,
+        flags: Vec<String>,
+    },
+    Block,
+}
+
+fn access_of(cap: Option<&VolumeCapability>) -> Result<Access> {
+    let cap =
+        cap.ok_or_else(|| NodeError::InvalidArgument("volume_capability is required".into()))?;
+    if cap.access_mode.is_none() {
+        return Err(NodeError::InvalidArgument(
+            "volume_capability.access_mode is required".into(),
+        ));
+    }
+    match &cap.access_type {
+        Some(AccessType::Block(_)) => Ok(Access::Block),
+        Some(AccessType::Mount(m)) => {
+            validate_mount_flags(&m.mount_flags)?;
+            let fs_type = if m.fs_type.is_empty() {
+                None
+            } else {
+                Some(FsType::parse(&m.fs_type).ok_or_else(|| {
+                    NodeError::InvalidArgument(format!(
+                        "volume_capability.mount.fs_type `{}` must be one of ext4, ext3, xfs",
+                        m.fs_type
+                    ))
+                })?)
+            };
+            Ok(Access::Mount {
+                fs_type,
+                flags: m.mount_flags.clone(),
+            })
+        }
+        None => Err(NodeError::InvalidArgument(
+            "volume_capability.access_type is required".into(),
+        )),
+    }
+}
+
+/// A deadline for clean-up work after the operation's own deadline may have passed.
+fn cleanup_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(NodeError::io(path.display(), e)),
+    }
+}
+
+impl NodeService {
+    pub fn new(cfg: NodeConfig, connector: Arc<dyn Connector>) -> Self {
+        let state = StateStore::new(cfg.state_dir.clone());
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                connector,
+                mounter: Mounter::default(),
+                state,
+                locks: VolumeLocks::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    /// Builds the service (and its connector) from the `serve` flags.
+    pub fn from_args(args: &crate::cli::ServeArgs) -> anyhow::Result<Self> {
+        use crate::cli::ConnectorKind;
+        use anyhow::Context;
+        let node_id = args.node_id.clone().context("--node-id is required")?;
+        let kubelet_dir = (!args.kubelet_dir.is_empty()).then(|| PathBuf::from(&args.kubelet_dir));
+        let state_dir = match (&args.node_state_dir, &kubelet_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(k)) => k.join("plugins").join(&args.driver_name).join("volumes"),
+            (None, None) => {
+                anyhow::bail!("--node-state-dir is required when --kubelet-dir is empty")
+            }
+        };
+        let connector: Arc<dyn Connector> = match args.connector {
+            ConnectorKind::Loop => {
+                let root = args
+                    .loop_root
+                    .clone()
+                    .context("--loop-root is required with --connector loop")?;
+                Arc::new(connector::LoopConnector::new(root))
+            }
+            ConnectorKind::NvmeTcp => {
+                let (host_nqn, host_id) =
+                    connector::nvme::resolve_host_nqn(&args.nvme_hostnqn_file, &node_id);
+                tracing::info!(host_nqn = %host_nqn, derived = host_id.is_some(), "NVMe host NQN");
+                let mut cfg = connector::NvmeConfig::new(host_nqn, args.managed_nqn_prefix.clone());
+                cfg.host_id = host_id;
+                cfg.nvme_bin = args.nvme_cli.clone();
+                cfg.sys_root = args.sysfs_root.clone();
+                cfg.ctrl_loss_tmo = args.nvme_ctrl_loss_tmo;
+                cfg.reconnect_delay = args.nvme_reconnect_delay;
+                cfg.keep_alive_tmo = args.nvme_keep_alive_tmo;
+                cfg.default_address = args
+                    .nvme_address
+                    .as_deref()
+                    .or(args.rds_address.as_deref())
+                    .and_then(|a| a.parse().ok());
+                cfg.default_port = Some(args.nvme_port);
+                Arc::new(connector::NvmeTcpConnector::new(cfg))
+            }
+        };
+        let cfg = NodeConfig {
+            node_id,
+            kubelet_dir,
+            state_dir,
+            managed_nqn_prefix: args.managed_nqn_prefix.clone(),
+            max_volumes_per_node: args.max_volumes_per_node,
+            sys_root: args.sysfs_root.clone(),
+            operation_timeout: Duration::from_secs(args.node_operation_timeout),
+        };
+        Ok(Self::new(cfg, connector))
+    }
+
+    fn path(&self, field: &str, p: &str) -> Result<PathBuf> {
+        validate_path(field, p, self.inner.cfg.kubelet_dir.as_deref())
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.cfg.operation_timeout
+    }
+
+    async fn stage(&self, req: NodeStageVolumeRequest) -> Result<()> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let access = access_of(req.volume_capability.as_ref())?;
+        let ctx = parse_stage_context(
+            &req.volume_id,
+            &req.volume_context,
+            &req.publish_context,
+            &i.cfg.managed_nqn_prefix,
+        )?;
+        i.connector.check_target(&ctx.target)?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let target = ctx.target;
+        let (kind, fs, flags) = match access {
+            Access::Block => (AccessKind::Block, None, Vec::new()),
+            Access::Mount { fs_type, flags } => (
+                AccessKind::Mount,
+                Some(fs_type.or(ctx.fs_type).unwrap_or(FsType::Ext4)),
+                flags,
+            ),
+        };
+        let mut rec = VolumeRecord {
+            volume_id: req.volume_id.clone(),
+            connector: i.connector.name().into(),
+            target: target.clone(),
+            access: kind,
+            fs_type: fs,
+            staging_path: staging.clone(),
+            device: None,
+        };
+
+        // Already staged (kubelet restarted, or a retry): accept only the same device.
+        if let Some(m) = i.mounter.mount_at(&staging)? {
+            let dev = i.connector.find_device(&target).await?;
+            if let (AccessKind::Mount, Some(d)) = (kind, &dev) {
+                if device_numbers(d)? == (m.major, m.minor) {
+                    rec.device = dev;
+                    i.state.save(&rec)?;
+                    return Ok(());
+                }
+            }
+            return Err(NodeError::AlreadyExists(format!(
+                "{} is already mounted from {} ({}:{}), not from volume {}",
+                staging.display(),
+                m.source,
+                m.major,
+                m.minor,
+                req.volume_id
+            )));
+        }
+
+        // Record the intent before attaching, so that after a crash unstage still knows
+        // what to detach.
+        i.state.save(&rec)?;
+        let was_attached = i.connector.find_device(&target).await?.is_some();
+        let result = async {
+            let device = i.connector.attach(&target, deadline).await?;
+            rec.device = Some(device.clone());
+            i.state.save(&rec)?;
+            if let Some(fs) = fs {
+                self.format_and_mount(&device, &staging, fs, &ctx.mkfs_options, &flags, deadline)
+                    .await?;
+            }
+            Ok::<_, NodeError>(device)
+        }
+        .await;
+        match result {
+            Ok(device) => {
+                tracing::info!(volume_id = %req.volume_id, device = %device.display(), staging = %staging.display(), "staged");
+                Ok(())
+            }
+            Err(e) => {
+                // Undo an attachment this call made, so a failed stage leaves nothing behind.
+                if !was_attached {
+                    match i.connector.detach(&target, cleanup_deadline()).await {
+                        Ok(()) => i.state.remove(&req.volume_id)?,
+                        Err(de) => {
+                            tracing::warn!(volume_id = %req.volume_id, error = %de, "could not detach after a failed stage")
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn format_and_mount(
+        &self,
+        device: &Path,
+        staging: &Path,
+        fs: FsType,
+        mkfs_options: &[String],
+        flags: &[String],
+        deadline: Instant,
+    ) -> Result<()> {
+        std::fs::create_dir_all(staging)
+            .map_err(|e| NodeError::io(format!("creating {}", staging.display()), e))?;
+        match mounts::probe(device, deadline).await? {
+            Probe::Empty => {
+                tracing::info!(device = %device.display(), fs = fs.as_str(), "formatting a blank device");
+                mounts::format(device, fs, mkfs_options, deadline).await?;
+            }
+            Probe::Filesystem(t) if t == fs.as_str() => {}
+            Probe::Filesystem(t) => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "{} already holds a {t} filesystem, not {}; refusing to reformat",
+                    device.display(),
+                    fs.as_str()
+                )))
+            }
+            Probe::Other(what) => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "{} holds {what}; refusing to format it",
+                    device.display()
+                )))
+            }
+        }
+        self.inner
+            .mounter
+            .mount(device, staging, Some(fs.as_str()), flags, deadline)
+            .await
+    }
+
+    async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let mut target = i.state.load(&req.volume_id)?.map(|r| r.target);
+        if let Some(m) = i.mounter.mount_at(&staging)? {
+            if target.is_none() {
+                // The record is lost: find the volume from the mounted device instead.
+                target = i.connector.target_for_device(m.major, m.minor).await?;
+            }
+            i.mounter.unmount(&staging, deadline).await?;
+        }
+        if let Some(t) = &target {
+            if let Some(dev) = i.connector.find_device(t).await? {
+                let (major, minor) = device_numbers(&dev)?;
+                let name = dev.file_name().unwrap_or_default().to_string_lossy();
+                let users = i.mounter.users_of_device(major, minor, &name)?;
+                if !users.is_empty() {
+                    let at: Vec<String> = users
+                        .iter()
+                        .map(|m| m.mount_point.display().to_string())
+                        .collect();
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "{} is still mounted at {}; not detaching volume {}",
+                        dev.display(),
+                        at.join(", "),
+                        req.volume_id
+                    )));
+                }
+            }
+            // Verified detach: an error here fails the unstage, and kubelet retries.
+            i.connector.detach(t, deadline).await?;
+        }
+        i.state.remove(&req.volume_id)?;
+        tracing::info!(volume_id = %req.volume_id, staging = %staging.display(), "unstaged");
+        Ok(())
+    }
+
+    async fn publish(&self, req: NodePublishVolumeRequest) -> Result<()> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let target = self.path("target_path", &req.target_path)?;
+        let access = access_of(req.volume_capability.as_ref())?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let ro = req.readonly;
+        match access {
+            Access::Mount { .. } => {
+                let sm = i.mounter.mount_at(&staging)?.ok_or_else(|| {
+                    NodeError::FailedPrecondition(format!(
+                        "staging_target_path {} is not mounted; NodeStageVolume first",
+                        staging.display()
+                    ))
+                })?;
+                if let Some(tm) = i.mounter.mount_at(&target)? {
+                    if (tm.major, tm.minor, &tm.root) == (sm.major, sm.minor, &sm.root)
+                        && tm.is_read_only() == ro
+                    {
+                        return Ok(());
+                    }
+                    return Err(NodeError::AlreadyExists(format!(
+                        "{} is already mounted, from another volume or with another read-only setting",
+                        target.display()
+                    )));
+                }
+                std::fs::create_dir_all(&target)
+                    .map_err(|e| NodeError::io(format!("creating {}", target.display()), e))?;
+                i.mounter.bind(&staging, &target, ro, deadline).await?;
+            }
+            Access::Block => {
+                let rec = i.state.load(&req.volume_id)?.ok_or_else(|| {
+                    NodeError::FailedPrecondition(format!(
+                        "volume {} is not staged on this node",
+                        req.volume_id
+                    ))
+                })?;
+                let dev = i.connector.find_device(&rec.target).await?.ok_or_else(|| {
+                    NodeError::FailedPrecondition(format!(
+                        "the device of volume {} is not attached",
+                        req.volume_id
+                    ))
+                })?;
+                let numbers = device_numbers(&dev)?;
+                if let Some(tm) = i.mounter.mount_at(&target)? {
+                    let same = std::fs::metadata(&target).is_ok_and(|m| {
+                        m.file_type().is_block_device()
+                            && (
+                                nix::sys::stat::major(m.rdev()) as u32,
+                                nix::sys::stat::minor(m.rdev()) as u32,
+                            ) == numbers
+                    });
+                    if same && tm.is_read_only() == ro {
+                        return Ok(());
+                    }
+                    return Err(NodeError::AlreadyExists(format!(
+                        "{} is already mounted, from another device or with another read-only setting",
+                        target.display()
+                    )));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| NodeError::io(format!("creating {}", parent.display()), e))?;
+                }
+                // The bind mount of the device node needs a file to sit on.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&target)
+                    .map_err(|e| NodeError::io(format!("creating {}", target.display()), e))?;
+                i.mounter.bind(&dev, &target, ro, deadline).await?;
+            }
+        }
+        tracing::info!(volume_id = %req.volume_id, target = %target.display(), readonly = ro, "published");
+        Ok(())
+    }
+
+    async fn unpublish(&self, req: NodeUnpublishVolumeRequest) -> Result<()> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let target = self.path("target_path", &req.target_path)?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        if !exists(&target)? {
+            return Ok(());
+        }
+        i.mounter.unmount(&target, self.deadline()).await?;
+        let meta =
+            std::fs::symlink_metadata(&target).map_err(|e| NodeError::io(target.display(), e))?;
+        // remove_dir (not remove_dir_all): a non-empty directory here would be data written
+        // to the node's disk while unmounted, which is not ours to delete.
+        let removed = if meta.is_dir() {
+            std::fs::remove_dir(&target)
+        } else {
+            std::fs::remove_file(&target)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io(format!("removing {}", target.display()), e)),
+        }
+        tracing::info!(volume_id = %req.volume_id, target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let path = self.path("volume_path", &req.volume_path)?;
+        // No volume guard: stats are read-only and kubelet polls them while other calls run.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!(
+                    "volume_path {} does not exist",
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Ok(NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(abnormal(format!(
+                        "{} cannot be read: {e}",
+                        path.display()
+                    ))),
+                })
+            }
+        };
+        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "volume_path {} is not a mount point",
+                path.display()
+            ))
+        })?;
+        let (numbers, usage, mut problem) = if meta.file_type().is_block_device() {
+            let numbers = (
+                nix::sys::stat::major(meta.rdev()) as u32,
+                nix::sys::stat::minor(meta.rdev()) as u32,
+            );
+            match device_size(&i.cfg.sys_root, numbers.0, numbers.1)? {
+                Some(size) => (
+                    numbers,
+                    vec![VolumeUsage {
+                        total: size as i64,
+                        unit: Unit::Bytes as i32,
+                        ..Default::default()
+                    }],
+                    None,
+                ),
+                None => (
+                    numbers,
+                    Vec::new(),
+                    Some("the block device is gone".to_string()),
+                ),
+            }
+        } else {
+            let numbers = (m.major, m.minor);
+            match nix::sys::statvfs::statvfs(&path) {
+                Ok(s) => {
+                    let frsize = s.fragment_size();
+                    let blocks = s.blocks();
+                    let bfree = s.blocks_free();
+                    let bavail = s.blocks_available();
+                    let files = s.files();
+                    let ffree = s.files_free();
+                    let usage = vec![
+                        VolumeUsage {
+                            total: (blocks * frsize) as i64,
+                            available: (bavail * frsize) as i64,
+                            used: (blocks.saturating_sub(bfree) * frsize) as i64,
+                            unit: Unit::Bytes as i32,
+                        },
+                        VolumeUsage {
+                            total: files as i64,
+                            available: ffree as i64,
+                            used: files.saturating_sub(ffree) as i64,
+                            unit: Unit::Inodes as i32,
+                        },
+                    ];
+                    let gone = device_size(&i.cfg.sys_root, m.major, m.minor)?.is_none();
+                    (
+                        numbers,
+                        usage,
+                        gone.then(|| "the block device behind the mount is gone".to_string()),
+                    )
+                }
+                Err(e) => (numbers, Vec::new(), Some(format!("statfs failed: {e}"))),
+            }
+        };
+        if problem.is_none() {
+            if let Some(rec) = i.state.load(&req.volume_id)? {
+                problem = match i.connector.find_device(&rec.target).await? {
+                    None => Some(format!("volume {} is no longer attached", req.volume_id)),
+                    Some(d) => match device_numbers(&d) {
+                        Ok(n) if n == numbers => None,
+                        _ => Some(format!(
+                            "stale mount: volume {} is now {}, the mount uses {}:{}",
+                            req.volume_id,
+                            d.display(),
+                            numbers.0,
+                            numbers.1
+                        )),
+                    },
+                };
+            }
+        }
+        Ok(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(match problem {
+                Some(msg) => abnormal(msg),
+                None => VolumeCondition {
+                    abnormal: false,
+                    message: "healthy".into(),
+                },
+            }),
+        })
+    }
+
+    async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<i64> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let path = self.path("volume_path", &req.volume_path)?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!(
+                    "volume_path {} does not exist",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(NodeError::io(path.display(), e)),
+        };
+        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "volume_path {} is not a mount point",
+                path.display()
+            ))
+        })?;
+        let is_block = meta.file_type().is_block_device()
+            || matches!(
+                req.volume_capability
+                    .as_ref()
+                    .and_then(|c| c.access_type.as_ref()),
+                Some(AccessType::Block(_))
+            );
+        let numbers = if meta.file_type().is_block_device() {
+            (
+                nix::sys::stat::major(meta.rdev()) as u32,
+                nix::sys::stat::minor(meta.rdev()) as u32,
+            )
+        } else {
+            (m.major, m.minor)
+        };
+        let target = match i.state.load(&req.volume_id)? {
+            Some(r) => r.target,
+            None => i
+                .connector
+                .target_for_device(numbers.0, numbers.1)
+                .await?
+                .ok_or_else(|| {
+                    NodeError::NotFound(format!(
+                        "volume {} is not staged on this node",
+                        req.volume_id
+                    ))
+                })?,
+        };
+        let device = i.connector.find_device(&target).await?.ok_or_else(|| {
+            NodeError::FailedPrecondition(format!("volume {} is not attached", req.volume_id))
+        })?;
+        if device_numbers(&device)? != numbers {
+            return Err(NodeError::FailedPrecondition(format!(
+                "{} is a stale mount: volume {} is now {}",
+                path.display(),
+                req.volume_id,
+                device.display()
+            )));
+        }
+        i.connector.rescan(&target, &device, deadline).await?;
+        let required = req
+            .capacity_range
+            .as_ref()
+            .map_or(0, |c| c.required_bytes.max(0) as u64);
+        // The kernel may publish the new size a little after the rescan.
+        let wait_until = deadline.min(Instant::now() + Duration::from_secs(30));
+        let size = exec::poll_until(wait_until, Duration::from_millis(100), || {
+            Ok(device_size(&i.cfg.sys_root, numbers.0, numbers.1)?.filter(|s| *s >= required))
+        })
+        .await?
+        .ok_or_else(|| {
+            NodeError::FailedPrecondition(format!(
+                "{} did not grow to the required {required} bytes; was the volume expanded on the RDS?",
+                device.display()
+            ))
+        })?;
+        if !is_block {
+            mounts::grow(&m.fs_type, &device, &path, deadline).await?;
+        }
+        tracing::info!(volume_id = %req.volume_id, bytes = size, "expanded");
+        Ok(size as i64)
+    }
+
+    /// The start-up scan: compare the records with the mounts and attachments, remove records
+    /// of volumes that are entirely gone, and report the rest.
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let i = &self.inner;
+        let mut report = RecoveryReport::default();
+        let records = i.state.list()?;
+        for rec in &records {
+            let id = &rec.volume_id;
+            let dev = i.connector.find_device(&rec.target).await.unwrap_or(None);
+            let mount = i.mounter.mount_at(&rec.staging_path)?;
+            match (rec.access, mount, dev) {
+                (AccessKind::Mount, Some(m), Some(d)) => {
+                    if device_numbers(&d).ok() == Some((m.major, m.minor)) {
+                        report.healthy.push(id.clone());
+                    } else {
+                        report.problems.push(format!(
+                            "{id}: stale mount at {} ({}:{}); the volume is now {}",
+                            rec.staging_path.display(),
+                            m.major,
+                            m.minor,
+                            d.display()
+                        ));
+                    }
+                }
+                (AccessKind::Mount, Some(m), None) => report.problems.push(format!(
+                    "{id}: mounted at {} but the device is gone ({})",
+                    rec.staging_path.display(),
+                    m.source
+                )),
+                (AccessKind::Mount, None, Some(d)) => report.problems.push(format!(
+                    "{id}: attached as {} but not mounted at {}",
+                    d.display(),
+                    rec.staging_path.display()
+                )),
+                (AccessKind::Block, _, Some(_)) => report.healthy.push(id.clone()),
+                (_, None, None) | (AccessKind::Block, Some(_), None) => {
+                    i.state.remove(id)?;
+                    report.removed_records.push(id.clone());
+                }
+            }
+        }
+        let known = |t: &VolumeTarget| {
+            records.iter().any(|r| {
+                (t.nqn.is_some() && r.target.nqn == t.nqn)
+                    || (t.file_path.is_some() && r.target.file_path == t.file_path)
+            })
+        };
+        for a in i.connector.attached().await? {
+            if !known(&a.target) {
+                report.orphans.push(format!(
+                    "{} ({})",
+                    a.target
+                        .nqn
+                        .clone()
+                        .or(a.target.file_path.clone())
+                        .unwrap_or_default(),
+                    a.device
+                        .as_ref()
+                        .map_or("no device".into(), |d| d.display().to_string())
+                ));
+            }
+        }
+        for p in &report.problems {
+            tracing::warn!(problem = %p, "node recovery");
+        }
+        for o in &report.orphans {
+            tracing::warn!(attachment = %o, "attached volume with no record on this node (left alone)");
+        }
+        tracing::info!(
+            healthy = report.healthy.len(),
+            problems = report.problems.len(),
+            removed_records = report.removed_records.len(),
+            orphans = report.orphans.len(),
+            "node recovery scan done"
+        );
+        Ok(report)
+    }
+}
+
+fn abnormal(message: String) -> VolumeCondition {
+    VolumeCondition {
+        abnormal: true,
+        message,
+    }
+}
+
+fn log_err<T>(op: &str, volume_id: &str, r: Result<T>) -> Result<T, Status> {
+    r.map_err(|e| {
+        tracing::warn!(op, volume_id, error = %e, "node operation failed");
+        Status::from(e)
+    })
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        log_err("NodeStageVolume", &id, self.stage(req).await)?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        log_err("NodeUnstageVolume", &id, self.unstage(req).await)?;
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        log_err("NodePublishVolume", &id, self.publish(req).await)?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        log_err("NodeUnpublishVolume", &id, self.unpublish(req).await)?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        Ok(Response::new(log_err(
+            "NodeGetVolumeStats",
+            &id,
+            self.stats(req).await,
+        )?))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        let capacity_bytes = log_err("NodeExpandVolume", &id, self.expand(req).await)?;
+        Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let capabilities = [
+            RpcType::StageUnstageVolume,
+            RpcType::ExpandVolume,
+            RpcType::GetVolumeStats,
+            RpcType::VolumeCondition,
+        ]
+        .into_iter()
+        .map(|t| NodeServiceCapability {
+            r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let cfg = &self.inner.cfg;
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: cfg.node_id.clone(),
+            max_volumes_per_node: cfg.max_volumes_per_node,
+            accessible_topology: Some(Topology {
+                segments: [(TOPOLOGY_KEY.to_string(), TOPOLOGY_ZONE.to_string())].into(),
+            }),
+        }))
+    }
+}

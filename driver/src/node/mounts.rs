@@ -1,0 +1,349 @@
+//! The mount table (read from `/proc/self/mountinfo`, never remembered), the `mount`/`umount`
+//! binaries, and filesystem tools (`blkid`, `mkfs.*`, `resize2fs`, `xfs_growfs`).
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use tokio::time::Instant;
+
+use super::context::FsType;
+use super::error::{NodeError, Result};
+use super::exec::{run, run_ok};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// The path inside the filesystem that is mounted (not `/` for bind mounts of a subtree/file).
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub options: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+impl MountInfo {
+    pub fn is_read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+/// Decodes the octal escapes the kernel uses for space, tab, newline and backslash.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            if l.len() < 6 || r.len() < 2 {
+                return None;
+            }
+            let (major, minor) = l[2].split_once(':')?;
+            Some(MountInfo {
+                mount_id: l[0].parse().ok()?,
+                parent_id: l[1].parse().ok()?,
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                root: unescape(l[3]),
+                mount_point: PathBuf::from(unescape(l[4])),
+                options: l[5].to_string(),
+                fs_type: r[0].to_string(),
+                source: unescape(r[1]),
+            })
+        })
+        .collect()
+}
+
+/// Canonical form of a path for comparison with mountinfo; falls back to the path itself when
+/// it cannot be resolved (for example a stale mount).
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[derive(Debug, Clone)]
+pub struct Mounter {
+    mountinfo: PathBuf,
+    mount_bin: PathBuf,
+    umount_bin: PathBuf,
+}
+
+impl Default for Mounter {
+    fn default() -> Self {
+        Self {
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            mount_bin: PathBuf::from("mount"),
+            umount_bin: PathBuf::from("umount"),
+        }
+    }
+}
+
+impl Mounter {
+    pub fn mounts(&self) -> Result<Vec<MountInfo>> {
+        let text = std::fs::read_to_string(&self.mountinfo)
+            .map_err(|e| NodeError::io(format!("reading {}", self.mountinfo.display()), e))?;
+        Ok(parse_mountinfo(&text))
+    }
+
+    /// The topmost mount exactly at `path`, if any.
+    pub fn mount_at(&self, path: &Path) -> Result<Option<MountInfo>> {
+        let path = canonical(path);
+        Ok(self
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == path))
+    }
+
+    /// Mounts that use the block device `major:minor`: filesystems on it, and bind mounts of its
+    /// device node (block volumes, whose mountinfo names devtmpfs and the node's name as root).
+    pub fn users_of_device(
+        &self,
+        major: u32,
+        minor: u32,
+        dev_name: &str,
+    ) -> Result<Vec<MountInfo>> {
+        let node_root = format!("/{dev_name}");
+        Ok(self
+            .mounts()?
+            .into_iter()
+            .filter(|m| {
+                (m.major == major && m.minor == minor)
+                    || (m.fs_type == "devtmpfs" && m.root == node_root)
+            })
+            .collect())
+    }
+
+    pub async fn mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        fs_type: Option<&str>,
+        options: &[String],
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(t) = fs_type {
+            args.extend(["-t".into(), t.into()]);
+        }
+        if !options.is_empty() {
+            args.extend(["-o".into(), options.join(",")]);
+        }
+        args.push(source.display().to_string());
+        args.push(target.display().to_string());
+        run_ok(&self.mount_bin, &args, deadline).await.map(|_| ())
+    }
+
+    /// Bind-mounts `source` on `target`; read-only needs a second, remounting step.
+    pub async fn bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+        deadline: Instant,
+    ) -> Result<()> {
+        self.mount(source, target, None, &["bind".into()], deadline)
+            .await?;
+        if read_only {
+            let opts = ["remount,bind,ro".to_string()];
+            if let Err(e) = self.mount(source, target, None, &opts, deadline).await {
+                // Never leave a writable mount where a read-only one was asked for.
+                let _ = self.unmount(target, deadline).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts everything stacked at `target`; succeeds when nothing is mounted there.
+    pub async fn unmount(&self, target: &Path, deadline: Instant) -> Result<()> {
+        for _ in 0..16 {
+            if self.mount_at(target)?.is_none() {
+                return Ok(());
+            }
+            run_ok(&self.umount_bin, &[target.as_os_str()], deadline).await?;
+        }
+        Err(NodeError::Internal(format!(
+            "{} is still mounted after 16 unmounts",
+            target.display()
+        )))
+    }
+}
+
+/// `major:minor` of a block device node.
+pub fn device_numbers(device: &Path) -> Result<(u32, u32)> {
+    let meta = std::fs::metadata(device).map_err(|e| NodeError::io(device.display(), e))?;
+    if !meta.file_type().is_block_device() {
+        return Err(NodeError::Internal(format!(
+            "{} is not a block device",
+            device.display()
+        )));
+    }
+    let rdev = meta.rdev();
+    Ok((
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    ))
+}
+
+/// Size in bytes of the block device `major:minor`, from sysfs; `None` when the device is gone.
+pub fn device_size(sys_root: &Path, major: u32, minor: u32) -> Result<Option<u64>> {
+    let p = sys_root.join(format!("dev/block/{major}:{minor}/size"));
+    match std::fs::read_to_string(&p) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(|sectors| Some(sectors * 512))
+            .map_err(|_| NodeError::Internal(format!("{}: not a number", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeError::io(p.display(), e)),
+    }
+}
+
+/// What `blkid -p` finds on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Empty,
+    Filesystem(String),
+    /// A partition table or another non-filesystem signature: data we must not format over.
+    Other(String),
+}
+
+pub async fn probe(device: &Path, deadline: Instant) -> Result<Probe> {
+    let out = run(
+        Path::new("blkid"),
+        &["-p", "-o", "export", &device.display().to_string()],
+        deadline,
+    )
+    .await?;
+    match out.code {
+        // Exit 2: no signature at all. This is the only case in which we format.
+        Some(2) => Ok(Probe::Empty),
+        Some(0) => {
+            let get = |key: &str| {
+                out.stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(str::to_string))
+            };
+            if let Some(t) = get("TYPE=") {
+                Ok(Probe::Filesystem(t))
+            } else {
+                Ok(Probe::Other(get("PTTYPE=").map_or_else(
+                    || out.stdout.trim().to_string(),
+                    |p| format!("partition table {p}"),
+                )))
+            }
+        }
+        // Exit 8: ambivalent probe (several signatures). Anything else: we cannot tell.
+        code => Err(NodeError::Internal(format!(
+            "blkid -p {} failed (exit {code:?}): {}; refusing to format a device we cannot probe",
+            device.display(),
+            out.stderr.trim()
+        ))),
+    }
+}
+
+pub async fn format(
+    device: &Path,
+    fs: FsType,
+    options: &[String],
+    deadline: Instant,
+) -> Result<()> {
+    let program = format!("mkfs.{}", fs.as_str());
+    let mut args: Vec<String> = vec!["-q".into()];
+    args.extend(options.iter().cloned());
+    args.push(device.display().to_string());
+    run_ok(Path::new(&program), &args, deadline)
+        .await
+        .map(|_| ())
+}
+
+/// Grows a mounted filesystem to fill its device.
+pub async fn grow(
+    fs_type: &str,
+    device: &Path,
+    mount_point: &Path,
+    deadline: Instant,
+) -> Result<()> {
+    match fs_type {
+        "ext4" | "ext3" | "ext2" => {
+            let out = run(Path::new("resize2fs"), &[device.as_os_str()], deadline).await?;
+            if !out.success() {
+                // The kernel answers EPERM to online resize without CAP_SYS_RESOURCE.
+                let hint = if out.stderr.contains("Permission denied") {
+                    " (online ext4 resize needs CAP_SYS_RESOURCE: is the node plugin privileged?)"
+                } else {
+                    ""
+                };
+                return Err(NodeError::FailedPrecondition(format!(
+                    "resize2fs {} failed: {}{hint}",
+                    device.display(),
+                    out.stderr.trim()
+                )));
+            }
+        }
+        "xfs" => {
+            run_ok(
+                Path::new("xfs_growfs"),
+                &[mount_point.as_os_str()],
+                deadline,
+            )
+            .await?;
+        }
+        other => {
+            return Err(NodeError::FailedPrecondition(format!(
+                "cannot grow a {other} filesystem"
+            )))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let text = "\
+22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw
+80 22 7:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/x/globalmount rw,relatime shared:40 - ext4 /dev/loop3 rw
+81 22 7:3 / /var/lib/kubelet/pods/p/volumes/with\\040space ro,relatime shared:40 - ext4 /dev/loop3 rw
+90 22 0:5 /loop4 /var/lib/kubelet/pods/p/volumeDevices/dev rw,nosuid - devtmpfs udev rw,size=1k
+garbage
+";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!((m[1].major, m[1].minor), (7, 3));
+        assert_eq!(
+            m[2].mount_point,
+            Path::new("/var/lib/kubelet/pods/p/volumes/with space")
+        );
+        assert!(m[2].is_read_only());
+        assert!(!m[1].is_read_only());
+        assert_eq!(m[3].root, "/loop4");
+        assert_eq!(m[3].fs_type, "devtmpfs");
+    }
+}
