@@ -147,6 +147,68 @@ pub struct ServeArgs {
     #[arg(long, env = "RDS_CSI_LOOP_ROOT", required_if_eq("connector", "loop"))]
     pub loop_root: Option<PathBuf>,
 
+    /// Kubelet's root directory. Paths sent by the CO must lie under it; an empty value lifts
+    /// that restriction (tests).
+    #[arg(long, default_value = "/var/lib/kubelet", env = "RDS_CSI_KUBELET_DIR")]
+    pub kubelet_dir: String,
+
+    /// Where the node keeps its per-volume records (must survive restarts of the driver pod).
+    /// Default: `<kubelet-dir>/plugins/<driver-name>/volumes`.
+    #[arg(long, env = "RDS_CSI_NODE_STATE_DIR")]
+    pub node_state_dir: Option<PathBuf>,
+
+    /// NQN prefix of the volumes this driver manages. The node connects and disconnects only
+    /// NQNs made of this prefix and a volume ID (`[a-z0-9-]{1,64}`), never others.
+    #[arg(
+        long,
+        default_value = "nqn.2000-02.com.mikrotik:",
+        env = "RDS_CSI_MANAGED_NQN_PREFIX"
+    )]
+    pub managed_nqn_prefix: String,
+
+    /// Maximum number of volumes on this node reported to Kubernetes (0: no limit).
+    #[arg(long, default_value_t = 0, env = "RDS_CSI_MAX_VOLUMES_PER_NODE")]
+    pub max_volumes_per_node: i64,
+
+    /// Default NVMe `ctrl_loss_tmo` in seconds (-1: reconnect forever); the volume context
+    /// key `ctrlLossTmo` overrides it.
+    #[arg(
+        long,
+        default_value_t = 300,
+        allow_negative_numbers = true,
+        env = "RDS_CSI_NVME_CTRL_LOSS_TMO"
+    )]
+    pub nvme_ctrl_loss_tmo: i32,
+
+    /// Default NVMe `reconnect_delay` in seconds (volume context `reconnectDelay`).
+    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_RECONNECT_DELAY")]
+    pub nvme_reconnect_delay: u32,
+
+    /// Default NVMe `keep_alive_tmo` in seconds (volume context `keepAliveTmo`).
+    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_KEEP_ALIVE_TMO")]
+    pub nvme_keep_alive_tmo: u32,
+
+    /// The host's NVMe host NQN file (mount the host's `/etc/nvme`); when it is missing, a host
+    /// NQN is derived from `--node-id`.
+    #[arg(
+        long,
+        default_value = "/etc/nvme/hostnqn",
+        env = "RDS_CSI_NVME_HOSTNQN_FILE"
+    )]
+    pub nvme_hostnqn_file: PathBuf,
+
+    /// The nvme-cli executable.
+    #[arg(long, default_value = "nvme", env = "RDS_CSI_NVME_CLI")]
+    pub nvme_cli: PathBuf,
+
+    /// Where sysfs is mounted.
+    #[arg(long, default_value = "/sys", env = "RDS_CSI_SYSFS_ROOT")]
+    pub sysfs_root: PathBuf,
+
+    /// Upper bound in seconds of one node operation (connect and wait for the device, mkfs...).
+    #[arg(long, default_value_t = 120, env = "RDS_CSI_NODE_OPERATION_TIMEOUT")]
+    pub node_operation_timeout: u64,
+
     /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
     #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]
     pub metrics_address: String,
@@ -174,6 +236,29 @@ impl ServeArgs {
                      --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
                         .into(),
                 );
+            }
+        }
+        if self.node {
+            let p = &self.managed_nqn_prefix;
+            if !p.starts_with("nqn.") || !p.contains(':') || p.len() > 200 {
+                return Err(format!(
+                    "--managed-nqn-prefix `{p}` must start with `nqn.` and contain `:`"
+                ));
+            }
+            if !self.kubelet_dir.is_empty() && !self.kubelet_dir.starts_with('/') {
+                return Err("--kubelet-dir must be an absolute path (or empty)".into());
+            }
+            if self.kubelet_dir.is_empty() && self.node_state_dir.is_none() {
+                return Err("--node-state-dir is required when --kubelet-dir is empty".into());
+            }
+            if self.max_volumes_per_node < 0 {
+                return Err("--max-volumes-per-node must not be negative".into());
+            }
+            if self.nvme_ctrl_loss_tmo < -1 {
+                return Err("--nvme-ctrl-loss-tmo must be -1 or more".into());
+            }
+            if self.node_operation_timeout == 0 {
+                return Err("--node-operation-timeout must be positive".into());
             }
         }
         if self.driver_name.is_empty() {
@@ -260,6 +345,32 @@ mod tests {
             args.validate().unwrap_err(),
             "--node-id is required with --node"
         );
+    }
+
+    #[test]
+    fn node_flags_parse_and_validate() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["rds-csi", "serve", "--node", "--node-id", "n1"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
+            args
+        };
+        let args = parse(&[]);
+        assert_eq!(args.kubelet_dir, "/var/lib/kubelet");
+        assert_eq!(args.managed_nqn_prefix, "nqn.2000-02.com.mikrotik:");
+        assert_eq!(args.nvme_ctrl_loss_tmo, 300);
+        args.validate().unwrap();
+        let args = parse(&["--nvme-ctrl-loss-tmo", "-1", "--kubelet-dir", ""]);
+        assert_eq!(args.nvme_ctrl_loss_tmo, -1);
+        assert!(args.validate().unwrap_err().contains("--node-state-dir"));
+        parse(&["--kubelet-dir", "", "--node-state-dir", "/s"])
+            .validate()
+            .unwrap();
+        assert!(parse(&["--managed-nqn-prefix", "pvc-"])
+            .validate()
+            .unwrap_err()
+            .contains("--managed-nqn-prefix"));
+        assert!(parse(&["--kubelet-dir", "rel"]).validate().is_err());
     }
 
     #[test]

@@ -6,5 +6,6 @@ pub mod endpoint;
 pub mod grpc;
 pub mod identity;
 pub mod logging;
+pub mod node;
 pub mod rds;
 pub mod server;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use csi_proto::v1::identity_server::IdentityServer;
+use csi_proto::v1::node_server::NodeServer;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -15,6 +16,7 @@ use crate::controller::params::ParamDefaults;
 use crate::controller::{ControllerConfig, ControllerService};
 use crate::endpoint;
 use crate::identity::IdentityService;
+use crate::node::NodeService;
 use crate::rds::ssh::{load_host_key, load_private_key};
 use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
 
@@ -104,8 +106,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "shutting down; letting in-flight calls finish"
         );
     };
+    let node = if args.node {
+        let node = NodeService::from_args(&args)?;
+        // Report (and tidy) what an earlier run left on this host before serving calls.
+        if let Err(e) = node.recover().await {
+            tracing::warn!(error = %e, "node recovery scan failed; serving anyway");
+        }
+        Some(NodeServer::new(node))
+    } else {
+        None
+    };
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_optional_service(node)
         .add_optional_service(controller)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -144,11 +144,17 @@ fn format_like_routeros(disks: &[(u32, &Disk)]) -> String {
             "slot-default=\"\"".to_string(),
             format!("size={}", separate(disk.size_bytes.unwrap())),
             format!("file-path={}", disk.file_path.as_deref().unwrap()),
-            format!("nvme-tcp-export={}", if disk.nvme_export { "yes" } else { "no" }),
+            format!(
+                "nvme-tcp-export={}",
+                if disk.nvme_export { "yes" } else { "no" }
+            ),
         ];
         if disk.nvme_export {
             fields.push(format!("nvme-tcp-server-port={}", disk.nvme_port.unwrap()));
-            fields.push(format!("nvme-tcp-server-nqn=\"{}\"", disk.nqn.as_deref().unwrap()));
+            fields.push(format!(
+                "nvme-tcp-server-nqn=\"{}\"",
+                disk.nqn.as_deref().unwrap()
+            ));
         }
         let mut line = format!("{index:>2} {:<3} ", disk.flags);
         let mut lines = Vec::new();
@@ -182,7 +188,7 @@ fn separate(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);

@@ -1,9 +1,11 @@
 //! Harness for the black-box tests: builds and starts the real binaries, and talks CSI to them
 //! over their Unix socket.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -67,7 +69,7 @@ pub async fn connect_unix(socket: &Path) -> anyhow::Result<Channel> {
 
 /// A child process that is killed (and reaped) if the test ends without stopping it.
 pub struct ChildGuard {
-    child: Option<Child>,
+    pub child: Option<Child>,
 }
 
 impl ChildGuard {
@@ -181,4 +183,230 @@ async fn wait_ready(process: &mut ChildGuard, socket: &Path) -> anyhow::Result<C
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A fresh identifier for one test run; every volume and snapshot name a test makes starts
+/// with it, so cleanup can find them all.
+pub fn run_id(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("e2e-{}-{nanos:08x}-{test}", std::process::id())
+}
+
+/// The SSH identities a test run uses: the driver's client key, and the mock's fixed host key.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub client_key: PathBuf,
+    pub authorized_keys: PathBuf,
+    pub host_key_pub: PathBuf,
+    /// Where the mock's state dir must hold its host key before it starts.
+    host_key_private: String,
+}
+
+impl Keys {
+    pub fn generate() -> anyhow::Result<Self> {
+        use russh::keys::ssh_key::LineEnding;
+        use russh::keys::{Algorithm, PrivateKey};
+        let dir = tempfile::tempdir()?;
+        let client = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
+        let host = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
+        let client_key = dir.path().join("id_ed25519");
+        write_private(&client_key, client.to_openssh(LineEnding::LF)?.as_bytes())?;
+        let authorized_keys = dir.path().join("authorized_keys");
+        std::fs::write(
+            &authorized_keys,
+            format!("{}\n", client.public_key().to_openssh()?),
+        )?;
+        let host_key_pub = dir.path().join("rds_host_key.pub");
+        std::fs::write(
+            &host_key_pub,
+            format!("{}\n", host.public_key().to_openssh()?),
+        )?;
+        Ok(Self {
+            client_key,
+            authorized_keys,
+            host_key_pub,
+            host_key_private: host.to_openssh(LineEnding::LF)?.to_string(),
+            dir,
+        })
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+/// A running `mock-rds` binary on an OS-chosen port, with its own state and data directories.
+pub struct Mock {
+    pub process: ChildGuard,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub state_dir: PathBuf,
+    pub data_dir: PathBuf,
+    _dirs: tempfile::TempDir,
+}
+
+impl Mock {
+    pub async fn start(keys: &Keys) -> anyhow::Result<Self> {
+        let dirs = tempfile::tempdir()?;
+        let state_dir = dirs.path().join("state");
+        let data_dir = dirs.path().join("data");
+        std::fs::create_dir_all(&state_dir)?;
+        std::fs::create_dir_all(&data_dir)?;
+        write_private(
+            &state_dir.join("ssh_host_ed25519_key"),
+            keys.host_key_private.as_bytes(),
+        )?;
+        Self::start_on(keys, "127.0.0.1:0", state_dir, data_dir, dirs).await
+    }
+
+    /// Starts again on the same address and state (an "RDS reboot").
+    pub async fn restart(self, keys: &Keys) -> anyhow::Result<Self> {
+        let Mock {
+            mut process,
+            addr,
+            state_dir,
+            data_dir,
+            _dirs,
+            ..
+        } = self;
+        process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        process.wait_exit(Duration::from_secs(10)).await?;
+        Self::start_on(keys, &addr.to_string(), state_dir, data_dir, _dirs).await
+    }
+
+    async fn start_on(
+        keys: &Keys,
+        listen: &str,
+        state_dir: PathBuf,
+        data_dir: PathBuf,
+        dirs: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("mock-rds"));
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--authorized-keys")
+            .arg(&keys.authorized_keys)
+            .stdout(Stdio::piped());
+        let mut process = ChildGuard::spawn(cmd)?;
+        let stdout = process
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .context("no stdout")?;
+        // The ready line is the first line on stdout; read it off the async runtime.
+        let line = tokio::time::timeout(
+            READY_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).map(|_| line)
+            }),
+        )
+        .await
+        .context("mock-rds did not print its ready line in time")???;
+        let rest = line
+            .trim()
+            .strip_prefix("mock-rds listening on ")
+            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        let (addr, fingerprint) = rest
+            .split_once(" host-key ")
+            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        Ok(Self {
+            process,
+            addr: addr.parse()?,
+            fingerprint: fingerprint.to_string(),
+            state_dir,
+            data_dir,
+            _dirs: dirs,
+        })
+    }
+
+    /// The mock's persisted state (`state.json`), read as JSON.
+    pub fn state(&self) -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state_dir.join("state.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Runs one command on the mock over SSH and returns its stdout.
+    pub async fn exec(&self, keys: &Keys, command: &str) -> anyhow::Result<String> {
+        ssh_exec(self.addr, keys, command).await
+    }
+
+    /// The driver flags that point the controller at this mock.
+    pub fn driver_args(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            "--rds-address".into(),
+            self.addr.ip().to_string(),
+            "--rds-port".into(),
+            self.addr.port().to_string(),
+            "--rds-user".into(),
+            "admin".into(),
+            "--rds-key-file".into(),
+            keys.client_key.display().to_string(),
+            "--rds-host-key".into(),
+            keys.host_key_pub.display().to_string(),
+            "--nvme-address".into(),
+            "127.0.0.1".into(),
+            "--loop-root".into(),
+            self.data_dir.display().to_string(),
+        ]
+    }
+}
+
+struct AcceptPinned(russh::keys::PublicKey);
+
+impl russh::client::Handler for AcceptPinned {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(
+            matches!(key, russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.0.key_data()),
+        )
+    }
+}
+
+/// A minimal SSH exec, for test set-up and assertions on the mock.
+pub async fn ssh_exec(addr: SocketAddr, keys: &Keys, command: &str) -> anyhow::Result<String> {
+    let host = russh::keys::load_public_key(&keys.host_key_pub)?;
+    let key = russh::keys::load_secret_key(&keys.client_key, None)?;
+    let mut handle = russh::client::connect(
+        Arc::new(russh::client::Config::default()),
+        addr,
+        AcceptPinned(host),
+    )
+    .await?;
+    let auth = handle
+        .authenticate_publickey(
+            "admin",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+        )
+        .await?;
+    anyhow::ensure!(auth.success(), "mock refused the test key");
+    let mut channel = handle.channel_open_session().await?;
+    channel.exec(true, command).await?;
+    let mut out = Vec::new();
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -6,7 +6,7 @@ use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::plugin_capability::service::Type as ServiceType;
 use csi_proto::v1::plugin_capability::Type as CapabilityType;
 use csi_proto::v1::{GetPluginCapabilitiesRequest, GetPluginInfoRequest, ProbeRequest};
-use e2e::Driver;
+use e2e::{Driver, Keys, Mock};
 use nix::sys::signal::Signal;
 
 fn service_types(caps: &[csi_proto::v1::PluginCapability]) -> Vec<ServiceType> {
@@ -20,16 +20,21 @@ fn service_types(caps: &[csi_proto::v1::PluginCapability]) -> Vec<ServiceType> {
 
 #[tokio::test]
 async fn identity_answers_and_sigterm_removes_the_socket() {
-    let mut driver = Driver::start(&[
+    let keys = Keys::generate().unwrap();
+    let mock = Mock::start(&keys).await.unwrap();
+    let mut args = vec![
         "--driver-name",
         "rds.csi.srvlab.io",
         "--node-id",
         "node-a",
         "--controller",
         "--node",
-    ])
-    .await
-    .unwrap();
+        "--connector",
+        "loop",
+    ];
+    let mock_args = mock.driver_args(&keys);
+    args.extend(mock_args.iter().map(String::as_str));
+    let mut driver = Driver::start(&args).await.unwrap();
     let mut client = IdentityClient::new(driver.channel.clone());
 
     let info = client
@@ -82,9 +87,16 @@ async fn node_only_driver_advertises_no_controller() {
 
 #[tokio::test]
 async fn second_driver_on_a_live_socket_refuses_to_start() {
-    let driver = Driver::start(&["--controller"]).await.unwrap();
+    let driver = Driver::start(&["--node", "--node-id", "n1"]).await.unwrap();
     let output = std::process::Command::new(e2e::binary("rds-csi"))
-        .args(["serve", "--controller", "--metrics-address", ""])
+        .args([
+            "serve",
+            "--node",
+            "--node-id",
+            "n2",
+            "--metrics-address",
+            "",
+        ])
         .arg("--endpoint")
         .arg(&driver.socket)
         .output()
@@ -97,4 +109,44 @@ async fn second_driver_on_a_live_socket_refuses_to_start() {
         .probe(ProbeRequest {})
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn probe_follows_rds_reachability() {
+    let keys = Keys::generate().unwrap();
+    let mock = Mock::start(&keys).await.unwrap();
+    let mock_args = mock.driver_args(&keys);
+    let mut args = vec!["--controller"];
+    args.extend(mock_args.iter().map(String::as_str));
+    let driver = Driver::start(&args).await.unwrap();
+    let mut client = IdentityClient::new(driver.channel.clone());
+    let ready = |r: tonic::Response<csi_proto::v1::ProbeResponse>| r.into_inner().ready;
+
+    let addr = mock.addr;
+    let mut process = mock.process;
+    process.signal(Signal::SIGKILL).unwrap();
+    process.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        ready(client.probe(ProbeRequest {}).await.unwrap()),
+        Some(false)
+    );
+    assert!(addr.port() > 0);
+}
+
+#[tokio::test]
+async fn controller_without_host_key_verification_refuses_to_start() {
+    let output = std::process::Command::new(e2e::binary("rds-csi"))
+        .args([
+            "serve",
+            "--controller",
+            "--rds-address",
+            "127.0.0.1",
+            "--endpoint",
+            "/tmp/never-used.sock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--rds-host-key"), "{stderr}");
 }

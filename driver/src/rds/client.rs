@@ -22,6 +22,8 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub initial: Duration,
     pub max: Duration,
+    /// Longest wait for one attempt, so a hung command leaves time to try again.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -30,6 +32,7 @@ impl Default for RetryPolicy {
             attempts: 4,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -52,7 +55,8 @@ impl RdsClient {
     pub async fn run(&self, command: &Command, deadline: Instant) -> Result<String, RdsError> {
         let line = command.render();
         let started = Instant::now();
-        let result = match self.transport.exec(&line, deadline).await {
+        let attempt_deadline = deadline.min(started + self.retry.attempt_timeout);
+        let result = match self.transport.exec(&line, attempt_deadline).await {
             Ok(output) => classify(output),
             Err(e) => Err(RdsError::Transport(e)),
         };

@@ -255,7 +255,7 @@ impl AllocSize {
 
     /// `10G` when a whole GiB (the form seen working on hardware), else `<n>M`.
     fn render(self) -> String {
-        if self.0 % GIB == 0 {
+        if self.0.is_multiple_of(GIB) {
             format!("{}G", self.0 / GIB)
         } else {
             format!("{}M", self.0 / MIB)

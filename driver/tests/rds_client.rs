@@ -1,0 +1,447 @@
+//! The RDS client against an embedded mock-rds over real SSH (routeros output mode): operations,
+//! lost replies, hung commands, dropped connections, host-key and auth failures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock_rds::{Auth, Config, Fault, MockRds};
+use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport, Port, RdsPath, Slot};
+use rds_csi::rds::ssh::fingerprint;
+use rds_csi::rds::{
+    deadline_in, HostKeyPolicy, RdsClient, RdsError, RetryPolicy, SshConfig, Transport,
+    TransportError,
+};
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
+
+const BASE: &str = "/storage-pool/metal-csi";
+
+fn new_key() -> PrivateKey {
+    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+}
+
+struct Fixture {
+    mock: MockRds,
+    client: RdsClient,
+    _state: tempfile::TempDir,
+}
+
+async fn start_mock(auth_key: &PublicKey) -> (MockRds, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let mock = MockRds::start(Config {
+        state_dir: Some(state.path().to_path_buf()),
+        auth: Auth::AuthorizedKeys(vec![auth_key.clone()]),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    (mock, state)
+}
+
+fn client_for(
+    mock: &MockRds,
+    key: PrivateKey,
+    policy: HostKeyPolicy,
+    retry: RetryPolicy,
+) -> RdsClient {
+    let addr = mock.addr();
+    let mut config = SshConfig::new(addr.ip().to_string(), addr.port(), "admin", key, policy);
+    config.connect_timeout = Duration::from_secs(5);
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    RdsClient::new(Transport::new(config), retry)
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 4,
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        attempt_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn fixture() -> Fixture {
+    let key = new_key();
+    let (mock, state) = start_mock(key.public_key()).await;
+    let pinned = russh::keys::parse_public_key_base64(
+        mock.host_public_key_openssh()
+            .split_whitespace()
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    let client = client_for(
+        &mock,
+        key,
+        HostKeyPolicy::Pinned(vec![pinned]),
+        fast_retry(),
+    );
+    Fixture {
+        mock,
+        client,
+        _state: state,
+    }
+}
+
+fn volume(id: &str, bytes: u64) -> DiskAdd {
+    let slot = Slot::new(id).unwrap();
+    DiskAdd {
+        file_path: RdsPath::new(format!("{BASE}/{id}.img")).unwrap(),
+        size: Some(AllocSize::round_up(bytes).unwrap()),
+        copy_from: None,
+        export: Some(NvmeExport {
+            port: Port::new(4420).unwrap(),
+            nqn: slot.nqn(),
+        }),
+        slot,
+    }
+}
+
+fn soon() -> tokio::time::Instant {
+    deadline_in(Duration::from_secs(20))
+}
+
+fn adds_in_history(mock: &MockRds) -> usize {
+    mock.history()
+        .iter()
+        .filter(|h| h.command.starts_with("/disk add"))
+        .count()
+}
+
+#[tokio::test]
+async fn create_get_list_resize_remove() {
+    let f = fixture().await;
+    let add = volume("pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8", 3 << 29); // 1.5 GiB
+    let disk = f.client.create_disk(&add, soon()).await.unwrap();
+    assert_eq!(disk.slot, add.slot.as_str());
+    assert_eq!(
+        disk.size_bytes,
+        Some(3 << 29),
+        "1.5 GiB is allocated exactly, not truncated"
+    );
+    assert_eq!(disk.file_path.as_deref(), Some(add.file_path.as_str()));
+    assert!(disk.nvme_export);
+    assert_eq!(disk.nqn.as_deref(), Some(add.slot.nqn().as_str()));
+    assert_eq!(f.mock.disk(add.slot.as_str()).unwrap().file_size, 3 << 29);
+
+    let got = f.client.get_disk(&add.slot, soon()).await.unwrap().unwrap();
+    assert_eq!(got, disk);
+    assert!(f
+        .client
+        .get_disk(&Slot::new("pvc-missing").unwrap(), soon())
+        .await
+        .unwrap()
+        .is_none());
+
+    f.client
+        .create_disk(&volume("pvc-b", 1 << 30), soon())
+        .await
+        .unwrap();
+    let mut slots: Vec<String> = f
+        .client
+        .list_disks(soon())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.slot)
+        .collect();
+    slots.sort();
+    assert!(
+        slots.contains(&"pvc-b".to_string()) && slots.contains(&add.slot.to_string()),
+        "{slots:?}"
+    );
+
+    let grown = f
+        .client
+        .resize_disk(&add.slot, AllocSize::round_up(2 << 30).unwrap(), soon())
+        .await
+        .unwrap();
+    assert_eq!(grown.size_bytes, Some(2 << 30));
+
+    let base = RdsPath::new(BASE).unwrap();
+    let files = f.client.list_files(&base, soon()).await.unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|x| x.path == add.file_path.as_str() && x.size_bytes.is_some()),
+        "{files:?}"
+    );
+    let file = f
+        .client
+        .get_file(&add.file_path, soon())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(file.last_modified.is_some());
+
+    f.client.remove_disk(&add.slot, soon()).await.unwrap();
+    assert!(f.mock.disk(add.slot.as_str()).is_none());
+    // RouterOS keeps the file after /disk remove; the client removes it explicitly.
+    assert!(f
+        .client
+        .get_file(&add.file_path, soon())
+        .await
+        .unwrap()
+        .is_some());
+    f.client.remove_file(&add.file_path, soon()).await.unwrap();
+    assert!(f
+        .client
+        .get_file(&add.file_path, soon())
+        .await
+        .unwrap()
+        .is_none());
+    // Both removals are idempotent.
+    f.client.remove_disk(&add.slot, soon()).await.unwrap();
+    f.client.remove_file(&add.file_path, soon()).await.unwrap();
+
+    let cap = f.client.capacity(&base, soon()).await.unwrap();
+    assert!(
+        cap.total_bytes > cap.free_bytes && cap.free_bytes > 0,
+        "{cap:?}"
+    );
+    assert!(!f.client.identity(soon()).await.unwrap().is_empty());
+    f.client
+        .traffic(&Slot::new("storage-pool").unwrap(), soon())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_and_failures_are_classified() {
+    let f = fixture().await;
+    let add = volume("pvc-dup", 1 << 30);
+    f.client.create_disk(&add, soon()).await.unwrap();
+    // Same disk again: it exists and matches, so the create converges.
+    f.client.create_disk(&add, soon()).await.unwrap();
+    // A different disk in the same slot is a conflict.
+    let mut other = add.clone();
+    other.size = Some(AllocSize::round_up(2 << 30).unwrap());
+    assert!(matches!(
+        f.client.create_disk(&other, soon()).await,
+        Err(RdsError::AlreadyExists(_))
+    ));
+
+    // A failure printed with exit status 0 is still a failure, with its text kept.
+    f.mock.inject(Fault::Fail {
+        pattern: "^/disk add".into(),
+        times: Some(1),
+        message: "failure: not enough space".into(),
+        exit_status: 0,
+    });
+    match f
+        .client
+        .create_disk(&volume("pvc-full", 1 << 30), soon())
+        .await
+    {
+        Err(RdsError::OutOfSpace(text)) => assert!(text.contains("not enough space")),
+        other => panic!("expected OutOfSpace, got {other:?}"),
+    }
+    // Non-transport failures are not retried.
+    assert_eq!(adds_in_history(&f.mock), 4);
+}
+
+#[tokio::test]
+async fn lost_reply_on_add_is_reconciled_without_duplicate() {
+    let f = fixture().await;
+    f.mock.inject(Fault::DropAfterRun {
+        pattern: "^/disk add".into(),
+        times: Some(1),
+    });
+    let add = volume("pvc-lost-reply", 1 << 30);
+    let disk = f.client.create_disk(&add, soon()).await.unwrap();
+    assert_eq!(disk.slot, "pvc-lost-reply");
+    assert_eq!(
+        adds_in_history(&f.mock),
+        1,
+        "the add must not be sent twice"
+    );
+    assert_eq!(
+        f.mock
+            .disks()
+            .iter()
+            .filter(|d| d.slot == "pvc-lost-reply")
+            .count(),
+        1
+    );
+    assert_eq!(f.client.transport().reconnects(), 1);
+}
+
+#[tokio::test]
+async fn hung_command_hits_deadline_then_next_command_works() {
+    let f = fixture().await;
+    f.mock.inject(Fault::Hang {
+        pattern: "^/disk print".into(),
+        times: Some(1),
+    });
+    let slot = Slot::new("pvc-x").unwrap();
+    let started = std::time::Instant::now();
+    let err = f
+        .client
+        .get_disk(&slot, deadline_in(Duration::from_millis(1500)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RdsError::Transport(TransportError::Timeout { .. })),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(f.client.get_disk(&slot, soon()).await.unwrap().is_none());
+
+    // With a longer deadline, the hung attempt times out and a retry answers.
+    f.mock.inject(Fault::Hang {
+        pattern: "^/disk print".into(),
+        times: Some(1),
+    });
+    assert!(f.client.get_disk(&slot, soon()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn dropped_connection_reconnects() {
+    let f = fixture().await;
+    f.client.identity(soon()).await.unwrap();
+    f.mock.drop_all_connections();
+    f.client.identity(soon()).await.unwrap();
+    assert_eq!(f.client.transport().reconnects(), 1);
+
+    f.mock.inject(Fault::RefuseConnections(true));
+    f.mock.drop_all_connections();
+    let err = f
+        .client
+        .identity(deadline_in(Duration::from_millis(800)))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    f.mock.inject(Fault::RefuseConnections(false));
+    f.client.identity(soon()).await.unwrap();
+}
+
+#[tokio::test]
+async fn stalled_handshake_times_out() {
+    let f = fixture().await;
+    f.mock.inject(Fault::StallHandshake(true));
+    let err = f
+        .client
+        .identity(deadline_in(Duration::from_millis(800)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RdsError::Transport(TransportError::Timeout { .. })),
+        "{err:?}"
+    );
+    f.mock.inject(Fault::StallHandshake(false));
+    f.client.identity(soon()).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_host_key_is_refused_naming_both_fingerprints() {
+    let key = new_key();
+    let (mock, _state) = start_mock(key.public_key()).await;
+    let wrong = new_key().public_key().clone();
+    let client = client_for(
+        &mock,
+        key,
+        HostKeyPolicy::Pinned(vec![wrong.clone()]),
+        fast_retry(),
+    );
+    let err = client.identity(soon()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            RdsError::Transport(TransportError::HostKeyMismatch { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&fingerprint(&wrong)), "{text}");
+    assert!(text.contains(&mock.host_key_fingerprint()), "{text}");
+    assert!(!err.is_retryable());
+    assert!(
+        mock.history().is_empty(),
+        "nothing may be sent to an unverified host"
+    );
+}
+
+#[tokio::test]
+async fn known_hosts_file_is_honoured() {
+    let key = new_key();
+    let (mock, state) = start_mock(key.public_key()).await;
+    let known = state.path().join("known_hosts");
+    let host_key = mock.host_public_key_openssh();
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {host_key}\n", mock.addr().port()),
+    )
+    .unwrap();
+    let client = client_for(
+        &mock,
+        key.clone(),
+        HostKeyPolicy::KnownHosts(known.clone()),
+        fast_retry(),
+    );
+    client.identity(soon()).await.unwrap();
+
+    std::fs::write(&known, "[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n").unwrap();
+    let client = client_for(&mock, key, HostKeyPolicy::KnownHosts(known), fast_retry());
+    let err = client.identity(soon()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RdsError::Transport(TransportError::HostKeyUnknown { .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn auth_failure_is_clear_and_not_retried() {
+    let (mock, _state) = start_mock(new_key().public_key()).await;
+    let pinned = russh::keys::parse_public_key_base64(
+        mock.host_public_key_openssh()
+            .split_whitespace()
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    let client = client_for(
+        &mock,
+        new_key(),
+        HostKeyPolicy::Pinned(vec![pinned]),
+        fast_retry(),
+    );
+    let err = client.identity(soon()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RdsError::Transport(TransportError::AuthRejected { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("admin"));
+}
+
+#[tokio::test]
+async fn many_concurrent_commands_share_the_connection() {
+    let f = Arc::new(fixture().await);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                f.client
+                    .create_disk(&volume(&format!("pvc-c{i}"), 1 << 20), soon())
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        f.mock
+            .disks()
+            .iter()
+            .filter(|d| d.slot.starts_with("pvc-c"))
+            .count(),
+        40
+    );
+    assert_eq!(f.client.transport().reconnects(), 0);
+}
