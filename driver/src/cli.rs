@@ -37,6 +37,55 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CSI gRPC services (Identity, and Controller and/or Node) on a Unix socket.
     Serve(ServeArgs),
+    /// Report what the driver left on the RDS (files without disks, disks without files);
+    /// with --delete, remove it.
+    Orphans(OrphansArgs),
+}
+
+/// How operator commands print their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Text,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OrphansArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Remove the orphans found (default: only report them).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Leave files younger than this alone (they may belong to a create in progress), e.g.
+    /// `5m`, `1h`, `0s`. RouterOS prints file times without a zone; they are read as UTC.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub grace_period: std::time::Duration,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Parses `90s`, `5m`, `1h`, `2d` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// How the node reaches a volume's block device.
@@ -49,32 +98,9 @@ pub enum ConnectorKind {
     Loop,
 }
 
+/// How to reach the RDS over SSH; shared by `serve` and the operator commands.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// CSI endpoint: `unix:///path/to/csi.sock` or a plain path.
-    #[arg(
-        long,
-        default_value = "unix:///var/lib/kubelet/plugins/rds.csi.srvlab.io/csi.sock",
-        env = "RDS_CSI_ENDPOINT"
-    )]
-    pub endpoint: String,
-
-    /// CSI driver name reported by GetPluginInfo (must match the CSIDriver object).
-    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
-    pub driver_name: String,
-
-    /// This node's name (normally the Kubernetes node name). Required with `--node`.
-    #[arg(long, env = "RDS_CSI_NODE_ID")]
-    pub node_id: Option<String>,
-
-    /// Serve the CSI Controller service (provisioning through the RDS).
-    #[arg(long, env = "RDS_CSI_CONTROLLER")]
-    pub controller: bool,
-
-    /// Serve the CSI Node service (attach, format and mount on this host).
-    #[arg(long, env = "RDS_CSI_NODE")]
-    pub node: bool,
-
+pub struct RdsArgs {
     /// RDS management address for SSH (host name or IP).
     #[arg(long, env = "RDS_CSI_RDS_ADDRESS")]
     pub rds_address: Option<String>,
@@ -130,6 +156,56 @@ pub struct ServeArgs {
         env = "RDS_CSI_RDS_VOLUME_BASE_PATH"
     )]
     pub rds_volume_base_path: String,
+}
+
+impl RdsArgs {
+    /// Checks the flags every command that talks to the RDS needs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rds_address.as_deref().is_none_or(str::is_empty) {
+            return Err("--rds-address is required".into());
+        }
+        if self.rds_host_key.is_none()
+            && self.rds_known_hosts.is_none()
+            && !self.rds_insecure_skip_verify
+        {
+            return Err(
+                "the RDS host key must be verified: pass --rds-host-key FILE or \
+                 --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// CSI endpoint: `unix:///path/to/csi.sock` or a plain path.
+    #[arg(
+        long,
+        default_value = "unix:///var/lib/kubelet/plugins/rds.csi.srvlab.io/csi.sock",
+        env = "RDS_CSI_ENDPOINT"
+    )]
+    pub endpoint: String,
+
+    /// CSI driver name reported by GetPluginInfo (must match the CSIDriver object).
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+
+    /// This node's name (normally the Kubernetes node name). Required with `--node`.
+    #[arg(long, env = "RDS_CSI_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Serve the CSI Controller service (provisioning through the RDS).
+    #[arg(long, env = "RDS_CSI_CONTROLLER")]
+    pub controller: bool,
+
+    /// Serve the CSI Node service (attach, format and mount on this host).
+    #[arg(long, env = "RDS_CSI_NODE")]
+    pub node: bool,
+
+    #[command(flatten)]
+    pub rds: RdsArgs,
 
     /// Default NVMe/TCP address of the RDS storage network (defaults to `--rds-address`).
     #[arg(long, env = "RDS_CSI_NVME_ADDRESS")]
@@ -224,42 +300,7 @@ impl ServeArgs {
             return Err("--node-id is required with --node".into());
         }
         if self.controller {
-            if self.rds_address.as_deref().is_none_or(str::is_empty) {
-                return Err("--rds-address is required with --controller".into());
-            }
-            if self.rds_host_key.is_none()
-                && self.rds_known_hosts.is_none()
-                && !self.rds_insecure_skip_verify
-            {
-                return Err(
-                    "the RDS host key must be verified: pass --rds-host-key FILE or \
-                     --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
-                        .into(),
-                );
-            }
-        }
-        if self.node {
-            let p = &self.managed_nqn_prefix;
-            if !p.starts_with("nqn.") || !p.contains(':') || p.len() > 200 {
-                return Err(format!(
-                    "--managed-nqn-prefix `{p}` must start with `nqn.` and contain `:`"
-                ));
-            }
-            if !self.kubelet_dir.is_empty() && !self.kubelet_dir.starts_with('/') {
-                return Err("--kubelet-dir must be an absolute path (or empty)".into());
-            }
-            if self.kubelet_dir.is_empty() && self.node_state_dir.is_none() {
-                return Err("--node-state-dir is required when --kubelet-dir is empty".into());
-            }
-            if self.max_volumes_per_node < 0 {
-                return Err("--max-volumes-per-node must not be negative".into());
-            }
-            if self.nvme_ctrl_loss_tmo < -1 {
-                return Err("--nvme-ctrl-loss-tmo must be -1 or more".into());
-            }
-            if self.node_operation_timeout == 0 {
-                return Err("--node-operation-timeout must be positive".into());
-            }
+            self.rds.validate()?;
         }
         if self.driver_name.is_empty() {
             return Err("--driver-name must not be empty".into());
@@ -289,26 +330,32 @@ pub fn main() -> ExitCode {
         eprintln!("rds-csi: {e}");
         return ExitCode::from(2);
     }
-    match cli.command {
-        Command::Serve(args) => {
-            if let Err(e) = args.validate() {
-                eprintln!("rds-csi serve: {e}");
-                return ExitCode::from(2);
-            }
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("rds-csi: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::server::serve(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "rds-csi serve failed");
-                    ExitCode::FAILURE
-                }
-            }
+    let (name, checked) = match &cli.command {
+        Command::Serve(args) => ("serve", args.validate()),
+        Command::Orphans(args) => ("orphans", args.rds.validate()),
+    };
+    if let Err(e) = checked {
+        eprintln!("rds-csi {name}: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rds-csi: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => crate::server::serve(args).await,
+            Command::Orphans(args) => crate::tools::orphans(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rds-csi {name}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -340,7 +387,9 @@ mod tests {
     #[test]
     fn node_requires_node_id() {
         let cli = Cli::try_parse_from(["rds-csi", "serve", "--node"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
         assert_eq!(
             args.validate().unwrap_err(),
             "--node-id is required with --node"
@@ -378,6 +427,15 @@ mod tests {
         let err =
             Cli::try_parse_from(["rds-csi", "serve", "--node", "--connector", "loop"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("0s").unwrap().as_secs(), 0);
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
     }
 
     #[test]

@@ -7,5 +7,7 @@ pub mod grpc;
 pub mod identity;
 pub mod logging;
 pub mod node;
+pub mod orphans;
 pub mod rds;
 pub mod server;
+pub mod tools;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use csi_proto::v1::controller_server::ControllerServer;
 
-use crate::cli::ServeArgs;
+use crate::cli::{RdsArgs, ServeArgs};
 use crate::controller::params::ParamDefaults;
 use crate::controller::{ControllerConfig, ControllerService};
 use crate::endpoint;
@@ -23,7 +23,7 @@ use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig
 /// The RDS client the controller uses, from the command line. Nothing is contacted yet: the
 /// connection is made on first use, so a driver starts (and reports not ready) while the RDS is
 /// down.
-pub fn rds_client(args: &ServeArgs) -> anyhow::Result<Arc<RdsClient>> {
+pub fn rds_client(args: &RdsArgs) -> anyhow::Result<Arc<RdsClient>> {
     let host = args
         .rds_address
         .clone()
@@ -50,7 +50,7 @@ pub fn rds_client(args: &ServeArgs) -> anyhow::Result<Arc<RdsClient>> {
 
 fn controller_config(args: &ServeArgs) -> anyhow::Result<ControllerConfig> {
     let base_path =
-        RdsPath::new(args.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
     let nvme_address = match &args.nvme_address {
         Some(a) => Some(
             a.parse::<std::net::IpAddr>()
@@ -58,6 +58,7 @@ fn controller_config(args: &ServeArgs) -> anyhow::Result<ControllerConfig> {
                 .to_string(),
         ),
         None => args
+            .rds
             .rds_address
             .as_ref()
             .and_then(|a| a.parse::<std::net::IpAddr>().ok())
@@ -78,7 +79,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let (rds, controller) = if args.controller {
-        let rds = rds_client(&args)?;
+        let rds = rds_client(&args.rds)?;
         let controller = ControllerService::new(Arc::clone(&rds), controller_config(&args)?);
         (Some(rds), Some(ControllerServer::new(controller)))
     } else {

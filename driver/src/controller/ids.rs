@@ -7,6 +7,7 @@
 use uuid::Uuid;
 
 use crate::rds::command::{RdsPath, Slot};
+use crate::rds::Disk;
 
 pub const SNAPSHOT_PREFIX: &str = "snap-";
 const HASHED_VOLUME_PREFIX: &str = "vol-";
@@ -85,6 +86,35 @@ pub fn classify_file(dir: &RdsPath, path: &str) -> Option<ManagedFile> {
         return Some(ManagedFile::Snapshot { id, source: None });
     }
     parse_volume_id(stem).map(ManagedFile::Volume)
+}
+
+/// The directory of a disk's file when it is `base` or lies below it.
+fn managed_dir(base: &RdsPath, path: &str) -> Option<RdsPath> {
+    let (dir, _) = path.rsplit_once('/')?;
+    let dir = RdsPath::new(dir).ok()?;
+    (&dir == base || dir.is_under(base)).then_some(dir)
+}
+
+/// What a disk is to the driver: a volume or snapshot it made (a file disk whose file is named
+/// for its slot, at or below the base path), or None for everything else on the RDS.
+pub fn classify_disk(base: &RdsPath, disk: &Disk) -> Option<ManagedFile> {
+    let path = disk.file_path.as_deref()?;
+    if !disk.is_file_disk() {
+        return None;
+    }
+    let managed = classify_file(&managed_dir(base, path)?, path)?;
+    match &managed {
+        ManagedFile::Volume(id) if id.as_str() == disk.slot => Some(managed),
+        ManagedFile::Snapshot { id, .. } if id.as_str() == disk.slot && !disk.nvme_export => {
+            Some(managed)
+        }
+        _ => None,
+    }
+}
+
+/// Classifies a file anywhere at or below the base path by its name.
+pub fn classify_managed_file(base: &RdsPath, path: &str) -> Option<ManagedFile> {
+    classify_file(&managed_dir(base, path)?, path)
 }
 
 #[cfg(test)]

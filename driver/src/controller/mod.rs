@@ -18,7 +18,7 @@ use crate::grpc::{deadline, rds_status, KeyedLocks};
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient};
 use caps::{check_capabilities, is_block, is_multi_node};
-use ids::{classify_file, parse_snapshot_id, parse_volume_id, ManagedFile};
+use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
 use params::{keys, ParamDefaults, VolumeParams};
 
 pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
@@ -115,7 +115,7 @@ fn allocation(
     Ok(size)
 }
 
-fn timestamp(last_modified: &str) -> Option<prost_types::Timestamp> {
+pub fn timestamp(last_modified: &str) -> Option<prost_types::Timestamp> {
     // `2025-11-11 16:47:07`, in the RDS's local time; read as UTC (RouterOS does not print the
     // zone), which keeps it stable across controller restarts.
     let (date, time) = last_modified.trim().split_once(' ')?;
@@ -182,34 +182,19 @@ impl ControllerService {
         &self.config.defaults.base_path
     }
 
-    /// The volume ID of a disk this driver made: a file disk whose file is `<dir>/<slot>.img`
-    /// with `dir` at or under the base path, and whose slot follows the volume-ID grammar.
+    /// The volume ID of a disk this driver made.
     fn owned_volume(&self, disk: &Disk) -> Option<Slot> {
-        let path = disk.file_path.as_deref()?;
-        let (dir, _) = path.rsplit_once('/')?;
-        let dir = RdsPath::new(dir).ok()?;
-        if !disk.is_file_disk() || (&dir != self.base() && !dir.is_under(self.base())) {
-            return None;
-        }
-        match classify_file(&dir, path)? {
-            ManagedFile::Volume(id) if id.as_str() == disk.slot => Some(id),
-            _ => None,
+        match ids::classify_disk(self.base(), disk)? {
+            ManagedFile::Volume(id) => Some(id),
+            ManagedFile::Snapshot { .. } => None,
         }
     }
 
+    /// The ID and recorded source of a snapshot this driver made.
     fn owned_snapshot(&self, disk: &Disk) -> Option<(Slot, Option<Slot>)> {
-        let path = disk.file_path.as_deref()?;
-        let (dir, _) = path.rsplit_once('/')?;
-        let dir = RdsPath::new(dir).ok()?;
-        if !disk.is_file_disk()
-            || disk.nvme_export
-            || (&dir != self.base() && !dir.is_under(self.base()))
-        {
-            return None;
-        }
-        match classify_file(&dir, path)? {
-            ManagedFile::Snapshot { id, source } if id.as_str() == disk.slot => Some((id, source)),
-            _ => None,
+        match ids::classify_disk(self.base(), disk)? {
+            ManagedFile::Snapshot { id, source } => Some((id, source)),
+            ManagedFile::Volume(_) => None,
         }
     }
 
@@ -297,11 +282,7 @@ impl ControllerService {
             .await
             .map_err(rds_status)?;
         for file in files.iter().filter(|f| !f.is_directory()) {
-            let Some((dir, _)) = file.path.rsplit_once('/') else {
-                continue;
-            };
-            let Ok(dir) = RdsPath::new(dir) else { continue };
-            if classify_file(&dir, &file.path).is_some_and(|m| wanted(&m)) {
+            if ids::classify_managed_file(self.base(), &file.path).is_some_and(|m| wanted(&m)) {
                 let path = RdsPath::new(file.path.as_str())
                     .map_err(|e| Status::internal(e.to_string()))?;
                 tracing::info!(path = %path, "removing a leftover backing file");

@@ -212,7 +212,7 @@ impl NodeService {
                 cfg.default_address = args
                     .nvme_address
                     .as_deref()
-                    .or(args.rds_address.as_deref())
+                    .or(args.rds.rds_address.as_deref())
                     .and_then(|a| a.parse().ok());
                 cfg.default_port = Some(args.nvme_port);
                 Arc::new(connector::NvmeTcpConnector::new(cfg))
