@@ -737,9 +737,7 @@ async fn snapshots_survive_a_controller_and_rds_restart() {
     assert_eq!(snap.source_volume_id, "pvc-src");
     assert_eq!(snap.size_bytes, 2 * GIB);
     assert!(snap.ready_to_use);
-    let created = snap
-        .creation_time
-        .expect("creation time from the file");
+    let created = snap.creation_time.expect("creation time from the file");
     // Idempotent; same name from another source is a conflict.
     let again = f
         .svc

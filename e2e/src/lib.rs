@@ -271,18 +271,32 @@ impl Mock {
     }
 
     /// Starts again on the same address and state (an "RDS reboot").
-    pub async fn restart(self, keys: &Keys) -> anyhow::Result<Self> {
-        let Mock {
-            mut process,
-            addr,
-            state_dir,
-            data_dir,
-            _dirs,
-            ..
-        } = self;
-        process.signal(nix::sys::signal::Signal::SIGTERM)?;
-        process.wait_exit(Duration::from_secs(10)).await?;
-        Self::start_on(keys, &addr.to_string(), state_dir, data_dir, _dirs).await
+    pub async fn restart(mut self, keys: &Keys) -> anyhow::Result<Self> {
+        self.stop().await?;
+        self.resume(keys).await?;
+        Ok(self)
+    }
+
+    /// Stops the mock with SIGTERM (its state stays on disk); `resume` starts it again.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        self.process.wait_exit(Duration::from_secs(10)).await?;
+        Ok(())
+    }
+
+    /// Starts a stopped mock again on the same address, state and data.
+    pub async fn resume(&mut self, keys: &Keys) -> anyhow::Result<()> {
+        let (process, addr, fingerprint) = spawn_mock(
+            keys,
+            &self.addr.to_string(),
+            &self.state_dir,
+            &self.data_dir,
+        )
+        .await?;
+        anyhow::ensure!(addr == self.addr, "mock came back on {addr}, not {}", self.addr);
+        self.process = process;
+        self.fingerprint = fingerprint;
+        Ok(())
     }
 
     async fn start_on(
@@ -292,43 +306,11 @@ impl Mock {
         data_dir: PathBuf,
         dirs: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(binary("mock-rds"));
-        cmd.arg("--listen")
-            .arg(listen)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--authorized-keys")
-            .arg(&keys.authorized_keys)
-            .stdout(Stdio::piped());
-        let mut process = ChildGuard::spawn(cmd)?;
-        let stdout = process
-            .child
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .context("no stdout")?;
-        // The ready line is the first line on stdout; read it off the async runtime.
-        let line = tokio::time::timeout(
-            READY_TIMEOUT,
-            tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                BufReader::new(stdout).read_line(&mut line).map(|_| line)
-            }),
-        )
-        .await
-        .context("mock-rds did not print its ready line in time")???;
-        let rest = line
-            .trim()
-            .strip_prefix("mock-rds listening on ")
-            .with_context(|| format!("unexpected ready line {line:?}"))?;
-        let (addr, fingerprint) = rest
-            .split_once(" host-key ")
-            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        let (process, addr, fingerprint) = spawn_mock(keys, listen, &state_dir, &data_dir).await?;
         Ok(Self {
             process,
-            addr: addr.parse()?,
-            fingerprint: fingerprint.to_string(),
+            addr,
+            fingerprint,
             state_dir,
             data_dir,
             _dirs: dirs,
@@ -365,6 +347,49 @@ impl Mock {
             self.data_dir.display().to_string(),
         ]
     }
+}
+
+/// Spawns `mock-rds` and reads its ready line: the process, its address and host-key fingerprint.
+async fn spawn_mock(
+    keys: &Keys,
+    listen: &str,
+    state_dir: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<(ChildGuard, SocketAddr, String)> {
+    let mut cmd = Command::new(binary("mock-rds"));
+    cmd.arg("--listen")
+        .arg(listen)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--authorized-keys")
+        .arg(&keys.authorized_keys)
+        .stdout(Stdio::piped());
+    let mut process = ChildGuard::spawn(cmd)?;
+    let stdout = process
+        .child
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .context("no stdout")?;
+    // The ready line is the first line on stdout; read it off the async runtime.
+    let line = tokio::time::timeout(
+        READY_TIMEOUT,
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await
+    .context("mock-rds did not print its ready line in time")???;
+    let rest = line
+        .trim()
+        .strip_prefix("mock-rds listening on ")
+        .with_context(|| format!("unexpected ready line {line:?}"))?;
+    let (addr, fingerprint) = rest
+        .split_once(" host-key ")
+        .with_context(|| format!("unexpected ready line {line:?}"))?;
+    Ok((process, addr.parse()?, fingerprint.to_string()))
 }
 
 struct AcceptPinned(russh::keys::PublicKey);
