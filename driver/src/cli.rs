@@ -304,6 +304,29 @@ impl ServeArgs {
         if self.controller {
             self.rds.validate()?;
         }
+        if self.node {
+            let p = &self.managed_nqn_prefix;
+            if !p.starts_with("nqn.") || !p.contains(':') || p.len() > 200 {
+                return Err(format!(
+                    "--managed-nqn-prefix `{p}` must start with `nqn.` and contain `:`"
+                ));
+            }
+            if !self.kubelet_dir.is_empty() && !self.kubelet_dir.starts_with('/') {
+                return Err("--kubelet-dir must be an absolute path (or empty)".into());
+            }
+            if self.kubelet_dir.is_empty() && self.node_state_dir.is_none() {
+                return Err("--node-state-dir is required when --kubelet-dir is empty".into());
+            }
+            if self.max_volumes_per_node < 0 {
+                return Err("--max-volumes-per-node must not be negative".into());
+            }
+            if self.nvme_ctrl_loss_tmo < -1 {
+                return Err("--nvme-ctrl-loss-tmo must be -1 or more".into());
+            }
+            if self.node_operation_timeout == 0 {
+                return Err("--node-operation-timeout must be positive".into());
+            }
+        }
         if self.driver_name.is_empty() {
             return Err("--driver-name must not be empty".into());
         }
