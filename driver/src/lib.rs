@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod grpc;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod orphans;
 pub mod rds;

@@ -16,6 +16,7 @@ use crate::controller::params::ParamDefaults;
 use crate::controller::{ControllerConfig, ControllerService};
 use crate::endpoint;
 use crate::identity::IdentityService;
+use crate::metrics::{GrpcMetricsLayer, PoolSource};
 use crate::node::NodeService;
 use crate::rds::ssh::{load_host_key, load_private_key};
 use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
@@ -85,6 +86,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    let metrics_task = if args.metrics_address.is_empty() {
+        None
+    } else {
+        let addr =
+            crate::cli::parse_listen_address(&args.metrics_address).map_err(anyhow::Error::msg)?;
+        let pool = match &rds {
+            Some(rds) => Some(Arc::new(PoolSource::new(
+                Arc::clone(rds),
+                RdsPath::new(args.rds.rds_volume_base_path.as_str())
+                    .context("--rds-volume-base-path")?,
+            ))),
+            None => None,
+        };
+        Some(
+            crate::metrics::serve_http(addr, pool)
+                .await
+                .context("--metrics-address")?
+                .1,
+        )
+    };
     let identity = IdentityService::new(args.driver_name.clone(), args.controller, rds);
     let listener = endpoint::bind(&path).await?;
     tracing::info!(
@@ -118,6 +139,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     let result = tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer)
         .add_service(IdentityServer::new(identity))
         .add_optional_service(node)
         .add_optional_service(controller)
@@ -127,6 +149,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not remove the socket");
         }
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     result.context("gRPC server failed")?;
     tracing::info!("stopped");

@@ -60,6 +60,23 @@ impl RdsClient {
             Ok(output) => classify(output),
             Err(e) => Err(RdsError::Transport(e)),
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(RdsError::NotFound(_)) => "not-found",
+            Err(RdsError::AlreadyExists(_)) => "already-exists",
+            Err(RdsError::OutOfSpace(_)) => "out-of-space",
+            Err(RdsError::Transport(_)) => "transport",
+            Err(_) => "failed",
+        };
+        let metrics = crate::metrics::global();
+        metrics
+            .rds_commands
+            .with_label_values(&[command.kind(), outcome])
+            .inc();
+        metrics
+            .rds_latency
+            .with_label_values(&[command.kind()])
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             command = command.kind(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -252,6 +252,15 @@ impl Transport {
         self.config.addr()
     }
 
+    /// Whether any connection is up now (without waiting for a busy slot).
+    pub fn is_connected(&self) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.try_lock()
+                .map(|s| s.current.as_ref().is_some_and(|c| !c.handle.is_closed()))
+                .unwrap_or(true)
+        })
+    }
+
     /// Connections made after the first, over the transport's life.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
@@ -272,6 +281,9 @@ impl Transport {
             .await
             .map_err(|_| timeout("a free SSH channel"))?
             .map_err(|_| TransportError::ConnectionLost("transport closed".into()))?;
+        let in_flight = crate::metrics::global().ssh_channels_in_flight.clone();
+        in_flight.inc();
+        let _in_flight = scopeguard(move || in_flight.dec());
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let conn = self.connection(slot, deadline).await?;
 
@@ -504,6 +516,19 @@ impl Transport {
                 after: started.elapsed(),
             })?
     }
+}
+
+/// Runs `f` when dropped, so a gauge goes back down however the command ends.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Exponential backoff with jitter: the n-th consecutive failure waits between half and all of

@@ -1,0 +1,177 @@
+//! `/metrics`, `/healthz` and `/readyz`: counters move after real CSI calls over a Unix socket,
+//! and readiness follows the RDS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::controller_server::ControllerServer;
+use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+use csi_proto::v1::{CapacityRange, CreateVolumeRequest, VolumeCapability};
+use hyper_util::rt::TokioIo;
+use mock_rds::{Auth, Config, MockRds};
+use rds_csi::controller::params::ParamDefaults;
+use rds_csi::controller::{ControllerConfig, ControllerService};
+use rds_csi::metrics::{serve_http, GrpcMetricsLayer, PoolSource};
+use rds_csi::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
+use russh::keys::{Algorithm, PrivateKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::UnixListenerStream;
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text)
+}
+
+/// The value of the sample whose line starts with `series` (name and labels), or 0.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn create(name: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let mock = MockRds::start(Config {
+        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let addr = mock.addr();
+    let mut ssh = SshConfig::new(
+        addr.ip().to_string(),
+        addr.port(),
+        "admin",
+        key,
+        HostKeyPolicy::InsecureSkipVerify,
+    );
+    ssh.backoff_initial = Duration::from_millis(10);
+    ssh.backoff_max = Duration::from_millis(50);
+    let retry = RetryPolicy {
+        attempts: 2,
+        attempt_timeout: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    let rds = Arc::new(RdsClient::new(Transport::new(ssh), retry));
+    let base = RdsPath::new("/storage-pool/metal-csi").unwrap();
+    let controller = ControllerService::new(
+        Arc::clone(&rds),
+        ControllerConfig::new(ParamDefaults {
+            base_path: base.clone(),
+            nvme_address: Some("127.0.0.1".into()),
+            nvme_port: Port::new(4420).unwrap(),
+        }),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("csi.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(GrpcMetricsLayer)
+            .add_service(ControllerServer::new(controller))
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    let (http, http_task) = serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(Arc::new(PoolSource::new(Arc::clone(&rds), base))),
+    )
+    .await
+    .unwrap();
+
+    let socket_path = socket.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::1]:1")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = socket_path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = ControllerClient::new(channel);
+
+    let (status, before) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    let ok_series = "rds_csi_csi_calls_total{code=\"Ok\",rpc=\"CreateVolume\"}";
+    let bad_series = "rds_csi_csi_calls_total{code=\"InvalidArgument\",rpc=\"CreateVolume\"}";
+    let add_series = "rds_csi_rds_commands_total{kind=\"disk-add\",outcome=\"ok\"}";
+
+    client.create_volume(create("pvc-m1")).await.unwrap();
+    client.create_volume(create("pvc-m2")).await.unwrap();
+    assert_eq!(
+        client.create_volume(create("")).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let (_, after) = http_get(http, "/metrics").await;
+    assert_eq!(
+        sample(&after, ok_series) - sample(&before, ok_series),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, bad_series) - sample(&before, bad_series),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, add_series) - sample(&before, add_series),
+        2.0
+    );
+    assert!(after.contains("rds_csi_csi_call_duration_seconds_bucket{rpc=\"CreateVolume\""));
+    assert!(
+        sample(&after, "rds_csi_pool_bytes{kind=\"total\"}") > 0.0,
+        "pool size from the RDS"
+    );
+    assert!(
+        after.contains("rds_csi_pool_traffic{counter=\"write_bytes\"}"),
+        "traffic from monitor-traffic"
+    );
+    assert_eq!(sample(&after, "rds_csi_ssh_connected"), 1.0);
+
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+    assert_eq!(http_get(http, "/nope").await.0, 404);
+    mock.stop().await;
+    let (status, body) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        http_get(http, "/healthz").await.0,
+        200,
+        "the process itself is still healthy"
+    );
+
+    http_task.abort();
+    server.abort();
+}
