@@ -42,6 +42,20 @@ pub enum Command {
     /// Report what the driver left on the RDS (files without disks, disks without files);
     /// with --delete, remove it.
     Orphans(OrphansArgs),
+    /// Check that the driver can work with an RDS: host key, login, every read-only command it
+    /// needs, capacity. Prints a pass/fail table with the fix for each failure.
+    Doctor(ToolArgs),
+    /// List the volumes and snapshots this driver manages on the RDS.
+    Volumes(ToolArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ToolArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// How operator commands print their result.
@@ -358,6 +372,8 @@ pub fn main() -> ExitCode {
     let (name, checked) = match &cli.command {
         Command::Serve(args) => ("serve", args.validate()),
         Command::Orphans(args) => ("orphans", args.rds.validate()),
+        Command::Doctor(args) => ("doctor", args.rds.validate()),
+        Command::Volumes(args) => ("volumes", args.rds.validate()),
     };
     if let Err(e) = checked {
         eprintln!("rds-csi {name}: {e}");
@@ -374,6 +390,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => crate::server::serve(args).await,
             Command::Orphans(args) => crate::tools::orphans(args).await,
+            Command::Doctor(args) => crate::tools::doctor(args).await,
+            Command::Volumes(args) => crate::tools::volumes(args).await,
         }
     });
     match result {

@@ -1,13 +1,18 @@
-//! Operator commands: `rds-csi orphans`.
+//! Operator commands: `rds-csi orphans`, `rds-csi doctor`, `rds-csi volumes`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{OrphansArgs, OutputFormat};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::{OrphansArgs, OutputFormat, ToolArgs};
+use crate::controller::ids::{classify_disk, ManagedFile};
 use crate::orphans::{self, OrphanKind};
 use crate::rds::{deadline_in, RdsPath};
+use crate::rds::{RdsError, Slot, TransportError};
 
 /// Long enough to list a large pool over a slow link.
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
@@ -20,12 +25,19 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     let found = orphans::scan(&rds, &base, args.grace_period, deadline).await?;
     let mut deleted = Vec::new();
     if args.delete {
+        // Drawn only on a terminal: quiet in CI and in pipes.
+        let progress = ProgressBar::new(found.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} removing orphans")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         for orphan in &found {
             orphans::delete(&rds, orphan, deadline)
                 .await
                 .with_context(|| format!("removing {orphan:?}"))?;
             deleted.push(orphan.clone());
+            progress.inc(1);
         }
+        progress.finish_and_clear();
     }
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -57,6 +69,282 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
                     out,
                     "{} orphan(s) found; run again with --delete to remove them",
                     found.len()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub result: Verdict,
+    pub detail: String,
+    /// What to do about a failure.
+    pub fix: String,
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        result: Verdict::Pass,
+        detail: detail.into(),
+        fix: String::new(),
+    }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        result: Verdict::Fail,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+fn skipped(name: &'static str) -> Check {
+    Check {
+        name,
+        result: Verdict::Skipped,
+        detail: "skipped: an earlier check failed".into(),
+        fix: String::new(),
+    }
+}
+
+const REJECTED_FIX: &str =
+    "RouterOS rejected a command the driver needs: the RDS must run RouterOS 7 \
+    with ROSE storage, and the SSH user needs the read and write policies";
+
+/// Runs every check in order; a check that cannot run because an earlier one failed is skipped.
+pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let base = match RdsPath::new(args.rds.rds_volume_base_path.as_str()) {
+        Ok(b) => b,
+        Err(e) => {
+            checks.push(fail(
+                "base path",
+                e.to_string(),
+                "set --rds-volume-base-path to an absolute path such as /storage-pool/metal-csi",
+            ));
+            return checks;
+        }
+    };
+    let rds = match crate::server::rds_client(&args.rds) {
+        Ok(rds) => {
+            checks.push(pass(
+                "credentials",
+                format!("key {} loaded", args.rds.rds_key_file.display()),
+            ));
+            rds
+        }
+        Err(e) => {
+            checks.push(fail(
+                "credentials",
+                format!("{e:#}"),
+                "point --rds-key-file at an unencrypted OpenSSH or PEM private key (ed25519, RSA or ECDSA) \
+                 and --rds-host-key at the RDS's public host key (`ssh-ed25519 AAAA...`)",
+            ));
+            return checks;
+        }
+    };
+    let deadline = deadline_in(Duration::from_secs(30));
+    let addr = rds.transport().address();
+    match rds.identity(deadline).await {
+        Ok(name) => {
+            checks.push(pass("connect", format!("reached {addr}")));
+            checks.push(pass("host key", "matches the pinned key"));
+            checks.push(pass(
+                "login",
+                format!("logged in as {}; identity `{name}`", args.rds.rds_user),
+            ));
+        }
+        Err(e) => {
+            let (failed, fix) = match &e {
+                RdsError::Transport(TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }) => (
+                    "host key",
+                    "the RDS presented a different host key: confirm its fingerprint on the RDS console \
+                     (`/ip ssh print`), then update the file given to --rds-host-key or --rds-known-hosts. \
+                     If nobody changed the RDS, someone may be intercepting the connection",
+                ),
+                RdsError::Transport(TransportError::AuthRejected { .. }) => (
+                    "login",
+                    "the RDS refused the key: import its public key for the user on the RDS \
+                     (`/user ssh-keys import public-key-file=... user=...`) or fix --rds-user",
+                ),
+                RdsError::Transport(_) => (
+                    "connect",
+                    "check --rds-address and --rds-port, the network path to the RDS, and that its SSH \
+                     service is enabled (`/ip service print`)",
+                ),
+                _ => ("identity", REJECTED_FIX),
+            };
+            for name in ["connect", "host key", "login"] {
+                if name == failed {
+                    checks.push(fail(name, e.to_string(), fix));
+                    break;
+                }
+                checks.push(pass(name, "ok"));
+            }
+            for name in [
+                "host key",
+                "login",
+                "disk listing",
+                "file listing",
+                "capacity",
+                "traffic",
+            ] {
+                if !checks.iter().any(|c| c.name == name) {
+                    checks.push(skipped(name));
+                }
+            }
+            return checks;
+        }
+    }
+    let rejected = |name: &'static str, e: RdsError| fail(name, e.to_string(), REJECTED_FIX);
+    checks.push(match rds.list_disks(deadline).await {
+        Ok(disks) => {
+            let managed = disks
+                .iter()
+                .filter(|d| classify_disk(&base, d).is_some())
+                .count();
+            pass(
+                "disk listing",
+                format!("{} disks, {managed} managed by this driver", disks.len()),
+            )
+        }
+        Err(e) => rejected("disk listing", e),
+    });
+    checks.push(match rds.list_files(&base, deadline).await {
+        Ok(files) => pass(
+            "file listing",
+            format!("{} files under {base}", files.len()),
+        ),
+        Err(e) => rejected("file listing", e),
+    });
+    checks.push(match rds.capacity(&base, deadline).await {
+        Ok(c) if c.free_bytes > 0 => pass(
+            "capacity",
+            format!("{:.1} GiB free of {:.1} GiB on {}", gib(c.free_bytes), gib(c.total_bytes), base.mount_point()),
+        ),
+        Ok(_) => fail("capacity", "the pool is full", "free space on the RDS pool, or point --rds-volume-base-path at another pool"),
+        Err(RdsError::NotFound(e)) => fail(
+            "capacity",
+            e,
+            format!("no disk is mounted at `{}`: --rds-volume-base-path must start with the pool's mount point", base.mount_point()),
+        ),
+        Err(e) => rejected("capacity", e),
+    });
+    checks.push(match Slot::new(base.mount_point()) {
+        Ok(slot) => match rds.traffic(&slot, deadline).await {
+            Ok(t) => pass(
+                "traffic",
+                format!("{} reads, {} writes so far", t.read_ops, t.write_ops),
+            ),
+            Err(e) => rejected("traffic", e),
+        },
+        Err(e) => fail(
+            "traffic",
+            e.to_string(),
+            "the pool's mount point must be a valid slot name",
+        ),
+    });
+    checks
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
+pub async fn doctor(args: ToolArgs) -> anyhow::Result<()> {
+    let checks = run_checks(&args).await;
+    let failed = checks.iter().filter(|c| c.result == Verdict::Fail).count();
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "ok": failed == 0, "checks": checks })
+            )?;
+        }
+        OutputFormat::Text => {
+            writeln!(out, "{:<14} {:<7} DETAIL", "CHECK", "RESULT")?;
+            for c in &checks {
+                let verdict = match c.result {
+                    Verdict::Pass => "PASS",
+                    Verdict::Fail => "FAIL",
+                    Verdict::Skipped => "SKIP",
+                };
+                writeln!(out, "{:<14} {verdict:<7} {}", c.name, c.detail)?;
+            }
+            for c in checks.iter().filter(|c| c.result == Verdict::Fail) {
+                writeln!(out, "\nfix {}: {}", c.name, c.fix)?;
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct ListedVolume {
+    kind: &'static str,
+    id: String,
+    size_bytes: Option<u64>,
+    file_path: Option<String>,
+    nqn: Option<String>,
+    source: Option<String>,
+}
+
+pub async fn volumes(args: ToolArgs) -> anyhow::Result<()> {
+    let rds = crate::server::rds_client(&args.rds)?;
+    let base =
+        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
+    let mut listed: Vec<ListedVolume> = disks
+        .iter()
+        .filter_map(|d| {
+            let (kind, source) = match classify_disk(&base, d)? {
+                ManagedFile::Volume(_) => ("volume", None),
+                ManagedFile::Snapshot { source, .. } => ("snapshot", source.map(|s| s.to_string())),
+            };
+            Some(ListedVolume {
+                kind,
+                id: d.slot.clone(),
+                size_bytes: d.size_bytes,
+                file_path: d.file_path.clone(),
+                nqn: d.nqn.clone(),
+                source,
+            })
+        })
+        .collect();
+    listed.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::json!({ "volumes": listed }))?,
+        OutputFormat::Text => {
+            writeln!(out, "{:<9} {:<64} {:>10} FILE", "KIND", "ID", "SIZE(GiB)")?;
+            for v in &listed {
+                writeln!(
+                    out,
+                    "{:<9} {:<64} {:>10.2} {}{}",
+                    v.kind,
+                    v.id,
+                    gib(v.size_bytes.unwrap_or_default()),
+                    v.file_path.as_deref().unwrap_or("-"),
+                    v.source
+                        .as_deref()
+                        .map(|s| format!(" (from {s})"))
+                        .unwrap_or_default()
                 )?;
             }
         }

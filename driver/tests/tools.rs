@@ -1,0 +1,192 @@
+//! The operator commands, run as the real binary against an embedded mock-rds.
+
+use std::path::Path;
+
+use mock_rds::{Auth, Config, Fault, MockRds};
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, PrivateKey};
+
+struct Setup {
+    mock: MockRds,
+    dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("id"),
+        key.to_openssh(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let mock = MockRds::start(Config {
+        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("host.pub"), mock.host_public_key_openssh()).unwrap();
+    Setup { mock, dir }
+}
+
+async fn run(
+    command: &str,
+    mock: &MockRds,
+    dir: &Path,
+    host_key: &Path,
+) -> (i32, serde_json::Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
+        .arg(command)
+        .args([
+            "--output",
+            "json",
+            "--rds-address",
+            "127.0.0.1",
+            "--rds-port",
+        ])
+        .arg(mock.addr().port().to_string())
+        .arg("--rds-key-file")
+        .arg(dir.join("id"))
+        .arg("--rds-host-key")
+        .arg(host_key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout:?} {}", String::from_utf8_lossy(&out.stderr)));
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {doc}"))
+}
+
+#[tokio::test]
+async fn doctor_passes_against_a_healthy_rds() {
+    let s = setup().await;
+    let (code, doc, stderr) = run(
+        "doctor",
+        &s.mock,
+        s.dir.path(),
+        &s.dir.path().join("host.pub"),
+    )
+    .await;
+    assert_eq!(code, 0, "{doc} {stderr}");
+    assert_eq!(doc["ok"], true);
+    for c in doc["checks"].as_array().unwrap() {
+        assert_eq!(c["result"], "pass", "{c}");
+    }
+    assert!(check(&doc, "capacity")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("GiB free"));
+}
+
+#[tokio::test]
+async fn doctor_names_a_wrong_host_key_and_sends_nothing() {
+    let s = setup().await;
+    let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let wrong = s.dir.path().join("wrong.pub");
+    std::fs::write(&wrong, other.public_key().to_openssh().unwrap()).unwrap();
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &wrong).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["ok"], false);
+    let host = check(&doc, "host key");
+    assert_eq!(host["result"], "fail");
+    assert!(
+        host["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&s.mock.host_key_fingerprint()),
+        "{host}"
+    );
+    assert!(
+        host["fix"].as_str().unwrap().contains("--rds-host-key"),
+        "{host}"
+    );
+    assert_eq!(check(&doc, "capacity")["result"], "skipped");
+    assert!(s.mock.history().is_empty());
+}
+
+#[tokio::test]
+async fn doctor_reports_a_rejected_command_with_its_fix() {
+    let s = setup().await;
+    s.mock.inject(Fault::Fail {
+        pattern: "monitor-traffic".into(),
+        times: None,
+        message: "bad command name monitor-traffic (line 1 column 7)".into(),
+        exit_status: 1,
+    });
+    let (code, doc, _) = run(
+        "doctor",
+        &s.mock,
+        s.dir.path(),
+        &s.dir.path().join("host.pub"),
+    )
+    .await;
+    assert_eq!(code, 1);
+    let traffic = check(&doc, "traffic");
+    assert_eq!(traffic["result"], "fail");
+    assert!(
+        traffic["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bad command name"),
+        "{traffic}"
+    );
+    assert!(
+        traffic["fix"].as_str().unwrap().contains("RouterOS 7"),
+        "{traffic}"
+    );
+    assert_eq!(check(&doc, "capacity")["result"], "pass");
+}
+
+#[tokio::test]
+async fn volumes_lists_managed_volumes_and_snapshots_only() {
+    let s = setup().await;
+    for cmd in [
+        "/disk add type=file file-path=/storage-pool/metal-csi/pvc-a.img file-size=1G slot=pvc-a nvme-tcp-export=yes",
+        "/disk add type=file copy-from=[find slot=pvc-a] file-path=/storage-pool/metal-csi/snap-1.from-pvc-a.img slot=snap-1",
+        "/disk add type=file file-path=/storage-pool/other/pvc-x.img file-size=1G slot=pvc-x",
+    ] {
+        let reply = s.mock.execute(cmd);
+        assert_eq!(reply.exit_status, 0, "{cmd}: {reply:?}");
+    }
+    let (code, doc, stderr) = run(
+        "volumes",
+        &s.mock,
+        s.dir.path(),
+        &s.dir.path().join("host.pub"),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<(String, String)> = doc["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("snapshot".to_string(), "snap-1".to_string()),
+            ("volume".to_string(), "pvc-a".to_string())
+        ]
+    );
+    assert_eq!(doc["volumes"][0]["source"], "pvc-a");
+}
