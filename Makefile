@@ -4,7 +4,7 @@ CARGO ?= cargo
 .PHONY: run test build lint fmt clean
 
 run:
-	./scripts/demo.sh
+	$(CARGO) run -q -p e2e --bin demo
 
 test:
 	$(CARGO) build --workspace --bins
