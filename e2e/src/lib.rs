@@ -9,8 +9,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
-use csi_proto::v1::ProbeRequest;
+use csi_proto::v1::node_client::NodeClient;
+use csi_proto::v1::volume_capability::{self, access_mode, AccessMode};
+use csi_proto::v1::{
+    CapacityRange, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
+    ListSnapshotsRequest, ListVolumesRequest, ProbeRequest, Snapshot, Volume, VolumeCapability,
+};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -29,13 +35,16 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 fn build_binaries() -> anyhow::Result<PathBuf> {
-    // Tests run from target/<profile>/deps/; the binaries live in target/<profile>/.
+    // Tests run from target/<profile>/deps/, the demo from target/<profile>/; the binaries
+    // live in target/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
+    let mut profile_dir = exe
         .parent()
-        .and_then(Path::parent)
-        .context("unexpected test executable location")?
+        .context("unexpected executable location")?
         .to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
     if std::env::var_os("E2E_SKIP_BUILD").is_none() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -128,6 +137,8 @@ impl Drop for ChildGuard {
 pub struct Driver {
     pub process: ChildGuard,
     pub socket: PathBuf,
+    /// The driver's stderr (logs), kept out of the test output; printed when a test fails.
+    pub log: PathBuf,
     pub channel: Channel,
     _dir: tempfile::TempDir,
 }
@@ -137,7 +148,9 @@ impl Driver {
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("csi.sock");
+        let log = dir.path().join("driver.log");
         let mut cmd = Command::new(binary("rds-csi"));
+        cmd.stderr(std::fs::File::create(&log)?);
         cmd.arg("serve")
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
@@ -149,6 +162,7 @@ impl Driver {
         Ok(Self {
             process,
             socket,
+            log,
             channel,
             _dir: dir,
         })
@@ -253,6 +267,8 @@ pub struct Mock {
     pub fingerprint: String,
     pub state_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// The mock's stderr, across restarts.
+    pub log: PathBuf,
     _dirs: tempfile::TempDir,
 }
 
@@ -291,9 +307,14 @@ impl Mock {
             &self.addr.to_string(),
             &self.state_dir,
             &self.data_dir,
+            &self.log,
         )
         .await?;
-        anyhow::ensure!(addr == self.addr, "mock came back on {addr}, not {}", self.addr);
+        anyhow::ensure!(
+            addr == self.addr,
+            "mock came back on {addr}, not {}",
+            self.addr
+        );
         self.process = process;
         self.fingerprint = fingerprint;
         Ok(())
@@ -306,13 +327,16 @@ impl Mock {
         data_dir: PathBuf,
         dirs: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
-        let (process, addr, fingerprint) = spawn_mock(keys, listen, &state_dir, &data_dir).await?;
+        let log = dirs.path().join("mock.log");
+        let (process, addr, fingerprint) =
+            spawn_mock(keys, listen, &state_dir, &data_dir, &log).await?;
         Ok(Self {
             process,
             addr,
             fingerprint,
             state_dir,
             data_dir,
+            log,
             _dirs: dirs,
         })
     }
@@ -328,8 +352,127 @@ impl Mock {
         ssh_exec(self.addr, keys, command).await
     }
 
+    /// Runs one command and fails unless it exits 0 (set-up steps that must work).
+    pub async fn exec_ok(&self, keys: &Keys, command: &str) -> anyhow::Result<String> {
+        let (out, status) = ssh_exec_status(self.addr, keys, command).await?;
+        anyhow::ensure!(status == Some(0), "`{command}` exited {status:?}: {out}");
+        Ok(out)
+    }
+
+    /// The disks in `state.json` (empty before the first change).
+    pub fn disks(&self) -> anyhow::Result<Vec<MockDisk>> {
+        let state = self.state_or_empty()?;
+        let list = state["disks"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|d| {
+                Ok(MockDisk {
+                    slot: d["slot"].as_str().context("disk slot")?.to_string(),
+                    file_path: d["file_path"].as_str().context("file_path")?.to_string(),
+                    file_size: d["file_size"].as_u64().context("file_size")?,
+                    exported: d["nvme_tcp_export"].as_bool().unwrap_or(false),
+                    copied_from: d["copied_from"].as_str().map(str::to_string),
+                })
+            })
+            .collect()
+    }
+
+    /// The regular files (not directories) in `state.json`.
+    pub fn files(&self) -> anyhow::Result<Vec<MockFile>> {
+        let state = self.state_or_empty()?;
+        let list = state["files"].as_array().cloned().unwrap_or_default();
+        Ok(list
+            .iter()
+            .filter(|f| f["kind"] == "File")
+            .filter_map(|f| {
+                Some(MockFile {
+                    path: f["path"].as_str()?.to_string(),
+                    size: f["size"].as_u64()?,
+                })
+            })
+            .collect())
+    }
+
+    fn state_or_empty(&self) -> anyhow::Result<serde_json::Value> {
+        if self.state_dir.join("state.json").exists() {
+            self.state()
+        } else {
+            Ok(serde_json::json!({"disks": [], "files": []}))
+        }
+    }
+
+    /// `/mock history`, parsed; the `/mock` commands themselves are left out.
+    pub async fn history(&self, keys: &Keys) -> anyhow::Result<Vec<HistoryEntry>> {
+        let text = self.exec_ok(keys, "/mock history").await?;
+        Ok(text
+            .lines()
+            .filter_map(HistoryEntry::parse)
+            .filter(|h| !h.command.starts_with("/mock"))
+            .collect())
+    }
+}
+
+/// One disk of the mock's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockDisk {
+    pub slot: String,
+    pub file_path: String,
+    pub file_size: u64,
+    pub exported: bool,
+    pub copied_from: Option<String>,
+}
+
+/// One regular file of the mock's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockFile {
+    pub path: String,
+    pub size: u64,
+}
+
+/// One line of `/mock history`: `YYYY-MM-DD HH:MM:SS exit=N Disposition command`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub exit: Option<u32>,
+    /// `Answered`, `Failed`, `Hung` or `Dropped`.
+    pub disposition: String,
+    pub command: String,
+}
+
+impl HistoryEntry {
+    fn parse(line: &str) -> Option<Self> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let mut parts = line.splitn(5, ' ');
+        let (_date, _time) = (parts.next()?, parts.next()?);
+        let exit = parts.next()?.strip_prefix("exit=")?;
+        let disposition = parts.next()?.to_string();
+        let command = parts.next()?.to_string();
+        Some(Self {
+            exit: exit.parse().ok(),
+            disposition,
+            command,
+        })
+    }
+
+    /// A command that ran and succeeded on the mock (its effect happened), answered or not.
+    pub fn took_effect(&self) -> bool {
+        self.exit == Some(0) && matches!(self.disposition.as_str(), "Answered" | "Dropped")
+    }
+}
+
+impl Mock {
     /// The driver flags that point the controller at this mock.
     pub fn driver_args(&self, keys: &Keys) -> Vec<String> {
+        let mut args = self.rds_args(keys);
+        args.extend([
+            "--nvme-address".into(),
+            "127.0.0.1".into(),
+            "--loop-root".into(),
+            self.data_dir.display().to_string(),
+        ]);
+        args
+    }
+
+    /// The `--rds-*` flags alone, shared by `serve` and the operator commands.
+    pub fn rds_args(&self, keys: &Keys) -> Vec<String> {
         vec![
             "--rds-address".into(),
             self.addr.ip().to_string(),
@@ -341,10 +484,6 @@ impl Mock {
             keys.client_key.display().to_string(),
             "--rds-host-key".into(),
             keys.host_key_pub.display().to_string(),
-            "--nvme-address".into(),
-            "127.0.0.1".into(),
-            "--loop-root".into(),
-            self.data_dir.display().to_string(),
         ]
     }
 }
@@ -355,8 +494,14 @@ async fn spawn_mock(
     listen: &str,
     state_dir: &Path,
     data_dir: &Path,
+    log: &Path,
 ) -> anyhow::Result<(ChildGuard, SocketAddr, String)> {
     let mut cmd = Command::new(binary("mock-rds"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    cmd.stderr(log);
     cmd.arg("--listen")
         .arg(listen)
         .arg("--state-dir")
@@ -408,6 +553,15 @@ impl russh::client::Handler for AcceptPinned {
 
 /// A minimal SSH exec, for test set-up and assertions on the mock.
 pub async fn ssh_exec(addr: SocketAddr, keys: &Keys, command: &str) -> anyhow::Result<String> {
+    Ok(ssh_exec_status(addr, keys, command).await?.0)
+}
+
+/// Like [`ssh_exec`], with the exit status (`None` if the server sent none).
+pub async fn ssh_exec_status(
+    addr: SocketAddr,
+    keys: &Keys,
+    command: &str,
+) -> anyhow::Result<(String, Option<u32>)> {
     let host = russh::keys::load_public_key(&keys.host_key_pub)?;
     let key = russh::keys::load_secret_key(&keys.client_key, None)?;
     let mut handle = russh::client::connect(
@@ -426,12 +580,429 @@ pub async fn ssh_exec(addr: SocketAddr, keys: &Keys, command: &str) -> anyhow::R
     let mut channel = handle.channel_open_session().await?;
     channel.exec(true, command).await?;
     let mut out = Vec::new();
+    let mut status = None;
     while let Some(msg) = channel.wait().await {
         match msg {
             russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
             russh::ChannelMsg::Close => break,
             _ => {}
         }
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok((String::from_utf8_lossy(&out).into_owned(), status))
 }
+
+/// Volume base path the driver uses by default (the mock's pool is `/storage-pool`).
+pub const BASE_PATH: &str = "/storage-pool/metal-csi";
+/// The node ID the combined controller+node driver runs with.
+pub const NODE_ID: &str = "e2e-node";
+
+/// Whether the tests run as root (needed for loop devices, mkfs and mount).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Polls `check` every 50 ms until it yields a value or `timeout` passes.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Undoes what a failing test may leave on the host: on drop, unmounts everything under its
+/// work dir and detaches loop devices backed by files under the mock's data dir.
+pub struct HostGuard {
+    work_dir: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl HostGuard {
+    pub fn new(work_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            work_dir: std::fs::canonicalize(work_dir)?,
+            data_dir: std::fs::canonicalize(data_dir)?,
+        })
+    }
+
+    /// Mount points under the work dir, deepest first.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut out: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| PathBuf::from(unescape_mountinfo(p)))
+            .filter(|p| p.starts_with(&self.work_dir))
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        out
+    }
+
+    /// Loop devices (`/dev/loopN`) whose backing file is under the data dir.
+    pub fn loop_devices(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir("/sys/block") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+                continue;
+            };
+            let backing = backing.trim_end_matches('\n');
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+            if Path::new(backing).starts_with(&self.data_dir) {
+                out.push(PathBuf::from("/dev").join(name));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// What the driver left on the host, described; empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .mounts()
+            .iter()
+            .map(|m| format!("mount {}", m.display()))
+            .collect();
+        out.extend(
+            self.loop_devices()
+                .iter()
+                .map(|d| format!("loop device {}", d.display())),
+        );
+        out
+    }
+
+    fn clean(&self) {
+        for m in self.mounts() {
+            if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("e2e clean-up: unmounting {}: {e}", m.display());
+            }
+        }
+        for dev in self.loop_devices() {
+            let ok = Command::new("losetup")
+                .arg("-d")
+                .arg(&dev)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("e2e clean-up: could not detach {}", dev.display());
+            }
+        }
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        if is_root() {
+            self.clean();
+        }
+    }
+}
+
+/// Prints the last lines of the logs when the test is failing, before they are deleted.
+struct LogsOnPanic(Vec<PathBuf>);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for path in &self.0 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("---- {} (last {} lines)", path.display(), tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One test's world: a mock RDS, a controller+node driver with the loop connector on it, a work
+/// dir for staging and target paths, and a run ID that prefixes every name the test makes.
+/// Fields drop in order: host clean-up first, while the paths it inspects still exist.
+pub struct Env {
+    _logs: LogsOnPanic,
+    pub host: HostGuard,
+    pub driver: Driver,
+    pub mock: Mock,
+    pub keys: Keys,
+    pub work: tempfile::TempDir,
+    pub run_id: String,
+}
+
+impl Env {
+    /// Starts the mock and the driver for the test named `test` (lowercase, short).
+    pub async fn start(test: &str) -> anyhow::Result<Self> {
+        let keys = Keys::generate()?;
+        let mock = Mock::start(&keys).await?;
+        let work = tempfile::tempdir()?;
+        let host = HostGuard::new(work.path(), &mock.data_dir)?;
+        let state = work.path().join("node-state");
+        let mut args: Vec<String> = [
+            "--controller",
+            "--node",
+            "--node-id",
+            NODE_ID,
+            "--connector",
+            "loop",
+            "--kubelet-dir",
+            "",
+            "--node-state-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(state.display().to_string());
+        args.extend(mock.driver_args(&keys));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let driver = Driver::start(&args).await?;
+        let run_id = run_id(test);
+        Ok(Self {
+            _logs: LogsOnPanic(vec![driver.log.clone(), mock.log.clone()]),
+            host,
+            driver,
+            mock,
+            keys,
+            work,
+            run_id,
+        })
+    }
+
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.driver.channel.clone())
+    }
+
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.driver.channel.clone())
+    }
+
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.driver.channel.clone())
+    }
+
+    /// `<run id>-<suffix>`: a volume name that is also its volume ID.
+    pub fn name(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.run_id);
+        assert!(
+            name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "test name {name:?} would not be its own volume ID"
+        );
+        name
+    }
+
+    /// A path in the test's work dir (for staging and target paths).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+
+    pub async fn exec(&self, command: &str) -> anyhow::Result<String> {
+        self.mock.exec(&self.keys, command).await
+    }
+
+    pub async fn exec_ok(&self, command: &str) -> anyhow::Result<String> {
+        self.mock.exec_ok(&self.keys, command).await
+    }
+
+    /// The `/disk` and `/file` commands the mock received so far.
+    pub async fn rds_commands(&self) -> anyhow::Result<Vec<HistoryEntry>> {
+        Ok(self
+            .mock
+            .history(&self.keys)
+            .await?
+            .into_iter()
+            .filter(|h| h.command.starts_with("/disk") || h.command.starts_with("/file"))
+            .collect())
+    }
+
+    /// `/disk add` commands for `slot` that took effect on the mock.
+    pub async fn disk_adds(&self, slot: &str) -> anyhow::Result<usize> {
+        let needle = format!("slot=\"{slot}\"");
+        let bare = format!("slot={slot} ");
+        Ok(self
+            .mock
+            .history(&self.keys)
+            .await?
+            .iter()
+            .filter(|h| {
+                h.command.starts_with("/disk add")
+                    && (h.command.contains(&needle) || format!("{} ", h.command).contains(&bare))
+                    && h.took_effect()
+            })
+            .count())
+    }
+
+    /// Deletes, through CSI, every volume whose ID starts with the run ID and every snapshot of
+    /// such a volume; then checks that the mock holds no disk or file of this run. Returns the
+    /// number of volumes and snapshots deleted.
+    pub async fn cleanup_run(&self) -> anyhow::Result<(usize, usize)> {
+        let mut ctl = self.controller();
+        let snaps: Vec<String> = list_snapshots(&mut ctl)
+            .await?
+            .into_iter()
+            .filter(|s| s.source_volume_id.starts_with(&self.run_id))
+            .map(|s| s.snapshot_id)
+            .collect();
+        for id in &snaps {
+            ctl.delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("deleting snapshot {id}"))?;
+        }
+        let vols: Vec<String> = list_volumes(&mut ctl)
+            .await?
+            .into_iter()
+            .map(|v| v.volume_id)
+            .filter(|id| id.starts_with(&self.run_id))
+            .collect();
+        for id in &vols {
+            ctl.delete_volume(DeleteVolumeRequest {
+                volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("deleting volume {id}"))?;
+        }
+        let disks: Vec<MockDisk> = self
+            .mock
+            .disks()?
+            .into_iter()
+            .filter(|d| d.slot.contains(&self.run_id) || d.file_path.contains(&self.run_id))
+            .collect();
+        let files: Vec<MockFile> = self
+            .mock
+            .files()?
+            .into_iter()
+            .filter(|f| f.path.contains(&self.run_id))
+            .collect();
+        anyhow::ensure!(
+            disks.is_empty() && files.is_empty(),
+            "after clean-up the mock still holds disks {disks:?} and files {files:?}"
+        );
+        Ok((vols.len(), snaps.len()))
+    }
+}
+
+/// Every volume, following pagination.
+pub async fn list_volumes(ctl: &mut ControllerClient<Channel>) -> anyhow::Result<Vec<Volume>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ctl
+            .list_volumes(ListVolumesRequest {
+                max_entries: 100,
+                starting_token: token,
+            })
+            .await?
+            .into_inner();
+        out.extend(page.entries.into_iter().filter_map(|e| e.volume));
+        if page.next_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_token;
+    }
+}
+
+/// Every snapshot, following pagination.
+pub async fn list_snapshots(ctl: &mut ControllerClient<Channel>) -> anyhow::Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ctl
+            .list_snapshots(ListSnapshotsRequest {
+                max_entries: 100,
+                starting_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        out.extend(page.entries.into_iter().filter_map(|e| e.snapshot));
+        if page.next_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_token;
+    }
+}
+
+fn access_mode(mode: access_mode::Mode) -> Option<AccessMode> {
+    Some(AccessMode { mode: mode as i32 })
+}
+
+/// A single-node-writer filesystem capability (`fs` empty: the driver's default).
+pub fn mount_cap(fs: &str) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: access_mode(access_mode::Mode::SingleNodeWriter),
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: fs.to_string(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A single-node-writer raw block capability.
+pub fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_mode: access_mode(access_mode::Mode::SingleNodeWriter),
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+    }
+}
+
+/// A CreateVolume request for `bytes` with one capability and no parameters.
+pub fn create_request(name: &str, bytes: i64, cap: VolumeCapability) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap],
+        ..Default::default()
+    }
+}
+
+pub const MIB: i64 = 1 << 20;
+pub const GIB: i64 = 1 << 30;

@@ -1,0 +1,512 @@
+//! Control-plane benchmarks: the real `rds-csi` (controller) against the real `mock-rds`, over
+//! CSI on a Unix socket and SSH on loopback. Prints a table and writes JSON.
+//!
+//! `cargo run --release -p e2e --bin bench -- [--quick] [--json FILE]`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+use csi_proto::v1::*;
+use e2e::{Driver, Keys, Mock};
+use russh::ChannelMsg;
+use serde_json::json;
+use tonic::transport::Channel;
+
+/// One persistent SSH connection, many channels: the ceiling the driver is measured against.
+#[derive(Clone)]
+struct RawSsh(Arc<russh::client::Handle<AcceptAny>>);
+
+struct AcceptAny;
+impl russh::client::Handler for AcceptAny {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true) // a loopback benchmark against a mock started by this process
+    }
+}
+
+impl RawSsh {
+    async fn connect(mock: &Mock, keys: &Keys) -> anyhow::Result<Self> {
+        let key = russh::keys::load_secret_key(&keys.client_key, None)?;
+        let mut handle = russh::client::connect(
+            Arc::new(russh::client::Config::default()),
+            mock.addr,
+            AcceptAny,
+        )
+        .await?;
+        let auth = handle
+            .authenticate_publickey(
+                "admin",
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+            )
+            .await?;
+        anyhow::ensure!(auth.success(), "mock refused the key");
+        Ok(Self(Arc::new(handle)))
+    }
+
+    async fn exec(&self, command: &str) -> anyhow::Result<String> {
+        let mut channel = self.0.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        let mut out = Vec::new();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+fn cap() -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    }
+}
+
+fn create_req(name: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap()],
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `total` create+delete pairs with `concurrency` workers; returns pairs/s and latencies.
+async fn churn(
+    ctl: &ControllerClient<Channel>,
+    prefix: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, Vec<Duration>, Vec<Duration>)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut ctl = ctl.clone();
+        let next = Arc::clone(&next);
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut creates, mut deletes) = (Vec::new(), Vec::new());
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>((creates, deletes));
+                }
+                let name = format!("{prefix}-{i}");
+                let t = Instant::now();
+                let id = ctl
+                    .create_volume(create_req(&name))
+                    .await?
+                    .into_inner()
+                    .volume
+                    .context("no volume")?
+                    .volume_id;
+                creates.push(t.elapsed());
+                let t = Instant::now();
+                ctl.delete_volume(DeleteVolumeRequest {
+                    volume_id: id,
+                    ..Default::default()
+                })
+                .await?;
+                deletes.push(t.elapsed());
+            }
+        }));
+    }
+    let (mut creates, mut deletes) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (c, d) = t.await??;
+        creates.extend(c);
+        deletes.extend(d);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    creates.sort();
+    deletes.sort();
+    Ok((rate, creates, deletes))
+}
+
+/// Replays `commands_per_pair` (with `{id}` for a fresh slot) straight over SSH, `total` times
+/// with `concurrency` workers; returns pairs/s.
+async fn raw_churn(
+    raw: &RawSsh,
+    template: &[String],
+    prefix: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let template = Arc::new(template.to_vec());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (raw, next, template, prefix) = (
+            raw.clone(),
+            Arc::clone(&next),
+            Arc::clone(&template),
+            prefix.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let id = format!("{prefix}-{i}");
+                for command in template.iter() {
+                    raw.exec(&command.replace("{id}", &id)).await?;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Commands the mock received after the last `marker` command, excluding `/mock` ones.
+async fn commands_since(mock: &Mock, keys: &Keys, marker: &str) -> anyhow::Result<Vec<String>> {
+    let history = mock.history(keys).await?;
+    let start = history
+        .iter()
+        .rposition(|h| h.command == marker)
+        .map_or(0, |i| i + 1);
+    Ok(history[start..]
+        .iter()
+        .map(|h| h.command.clone())
+        .filter(|c| !c.contains("/system identity"))
+        .collect())
+}
+
+async fn counted<T>(
+    mock: &Mock,
+    keys: &Keys,
+    raw: &RawSsh,
+    tag: &str,
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Vec<String>)> {
+    let marker = format!("/disk print detail where slot=bench-marker-{tag}");
+    raw.exec(&marker).await?;
+    let value = call.await?;
+    Ok((value, commands_since(mock, keys, &marker).await?))
+}
+
+fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>())
+        })
+        .context("no such field")?
+        .map_err(Into::into)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let scale = if quick { 1 } else { 4 };
+    let mut report = serde_json::Map::new();
+
+    let keys = Keys::generate()?;
+    let mock = Mock::start(&keys).await?;
+    let mut driver_args: Vec<String> = vec![
+        "--controller".into(),
+        "--rds-max-channels".into(),
+        "64".into(),
+    ];
+    driver_args.extend(mock.driver_args(&keys));
+    let refs: Vec<&str> = driver_args.iter().map(String::as_str).collect();
+    let driver = Driver::start(&refs).await?;
+    let pid = driver.process.id();
+    let ctl = ControllerClient::new(driver.channel.clone());
+    let raw = RawSsh::connect(&mock, &keys).await?;
+
+    // SSH commands per CSI call.
+    let mut c = ctl.clone();
+    let (volume, create_cmds) = counted(&mock, &keys, &raw, "create", async {
+        c.create_volume(create_req("bench-count"))
+            .await?
+            .into_inner()
+            .volume
+            .context("no volume")
+    })
+    .await?;
+    let (_, list_cmds) = counted(&mock, &keys, &raw, "list", async {
+        Ok(c.list_volumes(ListVolumesRequest::default()).await?)
+    })
+    .await?;
+    let (_, cap_cmds) = counted(&mock, &keys, &raw, "capacity", async {
+        Ok(c.get_capacity(GetCapacityRequest::default()).await?)
+    })
+    .await?;
+    let (_, delete_cmds) = counted(&mock, &keys, &raw, "delete", async {
+        Ok(c.delete_volume(DeleteVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            ..Default::default()
+        })
+        .await?)
+    })
+    .await?;
+    let template: Vec<String> = create_cmds
+        .iter()
+        .chain(&delete_cmds)
+        .map(|c| c.replace("bench-count", "{id}"))
+        .collect();
+    println!("SSH commands per CSI call");
+    for (rpc, cmds) in [
+        ("CreateVolume", &create_cmds),
+        ("DeleteVolume", &delete_cmds),
+        ("ListVolumes page", &list_cmds),
+        ("GetCapacity", &cap_cmds),
+    ] {
+        println!("  {rpc:<18} {:>2}   {}", cmds.len(), cmds.join(" | "));
+    }
+    report.insert(
+        "ssh_commands_per_call".into(),
+        json!({"CreateVolume": create_cmds.len(), "DeleteVolume": delete_cmds.len(), "ListVolumesPage": list_cmds.len(), "GetCapacity": cap_cmds.len()}),
+    );
+    let idle_rss = rss_kib(pid, "VmRSS:")?;
+
+    // Throughput and latency, with and without realistic RouterOS latency.
+    println!("\nCreateVolume+DeleteVolume pairs per second (driver vs the same SSH commands sent directly)");
+    println!(
+        "  {:<10} {:>4} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "latency",
+        "conc",
+        "driver/s",
+        "raw/s",
+        "ratio",
+        "cr p50ms",
+        "cr p99ms",
+        "del p50",
+        "del p99"
+    );
+    let mut rows = Vec::new();
+    for (mode, realistic) in [("zero", false), ("realistic", true)] {
+        if realistic {
+            mock.exec_ok(
+                &keys,
+                "/mock fault latency pattern=\"print\" min=50ms max=50ms",
+            )
+            .await?;
+            mock.exec_ok(
+                &keys,
+                "/mock fault latency pattern=\"^/disk add\" min=500ms max=500ms",
+            )
+            .await?;
+        }
+        for concurrency in [1usize, 8, 64] {
+            let total = match (realistic, concurrency) {
+                (false, 1) => 50 * scale,
+                (false, _) => 100 * scale,
+                (true, 1) => 3 * scale,
+                (true, c) => 2 * c * scale,
+            };
+            let prefix = format!("bench-{mode}-c{concurrency}");
+            let (rate, creates, deletes) = churn(&ctl, &prefix, total, concurrency).await?;
+            let raw_rate = raw_churn(
+                &raw,
+                &template,
+                &format!("raw-{prefix}"),
+                total,
+                concurrency,
+            )
+            .await?;
+            let ratio = rate / raw_rate;
+            println!(
+                "  {mode:<10} {concurrency:>4} {rate:>10.1} {raw_rate:>10.1} {:>5.0}% {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                ratio * 100.0,
+                percentile(&creates, 0.5),
+                percentile(&creates, 0.99),
+                percentile(&deletes, 0.5),
+                percentile(&deletes, 0.99)
+            );
+            rows.push(json!({
+                "latency": mode, "concurrency": concurrency, "pairs": total,
+                "driver_pairs_per_s": rate, "raw_pairs_per_s": raw_rate, "ratio": ratio,
+                "create_p50_ms": percentile(&creates, 0.5), "create_p99_ms": percentile(&creates, 0.99),
+                "delete_p50_ms": percentile(&deletes, 0.5), "delete_p99_ms": percentile(&deletes, 0.99),
+            }));
+        }
+        // Leave the raw replays' volumes out of later measurements.
+        mock.exec_ok(&keys, "/mock fault clear").await?;
+    }
+    report.insert("throughput".into(), json!(rows));
+
+    // Peak RSS under 256 concurrent calls.
+    let mut tasks = Vec::new();
+    for i in 0..256 {
+        let mut c = ctl.clone();
+        tasks.push(tokio::spawn(async move {
+            c.create_volume(create_req(&format!("bench-rss-{i}"))).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let peak_rss = rss_kib(pid, "VmHWM:")?;
+    println!(
+        "\nDriver memory: idle RSS {:.1} MiB, peak RSS under 256 concurrent CreateVolume {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    report.insert(
+        "rss_mib".into(),
+        json!({"idle": idle_rss as f64 / 1024.0, "peak_256_concurrent": peak_rss as f64 / 1024.0}),
+    );
+
+    // ListVolumes and an orphan scan over many volumes.
+    let volumes = if quick { 1000 } else { 10_000 };
+    let seed_started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let raw = raw.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < volumes {
+                raw.exec(&format!(
+                    "/disk add type=file file-path=/storage-pool/metal-csi/pvc-scale-{i}.img file-size=1G slot=pvc-scale-{i} nvme-tcp-export=yes nvme-tcp-server-port=4420"
+                ))
+                .await?;
+                i += 32;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    println!(
+        "\nSeeded {volumes} volumes in {:.1} s",
+        seed_started.elapsed().as_secs_f64()
+    );
+    let mut c = ctl.clone();
+    let started = Instant::now();
+    let (count, list_all_cmds) = counted(&mock, &keys, &raw, "list-all", async {
+        let mut n = 0;
+        let mut token = String::new();
+        loop {
+            let page = c
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 0,
+                    starting_token: token,
+                })
+                .await?
+                .into_inner();
+            n += page.entries.len();
+            if page.next_token.is_empty() {
+                return Ok(n);
+            }
+            token = page.next_token;
+        }
+    })
+    .await?;
+    let list_time = started.elapsed().as_secs_f64();
+    println!(
+        "ListVolumes over {count} volumes (all pages): {list_time:.3} s, {} SSH command(s)",
+        list_all_cmds.len()
+    );
+
+    let started = Instant::now();
+    let mut orphan_cmd = std::process::Command::new(e2e::binary("rds-csi"));
+    orphan_cmd.args(["orphans", "--output", "json", "--grace-period", "0s"]);
+    orphan_cmd.args(mock.driver_args(&keys).iter().take(10));
+    let (out, scan_cmds) = counted(&mock, &keys, &raw, "orphans", async {
+        Ok(tokio::task::spawn_blocking(move || orphan_cmd.output()).await??)
+    })
+    .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "orphan scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scan_time = started.elapsed().as_secs_f64();
+    println!("Orphan scan over {volumes} disks and files (rds-csi orphans, new process): {scan_time:.3} s, {} SSH command(s)", scan_cmds.len());
+    report.insert(
+        "scale".into(),
+        json!({"volumes": count, "list_all_pages_s": list_time, "list_ssh_commands": list_all_cmds.len(), "orphan_scan_s": scan_time, "orphan_scan_ssh_commands": scan_cmds.len()}),
+    );
+
+    // mock-rds alone: 8 connections x 32 channels.
+    let per_channel = 20 * scale;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(RawSsh::connect(&mock, &keys).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in &conns {
+        for _ in 0..32 {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_channel {
+                    conn.exec("/disk print detail where slot=pvc-scale-1")
+                        .await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mock_rate = (8 * 32 * per_channel) as f64 / started.elapsed().as_secs_f64();
+    println!("mock-rds alone, 8 connections x 32 channels: {mock_rate:.0} commands/s");
+    report.insert("mock_commands_per_s".into(), json!(mock_rate));
+
+    let mut machine = BTreeMap::new();
+    machine.insert(
+        "cpus",
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
+    );
+    machine.insert(
+        "profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_string(),
+    );
+    report.insert("machine".into(), json!(machine));
+    if let Some(path) = json_path {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+        )?;
+        println!("\nJSON written to {path}");
+    }
+    Ok(())
+}
