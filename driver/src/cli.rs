@@ -83,6 +83,15 @@ pub struct OrphansArgs {
 
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Kubeconfig file: with it, volume disks that no PersistentVolume of `--driver-name`
+    /// references are reported too, and files a PV or VolumeSnapshotContent references are not.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// CSI driver name of the PVs and VolumeSnapshotContents to compare with (with --kubeconfig).
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
 }
 
 /// Parses `90s`, `5m`, `1h`, `2d` or a plain number of seconds.
@@ -300,6 +309,10 @@ pub struct ServeArgs {
     /// Upper bound in seconds of one node operation (connect and wait for the device, mkfs...).
     #[arg(long, default_value_t = 120, env = "RDS_CSI_NODE_OPERATION_TIMEOUT")]
     pub node_operation_timeout: u64,
+
+    /// Kubernetes integration of the controller (attachments, reconcilers, leader election).
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
 
     /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
     #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod endpoint;
 pub mod grpc;
 pub mod identity;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod node;

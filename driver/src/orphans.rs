@@ -3,22 +3,43 @@
 //! count as in use (snapshots, other tools' disks), files younger than a grace period are left
 //! alone, and only `<dir>/<id>.img` names at or below the base path are ever considered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::controller::ids::{classify_disk, classify_managed_file};
+use crate::controller::ids::{classify_disk, classify_managed_file, ManagedFile};
 use crate::rds::{RdsClient, RdsError, RdsPath};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OrphanKind {
     /// A managed `.img` file that no disk uses (a delete that removed the disk but not the file).
     FileWithoutDisk,
     /// A managed disk whose backing file is missing.
     DiskWithoutFile,
+    /// A managed volume disk whose ID no PersistentVolume of this driver references (only
+    /// reported when the cluster's references are known).
+    DiskWithoutPv,
+}
+
+impl OrphanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FileWithoutDisk => "file-without-disk",
+            Self::DiskWithoutFile => "disk-without-file",
+            Self::DiskWithoutPv => "disk-without-pv",
+        }
+    }
+}
+
+/// What the cluster references: the volume handles of this driver's PVs and the snapshot
+/// handles of its VolumeSnapshotContents. Anything referenced is never an orphan file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct References {
+    pub volumes: HashSet<String>,
+    pub snapshots: HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,27 +63,54 @@ pub async fn scan(
     grace: Duration,
     deadline: Instant,
 ) -> Result<Vec<Orphan>, RdsError> {
+    scan_at(rds, base, grace, None, SystemTime::now(), deadline).await
+}
+
+fn old_enough(last_modified: Option<&str>, now: SystemTime, grace: Duration) -> bool {
+    // A file of unknown age may be a create in progress: leave it.
+    last_modified
+        .and_then(routeros_time)
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age >= grace)
+}
+
+/// `scan` with the cluster's references (which adds disks without PV and protects referenced
+/// files) and an explicit "now" for the grace period.
+pub async fn scan_at(
+    rds: &RdsClient,
+    base: &RdsPath,
+    grace: Duration,
+    refs: Option<&References>,
+    now: SystemTime,
+    deadline: Instant,
+) -> Result<Vec<Orphan>, RdsError> {
     let disks = rds.list_disks(deadline).await?;
     let files = rds.list_files(base, deadline).await?;
     let used: HashSet<&str> = disks
         .iter()
         .filter_map(|d| d.file_path.as_deref())
         .collect();
-    let present: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    let now = SystemTime::now();
+    let present: HashMap<&str, &crate::rds::FileInfo> =
+        files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let referenced = |m: &ManagedFile| {
+        refs.is_some_and(|r| match m {
+            ManagedFile::Volume(id) => r.volumes.contains(id.as_str()),
+            ManagedFile::Snapshot { id, .. } => r.snapshots.contains(id.as_str()),
+        })
+    };
     let mut orphans = Vec::new();
     for file in files.iter().filter(|f| !f.is_directory()) {
-        if used.contains(file.path.as_str()) || classify_managed_file(base, &file.path).is_none() {
+        if used.contains(file.path.as_str()) {
             continue;
         }
-        // A file of unknown age may be a create in progress: leave it.
-        let old_enough = file
-            .last_modified
-            .as_deref()
-            .and_then(routeros_time)
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age >= grace);
-        if old_enough {
+        let Some(managed) = classify_managed_file(base, &file.path) else {
+            continue;
+        };
+        if referenced(&managed) {
+            tracing::warn!(path = %file.path, "file without disk is referenced by the cluster; not an orphan");
+            continue;
+        }
+        if old_enough(file.last_modified.as_deref(), now, grace) {
             orphans.push(Orphan {
                 kind: OrphanKind::FileWithoutDisk,
                 path: Some(file.path.clone()),
@@ -73,18 +121,34 @@ pub async fn scan(
         }
     }
     for disk in &disks {
-        if classify_disk(base, disk).is_none() {
+        let Some(managed) = classify_disk(base, disk) else {
             continue;
-        }
+        };
         let path = disk.file_path.as_deref().unwrap_or_default();
-        if !present.contains(path) {
-            orphans.push(Orphan {
+        match present.get(path) {
+            None => orphans.push(Orphan {
                 kind: OrphanKind::DiskWithoutFile,
                 path: Some(path.to_string()),
                 slot: Some(disk.slot.clone()),
                 size_bytes: disk.size_bytes,
                 last_modified: None,
-            });
+            }),
+            Some(file) => {
+                // Only volumes: a snapshot disk belongs to no PV. The file's age guards a volume
+                // whose PV the provisioner has not written yet.
+                let unreferenced_volume = matches!(managed, ManagedFile::Volume(_))
+                    && refs.is_some()
+                    && !referenced(&managed);
+                if unreferenced_volume && old_enough(file.last_modified.as_deref(), now, grace) {
+                    orphans.push(Orphan {
+                        kind: OrphanKind::DiskWithoutPv,
+                        path: Some(path.to_string()),
+                        slot: Some(disk.slot.clone()),
+                        size_bytes: disk.size_bytes,
+                        last_modified: file.last_modified.clone(),
+                    });
+                }
+            }
         }
     }
     Ok(orphans)
@@ -100,6 +164,13 @@ pub async fn delete(rds: &RdsClient, orphan: &Orphan, deadline: Instant) -> Resu
         OrphanKind::DiskWithoutFile => {
             let slot = crate::rds::Slot::new(orphan.slot.clone().unwrap_or_default())?;
             rds.remove_disk(&slot, deadline).await
+        }
+        // As DeleteVolume does: the disk, then its file (RouterOS keeps the file).
+        OrphanKind::DiskWithoutPv => {
+            let slot = crate::rds::Slot::new(orphan.slot.clone().unwrap_or_default())?;
+            let path = RdsPath::new(orphan.path.clone().unwrap_or_default())?;
+            rds.remove_disk(&slot, deadline).await?;
+            rds.remove_file(&path, deadline).await
         }
     }
 }

@@ -79,9 +79,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let mut kube_tasks = None;
     let (rds, controller) = if args.controller {
         let rds = rds_client(&args.rds)?;
-        let controller = ControllerService::new(Arc::clone(&rds), controller_config(&args)?);
+        let config = controller_config(&args)?;
+        // Attachments rebuilt from the cluster, and the reconcilers, when Kubernetes is reachable.
+        let (attachments, kube) = crate::kube::setup_controller(
+            &args.kube,
+            &args.driver_name,
+            Arc::clone(&rds),
+            config.defaults.base_path.clone(),
+        )
+        .await?;
+        kube_tasks = kube;
+        let controller = ControllerService::with_attachments(Arc::clone(&rds), config, attachments);
         (Some(rds), Some(ControllerServer::new(controller)))
     } else {
         (None, None)
@@ -152,6 +163,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(kube) = kube_tasks {
+        kube.shutdown().await;
     }
     result.context("gRPC server failed")?;
     tracing::info!("stopped");

@@ -22,7 +22,29 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     let base =
         RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
     let deadline = deadline_in(TOOL_DEADLINE);
-    let found = orphans::scan(&rds, &base, args.grace_period, deadline).await?;
+    // With a cluster, also disks without PV; files the cluster references are never orphans.
+    let refs = match &args.kubeconfig {
+        Some(path) => {
+            let client = crate::kube::connect(Some(path))
+                .await?
+                .context("--kubeconfig gave no client")?;
+            Some(
+                crate::kube::orphans::cluster_references(&client, &args.driver_name)
+                    .await
+                    .context("listing PersistentVolumes and VolumeSnapshotContents")?,
+            )
+        }
+        None => None,
+    };
+    let found = orphans::scan_at(
+        &rds,
+        &base,
+        args.grace_period,
+        refs.as_ref(),
+        std::time::SystemTime::now(),
+        deadline,
+    )
+    .await?;
     let mut deleted = Vec::new();
     if args.delete {
         // Drawn only on a terminal: quiet in CI and in pipes.
@@ -53,6 +75,7 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
                 let what = match o.kind {
                     OrphanKind::FileWithoutDisk => "file without disk",
                     OrphanKind::DiskWithoutFile => "disk without file",
+                    OrphanKind::DiskWithoutPv => "disk without PV",
                 };
                 writeln!(
                     out,

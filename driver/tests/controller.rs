@@ -944,8 +944,9 @@ async fn rds_errors_map_to_grpc_codes() {
         ),
         Code::ResourceExhausted
     );
+    // CreateVolume's first command is the file check.
     f.mock.inject(Fault::Hang {
-        pattern: "^/disk print".into(),
+        pattern: "^/file print".into(),
         times: None,
     });
     let mut req = Request::new(create_req("pvc-hang", GIB));

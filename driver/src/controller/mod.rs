@@ -5,7 +5,7 @@ pub mod ids;
 pub mod params;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::rpc::Type as RpcType;
@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
+use crate::kube::attachments::{AttachOptions, AttachmentManager};
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
-use crate::rds::{Disk, FileInfo, RdsClient};
+use crate::rds::{Disk, FileInfo, RdsClient, RdsError};
 use caps::{check_capabilities, is_block, is_multi_node};
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
 use params::{keys, ParamDefaults, VolumeParams};
@@ -45,20 +46,12 @@ impl ControllerConfig {
     }
 }
 
-/// Which nodes hold a volume. Kept in memory; the Kubernetes integration rebuilds it from
-/// VolumeAttachments at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Attachment {
-    node: String,
-    readonly: bool,
-    multi_node: bool,
-}
-
 pub struct ControllerService {
     rds: Arc<RdsClient>,
     config: ControllerConfig,
     locks: KeyedLocks,
-    attachments: Mutex<HashMap<String, Vec<Attachment>>>,
+    /// Which nodes hold each volume (in memory, or rebuilt from VolumeAttachments).
+    attachments: Arc<AttachmentManager>,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -169,13 +162,27 @@ fn paginate<T>(
 }
 
 impl ControllerService {
+    /// A controller whose attachment table lives in memory only (no Kubernetes).
     pub fn new(rds: Arc<RdsClient>, config: ControllerConfig) -> Self {
+        Self::with_attachments(rds, config, Arc::new(AttachmentManager::new()))
+    }
+
+    /// A controller sharing `attachments` with the Kubernetes integration (rebuild, reconciler).
+    pub fn with_attachments(
+        rds: Arc<RdsClient>,
+        config: ControllerConfig,
+        attachments: Arc<AttachmentManager>,
+    ) -> Self {
         Self {
             rds,
             config,
             locks: KeyedLocks::default(),
-            attachments: Mutex::default(),
+            attachments,
         }
+    }
+
+    pub fn attachments(&self) -> &Arc<AttachmentManager> {
+        &self.attachments
     }
 
     fn base(&self) -> &RdsPath {
@@ -296,12 +303,7 @@ impl ControllerService {
     }
 
     fn attached_nodes(&self, id: &str) -> Vec<String> {
-        self.attachments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|a| a.iter().map(|a| a.node.clone()).collect())
-            .unwrap_or_default()
+        self.attachments.nodes(id)
     }
 
     fn snapshot_of(
@@ -363,7 +365,23 @@ impl Controller for ControllerService {
             })
         };
 
-        if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+        // One read tells whether this volume may exist: a volume's disk always has its file.
+        let file = self
+            .rds
+            .get_file(&path, deadline)
+            .await
+            .map_err(rds_status)?;
+        if let Some(file) = file {
+            let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? else {
+                // Never let a new volume pick up an old file's data.
+                return Err(Status::failed_precondition(format!(
+                    "{} already exists on the RDS without a disk (last modified {}); it may hold \
+                     another volume's data, so it is not reused. Inspect it, then remove it \
+                     (rds-csi orphans --delete) to let this volume be created",
+                    file.path,
+                    file.last_modified.as_deref().unwrap_or("unknown")
+                )));
+            };
             let actual = existing.size_bytes.unwrap_or_default();
             let compatible = self.owned_volume(&existing).is_some()
                 && existing.file_path.as_deref() == Some(path.as_str())
@@ -378,21 +396,6 @@ impl Controller for ControllerService {
                 existing.file_path.as_deref().unwrap_or("-")
             )));
         }
-        // Never let a new volume pick up an old file's data.
-        if let Some(file) = self
-            .rds
-            .get_file(&path, deadline)
-            .await
-            .map_err(rds_status)?
-        {
-            return Err(Status::failed_precondition(format!(
-                "{} already exists on the RDS without a disk (last modified {}); it may hold another \
-                 volume's data, so it is not reused. Inspect it, then remove it (rds-csi orphans --delete) \
-                 to let this volume be created",
-                file.path,
-                file.last_modified.as_deref().unwrap_or("unknown")
-            )));
-        }
         let add = DiskAdd {
             slot: id.clone(),
             file_path: path.clone(),
@@ -403,11 +406,16 @@ impl Controller for ControllerService {
                 nqn: id.nqn(),
             }),
         };
-        let disk = self
-            .rds
-            .create_disk(&add, deadline)
-            .await
-            .map_err(rds_status)?;
+        let disk = match self.rds.create_disk(&add, deadline).await {
+            Ok(disk) => disk,
+            // The slot holds a disk elsewhere (another volumePath, or one whose file is gone).
+            Err(RdsError::AlreadyExists(detail)) => {
+                return Err(Status::already_exists(format!(
+                    "a volume named {name} (ID {id}) exists with a different size or location: {detail}"
+                )))
+            }
+            Err(e) => return Err(rds_status(e)),
+        };
         tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
         Ok(response_volume(&disk))
     }
@@ -487,38 +495,13 @@ impl Controller for ControllerService {
         if self.owned_volume(&disk).is_none() {
             return Err(not_found());
         }
-        let wanted = Attachment {
-            node: node.clone(),
+        let options = AttachOptions {
             readonly: req.readonly,
-            multi_node: is_multi_node(cap) && is_block(cap),
+            multi_node_block: is_multi_node(cap) && is_block(cap),
         };
-        {
-            let mut all = self.attachments.lock().unwrap_or_else(|p| p.into_inner());
-            let held = all.entry(id.to_string()).or_default();
-            if let Some(existing) = held.iter().find(|a| a.node == node) {
-                if existing != &wanted {
-                    return Err(Status::already_exists(format!(
-                        "volume {id} is already published to {node} with different options"
-                    )));
-                }
-            } else if !held.is_empty() {
-                let holders = held
-                    .iter()
-                    .map(|a| a.node.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let migration = wanted.multi_node && held.len() == 1 && held[0].multi_node;
-                if !migration {
-                    return Err(Status::failed_precondition(format!(
-                        "volume {id} is already attached to {holders}; it can be attached to one node \
-                         (two only for a block RWX live migration)"
-                    )));
-                }
-                held.push(wanted);
-            } else {
-                held.push(wanted);
-            }
-        }
+        let timeout = self.attachments.migration_timeout_for(&req.volume_context);
+        self.attachments
+            .attach(id.as_str(), &node, options, Some(timeout))?;
         let ctx = &req.volume_context;
         let address = ctx
             .get(keys::NVME_ADDRESS)
@@ -555,14 +538,8 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
         let _guard = self.locks.lock(id, deadline).await?;
-        let mut all = self.attachments.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = all.get_mut(id) {
-            // An empty node ID means "from every node".
-            held.retain(|a| !req.node_id.is_empty() && a.node != req.node_id);
-            if held.is_empty() {
-                all.remove(id);
-            }
-        }
+        // An empty node ID means "from every node".
+        self.attachments.detach(id, &req.node_id);
         Ok(Response::new(ControllerUnpublishVolumeResponse {}))
     }
 
@@ -611,6 +588,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
         if !req.starting_token.is_empty() && parse_volume_id(&req.starting_token).is_none() {
             return Err(Status::aborted(format!(
                 "starting_token `{}` is not valid",
@@ -618,18 +598,14 @@ impl Controller for ControllerService {
             )));
         }
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
-        let attachments = self
-            .attachments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let attachments = self.attachments.list();
         let items = disks
             .iter()
             .filter_map(|disk| {
                 let id = self.owned_volume(disk)?;
                 let nodes = attachments
                     .get(id.as_str())
-                    .map(|a| a.iter().map(|a| a.node.clone()).collect())
+                    .map(|a| a.node_ids())
                     .unwrap_or_default();
                 let entry = list_volumes_response::Entry {
                     volume: Some(self.volume_of(disk, &id, None)),
@@ -864,6 +840,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
         if !req.starting_token.is_empty() && parse_snapshot_id(&req.starting_token).is_none() {
             return Err(Status::aborted(format!(
                 "starting_token `{}` is not valid",

@@ -63,7 +63,7 @@ impl SshConfig {
             connections: 1,
             max_channels: 8,
             backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(5),
         }
     }
 

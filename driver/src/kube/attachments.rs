@@ -1,0 +1,620 @@
+//! Which nodes hold each volume: the controller's source of truth for ControllerPublish.
+//!
+//! Rules:
+//! - A volume is attached to one node. A publish to another node while it is held fails with
+//!   FailedPrecondition naming the holder; the holder is never evicted (the Go driver's grace
+//!   period branch evicted a live attachment, test-scenarios §6.4.5).
+//! - A block volume published MULTI_NODE (RWX block, KubeVirt live migration) may be held by two
+//!   nodes at once. The second attach starts a migration with a timeout; a third node is always
+//!   refused, and once the timeout has passed the refusal says so and `timed_out_migrations`
+//!   reports it (the reconciler posts an event), so a stuck dual attach is visible.
+//! - Every detach records a detach time per volume, which can be read and cleared; the
+//!   attachment reconciler leaves volumes alone within the grace period after a detach.
+//!
+//! With Kubernetes, the state starts "not ready" and is rebuilt from VolumeAttachments before
+//! any publish is admitted (`rebuild`), so a restart never forgets an attachment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ::kube::api::{Api, ListParams};
+use ::kube::Client;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::VolumeAttachment;
+use tonic::Status;
+
+use crate::controller::ids::parse_volume_id;
+
+/// Default time two nodes may hold an RWX block volume during a live migration.
+pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Volume context (and PV `csi.volumeAttributes`) key overriding the migration timeout.
+pub const MIGRATION_TIMEOUT_KEY: &str = "migrationTimeoutSeconds";
+
+/// Time source; tests inject a [`ManualClock`] so expiry is tested without sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(start: SystemTime) -> Self {
+        Self(Mutex::new(start))
+    }
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The publish options a node holds a volume with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachOptions {
+    pub readonly: bool,
+    /// MULTI_NODE access on a block volume: a second node may attach for a live migration.
+    pub multi_node_block: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAttachment {
+    pub node: String,
+    pub attached_at: SystemTime,
+    /// None when rebuilt from a VolumeAttachment, which does not record them; the next publish
+    /// to the same node adopts its options instead of failing with AlreadyExists.
+    pub options: Option<AttachOptions>,
+}
+
+/// One volume's attachments; `nodes[0]` is the primary (the migration source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentState {
+    pub volume_id: String,
+    pub nodes: Vec<NodeAttachment>,
+    pub multi_node_block: bool,
+    /// When the second node attached.
+    pub migration_started_at: Option<SystemTime>,
+    pub migration_timeout: Duration,
+}
+
+impl AttachmentState {
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.node.clone()).collect()
+    }
+    pub fn is_attached_to(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n.node == node)
+    }
+    pub fn is_migrating(&self) -> bool {
+        self.nodes.len() > 1 && self.migration_started_at.is_some()
+    }
+    /// True once a dual attach has lasted longer than its timeout.
+    pub fn is_migration_timed_out(&self, now: SystemTime) -> bool {
+        match (self.is_migrating(), self.migration_started_at) {
+            (true, Some(start)) => now
+                .duration_since(start)
+                .is_ok_and(|age| age > self.migration_timeout),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("attachment state is not yet rebuilt from VolumeAttachments; retry shortly")]
+    NotReady,
+    #[error("volume {volume} is already published to {node} with different options")]
+    OptionsMismatch { volume: String, node: String },
+    #[error(
+        "volume {volume} is already attached to node {holder}; it can be attached to one node at a \
+         time (use RWX with block volumes for live migration). It is released when {holder} \
+         unpublishes it, or when node {holder} no longer exists"
+    )]
+    Held { volume: String, holder: String },
+    #[error(
+        "volume {volume} is already attached to nodes {}: migration limit of two nodes reached",
+        holders.join(", ")
+    )]
+    MigrationLimit {
+        volume: String,
+        holders: Vec<String>,
+    },
+    #[error(
+        "volume {volume} is attached to nodes {} and its live migration timeout ({}s) was exceeded; \
+         a node must unpublish it first",
+        holders.join(", "), timeout.as_secs()
+    )]
+    MigrationTimedOut {
+        volume: String,
+        holders: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+impl From<AttachError> for Status {
+    fn from(e: AttachError) -> Self {
+        let message = e.to_string();
+        match e {
+            AttachError::NotReady => Status::unavailable(message),
+            AttachError::OptionsMismatch { .. } => Status::already_exists(message),
+            AttachError::Held { .. }
+            | AttachError::MigrationLimit { .. }
+            | AttachError::MigrationTimedOut { .. } => Status::failed_precondition(message),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    volumes: HashMap<String, AttachmentState>,
+    detached_at: HashMap<String, SystemTime>,
+}
+
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
+/// The attachment table. Callers serialise operations per volume (the controller's keyed
+/// locks); the inner mutex only keeps the table consistent.
+pub struct AttachmentManager {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    migration_timeout: Duration,
+    ready: AtomicBool,
+    on_conflict: Mutex<Option<Hook>>,
+}
+
+impl std::fmt::Debug for AttachmentManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentManager")
+            .field("ready", &self.is_ready())
+            .field("migration_timeout", &self.migration_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AttachmentManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AttachmentManager {
+    /// An in-memory table, ready at once (no Kubernetes: nothing to rebuild from).
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::default(),
+            clock: Arc::new(SystemClock),
+            migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
+            ready: AtomicBool::new(true),
+            on_conflict: Mutex::default(),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The migration timeout of volumes whose context does not set `migrationTimeoutSeconds`.
+    pub fn with_migration_timeout(mut self, timeout: Duration) -> Self {
+        self.migration_timeout = timeout;
+        self
+    }
+
+    /// Refuses publishes until `set_ready(true)`; for a table rebuilt from Kubernetes.
+    pub fn not_ready(self) -> Self {
+        self.ready.store(false, Ordering::SeqCst);
+        self
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
+    pub fn default_migration_timeout(&self) -> Duration {
+        self.migration_timeout
+    }
+
+    /// Called (outside the lock) whenever a publish is refused because another node holds the
+    /// volume; the reconciler uses it to check at once whether that node still exists.
+    pub fn set_conflict_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.on_conflict.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The migration timeout for a volume context: `migrationTimeoutSeconds` or the default.
+    pub fn migration_timeout_for(&self, context: &HashMap<String, String>) -> Duration {
+        context
+            .get(MIGRATION_TIMEOUT_KEY)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(self.migration_timeout, Duration::from_secs)
+    }
+
+    /// Records that `node` holds `volume`. Ok(true) for a new attachment, Ok(false) when the
+    /// node already held it (idempotent retry).
+    pub fn attach(
+        &self,
+        volume: &str,
+        node: &str,
+        options: AttachOptions,
+        migration_timeout: Option<Duration>,
+    ) -> Result<bool, AttachError> {
+        let result = self.attach_locked(volume, node, options, migration_timeout);
+        if matches!(
+            result,
+            Err(AttachError::Held { .. }
+                | AttachError::MigrationLimit { .. }
+                | AttachError::MigrationTimedOut { .. })
+        ) {
+            let hook = self
+                .on_conflict
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        result
+    }
+
+    fn attach_locked(
+        &self,
+        volume: &str,
+        node: &str,
+        options: AttachOptions,
+        migration_timeout: Option<Duration>,
+    ) -> Result<bool, AttachError> {
+        if !self.is_ready() {
+            return Err(AttachError::NotReady);
+        }
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let entry = NodeAttachment {
+            node: node.to_string(),
+            attached_at: now,
+            options: Some(options),
+        };
+        let Some(held) = state.volumes.get_mut(volume) else {
+            state.volumes.insert(
+                volume.to_string(),
+                AttachmentState {
+                    volume_id: volume.to_string(),
+                    nodes: vec![entry],
+                    multi_node_block: options.multi_node_block,
+                    migration_started_at: None,
+                    migration_timeout: migration_timeout.unwrap_or(self.migration_timeout),
+                },
+            );
+            return Ok(true);
+        };
+        if let Some(existing) = held.nodes.iter_mut().find(|n| n.node == node) {
+            return match existing.options {
+                Some(o) if o != options => Err(AttachError::OptionsMismatch {
+                    volume: volume.to_string(),
+                    node: node.to_string(),
+                }),
+                Some(_) => Ok(false),
+                None => {
+                    existing.options = Some(options);
+                    held.multi_node_block = options.multi_node_block;
+                    Ok(false)
+                }
+            };
+        }
+        let holders = held.node_ids();
+        if held.nodes.len() >= 2 {
+            return Err(if held.is_migration_timed_out(now) {
+                AttachError::MigrationTimedOut {
+                    volume: volume.to_string(),
+                    holders,
+                    timeout: held.migration_timeout,
+                }
+            } else {
+                AttachError::MigrationLimit {
+                    volume: volume.to_string(),
+                    holders,
+                }
+            });
+        }
+        // Both sides must ask for RWX block; a holder whose options are unknown (rebuilt) counts
+        // by the PV's access mode.
+        let holder_multi = held.nodes[0]
+            .options
+            .map_or(held.multi_node_block, |o| o.multi_node_block);
+        if !(options.multi_node_block && holder_multi) {
+            return Err(AttachError::Held {
+                volume: volume.to_string(),
+                holder: holders.join(", "),
+            });
+        }
+        held.nodes.push(entry);
+        held.migration_started_at = Some(now);
+        held.migration_timeout = migration_timeout.unwrap_or(self.migration_timeout);
+        Ok(true)
+    }
+
+    /// Removes `node`'s attachment (every node's when `node` is empty) and records the detach
+    /// time. Returns true when the volume is no longer attached anywhere.
+    pub fn detach(&self, volume: &str, node: &str) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let Some(held) = state.volumes.get_mut(volume) else {
+            return true;
+        };
+        let before = held.nodes.len();
+        held.nodes.retain(|n| !node.is_empty() && n.node != node);
+        if held.nodes.len() < 2 {
+            held.migration_started_at = None;
+        }
+        let removed = held.nodes.len() != before;
+        let empty = held.nodes.is_empty();
+        if empty {
+            state.volumes.remove(volume);
+        }
+        if removed {
+            state.detached_at.insert(volume.to_string(), now);
+        }
+        empty
+    }
+
+    pub fn get(&self, volume: &str) -> Option<AttachmentState> {
+        self.lock().volumes.get(volume).cloned()
+    }
+
+    pub fn nodes(&self, volume: &str) -> Vec<String> {
+        self.get(volume).map(|s| s.node_ids()).unwrap_or_default()
+    }
+
+    /// A copy of the table.
+    pub fn list(&self) -> BTreeMap<String, AttachmentState> {
+        self.lock()
+            .volumes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Volumes whose dual attach has outlived its migration timeout.
+    pub fn timed_out_migrations(&self) -> Vec<AttachmentState> {
+        let now = self.clock.now();
+        self.lock()
+            .volumes
+            .values()
+            .filter(|s| s.is_migration_timed_out(now))
+            .cloned()
+            .collect()
+    }
+
+    pub fn detach_time(&self, volume: &str) -> Option<SystemTime> {
+        self.lock().detached_at.get(volume).copied()
+    }
+
+    pub fn clear_detach_time(&self, volume: &str) {
+        self.lock().detached_at.remove(volume);
+    }
+
+    /// True iff the volume was detached less than `period` ago.
+    pub fn is_within_grace_period(&self, volume: &str, period: Duration) -> bool {
+        let now = self.clock.now();
+        self.detach_time(volume)
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() < period)
+    }
+
+    /// Adds rebuilt attachments without removing anything already known (a publish may have
+    /// landed before its VolumeAttachment was marked attached). A volume never gets more than
+    /// two nodes this way.
+    pub fn merge(&self, rebuilt: Vec<AttachmentState>) {
+        let mut state = self.lock();
+        for r in rebuilt {
+            match state.volumes.get_mut(&r.volume_id) {
+                None => {
+                    state.volumes.insert(r.volume_id.clone(), r);
+                }
+                Some(held) => {
+                    for n in r.nodes {
+                        if held.is_attached_to(&n.node) {
+                            continue;
+                        }
+                        if held.nodes.len() >= 2 {
+                            tracing::warn!(volume = %held.volume_id, node = %n.node,
+                                "VolumeAttachment for a third node ignored");
+                            continue;
+                        }
+                        held.migration_started_at =
+                            Some(n.attached_at.max(held.nodes[0].attached_at));
+                        held.nodes.push(n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// (creation time, VA name, node): sorts VAs by age, then name.
+type VaKey<'a> = (SystemTime, &'a str, &'a str);
+
+/// Builds attachment states from this driver's attached VolumeAttachments and the PVs they
+/// name. Per volume the VAs are ordered by creation time (then name), so the result does not
+/// depend on list order: the oldest is the primary, the second's creation starts the migration,
+/// and any further VA is ignored with a warning.
+pub fn states_from(
+    vas: &[VolumeAttachment],
+    pvs: &[PersistentVolume],
+    driver: &str,
+    default_timeout: Duration,
+) -> Vec<AttachmentState> {
+    let pvs: HashMap<&str, &PersistentVolume> = pvs
+        .iter()
+        .filter_map(|pv| Some((pv.metadata.name.as_deref()?, pv)))
+        .collect();
+    let mut by_volume: BTreeMap<String, (Option<&PersistentVolume>, Vec<VaKey<'_>>)> =
+        BTreeMap::new();
+    for va in vas {
+        let attached = va.status.as_ref().is_some_and(|s| s.attached);
+        if va.spec.attacher != driver || !attached {
+            continue;
+        }
+        let Some(pv_name) = va
+            .spec
+            .source
+            .persistent_volume_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let pv = pvs.get(pv_name).copied();
+        let handle = pv
+            .and_then(|pv| pv.spec.as_ref()?.csi.as_ref())
+            .filter(|csi| csi.driver == driver)
+            .map(|csi| csi.volume_handle.clone());
+        // Without the PV, fall back to its name: provisioned PVs are named `pvc-<uuid>`, which is
+        // also their volume ID.
+        let Some(volume) = handle.or_else(|| parse_volume_id(pv_name).map(|s| s.to_string()))
+        else {
+            tracing::warn!(
+                pv = pv_name,
+                "attached VolumeAttachment without a usable PV; ignored"
+            );
+            continue;
+        };
+        let created = va
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0));
+        let name = va.metadata.name.as_deref().unwrap_or_default();
+        let entry = by_volume.entry(volume).or_insert((pv, Vec::new()));
+        entry.1.push((created, name, va.spec.node_name.as_str()));
+    }
+    by_volume
+        .into_iter()
+        .map(|(volume, (pv, mut vas))| {
+            vas.sort();
+            let mut seen = std::collections::HashSet::new();
+            vas.retain(|v| seen.insert(v.2));
+            if vas.len() > 2 {
+                tracing::warn!(volume = %volume, count = vas.len(),
+                    "more than two attached VolumeAttachments; keeping the two oldest");
+                vas.truncate(2);
+            }
+            let spec = pv.and_then(|pv| pv.spec.as_ref());
+            let multi_node_block = spec.is_some_and(|s| {
+                s.volume_mode.as_deref() == Some("Block")
+                    && s.access_modes
+                        .as_ref()
+                        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"))
+            });
+            let migration_timeout = spec
+                .and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref())
+                .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
+                .map_or(default_timeout, Duration::from_secs);
+            AttachmentState {
+                migration_started_at: vas.get(1).map(|v| v.0),
+                nodes: vas
+                    .iter()
+                    .map(|(at, _, node)| NodeAttachment {
+                        node: node.to_string(),
+                        attached_at: *at,
+                        options: None,
+                    })
+                    .collect(),
+                volume_id: volume,
+                multi_node_block,
+                migration_timeout,
+            }
+        })
+        .collect()
+}
+
+/// What a rebuild found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub volumes: usize,
+    pub attachments: usize,
+}
+
+/// Lists VolumeAttachments and PVs and merges this driver's attachments into `manager`, then
+/// marks it ready. On an API error nothing changes and the manager stays as it was.
+pub async fn rebuild(
+    client: &Client,
+    driver: &str,
+    manager: &AttachmentManager,
+) -> Result<RebuildReport, ::kube::Error> {
+    let vas = Api::<VolumeAttachment>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let pvs = Api::<PersistentVolume>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let states = states_from(
+        &vas.items,
+        &pvs.items,
+        driver,
+        manager.default_migration_timeout(),
+    );
+    let report = RebuildReport {
+        volumes: states.len(),
+        attachments: states.iter().map(|s| s.nodes.len()).sum(),
+    };
+    manager.merge(states);
+    manager.set_ready(true);
+    tracing::info!(
+        volumes = report.volumes,
+        attachments = report.attachments,
+        "attachment state rebuilt from VolumeAttachments"
+    );
+    Ok(report)
+}
+
+/// Retries `rebuild` with capped backoff until it succeeds or `cancel` fires. Publishes are
+/// refused (Unavailable) meanwhile: admitting them without the cluster's view could attach an
+/// RWO volume to a second node.
+pub async fn rebuild_until_ready(
+    client: Client,
+    driver: String,
+    manager: Arc<AttachmentManager>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match rebuild(&client, &driver, &manager).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay,
+                    "cannot rebuild attachments from VolumeAttachments; publishes wait");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,421 @@
+//! The attachment table: grace-period contract, RWO and RWX-block rules, the migration timeout,
+//! and the rebuild from VolumeAttachments through the real kube client against a fake API server.
+
+mod kube_fake;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kube_fake::*;
+use rds_csi::kube::attachments::{
+    rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
+    DEFAULT_MIGRATION_TIMEOUT,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const RWO: AttachOptions = AttachOptions {
+    readonly: false,
+    multi_node_block: false,
+};
+const RWX: AttachOptions = AttachOptions {
+    readonly: false,
+    multi_node_block: true,
+};
+
+fn manual() -> (Arc<ManualClock>, AttachmentManager) {
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let manager = AttachmentManager::new().with_clock(clock.clone());
+    (clock, manager)
+}
+
+#[test]
+fn grace_period_contract() {
+    let (clock, m) = manual();
+    let grace = Duration::from_secs(30);
+    assert!(!m.is_within_grace_period("pvc-1", grace), "never detached");
+    assert_eq!(m.detach_time("pvc-1"), None);
+
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    assert!(
+        !m.is_within_grace_period("pvc-1", grace),
+        "attached, never detached"
+    );
+    let at = clock.now_for_test();
+    assert!(m.detach("pvc-1", "node-a"), "fully detached");
+    assert_eq!(m.detach_time("pvc-1"), Some(at));
+    assert!(m.is_within_grace_period("pvc-1", grace));
+
+    clock.advance(Duration::from_secs(29));
+    assert!(m.is_within_grace_period("pvc-1", grace));
+    clock.advance(Duration::from_secs(1));
+    assert!(!m.is_within_grace_period("pvc-1", grace), "period over");
+    assert_eq!(m.detach_time("pvc-1"), Some(at), "the time stays readable");
+
+    m.clear_detach_time("pvc-1");
+    assert_eq!(m.detach_time("pvc-1"), None);
+    clock.advance(Duration::from_secs(0));
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    m.detach("pvc-1", "node-a");
+    m.clear_detach_time("pvc-1");
+    assert!(!m.is_within_grace_period("pvc-1", grace), "cleared");
+}
+
+trait NowForTest {
+    fn now_for_test(&self) -> SystemTime;
+}
+impl NowForTest for ManualClock {
+    fn now_for_test(&self) -> SystemTime {
+        rds_csi::kube::attachments::Clock::now(self)
+    }
+}
+
+#[test]
+fn live_migration_handoff_within_the_grace_period() {
+    let (_clock, m) = manual();
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    m.detach("pvc-1", "node-a");
+    assert!(m.is_within_grace_period("pvc-1", Duration::from_secs(30)));
+    assert_eq!(m.attach("pvc-1", "node-b", RWO, None), Ok(true));
+    assert_eq!(m.nodes("pvc-1"), ["node-b"]);
+}
+
+#[test]
+fn rwo_second_node_is_refused_and_the_holder_kept() {
+    let (_clock, m) = manual();
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let c = conflicts.clone();
+    m.set_conflict_hook(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(m.attach("pvc-1", "node-a", RWO, None), Ok(true));
+    assert_eq!(
+        m.attach("pvc-1", "node-a", RWO, None),
+        Ok(false),
+        "idempotent"
+    );
+    let err = m.attach("pvc-1", "node-b", RWO, None).unwrap_err();
+    assert!(matches!(&err, AttachError::Held { holder, .. } if holder == "node-a"));
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("node-a"), "{}", status.message());
+    assert_eq!(m.nodes("pvc-1"), ["node-a"], "never evicted");
+    assert_eq!(conflicts.load(Ordering::SeqCst), 1);
+
+    // RWX on one side only is still one node.
+    m.attach("pvc-2", "node-a", RWX, None).unwrap();
+    assert!(matches!(
+        m.attach("pvc-2", "node-b", RWO, None),
+        Err(AttachError::Held { .. })
+    ));
+    // Same node, other options.
+    let err = m.attach("pvc-1", "node-a", RWX, None).unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), Code::AlreadyExists);
+}
+
+#[test]
+fn rwx_block_dual_attach_and_migration_timeout() {
+    let (clock, m) = manual();
+    m.attach("pvc-1", "node-a", RWX, None).unwrap();
+    assert!(!m.get("pvc-1").unwrap().is_migrating());
+    m.attach("pvc-1", "node-b", RWX, None).unwrap();
+    let state = m.get("pvc-1").unwrap();
+    assert_eq!(state.node_ids(), ["node-a", "node-b"]);
+    assert!(state.is_migrating());
+    assert_eq!(state.migration_timeout, DEFAULT_MIGRATION_TIMEOUT);
+    assert_eq!(m.attach("pvc-1", "node-b", RWX, None), Ok(false));
+
+    let err = m.attach("pvc-1", "node-c", RWX, None).unwrap_err();
+    assert!(matches!(err, AttachError::MigrationLimit { .. }), "{err}");
+    assert!(err.to_string().contains("migration limit"));
+    assert!(m.timed_out_migrations().is_empty());
+
+    clock.advance(DEFAULT_MIGRATION_TIMEOUT + Duration::from_secs(1));
+    let err = m.attach("pvc-1", "node-c", RWX, None).unwrap_err();
+    assert!(
+        matches!(err, AttachError::MigrationTimedOut { .. }),
+        "{err}"
+    );
+    assert_eq!(tonic::Status::from(err).code(), Code::FailedPrecondition);
+    let timed_out = m.timed_out_migrations();
+    assert_eq!(timed_out.len(), 1);
+    assert_eq!(timed_out[0].volume_id, "pvc-1");
+    assert_eq!(m.nodes("pvc-1"), ["node-a", "node-b"], "nobody evicted");
+
+    // The source detaches: the migration is over, the target is the only holder.
+    assert!(!m.detach("pvc-1", "node-a"));
+    let state = m.get("pvc-1").unwrap();
+    assert_eq!(state.node_ids(), ["node-b"]);
+    assert!(!state.is_migrating());
+    assert!(m.timed_out_migrations().is_empty());
+
+    // The volume context overrides the timeout.
+    let ctx = HashMap::from([("migrationTimeoutSeconds".to_string(), "60".to_string())]);
+    let timeout = m.migration_timeout_for(&ctx);
+    assert_eq!(timeout, Duration::from_secs(60));
+    m.attach("pvc-1", "node-c", RWX, Some(timeout)).unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert!(m.timed_out_migrations().is_empty());
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(m.timed_out_migrations().len(), 1);
+}
+
+#[test]
+fn empty_node_detaches_everywhere() {
+    let (_clock, m) = manual();
+    m.attach("pvc-1", "node-a", RWX, None).unwrap();
+    m.attach("pvc-1", "node-b", RWX, None).unwrap();
+    assert!(m.detach("pvc-1", ""));
+    assert!(m.get("pvc-1").is_none());
+    assert!(m.detach_time("pvc-1").is_some());
+}
+
+#[test]
+fn not_ready_refuses_publishes() {
+    let m = AttachmentManager::new().not_ready();
+    let err = m.attach("pvc-1", "node-a", RWO, None).unwrap_err();
+    assert_eq!(err, AttachError::NotReady);
+    assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+}
+
+fn seed(api: &FakeApi, rwx_order_newer_first: bool) {
+    let mut rwx_pv = pv("pvc-rwx", "pvc-rwx", DRIVER, "ReadWriteMany", "Block");
+    rwx_pv["spec"]["csi"]["volumeAttributes"] =
+        serde_json::json!({"migrationTimeoutSeconds": "120"});
+    api.put(
+        PVS,
+        pv("pvc-rwo", "pvc-rwo", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(PVS, rwx_pv);
+    api.put(
+        PVS,
+        pv(
+            "pv-other",
+            "vol-x",
+            "ebs.csi.aws.com",
+            "ReadWriteOnce",
+            "Filesystem",
+        ),
+    );
+    let older = va(
+        "va-b",
+        "pvc-rwx",
+        "node-b",
+        DRIVER,
+        true,
+        "2026-01-01T10:00:00Z",
+    );
+    let newer = va(
+        "va-c",
+        "pvc-rwx",
+        "node-c",
+        DRIVER,
+        true,
+        "2026-01-01T10:05:00Z",
+    );
+    if rwx_order_newer_first {
+        api.put(VAS, newer.clone());
+        api.put(VAS, older.clone());
+    } else {
+        api.put(VAS, older);
+        api.put(VAS, newer);
+    }
+    api.put(
+        VAS,
+        va(
+            "va-a",
+            "pvc-rwo",
+            "node-a",
+            DRIVER,
+            true,
+            "2026-01-01T09:00:00Z",
+        ),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-other",
+            "pv-other",
+            "node-a",
+            "ebs.csi.aws.com",
+            true,
+            "2026-01-01T09:00:00Z",
+        ),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-pending",
+            "pvc-rwo",
+            "node-z",
+            DRIVER,
+            false,
+            "2026-01-01T09:00:00Z",
+        ),
+    );
+    // Its PV is gone: the PV name is the volume ID.
+    api.put(
+        VAS,
+        va(
+            "va-nopv",
+            "pvc-nopv",
+            "node-d",
+            DRIVER,
+            true,
+            "2026-01-01T09:00:00Z",
+        ),
+    );
+}
+
+#[tokio::test]
+async fn rebuild_after_restart_in_either_list_order() {
+    for newer_first in [false, true] {
+        let api = FakeApi::start().await;
+        seed(&api, newer_first);
+        let m = AttachmentManager::new().not_ready();
+        assert!(!m.is_ready());
+        let report = rebuild(&api.client(), DRIVER, &m).await.unwrap();
+        assert!(m.is_ready());
+        assert_eq!(report.volumes, 3, "order {newer_first}");
+        assert_eq!(report.attachments, 4);
+
+        let table = m.list();
+        assert_eq!(
+            table.keys().collect::<Vec<_>>(),
+            ["pvc-nopv", "pvc-rwo", "pvc-rwx"]
+        );
+        assert_eq!(m.nodes("pvc-rwo"), ["node-a"]);
+        assert!(!table["pvc-rwo"].multi_node_block);
+        assert_eq!(m.nodes("pvc-nopv"), ["node-d"]);
+        let rwx = &table["pvc-rwx"];
+        assert_eq!(
+            rwx.node_ids(),
+            ["node-b", "node-c"],
+            "oldest is the primary"
+        );
+        assert!(rwx.multi_node_block && rwx.is_migrating());
+        let newer: SystemTime = "2026-01-01T10:05:00Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .into();
+        assert_eq!(rwx.migration_started_at, Some(newer));
+        assert_eq!(rwx.migration_timeout, Duration::from_secs(120));
+
+        // The rebuilt table protects as the live one did.
+        let err = m.attach("pvc-rwo", "node-b", RWO, None).unwrap_err();
+        assert!(err.to_string().contains("node-a"), "{err}");
+        assert_eq!(
+            m.attach("pvc-rwo", "node-a", RWO, None),
+            Ok(false),
+            "adopts options"
+        );
+        assert!(matches!(
+            m.attach("pvc-rwx", "node-d", RWX, None),
+            Err(AttachError::MigrationLimit { .. } | AttachError::MigrationTimedOut { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn rebuild_keeps_the_two_oldest_of_three() {
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pvc-rwx", "pvc-rwx", DRIVER, "ReadWriteMany", "Block"),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-3",
+            "pvc-rwx",
+            "node-3",
+            DRIVER,
+            true,
+            "2026-01-01T10:03:00Z",
+        ),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-1",
+            "pvc-rwx",
+            "node-1",
+            DRIVER,
+            true,
+            "2026-01-01T10:01:00Z",
+        ),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-2",
+            "pvc-rwx",
+            "node-2",
+            DRIVER,
+            true,
+            "2026-01-01T10:02:00Z",
+        ),
+    );
+    let m = AttachmentManager::new();
+    rebuild(&api.client(), DRIVER, &m).await.unwrap();
+    assert_eq!(m.nodes("pvc-rwx"), ["node-1", "node-2"]);
+}
+
+#[tokio::test]
+async fn rebuild_merges_and_never_forgets_a_live_attachment() {
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    let m = AttachmentManager::new();
+    // Published, but the VA is not marked attached yet.
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    rebuild(&api.client(), DRIVER, &m).await.unwrap();
+    assert_eq!(m.nodes("pvc-1"), ["node-a"]);
+}
+
+#[tokio::test]
+async fn rebuild_fails_closed_while_the_api_errors_then_recovers() {
+    let api = FakeApi::start().await;
+    seed(&api, false);
+    api.fail(VAS, None, 500, None);
+    let m = Arc::new(AttachmentManager::new().not_ready());
+    let err = rebuild(&api.client(), DRIVER, &m).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 500),
+        "{err}"
+    );
+    assert!(!m.is_ready());
+    assert_eq!(
+        m.attach("pvc-rwo", "node-b", RWO, None),
+        Err(AttachError::NotReady)
+    );
+
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(rebuild_until_ready(
+        api.client(),
+        DRIVER.into(),
+        m.clone(),
+        cancel.clone(),
+    ));
+    // Retrying, still refused.
+    assert!(
+        eventually(Duration::from_secs(5), || api
+            .requests()
+            .iter()
+            .filter(|(_, p)| p == VAS)
+            .count()
+            >= 2)
+        .await
+    );
+    assert!(!m.is_ready());
+    api.clear_faults();
+    assert!(eventually(Duration::from_secs(10), || m.is_ready()).await);
+    task.await.unwrap();
+    assert_eq!(m.nodes("pvc-rwo"), ["node-a"]);
+}

@@ -1,0 +1,344 @@
+//! The Controller service with a Kubernetes-backed attachment table (mock-rds + fake API server):
+//! publishes wait for the rebuild, a restarted controller still refuses a second node, the volume
+//! context's migration timeout is honoured, and the expansion event reaches the PV and PVC.
+
+mod kube_fake;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use csi_proto::v1::*;
+use kube_fake::*;
+use mock_rds::{Auth, Config, MockRds};
+use rds_csi::controller::params::ParamDefaults;
+use rds_csi::controller::{ControllerConfig, ControllerService};
+use rds_csi::kube::attachments::{rebuild, AttachmentManager};
+use rds_csi::kube::events::{EventRecorder, REASON_EXPANSION_DONE};
+use rds_csi::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
+use russh::keys::{Algorithm, PrivateKey};
+use tonic::{Code, Request};
+
+const BASE: &str = "/storage-pool/metal-csi";
+
+fn cap(mode: Mode, block: bool) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(if block {
+            AccessType::Block(BlockVolume {})
+        } else {
+            AccessType::Mount(MountVolume::default())
+        }),
+    }
+}
+
+async fn rds() -> (MockRds, Arc<RdsClient>) {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let mock = MockRds::start(Config {
+        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let addr = mock.addr();
+    let config = SshConfig::new(
+        addr.ip().to_string(),
+        addr.port(),
+        "admin",
+        key,
+        HostKeyPolicy::InsecureSkipVerify,
+    );
+    let rds = Arc::new(RdsClient::new(
+        Transport::new(config),
+        RetryPolicy::default(),
+    ));
+    (mock, rds)
+}
+
+fn controller(rds: &Arc<RdsClient>, attachments: Arc<AttachmentManager>) -> ControllerService {
+    ControllerService::with_attachments(
+        rds.clone(),
+        ControllerConfig::new(ParamDefaults {
+            base_path: RdsPath::new(BASE).unwrap(),
+            nvme_address: Some("10.0.0.1".into()),
+            nvme_port: Port::new(4420).unwrap(),
+        }),
+        attachments,
+    )
+}
+
+async fn create(svc: &ControllerService, name: &str, c: VolumeCapability) {
+    svc.create_volume(Request::new(CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![c],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+}
+
+fn publish(id: &str, node: &str, c: VolumeCapability) -> Request<ControllerPublishVolumeRequest> {
+    Request::new(ControllerPublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        volume_capability: Some(c),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn restarted_controller_refuses_a_second_node_after_rebuild() {
+    let (_mock, rds) = rds().await;
+    let rwo = cap(Mode::SingleNodeWriter, false);
+    // The controller before the restart published pvc-1 to node-a; the cluster recorded it.
+    create(
+        &ControllerService::new(
+            rds.clone(),
+            ControllerConfig::new(ParamDefaults {
+                base_path: RdsPath::new(BASE).unwrap(),
+                nvme_address: Some("10.0.0.1".into()),
+                nvme_port: Port::new(4420).unwrap(),
+            }),
+        ),
+        "pvc-1",
+        rwo.clone(),
+    )
+    .await;
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-1",
+            "pvc-1",
+            "node-a",
+            DRIVER,
+            true,
+            "2026-01-01T00:00:00Z",
+        ),
+    );
+
+    let attachments = Arc::new(AttachmentManager::new().not_ready());
+    let svc = controller(&rds, attachments.clone());
+    let err = svc
+        .controller_publish_volume(publish("pvc-1", "node-b", rwo.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "no publish before the rebuild"
+    );
+
+    rebuild(&api.client(), DRIVER, &attachments).await.unwrap();
+    let err = svc
+        .controller_publish_volume(publish("pvc-1", "node-b", rwo.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("node-a"), "{}", err.message());
+    // The holder's retry is idempotent; the delete is refused while attached.
+    svc.controller_publish_volume(publish("pvc-1", "node-a", rwo.clone()))
+        .await
+        .unwrap();
+    let del = DeleteVolumeRequest {
+        volume_id: "pvc-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        svc.delete_volume(Request::new(del))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    let listed = svc
+        .list_volumes(Request::new(ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.entries[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .published_node_ids,
+        ["node-a"]
+    );
+    // After the unpublish, node-b gets it.
+    svc.controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
+        volume_id: "pvc-1".into(),
+        node_id: "node-a".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert!(attachments.is_within_grace_period("pvc-1", Duration::from_secs(30)));
+    svc.controller_publish_volume(publish("pvc-1", "node-b", rwo))
+        .await
+        .unwrap();
+    assert_eq!(attachments.nodes("pvc-1"), ["node-b"]);
+}
+
+#[tokio::test]
+async fn volume_context_sets_the_migration_timeout() {
+    let (_mock, rds) = rds().await;
+    let attachments = Arc::new(AttachmentManager::new());
+    let svc = controller(&rds, attachments.clone());
+    let rwx = cap(Mode::MultiNodeMultiWriter, true);
+    create(&svc, "pvc-rwx", rwx.clone()).await;
+    for node in ["node-a", "node-b"] {
+        let mut req = publish("pvc-rwx", node, rwx.clone());
+        req.get_mut()
+            .volume_context
+            .insert("migrationTimeoutSeconds".into(), "42".into());
+        svc.controller_publish_volume(req).await.unwrap();
+    }
+    let state = attachments.get("pvc-rwx").unwrap();
+    assert_eq!(state.migration_timeout, Duration::from_secs(42));
+    assert!(state.is_migrating());
+    let err = svc
+        .controller_publish_volume(publish("pvc-rwx", "node-c", rwx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("migration limit"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pv-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    let events = EventRecorder::new(api.client(), DRIVER, "test");
+    events.expansion_done("pvc-1", 2 << 30).await;
+    let posted: Vec<_> = api
+        .list(&kube_fake::events("default"))
+        .into_iter()
+        .filter(|e| e["reason"] == REASON_EXPANSION_DONE)
+        .collect();
+    let mut objects: Vec<String> = posted
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["involvedObject"]["kind"].as_str().unwrap(),
+                e["involvedObject"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    objects.sort();
+    assert_eq!(
+        objects,
+        ["PersistentVolume/pv-1", "PersistentVolumeClaim/claim-pv-1"]
+    );
+    assert!(posted[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2147483648"));
+    assert_eq!(posted[0]["type"], "Normal");
+    // An unknown volume posts nothing; an API failure is logged, not returned.
+    events.expansion_done("pvc-unknown", 1).await;
+    api.fail(PVS, None, 500, None);
+    events.expansion_done("pvc-1", 1).await;
+    assert_eq!(api.list(&kube_fake::events("default")).len(), 2);
+}
+
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    kube: rds_csi::kube::KubeArgs,
+}
+
+#[tokio::test]
+async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    api.put(
+        PVS,
+        pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(
+        PVS,
+        pv("pvc-2", "pvc-2", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-1",
+            "pvc-1",
+            "node-a",
+            DRIVER,
+            true,
+            "2026-01-01T00:00:00Z",
+        ),
+    );
+    api.put(
+        VAS,
+        va(
+            "va-2",
+            "pvc-2",
+            "node-gone",
+            DRIVER,
+            true,
+            "2026-01-01T00:00:00Z",
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             users:\n- name: u\n  user: {{}}\n\
+             contexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n    namespace: csi\n",
+            api.addr()
+        ),
+    )
+    .unwrap();
+    let flags = <Flags as clap::Parser>::try_parse_from([
+        "t",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--leader-election",
+        "--attachment-grace-period",
+        "0s",
+    ])
+    .unwrap();
+    let (attachments, kube) =
+        rds_csi::kube::setup_controller(&flags.kube, DRIVER, rds, RdsPath::new(BASE).unwrap())
+            .await
+            .unwrap();
+    let kube = kube.expect("a kubeconfig turns Kubernetes features on");
+    let wait = Duration::from_secs(10);
+    assert!(eventually(wait, || attachments.is_ready()).await);
+    assert_eq!(attachments.nodes("pvc-1"), ["node-a"]);
+    let lease = || {
+        api.get(&leases("csi"), "rds-csi-controller")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    assert!(
+        eventually(wait, || lease().is_some()).await,
+        "Lease taken in the kubeconfig's namespace"
+    );
+    assert!(
+        eventually(wait, || attachments.nodes("pvc-2").is_empty()).await,
+        "the leader's reconciler cleared the deleted node's attachment"
+    );
+    assert_eq!(attachments.nodes("pvc-1"), ["node-a"]);
+    kube.shutdown().await;
+    assert_eq!(lease(), None, "released at shutdown");
+}

@@ -1,0 +1,329 @@
+//! The orphan reconciler against an embedded mock-rds and a fake API server: what it counts
+//! (with snapshots, fresh volumes, attached volumes and cluster references present), dry run
+//! versus delete, and fail-open when the cluster cannot be read.
+
+mod kube_fake;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kube_fake::*;
+use mock_rds::state::{Disk, FileEntry, FileKind, State};
+use mock_rds::{Auth, Config, MockRds};
+use rds_csi::kube::attachments::{AttachOptions, AttachmentManager};
+use rds_csi::kube::events::{EventRecorder, REASON_ORPHAN_FOUND};
+use rds_csi::kube::orphans::{cluster_references, OrphanReconciler, OrphanReconcilerConfig};
+use rds_csi::orphans::{Orphan, OrphanKind};
+use rds_csi::rds::{HostKeyPolicy, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
+use russh::keys::{Algorithm, PrivateKey};
+
+const BASE: &str = "/storage-pool/metal-csi";
+/// 2020: far older than any grace period.
+const OLD: u64 = 1_600_000_000;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn disk(id: u64, slot: &str, file: &str, export: bool) -> Disk {
+    Disk {
+        slot: slot.into(),
+        file_path: format!("{BASE}/{file}"),
+        file_size: 1 << 30,
+        nvme_tcp_export: export,
+        nvme_tcp_server_port: export.then_some(4420),
+        nvme_tcp_server_nqn: export.then(|| format!("nqn.2000-02.com.mikrotik:{slot}")),
+        copied_from: None,
+        id,
+    }
+}
+
+fn file(id: u64, name: &str, last_modified: u64) -> FileEntry {
+    FileEntry {
+        path: format!("{BASE}/{name}"),
+        kind: FileKind::File,
+        size: 1 << 30,
+        last_modified,
+        id,
+    }
+}
+
+/// The RDS: every case the reconciler must tell apart.
+fn rds_state() -> State {
+    let fresh = now_secs();
+    let disks = vec![
+        disk(1, "pvc-live", "pvc-live.img", true),   // PV exists
+        disk(2, "pvc-nopv", "pvc-nopv.img", true),   // no PV, old: disk without PV
+        disk(3, "pvc-fresh", "pvc-fresh.img", true), // no PV, too young
+        disk(4, "pvc-attached", "pvc-attached.img", true), // no PV, but a node holds it
+        disk(5, "snap-1", "snap-1.from-pvc-live.img", false), // a snapshot: never a disk without PV
+        disk(6, "pvc-nofile", "pvc-nofile.img", true), // disk without file
+        disk(7, "pvc-brokenpv", "pvc-brokenpv.img", true), // disk without file, PV exists
+    ];
+    let files = vec![
+        file(11, "pvc-live.img", OLD),
+        file(12, "pvc-nopv.img", OLD),
+        file(13, "pvc-fresh.img", fresh),
+        file(14, "pvc-attached.img", OLD),
+        file(15, "snap-1.from-pvc-live.img", OLD),
+        file(16, "pvc-gone.img", OLD),             // file without disk
+        file(17, "snap-2.from-pvc-live.img", OLD), // no disk, a VSC references it
+        file(18, "snap-3.from-pvc-live.img", OLD), // no disk, no VSC: still never counted here
+        file(19, "pvc-refd.img", OLD),             // no disk, a PV references it
+        file(20, "pvc-young.img", fresh),          // no disk, too young
+    ];
+    State {
+        next_id: 100,
+        disks,
+        files,
+    }
+}
+
+struct Rig {
+    mock: MockRds,
+    rds: Arc<RdsClient>,
+    api: FakeApi,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("state.json"),
+        serde_json::to_vec(&rds_state()).unwrap(),
+    )
+    .unwrap();
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let mock = MockRds::start(Config {
+        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        state_dir: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let addr = mock.addr();
+    let config = SshConfig::new(
+        addr.ip().to_string(),
+        addr.port(),
+        "admin",
+        key,
+        HostKeyPolicy::InsecureSkipVerify,
+    );
+    let rds = Arc::new(RdsClient::new(
+        Transport::new(config),
+        RetryPolicy::default(),
+    ));
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pv-live", "pvc-live", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(
+        PVS,
+        pv(
+            "pv-broken",
+            "pvc-brokenpv",
+            DRIVER,
+            "ReadWriteOnce",
+            "Filesystem",
+        ),
+    );
+    api.put(
+        PVS,
+        pv("pv-refd", "pvc-refd", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    // Another driver's PV with a clashing handle protects nothing of ours.
+    api.put(
+        PVS,
+        pv(
+            "pv-other",
+            "pvc-nopv",
+            "other.csi.io",
+            "ReadWriteOnce",
+            "Filesystem",
+        ),
+    );
+    api.put(VSCS, vsc("snapcontent-2", DRIVER, "snap-2"));
+    Rig {
+        mock,
+        rds,
+        api,
+        _dir: dir,
+    }
+}
+
+fn reconciler(r: &Rig, dry_run: bool) -> OrphanReconciler {
+    let mut config = OrphanReconcilerConfig::new(DRIVER, RdsPath::new(BASE).unwrap());
+    config.grace_period = Duration::from_secs(300);
+    config.dry_run = dry_run;
+    let attachments = Arc::new(AttachmentManager::new());
+    attachments
+        .attach(
+            "pvc-attached",
+            "node-a",
+            AttachOptions {
+                readonly: false,
+                multi_node_block: false,
+            },
+            None,
+        )
+        .unwrap();
+    OrphanReconciler::new(r.api.client(), r.rds.clone(), config)
+        .with_events(EventRecorder::new(r.api.client(), DRIVER, "test"))
+        .with_attachments(attachments)
+}
+
+fn summary(found: &[Orphan]) -> Vec<(OrphanKind, String)> {
+    let mut s: Vec<_> = found
+        .iter()
+        .map(|o| (o.kind, o.path.clone().unwrap_or_default()))
+        .collect();
+    s.sort_by(|a, b| a.1.cmp(&b.1));
+    s
+}
+
+fn expected() -> Vec<(OrphanKind, String)> {
+    vec![
+        (
+            OrphanKind::DiskWithoutFile,
+            format!("{BASE}/pvc-brokenpv.img"),
+        ),
+        (OrphanKind::FileWithoutDisk, format!("{BASE}/pvc-gone.img")),
+        (
+            OrphanKind::DiskWithoutFile,
+            format!("{BASE}/pvc-nofile.img"),
+        ),
+        (OrphanKind::DiskWithoutPv, format!("{BASE}/pvc-nopv.img")),
+    ]
+}
+
+#[tokio::test]
+async fn cluster_references_are_this_drivers_pvs_and_snapshot_contents() {
+    let r = rig().await;
+    r.api.put(VSCS, vsc("other", "other.csi.io", "snap-9"));
+    let refs = cluster_references(&r.api.client(), DRIVER).await.unwrap();
+    let mut volumes: Vec<_> = refs.volumes.iter().cloned().collect();
+    volumes.sort();
+    assert_eq!(volumes, ["pvc-brokenpv", "pvc-live", "pvc-refd"]);
+    assert_eq!(refs.snapshots.iter().collect::<Vec<_>>(), ["snap-2"]);
+
+    // Without the snapshot CRD (404) there are simply no snapshot references.
+    r.api.fail(VSCS, None, 404, None);
+    let refs = cluster_references(&r.api.client(), DRIVER).await.unwrap();
+    assert!(refs.snapshots.is_empty() && refs.volumes.len() == 3);
+    // Any other error is an error.
+    r.api.clear_faults();
+    r.api.fail(VSCS, None, 500, None);
+    assert!(cluster_references(&r.api.client(), DRIVER).await.is_err());
+}
+
+#[tokio::test]
+async fn dry_run_reports_exactly_the_orphans_and_deletes_nothing() {
+    let r = rig().await;
+    let before = (r.mock.disks().len(), r.mock.files().len());
+    let orphans = reconciler(&r, true);
+    let report = orphans.reconcile_once().await.unwrap();
+    assert!(report.dry_run);
+    assert_eq!(summary(&report.found), expected());
+    assert!(report.deleted.is_empty());
+    assert_eq!((r.mock.disks().len(), r.mock.files().len()), before);
+    assert!(
+        !r.mock
+            .history()
+            .iter()
+            .any(|h| h.command.contains("remove")),
+        "dry run never removes anything on the RDS"
+    );
+
+    let stats = orphans.stats();
+    assert_eq!(stats.runs, 1);
+    assert_eq!(stats.deleted, 0);
+    assert_eq!(stats.found_by_kind["disk-without-pv"], 1);
+    assert_eq!(stats.found_by_kind["file-without-disk"], 1);
+    assert_eq!(stats.found_by_kind["disk-without-file"], 2);
+
+    let found_events = |api: &FakeApi| {
+        api.list(&events("default"))
+            .into_iter()
+            .filter(|e| e["reason"] == REASON_ORPHAN_FOUND)
+            .collect::<Vec<_>>()
+    };
+    let posted = found_events(&r.api);
+    assert_eq!(posted.len(), 4);
+    assert!(posted
+        .iter()
+        .all(|e| e["involvedObject"]["kind"] == "CSIDriver" && e["type"] == "Warning"));
+    // A second pass reports the same orphans without posting them again.
+    orphans.reconcile_once().await.unwrap();
+    assert_eq!(found_events(&r.api).len(), 4);
+}
+
+#[tokio::test]
+async fn delete_mode_removes_only_unprotected_orphans() {
+    let r = rig().await;
+    let orphans = reconciler(&r, false);
+    let report = orphans.reconcile_once().await.unwrap();
+    assert_eq!(summary(&report.found), expected());
+    assert_eq!(
+        summary(&report.deleted),
+        vec![
+            (OrphanKind::FileWithoutDisk, format!("{BASE}/pvc-gone.img")),
+            (
+                OrphanKind::DiskWithoutFile,
+                format!("{BASE}/pvc-nofile.img")
+            ),
+            (OrphanKind::DiskWithoutPv, format!("{BASE}/pvc-nopv.img")),
+        ],
+        "a disk without file whose PV exists is reported, not deleted"
+    );
+    assert_eq!(orphans.stats().deleted, 3);
+    for gone in ["pvc-nopv", "pvc-nofile"] {
+        assert!(r.mock.disk(gone).is_none(), "{gone}");
+    }
+    for path in ["pvc-nopv.img", "pvc-gone.img"] {
+        assert!(r.mock.file(&format!("{BASE}/{path}")).is_none(), "{path}");
+    }
+    for kept in [
+        "pvc-live",
+        "pvc-fresh",
+        "pvc-attached",
+        "snap-1",
+        "pvc-brokenpv",
+    ] {
+        assert!(r.mock.disk(kept).is_some(), "{kept}");
+    }
+    for kept in [
+        "pvc-live.img",
+        "pvc-fresh.img",
+        "pvc-attached.img",
+        "snap-1.from-pvc-live.img",
+        "snap-2.from-pvc-live.img",
+        "snap-3.from-pvc-live.img",
+        "pvc-refd.img",
+        "pvc-young.img",
+    ] {
+        assert!(r.mock.file(&format!("{BASE}/{kept}")).is_some(), "{kept}");
+    }
+    // What is left is protected: nothing more to delete.
+    let again = orphans.reconcile_once().await.unwrap();
+    assert!(again.deleted.is_empty());
+}
+
+#[tokio::test]
+async fn fails_open_when_the_cluster_cannot_be_read() {
+    let r = rig().await;
+    r.api.fail(PVS, None, 500, None);
+    let orphans = reconciler(&r, false);
+    assert!(orphans.reconcile_once().await.is_err());
+    assert_eq!(orphans.stats().failures, 1);
+    assert!(r.mock.disk("pvc-nopv").is_some());
+    assert!(r.mock.file(&format!("{BASE}/pvc-gone.img")).is_some());
+    assert!(!r
+        .mock
+        .history()
+        .iter()
+        .any(|h| h.command.contains("remove")));
+}

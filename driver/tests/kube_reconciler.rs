@@ -1,0 +1,306 @@
+//! The attachment reconciler against a fake API server: stale attachments of deleted nodes
+//! (primary and secondary) are cleared after the grace period, fail-open on API errors, node
+//! watch triggers, the conflict hook, events, and the start/stop/restart lifecycle.
+
+mod kube_fake;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use kube_fake::*;
+use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};
+use rds_csi::kube::events::{EventRecorder, REASON_STALE_ATTACHMENT_CLEARED};
+use rds_csi::kube::reconciler::{
+    AttachmentReconciler, LifecycleError, ReconcilerConfig, DEFAULT_GRACE_PERIOD,
+    DEFAULT_RECONCILE_INTERVAL,
+};
+use tokio_util::sync::CancellationToken;
+
+const RWO: AttachOptions = AttachOptions {
+    readonly: false,
+    multi_node_block: false,
+};
+const RWX: AttachOptions = AttachOptions {
+    readonly: false,
+    multi_node_block: true,
+};
+const WAIT: Duration = Duration::from_secs(10);
+
+fn setup(
+    api: &FakeApi,
+    grace: Duration,
+    interval: Duration,
+) -> (
+    Arc<ManualClock>,
+    Arc<AttachmentManager>,
+    Arc<AttachmentReconciler>,
+) {
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let manager = Arc::new(AttachmentManager::new().with_clock(clock.clone()));
+    let events = EventRecorder::new(api.client(), DRIVER, "test-controller");
+    let reconciler = Arc::new(AttachmentReconciler::new(
+        manager.clone(),
+        api.client(),
+        ReconcilerConfig {
+            interval,
+            grace_period: grace,
+            watch_nodes: true,
+        },
+        Some(events),
+    ));
+    (clock, manager, reconciler)
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let c = ReconcilerConfig::default();
+    assert_eq!(c.interval, DEFAULT_RECONCILE_INTERVAL);
+    assert_eq!(c.interval, Duration::from_secs(300));
+    assert_eq!(c.grace_period, DEFAULT_GRACE_PERIOD);
+    assert_eq!(c.grace_period, Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn clears_missing_secondary_and_primary_after_the_grace_period() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"));
+    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    // pvc-1: node-a (exists) then node-gone as the secondary.
+    m.attach("pvc-1", "node-a", RWX, None).unwrap();
+    m.attach("pvc-1", "node-gone", RWX, None).unwrap();
+    // pvc-2: node-gone is the primary, node-a the secondary.
+    m.attach("pvc-2", "node-gone", RWX, None).unwrap();
+    m.attach("pvc-2", "node-a", RWX, None).unwrap();
+    // pvc-3: only on the existing node.
+    m.attach("pvc-3", "node-a", RWO, None).unwrap();
+
+    let report = r.reconcile_once().await;
+    assert_eq!(report.missing_nodes, ["node-gone"]);
+    assert!(report.cleared.is_empty(), "seen missing just now");
+    assert_eq!(m.nodes("pvc-1"), ["node-a", "node-gone"]);
+
+    clock.advance(Duration::from_secs(31));
+    let mut report = r.reconcile_once().await;
+    report.cleared.sort();
+    assert_eq!(
+        report.cleared,
+        [
+            ("pvc-1".to_string(), "node-gone".to_string()),
+            ("pvc-2".to_string(), "node-gone".to_string())
+        ]
+    );
+    assert_eq!(m.nodes("pvc-1"), ["node-a"]);
+    assert_eq!(
+        m.nodes("pvc-2"),
+        ["node-a"],
+        "the live secondary keeps the volume"
+    );
+    assert!(!m.get("pvc-2").unwrap().is_migrating());
+    assert_eq!(m.nodes("pvc-3"), ["node-a"]);
+    assert_eq!(r.stats().cleared, 2);
+
+    // The event went to the PV and its PVC.
+    let events: Vec<_> = api
+        .list(&events("default"))
+        .into_iter()
+        .filter(|e| e["reason"] == REASON_STALE_ATTACHMENT_CLEARED)
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["involvedObject"]["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"PersistentVolume"), "{kinds:?}");
+    assert!(kinds.contains(&"PersistentVolumeClaim"), "{kinds:?}");
+    assert!(events[0]["message"].as_str().unwrap().contains("node-gone"));
+}
+
+#[tokio::test]
+async fn node_reappearing_within_the_grace_period_keeps_its_attachment() {
+    let api = FakeApi::start().await;
+    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    assert_eq!(r.reconcile_once().await.missing_nodes, ["node-a"]);
+    clock.advance(Duration::from_secs(20));
+    api.put(NODES, node("node-a", true));
+    assert!(r.reconcile_once().await.missing_nodes.is_empty());
+    api.delete(NODES, "node-a");
+    clock.advance(Duration::from_secs(20));
+    // Missing again, but only since now: the earlier absence does not count.
+    assert!(r.reconcile_once().await.cleared.is_empty());
+    assert_eq!(m.nodes("pvc-1"), ["node-a"]);
+}
+
+#[tokio::test]
+async fn recent_detach_defers_clearing() {
+    let api = FakeApi::start().await;
+    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-x", RWO, None).unwrap();
+    m.detach("pvc-1", "node-x");
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    r.reconcile_once().await;
+    clock.advance(Duration::from_secs(29));
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "within the detach grace"
+    );
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(r.reconcile_once().await.cleared.len(), 1);
+    assert!(m.nodes("pvc-1").is_empty());
+}
+
+#[tokio::test]
+async fn fails_open_when_nodes_cannot_be_read() {
+    let api = FakeApi::start().await;
+    let (clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    api.fail(NODES, None, 500, None);
+    let report = r.reconcile_once().await;
+    assert_eq!(report.unknown_nodes, ["node-gone"]);
+    assert!(report.cleared.is_empty());
+    clock.advance(Duration::from_secs(3600));
+    assert!(r.reconcile_once().await.cleared.is_empty());
+    assert_eq!(m.nodes("pvc-1"), ["node-gone"], "kept while the API fails");
+    assert!(r.stats().api_errors >= 2);
+
+    // The API is back: the node really is gone.
+    api.clear_faults();
+    assert_eq!(r.reconcile_once().await.cleared.len(), 1);
+    assert!(m.nodes("pvc-1").is_empty());
+}
+
+#[tokio::test]
+async fn event_failures_do_not_stop_the_pass() {
+    let api = FakeApi::start().await;
+    let (_clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    api.put(
+        PVS,
+        pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    api.fail("/api/v1/namespaces/default/events", None, 500, None);
+    assert_eq!(r.reconcile_once().await.cleared.len(), 1);
+    assert!(m.nodes("pvc-1").is_empty());
+}
+
+#[tokio::test]
+async fn lifecycle_start_once_stop_idempotent_restart_and_cancel() {
+    let api = FakeApi::start().await;
+    let (_clock, _m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    r.trigger(); // before start: a no-op
+    r.stop().await; // before start: a no-op
+    assert!(!r.is_running());
+
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    assert!(r.is_running());
+    assert_eq!(r.start(&parent), Err(LifecycleError::AlreadyRunning));
+    assert!(
+        eventually(WAIT, || r.stats().runs >= 1).await,
+        "first pass at start"
+    );
+    for _ in 0..10 {
+        r.trigger(); // never blocks
+    }
+    r.stop().await;
+    assert!(!r.is_running());
+    r.stop().await;
+    r.trigger(); // after stop: a no-op
+
+    r.start(&parent).unwrap();
+    assert!(r.is_running(), "restarted");
+    parent.cancel();
+    assert!(
+        eventually(WAIT, || !r.is_running()).await,
+        "stops on cancel"
+    );
+    // A cancelled-and-finished loop may be started again with a new parent.
+    r.start(&CancellationToken::new()).unwrap();
+    assert!(r.is_running());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn node_delete_and_not_ready_trigger_a_pass() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-x", true));
+    api.put(NODES, node("node-y", true));
+    let (_clock, m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    m.attach("pvc-1", "node-x", RWO, None).unwrap();
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    assert!(eventually(WAIT, || r.stats().runs >= 1).await);
+    // The watch must be open before the delete, or there is nothing to see.
+    assert!(
+        eventually(WAIT, || api
+            .requests()
+            .iter()
+            .any(|(v, p)| v == "WATCH" && p == NODES))
+        .await
+    );
+    assert_eq!(m.nodes("pvc-1"), ["node-x"]);
+
+    let runs = r.stats().runs;
+    api.put(NODES, node("node-y", false));
+    assert!(
+        eventually(WAIT, || r.stats().runs > runs).await,
+        "Ready -> NotReady triggers a pass (the interval is an hour)"
+    );
+
+    api.delete(NODES, "node-x");
+    assert!(
+        eventually(WAIT, || m.nodes("pvc-1").is_empty()).await,
+        "node delete clears its attachment"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn refused_publish_triggers_the_reconciler_which_frees_the_volume() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-b", true));
+    let (_clock, m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    m.set_conflict_hook(r.trigger_handle());
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    assert!(eventually(WAIT, || r.stats().runs >= 1).await);
+    // Attached after the first pass; the interval is an hour, so only a trigger clears it.
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    let runs = r.stats().runs;
+    // Refused: node-gone still holds it in the table. Never evicted by the publish itself.
+    assert!(m.attach("pvc-1", "node-b", RWO, None).is_err());
+    assert!(eventually(WAIT, || r.stats().runs > runs).await);
+    assert!(eventually(WAIT, || m.nodes("pvc-1").is_empty()).await);
+    assert_eq!(
+        m.attach("pvc-1", "node-b", RWO, None),
+        Ok(true),
+        "the retry succeeds"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn timed_out_migration_is_reported_once() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    api.put(NODES, node("node-b", true));
+    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"));
+    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-a", RWX, None).unwrap();
+    m.attach("pvc-1", "node-b", RWX, Some(Duration::from_secs(60)))
+        .unwrap();
+    assert!(r.reconcile_once().await.timed_out_migrations.is_empty());
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(r.reconcile_once().await.timed_out_migrations, ["pvc-1"]);
+    r.reconcile_once().await;
+    assert_eq!(r.stats().timed_out_migrations, 1, "one event per migration");
+    let posted = api
+        .list(&events("default"))
+        .iter()
+        .filter(|e| e["reason"] == "MigrationTimedOut")
+        .count();
+    assert_eq!(posted, 2, "PV and PVC");
+    assert_eq!(m.nodes("pvc-1"), ["node-a", "node-b"]);
+}
