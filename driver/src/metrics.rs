@@ -187,6 +187,7 @@ where
 pub struct PoolSource {
     pub rds: Arc<RdsClient>,
     pub base: RdsPath,
+    attachments: Option<Arc<crate::kube::attachments::AttachmentManager>>,
     last: Mutex<Option<Instant>>,
 }
 
@@ -200,8 +201,18 @@ impl PoolSource {
         Self {
             rds,
             base,
+            attachments: None,
             last: Mutex::new(None),
         }
+    }
+
+    /// Also report how many node attachments the controller holds.
+    pub fn with_attachments(
+        mut self,
+        attachments: Arc<crate::kube::attachments::AttachmentManager>,
+    ) -> Self {
+        self.attachments = Some(attachments);
+        self
     }
 
     async fn refresh(&self) {
@@ -209,6 +220,14 @@ impl PoolSource {
         let transport = self.rds.transport();
         m.ssh_connected.set(i64::from(transport.is_connected()));
         m.ssh_reconnects.set(transport.reconnects() as i64);
+        if let Some(attachments) = &self.attachments {
+            let held: usize = attachments
+                .list()
+                .values()
+                .map(|s| s.node_ids().len())
+                .sum();
+            m.attachments.set(held as i64);
+        }
         let mut last = self.last.lock().await;
         if last.is_some_and(|t| t.elapsed() < POOL_CACHE) {
             return;

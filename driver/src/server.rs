@@ -80,6 +80,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let mut kube_tasks = None;
+    let mut attachments_held = None;
     let (rds, controller) = if args.controller {
         let rds = rds_client(&args.rds)?;
         let config = controller_config(&args)?;
@@ -91,8 +92,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.defaults.base_path.clone(),
         )
         .await?;
+        attachments_held = Some(Arc::clone(&attachments));
+        let mut controller =
+            ControllerService::with_attachments(Arc::clone(&rds), config, attachments);
+        if let Some(kube) = &kube {
+            controller = controller.with_events(kube.events.clone());
+        }
         kube_tasks = kube;
-        let controller = ControllerService::with_attachments(Arc::clone(&rds), config, attachments);
         (Some(rds), Some(ControllerServer::new(controller)))
     } else {
         (None, None)
@@ -103,11 +109,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr =
             crate::cli::parse_listen_address(&args.metrics_address).map_err(anyhow::Error::msg)?;
         let pool = match &rds {
-            Some(rds) => Some(Arc::new(PoolSource::new(
-                Arc::clone(rds),
-                RdsPath::new(args.rds.rds_volume_base_path.as_str())
-                    .context("--rds-volume-base-path")?,
-            ))),
+            Some(rds) => {
+                let mut pool = PoolSource::new(
+                    Arc::clone(rds),
+                    RdsPath::new(args.rds.rds_volume_base_path.as_str())
+                        .context("--rds-volume-base-path")?,
+                );
+                if let Some(attachments) = &attachments_held {
+                    pool = pool.with_attachments(Arc::clone(attachments));
+                }
+                Some(Arc::new(pool))
+            }
             None => None,
         };
         Some(

@@ -7,7 +7,9 @@ use std::time::Duration;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
-use csi_proto::v1::{CapacityRange, CreateVolumeRequest, VolumeCapability};
+use csi_proto::v1::{
+    CapacityRange, ControllerPublishVolumeRequest, CreateVolumeRequest, VolumeCapability,
+};
 use hyper_util::rt::TokioIo;
 use mock_rds::{Auth, Config, MockRds};
 use rds_csi::controller::params::ParamDefaults;
@@ -93,6 +95,7 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
         }),
     );
 
+    let attachments = std::sync::Arc::clone(controller.attachments());
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("csi.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -104,7 +107,9 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
     );
     let (http, http_task) = serve_http(
         "127.0.0.1:0".parse().unwrap(),
-        Some(Arc::new(PoolSource::new(Arc::clone(&rds), base))),
+        Some(Arc::new(
+            PoolSource::new(Arc::clone(&rds), base).with_attachments(attachments),
+        )),
     )
     .await
     .unwrap();
@@ -135,6 +140,16 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
         tonic::Code::InvalidArgument
     );
 
+    client
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: "pvc-m1".into(),
+            node_id: "node-a".into(),
+            volume_capability: create("x").volume_capabilities.pop(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     let (_, after) = http_get(http, "/metrics").await;
     assert_eq!(
         sample(&after, ok_series) - sample(&before, ok_series),
@@ -159,6 +174,16 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
         "traffic from monitor-traffic"
     );
     assert_eq!(sample(&after, "rds_csi_ssh_connected"), 1.0);
+    assert_eq!(
+        sample(&after, "rds_csi_attachments"),
+        1.0,
+        "{}",
+        after
+            .lines()
+            .filter(|l| l.contains("attach"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await.0, 200);

@@ -52,6 +52,8 @@ pub struct ControllerService {
     locks: KeyedLocks,
     /// Which nodes hold each volume (in memory, or rebuilt from VolumeAttachments).
     attachments: Arc<AttachmentManager>,
+    /// Posts events on the PV/PVC when Kubernetes is configured.
+    events: Option<crate::kube::events::EventRecorder>,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -178,7 +180,14 @@ impl ControllerService {
             config,
             locks: KeyedLocks::default(),
             attachments,
+            events: None,
         }
+    }
+
+    /// Tell operators what happened (expansions) through Kubernetes events.
+    pub fn with_events(mut self, events: crate::kube::events::EventRecorder) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn attachments(&self) -> &Arc<AttachmentManager> {
@@ -963,6 +972,9 @@ impl Controller for ControllerService {
                 .await
                 .map_err(rds_status)?;
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
+            if let Some(events) = &self.events {
+                events.expansion_done(id.as_str(), size.bytes()).await;
+            }
             resized.size_bytes.unwrap_or(size.bytes())
         };
         Ok(Response::new(ControllerExpandVolumeResponse {

@@ -216,6 +216,10 @@ impl OrphanReconciler {
                 .into_iter()
                 .map(|k| {
                     let n = report.found.iter().filter(|o| o.kind == k).count() as u64;
+                    crate::metrics::global()
+                        .orphans_found
+                        .with_label_values(&[k.as_str()])
+                        .set(n as i64);
                     (k.as_str(), n)
                 })
                 .collect();
