@@ -46,14 +46,13 @@ const ALL: &[&str] = &[
 /// each call is allowed, and nothing is granted that no row needs.
 #[rustfmt::skip]
 const CONTROLLER_API_CALLS: &[(&str, &str, &str, &[&str], Scope)] = &[
-    // rds-csi --controller: attachment state from PVs and VolumeAttachments, node watch,
-    // snapshot metadata, events (kube-rs posts events.k8s.io/v1), its own Lease.
-    ("rds-csi", "", "persistentvolumes", READ, Cluster),
-    ("rds-csi", "storage.k8s.io", "volumeattachments", READ, Cluster),
+    // rds-csi --controller, as listed in driver/src/kube/mod.rs: attachments rebuilt from PVs and
+    // VolumeAttachments, node get and watch, snapshot references, core/v1 events, its Lease.
+    ("rds-csi", "", "persistentvolumes", &["list"], Cluster),
+    ("rds-csi", "storage.k8s.io", "volumeattachments", &["list"], Cluster),
     ("rds-csi", "", "nodes", READ, Cluster),
-    ("rds-csi", "snapshot.storage.k8s.io", "volumesnapshotcontents", READ, Cluster),
-    ("rds-csi", "", "events", &["create", "patch"], Cluster),
-    ("rds-csi", "events.k8s.io", "events", &["create", "patch"], Cluster),
+    ("rds-csi", "snapshot.storage.k8s.io", "volumesnapshotcontents", &["list"], Cluster),
+    ("rds-csi", "", "events", &["create"], Cluster),
     ("rds-csi", "coordination.k8s.io", "leases", &["get", "create", "update"], OwnNs),
     // external-provisioner with Topology, --enable-capacity and --leader-election.
     ("csi-provisioner", "", "persistentvolumes", &["get", "list", "watch", "create", "patch", "delete"], Cluster),
