@@ -206,6 +206,30 @@ impl ControllerService {
         }
     }
 
+    /// The disk of the driver's volume `raw`, or NotFound (also for IDs that cannot exist and for
+    /// disks of the same name that the driver did not make).
+    async fn existing_volume(&self, raw: &str, deadline: Instant) -> Result<(Slot, Disk), Status> {
+        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
+        let id = parse_volume_id(raw).ok_or_else(not_found)?;
+        let disk = self
+            .rds
+            .get_disk(&id, deadline)
+            .await
+            .map_err(rds_status)?
+            .ok_or_else(not_found)?;
+        if self.owned_volume(&disk).is_none() {
+            return Err(not_found());
+        }
+        Ok((id, disk))
+    }
+
+    /// The backing file of a disk, for its `last-modified`.
+    async fn file_of(&self, disk: &Disk, deadline: Instant) -> Result<Option<FileInfo>, Status> {
+        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.rds.get_file(&path, deadline).await.map_err(rds_status)
+    }
+
     /// The ID and recorded source of a snapshot this driver made.
     fn owned_snapshot(&self, disk: &Disk) -> Option<(Slot, Option<Slot>)> {
         match ids::classify_disk(self.base(), disk)? {
@@ -492,18 +516,8 @@ impl Controller for ControllerService {
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         caps::check_capability(cap)
             .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
-        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
-        let id = parse_volume_id(raw).ok_or_else(not_found)?;
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        if self.owned_volume(&disk).is_none() {
-            return Err(not_found());
-        }
+        let _guard = self.locks.lock(raw, deadline).await?;
+        let (id, disk) = self.existing_volume(raw, deadline).await?;
         let options = AttachOptions {
             readonly: req.readonly,
             multi_node_block: is_multi_node(cap) && is_block(cap),
@@ -562,17 +576,7 @@ impl Controller for ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
-        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
-        let id = parse_volume_id(raw).ok_or_else(not_found)?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        if self.owned_volume(&disk).is_none() {
-            return Err(not_found());
-        }
+        self.existing_volume(raw, deadline).await?;
         let response = match check_capabilities(&req.volume_capabilities, "volume_capabilities") {
             Ok(()) => ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(validate_volume_capabilities_response::Confirmed {
@@ -736,13 +740,7 @@ impl Controller for ControllerService {
                     "snapshot {name} exists with a different source volume"
                 )));
             }
-            let path = RdsPath::new(existing.file_path.clone().unwrap_or_default())
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let file = self
-                .rds
-                .get_file(&path, deadline)
-                .await
-                .map_err(rds_status)?;
+            let file = self.file_of(&existing, deadline).await?;
             let snapshot = self.snapshot_of(&id, Some(&source), existing.size_bytes, file.as_ref());
             return Ok(Response::new(CreateSnapshotResponse {
                 snapshot: Some(snapshot),
@@ -923,13 +921,7 @@ impl Controller for ControllerService {
             .map_err(rds_status)?
             .ok_or_else(not_found)?;
         let (_, source) = self.owned_snapshot(&disk).ok_or_else(not_found)?;
-        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let file = self
-            .rds
-            .get_file(&path, deadline)
-            .await
-            .map_err(rds_status)?;
+        let file = self.file_of(&disk, deadline).await?;
         Ok(Response::new(GetSnapshotResponse {
             snapshot: Some(self.snapshot_of(&id, source.as_ref(), disk.size_bytes, file.as_ref())),
         }))
@@ -947,18 +939,8 @@ impl Controller for ControllerService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
         let size = allocation(Some(range), &self.config)?;
-        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
-        let id = parse_volume_id(raw).ok_or_else(not_found)?;
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        if self.owned_volume(&disk).is_none() {
-            return Err(not_found());
-        }
+        let _guard = self.locks.lock(raw, deadline).await?;
+        let (id, disk) = self.existing_volume(raw, deadline).await?;
         // Filesystems need the node to grow them, even when this call is a retry at the same size;
         // block volumes never do (a pending node expansion would block them forever).
         let node_expansion_required = !req.volume_capability.as_ref().is_some_and(is_block);
@@ -990,17 +972,7 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         let raw = required(&req.volume_id, "volume_id")?;
-        let not_found = || Status::not_found(format!("volume {raw} does not exist"));
-        let id = parse_volume_id(raw).ok_or_else(not_found)?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        if self.owned_volume(&disk).is_none() {
-            return Err(not_found());
-        }
+        let (id, disk) = self.existing_volume(raw, deadline).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(self.volume_of(&disk, &id, None)),
             status: Some(controller_get_volume_response::VolumeStatus {
