@@ -206,12 +206,62 @@ async fn create_volume_validates_and_is_idempotent() {
     );
 
     // Names that are not valid slots map deterministically to valid IDs.
-    let long = "Sanity-".repeat(18);
+    // csi-sanity's longest name: 128 characters.
+    let long = format!("{}{}", "Sanity-".repeat(18), "xy");
+    assert_eq!(long.len(), 128);
     let a = f.create(&long, GIB).await;
     let b = f.create(&long, GIB).await;
     assert_eq!(a.volume_id, b.volume_id);
     assert!(a.volume_id.starts_with("vol-"));
     assert!(f.mock.disk(&a.volume_id).is_some());
+}
+
+#[tokio::test]
+async fn create_without_capacity_gets_the_default_size() {
+    let f = fixture().await;
+    let mut req = create_req("pvc-default-size", 0);
+    req.capacity_range = None;
+    let v = f
+        .svc
+        .create_volume(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(v.capacity_bytes, GIB);
+    assert_eq!(f.mock.disk("pvc-default-size").unwrap().file_size, 1 << 30);
+}
+
+#[tokio::test]
+async fn snapshot_with_a_maximum_length_name() {
+    let f = fixture().await;
+    f.create("pvc-snap-src", GIB).await;
+    let name = "s".repeat(128);
+    let req = || CreateSnapshotRequest {
+        name: name.clone(),
+        source_volume_id: "pvc-snap-src".into(),
+        ..Default::default()
+    };
+    let a = f
+        .svc
+        .create_snapshot(Request::new(req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let b = f
+        .svc
+        .create_snapshot(Request::new(req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(a.snapshot_id, b.snapshot_id);
+    assert!(a.snapshot_id.len() <= 64 && a.snapshot_id.starts_with("snap-"));
+    assert!(f.mock.disk(&a.snapshot_id).is_some());
 }
 
 #[tokio::test]
