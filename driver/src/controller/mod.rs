@@ -223,6 +223,26 @@ impl ControllerService {
         Ok((id, disk))
     }
 
+    /// Removes a disk, then its file: RouterOS keeps the file after `/disk remove`. If the file
+    /// removal fails the call fails, and the CO's retry finds the file by the leftover search.
+    async fn remove_disk_and_file(
+        &self,
+        id: &Slot,
+        disk: &Disk,
+        deadline: Instant,
+    ) -> Result<(), Status> {
+        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.rds
+            .remove_disk(id, deadline)
+            .await
+            .map_err(rds_status)?;
+        self.rds
+            .remove_file(&path, deadline)
+            .await
+            .map_err(rds_status)
+    }
+
     /// The backing file of a disk, for its `last-modified`.
     async fn file_of(&self, disk: &Disk, deadline: Instant) -> Result<Option<FileInfo>, Status> {
         let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
@@ -480,18 +500,7 @@ impl Controller for ControllerService {
                         disk.file_path.as_deref().unwrap_or("-")
                     )));
                 }
-                let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                self.rds
-                    .remove_disk(&id, deadline)
-                    .await
-                    .map_err(rds_status)?;
-                // RouterOS keeps the file after `/disk remove`. If this fails, the call fails and
-                // the CO's retry finds the file through the leftover search below.
-                self.rds
-                    .remove_file(&path, deadline)
-                    .await
-                    .map_err(rds_status)?;
+                self.remove_disk_and_file(&id, &disk, deadline).await?;
                 tracing::info!(volume = %id, "volume deleted");
             }
             None => {
@@ -818,16 +827,7 @@ impl Controller for ControllerService {
                         "disk {id} on the RDS is not a snapshot made by this driver; refusing to delete it"
                     )));
                 }
-                let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                self.rds
-                    .remove_disk(&id, deadline)
-                    .await
-                    .map_err(rds_status)?;
-                self.rds
-                    .remove_file(&path, deadline)
-                    .await
-                    .map_err(rds_status)?;
+                self.remove_disk_and_file(&id, &disk, deadline).await?;
                 tracing::info!(snapshot = %id, "snapshot deleted");
             }
             None => {

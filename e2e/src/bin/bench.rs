@@ -34,12 +34,12 @@ impl russh::client::Handler for AcceptAny {
 impl RawSsh {
     async fn connect(mock: &Mock, keys: &Keys) -> anyhow::Result<Self> {
         let key = russh::keys::load_secret_key(&keys.client_key, None)?;
-        let mut handle = russh::client::connect(
-            Arc::new(russh::client::Config::default()),
-            mock.addr,
-            AcceptAny,
-        )
-        .await?;
+        // Like the driver: no Nagle delay on small request/reply exchanges.
+        let config = russh::client::Config {
+            nodelay: true,
+            ..Default::default()
+        };
+        let mut handle = russh::client::connect(Arc::new(config), mock.addr, AcceptAny).await?;
         let auth = handle
             .authenticate_publickey(
                 "admin",
@@ -385,6 +385,33 @@ async fn main() -> anyhow::Result<()> {
         json!({"idle": idle_rss as f64 / 1024.0, "peak_256_concurrent": peak_rss as f64 / 1024.0}),
     );
 
+    // mock-rds alone: 8 connections x 32 channels.
+    let per_channel = 20 * scale;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(RawSsh::connect(&mock, &keys).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in &conns {
+        for _ in 0..32 {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_channel {
+                    conn.exec("/disk print detail where slot=bench-absent")
+                        .await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mock_rate = (8 * 32 * per_channel) as f64 / started.elapsed().as_secs_f64();
+    println!("mock-rds alone, 8 connections x 32 channels: {mock_rate:.0} commands/s");
+    report.insert("mock_commands_per_s".into(), json!(mock_rate));
+
     // ListVolumes and an orphan scan over many volumes.
     let volumes = if quick { 1000 } else { 10_000 };
     let seed_started = Instant::now();
@@ -394,10 +421,11 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             while i < volumes {
-                raw.exec(&format!(
-                    "/disk add type=file file-path=/storage-pool/metal-csi/pvc-scale-{i}.img file-size=1G slot=pvc-scale-{i} nvme-tcp-export=yes nvme-tcp-server-port=4420"
+                let out = raw.exec(&format!(
+                    "/disk add type=file file-path=/storage-pool/metal-csi/pvc-scale-{i}.img file-size=1M slot=pvc-scale-{i} nvme-tcp-export=yes nvme-tcp-server-port=4420"
                 ))
                 .await?;
+                anyhow::ensure!(!out.contains("failure"), "seeding pvc-scale-{i}: {out}");
                 i += 32;
             }
             Ok::<_, anyhow::Error>(())
@@ -432,6 +460,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let list_time = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        count >= volumes,
+        "ListVolumes returned {count} of {volumes} volumes"
+    );
     println!(
         "ListVolumes over {count} volumes (all pages): {list_time:.3} s, {} SSH command(s)",
         list_all_cmds.len()
@@ -456,33 +488,6 @@ async fn main() -> anyhow::Result<()> {
         "scale".into(),
         json!({"volumes": count, "list_all_pages_s": list_time, "list_ssh_commands": list_all_cmds.len(), "orphan_scan_s": scan_time, "orphan_scan_ssh_commands": scan_cmds.len()}),
     );
-
-    // mock-rds alone: 8 connections x 32 channels.
-    let per_channel = 20 * scale;
-    let mut conns = Vec::new();
-    for _ in 0..8 {
-        conns.push(RawSsh::connect(&mock, &keys).await?);
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for conn in &conns {
-        for _ in 0..32 {
-            let conn = conn.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..per_channel {
-                    conn.exec("/disk print detail where slot=pvc-scale-1")
-                        .await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            }));
-        }
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let mock_rate = (8 * 32 * per_channel) as f64 / started.elapsed().as_secs_f64();
-    println!("mock-rds alone, 8 connections x 32 channels: {mock_rate:.0} commands/s");
-    report.insert("mock_commands_per_s".into(), json!(mock_rate));
 
     let mut machine = BTreeMap::new();
     machine.insert(
