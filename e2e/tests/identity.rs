@@ -18,6 +18,23 @@ fn service_types(caps: &[csi_proto::v1::PluginCapability]) -> Vec<ServiceType> {
         .collect()
 }
 
+/// A node-only driver that touches nothing of the host: loop connector, private state dir.
+fn node_only_args<'a>(node_id: &'a str, dir: &'a str) -> Vec<&'a str> {
+    vec![
+        "--node",
+        "--node-id",
+        node_id,
+        "--connector",
+        "loop",
+        "--loop-root",
+        dir,
+        "--kubelet-dir",
+        "",
+        "--node-state-dir",
+        dir,
+    ]
+}
+
 #[tokio::test]
 async fn identity_answers_and_sigterm_removes_the_socket() {
     let keys = Keys::generate().unwrap();
@@ -31,7 +48,13 @@ async fn identity_answers_and_sigterm_removes_the_socket() {
         "--node",
         "--connector",
         "loop",
+        "--kubelet-dir",
+        "",
+        "--node-state-dir",
     ];
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().display().to_string();
+    args.push(&state_arg);
     let mock_args = mock.driver_args(&keys);
     args.extend(mock_args.iter().map(String::as_str));
     let mut driver = Driver::start(&args).await.unwrap();
@@ -74,7 +97,9 @@ async fn identity_answers_and_sigterm_removes_the_socket() {
 
 #[tokio::test]
 async fn node_only_driver_advertises_no_controller() {
-    let driver = Driver::start(&["--node-id", "node-b", "--node"])
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let driver = Driver::start(&node_only_args("node-b", &dir_arg))
         .await
         .unwrap();
     let caps = IdentityClient::new(driver.channel.clone())
@@ -87,16 +112,15 @@ async fn node_only_driver_advertises_no_controller() {
 
 #[tokio::test]
 async fn second_driver_on_a_live_socket_refuses_to_start() {
-    let driver = Driver::start(&["--node", "--node-id", "n1"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let driver = Driver::start(&node_only_args("n1", &dir_arg))
+        .await
+        .unwrap();
     let output = std::process::Command::new(e2e::binary("rds-csi"))
-        .args([
-            "serve",
-            "--node",
-            "--node-id",
-            "n2",
-            "--metrics-address",
-            "",
-        ])
+        .arg("serve")
+        .args(node_only_args("n2", &dir_arg))
+        .args(["--metrics-address", ""])
         .arg("--endpoint")
         .arg(&driver.socket)
         .output()
