@@ -96,7 +96,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut controller =
             ControllerService::with_attachments(Arc::clone(&rds), config, attachments);
         if let Some(kube) = &kube {
-            controller = controller.with_events(kube.events.clone());
+            controller = controller
+                .with_events(kube.events.clone())
+                .with_node_lookup(kube.client.clone());
         }
         kube_tasks = kube;
         (Some(rds), Some(ControllerServer::new(controller)))

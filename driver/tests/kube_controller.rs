@@ -342,3 +342,33 @@ async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
     kube.shutdown().await;
     assert_eq!(lease(), None, "released at shutdown");
 }
+
+#[tokio::test]
+async fn publish_to_an_unknown_node_is_not_found_and_api_errors_fail_open() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    let svc = controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client());
+    let rwo = cap(Mode::SingleNodeWriter, false);
+    create(&svc, "pvc-n", rwo.clone()).await;
+
+    let err = svc
+        .controller_publish_volume(publish("pvc-n", "node-gone", rwo.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("node-gone"), "{}", err.message());
+    assert!(svc.attachments().nodes("pvc-n").is_empty());
+
+    svc.controller_publish_volume(publish("pvc-n", "node-a", rwo.clone()))
+        .await
+        .unwrap();
+    assert_eq!(svc.attachments().nodes("pvc-n"), ["node-a"]);
+
+    // An API that cannot be read does not block the attach.
+    create(&svc, "pvc-m", rwo.clone()).await;
+    api.fail(NODES, None, 500, None);
+    svc.controller_publish_volume(publish("pvc-m", "node-b", rwo))
+        .await
+        .unwrap();
+}

@@ -54,6 +54,8 @@ pub struct ControllerService {
     attachments: Arc<AttachmentManager>,
     /// Posts events on the PV/PVC when Kubernetes is configured.
     events: Option<crate::kube::events::EventRecorder>,
+    /// Checks that a node exists before publishing to it, when Kubernetes is configured.
+    nodes: Option<::kube::Api<k8s_openapi::api::core::v1::Node>>,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -181,7 +183,14 @@ impl ControllerService {
             locks: KeyedLocks::default(),
             attachments,
             events: None,
+            nodes: None,
         }
+    }
+
+    /// Refuse publishes to nodes the cluster does not know (NotFound, as the CSI spec asks).
+    pub fn with_node_lookup(mut self, client: ::kube::Client) -> Self {
+        self.nodes = Some(::kube::Api::all(client));
+        self
     }
 
     /// Tell operators what happened (expansions) through Kubernetes events.
@@ -527,6 +536,16 @@ impl Controller for ControllerService {
             .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
+        if let Some(nodes) = &self.nodes {
+            match nodes.get_opt(&node).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(Status::not_found(format!("node {node} does not exist"))),
+                // The API being unreadable must not block attaching a volume.
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "cannot look the node up; publishing anyway")
+                }
+            }
+        }
         let options = AttachOptions {
             readonly: req.readonly,
             multi_node_block: is_multi_node(cap) && is_block(cap),
