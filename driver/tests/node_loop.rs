@@ -626,6 +626,49 @@ async fn never_reformats_and_a_failed_stage_leaves_nothing_attached() {
 }
 
 #[tokio::test]
+async fn unrecognised_data_is_never_formatted() {
+    require_root!();
+    let env = Env::new();
+    let svc = env.service();
+    let id = "pvc-opaque";
+    let ctx = env.volume(id, 32 * MIB, None);
+    // Bytes no blkid probe recognises: blkid exits 2 just as for a blank device.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 13) as u8).collect();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(env.image(id))
+            .unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(&garbage).unwrap();
+    }
+    let staging = env.kubelet("staging/opaque");
+    let e = stage(
+        &svc,
+        stage_req(
+            id,
+            &staging,
+            mount_cap("ext4", Mode::SingleNodeWriter),
+            &ctx,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(env.loops().is_empty(), "rolled back: {:?}", env.loops());
+    let mut head = vec![0u8; 8192];
+    {
+        use std::io::Read;
+        std::fs::File::open(env.image(id))
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+    }
+    assert_eq!(&head[4096..], &garbage[..], "the data was not overwritten");
+}
+
+#[tokio::test]
 async fn staging_path_mounted_from_another_device_is_a_conflict() {
     require_root!();
     let env = Env::new();

@@ -222,6 +222,15 @@ pub fn device_size(sys_root: &Path, major: u32, minor: u32) -> Result<Option<u64
     }
 }
 
+/// Reads the start of a device; a fresh RDS file disk is sparse, so it reads as zeros.
+async fn first_mib_is_zero(device: &Path) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(device).await?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    file.take(1 << 20).read_to_end(&mut buf).await?;
+    Ok(buf.iter().all(|&b| b == 0))
+}
+
 /// What `blkid -p` finds on a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -239,8 +248,19 @@ pub async fn probe(device: &Path, deadline: Instant) -> Result<Probe> {
     )
     .await?;
     match out.code {
-        // Exit 2: no signature at all. This is the only case in which we format.
-        Some(2) => Ok(Probe::Empty),
+        // Exit 2 means "nothing found", but blkid also exits 2 when it could not open or read the
+        // device (a flapping NVMe path). Only a silent probe of a device whose first MiB reads
+        // back as zeros is blank: that is the only case in which we format.
+        Some(2) if out.stderr.trim().is_empty() => match first_mib_is_zero(device).await {
+            Ok(true) => Ok(Probe::Empty),
+            Ok(false) => Ok(Probe::Other(
+                "data that blkid does not recognise in the first MiB".into(),
+            )),
+            Err(e) => Err(NodeError::Internal(format!(
+                "cannot read {} to confirm it is blank: {e}; refusing to format it",
+                device.display()
+            ))),
+        },
         Some(0) => {
             let get = |key: &str| {
                 out.stdout
