@@ -177,6 +177,15 @@ async fn create_volume_validates_and_is_idempotent() {
         code(svc.create_volume(Request::new(too_big)).await),
         Code::OutOfRange
     );
+    let mut long_path = create_req("v", GIB);
+    long_path.parameters =
+        HashMap::from([("volumePath".into(), format!("{BASE}/{}", "d".repeat(230)))]);
+    let err = svc
+        .create_volume(Request::new(long_path))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("volumePath"), "{}", err.message());
     assert_eq!(f.mock.history().len(), 0, "nothing is sent for bad input");
 
     // 1.5 GiB is allocated and reported as at least 1.5 GiB.

@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use crate::rds::command::{RdsPath, Slot};
+use crate::rds::command::{InvalidValue, RdsPath, Slot};
 use crate::rds::Disk;
 
 pub const SNAPSHOT_PREFIX: &str = "snap-";
@@ -52,15 +52,15 @@ pub fn parse_snapshot_id(id: &str) -> Option<Slot> {
         .filter(|_| id.starts_with(SNAPSHOT_PREFIX))
 }
 
-pub fn volume_file(dir: &RdsPath, id: &Slot) -> RdsPath {
+/// The backing file of a volume. Fails only when `dir` is so long that the path would pass
+/// RouterOS's length limit.
+pub fn volume_file(dir: &RdsPath, id: &Slot) -> Result<RdsPath, InvalidValue> {
     dir.join(&format!("{id}{IMAGE_SUFFIX}"))
-        .expect("an ID is a valid file name")
 }
 
 /// The snapshot's file name records its source, because RouterOS keeps no such field.
-pub fn snapshot_file(dir: &RdsPath, id: &Slot, source: &Slot) -> RdsPath {
+pub fn snapshot_file(dir: &RdsPath, id: &Slot, source: &Slot) -> Result<RdsPath, InvalidValue> {
     dir.join(&format!("{id}{SNAPSHOT_SOURCE_MARK}{source}{IMAGE_SUFFIX}"))
-        .expect("IDs are valid file names")
 }
 
 /// What a managed file name says: a volume `<id>.img`, or a snapshot `<snap-id>.from-<src>.img`
@@ -164,16 +164,24 @@ mod tests {
     }
 
     #[test]
+    fn too_long_directories_are_an_error_not_a_panic() {
+        let dir = RdsPath::new(format!("/{}", "d".repeat(200))).unwrap();
+        let id = Slot::new("a".repeat(64)).unwrap();
+        assert!(volume_file(&dir, &id).is_err());
+        assert!(snapshot_file(&dir, &id, &id).is_err());
+    }
+
+    #[test]
     fn files_are_classified_strictly() {
         let dir = RdsPath::new("/pool/csi").unwrap();
         let vol = Slot::new("pvc-1").unwrap();
         let snap = Slot::new("snap-1").unwrap();
         assert_eq!(
-            classify_file(&dir, volume_file(&dir, &vol).as_str()),
+            classify_file(&dir, volume_file(&dir, &vol).unwrap().as_str()),
             Some(ManagedFile::Volume(vol.clone()))
         );
         assert_eq!(
-            classify_file(&dir, snapshot_file(&dir, &snap, &vol).as_str()),
+            classify_file(&dir, snapshot_file(&dir, &snap, &vol).unwrap().as_str()),
             Some(ManagedFile::Snapshot {
                 id: snap.clone(),
                 source: Some(vol.clone())

@@ -402,7 +402,9 @@ impl Controller for ControllerService {
         let params = VolumeParams::parse(&req.parameters, &self.config.defaults)?;
         let size = allocation(req.capacity_range.as_ref(), &self.config)?;
         let id = ids::volume_id_for_name(name);
-        let path = ids::volume_file(&params.dir, &id);
+        let path = ids::volume_file(&params.dir, &id).map_err(|e| {
+            Status::invalid_argument(format!("parameters.volumePath is too long: {e}"))
+        })?;
 
         let _guard = self.locks.lock(id.as_str(), deadline).await?;
         let source = match &req.volume_content_source {
@@ -792,7 +794,11 @@ impl Controller for ControllerService {
                 .unwrap_or_default(),
         )
         .map_err(|e| Status::internal(e.to_string()))?;
-        let path = ids::snapshot_file(&dir, &id, &source);
+        let path = ids::snapshot_file(&dir, &id, &source).map_err(|e| {
+            Status::failed_precondition(format!(
+                "the snapshot's file name does not fit next to its source volume: {e}"
+            ))
+        })?;
         if let Some(file) = self
             .rds
             .get_file(&path, deadline)
