@@ -134,6 +134,26 @@ async fn restarted_controller_refuses_a_second_node_after_rebuild() {
         Code::Unavailable,
         "no publish before the rebuild"
     );
+    // Nor an unpublish or a delete: the rebuild would undo or contradict them.
+    let unpublish = ControllerUnpublishVolumeRequest {
+        volume_id: "pvc-1".into(),
+        node_id: "node-a".into(),
+        ..Default::default()
+    };
+    let err = svc
+        .controller_unpublish_volume(Request::new(unpublish))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let early_delete = DeleteVolumeRequest {
+        volume_id: "pvc-1".into(),
+        ..Default::default()
+    };
+    let err = svc
+        .delete_volume(Request::new(early_delete))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
 
     rebuild(&api.client(), DRIVER, &attachments).await.unwrap();
     let err = svc

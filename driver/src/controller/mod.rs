@@ -215,6 +215,17 @@ impl ControllerService {
         }
     }
 
+    /// Unavailable until the attachment table has been rebuilt from the cluster after a start.
+    fn require_attachments_ready(&self) -> Result<(), Status> {
+        if self.attachments.is_ready() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "the attachment table is being rebuilt from the cluster; try again",
+            ))
+        }
+    }
+
     /// The disk of the driver's volume `raw`, or NotFound (also for IDs that cannot exist and for
     /// disks of the same name that the driver did not make).
     async fn existing_volume(&self, raw: &str, deadline: Instant) -> Result<(Slot, Disk), Status> {
@@ -496,6 +507,7 @@ impl Controller for ControllerService {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
         let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        self.require_attachments_ready()?;
         let nodes = self.attached_nodes(id.as_str());
         if !nodes.is_empty() {
             return Err(Status::failed_precondition(format!(
@@ -591,6 +603,8 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
         let _guard = self.locks.lock(id, deadline).await?;
+        // A detach before the table is rebuilt would be undone by the rebuild.
+        self.require_attachments_ready()?;
         // An empty node ID means "from every node".
         self.attachments.detach(id, &req.node_id);
         Ok(Response::new(ControllerUnpublishVolumeResponse {}))
