@@ -572,6 +572,38 @@ fn controller_socket_is_shared_with_every_sidecar() {
     assert_eq!(pod.service_account_name.as_deref(), Some(CONTROLLER_SA));
 }
 
+/// An RDS outage must not restart the controller: liveness is the process's own `/healthz` on
+/// the metrics port, readiness is CSI Probe (through the livenessprobe sidecar).
+#[test]
+fn controller_liveness_does_not_depend_on_the_rds() {
+    let r = rendered_or_skip!();
+    let pod = pod_spec_of_controller(r);
+    let driver = container(pod, "rds-csi");
+    let port_of = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
+        let port = &probe
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an HTTP probe")
+            .port;
+        match port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => name.clone(),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
+        }
+    };
+    assert_eq!(port_of(driver.liveness_probe.as_ref()), "metrics");
+    assert_eq!(port_of(driver.readiness_probe.as_ref()), "healthz");
+    let metrics = driver
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a metrics port");
+    assert_eq!(
+        flag_value(driver, "--metrics-address").as_deref(),
+        Some(format!(":{}", metrics.container_port).as_str())
+    );
+}
+
 #[test]
 fn node_socket_registration_and_host_mounts_agree() {
     let r = rendered_or_skip!();
