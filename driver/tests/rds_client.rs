@@ -445,3 +445,47 @@ async fn many_concurrent_commands_share_the_connection() {
     );
     assert_eq!(f.client.transport().reconnects(), 0);
 }
+
+#[tokio::test]
+async fn a_copy_that_times_out_is_not_sent_again() {
+    let f = fixture().await;
+    f.client
+        .create_disk(&volume("pvc-src", 1 << 30), soon())
+        .await
+        .unwrap();
+    f.mock.inject(Fault::Hang {
+        pattern: "copy-from".into(),
+        times: Some(1),
+    });
+    let slot = Slot::new("snap-slow").unwrap();
+    let copy = DiskAdd {
+        file_path: RdsPath::new(format!("{BASE}/snap-slow.img")).unwrap(),
+        size: None,
+        copy_from: Some(Slot::new("pvc-src").unwrap()),
+        export: None,
+        slot,
+    };
+    // Longer than one capped attempt (2 s in this fixture): a copy gets the whole deadline.
+    let started = std::time::Instant::now();
+    let err = f
+        .client
+        .create_disk(&copy, deadline_in(Duration::from_millis(3000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RdsError::Transport(TransportError::Timeout { .. })),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    let copies = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command.contains("copy-from"))
+        .count();
+    assert_eq!(copies, 1, "the copy is never sent twice");
+}

@@ -450,9 +450,10 @@ impl Controller for ControllerService {
             let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? else {
                 // Never let a new volume pick up an old file's data.
                 return Err(Status::failed_precondition(format!(
-                    "{} already exists on the RDS without a disk (last modified {}); it may hold \
-                     another volume's data, so it is not reused. Inspect it, then remove it \
-                     (rds-csi orphans --delete) to let this volume be created",
+                    "{} already exists on the RDS without a disk (last modified {}): either a copy \
+                     for this volume is still running (retry later) or it is a leftover that may \
+                     hold another volume's data, so it is not reused. If it stays, inspect it, then \
+                     remove it (rds-csi orphans --delete) to let this volume be created",
                     file.path,
                     file.last_modified.as_deref().unwrap_or("unknown")
                 )));

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::command::{
     AllocSize, Command, DiskAdd, DiskFilter, FileFilter, MountPoint, RdsPath, Slot,
 };
-use super::error::{classify, RdsError};
+use super::error::{classify, RdsError, TransportError};
 use super::model::{Capacity, Disk, FileInfo, Traffic};
 use super::parse::{parse_detail, parse_key_colon_value};
 use super::ssh::{backoff, Transport};
@@ -55,7 +55,13 @@ impl RdsClient {
     pub async fn run(&self, command: &Command, deadline: Instant) -> Result<String, RdsError> {
         let line = command.render();
         let started = Instant::now();
-        let attempt_deadline = deadline.min(started + self.retry.attempt_timeout);
+        // A copy runs as long as the data takes: it gets the whole deadline, never a capped
+        // attempt that would end while RouterOS is still copying.
+        let attempt_deadline = if command.is_copy() {
+            deadline
+        } else {
+            deadline.min(started + self.retry.attempt_timeout)
+        };
         let result = match self.transport.exec(&line, attempt_deadline).await {
             Ok(output) => classify(output),
             Err(e) => Err(RdsError::Transport(e)),
@@ -168,6 +174,13 @@ impl RdsClient {
                         Some(disk) if disk_matches(add, &disk) => Ok(disk),
                         _ => Err(e),
                     };
+                }
+                // A copy that timed out may still be running on the RDS: sending it again could
+                // only collide with it. The CO retries the whole call later.
+                Err(e @ RdsError::Transport(TransportError::Timeout { .. }))
+                    if add.copy_from.is_some() =>
+                {
+                    return Err(e);
                 }
                 Err(e) if e.is_retryable() => {
                     // The add may have run: look before sending it again.

@@ -363,6 +363,12 @@ impl Command {
         }
     }
 
+    /// Whether the command copies a disk's data (`/disk add copy-from=...`), which takes time
+    /// proportional to the data.
+    pub fn is_copy(&self) -> bool {
+        matches!(self, Command::DiskAdd(add) if add.copy_from.is_some())
+    }
+
     /// Whether the command changes state on the RDS (and so must be reconciled, not blindly
     /// repeated, after a lost reply).
     pub fn is_mutating(&self) -> bool {
