@@ -84,8 +84,10 @@ pub async fn scan_at(
     now: SystemTime,
     deadline: Instant,
 ) -> Result<Vec<Orphan>, RdsError> {
-    let disks = rds.list_disks(deadline).await?;
+    // Files first: a volume created between the two listings then shows its disk with no file
+    // listed (confirmed below), never a file without its disk.
     let files = rds.list_files(base, deadline).await?;
+    let disks = rds.list_disks(deadline).await?;
     let used: HashSet<&str> = disks
         .iter()
         .filter_map(|d| d.file_path.as_deref())
@@ -126,13 +128,19 @@ pub async fn scan_at(
         };
         let path = disk.file_path.as_deref().unwrap_or_default();
         match present.get(path) {
-            None => orphans.push(Orphan {
-                kind: OrphanKind::DiskWithoutFile,
-                path: Some(path.to_string()),
-                slot: Some(disk.slot.clone()),
-                size_bytes: disk.size_bytes,
-                last_modified: None,
-            }),
+            None => {
+                // Confirm with an exact query: the file may have been made after the listing.
+                let exact = RdsPath::new(path).map_err(RdsError::from)?;
+                if rds.get_file(&exact, deadline).await?.is_none() {
+                    orphans.push(Orphan {
+                        kind: OrphanKind::DiskWithoutFile,
+                        path: Some(path.to_string()),
+                        slot: Some(disk.slot.clone()),
+                        size_bytes: disk.size_bytes,
+                        last_modified: None,
+                    });
+                }
+            }
             Some(file) => {
                 // Only volumes: a snapshot disk belongs to no PV. The file's age guards a volume
                 // whose PV the provisioner has not written yet.

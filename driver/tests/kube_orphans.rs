@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kube_fake::*;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
 use mock_rds::{Auth, Config, MockRds};
-use rds_csi::kube::attachments::{AttachOptions, AttachmentManager};
+use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};
 use rds_csi::kube::events::{EventRecorder, REASON_ORPHAN_FOUND};
 use rds_csi::kube::orphans::{cluster_references, OrphanReconciler, OrphanReconcilerConfig};
 use rds_csi::orphans::{Orphan, OrphanKind};
@@ -264,9 +264,17 @@ async fn dry_run_reports_exactly_the_orphans_and_deletes_nothing() {
 #[tokio::test]
 async fn delete_mode_removes_only_unprotected_orphans() {
     let r = rig().await;
-    let orphans = reconciler(&r, false);
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let orphans = reconciler(&r, false).with_clock(clock.clone());
+    let first = orphans.reconcile_once().await.unwrap();
+    assert_eq!(summary(&first.found), expected());
+    assert!(
+        first.deleted.is_empty(),
+        "nothing is deleted before it has been seen for the grace period: {:?}",
+        first.deleted
+    );
+    clock.advance(Duration::from_secs(300));
     let report = orphans.reconcile_once().await.unwrap();
-    assert_eq!(summary(&report.found), expected());
     assert_eq!(
         summary(&report.deleted),
         vec![

@@ -11,9 +11,9 @@
 //!   when dry run is off. A disk without file whose ID a PV still references is never deleted.
 //! - Fails open: when PVs or VolumeSnapshotContents cannot be listed, the pass does nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use ::kube::Client;
@@ -148,6 +148,9 @@ pub struct OrphanReconciler {
     clock: Arc<dyn Clock>,
     stats: Mutex<OrphanStats>,
     reported: Mutex<HashSet<(OrphanKind, String)>>,
+    /// When this process first saw each current orphan. Deletion waits for a whole grace
+    /// period of this clock, whatever the RDS's clock or time zone says.
+    first_seen: Mutex<HashMap<(OrphanKind, String), SystemTime>>,
     running: Mutex<Option<Running>>,
 }
 
@@ -173,6 +176,7 @@ impl OrphanReconciler {
             clock: Arc::new(SystemClock),
             stats: Mutex::default(),
             reported: Mutex::default(),
+            first_seen: Mutex::default(),
             running: Mutex::default(),
         }
     }
@@ -264,13 +268,54 @@ impl OrphanReconciler {
                 OrphanKind::DiskWithoutFile => true,
             })
             .collect();
+        // A volume created while this pass ran has its PV only now: look again before judging.
+        let refs_after = cluster_references(&self.client, &self.config.driver_name).await?;
+        let found: Vec<Orphan> = found
+            .into_iter()
+            .filter(|o| {
+                o.kind != OrphanKind::DiskWithoutPv
+                    || !o
+                        .slot
+                        .as_ref()
+                        .is_some_and(|s| refs_after.volumes.contains(s))
+            })
+            .collect();
         self.report(&found).await;
+        let now = self.clock.now();
+        let seen_since = {
+            let mut first_seen = lock(&self.first_seen);
+            let current: HashSet<(OrphanKind, String)> =
+                found.iter().map(|o| (o.kind, key(o))).collect();
+            first_seen.retain(|k, _| current.contains(k));
+            for k in current {
+                first_seen.entry(k).or_insert(now);
+            }
+            first_seen.clone()
+        };
         let mut deleted = Vec::new();
         if !self.config.dry_run {
             for o in &found {
+                let referenced = |s: &String| {
+                    refs.volumes.contains(s)
+                        || refs.snapshots.contains(s)
+                        || refs_after.volumes.contains(s)
+                        || refs_after.snapshots.contains(s)
+                };
                 let protected = o.kind == OrphanKind::DiskWithoutFile
-                    && o.slot.as_ref().is_some_and(|s| refs.volumes.contains(s));
+                    && o.slot.as_ref().is_some_and(referenced);
                 if protected {
+                    continue;
+                }
+                let seen_for = seen_since
+                    .get(&(o.kind, key(o)))
+                    .and_then(|t| now.duration_since(*t).ok())
+                    .unwrap_or_default();
+                if seen_for < self.config.grace_period {
+                    tracing::info!(
+                        kind = o.kind.as_str(),
+                        orphan = %key(o),
+                        "orphan will be deleted once it has been seen for the grace period"
+                    );
                     continue;
                 }
                 match orphans::delete(&self.rds, o, deadline).await {
