@@ -1,6 +1,8 @@
 //! The Controller service against an embedded mock-rds over real SSH: every RPC, the error codes
 //! a CO acts on, idempotency, races, and the csi-sanity expectations for these RPCs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,8 @@ use csi_proto::v1::*;
 use mock_rds::{Auth, Config, Fault, MockRds};
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
-use rds_csi::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
-use russh::keys::{Algorithm, PrivateKey};
+use rds_csi::rds::{Port, RdsPath, RetryPolicy};
+use russh::keys::PrivateKey;
 use tonic::{Code, Request};
 
 const BASE: &str = "/storage-pool/metal-csi";
@@ -28,31 +30,18 @@ struct Fixture {
 }
 
 fn service(mock: &MockRds, key: &PrivateKey) -> ControllerService {
-    let pinned = russh::keys::parse_public_key_base64(
-        mock.host_public_key_openssh()
-            .split_whitespace()
-            .nth(1)
-            .unwrap(),
-    )
-    .unwrap();
-    let addr = mock.addr();
-    let mut config = SshConfig::new(
-        addr.ip().to_string(),
-        addr.port(),
-        "admin",
-        key.clone(),
-        HostKeyPolicy::Pinned(vec![pinned]),
-    );
-    config.backoff_initial = Duration::from_millis(20);
-    config.backoff_max = Duration::from_millis(200);
-    config.connect_timeout = Duration::from_secs(3);
     let retry = RetryPolicy {
         attempts: 3,
         initial: Duration::from_millis(20),
         max: Duration::from_millis(100),
         attempt_timeout: Duration::from_secs(3),
     };
-    let rds = Arc::new(RdsClient::new(Transport::new(config), retry));
+    let rds = Arc::new(common::client_for(
+        mock,
+        key.clone(),
+        common::pinned(mock),
+        retry,
+    ));
     ControllerService::new(
         rds,
         ControllerConfig::new(ParamDefaults {
@@ -64,15 +53,9 @@ fn service(mock: &MockRds, key: &PrivateKey) -> ControllerService {
 }
 
 async fn fixture() -> Fixture {
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let key = common::new_key();
     let state = tempfile::tempdir().unwrap();
-    let mock = MockRds::start(Config {
-        state_dir: Some(state.path().to_path_buf()),
-        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let mock = common::start_mock(key.public_key(), Some(state.path())).await;
     let svc = service(&mock, &key);
     Fixture {
         mock,

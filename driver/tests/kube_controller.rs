@@ -2,6 +2,7 @@
 //! publishes wait for the rebuild, a restarted controller still refuses a second node, the volume
 //! context's migration timeout is honoured, and the expansion event reaches the PV and PVC.
 
+mod common;
 mod kube_fake;
 
 use std::sync::Arc;
@@ -12,13 +13,12 @@ use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_proto::v1::*;
 use kube_fake::*;
-use mock_rds::{Auth, Config, MockRds};
+use mock_rds::MockRds;
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
 use rds_csi::kube::attachments::{rebuild, AttachmentManager};
 use rds_csi::kube::events::{EventRecorder, REASON_EXPANSION_DONE};
-use rds_csi::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
-use russh::keys::{Algorithm, PrivateKey};
+use rds_csi::rds::{Port, RdsClient, RdsPath, RetryPolicy};
 use tonic::{Code, Request};
 
 const BASE: &str = "/storage-pool/metal-csi";
@@ -35,26 +35,10 @@ fn cap(mode: Mode, block: bool) -> VolumeCapability {
 }
 
 async fn rds() -> (MockRds, Arc<RdsClient>) {
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    let mock = MockRds::start(Config {
-        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let addr = mock.addr();
-    let config = SshConfig::new(
-        addr.ip().to_string(),
-        addr.port(),
-        "admin",
-        key,
-        HostKeyPolicy::InsecureSkipVerify,
-    );
-    let rds = Arc::new(RdsClient::new(
-        Transport::new(config),
-        RetryPolicy::default(),
-    ));
-    (mock, rds)
+    let key = common::new_key();
+    let mock = common::start_mock(key.public_key(), None).await;
+    let rds = common::client_for(&mock, key, common::pinned(&mock), RetryPolicy::default());
+    (mock, Arc::new(rds))
 }
 
 fn controller(rds: &Arc<RdsClient>, attachments: Arc<AttachmentManager>) -> ControllerService {

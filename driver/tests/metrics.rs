@@ -1,8 +1,9 @@
 //! `/metrics`, `/healthz` and `/readyz`: counters move after real CSI calls over a Unix socket,
 //! and readiness follows the RDS.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::controller_server::ControllerServer;
@@ -11,12 +12,10 @@ use csi_proto::v1::{
     CapacityRange, ControllerPublishVolumeRequest, CreateVolumeRequest, VolumeCapability,
 };
 use hyper_util::rt::TokioIo;
-use mock_rds::{Auth, Config, MockRds};
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
 use rds_csi::metrics::{serve_http, GrpcMetricsLayer, PoolSource};
-use rds_csi::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
-use russh::keys::{Algorithm, PrivateKey};
+use rds_csi::rds::{Port, RdsPath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -62,29 +61,14 @@ fn create(name: &str) -> CreateVolumeRequest {
 
 #[tokio::test]
 async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    let mock = MockRds::start(Config {
-        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let addr = mock.addr();
-    let mut ssh = SshConfig::new(
-        addr.ip().to_string(),
-        addr.port(),
-        "admin",
+    let key = common::new_key();
+    let mock = common::start_mock(key.public_key(), None).await;
+    let rds = Arc::new(common::client_for(
+        &mock,
         key,
-        HostKeyPolicy::InsecureSkipVerify,
-    );
-    ssh.backoff_initial = Duration::from_millis(10);
-    ssh.backoff_max = Duration::from_millis(50);
-    let retry = RetryPolicy {
-        attempts: 2,
-        attempt_timeout: Duration::from_secs(2),
-        ..RetryPolicy::default()
-    };
-    let rds = Arc::new(RdsClient::new(Transport::new(ssh), retry));
+        common::pinned(&mock),
+        common::fast_retry(),
+    ));
     let base = RdsPath::new("/storage-pool/metal-csi").unwrap();
     let controller = ControllerService::new(
         Arc::clone(&rds),

@@ -1,36 +1,21 @@
 //! The orphan scan against an embedded mock-rds: it reports exactly what lost its counterpart
 //! and never a snapshot file, a live volume, another tool's disk or a young file.
 
+mod common;
+
 use std::time::Duration;
 
-use mock_rds::{Auth, Config, MockRds};
 use rds_csi::orphans::{delete, scan, OrphanKind};
 use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport, Port};
-use rds_csi::rds::{
-    deadline_in, HostKeyPolicy, RdsClient, RdsPath, RetryPolicy, Slot, SshConfig, Transport,
-};
-use russh::keys::{Algorithm, PrivateKey};
+use rds_csi::rds::{deadline_in, RdsPath, RetryPolicy, Slot};
 
 const BASE: &str = "/storage-pool/metal-csi";
 
 #[tokio::test]
 async fn reports_exactly_the_orphans() {
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    let mock = MockRds::start(Config {
-        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let addr = mock.addr();
-    let config = SshConfig::new(
-        addr.ip().to_string(),
-        addr.port(),
-        "admin",
-        key,
-        HostKeyPolicy::InsecureSkipVerify,
-    );
-    let rds = RdsClient::new(Transport::new(config), RetryPolicy::default());
+    let key = common::new_key();
+    let mock = common::start_mock(key.public_key(), None).await;
+    let rds = common::client_for(&mock, key, common::pinned(&mock), RetryPolicy::default());
     let soon = || deadline_in(Duration::from_secs(20));
     let base = RdsPath::new(BASE).unwrap();
 

@@ -1,23 +1,20 @@
 //! The RDS client against an embedded mock-rds over real SSH (routeros output mode): operations,
 //! lost replies, hung commands, dropped connections, host-key and auth failures.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::{client_for, fast_retry, new_key};
 use std::time::Duration;
 
-use mock_rds::{Auth, Config, Fault, MockRds};
+use mock_rds::{Fault, MockRds};
 use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport, Port, RdsPath, Slot};
 use rds_csi::rds::ssh::fingerprint;
-use rds_csi::rds::{
-    deadline_in, HostKeyPolicy, RdsClient, RdsError, RetryPolicy, SshConfig, Transport,
-    TransportError,
-};
-use russh::keys::{Algorithm, PrivateKey, PublicKey};
+use rds_csi::rds::{deadline_in, HostKeyPolicy, RdsClient, RdsError, TransportError};
+use russh::keys::PublicKey;
 
 const BASE: &str = "/storage-pool/metal-csi";
-
-fn new_key() -> PrivateKey {
-    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
-}
 
 struct Fixture {
     mock: MockRds,
@@ -27,55 +24,14 @@ struct Fixture {
 
 async fn start_mock(auth_key: &PublicKey) -> (MockRds, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let mock = MockRds::start(Config {
-        state_dir: Some(state.path().to_path_buf()),
-        auth: Auth::AuthorizedKeys(vec![auth_key.clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let mock = common::start_mock(auth_key, Some(state.path())).await;
     (mock, state)
-}
-
-fn client_for(
-    mock: &MockRds,
-    key: PrivateKey,
-    policy: HostKeyPolicy,
-    retry: RetryPolicy,
-) -> RdsClient {
-    let addr = mock.addr();
-    let mut config = SshConfig::new(addr.ip().to_string(), addr.port(), "admin", key, policy);
-    config.connect_timeout = Duration::from_secs(5);
-    config.backoff_initial = Duration::from_millis(20);
-    config.backoff_max = Duration::from_millis(200);
-    RdsClient::new(Transport::new(config), retry)
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 4,
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-        attempt_timeout: Duration::from_secs(2),
-    }
 }
 
 async fn fixture() -> Fixture {
     let key = new_key();
     let (mock, state) = start_mock(key.public_key()).await;
-    let pinned = russh::keys::parse_public_key_base64(
-        mock.host_public_key_openssh()
-            .split_whitespace()
-            .nth(1)
-            .unwrap(),
-    )
-    .unwrap();
-    let client = client_for(
-        &mock,
-        key,
-        HostKeyPolicy::Pinned(vec![pinned]),
-        fast_retry(),
-    );
+    let client = client_for(&mock, key, common::pinned(&mock), fast_retry());
     Fixture {
         mock,
         client,
