@@ -137,14 +137,13 @@ pub fn timestamp(last_modified: &str) -> Option<prost_types::Timestamp> {
     })
 }
 
-/// Pages through items sorted by ID. The token is the last ID returned, so pages stay correct
-/// when volumes come and go between calls.
-fn paginate<T>(
-    mut items: Vec<(String, T)>,
+/// Checks a list request before anything is asked of the RDS. A token is the last ID of the
+/// previous page, so it must follow that ID grammar.
+fn check_page_request(
     max_entries: i32,
     starting_token: &str,
     token_valid: impl Fn(&str) -> bool,
-) -> Result<(Vec<T>, String), Status> {
+) -> Result<(), Status> {
     if max_entries < 0 {
         return Err(Status::invalid_argument("max_entries must not be negative"));
     }
@@ -153,6 +152,16 @@ fn paginate<T>(
             "starting_token `{starting_token}` is not valid"
         )));
     }
+    Ok(())
+}
+
+/// Pages through items sorted by ID (a request already passed `check_page_request`). The token
+/// is the last ID returned, so pages stay correct when volumes come and go between calls.
+fn paginate<T>(
+    mut items: Vec<(String, T)>,
+    max_entries: i32,
+    starting_token: &str,
+) -> (Vec<T>, String) {
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let start = items
         .partition_point(|(id, _)| !starting_token.is_empty() && id.as_str() <= starting_token);
@@ -162,7 +171,7 @@ fn paginate<T>(
         rest.truncate(max_entries as usize);
         next = rest.last().map(|(id, _)| id.clone()).unwrap_or_default();
     }
-    Ok((rest.into_iter().map(|(_, v)| v).collect(), next))
+    (rest.into_iter().map(|(_, v)| v).collect(), next)
 }
 
 impl ControllerService {
@@ -646,15 +655,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        if req.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries must not be negative"));
-        }
-        if !req.starting_token.is_empty() && parse_volume_id(&req.starting_token).is_none() {
-            return Err(Status::aborted(format!(
-                "starting_token `{}` is not valid",
-                req.starting_token
-            )));
-        }
+        check_page_request(req.max_entries, &req.starting_token, |t| {
+            parse_volume_id(t).is_some()
+        })?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
         let attachments = self.attachments.list();
         let items = disks
@@ -675,9 +678,7 @@ impl Controller for ControllerService {
                 Some((id.to_string(), entry))
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token, |t| {
-            parse_volume_id(t).is_some()
-        })?;
+        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token,
@@ -887,15 +888,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        if req.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries must not be negative"));
-        }
-        if !req.starting_token.is_empty() && parse_snapshot_id(&req.starting_token).is_none() {
-            return Err(Status::aborted(format!(
-                "starting_token `{}` is not valid",
-                req.starting_token
-            )));
-        }
+        check_page_request(req.max_entries, &req.starting_token, |t| {
+            parse_snapshot_id(t).is_some()
+        })?;
         // IDs that cannot exist match nothing.
         if (!req.snapshot_id.is_empty() && parse_snapshot_id(&req.snapshot_id).is_none())
             || (!req.source_volume_id.is_empty()
@@ -936,9 +931,7 @@ impl Controller for ControllerService {
                 (id.to_string(), entry)
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token, |t| {
-            parse_snapshot_id(t).is_some()
-        })?;
+        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
         Ok(Response::new(ListSnapshotsResponse {
             entries,
             next_token,
@@ -1099,19 +1092,20 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (s.to_string(), i as u32))
             .collect();
-        let valid = |_: &str| true;
-        let (page, next) = paginate(items.clone(), 2, "", valid).unwrap();
-        assert_eq!((page, next.as_str()), (vec![1, 2], "b"));
-        let (page, next) = paginate(items.clone(), 2, "b", valid).unwrap();
-        assert_eq!((page, next.as_str()), (vec![0, 3], ""));
-        let (page, _) = paginate(items.clone(), 0, "", valid).unwrap();
-        assert_eq!(page.len(), 4);
         assert_eq!(
-            paginate(items.clone(), -1, "", valid).unwrap_err().code(),
+            paginate(items.clone(), 2, ""),
+            (vec![1, 2], "b".to_string())
+        );
+        assert_eq!(paginate(items.clone(), 2, "b"), (vec![0, 3], String::new()));
+        assert_eq!(paginate(items, 0, "").0.len(), 4);
+        let valid = |_: &str| true;
+        assert!(check_page_request(0, "", valid).is_ok());
+        assert_eq!(
+            check_page_request(-1, "", valid).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            paginate(items, 1, "x", |_| false).unwrap_err().code(),
+            check_page_request(1, "x", |_| false).unwrap_err().code(),
             tonic::Code::Aborted
         );
     }
