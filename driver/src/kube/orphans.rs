@@ -18,12 +18,11 @@ use std::time::{Duration, SystemTime};
 use ::kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use ::kube::Client;
 use k8s_openapi::api::core::v1::PersistentVolume;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::attachments::{AttachmentManager, Clock, SystemClock};
 use super::events::{EventRecorder, EventType, REASON_ORPHAN_DELETED, REASON_ORPHAN_FOUND};
-use super::reconciler::LifecycleError;
+use super::reconciler::{BackgroundTask, LifecycleError};
 use crate::controller::ids::{classify_managed_file, ManagedFile};
 use crate::orphans::{self, Orphan, OrphanKind, References};
 use crate::rds::{deadline_in, RdsClient, RdsError, RdsPath};
@@ -134,11 +133,6 @@ pub enum OrphanError {
     Rds(#[from] RdsError),
 }
 
-struct Running {
-    cancel: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
 pub struct OrphanReconciler {
     client: Client,
     rds: Arc<RdsClient>,
@@ -151,7 +145,7 @@ pub struct OrphanReconciler {
     /// When this process first saw each current orphan. Deletion waits for a whole grace
     /// period of this clock, whatever the RDS's clock or time zone says.
     first_seen: Mutex<HashMap<(OrphanKind, String), SystemTime>>,
-    running: Mutex<Option<Running>>,
+    task: BackgroundTask,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,7 +171,7 @@ impl OrphanReconciler {
             stats: Mutex::default(),
             reported: Mutex::default(),
             first_seen: Mutex::default(),
-            running: Mutex::default(),
+            task: BackgroundTask::default(),
         }
     }
 
@@ -390,14 +384,8 @@ impl OrphanReconciler {
 
     /// Runs a pass now and every interval until `parent` is cancelled or `stop`.
     pub fn start(self: &Arc<Self>, parent: &CancellationToken) -> Result<(), LifecycleError> {
-        let mut running = lock(&self.running);
-        if running.as_ref().is_some_and(|r| !r.handle.is_finished()) {
-            return Err(LifecycleError::AlreadyRunning);
-        }
-        let cancel = parent.child_token();
         let this = Arc::clone(self);
-        let token = cancel.clone();
-        let handle = tokio::spawn(async move {
+        self.task.start(parent, move |token| async move {
             loop {
                 let _ = this.reconcile_once().await;
                 tokio::select! {
@@ -405,22 +393,14 @@ impl OrphanReconciler {
                     _ = tokio::time::sleep(this.config.interval) => {}
                 }
             }
-        });
-        *running = Some(Running { cancel, handle });
-        Ok(())
+        })
     }
 
     pub async fn stop(&self) {
-        let running = lock(&self.running).take();
-        if let Some(r) = running {
-            r.cancel.cancel();
-            let _ = r.handle.await;
-        }
+        self.task.stop().await;
     }
 
     pub fn is_running(&self) -> bool {
-        lock(&self.running)
-            .as_ref()
-            .is_some_and(|r| !r.handle.is_finished())
+        self.task.is_running()
     }
 }

@@ -91,15 +91,51 @@ struct Shared {
     stats: Mutex<AttachmentReconcilerStats>,
 }
 
-struct Running {
-    cancel: CancellationToken,
-    trigger: mpsc::Sender<()>,
-    handle: JoinHandle<()>,
+/// At most one background loop: a second start is refused while one runs, stop cancels it and
+/// waits, and a stopped (or finished) loop can be started again.
+#[derive(Default)]
+pub struct BackgroundTask {
+    running: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+impl BackgroundTask {
+    /// Spawns `body` with a child token of `parent`; the loop must end when it is cancelled.
+    pub fn start<F, Fut>(&self, parent: &CancellationToken, body: F) -> Result<(), LifecycleError>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut running = lock(&self.running);
+        if running.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+            return Err(LifecycleError::AlreadyRunning);
+        }
+        let cancel = parent.child_token();
+        let handle = tokio::spawn(body(cancel.clone()));
+        *running = Some((cancel, handle));
+        Ok(())
+    }
+
+    /// Stops the loop and waits for it; safe to call when not running.
+    pub async fn stop(&self) {
+        let running = lock(&self.running).take();
+        if let Some((cancel, handle)) = running {
+            cancel.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        lock(&self.running)
+            .as_ref()
+            .is_some_and(|(_, h)| !h.is_finished())
+    }
 }
 
 pub struct AttachmentReconciler {
     shared: Arc<Shared>,
-    running: Mutex<Option<Running>>,
+    task: BackgroundTask,
+    /// Wakes the running loop for a pass now.
+    trigger: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl AttachmentReconciler {
@@ -119,7 +155,8 @@ impl AttachmentReconciler {
                 reported_timeouts: Mutex::default(),
                 stats: Mutex::default(),
             }),
-            running: Mutex::default(),
+            task: BackgroundTask::default(),
+            trigger: Mutex::default(),
         }
     }
 
@@ -137,46 +174,30 @@ impl AttachmentReconciler {
 
     /// Starts the loop (a first pass runs at once). Stops when `parent` is cancelled.
     pub fn start(&self, parent: &CancellationToken) -> Result<(), LifecycleError> {
-        let mut running = lock(&self.running);
-        if running.as_ref().is_some_and(|r| !r.handle.is_finished()) {
-            return Err(LifecycleError::AlreadyRunning);
-        }
-        let cancel = parent.child_token();
         // One pending trigger is enough: a pass reads the whole state.
         let (tx, rx) = mpsc::channel(1);
-        let handle = tokio::spawn(run(
-            Arc::clone(&self.shared),
-            cancel.clone(),
-            tx.clone(),
-            rx,
-        ));
-        *running = Some(Running {
-            cancel,
-            trigger: tx,
-            handle,
-        });
+        let shared = Arc::clone(&self.shared);
+        let sender = tx.clone();
+        self.task
+            .start(parent, move |cancel| run(shared, cancel, sender, rx))?;
+        *lock(&self.trigger) = Some(tx);
         Ok(())
     }
 
     /// Stops the loop and waits for it; safe to call when not running.
     pub async fn stop(&self) {
-        let running = lock(&self.running).take();
-        if let Some(r) = running {
-            r.cancel.cancel();
-            let _ = r.handle.await;
-        }
+        lock(&self.trigger).take();
+        self.task.stop().await;
     }
 
     pub fn is_running(&self) -> bool {
-        lock(&self.running)
-            .as_ref()
-            .is_some_and(|r| !r.handle.is_finished())
+        self.task.is_running()
     }
 
     /// Asks for a pass now; never blocks, a no-op when not running.
     pub fn trigger(&self) {
-        if let Some(r) = lock(&self.running).as_ref() {
-            let _ = r.trigger.try_send(());
+        if let Some(tx) = lock(&self.trigger).as_ref() {
+            let _ = tx.try_send(());
         }
     }
 
