@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::{Auth, Config, MockRds, OutputMode};
+use crate::{Auth, Config, MockRds, OutputMode, Profile};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +63,16 @@ pub struct Cli {
     /// Name printed by /system identity print.
     #[arg(long, default_value = "RDS", env = "MOCK_RDS_IDENTITY")]
     pub identity: String,
+
+    /// Behaviour variants of real RouterOS to play, comma-separated (`wrap-hyphen,exit-zero`), or a
+    /// combined profile (`hardware-a`, `hardware-b`); `default` plays none. `/mock profile
+    /// set=...` switches at run time; --list-profiles names them all.
+    #[arg(long, default_value = "default", value_parser = Profile::parse, env = "MOCK_RDS_PROFILE")]
+    pub profile: Profile,
+
+    /// Print every variant and combined profile, one a line with its description, and exit.
+    #[arg(long)]
+    pub list_profiles: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -71,6 +81,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.list_profiles {
+        print!("{}", Profile::listing());
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -121,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         mount_point: cli.mount_point,
         identity: cli.identity,
         error_exit_status: cli.error_exit_status,
+        profile: cli.profile,
         ..Config::default()
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

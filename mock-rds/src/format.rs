@@ -182,17 +182,57 @@ fn escape_nonprintable(s: &str) -> String {
     out
 }
 
-/// Greedy word wrap of `tokens` at [`WIDTH`] columns. `first` is the first line's prefix and
-/// `indent` the continuation indent. A token too long for any line is cut so the cut line is
-/// exactly [`WIDTH`] columns, which is how hardware printed `file-path=.../pvc-xxx` + `-yyy.img`.
-fn wrap(first: &str, indent: usize, groups: &[Vec<String>]) -> Vec<String> {
+/// How a print lays out its text: the output mode and the wrapping variants of the profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub mode: OutputMode,
+    /// A token too long for a line is cut before its last `-` that fits (else at the width).
+    pub cut_at_hyphen: bool,
+    /// A line broken between tokens keeps the separating space at its end.
+    pub trailing_space: bool,
+    /// Line groups are ignored and numbers may break between their digit groups.
+    pub flow: bool,
+    /// `print terse`: one line per item, no legend, no wrapping.
+    pub terse: bool,
+}
+
+impl From<OutputMode> for Layout {
+    fn from(mode: OutputMode) -> Layout {
+        Layout {
+            mode,
+            ..Layout::default()
+        }
+    }
+}
+
+/// Where to cut a token that fits on no line: `room` columns are left.
+fn cut_point(tok: &str, room: usize, at_hyphen: bool) -> usize {
+    if at_hyphen {
+        if let Some(i) = tok[..room].rfind('-').filter(|&i| i > 0) {
+            return i;
+        }
+    }
+    room
+}
+
+/// Greedy word wrap of `groups` of tokens at [`WIDTH`] columns. `first` is the first line's
+/// prefix and `indent` the continuation indent. Each group starts a line unless `layout.flow`.
+/// A token too long for any line is cut so the cut line is exactly [`WIDTH`] columns (how hardware
+/// printed `file-path=.../pvc-xxx` + `-yyy.img`), or before a hyphen with `cut_at_hyphen`.
+fn wrap(first: &str, indent: usize, groups: &[Vec<String>], layout: Layout) -> Vec<String> {
     let pad = " ".repeat(indent);
     let mut lines = Vec::new();
     let mut cur = first.to_string();
     let mut has = false;
+    let break_line = |cur: &mut String, lines: &mut Vec<String>, between_tokens: bool| {
+        if between_tokens && layout.trailing_space {
+            cur.push(' ');
+        }
+        lines.push(std::mem::replace(cur, pad.clone()));
+    };
     for group in groups {
-        if has {
-            lines.push(std::mem::replace(&mut cur, pad.clone()));
+        if has && !layout.flow {
+            break_line(&mut cur, &mut lines, true);
             has = false;
         }
         for tok in group {
@@ -203,17 +243,18 @@ fn wrap(first: &str, indent: usize, groups: &[Vec<String>]) -> Vec<String> {
                 }
                 cur.push_str(tok);
             } else if indent + tok.len() <= WIDTH {
-                lines.push(std::mem::replace(&mut cur, pad.clone()));
+                break_line(&mut cur, &mut lines, true);
                 cur.push_str(tok);
             } else {
                 if has {
-                    lines.push(std::mem::replace(&mut cur, pad.clone()));
+                    break_line(&mut cur, &mut lines, true);
                 }
                 let mut rest = tok.as_str();
                 while indent + rest.len() > WIDTH {
-                    let (head, tail) = rest.split_at(WIDTH - indent);
+                    let at = cut_point(rest, WIDTH - indent, layout.cut_at_hyphen);
+                    let (head, tail) = rest.split_at(at);
                     cur.push_str(head);
-                    lines.push(std::mem::replace(&mut cur, pad.clone()));
+                    break_line(&mut cur, &mut lines, false);
                     rest = tail;
                 }
                 cur.push_str(rest);
@@ -278,11 +319,24 @@ fn index_width(count: usize) -> usize {
     count.saturating_sub(1).to_string().len().max(2)
 }
 
-fn tokens(entry: &Entry, mode: OutputMode) -> Vec<Vec<String>> {
+/// The printed tokens of an entry, by line group. With `flow`, a number's digit groups are
+/// separate tokens, so a line may break inside it.
+fn tokens(entry: &Entry, layout: Layout) -> Vec<Vec<String>> {
     entry
         .groups
         .iter()
-        .map(|g| g.iter().map(|p| p.render(mode)).collect())
+        .map(|g| {
+            g.iter()
+                .flat_map(|p| {
+                    let text = p.render(layout.mode);
+                    if layout.flow && matches!(p.val, PVal::Bytes(_)) {
+                        text.split(' ').map(str::to_string).collect()
+                    } else {
+                        vec![text]
+                    }
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -293,20 +347,39 @@ fn push_lines(out: &mut String, lines: &[String], mode: OutputMode) {
     }
 }
 
+/// One line per entry, never wrapped (`print terse`).
+fn terse_list(entries: &[Entry], layout: Layout, flag_column: bool) -> String {
+    let mut out = String::new();
+    let w = index_width(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let toks: Vec<String> = e.props().map(|p| p.render(layout.mode)).collect();
+        let flags = if flag_column {
+            format!("{:<DISK_FLAG_SLOTS$} ", e.flags)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("{i:>w$} {flags}{}", toks.join(" ")));
+        out.push_str(layout.mode.eol());
+    }
+    out
+}
+
 /// `/disk print detail`: legend (always, even with no entries), then each entry followed by a
 /// blank line.
-pub fn disk_list(entries: &[Entry], mode: OutputMode) -> String {
-    match mode {
+pub fn disk_list(entries: &[Entry], layout: impl Into<Layout>) -> String {
+    let layout = layout.into();
+    match layout.mode {
         OutputMode::Simple => simple_list(entries),
+        OutputMode::Routeros if layout.terse => terse_list(entries, layout, true),
         OutputMode::Routeros => {
             let mut out = String::new();
-            push_lines(&mut out, &legend_lines(), mode);
+            push_lines(&mut out, &legend_lines(), layout.mode);
             let w = index_width(entries.len());
             for (i, e) in entries.iter().enumerate() {
                 let first = format!("{i:>w$} {:<DISK_FLAG_SLOTS$} ", e.flags);
-                let lines = wrap(&first, first.len(), &tokens(e, mode));
-                push_lines(&mut out, &lines, mode);
-                out.push_str(mode.eol());
+                let lines = wrap(&first, first.len(), &tokens(e, layout), layout);
+                push_lines(&mut out, &lines, layout.mode);
+                out.push_str(layout.mode.eol());
             }
             out
         }
@@ -314,17 +387,19 @@ pub fn disk_list(entries: &[Entry], mode: OutputMode) -> String {
 }
 
 /// `/file print detail`: no legend (files have no flags), data at column 5 as on hardware.
-pub fn file_list(entries: &[Entry], mode: OutputMode) -> String {
-    match mode {
+pub fn file_list(entries: &[Entry], layout: impl Into<Layout>) -> String {
+    let layout = layout.into();
+    match layout.mode {
         OutputMode::Simple => simple_list(entries),
+        OutputMode::Routeros if layout.terse => terse_list(entries, layout, false),
         OutputMode::Routeros => {
             let mut out = String::new();
             let w = index_width(entries.len());
             for (i, e) in entries.iter().enumerate() {
                 let first = format!("{i:>w$}   ");
-                let lines = wrap(&first, first.len(), &tokens(e, mode));
-                push_lines(&mut out, &lines, mode);
-                out.push_str(mode.eol());
+                let lines = wrap(&first, first.len(), &tokens(e, layout), layout);
+                push_lines(&mut out, &lines, layout.mode);
+                out.push_str(layout.mode.eol());
             }
             out
         }
@@ -425,12 +500,38 @@ mod tests {
                 vec!["a=1".to_string(), "b=2".to_string()],
                 vec![long.clone()],
             ],
+            Layout::default(),
         );
         assert_eq!(lines[0], "   a=1 b=2");
         assert_eq!(lines[1].len(), WIDTH);
         assert!(lines.iter().all(|l| l.len() <= WIDTH));
         let joined: String = lines[1..].iter().map(|l| &l[3..]).collect();
         assert_eq!(joined, long);
+    }
+
+    #[test]
+    fn wrap_variants() {
+        let long = format!("file-path=/pool/{}-{}", "x".repeat(60), "y".repeat(20));
+        let groups = [
+            vec!["a=1".to_string(), "b=2".to_string()],
+            vec![long.clone()],
+        ];
+        let hyphen = Layout {
+            cut_at_hyphen: true,
+            ..Layout::default()
+        };
+        let lines = wrap("   ", 3, &groups, hyphen);
+        assert!(lines[2].trim_start().starts_with('-'), "{lines:?}");
+        let joined: String = lines[1..].iter().map(|l| l.trim_start()).collect();
+        assert_eq!(joined, long);
+        let trailing = Layout {
+            trailing_space: true,
+            ..Layout::default()
+        };
+        let lines = wrap("   ", 3, &groups, trailing);
+        assert_eq!(lines[0], "   a=1 b=2 ");
+        // The cut inside the token keeps no space.
+        assert!(!lines[1].ends_with(' '), "{lines:?}");
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! # Ok(()) }
 //! ```
 
+mod background;
 pub mod cli;
 pub mod command;
 pub mod engine;
 pub mod fault;
 pub mod format;
+pub mod profile;
 mod server;
 pub mod state;
 
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 pub use engine::Reply;
 pub use fault::{Disposition, Fault, HistoryEntry};
 pub use format::OutputMode;
+pub use profile::{Profile, Variant};
 pub use state::{Disk, FileEntry, FileKind};
 
 /// Default pool size: the 7.15 TB RAID seen on hardware (`size=7 681 574 174 720`).
@@ -103,6 +106,8 @@ pub struct Config {
     pub fixed_time: Option<u64>,
     /// How many commands [`MockRds::history`] keeps.
     pub history_depth: usize,
+    /// Behaviour variants of real RouterOS to play (`default`: none).
+    pub profile: Profile,
 }
 
 impl Default for Config {
@@ -121,6 +126,7 @@ impl Default for Config {
             error_exit_status: 1,
             fixed_time: None,
             history_depth: 10_000,
+            profile: Profile::default(),
         }
     }
 }
@@ -206,6 +212,7 @@ impl MockRds {
                 fixed_time: config.fixed_time,
                 latency_seed: config.latency_seed,
                 history_depth: config.history_depth,
+                profile: config.profile.clone(),
             },
             state,
         ));
@@ -338,6 +345,16 @@ impl MockRds {
     /// Removes a `/file` entry (and its backing file) only, leaving any disk that uses it.
     pub fn remove_file(&self, path: &str) {
         self.engine().remove_file(path);
+    }
+
+    /// The behaviour variants in force.
+    pub fn profile(&self) -> Profile {
+        self.engine().profile()
+    }
+
+    /// Switches the behaviour variants at run time (like `/mock profile set=...`).
+    pub fn set_profile(&self, profile: Profile) {
+        self.engine().set_profile(profile);
     }
 
     /// Adds a fault. An invalid regex is matched literally instead (and logged).

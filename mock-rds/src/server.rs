@@ -4,19 +4,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::PublicKey;
 use russh::server::{Auth as SshAuth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::engine::{Effect, Engine};
 use crate::fault::{Action, Disposition};
+use crate::profile::{Profile, Variant, OPEN_DELAY, SESSION_LIMIT};
 use crate::Auth;
 
 struct Conns {
@@ -30,6 +31,14 @@ pub(crate) struct Shared {
     pub auth: Auth,
     conns: Mutex<Conns>,
     next_conn: AtomicU64,
+    /// Session channels accepted and not yet closed, over all connections (`sessions-cap`).
+    open_channels: AtomicUsize,
+    /// Channel opens not yet answered (`sessions-serial-open`).
+    pending_opens: AtomicUsize,
+    /// Serves channel opens one at a time (`sessions-serial-open`).
+    open_gate: tokio::sync::Mutex<()>,
+    /// The one RouterOS CLI (`cli-lock`).
+    cli: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -42,6 +51,10 @@ impl Shared {
                 stopped: false,
             }),
             next_conn: AtomicU64::new(1),
+            open_channels: AtomicUsize::new(0),
+            pending_opens: AtomicUsize::new(0),
+            open_gate: tokio::sync::Mutex::new(()),
+            cli: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -168,6 +181,8 @@ pub(crate) async fn accept_loop(
                 shared: shared.clone(),
                 id,
                 execs: HashSet::new(),
+                open: HashSet::new(),
+                unanswered: Vec::new(),
             };
             match russh::server::run_stream(config, sock, handler).await {
                 Ok(session) => {
@@ -178,6 +193,7 @@ pub(crate) async fn accept_loop(
                 Err(e) => tracing::debug!(conn = id, error = %e, "handshake failed"),
             }
             shared.unregister(id);
+            shared.engine.connection_closed(id);
         });
     }
 }
@@ -188,6 +204,18 @@ struct Conn {
     id: u64,
     /// Channels that already had their one exec.
     execs: HashSet<ChannelId>,
+    /// Session channels of this connection counted in `Shared::open_channels`.
+    open: HashSet<ChannelId>,
+    /// Opens never answered (`sessions-serial-open` overload); rejected when the connection ends.
+    unanswered: Vec<russh::server::ChannelOpenHandle>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared
+            .open_channels
+            .fetch_sub(self.open.len(), Ordering::Relaxed);
+    }
 }
 
 impl russh::server::Handler for Conn {
@@ -232,9 +260,39 @@ impl russh::server::Handler for Conn {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.accept().await;
         // Replies go through the session handle; dropping the receiver just discards stdin.
+        let id = channel.id();
         drop(channel);
+        let profile = self.shared.engine.profile();
+        if profile.has(Variant::SessionsCap)
+            && self.shared.open_channels.load(Ordering::Relaxed) >= SESSION_LIMIT
+        {
+            tracing::debug!(conn = self.id, "refusing a channel over the session cap");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.shared.open_channels.fetch_add(1, Ordering::Relaxed);
+        self.open.insert(id);
+        if profile.has(Variant::SessionsSerialOpen) {
+            if self.shared.pending_opens.load(Ordering::Relaxed) >= SESSION_LIMIT {
+                tracing::debug!(
+                    conn = self.id,
+                    "leaving a channel open unanswered (overload)"
+                );
+                self.unanswered.push(reply);
+                return Ok(());
+            }
+            self.shared.pending_opens.fetch_add(1, Ordering::Relaxed);
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let _gate = shared.open_gate.lock().await;
+                tokio::time::sleep(OPEN_DELAY).await;
+                reply.accept().await;
+                shared.pending_opens.fetch_sub(1, Ordering::Relaxed);
+            });
+            return Ok(());
+        }
+        reply.accept().await;
         Ok(())
     }
 
@@ -316,6 +374,9 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.execs.remove(&channel);
+        if self.open.remove(&channel) {
+            self.shared.open_channels.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
@@ -329,9 +390,17 @@ async fn run_command(
 ) {
     let engine = shared.engine.clone();
     let (action, delay) = engine.decide(&line);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // Under `cli-lock` a command holds the one CLI for its whole latency and run.
+    let _cli = if engine.profile().has(Variant::CliLock) && !crate::engine::is_mock_command(&line) {
+        let guard = shared.cli.lock().await;
+        tokio::time::sleep(delay + Profile::cli_latency(&line)).await;
+        Some(guard)
+    } else {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        None
+    };
     if !shared.alive(conn) {
         // The connection went away (or the server stopped) while we waited: do not run it.
         return;
@@ -349,18 +418,19 @@ async fn run_command(
                 engine.cfg.output.lines(&message)
             };
             engine.record(&line, Some(exit_status), &out, Disposition::Failed);
-            reply(&handle, channel, out, exit_status).await;
+            reply(&handle, channel, out, Some(exit_status)).await;
         }
         Action::DropAfterRun => {
-            let r = execute(&engine, &line).await;
-            engine.record(&line, Some(r.0), &r.1, Disposition::Dropped);
+            let r = execute(&engine, &line, conn).await;
+            engine.record(&line, Some(r.exit_status), &r.output, Disposition::Dropped);
             shared.kill(conn);
         }
         Action::Run => {
-            let (status, out, effect) = execute(&engine, &line).await;
-            engine.record(&line, Some(status), &out, Disposition::Answered);
-            reply(&handle, channel, out, status).await;
-            if effect == Effect::DropConnections {
+            let r = execute(&engine, &line, conn).await;
+            let status = (!r.omit_exit_status).then_some(r.exit_status);
+            engine.record(&line, status, &r.output, Disposition::Answered);
+            reply(&handle, channel, r.output, status).await;
+            if r.effect == Effect::DropConnections {
                 // Cut the others at once; this one gets an SSH disconnect queued behind its
                 // reply, so the person who asked still sees the command succeed.
                 shared.kill_all_but(conn);
@@ -377,27 +447,36 @@ async fn run_command(
 }
 
 /// Runs the command on the blocking pool: it may copy backing files and fsync the state.
-async fn execute(engine: &Arc<Engine>, line: &str) -> (u32, String, Effect) {
+async fn execute(engine: &Arc<Engine>, line: &str, conn: u64) -> crate::Reply {
     let e = engine.clone();
     let l = line.to_string();
-    match tokio::task::spawn_blocking(move || e.execute(&l)).await {
-        Ok(r) => (r.exit_status, r.output, r.effect),
+    match tokio::task::spawn_blocking(move || e.execute_on(&l, Some(conn))).await {
+        Ok(r) => r,
         Err(err) => {
             tracing::error!(error = %err, "command panicked");
-            (
-                engine.cfg.error_exit_status,
-                engine.cfg.output.lines("failure: internal error"),
-                Effect::None,
-            )
+            crate::Reply {
+                output: engine.cfg.output.lines("failure: internal error"),
+                exit_status: engine.cfg.error_exit_status,
+                omit_exit_status: false,
+                effect: Effect::None,
+            }
         }
     }
 }
 
-async fn reply(handle: &russh::server::Handle, channel: ChannelId, out: String, status: u32) {
+/// Sends the output, the exit status (unless `None`: the `exit-none` variant), EOF and close.
+async fn reply(
+    handle: &russh::server::Handle,
+    channel: ChannelId,
+    out: String,
+    status: Option<u32>,
+) {
     if !out.is_empty() {
         let _ = handle.data(channel, out.into_bytes()).await;
     }
-    let _ = handle.exit_status_request(channel, status).await;
+    if let Some(status) = status {
+        let _ = handle.exit_status_request(channel, status).await;
+    }
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
 }

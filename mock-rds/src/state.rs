@@ -139,6 +139,35 @@ impl State {
         }
     }
 
+    /// Adds a directory entry (and its missing parents below the mount point).
+    pub fn put_dir(&mut self, path: &str, now: u64) {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for depth in 2..=parts.len() {
+            let dir = format!("/{}", parts[..depth].join("/"));
+            if self.file(&dir).is_none() {
+                let id = self.take_id();
+                self.files.push(FileEntry {
+                    path: dir,
+                    kind: FileKind::Directory,
+                    size: 0,
+                    last_modified: now,
+                    id,
+                });
+            }
+        }
+    }
+
+    /// Whether the directory holding `path` exists: the mount point itself, or a directory entry.
+    pub fn parent_exists(&self, path: &str) -> bool {
+        let Some((dir, _)) = path.rsplit_once('/') else {
+            return false;
+        };
+        dir.matches('/').count() <= 1
+            || self
+                .file(dir)
+                .is_some_and(|f| f.kind == FileKind::Directory)
+    }
+
     /// Removes `path` and, for a directory, everything below it. Returns the removed entries.
     pub fn remove_file(&mut self, path: &str) -> Vec<FileEntry> {
         let below = format!("{path}/");
@@ -268,6 +297,19 @@ impl DataDir {
             pos = stop.max(pos + 1);
         }
         output.sync_all()
+    }
+
+    /// Cuts the file to `size` bytes (an interrupted copy).
+    pub fn truncate(&self, file_path: &str, size: u64) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.host_path(file_path))?
+            .set_len(size)
+    }
+
+    /// Creates a directory (and its parents).
+    pub fn create_dir(&self, dir_path: &str) -> io::Result<()> {
+        fs::create_dir_all(self.host_path(dir_path))
     }
 
     pub fn remove(&self, file_path: &str) -> io::Result<()> {

@@ -8,10 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
 
+use crate::background::Background;
 use crate::command::{self, failure, parse_size, CliError, Cond, Invocation, Op, Value};
-use crate::fault::{self, Action, Disposition, Fault, Faults, History, HistoryEntry};
-use crate::format::{self, Entry, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
+use crate::fault::{Action, Disposition, Fault, Faults, History, HistoryEntry};
+use crate::format::{self, Entry, Layout, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
+use crate::profile::{Profile, Variant};
 use crate::state::{self, DataDir, Disk, FileEntry, FileKind, State};
+
+mod control;
 
 /// Settings the engine needs; built from [`crate::Config`].
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct EngineConfig {
     pub fixed_time: Option<u64>,
     pub latency_seed: u64,
     pub history_depth: usize,
+    /// The behaviour variants in force at start; `/mock profile` changes them at run time.
+    pub profile: Profile,
 }
 
 /// Side effects the transport must carry out after replying.
@@ -40,6 +46,8 @@ pub enum Effect {
 pub struct Reply {
     pub output: String,
     pub exit_status: u32,
+    /// Close the channel without sending the exit status (the `exit-none` variant).
+    pub omit_exit_status: bool,
     pub effect: Effect,
 }
 
@@ -49,6 +57,9 @@ pub struct Engine {
     faults: Mutex<Faults>,
     history: Mutex<History>,
     started: Instant,
+    profile: Mutex<Profile>,
+    /// Copies and resizes still finishing; lock after `state`, never before.
+    background: Mutex<Background>,
 }
 
 /// Locks a mutex, recovering from poisoning: a panic elsewhere must not wedge the mock.
@@ -104,6 +115,8 @@ impl Engine {
                 entries: Default::default(),
                 depth: cfg.history_depth.max(1),
             }),
+            profile: Mutex::new(cfg.profile.clone()),
+            background: Mutex::new(Background::default()),
             cfg,
             state: Mutex::new(state),
             started: Instant::now(),
@@ -122,10 +135,40 @@ impl Engine {
         self.cfg.output
     }
 
+    pub fn profile(&self) -> Profile {
+        lock(&self.profile).clone()
+    }
+
+    pub fn set_profile(&self, profile: Profile) {
+        tracing::info!(%profile, "profile changed");
+        *lock(&self.profile) = profile;
+    }
+
+    fn has(&self, v: Variant) -> bool {
+        lock(&self.profile).has(v)
+    }
+
+    /// A failure as the profile prints it: its text, exit status or none.
     fn error(&self, e: CliError) -> Reply {
+        let p = self.profile();
+        Reply {
+            output: self.mode().lines(&error_text(&e, &p)),
+            exit_status: if p.has(Variant::ExitZero) {
+                0
+            } else {
+                self.cfg.error_exit_status
+            },
+            omit_exit_status: p.has(Variant::ExitNone),
+            effect: Effect::None,
+        }
+    }
+
+    /// A `/mock` failure: always the plain text and status, whatever the profile.
+    fn control_error(&self, e: CliError) -> Reply {
         Reply {
             output: self.mode().lines(&e.to_string()),
             exit_status: self.cfg.error_exit_status,
+            omit_exit_status: false,
             effect: Effect::None,
         }
     }
@@ -134,14 +177,50 @@ impl Engine {
         Reply {
             output,
             exit_status: 0,
+            omit_exit_status: false,
             effect: Effect::None,
+        }
+    }
+
+    fn layout(&self, terse: bool) -> Layout {
+        let p = self.profile();
+        Layout {
+            mode: self.mode(),
+            cut_at_hyphen: p.has(Variant::WrapHyphen),
+            trailing_space: p.has(Variant::WrapTrailingSpace),
+            flow: p.has(Variant::WrapDigitGroups),
+            terse,
+        }
+    }
+
+    /// The RDS's local time for a Unix time, as the profile's clock shows it.
+    fn local(&self, unix: u64) -> u64 {
+        let (offset, _) = self.profile().clock();
+        unix.saturating_add_signed(offset)
+    }
+
+    /// Lets time finish what asynchronous copies and delayed resizes were doing.
+    fn settle(&self, st: &mut State) {
+        if lock(&self.background).settle(st, self.now()) {
+            self.persist(st);
+        }
+    }
+
+    /// The connection `conn` closed: copies it started stop where they are.
+    pub fn connection_closed(&self, conn: u64) {
+        let mut st = lock(&self.state);
+        self.settle(&mut st);
+        if lock(&self.background).connection_closed(conn, &mut st, self.cfg.data_dir.as_ref()) {
+            self.persist(&st);
         }
     }
 
     // ---- control API ----
 
     pub fn state(&self) -> State {
-        lock(&self.state).clone()
+        let mut st = lock(&self.state);
+        self.settle(&mut st);
+        st.clone()
     }
 
     pub fn add_fault(&self, f: Fault) -> Result<(), regex::Error> {
@@ -205,6 +284,7 @@ impl Engine {
             }
         }
         *st = State::default();
+        lock(&self.background).clear();
         self.persist(&st);
         drop(st);
         self.clear_faults();
@@ -277,11 +357,33 @@ impl Engine {
 
     /// Runs one command line. Never panics on client input.
     pub fn execute(&self, line: &str) -> Reply {
+        self.execute_on(line, None)
+    }
+
+    /// Runs one command line that arrived on connection `conn` (an asynchronous copy stops when
+    /// its connection closes).
+    pub fn execute_on(&self, line: &str, conn: Option<u64>) -> Reply {
         let line = line.trim();
-        let inv = match command::parse(line) {
-            Ok(inv) => inv,
-            Err(e) => return self.error(e),
-        };
+        match self.dispatch(line, conn) {
+            Ok((output, effect)) => Reply {
+                effect,
+                ..Self::ok(output)
+            },
+            Err(e) if is_mock_command(line) => self.control_error(e),
+            Err(e) => self.error(e),
+        }
+    }
+
+    fn dispatch(&self, line: &str, conn: Option<u64>) -> Result<(String, Effect), CliError> {
+        let inv = command::parse(line)?;
+        if inv.path == ["mock", "drop-connections"] {
+            no_args(&inv)?;
+            return Ok((String::new(), Effect::DropConnections));
+        }
+        if !is_mock_command(line) {
+            let mut st = lock(&self.state);
+            self.settle(&mut st);
+        }
         let path: Vec<&str> = inv.path.iter().map(String::as_str).collect();
         let res = match path.as_slice() {
             [] | ["disk"] | ["file"] | ["system"] | ["system", _] | ["mock"] => {
@@ -295,34 +397,23 @@ impl Engine {
                 }
             }
             ["disk", "print"] => self.disk_print(&inv),
-            ["disk", "add"] => self.disk_add(&inv),
+            ["disk", "add"] => self.disk_add(&inv, conn),
             ["disk", "set"] => self.disk_set(&inv),
             ["disk", "remove"] => self.disk_remove(&inv),
             ["disk", "monitor-traffic"] => self.monitor_traffic(&inv),
             ["file", "print"] => self.file_print(&inv),
             ["file", "remove"] => self.file_remove(&inv),
+            ["file", "add"] => self.file_add(&inv),
             ["system", "identity", "print"] => self.identity(&inv),
             ["system", "resource", "print"] => self.resource(&inv),
-            ["mock", "drop-connections"] => {
-                return match no_args(&inv) {
-                    Ok(()) => Reply {
-                        output: String::new(),
-                        exit_status: 0,
-                        effect: Effect::DropConnections,
-                    },
-                    Err(e) => self.error(e),
-                };
-            }
+            ["system", "clock", "print"] => self.clock(&inv),
             ["mock", cmd] => self.mock(cmd, &inv),
             _ => Err(CliError::BadCommand {
                 name: inv.path.last().cloned().unwrap_or_default(),
                 col: 1,
             }),
         };
-        match res {
-            Ok(out) => Self::ok(out),
-            Err(e) => self.error(e),
-        }
+        res.map(|out| (out, Effect::None))
     }
 
     fn pool_entry(&self, st: &State) -> Entry {
@@ -376,10 +467,53 @@ impl Engine {
     }
 
     fn disk_print(&self, inv: &Invocation) -> Result<String, CliError> {
-        print_flags(inv)?;
+        let terse = self.print_style(inv)?;
         let st = lock(&self.state);
-        let entries = filter(self.disk_entries(&st), inv.filter.as_deref(), DISK_KEYS)?;
-        Ok(format::disk_list(&entries, self.mode()))
+        let entries = self.filter(self.disk_entries(&st), inv.filter.as_deref(), DISK_KEYS)?;
+        Ok(format::disk_list(&entries, self.layout(terse)))
+    }
+
+    /// Checks the words of a print; true for `terse`, which only some profiles understand.
+    fn print_style(&self, inv: &Invocation) -> Result<bool, CliError> {
+        if let Some(a) = inv.args.first() {
+            return Err(CliError::ExpectedEnd { col: a.col });
+        }
+        let mut terse = false;
+        for p in &inv.positional {
+            match &p.value {
+                Value::Text(w) if p.word && (w == "detail" || w == "without-paging") => {}
+                Value::Text(w) if p.word && w == "terse" => {
+                    if self.has(Variant::TerseSupported) {
+                        terse = true;
+                    } else if self.has(Variant::TerseError) {
+                        return Err(CliError::Syntax { col: p.col });
+                    } else {
+                        return Err(CliError::ExpectedEnd { col: p.col });
+                    }
+                }
+                _ => return Err(CliError::ExpectedEnd { col: p.col }),
+            }
+        }
+        Ok(terse)
+    }
+
+    /// Keeps the entries matching every condition; under `regex-no-anchors` a `~` pattern with an
+    /// anchor matches nothing.
+    fn filter(
+        &self,
+        entries: Vec<Entry>,
+        conds: Option<&[Cond]>,
+        keys: &[&str],
+    ) -> Result<Vec<Entry>, CliError> {
+        let anchored = conds.is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.op == Op::Match && (c.value.contains('^') || c.value.contains('$')))
+        });
+        let entries = filter(entries, conds, keys)?;
+        if anchored && self.has(Variant::RegexNoAnchors) {
+            return Ok(Vec::new());
+        }
+        Ok(entries)
     }
 
     /// Slots of the disks a target (`[find ...]` or a name) selects. `find` with no match is
@@ -387,7 +521,7 @@ impl Engine {
     fn select_disks(&self, st: &State, target: &Value) -> Result<Vec<String>, CliError> {
         match target {
             Value::Find(conds) => {
-                let entries = filter(self.disk_entries(st), Some(conds), DISK_KEYS)?;
+                let entries = self.filter(self.disk_entries(st), Some(conds), DISK_KEYS)?;
                 Ok(entries
                     .iter()
                     .filter_map(|e| e.get("slot").map(Prop::raw))
@@ -406,7 +540,7 @@ impl Engine {
         }
     }
 
-    fn disk_add(&self, inv: &Invocation) -> Result<String, CliError> {
+    fn disk_add(&self, inv: &Invocation, conn: Option<u64>) -> Result<String, CliError> {
         inv.only_args(&[
             "type",
             "file-path",
@@ -434,7 +568,8 @@ impl Engine {
             .to_string();
         self.check_path(&file_path)?;
         let size = opt_size(inv, "file-size")?;
-        let export = opt_bool(inv, "nvme-tcp-export")?.unwrap_or(false);
+        let export_arg = opt_bool(inv, "nvme-tcp-export")?;
+        let export = export_arg.unwrap_or(false);
         let port = match inv.text("nvme-tcp-server-port") {
             None => None,
             Some(p) => Some(p.parse::<u16>().map_err(|_| CliError::InvalidValue {
@@ -471,11 +606,26 @@ impl Engine {
         if st.disk(&slot).is_some() || slot == self.cfg.mount_point {
             return Err(failure("disk with such slot already exists"));
         }
+        let profile = self.profile();
         let size = match (&source, size) {
+            (Some(src), _) if profile.has(Variant::CopyIgnoresSize) => src.file_size,
             (Some(src), s) => s.unwrap_or(0).max(src.file_size),
             (None, Some(s)) => s,
             (None, None) => return Err(failure("file-size not specified")),
         };
+        if profile.has(Variant::DirsNoCreate) && !st.parent_exists(&file_path) {
+            return Err(failure("could not create file: no such directory"));
+        }
+        // Without NVMe/TCP arguments a copy may keep its source's export settings.
+        let (export, port, nqn) = match &source {
+            Some(src) if export_arg.is_none() && profile.has(Variant::CopyInheritsExport) => (
+                src.nvme_tcp_export,
+                port.or(src.nvme_tcp_server_port),
+                nqn.or_else(|| src.nvme_tcp_server_nqn.clone()),
+            ),
+            _ => (export, port, nqn),
+        };
+        let copy_async = source.is_some() && profile.has(Variant::CopyAsync);
         if st.disks.iter().any(|d| d.file_path == file_path) {
             return Err(failure("file is already used by another disk"));
         }
@@ -512,11 +662,17 @@ impl Engine {
             } else {
                 nqn
             },
-            copied_from: source.map(|s| s.slot),
+            copied_from: source.as_ref().map(|s| s.slot.clone()),
             id,
         });
         let now = self.now();
-        st.put_file(&file_path, size, now);
+        if let (true, Some(src)) = (copy_async, &source) {
+            // The disk is there at once; its file fills over time.
+            st.put_file(&file_path, 0, now);
+            lock(&self.background).start_copy(&slot, &src.slot, &file_path, size, conn);
+        } else {
+            st.put_file(&file_path, size, now);
+        }
         self.persist(&st);
         Ok(String::new())
     }
@@ -566,6 +722,16 @@ impl Engine {
         if slots.contains(&self.cfg.mount_point) {
             return Err(failure("can not change this disk"));
         }
+        self.refuse_busy(&slots)?;
+        let profile = self.profile();
+        if size.is_some() && export != Some(false) && profile.has(Variant::ResizeRefusedExported) {
+            let exported = slots
+                .iter()
+                .any(|s| st.disk(s).is_some_and(|d| d.nvme_tcp_export));
+            if exported {
+                return Err(failure("can not change file-size of an exported disk"));
+            }
+        }
         // Check every target before changing any, so a failure leaves the state untouched.
         let mut grow = 0u64;
         if let Some(new) = size {
@@ -596,9 +762,14 @@ impl Engine {
                         dd.grow(&fp, new)
                             .map_err(|e| failure(format!("could not resize file: {e}")))?;
                     }
-                    st.disks[i].file_size = new;
-                    if st.file(&fp).is_some() {
-                        st.put_file(&fp, new, now);
+                    if profile.has(Variant::ResizeDelayed) {
+                        let slot = st.disks[i].slot.clone();
+                        lock(&self.background).delay_resize(&slot, new);
+                    } else {
+                        st.disks[i].file_size = new;
+                        if st.file(&fp).is_some() {
+                            st.put_file(&fp, new, now);
+                        }
                     }
                 }
             }
@@ -636,6 +807,7 @@ impl Engine {
         if slots.contains(&self.cfg.mount_point) {
             return Err(failure("disk is in use"));
         }
+        self.refuse_busy(&slots)?;
         if slots.is_empty() {
             return Ok(String::new());
         }
@@ -643,6 +815,15 @@ impl Engine {
         st.disks.retain(|d| !slots.contains(&d.slot));
         self.persist(&st);
         Ok(String::new())
+    }
+
+    /// A disk a copy is still reading or writing cannot change.
+    fn refuse_busy(&self, slots: &[String]) -> Result<(), CliError> {
+        let bg = lock(&self.background);
+        if slots.iter().any(|s| bg.busy(s)) {
+            return Err(failure("disk is busy"));
+        }
+        Ok(())
     }
 
     fn monitor_traffic(&self, inv: &Invocation) -> Result<String, CliError> {
@@ -699,14 +880,45 @@ impl Engine {
     fn file_entries(&self, st: &State) -> Vec<Entry> {
         let mut files: Vec<&FileEntry> = st.files.iter().collect();
         files.sort_by_key(|f| f.id);
-        files.into_iter().map(file_entry).collect()
+        files
+            .into_iter()
+            .map(|f| file_entry(f, self.local(f.last_modified)))
+            .collect()
     }
 
     fn file_print(&self, inv: &Invocation) -> Result<String, CliError> {
-        print_flags(inv)?;
+        let terse = self.print_style(inv)?;
         let st = lock(&self.state);
-        let entries = filter(self.file_entries(&st), inv.filter.as_deref(), FILE_KEYS)?;
-        Ok(format::file_list(&entries, self.mode()))
+        let entries = self.filter(self.file_entries(&st), inv.filter.as_deref(), FILE_KEYS)?;
+        Ok(format::file_list(&entries, self.layout(terse)))
+    }
+
+    /// `/file add name=DIR type=directory` (RouterOS 7 documents it; files are not simulated).
+    fn file_add(&self, inv: &Invocation) -> Result<String, CliError> {
+        inv.only_args(&["name", "type"])?;
+        no_positional(inv)?;
+        match inv.text("type") {
+            Some("directory") => {}
+            Some("file") | None => return Err(failure("only type=directory is simulated")),
+            Some(_) => return Err(CliError::NoMatch { arg: "type".into() }),
+        }
+        let name = inv
+            .text("name")
+            .ok_or_else(|| failure("name not specified"))?;
+        let path = absolute(name);
+        self.check_path(&format!("{path}/x"))?;
+        let mut st = lock(&self.state);
+        if st.file(&path).is_some() {
+            return Err(failure("file already exists"));
+        }
+        if let Some(dd) = &self.cfg.data_dir {
+            dd.create_dir(&path)
+                .map_err(|e| failure(format!("could not create directory: {e}")))?;
+        }
+        let now = self.now();
+        st.put_dir(&path, now);
+        self.persist(&st);
+        Ok(String::new())
     }
 
     fn file_remove(&self, inv: &Invocation) -> Result<String, CliError> {
@@ -719,7 +931,7 @@ impl Engine {
         for p in &inv.positional {
             match &p.value {
                 Value::Find(conds) => {
-                    for e in filter(self.file_entries(&st), Some(conds), FILE_KEYS)? {
+                    for e in self.filter(self.file_entries(&st), Some(conds), FILE_KEYS)? {
                         if let Some(n) = e.get("name") {
                             paths.push(absolute(&n.raw()));
                         }
@@ -751,6 +963,31 @@ impl Engine {
     fn identity(&self, inv: &Invocation) -> Result<String, CliError> {
         no_args(inv)?;
         Ok(self.mode().lines(&format!("  name: {}", self.cfg.identity)))
+    }
+
+    /// `/system clock print` as RouterOS 7 shows it, in the profile's time zone.
+    fn clock(&self, inv: &Invocation) -> Result<String, CliError> {
+        no_args(inv)?;
+        let (offset, zone) = self.profile().clock();
+        let local = format::timestamp(self.local(self.now()));
+        let (date, time) = local.split_once(' ').unwrap_or_default();
+        let sign = if offset < 0 { '-' } else { '+' };
+        let pairs = [
+            ("time", time.to_string()),
+            ("date", date.to_string()),
+            ("time-zone-autodetect", "no".to_string()),
+            ("time-zone-name", zone.to_string()),
+            (
+                "gmt-offset",
+                format!(
+                    "{sign}{:02}:{:02}",
+                    offset.abs() / 3600,
+                    offset.abs() / 60 % 60
+                ),
+            ),
+            ("dst-active", "no".to_string()),
+        ];
+        Ok(self.mode().lines(&format::key_values(&pairs, 20, 0)))
     }
 
     fn resource(&self, inv: &Invocation) -> Result<String, CliError> {
@@ -794,165 +1031,25 @@ impl Engine {
             .collect();
         Ok(self.mode().lines(&text))
     }
+}
 
-    // ---- /mock ----
-
-    fn mock(&self, cmd: &str, inv: &Invocation) -> Result<String, CliError> {
-        match cmd {
-            "orphan-file" => {
-                inv.only_args(&["path", "size"])?;
-                no_positional(inv)?;
-                let path = inv
-                    .text("path")
-                    .ok_or_else(|| failure("path not specified"))?;
-                let size = opt_size(inv, "size")?.unwrap_or(0);
-                self.add_orphan_file(path, size)?;
-                Ok(String::new())
-            }
-            "orphan-disk" => {
-                inv.only_args(&["slot", "file-path", "size"])?;
-                no_positional(inv)?;
-                let slot = inv
-                    .text("slot")
-                    .ok_or_else(|| failure("slot not specified"))?;
-                let fp = inv
-                    .text("file-path")
-                    .ok_or_else(|| failure("file-path not specified"))?;
-                let size = opt_size(inv, "size")?.unwrap_or(1 << 30);
-                self.add_orphan_disk(slot, fp, size)?;
-                Ok(String::new())
-            }
-            "reset" => {
-                no_args(inv)?;
-                self.reset();
-                Ok(String::new())
-            }
-            "history" => {
-                inv.only_args(&["count"])?;
-                no_positional(inv)?;
-                let count = match inv.text("count") {
-                    None => usize::MAX,
-                    Some(c) => c.parse().map_err(|_| CliError::InvalidValue {
-                        arg: "count".into(),
-                    })?,
-                };
-                let hist = self.history();
-                let skip = hist.len().saturating_sub(count);
-                let mut text = String::new();
-                for h in &hist[skip..] {
-                    let secs = h.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    let exit = h.exit_status.map_or("-".to_string(), |e| e.to_string());
-                    text.push_str(&format!(
-                        "{} exit={exit} {:?} {}\n",
-                        format::timestamp(secs),
-                        h.disposition,
-                        h.command
-                    ));
-                }
-                Ok(self.mode().lines(&text))
-            }
-            "fault" => self.mock_fault(inv),
-            _ => Err(CliError::BadCommand {
-                name: cmd.to_string(),
-                col: 7,
-            }),
-        }
+/// The text of a failure as the profile words it.
+fn error_text(e: &CliError, p: &Profile) -> String {
+    let plain = e.to_string();
+    let bare = plain.strip_prefix("failure: ").unwrap_or(&plain);
+    if p.has(Variant::ErrorsUnknown) {
+        return format!("command rejected: {bare}");
     }
-
-    fn mock_fault(&self, inv: &Invocation) -> Result<String, CliError> {
-        let kind = match inv.positional.as_slice() {
-            [p] => match &p.value {
-                Value::Text(k) => k.as_str(),
-                Value::Find(_) => return Err(CliError::Syntax { col: p.col }),
-            },
-            [] => return Err(failure("fault kind not specified")),
-            [_, extra, ..] => return Err(CliError::ExpectedEnd { col: extra.col }),
+    if p.has(Variant::ErrorsBare) {
+        return match e {
+            CliError::InvalidValue { .. } | CliError::NoMatch { .. } => "invalid parameter".into(),
+            CliError::Failure(t) if t == "file is already used by another disk" => {
+                "file already exists".into()
+            }
+            _ => bare.to_string(),
         };
-        let pattern = inv.text("pattern").unwrap_or("").to_string();
-        let times = match inv.text("times") {
-            None => None,
-            Some(t) => Some(t.parse::<u32>().map_err(|_| CliError::InvalidValue {
-                arg: "times".into(),
-            })?),
-        };
-        let enabled = opt_bool(inv, "enabled")?.unwrap_or(true);
-        let fault = match kind {
-            "fail" => {
-                inv.only_args(&["pattern", "times", "message", "exit-status"])?;
-                let exit_status = match inv.text("exit-status") {
-                    None => self.cfg.error_exit_status,
-                    Some(e) => e.parse().map_err(|_| CliError::InvalidValue {
-                        arg: "exit-status".into(),
-                    })?,
-                };
-                Fault::Fail {
-                    pattern,
-                    times,
-                    message: inv
-                        .text("message")
-                        .unwrap_or("failure: execution error")
-                        .to_string(),
-                    exit_status,
-                }
-            }
-            "hang" => {
-                inv.only_args(&["pattern", "times"])?;
-                Fault::Hang { pattern, times }
-            }
-            "drop" => {
-                inv.only_args(&["pattern", "times"])?;
-                Fault::DropAfterRun { pattern, times }
-            }
-            "latency" => {
-                inv.only_args(&["pattern", "min", "max"])?;
-                let dur = |name: &str| -> Result<Duration, CliError> {
-                    inv.text(name)
-                        .map(|v| {
-                            fault::parse_duration(v)
-                                .ok_or_else(|| CliError::InvalidValue { arg: name.into() })
-                        })
-                        .unwrap_or(Ok(Duration::ZERO))
-                };
-                let min = dur("min")?;
-                let max = if inv.arg("max").is_some() {
-                    dur("max")?
-                } else {
-                    min
-                };
-                Fault::Latency { pattern, min, max }
-            }
-            "refuse-connections" => {
-                inv.only_args(&["enabled"])?;
-                Fault::RefuseConnections(enabled)
-            }
-            "stall-handshake" => {
-                inv.only_args(&["enabled"])?;
-                Fault::StallHandshake(enabled)
-            }
-            "clear" => {
-                no_named(inv)?;
-                self.clear_faults();
-                return Ok(String::new());
-            }
-            "print" => {
-                no_named(inv)?;
-                let text: String = lock(&self.faults)
-                    .describe()
-                    .iter()
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                return Ok(self.mode().lines(&text));
-            }
-            _ => {
-                return Err(CliError::NoMatch {
-                    arg: "fault".into(),
-                })
-            }
-        };
-        self.add_fault(fault)
-            .map_err(|e| failure(format!("bad pattern: {e}")))?;
-        Ok(String::new())
     }
+    plain
 }
 
 /// Whether a line is a `/mock` command (these bypass faults).
@@ -1038,7 +1135,8 @@ fn disk_entry(d: &Disk) -> Entry {
     }
 }
 
-fn file_entry(f: &FileEntry) -> Entry {
+/// A `/file` entry; `local_modified` is its time on the RDS's clock.
+fn file_entry(f: &FileEntry, local_modified: u64) -> Entry {
     let mut props = vec![
         Prop::new("name", PVal::Plain(f.name().to_string())),
         Prop::new("type", PVal::Plain(f.type_name())),
@@ -1048,7 +1146,7 @@ fn file_entry(f: &FileEntry) -> Entry {
     }
     props.push(Prop::new(
         "last-modified",
-        PVal::Plain(format::timestamp(f.last_modified)),
+        PVal::Plain(format::timestamp(local_modified)),
     ));
     Entry {
         flags: String::new(),
@@ -1099,19 +1197,6 @@ fn equal(p: &Prop, value: &str) -> bool {
     }
 }
 
-fn print_flags(inv: &Invocation) -> Result<(), CliError> {
-    if let Some(a) = inv.args.first() {
-        return Err(CliError::ExpectedEnd { col: a.col });
-    }
-    for p in &inv.positional {
-        match &p.value {
-            Value::Text(w) if p.word && (w == "detail" || w == "without-paging") => {}
-            _ => return Err(CliError::ExpectedEnd { col: p.col }),
-        }
-    }
-    Ok(())
-}
-
 fn no_named(inv: &Invocation) -> Result<(), CliError> {
     match inv.args.first() {
         Some(a) => Err(CliError::ExpectedEnd { col: a.col }),
@@ -1152,122 +1237,4 @@ fn opt_bool(inv: &Invocation, name: &str) -> Result<Option<bool>, CliError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
-
-    fn engine() -> Engine {
-        Engine::new(
-            EngineConfig {
-                output: OutputMode::Routeros,
-                mount_point: "storage-pool".into(),
-                pool_size: 1 << 40,
-                state_file: None,
-                data_dir: None,
-                identity: "RDS".into(),
-                error_exit_status: 1,
-                fixed_time: Some(0),
-                latency_seed: 0,
-                history_depth: 10,
-            },
-            State::default(),
-        )
-    }
-
-    #[test]
-    fn hostile_input_never_panics() {
-        let e = engine();
-        let fixed = [
-            "",
-            "   ",
-            "/",
-            "//",
-            "/disk//print",
-            "]",
-            "[",
-            "=",
-            "\\",
-            "\"\\",
-            "/disk print where",
-            "/disk print where slot",
-            "/disk print where slot=",
-            "/disk print where =x",
-            "/disk remove [find",
-            "/disk remove [find slot=x",
-            "/disk remove []",
-            "/disk remove [find]",
-            "/disk add type=file file-path=/storage-pool/\u{e9}.img file-size=1G slot=x",
-            "/disk add type=file file-path=/storage-pool/y.img file-size=1G slot=\"\u{e9}\u{1F600}\\\"\"",
-            "/disk add type=file file-path=/storage-pool/a.img file-size=18446744073709551615 slot=a",
-            "/mock orphan-file path=/storage-pool/b.img size=18446744073709551615",
-            "/mock orphan-file path=/storage-pool/c.img size=18446744073709551615",
-            "/disk print detail where mount-point=storage-pool",
-            "/disk print detail",
-            "/file print detail",
-            "/disk set a file-size=99999999999T",
-            "/mock fault latency min=99999999999m max=1ms",
-            "/mock history count=-1",
-            "/file print where name~\"[\"",
-            "/disk monitor-traffic [find] once",
-            "/disk add copy-from=[find slot=a] type=file file-path=/storage-pool/z.img slot=z",
-            "/disk print detail where slot~\"(a|\"",
-        ];
-        for line in fixed {
-            let r = e.execute(line);
-            assert!(r.output.is_ascii(), "{line:?}: {r:?}");
-        }
-        let _ = e.decide("anything");
-        // A random soup of RouterOS-ish fragments.
-        let parts = [
-            "/disk",
-            "/file",
-            "/mock",
-            "add",
-            "print",
-            "set",
-            "remove",
-            "detail",
-            "where",
-            "find",
-            "[",
-            "]",
-            "=",
-            "~",
-            "!=",
-            "\"",
-            "\\",
-            "slot",
-            "file-size",
-            "1G",
-            "x",
-            " ",
-            " and ",
-            "type=file",
-            "file-path=/storage-pool/q.img",
-            "copy-from=",
-            "once",
-            "fault",
-            "fail",
-        ];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for _ in 0..3000 {
-            let n = rng.random_range(0..12);
-            let line: String = (0..n)
-                .map(|_| parts[rng.random_range(0..parts.len())])
-                .collect();
-            let _ = e.execute(&line);
-        }
-    }
-
-    #[test]
-    fn capacity_saturates_instead_of_overflowing() {
-        let e = engine();
-        e.add_orphan_file("/storage-pool/a.img", u64::MAX).unwrap();
-        e.add_orphan_file("/storage-pool/b.img", u64::MAX).unwrap();
-        let out = e.execute("/disk print detail where mount-point=\"storage-pool\"");
-        assert!(out.output.contains("free=0 use=100%"), "{}", out.output);
-        let full =
-            e.execute("/disk add type=file file-path=/storage-pool/c.img file-size=1 slot=c");
-        assert_eq!(full.output, "failure: not enough space\r\n");
-    }
-}
+mod tests;

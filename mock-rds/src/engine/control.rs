@@ -1,0 +1,184 @@
+//! The `/mock` menu: test control over SSH (orphans, faults, history, reset, profiles). These
+//! commands are never faulted and never changed by a profile, so a person at a shell can always
+//! undo what they set.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{lock, no_args, no_named, no_positional, opt_bool, opt_size, Engine};
+use crate::command::{failure, CliError, Invocation, Value};
+use crate::fault::{self, Fault};
+use crate::format;
+use crate::profile::Profile;
+
+impl Engine {
+    pub(super) fn mock(&self, cmd: &str, inv: &Invocation) -> Result<String, CliError> {
+        match cmd {
+            "orphan-file" => {
+                inv.only_args(&["path", "size"])?;
+                no_positional(inv)?;
+                let path = inv
+                    .text("path")
+                    .ok_or_else(|| failure("path not specified"))?;
+                let size = opt_size(inv, "size")?.unwrap_or(0);
+                self.add_orphan_file(path, size)?;
+                Ok(String::new())
+            }
+            "orphan-disk" => {
+                inv.only_args(&["slot", "file-path", "size"])?;
+                no_positional(inv)?;
+                let slot = inv
+                    .text("slot")
+                    .ok_or_else(|| failure("slot not specified"))?;
+                let fp = inv
+                    .text("file-path")
+                    .ok_or_else(|| failure("file-path not specified"))?;
+                let size = opt_size(inv, "size")?.unwrap_or(1 << 30);
+                self.add_orphan_disk(slot, fp, size)?;
+                Ok(String::new())
+            }
+            "reset" => {
+                no_args(inv)?;
+                self.reset();
+                Ok(String::new())
+            }
+            "history" => {
+                inv.only_args(&["count"])?;
+                no_positional(inv)?;
+                let count = match inv.text("count") {
+                    None => usize::MAX,
+                    Some(c) => c.parse().map_err(|_| CliError::InvalidValue {
+                        arg: "count".into(),
+                    })?,
+                };
+                let hist = self.history();
+                let skip = hist.len().saturating_sub(count);
+                let mut text = String::new();
+                for h in &hist[skip..] {
+                    let secs = h.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let exit = h.exit_status.map_or("-".to_string(), |e| e.to_string());
+                    text.push_str(&format!(
+                        "{} exit={exit} {:?} {}\n",
+                        format::timestamp(secs),
+                        h.disposition,
+                        h.command
+                    ));
+                }
+                Ok(self.mode().lines(&text))
+            }
+            "fault" => self.mock_fault(inv),
+            "profile" => {
+                inv.only_args(&["set"])?;
+                match (inv.text("set"), inv.positional.as_slice()) {
+                    (Some(spec), []) => {
+                        let profile = Profile::parse(spec).map_err(failure)?;
+                        self.set_profile(profile);
+                    }
+                    (None, []) => {}
+                    (None, [p]) if p.word && matches!(&p.value, Value::Text(w) if w == "print") => {
+                    }
+                    (_, [p, ..]) => return Err(CliError::ExpectedEnd { col: p.col }),
+                }
+                Ok(self.mode().lines(&format!("profile: {}", self.profile())))
+            }
+            _ => Err(CliError::BadCommand {
+                name: cmd.to_string(),
+                col: 7,
+            }),
+        }
+    }
+
+    fn mock_fault(&self, inv: &Invocation) -> Result<String, CliError> {
+        let kind = match inv.positional.as_slice() {
+            [p] => match &p.value {
+                Value::Text(k) => k.as_str(),
+                Value::Find(_) => return Err(CliError::Syntax { col: p.col }),
+            },
+            [] => return Err(failure("fault kind not specified")),
+            [_, extra, ..] => return Err(CliError::ExpectedEnd { col: extra.col }),
+        };
+        let pattern = inv.text("pattern").unwrap_or("").to_string();
+        let times = match inv.text("times") {
+            None => None,
+            Some(t) => Some(t.parse::<u32>().map_err(|_| CliError::InvalidValue {
+                arg: "times".into(),
+            })?),
+        };
+        let enabled = opt_bool(inv, "enabled")?.unwrap_or(true);
+        let fault = match kind {
+            "fail" => {
+                inv.only_args(&["pattern", "times", "message", "exit-status"])?;
+                let exit_status = match inv.text("exit-status") {
+                    None => self.cfg.error_exit_status,
+                    Some(e) => e.parse().map_err(|_| CliError::InvalidValue {
+                        arg: "exit-status".into(),
+                    })?,
+                };
+                Fault::Fail {
+                    pattern,
+                    times,
+                    message: inv
+                        .text("message")
+                        .unwrap_or("failure: execution error")
+                        .to_string(),
+                    exit_status,
+                }
+            }
+            "hang" => {
+                inv.only_args(&["pattern", "times"])?;
+                Fault::Hang { pattern, times }
+            }
+            "drop" => {
+                inv.only_args(&["pattern", "times"])?;
+                Fault::DropAfterRun { pattern, times }
+            }
+            "latency" => {
+                inv.only_args(&["pattern", "min", "max"])?;
+                let dur = |name: &str| -> Result<Duration, CliError> {
+                    inv.text(name)
+                        .map(|v| {
+                            fault::parse_duration(v)
+                                .ok_or_else(|| CliError::InvalidValue { arg: name.into() })
+                        })
+                        .unwrap_or(Ok(Duration::ZERO))
+                };
+                let min = dur("min")?;
+                let max = if inv.arg("max").is_some() {
+                    dur("max")?
+                } else {
+                    min
+                };
+                Fault::Latency { pattern, min, max }
+            }
+            "refuse-connections" => {
+                inv.only_args(&["enabled"])?;
+                Fault::RefuseConnections(enabled)
+            }
+            "stall-handshake" => {
+                inv.only_args(&["enabled"])?;
+                Fault::StallHandshake(enabled)
+            }
+            "clear" => {
+                no_named(inv)?;
+                self.clear_faults();
+                return Ok(String::new());
+            }
+            "print" => {
+                no_named(inv)?;
+                let text: String = lock(&self.faults)
+                    .describe()
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                return Ok(self.mode().lines(&text));
+            }
+            _ => {
+                return Err(CliError::NoMatch {
+                    arg: "fault".into(),
+                })
+            }
+        };
+        self.add_fault(fault)
+            .map_err(|e| failure(format!("bad pattern: {e}")))?;
+        Ok(String::new())
+    }
+}
