@@ -274,9 +274,9 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
     Some(match p.as_slice() {
         [] => &["disk", "file", "system", "mock"],
         ["disk"] => &["add", "set", "remove", "print", "monitor-traffic"],
-        ["file"] => &["print", "remove"],
-        ["system"] => &["identity", "resource"],
-        ["system", "identity"] | ["system", "resource"] => &["print"],
+        ["file"] => &["print", "remove", "add"],
+        ["system"] => &["identity", "resource", "clock"],
+        ["system", "identity"] | ["system", "resource"] | ["system", "clock"] => &["print"],
         ["mock"] => &[
             "orphan-file",
             "orphan-disk",
@@ -284,6 +284,7 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
             "reset",
             "history",
             "drop-connections",
+            "profile",
         ],
         _ => return None,
     })

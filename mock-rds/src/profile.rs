@@ -47,7 +47,7 @@ pub const VARIANTS: &[(Variant, &str, &str)] = &[
     (ExitNone, "exit-none", "after a failure the channel is closed without an exit status"),
     (ErrorsBare, "errors-bare", "failures use the documented bare texts (`disk is in use`, `disk is busy`, `file already exists`, `invalid parameter`) without `failure:`"),
     (ErrorsUnknown, "errors-unknown", "failures use texts no client has seen (`command rejected: ...`)"),
-    (SessionsSerialOpen, "sessions-serial-open", "channel opens are served one at a time; an open arriving while 4 are pending is never answered"),
+    (SessionsSerialOpen, "sessions-serial-open", "channel opens are served one at a time over all connections; an open arriving while 4 are pending is never answered"),
     (SessionsCap, "sessions-cap", "at most 4 channels may be open at once over all connections; more are refused"),
     (CliLock, "cli-lock", "one command runs at a time (one CLI lock), with a latency per command kind"),
     (ClockWest, "clock-west", "the RDS clock is in America/Los_Angeles (UTC-08:00): times are printed in that local time"),
@@ -132,8 +132,8 @@ impl fmt::Display for Variant {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profile(BTreeSet<Variant>);
 
-/// Channels that may be pending an open under `sessions-serial-open`, or open at once under
-/// `sessions-cap`.
+/// Channel opens that may be pending at once, over all connections, under `sessions-serial-open`,
+/// or channels open at once under `sessions-cap`.
 pub const SESSION_LIMIT: usize = 4;
 /// Time one channel open takes under `sessions-serial-open`.
 pub const OPEN_DELAY: Duration = Duration::from_millis(5);
