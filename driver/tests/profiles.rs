@@ -1,0 +1,518 @@
+//! The driver against each behaviour variant real RouterOS may have (mock-rds profiles): for
+//! every variant, the driver is correct or fails safely with a clear error.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::volume_capability::{AccessMode, AccessType, MountVolume};
+use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use csi_proto::v1::*;
+use mock_rds::{Auth, Config, Fault, MockRds, Profile};
+use rds_csi::controller::params::ParamDefaults;
+use rds_csi::controller::{ControllerConfig, ControllerService};
+use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport};
+use rds_csi::rds::{deadline_in, Port, RdsClient, RdsPath, Slot};
+use russh::keys::PrivateKey;
+use tonic::{Code, Request};
+
+const BASE: &str = "/storage-pool/metal-csi";
+const GIB: i64 = 1 << 30;
+
+struct World {
+    mock: MockRds,
+    rds: Arc<RdsClient>,
+    svc: ControllerService,
+    key: PrivateKey,
+}
+
+async fn world_with(spec: &str, tweak: impl FnOnce(&mut Config)) -> World {
+    let key = common::new_key();
+    let mut config = Config {
+        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        profile: Profile::parse(spec).unwrap(),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let mock = MockRds::start(config).await.unwrap();
+    // dirs-no-create: the base directory is the operator's to make; the driver makes the rest.
+    mock.execute("/file add type=directory name=storage-pool/metal-csi");
+    let rds = Arc::new(common::client_for(
+        &mock,
+        key.clone(),
+        common::pinned(&mock),
+        common::fast_retry(),
+    ));
+    let svc = ControllerService::new(
+        rds.clone(),
+        ControllerConfig::new(ParamDefaults {
+            base_path: RdsPath::new(BASE).unwrap(),
+            nvme_address: Some("10.42.68.1".into()),
+            nvme_port: Port::new(4420).unwrap(),
+        }),
+    );
+    World {
+        mock,
+        rds,
+        svc,
+        key,
+    }
+}
+
+async fn world(spec: &str) -> World {
+    world_with(spec, |_| {}).await
+}
+
+fn cap() -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    }
+}
+
+fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap()],
+        ..Default::default()
+    }
+}
+
+fn slot(s: &str) -> Slot {
+    Slot::new(s).unwrap()
+}
+
+fn deadline() -> tokio::time::Instant {
+    deadline_in(Duration::from_secs(20))
+}
+
+impl World {
+    async fn create(&self, name: &str, bytes: i64) -> Result<Volume, tonic::Status> {
+        self.svc
+            .create_volume(Request::new(create_req(name, bytes)))
+            .await
+            .map(|r| r.into_inner().volume.unwrap())
+    }
+
+    async fn snapshot(&self, name: &str, source: &str) -> Result<Snapshot, tonic::Status> {
+        self.svc
+            .create_snapshot(Request::new(CreateSnapshotRequest {
+                name: name.into(),
+                source_volume_id: source.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().snapshot.unwrap())
+    }
+
+    async fn create_from(
+        &self,
+        name: &str,
+        bytes: i64,
+        source: SourceType,
+    ) -> Result<Volume, tonic::Status> {
+        let mut req = create_req(name, bytes);
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(source),
+        });
+        self.svc
+            .create_volume(Request::new(req))
+            .await
+            .map(|r| r.into_inner().volume.unwrap())
+    }
+
+    fn commands(&self, prefix: &str) -> usize {
+        self.mock
+            .history()
+            .iter()
+            .filter(|h| h.command.starts_with(prefix))
+            .count()
+    }
+}
+
+fn export(id: &str) -> Option<NvmeExport> {
+    Some(NvmeExport {
+        port: Port::new(4420).unwrap(),
+        nqn: slot(id).nqn(),
+    })
+}
+
+/// The one rule: unrecognised output after a mutation is a failure, whatever the exit status.
+#[tokio::test]
+async fn unknown_output_after_any_mutation_is_a_failure() {
+    let w = world("errors-unknown,exit-zero").await;
+    let d = deadline();
+    let vol = RdsPath::new(format!("{BASE}/pvc-1.img")).unwrap();
+    let add = DiskAdd {
+        slot: slot("pvc-1"),
+        file_path: vol.clone(),
+        size: Some(AllocSize::round_up(1 << 30).unwrap()),
+        copy_from: None,
+        export: export("pvc-1"),
+    };
+    for (pattern, what) in [
+        ("^/disk add", "disk add"),
+        ("^/disk set", "disk set"),
+        ("^/disk remove", "disk remove"),
+        ("^/file remove", "file remove"),
+    ] {
+        if what != "disk add" {
+            w.rds.create_disk(&add, d).await.unwrap();
+        }
+        w.mock.inject(Fault::Fail {
+            pattern: pattern.into(),
+            times: Some(1),
+            message: "an answer nobody has seen before".into(),
+            exit_status: 0,
+        });
+        let result = match what {
+            "disk add" => w.rds.create_disk(&add, d).await.map(drop),
+            "disk set" => w
+                .rds
+                .resize_disk(&slot("pvc-1"), AllocSize::round_up(2 << 30).unwrap(), d)
+                .await
+                .map(drop),
+            "disk remove" => w.rds.remove_disk(&slot("pvc-1"), d).await,
+            _ => w.rds.remove_file(&vol, d).await,
+        };
+        let err = result.expect_err(what).to_string();
+        assert!(err.contains("an answer nobody has seen before"), "{what}: {err}");
+        w.mock.clear_faults();
+        w.mock.reset();
+        w.mock
+            .execute("/file add type=directory name=storage-pool/metal-csi");
+    }
+    // Through CSI: a pool-full add answered with an unknown text and exit 0 is not a volume.
+    let w = world_with("errors-unknown,exit-zero", |c| c.pool_size = 1 << 20).await;
+    let err = w.create("pvc-full", GIB).await.unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    assert!(err.message().contains("not enough space"), "{err:?}");
+    assert!(w.mock.disks().is_empty());
+}
+
+/// Every field reads back exactly whatever the wrapping, across many name lengths.
+#[tokio::test]
+async fn every_wrapping_variant_parses_exactly() {
+    for spec in [
+        "default",
+        "wrap-hyphen",
+        "wrap-trailing-space",
+        "wrap-digit-groups",
+        "wrap-hyphen,wrap-trailing-space,wrap-digit-groups",
+        "terse-supported",
+    ] {
+        let w = world(spec).await;
+        let d = deadline();
+        for n in 1..48 {
+            let id = format!("pvc-{}-x", "a1b2c3d4".repeat(6).get(..n).unwrap());
+            let path = format!("{BASE}/{id}.img");
+            let size = (50u64 << 30) + (n as u64) * (1 << 20);
+            let add = DiskAdd {
+                slot: slot(&id),
+                file_path: RdsPath::new(path.clone()).unwrap(),
+                size: Some(AllocSize::round_up(size).unwrap()),
+                copy_from: None,
+                export: export(&id),
+            };
+            w.rds.create_disk(&add, d).await.unwrap();
+            let disk = w.rds.get_disk(&slot(&id), d).await.unwrap().unwrap();
+            assert_eq!(disk.file_path.as_deref(), Some(path.as_str()), "{spec} {id}");
+            assert_eq!(disk.size_bytes, Some(size), "{spec} {id}");
+            assert_eq!(disk.nqn.as_deref(), Some(slot(&id).nqn().as_str()), "{spec}");
+        }
+        let files = w.rds.list_files(&RdsPath::new(BASE).unwrap(), d).await.unwrap();
+        assert_eq!(files.iter().filter(|f| !f.is_directory()).count(), 47, "{spec}");
+        for f in files.iter().filter(|f| !f.is_directory()) {
+            assert!(w.mock.file(&f.path).is_some(), "{spec}: {} is not a real file", f.path);
+        }
+        let disks = w.rds.list_disks(d).await.unwrap();
+        for disk in disks.iter().filter(|d| d.slot.starts_with("pvc-")) {
+            let real = w.mock.disk(&disk.slot).unwrap();
+            assert_eq!(disk.file_path.as_deref(), Some(real.file_path.as_str()), "{spec}");
+            assert_eq!(disk.size_bytes, Some(real.file_size), "{spec}");
+        }
+        w.mock.stop().await;
+    }
+}
+
+/// `print terse` is used where the RDS has it, detected once per connection; elsewhere the
+/// driver falls back to `print detail` and still works.
+#[tokio::test]
+async fn terse_is_detected_once_and_falls_back() {
+    for (spec, terse_used) in [
+        ("terse-supported", true),
+        ("terse-error", false),
+        ("default", false),
+        ("terse-error,errors-unknown,exit-zero", false),
+    ] {
+        let w = world(spec).await;
+        for i in 0..3 {
+            w.create(&format!("pvc-t{i}"), GIB).await.unwrap();
+        }
+        let listed = w.rds.list_disks(deadline()).await.unwrap();
+        assert_eq!(listed.iter().filter(|d| d.slot.starts_with("pvc-t")).count(), 3);
+        let terse = w
+            .mock
+            .history()
+            .iter()
+            .filter(|h| h.command.contains(" print terse"))
+            .count();
+        if terse_used {
+            assert!(w.commands("/disk print detail") == 0, "{spec}");
+            assert!(terse >= 1, "{spec}");
+        } else {
+            assert_eq!(terse, 1, "{spec}: terse must be tried once per connection");
+        }
+    }
+}
+
+/// A failure with no exit status, or with bare texts and exit 0, is still a failure with the
+/// right code.
+#[tokio::test]
+async fn exit_and_text_variants_keep_failures_and_their_meaning() {
+    for spec in ["exit-none", "errors-bare,exit-zero", "errors-unknown,exit-none"] {
+        let w = world_with(spec, |c| c.pool_size = 1 << 30).await;
+        let err = w.create("pvc-big", 4 * GIB).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{spec}: {err:?}");
+        assert!(w.mock.disks().is_empty(), "{spec}");
+        // A leftover file at a new volume's path: the add fails, nothing is reported created.
+        w.mock
+            .add_orphan_file(&format!("{BASE}/pvc-taken.img"), 1 << 20);
+        assert_ne!(w.create("pvc-taken", GIB).await.map(drop).unwrap_err().code(), Code::Ok);
+        assert!(w.mock.disk("pvc-taken").is_none(), "{spec}");
+    }
+}
+
+/// Channel opens over several connections never pile up on an RDS that serves them one at a
+/// time, and the liveness probe goes through the same bound.
+#[tokio::test]
+async fn serialised_opens_never_overload_the_rds() {
+    let w = world("sessions-serial-open").await;
+    let mut config = rds_csi::rds::SshConfig::new(
+        w.mock.addr().ip().to_string(),
+        w.mock.addr().port(),
+        "admin",
+        w.key.clone(),
+        common::pinned(&w.mock),
+    );
+    config.connections = 6;
+    config.max_channels = 24;
+    let rds = Arc::new(RdsClient::new(
+        rds_csi::rds::Transport::new(config),
+        common::fast_retry(),
+    ));
+    let runs: Vec<_> = (0..48)
+        .map(|_| {
+            let rds = rds.clone();
+            tokio::spawn(async move { rds.identity(deadline_in(Duration::from_secs(3))).await })
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+}
+
+/// More commands at once than the RDS allows channels: they wait for a free channel.
+#[tokio::test]
+async fn session_cap_is_waited_out_not_failed() {
+    let w = world("sessions-cap").await;
+    let runs: Vec<_> = (0..40)
+        .map(|_| {
+            let rds = w.rds.clone();
+            tokio::spawn(async move { rds.identity(deadline_in(Duration::from_secs(10))).await })
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    // And creates under a single CLI lock all land, once each.
+    let w = world("sessions-cap,cli-lock").await;
+    let svc = Arc::new(w.svc);
+    let creates: Vec<_> = (0..12)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                svc.create_volume(Request::new(create_req(&format!("pvc-c{i}"), GIB)))
+                    .await
+            })
+        })
+        .collect();
+    for c in creates {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(w.mock.disks().len(), 12);
+}
+
+/// RouterOS prints file times in its own zone: ages and snapshot times use its offset.
+#[tokio::test]
+async fn clock_zones_do_not_change_ages_or_times() {
+    for spec in ["clock-west", "clock-east", "default"] {
+        let w = world(spec).await;
+        // A fresh orphan is never old enough, wherever the RDS is.
+        w.mock
+            .add_orphan_file(&format!("{BASE}/pvc-fresh.img"), 1 << 20);
+        let orphans = rds_csi::orphans::scan(
+            &w.rds,
+            &RdsPath::new(BASE).unwrap(),
+            Duration::from_secs(3600),
+            deadline(),
+        )
+        .await
+        .unwrap();
+        assert!(orphans.is_empty(), "{spec}: {orphans:?}");
+        // A snapshot's creation time is now, in UTC.
+        w.create("pvc-src", GIB).await.unwrap();
+        let snap = w.snapshot("snap-a", "pvc-src").await.unwrap();
+        let created = snap.creation_time.expect("a creation time").seconds;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((created - now).abs() < 120, "{spec}: {created} vs {now}");
+    }
+}
+
+/// An asynchronous copy is done only when its file is whole; an interrupted one is never
+/// reported done nor reused by the retry.
+#[tokio::test]
+async fn async_copies_finish_before_success_and_interruptions_are_redone() {
+    let w = world("copy-async").await;
+    w.create("pvc-src", GIB).await.unwrap();
+    let snap = w.snapshot("snap-1", "pvc-src").await.unwrap();
+    let disk = w.mock.disk(&snap.snapshot_id).unwrap();
+    assert_eq!(w.mock.file(&disk.file_path).unwrap().size, 1 << 30, "returned mid-copy");
+
+    let clone = w
+        .create_from(
+            "pvc-clone",
+            GIB,
+            SourceType::Volume(VolumeSource {
+                volume_id: "pvc-src".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    let disk = w.mock.disk(&clone.volume_id).unwrap();
+    assert_eq!(w.mock.file(&disk.file_path).unwrap().size, 1 << 30);
+
+    // The connection drops right after the copy starts: the copy stops short.
+    w.mock.inject(Fault::DropAfterRun {
+        pattern: "copy-from".into(),
+        times: Some(1),
+    });
+    let first = w.snapshot("snap-2", "pvc-src").await;
+    assert!(first.is_err(), "an interrupted copy was reported done: {first:?}");
+    // The retry makes a whole snapshot, never adopting the short one.
+    let snap = w.snapshot("snap-2", "pvc-src").await.unwrap();
+    let disk = w.mock.disk(&snap.snapshot_id).unwrap();
+    assert_eq!(w.mock.file(&disk.file_path).unwrap().size, 1 << 30);
+    assert_eq!(snap.size_bytes, GIB);
+}
+
+/// A restore into a bigger volume is as big as asked even when the copy takes the source's size;
+/// a snapshot never inherits its source's export.
+#[tokio::test]
+async fn copies_get_their_size_and_no_inherited_export() {
+    let w = world("copy-ignores-size,copy-inherits-export,resize-refused-exported").await;
+    w.create("pvc-src", GIB).await.unwrap();
+    let snap = w.snapshot("snap-1", "pvc-src").await.unwrap();
+    let snap_disk = w.mock.disk(&snap.snapshot_id).unwrap();
+    assert!(!snap_disk.nvme_tcp_export, "{snap_disk:?}");
+    let vol = w
+        .create_from(
+            "pvc-restored",
+            2 * GIB,
+            SourceType::Snapshot(SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, 2 * GIB);
+    let disk = w.mock.disk("pvc-restored").unwrap();
+    assert_eq!(disk.file_size, 2 << 30);
+    assert!(disk.nvme_tcp_export);
+    assert_eq!(
+        disk.nvme_tcp_server_nqn.as_deref(),
+        Some(slot("pvc-restored").nqn().as_str())
+    );
+}
+
+/// A directory RouterOS will not create is created by the driver.
+#[tokio::test]
+async fn missing_directories_are_created() {
+    let w = world("dirs-no-create").await;
+    let mut req = create_req("pvc-sub", GIB);
+    req.parameters
+        .insert("volumePath".into(), format!("{BASE}/team-a/fast"));
+    w.svc.create_volume(Request::new(req)).await.unwrap();
+    assert!(w.mock.disk("pvc-sub").is_some());
+}
+
+/// Listing files never depends on `^` anchors.
+#[tokio::test]
+async fn listings_do_not_need_regex_anchors() {
+    let w = world("regex-no-anchors").await;
+    w.create("pvc-a", GIB).await.unwrap();
+    let files = w
+        .rds
+        .list_files(&RdsPath::new(BASE).unwrap(), deadline())
+        .await
+        .unwrap();
+    assert!(files.iter().any(|f| f.path.ends_with("/pvc-a.img")), "{files:?}");
+    // A leftover file of a deleted volume is found and removed by DeleteVolume.
+    w.mock.add_orphan_file(&format!("{BASE}/pvc-gone.img"), 1 << 20);
+    w.svc
+        .delete_volume(Request::new(DeleteVolumeRequest {
+            volume_id: "pvc-gone".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(w.mock.file(&format!("{BASE}/pvc-gone.img")).is_none());
+}
+
+/// Expansion waits out a delayed size and works around a refusal to resize an exported disk
+/// while nothing uses the volume.
+#[tokio::test]
+async fn resize_variants_expand_or_say_why() {
+    for spec in ["resize-delayed", "resize-refused-exported"] {
+        let w = world(spec).await;
+        w.create("pvc-grow", GIB).await.unwrap();
+        let resp = w
+            .svc
+            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+                volume_id: "pvc-grow".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.capacity_bytes, 2 * GIB, "{spec}");
+        let disk = w.mock.disk("pvc-grow").unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3), async {
+                while w.mock.disk("pvc-grow").unwrap().file_size != 2 << 30 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .is_ok(),
+            "{spec}: {disk:?}"
+        );
+        assert!(w.mock.disk("pvc-grow").unwrap().nvme_tcp_export, "{spec}");
+    }
+}
