@@ -4,13 +4,13 @@
 //! alone, and only `<dir>/<id>.img` names at or below the base path are ever considered.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::controller::ids::{classify_disk, classify_managed_file, ManagedFile};
-use crate::rds::{RdsClient, RdsError, RdsPath};
+use crate::rds::{RdsClient, RdsClock, RdsError, RdsPath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,12 +51,6 @@ pub struct Orphan {
     pub last_modified: Option<String>,
 }
 
-/// Parses RouterOS's `2025-11-11 16:47:07` (read as UTC: RouterOS prints no zone).
-pub fn routeros_time(text: &str) -> Option<SystemTime> {
-    let ts = crate::controller::timestamp(text)?;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(ts.seconds).ok()?))
-}
-
 pub async fn scan(
     rds: &RdsClient,
     base: &RdsPath,
@@ -66,12 +60,24 @@ pub async fn scan(
     scan_at(rds, base, grace, None, SystemTime::now(), deadline).await
 }
 
-fn old_enough(last_modified: Option<&str>, now: SystemTime, grace: Duration) -> bool {
-    // A file of unknown age may be a create in progress: leave it.
-    last_modified
-        .and_then(routeros_time)
-        .and_then(|t| now.duration_since(t).ok())
-        .is_some_and(|age| age >= grace)
+/// Whether a file last modified at `last_modified` (as the RDS printed it, in its own zone) is
+/// older than `grace` both by the RDS's own clock and by ours (using the RDS's offset from
+/// UTC), so neither a misread zone nor a wrong RDS clock can make a fresh file look old. A file
+/// of unknown age may be a create in progress: it is never old.
+fn old_enough(
+    last_modified: Option<&str>,
+    clock: &RdsClock,
+    now: SystemTime,
+    grace: Duration,
+) -> bool {
+    let Some(printed) = last_modified else {
+        return false;
+    };
+    let by_rds = clock.age(printed);
+    let by_us = clock
+        .to_utc(printed)
+        .and_then(|t| now.duration_since(t).ok());
+    matches!((by_rds, by_us), (Some(a), Some(b)) if a >= grace && b >= grace)
 }
 
 /// `scan` with the cluster's references (which adds disks without PV and protects referenced
@@ -86,6 +92,7 @@ pub async fn scan_at(
 ) -> Result<Vec<Orphan>, RdsError> {
     // Files first: a volume created between the two listings then shows its disk with no file
     // listed (confirmed below), never a file without its disk.
+    let clock = rds.clock(deadline).await?;
     let files = rds.list_files(base, deadline).await?;
     let disks = rds.list_disks(deadline).await?;
     let used: HashSet<&str> = disks
@@ -112,7 +119,7 @@ pub async fn scan_at(
             tracing::warn!(path = %file.path, "file without disk is referenced by the cluster; not an orphan");
             continue;
         }
-        if old_enough(file.last_modified.as_deref(), now, grace) {
+        if old_enough(file.last_modified.as_deref(), &clock, now, grace) {
             orphans.push(Orphan {
                 kind: OrphanKind::FileWithoutDisk,
                 path: Some(file.path.clone()),
@@ -147,7 +154,9 @@ pub async fn scan_at(
                 let unreferenced_volume = matches!(managed, ManagedFile::Volume(_))
                     && refs.is_some()
                     && !referenced(&managed);
-                if unreferenced_volume && old_enough(file.last_modified.as_deref(), now, grace) {
+                if unreferenced_volume
+                    && old_enough(file.last_modified.as_deref(), &clock, now, grace)
+                {
                     orphans.push(Orphan {
                         kind: OrphanKind::DiskWithoutPv,
                         path: Some(path.to_string()),

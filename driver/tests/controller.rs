@@ -318,7 +318,8 @@ async fn delete_removes_disk_and_file_and_is_idempotent() {
         .await
         .unwrap();
 
-    // A failed file removal fails the call; the retry finds and removes the leftover file.
+    // A failed file removal fails the call (busy: try again); the retry finds and removes the
+    // leftover file.
     f.create("pvc-del2", GIB).await;
     f.mock.inject(Fault::Fail {
         pattern: "^/file remove".into(),
@@ -328,7 +329,7 @@ async fn delete_removes_disk_and_file_and_is_idempotent() {
     });
     assert_eq!(
         code(f.svc.delete_volume(Request::new(del("pvc-del2"))).await),
-        Code::Internal
+        Code::Unavailable
     );
     assert!(f.mock.disk("pvc-del2").is_none());
     assert!(f.file_exists(&format!("{BASE}/pvc-del2.img")));

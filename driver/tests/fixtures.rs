@@ -22,13 +22,17 @@ fn fixture(name: &str) -> String {
 
 fn disks(name: &str) -> Vec<Disk> {
     let text = fixture(name);
-    let out = classify(ExecOutput {
-        stdout: text,
-        stderr: String::new(),
-        exit_status: Some(0),
-    })
+    let out = classify(
+        ExecOutput {
+            stdout: text,
+            stderr: String::new(),
+            exit_status: Some(0),
+        },
+        false,
+    )
     .unwrap_or_else(|e| panic!("{name} classified as a failure: {e}"));
     parse_detail(&out)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
         .iter()
         .map(|e| Disk::from_entry(e).expect("every entry has a slot"))
         .collect()
@@ -36,6 +40,7 @@ fn disks(name: &str) -> Vec<Disk> {
 
 fn files(name: &str) -> Vec<FileInfo> {
     parse_detail(&fixture(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
         .iter()
         .filter_map(FileInfo::from_entry)
         .collect()
@@ -176,11 +181,14 @@ fn full_file_listing() {
 #[test]
 fn error_samples_classify_with_either_exit_status() {
     for exit in [0, 1] {
-        let kind = |name: &str| match classify(ExecOutput {
-            stdout: fixture(name),
-            stderr: String::new(),
-            exit_status: Some(exit),
-        }) {
+        let kind = |name: &str| match classify(
+            ExecOutput {
+                stdout: fixture(name),
+                stderr: String::new(),
+                exit_status: Some(exit),
+            },
+            true,
+        ) {
             Err(RdsError::NotFound(_)) => "not-found",
             Err(RdsError::AlreadyExists(_)) => "exists",
             Err(RdsError::OutOfSpace(_)) => "space",

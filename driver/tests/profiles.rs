@@ -185,7 +185,10 @@ async fn unknown_output_after_any_mutation_is_a_failure() {
             _ => w.rds.remove_file(&vol, d).await,
         };
         let err = result.expect_err(what).to_string();
-        assert!(err.contains("an answer nobody has seen before"), "{what}: {err}");
+        assert!(
+            err.contains("an answer nobody has seen before"),
+            "{what}: {err}"
+        );
         w.mock.clear_faults();
         w.mock.reset();
         w.mock
@@ -225,19 +228,43 @@ async fn every_wrapping_variant_parses_exactly() {
             };
             w.rds.create_disk(&add, d).await.unwrap();
             let disk = w.rds.get_disk(&slot(&id), d).await.unwrap().unwrap();
-            assert_eq!(disk.file_path.as_deref(), Some(path.as_str()), "{spec} {id}");
+            assert_eq!(
+                disk.file_path.as_deref(),
+                Some(path.as_str()),
+                "{spec} {id}"
+            );
             assert_eq!(disk.size_bytes, Some(size), "{spec} {id}");
-            assert_eq!(disk.nqn.as_deref(), Some(slot(&id).nqn().as_str()), "{spec}");
+            assert_eq!(
+                disk.nqn.as_deref(),
+                Some(slot(&id).nqn().as_str()),
+                "{spec}"
+            );
         }
-        let files = w.rds.list_files(&RdsPath::new(BASE).unwrap(), d).await.unwrap();
-        assert_eq!(files.iter().filter(|f| !f.is_directory()).count(), 47, "{spec}");
+        let files = w
+            .rds
+            .list_files(&RdsPath::new(BASE).unwrap(), d)
+            .await
+            .unwrap();
+        assert_eq!(
+            files.iter().filter(|f| !f.is_directory()).count(),
+            47,
+            "{spec}"
+        );
         for f in files.iter().filter(|f| !f.is_directory()) {
-            assert!(w.mock.file(&f.path).is_some(), "{spec}: {} is not a real file", f.path);
+            assert!(
+                w.mock.file(&f.path).is_some(),
+                "{spec}: {} is not a real file",
+                f.path
+            );
         }
         let disks = w.rds.list_disks(d).await.unwrap();
         for disk in disks.iter().filter(|d| d.slot.starts_with("pvc-")) {
             let real = w.mock.disk(&disk.slot).unwrap();
-            assert_eq!(disk.file_path.as_deref(), Some(real.file_path.as_str()), "{spec}");
+            assert_eq!(
+                disk.file_path.as_deref(),
+                Some(real.file_path.as_str()),
+                "{spec}"
+            );
             assert_eq!(disk.size_bytes, Some(real.file_size), "{spec}");
         }
         w.mock.stop().await;
@@ -259,7 +286,13 @@ async fn terse_is_detected_once_and_falls_back() {
             w.create(&format!("pvc-t{i}"), GIB).await.unwrap();
         }
         let listed = w.rds.list_disks(deadline()).await.unwrap();
-        assert_eq!(listed.iter().filter(|d| d.slot.starts_with("pvc-t")).count(), 3);
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|d| d.slot.starts_with("pvc-t"))
+                .count(),
+            3
+        );
         let terse = w
             .mock
             .history()
@@ -279,7 +312,11 @@ async fn terse_is_detected_once_and_falls_back() {
 /// right code.
 #[tokio::test]
 async fn exit_and_text_variants_keep_failures_and_their_meaning() {
-    for spec in ["exit-none", "errors-bare,exit-zero", "errors-unknown,exit-none"] {
+    for spec in [
+        "exit-none",
+        "errors-bare,exit-zero",
+        "errors-unknown,exit-none",
+    ] {
         let w = world_with(spec, |c| c.pool_size = 1 << 30).await;
         let err = w.create("pvc-big", 4 * GIB).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{spec}: {err:?}");
@@ -287,7 +324,14 @@ async fn exit_and_text_variants_keep_failures_and_their_meaning() {
         // A leftover file at a new volume's path: the add fails, nothing is reported created.
         w.mock
             .add_orphan_file(&format!("{BASE}/pvc-taken.img"), 1 << 20);
-        assert_ne!(w.create("pvc-taken", GIB).await.map(drop).unwrap_err().code(), Code::Ok);
+        assert_ne!(
+            w.create("pvc-taken", GIB)
+                .await
+                .map(drop)
+                .unwrap_err()
+                .code(),
+            Code::Ok
+        );
         assert!(w.mock.disk("pvc-taken").is_none(), "{spec}");
     }
 }
@@ -389,7 +433,11 @@ async fn async_copies_finish_before_success_and_interruptions_are_redone() {
     w.create("pvc-src", GIB).await.unwrap();
     let snap = w.snapshot("snap-1", "pvc-src").await.unwrap();
     let disk = w.mock.disk(&snap.snapshot_id).unwrap();
-    assert_eq!(w.mock.file(&disk.file_path).unwrap().size, 1 << 30, "returned mid-copy");
+    assert_eq!(
+        w.mock.file(&disk.file_path).unwrap().size,
+        1 << 30,
+        "returned mid-copy"
+    );
 
     let clone = w
         .create_from(
@@ -410,7 +458,10 @@ async fn async_copies_finish_before_success_and_interruptions_are_redone() {
         times: Some(1),
     });
     let first = w.snapshot("snap-2", "pvc-src").await;
-    assert!(first.is_err(), "an interrupted copy was reported done: {first:?}");
+    assert!(
+        first.is_err(),
+        "an interrupted copy was reported done: {first:?}"
+    );
     // The retry makes a whole snapshot, never adopting the short one.
     let snap = w.snapshot("snap-2", "pvc-src").await.unwrap();
     let disk = w.mock.disk(&snap.snapshot_id).unwrap();
@@ -468,9 +519,13 @@ async fn listings_do_not_need_regex_anchors() {
         .list_files(&RdsPath::new(BASE).unwrap(), deadline())
         .await
         .unwrap();
-    assert!(files.iter().any(|f| f.path.ends_with("/pvc-a.img")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.path.ends_with("/pvc-a.img")),
+        "{files:?}"
+    );
     // A leftover file of a deleted volume is found and removed by DeleteVolume.
-    w.mock.add_orphan_file(&format!("{BASE}/pvc-gone.img"), 1 << 20);
+    w.mock
+        .add_orphan_file(&format!("{BASE}/pvc-gone.img"), 1 << 20);
     w.svc
         .delete_volume(Request::new(DeleteVolumeRequest {
             volume_id: "pvc-gone".into(),

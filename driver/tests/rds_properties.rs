@@ -114,9 +114,10 @@ proptest! {
             nqn: export.then(|| format!("nqn.2000-02.com.mikrotik:{id}")),
             mount_point: None,
             free_bytes: None,
+            model: None,
         };
         let text = format_like_routeros(&[(index, &disk)]);
-        let entries = parse_detail(&text);
+        let entries = parse_detail(&text).unwrap();
         prop_assert_eq!(entries.len(), 1, "{}", text);
         let parsed = Disk::from_entry(&entries[0]).unwrap();
         prop_assert_eq!(parsed, disk, "{}", text);
@@ -125,7 +126,7 @@ proptest! {
     /// Arbitrary bytes never panic the parser.
     #[test]
     fn parser_never_panics(text in any::<String>()) {
-        for entry in parse_detail(&text) {
+        for entry in parse_detail(&text).unwrap_or_default() {
             let _ = Disk::from_entry(&entry);
         }
     }

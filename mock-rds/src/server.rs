@@ -31,8 +31,8 @@ pub(crate) struct Shared {
     pub auth: Auth,
     conns: Mutex<Conns>,
     next_conn: AtomicU64,
-    /// Session channels accepted and not yet closed, over all connections (`sessions-cap`).
-    open_channels: AtomicUsize,
+    /// Session channels accepted and not yet closed, by connection (`sessions-cap`).
+    open_channels: Mutex<HashSet<(u64, ChannelId)>>,
     /// Channel opens not yet answered (`sessions-serial-open`).
     pending_opens: AtomicUsize,
     /// Serves channel opens one at a time (`sessions-serial-open`).
@@ -51,7 +51,7 @@ impl Shared {
                 stopped: false,
             }),
             next_conn: AtomicU64::new(1),
-            open_channels: AtomicUsize::new(0),
+            open_channels: Mutex::new(HashSet::new()),
             pending_opens: AtomicUsize::new(0),
             open_gate: tokio::sync::Mutex::new(()),
             cli: tokio::sync::Mutex::new(()),
@@ -75,6 +75,10 @@ impl Shared {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         c.live.insert(id, dup);
         Ok(Some((sock, id)))
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, ChannelId)>> {
+        self.open_channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn unregister(&self, id: u64) {
@@ -181,7 +185,6 @@ pub(crate) async fn accept_loop(
                 shared: shared.clone(),
                 id,
                 execs: HashSet::new(),
-                open: HashSet::new(),
                 unanswered: Vec::new(),
             };
             match russh::server::run_stream(config, sock, handler).await {
@@ -204,17 +207,14 @@ struct Conn {
     id: u64,
     /// Channels that already had their one exec.
     execs: HashSet<ChannelId>,
-    /// Session channels of this connection counted in `Shared::open_channels`.
-    open: HashSet<ChannelId>,
     /// Opens never answered (`sessions-serial-open` overload); rejected when the connection ends.
     unanswered: Vec<russh::server::ChannelOpenHandle>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.shared
-            .open_channels
-            .fetch_sub(self.open.len(), Ordering::Relaxed);
+        let id = self.id;
+        self.shared.channels().retain(|(conn, _)| *conn != id);
     }
 }
 
@@ -264,15 +264,12 @@ impl russh::server::Handler for Conn {
         let id = channel.id();
         drop(channel);
         let profile = self.shared.engine.profile();
-        if profile.has(Variant::SessionsCap)
-            && self.shared.open_channels.load(Ordering::Relaxed) >= SESSION_LIMIT
-        {
+        if profile.has(Variant::SessionsCap) && self.shared.channels().len() >= SESSION_LIMIT {
             tracing::debug!(conn = self.id, "refusing a channel over the session cap");
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        self.shared.open_channels.fetch_add(1, Ordering::Relaxed);
-        self.open.insert(id);
+        self.shared.channels().insert((self.id, id));
         if profile.has(Variant::SessionsSerialOpen) {
             if self.shared.pending_opens.load(Ordering::Relaxed) >= SESSION_LIMIT {
                 tracing::debug!(
@@ -374,9 +371,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.execs.remove(&channel);
-        if self.open.remove(&channel) {
-            self.shared.open_channels.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.shared.channels().remove(&(self.id, channel));
         Ok(())
     }
 }
@@ -419,6 +414,7 @@ async fn run_command(
             };
             engine.record(&line, Some(exit_status), &out, Disposition::Failed);
             reply(&handle, channel, out, Some(exit_status)).await;
+            shared.channels().remove(&(conn, channel));
         }
         Action::DropAfterRun => {
             let r = execute(&engine, &line, conn).await;
@@ -430,6 +426,7 @@ async fn run_command(
             let status = (!r.omit_exit_status).then_some(r.exit_status);
             engine.record(&line, status, &r.output, Disposition::Answered);
             reply(&handle, channel, r.output, status).await;
+            shared.channels().remove(&(conn, channel));
             if r.effect == Effect::DropConnections {
                 // Cut the others at once; this one gets an SSH disconnect queued behind its
                 // reply, so the person who asked still sees the command succeed.

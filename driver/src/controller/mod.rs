@@ -1,6 +1,7 @@
 //! The CSI Controller service: volumes and snapshots as file-backed disks on the RDS.
 
 pub mod caps;
+mod disks;
 pub mod ids;
 pub mod params;
 
@@ -17,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::grpc::{deadline, rds_status, KeyedLocks};
 use crate::kube::attachments::{AttachOptions, AttachmentManager};
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
-use crate::rds::{Disk, FileInfo, RdsClient, RdsError};
+use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block, is_multi_node};
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
 use params::{keys, ParamDefaults, VolumeParams};
@@ -110,31 +111,6 @@ fn allocation(
         )));
     }
     Ok(size)
-}
-
-pub fn timestamp(last_modified: &str) -> Option<prost_types::Timestamp> {
-    // `2025-11-11 16:47:07`, in the RDS's local time; read as UTC (RouterOS does not print the
-    // zone), which keeps it stable across controller restarts.
-    let (date, time) = last_modified.trim().split_once(' ')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(prost_types::Timestamp {
-        seconds: days * 86_400 + hh * 3600 + mm * 60 + ss,
-        nanos: 0,
-    })
 }
 
 /// Checks a list request before anything is asked of the RDS. A token is the last ID of the
@@ -260,8 +236,7 @@ impl ControllerService {
         disk: &Disk,
         deadline: Instant,
     ) -> Result<(), Status> {
-        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = Self::file_path_of(disk)?;
         self.rds
             .remove_disk(id, deadline)
             .await
@@ -274,9 +249,19 @@ impl ControllerService {
 
     /// The backing file of a disk, for its `last-modified`.
     async fn file_of(&self, disk: &Disk, deadline: Instant) -> Result<Option<FileInfo>, Status> {
-        let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = Self::file_path_of(disk)?;
         self.rds.get_file(&path, deadline).await.map_err(rds_status)
+    }
+
+    /// The RDS's clock, to read the times it prints; None (and no times) when it cannot be read.
+    async fn clock(&self, deadline: Instant) -> Option<RdsClock> {
+        match self.rds.clock(deadline).await {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the RDS clock; snapshot times are left out");
+                None
+            }
+        }
     }
 
     /// The ID and recorded source of a snapshot this driver made.
@@ -394,6 +379,7 @@ impl ControllerService {
         source: Option<&Slot>,
         size: Option<u64>,
         file: Option<&FileInfo>,
+        clock: Option<&RdsClock>,
     ) -> Snapshot {
         Snapshot {
             size_bytes: size.unwrap_or_default() as i64,
@@ -401,7 +387,9 @@ impl ControllerService {
             source_volume_id: source.map(ToString::to_string).unwrap_or_default(),
             creation_time: file
                 .and_then(|f| f.last_modified.as_deref())
-                .and_then(timestamp),
+                .zip(clock)
+                .and_then(|(printed, clock)| clock.to_utc(printed))
+                .map(prost_types::Timestamp::from),
             ready_to_use: true,
             group_snapshot_id: String::new(),
         }
@@ -456,7 +444,8 @@ impl Controller for ControllerService {
             .await
             .map_err(rds_status)?;
         if let Some(file) = file {
-            let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? else {
+            let Some(mut existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)?
+            else {
                 // Never let a new volume pick up an old file's data.
                 return Err(Status::failed_precondition(format!(
                     "{} already exists on the RDS without a disk (last modified {}): either a copy \
@@ -467,6 +456,18 @@ impl Controller for ControllerService {
                     file.last_modified.as_deref().unwrap_or("unknown")
                 )));
             };
+            let ours = self.owned_volume(&existing).is_some()
+                && existing.file_path.as_deref() == Some(path.as_str());
+            if ours && source.is_some() {
+                // A retry of a clone or restore: its copy must be whole, and as big as asked.
+                existing = self.existing_copy(&id, &existing, deadline).await?;
+                if existing.size_bytes.unwrap_or_default() < size.bytes() {
+                    existing = self
+                        .grow(&id, &existing, size, deadline)
+                        .await
+                        .map_err(rds_status)?;
+                }
+            }
             let actual = existing.size_bytes.unwrap_or_default();
             let compatible = self.owned_volume(&existing).is_some()
                 && existing.file_path.as_deref() == Some(path.as_str())
@@ -491,7 +492,7 @@ impl Controller for ControllerService {
                 nqn: id.nqn(),
             }),
         };
-        let disk = match self.rds.create_disk(&add, deadline).await {
+        let disk = match self.make_disk(&add, deadline).await {
             Ok(disk) => disk,
             // The slot holds a disk elsewhere (another volumePath, or one whose file is gone).
             Err(RdsError::AlreadyExists(detail)) => {
@@ -786,8 +787,16 @@ impl Controller for ControllerService {
                     "snapshot {name} exists with a different source volume"
                 )));
             }
+            let existing = self.existing_copy(&id, &existing, deadline).await?;
             let file = self.file_of(&existing, deadline).await?;
-            let snapshot = self.snapshot_of(&id, Some(&source), existing.size_bytes, file.as_ref());
+            let clock = self.clock(deadline).await;
+            let snapshot = self.snapshot_of(
+                &id,
+                Some(&source),
+                existing.size_bytes,
+                file.as_ref(),
+                clock.as_ref(),
+            );
             return Ok(Response::new(CreateSnapshotResponse {
                 snapshot: Some(snapshot),
             }));
@@ -833,11 +842,7 @@ impl Controller for ControllerService {
             copy_from: Some(source.clone()),
             export: None,
         };
-        let disk = self
-            .rds
-            .create_disk(&add, deadline)
-            .await
-            .map_err(rds_status)?;
+        let disk = self.make_disk(&add, deadline).await.map_err(rds_status)?;
         let file = self
             .rds
             .get_file(&path, deadline)
@@ -845,8 +850,15 @@ impl Controller for ControllerService {
             .map_err(rds_status)?;
         tracing::info!(snapshot = %id, source = %source, "snapshot created");
         let size = disk.size_bytes.or(source_disk.size_bytes);
+        let clock = self.clock(deadline).await;
         Ok(Response::new(CreateSnapshotResponse {
-            snapshot: Some(self.snapshot_of(&id, Some(&source), size, file.as_ref())),
+            snapshot: Some(self.snapshot_of(
+                &id,
+                Some(&source),
+                size,
+                file.as_ref(),
+                clock.as_ref(),
+            )),
         }))
     }
 
@@ -921,12 +933,23 @@ impl Controller for ControllerService {
                 .map(|f| (f.path.clone(), f))
                 .collect()
         };
+        let clock = if snapshots.is_empty() {
+            None
+        } else {
+            self.clock(deadline).await
+        };
         let items = snapshots
             .into_iter()
             .map(|(id, src, disk)| {
                 let file = disk.file_path.as_ref().and_then(|p| files.get(p));
                 let entry = list_snapshots_response::Entry {
-                    snapshot: Some(self.snapshot_of(&id, src.as_ref(), disk.size_bytes, file)),
+                    snapshot: Some(self.snapshot_of(
+                        &id,
+                        src.as_ref(),
+                        disk.size_bytes,
+                        file,
+                        clock.as_ref(),
+                    )),
                 };
                 (id.to_string(), entry)
             })
@@ -955,8 +978,15 @@ impl Controller for ControllerService {
             .ok_or_else(not_found)?;
         let (_, source) = self.owned_snapshot(&disk).ok_or_else(not_found)?;
         let file = self.file_of(&disk, deadline).await?;
+        let clock = self.clock(deadline).await;
         Ok(Response::new(GetSnapshotResponse {
-            snapshot: Some(self.snapshot_of(&id, source.as_ref(), disk.size_bytes, file.as_ref())),
+            snapshot: Some(self.snapshot_of(
+                &id,
+                source.as_ref(),
+                disk.size_bytes,
+                file.as_ref(),
+                clock.as_ref(),
+            )),
         }))
     }
 
@@ -982,8 +1012,7 @@ impl Controller for ControllerService {
             current
         } else {
             let resized = self
-                .rds
-                .resize_disk(&id, size, deadline)
+                .grow(&id, &disk, size, deadline)
                 .await
                 .map_err(rds_status)?;
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
@@ -1072,17 +1101,6 @@ mod tests {
             code(range(MIB as i64 + 1, MIB as i64 + 1)),
             tonic::Code::OutOfRange
         );
-    }
-
-    #[test]
-    fn routeros_times_become_timestamps() {
-        assert_eq!(timestamp("1970-01-01 00:00:00").unwrap().seconds, 0);
-        assert_eq!(
-            timestamp("2025-11-11 16:47:07").unwrap().seconds,
-            1_762_879_627
-        );
-        assert!(timestamp("nov/11/2025 16:47:07").is_none());
-        assert!(timestamp("2025-13-11 16:47:07").is_none());
     }
 
     #[test]

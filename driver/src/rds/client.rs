@@ -1,20 +1,40 @@
 //! Typed RDS operations over the SSH transport: each sends the commands of `command`, checks
 //! the reply with `error::classify`, parses it with `parse`, retries transport failures only, and
-//! reconciles a mutating command whose reply was lost by reading the state back.
+//! reconciles a mutating command whose reply was lost by reading the state back. Where real
+//! RouterOS may behave in more than one way (print terse, time zones, asynchronous copies,
+//! delayed resizes, directories it will not create), it finds out rather than assumes.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::command::{
-    AllocSize, Command, DiskAdd, DiskFilter, FileFilter, MountPoint, RdsPath, Slot,
+    AllocSize, Command, DiskAdd, DiskFilter, FileFilter, MountPoint, NvmeExport, RdsPath, Slot,
 };
 use super::error::{classify, RdsError, TransportError};
-use super::model::{Capacity, Disk, FileInfo, Traffic};
-use super::parse::{parse_detail, parse_key_colon_value};
+use super::model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
+use super::parse::{parse_detail, parse_key_colon_value, Entry};
 use super::ssh::{backoff, Transport};
+
+/// How long the RDS's clock reading (its offset from UTC) is trusted before it is read again.
+const CLOCK_TTL: Duration = Duration::from_secs(600);
+/// A copy whose file has not grown for this long has stopped.
+const COPY_STALL: Duration = Duration::from_secs(4);
+/// Longest wait for a resize to show in the disk's size.
+const RESIZE_SETTLE: Duration = Duration::from_secs(10);
+const POLL_MIN: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_millis(500);
+
+/// How far a copy has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyState {
+    /// The file has the disk's full size.
+    Complete(Disk),
+    /// The file stopped growing short of its size, or its disk went away.
+    Interrupted(String),
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -40,20 +60,66 @@ impl Default for RetryPolicy {
 pub struct RdsClient {
     transport: Arc<Transport>,
     retry: RetryPolicy,
+    /// Whether listings can use `print terse`, learnt on the connection generation recorded.
+    terse: Mutex<Option<(u64, bool)>>,
+    clock: Mutex<Option<(Instant, RdsClock)>>,
 }
 
 impl RdsClient {
     pub fn new(transport: Arc<Transport>, retry: RetryPolicy) -> Self {
-        Self { transport, retry }
+        Self {
+            transport,
+            retry,
+            terse: Mutex::new(None),
+            clock: Mutex::new(None),
+        }
     }
 
     pub fn transport(&self) -> &Arc<Transport> {
         &self.transport
     }
 
-    /// Sends one command once and classifies the reply.
+    /// Sends one command once and classifies the reply. A listing uses `print terse` when this
+    /// connection's RDS answers it readably (tried once per connection), else `print detail`.
     pub async fn run(&self, command: &Command, deadline: Instant) -> Result<String, RdsError> {
-        let line = command.render();
+        if !command.is_listing() {
+            return self.run_line(command, &command.render(), deadline).await;
+        }
+        let generation = self.transport.generation();
+        let known = *self.terse.lock().unwrap_or_else(|p| p.into_inner());
+        match known {
+            Some((g, true)) if g == generation => {
+                return self
+                    .run_line(command, &command.render_terse(), deadline)
+                    .await
+            }
+            Some((g, false)) if g == generation => {}
+            _ => {
+                let reply = self
+                    .run_line(command, &command.render_terse(), deadline)
+                    .await;
+                let supported = match &reply {
+                    Err(RdsError::Transport(_)) => return reply,
+                    Ok(out) => parse_detail(out).is_ok(),
+                    Err(_) => false,
+                };
+                *self.terse.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((self.transport.generation(), supported));
+                tracing::info!(supported, "RDS `print terse` support detected");
+                if supported {
+                    return reply;
+                }
+            }
+        }
+        self.run_line(command, &command.render(), deadline).await
+    }
+
+    async fn run_line(
+        &self,
+        command: &Command,
+        line: &str,
+        deadline: Instant,
+    ) -> Result<String, RdsError> {
         let started = Instant::now();
         // A copy runs as long as the data takes: it gets the whole deadline, never a capped
         // attempt that would end while RouterOS is still copying.
@@ -62,8 +128,8 @@ impl RdsClient {
         } else {
             deadline.min(started + self.retry.attempt_timeout)
         };
-        let result = match self.transport.exec(&line, attempt_deadline).await {
-            Ok(output) => classify(output),
+        let result = match self.transport.exec(line, attempt_deadline).await {
+            Ok(output) => classify(output, command.is_mutating()),
             Err(e) => Err(RdsError::Transport(e)),
         };
         let outcome = match &result {
@@ -71,6 +137,7 @@ impl RdsClient {
             Err(RdsError::NotFound(_)) => "not-found",
             Err(RdsError::AlreadyExists(_)) => "already-exists",
             Err(RdsError::OutOfSpace(_)) => "out-of-space",
+            Err(RdsError::Busy(_)) => "busy",
             Err(RdsError::Transport(_)) => "transport",
             Err(_) => "failed",
         };
@@ -137,9 +204,8 @@ impl RdsClient {
                 deadline,
             )
             .await?;
-        let mut matching: Vec<Disk> = parse_detail(&out)
-            .iter()
-            .filter_map(Disk::from_entry)
+        let mut matching: Vec<Disk> = disks(&out)?
+            .into_iter()
             .filter(|d| d.slot == slot.as_str())
             .collect();
         if matching.len() > 1 {
@@ -155,17 +221,17 @@ impl RdsClient {
         let out = self
             .run_idempotent(&Command::DiskPrint(DiskFilter::All), deadline)
             .await?;
-        Ok(parse_detail(&out)
-            .iter()
-            .filter_map(Disk::from_entry)
-            .collect())
+        disks(&out)
     }
 
-    /// Creates a disk. If the reply is lost and the retry finds the disk already made exactly as
-    /// asked, that is success, not a duplicate; a disk in the slot that differs is AlreadyExists.
+    /// Creates a disk and returns it as RouterOS reads it back. If the reply is lost and the
+    /// retry finds the disk already made exactly as asked, that is success, not a duplicate; a
+    /// disk in the slot that differs is AlreadyExists. A directory RouterOS will not create is
+    /// created, once. The caller checks the disk read back (`disk_mismatch`).
     pub async fn create_disk(&self, add: &DiskAdd, deadline: Instant) -> Result<Disk, RdsError> {
         let command = Command::DiskAdd(add.clone());
         let mut failures = 0;
+        let mut made_directory = false;
         loop {
             match self.run(&command, deadline).await {
                 Ok(_) => break,
@@ -205,12 +271,95 @@ impl RdsClient {
                     }
                     tokio::time::sleep(delay).await;
                 }
+                Err(e @ (RdsError::Failed { .. } | RdsError::InvalidArgument(_)))
+                    if !made_directory =>
+                {
+                    // Some RouterOS builds may not create a file's directory: make it and retry
+                    // once; if the directory was there, the failure stands.
+                    if !self.ensure_directory(&add.file_path, deadline).await? {
+                        return Err(e);
+                    }
+                    made_directory = true;
+                }
                 Err(e) => return Err(e),
             }
         }
-        // RouterOS allocates exactly the whole MiB asked for, so the reply is enough: reading the
-        // disk back would cost a second round trip on every create.
-        Ok(expected_disk(add))
+        self.get_disk(&add.slot, deadline)
+            .await?
+            .ok_or_else(|| RdsError::Failed {
+                exit_status: Some(0),
+                text: format!(
+                    "disk {} is not there after `/disk add` reported success",
+                    add.slot
+                ),
+            })
+    }
+
+    /// Creates the directories holding `file` that do not exist (below its mount point).
+    /// Returns whether it created any.
+    async fn ensure_directory(&self, file: &RdsPath, deadline: Instant) -> Result<bool, RdsError> {
+        let components: Vec<&str> = file.as_str().split('/').skip(1).collect();
+        let mut created = false;
+        // Skip the mount point (the first component) and the file itself.
+        for depth in 2..components.len() {
+            let dir = RdsPath::new(format!("/{}", components[..depth].join("/")))?;
+            let exists = self
+                .get_file(&dir, deadline)
+                .await?
+                .is_some_and(|f| f.is_directory());
+            if !exists {
+                tracing::info!(directory = %dir, "creating a directory on the RDS");
+                self.run(&Command::FileAddDirectory { path: dir }, deadline)
+                    .await?;
+                created = true;
+            }
+        }
+        Ok(created)
+    }
+
+    /// Waits until the file of a disk made by `copy-from` has the disk's full size: RouterOS may
+    /// copy after replying. A file that stops growing short of its size, or a disk that goes
+    /// away, is an interrupted copy.
+    pub async fn wait_for_copy(
+        &self,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<CopyState, RdsError> {
+        let mut last_size = None;
+        let mut last_growth = Instant::now();
+        let mut pause = POLL_MIN;
+        loop {
+            let Some(disk) = self.get_disk(slot, deadline).await? else {
+                return Ok(CopyState::Interrupted(format!("disk {slot} went away")));
+            };
+            let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())?;
+            let file = self.get_file(&path, deadline).await?;
+            let (Some(want), Some(file)) = (disk.size_bytes, file) else {
+                return Ok(CopyState::Interrupted(format!(
+                    "disk {slot} has no readable size or no file"
+                )));
+            };
+            let have = file.size_bytes.unwrap_or_default();
+            if have.saturating_add(file.size_precision) >= want {
+                return Ok(CopyState::Complete(disk));
+            }
+            if last_size != Some(have) {
+                last_size = Some(have);
+                last_growth = Instant::now();
+            } else if last_growth.elapsed() >= COPY_STALL {
+                return Ok(CopyState::Interrupted(format!(
+                    "the copy into {slot} stopped at {have} of {want} bytes"
+                )));
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(RdsError::Transport(TransportError::Timeout {
+                    what: format!("the copy into {slot} to finish ({have} of {want} bytes)"),
+                    after: last_growth.elapsed(),
+                }));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
     }
 
     /// Grows a disk's file to `size`; RouterOS cannot shrink. Reads the disk back and returns it.
@@ -226,20 +375,40 @@ impl RdsClient {
         };
         // Setting the same size twice converges, so a lost reply is simply retried.
         self.run_idempotent(&command, deadline).await?;
-        let disk = self
-            .get_disk(slot, deadline)
-            .await?
-            .ok_or_else(|| RdsError::NotFound(format!("disk {slot} disappeared during resize")))?;
-        match disk.size_bytes {
-            Some(actual) if actual >= size.bytes() => Ok(disk),
-            other => Err(RdsError::Failed {
-                exit_status: Some(0),
-                text: format!(
-                    "disk {slot} is {other:?} bytes after resizing to {}",
-                    size.bytes()
-                ),
-            }),
+        // RouterOS may show the new size only a little later.
+        let settle = deadline.min(Instant::now() + RESIZE_SETTLE);
+        let mut pause = POLL_MIN;
+        loop {
+            let disk = self.get_disk(slot, deadline).await?.ok_or_else(|| {
+                RdsError::NotFound(format!("disk {slot} disappeared during resize"))
+            })?;
+            match disk.size_bytes {
+                Some(actual) if actual >= size.bytes() => return Ok(disk),
+                other if Instant::now() + pause >= settle => {
+                    return Err(RdsError::Busy(format!(
+                        "disk {slot} still shows {other:?} bytes after resizing to {}",
+                        size.bytes()
+                    )))
+                }
+                _ => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
         }
+    }
+
+    /// Exports a disk with these settings, or stops exporting it (`None`).
+    pub async fn set_export(
+        &self,
+        slot: &Slot,
+        export: Option<NvmeExport>,
+        deadline: Instant,
+    ) -> Result<(), RdsError> {
+        let command = Command::DiskSetExport {
+            slot: slot.clone(),
+            export,
+        };
+        self.run_idempotent(&command, deadline).await.map(drop)
     }
 
     /// Removes the disk entry (not its file). A missing disk is not an error.
@@ -262,9 +431,8 @@ impl RdsClient {
             )
             .await?;
         let prefix = format!("{}/", dir.as_str());
-        Ok(parse_detail(&out)
-            .iter()
-            .filter_map(FileInfo::from_entry)
+        Ok(files(&out)?
+            .into_iter()
             .filter(|f| f.path.starts_with(&prefix))
             .collect())
     }
@@ -280,10 +448,7 @@ impl RdsClient {
                 deadline,
             )
             .await?;
-        Ok(parse_detail(&out)
-            .iter()
-            .filter_map(FileInfo::from_entry)
-            .find(|f| f.path == path.as_str()))
+        Ok(files(&out)?.into_iter().find(|f| f.path == path.as_str()))
     }
 
     /// Deletes a file. A missing file is not an error.
@@ -302,9 +467,8 @@ impl RdsClient {
                 deadline,
             )
             .await?;
-        let disk = parse_detail(&out)
-            .iter()
-            .filter_map(Disk::from_entry)
+        let disk = disks(&out)?
+            .into_iter()
             .find(|d| d.mount_point.as_deref() == Some(base.mount_point()))
             .ok_or_else(|| {
                 RdsError::NotFound(format!("no disk is mounted at {}", base.mount_point()))
@@ -328,6 +492,19 @@ impl RdsClient {
         Traffic::parse(&out).map_err(RdsError::Parse)
     }
 
+    /// The RDS's clock: its offset from UTC and its own time, read at most every few minutes.
+    pub async fn clock(&self, deadline: Instant) -> Result<RdsClock, RdsError> {
+        if let Some((read_at, clock)) = *self.clock.lock().unwrap_or_else(|p| p.into_inner()) {
+            if read_at.elapsed() < CLOCK_TTL {
+                return Ok(clock.advanced(read_at.elapsed()));
+            }
+        }
+        let out = self.run_idempotent(&Command::Clock, deadline).await?;
+        let clock = RdsClock::parse(&out).map_err(RdsError::Parse)?;
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), clock));
+        Ok(clock)
+    }
+
     /// The RDS's system identity; also the liveness probe.
     pub async fn identity(&self, deadline: Instant) -> Result<String, RdsError> {
         let out = self.run_idempotent(&Command::Identity, deadline).await?;
@@ -339,23 +516,64 @@ impl RdsClient {
     }
 }
 
-/// The disk `add` makes, as a print would show it.
-fn expected_disk(add: &DiskAdd) -> Disk {
-    Disk {
-        slot: add.slot.to_string(),
-        disk_type: "file".into(),
-        flags: if add.export.is_some() {
-            "t".into()
-        } else {
-            String::new()
-        },
-        file_path: Some(add.file_path.to_string()),
-        size_bytes: add.size.map(AllocSize::bytes),
-        nvme_export: add.export.is_some(),
-        nvme_port: add.export.as_ref().map(|e| e.port.get()),
-        nqn: add.export.as_ref().map(|e| e.nqn.to_string()),
-        mount_point: None,
-        free_bytes: None,
+/// The entries of a listing; an answer the driver cannot read is an error, never an empty list.
+fn entries(out: &str) -> Result<Vec<Entry>, RdsError> {
+    parse_detail(out).map_err(RdsError::Parse)
+}
+
+/// The disks of a `/disk print`, each checked for a misread path.
+fn disks(out: &str) -> Result<Vec<Disk>, RdsError> {
+    let disks: Vec<Disk> = entries(out)?.iter().filter_map(Disk::from_entry).collect();
+    match disks.iter().find_map(Disk::inconsistency) {
+        Some(problem) => Err(RdsError::Parse(problem)),
+        None => Ok(disks),
+    }
+}
+
+fn files(out: &str) -> Result<Vec<FileInfo>, RdsError> {
+    Ok(entries(out)?
+        .iter()
+        .filter_map(FileInfo::from_entry)
+        .collect())
+}
+
+/// How a disk read back after `/disk add` differs from what was asked, if it does. A copy's size
+/// is the caller's to check (it may take the source's); any other disk must have at least the
+/// size asked.
+pub fn disk_mismatch(add: &DiskAdd, disk: &Disk) -> Option<String> {
+    if disk.slot != add.slot.as_str() {
+        return Some(format!("slot {} instead of {}", disk.slot, add.slot));
+    }
+    if disk.file_path.as_deref() != Some(add.file_path.as_str()) {
+        return Some(format!(
+            "file-path {} instead of {}",
+            disk.file_path.as_deref().unwrap_or("-"),
+            add.file_path
+        ));
+    }
+    match (&add.export, disk.nvme_export) {
+        (None, true) => return Some("exported, though asked not to be".into()),
+        (Some(_), false) => return Some("not exported".into()),
+        (Some(e), true)
+            if disk.nvme_port != Some(e.port.get())
+                || disk.nqn.as_deref() != Some(e.nqn.as_str()) =>
+        {
+            return Some(format!(
+                "exported on port {:?} as {:?} instead of {} as {}",
+                disk.nvme_port,
+                disk.nqn,
+                e.port.get(),
+                e.nqn
+            ))
+        }
+        _ => {}
+    }
+    match (add.size, disk.size_bytes) {
+        (Some(want), Some(have)) if add.copy_from.is_none() && have < want.bytes() => {
+            Some(format!("{have} bytes instead of {}", want.bytes()))
+        }
+        (Some(_), None) => Some("no readable size".into()),
+        _ => None,
     }
 }
 

@@ -328,8 +328,9 @@ pub enum DiskFilter {
 pub enum FileFilter {
     /// Exactly this file.
     Name(RdsPath),
-    /// Everything below this directory. A regex without backslashes: path characters other than
-    /// `.` are literal in a regex, and an overmatch on `.` is filtered out by the caller.
+    /// Everything below this directory. An unanchored regex without backslashes (some RouterOS
+    /// builds may not support anchors): path characters other than `.` are literal, and the
+    /// caller keeps only names that really start with the directory.
     Under(RdsPath),
 }
 
@@ -337,13 +338,33 @@ pub enum FileFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     DiskAdd(DiskAdd),
-    DiskSetSize { slot: Slot, size: AllocSize },
-    DiskRemove { slot: Slot },
+    DiskSetSize {
+        slot: Slot,
+        size: AllocSize,
+    },
+    DiskRemove {
+        slot: Slot,
+    },
+    /// Exports a disk over NVMe/TCP with these settings, or stops exporting it.
+    DiskSetExport {
+        slot: Slot,
+        export: Option<NvmeExport>,
+    },
     DiskPrint(DiskFilter),
     FilePrint(FileFilter),
-    FileRemove { path: RdsPath },
-    MonitorTraffic { slot: Slot },
+    FileRemove {
+        path: RdsPath,
+    },
+    /// `/file add type=directory`: RouterOS may not create a disk's directory itself.
+    FileAddDirectory {
+        path: RdsPath,
+    },
+    MonitorTraffic {
+        slot: Slot,
+    },
     Identity,
+    /// `/system clock print`: the RDS's time and offset from UTC.
+    Clock,
 }
 
 impl Command {
@@ -354,12 +375,30 @@ impl Command {
             Command::DiskAdd(_) => "disk-add",
             Command::DiskSetSize { .. } => "disk-set-size",
             Command::DiskRemove { .. } => "disk-remove",
+            Command::DiskSetExport { .. } => "disk-set-export",
             Command::DiskPrint(DiskFilter::MountPoint(_)) => "capacity",
             Command::DiskPrint(_) => "disk-print",
             Command::FilePrint(_) => "file-print",
             Command::FileRemove { .. } => "file-remove",
+            Command::FileAddDirectory { .. } => "file-add-directory",
             Command::MonitorTraffic { .. } => "monitor-traffic",
             Command::Identity => "identity",
+            Command::Clock => "clock",
+        }
+    }
+
+    /// Whether the command is a `print detail` listing, which `print terse` can replace.
+    pub fn is_listing(&self) -> bool {
+        matches!(self, Command::DiskPrint(_) | Command::FilePrint(_))
+    }
+
+    /// The command line with `print terse` instead of `print detail` (listings only).
+    pub fn render_terse(&self) -> String {
+        let line = self.render();
+        if self.is_listing() {
+            line.replacen(" print detail", " print terse", 1)
+        } else {
+            line
         }
     }
 
@@ -377,7 +416,9 @@ impl Command {
             Command::DiskAdd(_)
                 | Command::DiskSetSize { .. }
                 | Command::DiskRemove { .. }
+                | Command::DiskSetExport { .. }
                 | Command::FileRemove { .. }
+                | Command::FileAddDirectory { .. }
         )
     }
 
@@ -394,15 +435,21 @@ impl Command {
                     line += &format!(" file-size={}", quote(&size.render()));
                 }
                 line += &format!(" slot={}", quote(add.slot.as_str()));
-                if let Some(export) = &add.export {
-                    line += &format!(
-                        " nvme-tcp-export=yes nvme-tcp-server-port={} nvme-tcp-server-nqn={}",
-                        quote(&export.port.get().to_string()),
-                        quote(export.nqn.as_str())
-                    );
+                match &add.export {
+                    Some(export) => line += &export_args(export),
+                    // A copy could otherwise keep its source's export (and NQN).
+                    None if add.copy_from.is_some() => line += " nvme-tcp-export=no",
+                    None => {}
                 }
                 line
             }
+            Command::DiskSetExport { slot, export } => format!(
+                "/disk set [find slot={}]{}",
+                quote(slot.as_str()),
+                export
+                    .as_ref()
+                    .map_or_else(|| " nvme-tcp-export=no".to_string(), export_args)
+            ),
             Command::DiskSetSize { slot, size } => format!(
                 "/disk set [find slot={}] file-size={}",
                 quote(slot.as_str()),
@@ -423,17 +470,29 @@ impl Command {
             }
             Command::FilePrint(FileFilter::Under(dir)) => format!(
                 "/file print detail where name~{}",
-                quote(&format!("^{}/", dir.file_name()))
+                quote(&format!("{}/", dir.file_name()))
             ),
             Command::FileRemove { path } => {
                 format!("/file remove [find name={}]", quote(path.file_name()))
+            }
+            Command::FileAddDirectory { path } => {
+                format!("/file add type=directory name={}", quote(path.file_name()))
             }
             Command::MonitorTraffic { slot } => {
                 format!("/disk monitor-traffic {} once", quote(slot.as_str()))
             }
             Command::Identity => "/system identity print".into(),
+            Command::Clock => "/system clock print".into(),
         }
     }
+}
+
+fn export_args(export: &NvmeExport) -> String {
+    format!(
+        " nvme-tcp-export=yes nvme-tcp-server-port={} nvme-tcp-server-nqn={}",
+        quote(&export.port.get().to_string()),
+        quote(export.nqn.as_str())
+    )
 }
 
 #[cfg(test)]
@@ -565,7 +624,7 @@ mod tests {
         assert_eq!(
             snap.render(),
             "/disk add type=file copy-from=[find slot=\"pvc-1\"] \
-             file-path=\"/storage-pool/metal-csi/snap-1.img\" slot=\"snap-1\""
+             file-path=\"/storage-pool/metal-csi/snap-1.img\" slot=\"snap-1\" nvme-tcp-export=no"
         );
         assert_eq!(
             Command::DiskRemove {
@@ -583,7 +642,7 @@ mod tests {
         );
         assert_eq!(
             Command::FilePrint(FileFilter::Under(path("/storage-pool/metal-csi"))).render(),
-            "/file print detail where name~\"^storage-pool/metal-csi/\""
+            "/file print detail where name~\"storage-pool/metal-csi/\""
         );
         assert_eq!(
             Command::DiskPrint(DiskFilter::MountPoint(

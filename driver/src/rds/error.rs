@@ -28,6 +28,12 @@ pub enum RdsError {
     Transport(#[from] TransportError),
     #[error("RDS output could not be understood: {0}")]
     Parse(String),
+    /// The RDS is working on the object (a copy into or out of it); try again later.
+    #[error("RDS: busy: {0}")]
+    Busy(String),
+    /// A copy stopped short of its size; what it made has been removed.
+    #[error("RDS: copy interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl RdsError {
@@ -100,8 +106,10 @@ const FAILURE_STARTS: &[&str] = &[
     "missing value",
 ];
 
-/// Turns an exec result into success (stdout) or a classified error that keeps the text.
-pub fn classify(output: ExecOutput) -> Result<String, RdsError> {
+/// Turns an exec result into success (stdout) or a classified error that keeps the text. A
+/// `mutating` command succeeds only on the output RouterOS prints on success, which is nothing:
+/// any text after `/disk add|set|remove` or `/file remove` is a failure, whatever the exit status.
+pub fn classify(output: ExecOutput, mutating: bool) -> Result<String, RdsError> {
     let failure_line = output
         .stdout
         .lines()
@@ -111,7 +119,8 @@ pub fn classify(output: ExecOutput) -> Result<String, RdsError> {
             let lower = l.to_ascii_lowercase();
             FAILURE_STARTS.iter().any(|p| lower.starts_with(p))
         });
-    let failed = output.exit_status != Some(0) || failure_line.is_some();
+    let unexpected_text = mutating && !output.stdout.trim().is_empty();
+    let failed = output.exit_status != Some(0) || failure_line.is_some() || unexpected_text;
     if !failed {
         return Ok(output.stdout);
     }
@@ -145,6 +154,8 @@ pub fn classify(output: ExecOutput) -> Result<String, RdsError> {
         || has("missing value")
     {
         RdsError::InvalidArgument(text)
+    } else if has("disk is busy") {
+        RdsError::Busy(text)
     } else {
         RdsError::Failed {
             exit_status: output.exit_status,
@@ -157,6 +168,33 @@ pub fn classify(output: ExecOutput) -> Result<String, RdsError> {
 mod tests {
     use super::*;
 
+    fn classify_read(o: ExecOutput) -> Result<String, RdsError> {
+        classify(o, false)
+    }
+
+    #[test]
+    fn any_text_after_a_mutation_is_a_failure() {
+        let odd = out("something nobody has seen\r\n", Some(0));
+        assert!(classify(odd.clone(), false).is_ok());
+        assert!(matches!(
+            classify(odd, true),
+            Err(RdsError::Failed { exit_status: Some(0), text }) if text == "something nobody has seen"
+        ));
+        assert!(classify(out("\r\n", Some(0)), true).is_ok());
+        assert!(matches!(
+            classify(out("disk is busy\r\n", Some(0)), true),
+            Err(RdsError::Busy(_))
+        ));
+        assert!(matches!(
+            classify(out("file already exists\r\n", Some(0)), true),
+            Err(RdsError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            classify(out("command rejected: not enough space\r\n", Some(0)), true),
+            Err(RdsError::OutOfSpace(_))
+        ));
+    }
+
     fn out(stdout: &str, exit: Option<u32>) -> ExecOutput {
         ExecOutput {
             stdout: stdout.into(),
@@ -167,24 +205,24 @@ mod tests {
 
     #[test]
     fn success_needs_exit_zero_and_no_failure_line() {
-        assert_eq!(classify(out("x\r\n", Some(0))).unwrap(), "x\r\n");
+        assert_eq!(classify_read(out("x\r\n", Some(0))).unwrap(), "x\r\n");
         assert!(matches!(
-            classify(out("failure: not enough space\r\n", Some(0))),
+            classify_read(out("failure: not enough space\r\n", Some(0))),
             Err(RdsError::OutOfSpace(t)) if t == "failure: not enough space"
         ));
         assert!(matches!(
-            classify(out("", Some(1))),
+            classify_read(out("", Some(1))),
             Err(RdsError::Failed { exit_status: Some(1), text }) if text == "no output"
         ));
         assert!(matches!(
-            classify(out("", None)),
+            classify_read(out("", None)),
             Err(RdsError::Failed { .. })
         ));
     }
 
     #[test]
     fn classifies_routeros_texts() {
-        let kind = |s: &str| match classify(out(s, Some(1))).unwrap_err() {
+        let kind = |s: &str| match classify_read(out(s, Some(1))).unwrap_err() {
             RdsError::NotFound(_) => "not-found",
             RdsError::AlreadyExists(_) => "exists",
             RdsError::OutOfSpace(_) => "space",
@@ -214,7 +252,7 @@ mod tests {
     #[test]
     fn failure_words_inside_data_are_not_failures() {
         let data = " 0  type=file model=\"no such item failure: x\"\r\n";
-        assert!(classify(out(data, Some(0))).is_ok());
+        assert!(classify_read(out(data, Some(0))).is_ok());
     }
 
     #[test]

@@ -7,10 +7,10 @@ pub mod model;
 pub mod parse;
 pub mod ssh;
 
-pub use client::{RdsClient, RetryPolicy};
+pub use client::{disk_mismatch, CopyState, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
 pub use error::{RdsError, TransportError};
-pub use model::{Capacity, Disk, FileInfo, Traffic};
+pub use model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
 pub use ssh::{HostKeyPolicy, SshConfig, Transport};
 
 use std::time::Duration;

@@ -1,12 +1,20 @@
-//! A tokenizer for RouterOS `print detail` output, as real hardware prints it: an optional
-//! `Flags:` legend, entries that start with an index and flag letters, `key=value` fields wrapped
-//! over indented continuation lines (sometimes in the middle of a value), quoted strings with
-//! backslash escapes, blank lines between entries and CRLF line endings.
+//! A tokenizer for RouterOS `print detail` and `print terse` output, as real hardware may print
+//! it: an optional `Flags:` legend, entries that start with an index and flag letters, `key=value`
+//! fields wrapped over indented continuation lines (cut between tokens, inside a token at the
+//! width or before a hyphen, with or without trailing spaces), quoted strings with backslash
+//! escapes, blank lines between entries and CRLF line endings.
 //!
-//! Fields are looked up by exact key, so `size` never matches inside `file-size`.
+//! It never guesses: a line break inside a quoted string or inside a path-valued field (which
+//! cannot hold spaces) is dropped, a line break anywhere else separates words, and text that is
+//! not `key=value` makes the whole output unreadable rather than being skipped. Fields are looked
+//! up by exact key, so `size` never matches inside `file-size`.
 
-/// Lines this long or longer were cut by the terminal width, not at a word boundary.
-const WRAP_WIDTH: usize = 79;
+/// Fields whose values are paths: they cannot contain spaces, so a line break inside one is
+/// always a wrap.
+const PATH_KEYS: &[&str] = &["file-path", "name", "mount-point"];
+
+/// Marks a line break inside the joined text of an entry.
+const BREAK: char = '\n';
 
 /// One entry of a `print detail` listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,75 +35,73 @@ impl Entry {
     }
 }
 
-/// Splits `print detail` output into entries. Never panics; text that is not `key=value` is
-/// kept out of the fields.
-pub fn parse_detail(output: &str) -> Vec<Entry> {
+/// Splits `print detail` (or `print terse`) output into entries. Fails on any text that is not
+/// part of a legend or a `key=value` field: an answer the driver cannot read is never taken for
+/// an empty list. Never panics.
+pub fn parse_detail(output: &str) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
-    let mut current: Option<(Entry, String, usize)> = None; // entry, joined text, last line length
+    let mut current: Option<(Entry, String)> = None;
     let mut in_legend = false;
 
     for raw in output.split('\n') {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw).trim_end();
+        if line.is_empty() {
             in_legend = false;
-            flush(&mut current, &mut entries);
+            flush(&mut current, &mut entries)?;
             continue;
         }
         let trimmed = line.trim_start();
         if trimmed.starts_with("Flags:") || trimmed.starts_with("Columns:") {
-            flush(&mut current, &mut entries);
+            flush(&mut current, &mut entries)?;
             in_legend = true;
             continue;
         }
         if let Some((index, rest)) = entry_start(line) {
             in_legend = false;
-            flush(&mut current, &mut entries);
-            let (flags, text) = split_flags(rest);
-            current = Some((
-                Entry {
-                    index,
-                    flags,
-                    fields: Vec::new(),
-                },
-                text.to_string(),
-                line.len(),
-            ));
+            flush(&mut current, &mut entries)?;
+            current = Some(new_entry(index, rest));
             continue;
         }
         if in_legend {
             continue; // a wrapped legend line
         }
         match current.as_mut() {
-            Some((_, text, last_len)) => {
-                join_continuation(text, *last_len, trimmed);
-                *last_len = line.len();
+            Some((_, text)) => {
+                text.push(BREAK);
+                text.push_str(trimmed);
             }
-            None => {
-                // Output without an index column: the first line of an entry is unindented.
-                let (flags, text) = split_flags(trimmed);
-                current = Some((
-                    Entry {
-                        index: None,
-                        flags,
-                        fields: Vec::new(),
-                    },
-                    text.to_string(),
-                    line.len(),
-                ));
-            }
+            // Output without an index column: the first line of an entry is unindented.
+            None => current = Some(new_entry(None, trimmed)),
         }
     }
-    flush(&mut current, &mut entries);
-    entries
+    flush(&mut current, &mut entries)?;
+    Ok(entries)
 }
 
-fn flush(current: &mut Option<(Entry, String, usize)>, entries: &mut Vec<Entry>) {
-    if let Some((mut entry, text, _)) = current.take() {
-        entry.fields = tokenize_fields(&text);
-        if !entry.fields.is_empty() {
-            entries.push(entry);
+fn new_entry(index: Option<u32>, text: &str) -> (Entry, String) {
+    let (flags, text) = split_flags(text);
+    (
+        Entry {
+            index,
+            flags,
+            fields: Vec::new(),
+        },
+        text.to_string(),
+    )
+}
+
+fn flush(current: &mut Option<(Entry, String)>, entries: &mut Vec<Entry>) -> Result<(), String> {
+    if let Some((mut entry, text)) = current.take() {
+        entry.fields = tokenize_fields(&text)?;
+        if entry.fields.is_empty() {
+            return Err(format!(
+                "unexpected text in RouterOS output: {:?}",
+                format!("{} {}", entry.flags, text.replace(BREAK, " ")).trim()
+            ));
         }
+        entries.push(entry);
     }
+    Ok(())
 }
 
 /// An entry starts with its index near the left margin (` 0 `, `12 `); continuation lines are
@@ -113,110 +119,122 @@ fn entry_start(line: &str) -> Option<(Option<u32>, &str)> {
     Some((rest[..digits].parse().ok(), rest[digits..].trim_start()))
 }
 
+fn is_space(c: char) -> bool {
+    c == ' ' || c == '\t' || c == BREAK
+}
+
 /// Flag letters come before the first `key=value`: single letters or short runs of letters.
 fn split_flags(text: &str) -> (String, &str) {
     let mut flags = String::new();
-    let mut rest = text.trim_start();
+    let mut rest = text.trim_start_matches(is_space);
     loop {
-        let word_end = rest.find([' ', '\t']).unwrap_or(rest.len());
+        let word_end = rest.find(is_space).unwrap_or(rest.len());
         let word = &rest[..word_end];
-        if word.is_empty() || word.contains('=') || !word.bytes().all(|b| b.is_ascii_alphabetic()) {
+        if word.is_empty() || !word.bytes().all(|b| b.is_ascii_alphabetic()) {
             return (flags, rest);
         }
         flags.push_str(word);
-        rest = rest[word_end..].trim_start();
+        rest = rest[word_end..].trim_start_matches(is_space);
     }
+}
+
+fn key_len(s: &str) -> usize {
+    s.bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
+        .count()
 }
 
 fn starts_with_key(s: &str) -> bool {
-    let key_len = s
-        .bytes()
-        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
-        .count();
-    key_len > 0 && s.as_bytes().get(key_len) == Some(&b'=')
-}
-
-/// Appends a continuation line. The terminal cut the previous line inside a token when it was
-/// inside a quoted string, or when it filled the width and the next line does not start a new
-/// `key=`; then the pieces join with no space.
-fn join_continuation(text: &mut String, last_len: usize, next: &str) {
-    let mid_token = in_open_quote(text) || (last_len >= WRAP_WIDTH && !starts_with_key(next));
-    if !mid_token && !text.is_empty() {
-        text.push(' ');
-    }
-    text.push_str(next);
-}
-
-fn in_open_quote(text: &str) -> bool {
-    let mut open = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if open => escaped = true,
-            '"' => open = !open,
-            _ => {}
-        }
-    }
-    open
+    let n = key_len(s);
+    n > 0 && s.as_bytes().get(n) == Some(&b'=')
 }
 
 /// Parses `key=value` tokens. A quoted value runs to its closing quote; an unquoted value runs
 /// over following words until a word that starts a new `key=` (so `size=53 687 091 200`,
-/// `type=.img file` and `last-modified=2025-11-11 16:47:07` each stay one value).
-pub fn tokenize_fields(text: &str) -> Vec<(String, String)> {
+/// `type=.img file` and `last-modified=2025-11-11 16:47:07` each stay one value), except that a
+/// path-valued field ends at a space and continues only across a line break. Any other word is
+/// an error.
+pub fn tokenize_fields(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut fields = Vec::new();
-    let mut rest = text.trim_start();
+    let mut rest = text.trim_start_matches(is_space);
     while !rest.is_empty() {
         if !starts_with_key(rest) {
-            // Stray word (never expected): skip it.
-            let end = rest.find([' ', '\t']).unwrap_or(rest.len());
-            rest = rest[end..].trim_start();
-            continue;
+            let end = rest.find(is_space).unwrap_or(rest.len());
+            return Err(format!(
+                "unexpected text in RouterOS output: {:?}",
+                &rest[..end]
+            ));
         }
-        let eq = rest.find('=').unwrap_or_default();
+        let eq = key_len(rest);
         let key = rest[..eq].to_string();
         let after = &rest[eq + 1..];
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
-            read_quoted(quoted)
+            read_quoted(quoted)?
+        } else if PATH_KEYS.contains(&key.as_str()) {
+            read_path(after)
         } else {
             read_unquoted(after)
         };
         fields.push((key, value));
-        rest = remainder.trim_start();
+        rest = remainder.trim_start_matches(is_space);
     }
-    fields
+    Ok(fields)
 }
 
-fn read_quoted(s: &str) -> (String, &str) {
+fn read_quoted(s: &str) -> Result<(String, &str), String> {
     let mut value = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
-            '"' => return (value, &s[i + 1..]),
-            '\\' => {
-                if let Some((_, escaped)) = chars.next() {
-                    value.push(escaped);
-                }
-            }
+            '"' => return Ok((value, &s[i + 1..])),
+            BREAK => {} // the terminal's cut, not part of the string
+            '\\' => match chars.next() {
+                Some((_, BREAK)) | None => return Err("a broken escape in a quoted value".into()),
+                Some((_, escaped)) => value.push(escaped),
+            },
             _ => value.push(c),
         }
     }
-    (value, "") // unterminated: take what there is
+    Err(format!("an unterminated quoted value: {value:?}"))
+}
+
+/// A path: one word, continued by the next word only across a line break.
+fn read_path(s: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut rest = s;
+    loop {
+        let end = rest.find(is_space).unwrap_or(rest.len());
+        value.push_str(&rest[..end]);
+        let gap_end = rest[end..]
+            .find(|c| !is_space(c))
+            .map_or(rest.len(), |i| end + i);
+        let gap = &rest[end..gap_end];
+        let next = &rest[gap_end..];
+        if gap.contains(BREAK)
+            && !next.is_empty()
+            && !starts_with_key(next)
+            && !next.starts_with('"')
+        {
+            rest = next;
+            continue;
+        }
+        return (value, &rest[end..]);
+    }
 }
 
 fn read_unquoted(s: &str) -> (String, &str) {
-    let mut end = s.find([' ', '\t']).unwrap_or(s.len());
+    let mut end = s.find(is_space).unwrap_or(s.len());
     loop {
         let after = &s[end..];
-        let next = after.trim_start();
+        let next = after.trim_start_matches(is_space);
         if next.is_empty() || starts_with_key(next) || next.starts_with('"') {
             break;
         }
         let word_start = s.len() - next.len();
-        end = word_start + next.find([' ', '\t']).unwrap_or(next.len());
+        end = word_start + next.find(is_space).unwrap_or(next.len());
     }
-    (s[..end].to_string(), &s[end..])
+    let words: Vec<&str> = s[..end].split(is_space).filter(|w| !w.is_empty()).collect();
+    (words.join(" "), &s[end..])
 }
 
 /// Parses `key: value` lines (`/disk monitor-traffic ... once`, `/system identity print`).
@@ -283,7 +301,8 @@ mod tests {
 
     #[test]
     fn exact_keys_only() {
-        let e = &parse_detail(" 0  type=file size=1 024 file-size=1.0KiB sector-size=512\r\n")[0];
+        let e = &parse_detail(" 0  type=file size=1 024 file-size=1.0KiB sector-size=512\r\n")
+            .unwrap()[0];
         assert_eq!(e.get("size"), Some("1 024"));
         assert_eq!(e.get("file-size"), Some("1.0KiB"));
         assert_eq!(e.get("sector-size"), Some("512"));
@@ -294,14 +313,14 @@ mod tests {
     fn legend_index_flags_and_blank_lines() {
         let out = "Flags: X - disabled, B - block-device; t - nvme-tcp-export\r\n \
                    M - mounted\r\n 0 B  t type=file slot=\"a\"\r\n\r\n 1    type=file slot=\"b\"\r\n";
-        let entries = parse_detail(out);
+        let entries = parse_detail(out).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].index, Some(0));
         assert_eq!(entries[0].flags, "Bt");
         assert_eq!(entries[0].get("slot"), Some("a"));
         assert_eq!(entries[1].flags, "");
         assert_eq!(entries[1].get("slot"), Some("b"));
-        assert!(parse_detail("Flags: X - disabled\r\n").is_empty());
+        assert!(parse_detail("Flags: X - disabled\r\n").unwrap().is_empty());
     }
 
     #[test]
@@ -309,7 +328,7 @@ mod tests {
         let head = " 0    type=file file-path=/storage-pool/metal-csi/pvc-";
         let first = format!("{head}{}", "a".repeat(80 - head.len()));
         let out = format!("{first}\r\n               -yyy.img file-size=1.0GiB\r\n");
-        let e = &parse_detail(&out)[0];
+        let e = &parse_detail(&out).unwrap()[0];
         let expected = format!(
             "/storage-pool/metal-csi/pvc-{}-yyy.img",
             "a".repeat(80 - head.len())
@@ -317,7 +336,8 @@ mod tests {
         assert_eq!(e.get("file-path"), Some(expected.as_str()));
         assert_eq!(e.get("file-size"), Some("1.0GiB"));
         // A short line was wrapped at a word boundary: the words keep their space.
-        let e = &parse_detail(" 0   name=x last-modified=2025-11-11\r\n     16:47:07\r\n")[0];
+        let e =
+            &parse_detail(" 0   name=x last-modified=2025-11-11\r\n     16:47:07\r\n").unwrap()[0];
         assert_eq!(e.get("last-modified"), Some("2025-11-11 16:47:07"));
     }
 
@@ -325,7 +345,7 @@ mod tests {
     fn quoted_values_with_escapes_and_breaks() {
         let out =
             " 0  model=\"a \\\"b\\\" c\" nqn=\"nqn.2000-02.com.mi\r\n     krotik:x\" e=\"\"\r\n";
-        let e = &parse_detail(out)[0];
+        let e = &parse_detail(out).unwrap()[0];
         assert_eq!(e.get("model"), Some("a \"b\" c"));
         assert_eq!(e.get("nqn"), Some("nqn.2000-02.com.mikrotik:x"));
         assert_eq!(e.get("e"), Some(""));
@@ -334,11 +354,37 @@ mod tests {
     #[test]
     fn multi_word_unquoted_values() {
         let out = " 1   name=storage-pool/metal-csi/pvc-1.img\r\n     type=.img file size=10.0GiB last-modified=2025-11-11 14:32:41\r\n";
-        let e = &parse_detail(out)[0];
+        let e = &parse_detail(out).unwrap()[0];
         assert_eq!(e.get("name"), Some("storage-pool/metal-csi/pvc-1.img"));
         assert_eq!(e.get("type"), Some(".img file"));
         assert_eq!(e.get("size"), Some("10.0GiB"));
         assert_eq!(e.get("last-modified"), Some("2025-11-11 14:32:41"));
+    }
+
+    #[test]
+    fn breaks_are_read_by_field_kind_whatever_the_width() {
+        // A hyphen cut on a short line, with trailing spaces after tokens.
+        let out = " 0  type=file slot=\"pvc-1\" \r\n     file-path=/pool/csi/pvc-1 \r\n     -22.img \r\n     size=53 687 \r\n     091 200 model=\"/pool/csi/pvc-1\r\n     -22.img\" \r\n";
+        let e = &parse_detail(out).unwrap()[0];
+        assert_eq!(e.get("file-path"), Some("/pool/csi/pvc-1-22.img"));
+        assert_eq!(e.get("model"), Some("/pool/csi/pvc-1-22.img"));
+        assert_eq!(e.get("size"), Some("53 687 091 200"));
+        // A path ends at a space on its own line: what follows must be a field.
+        assert!(parse_detail(" 0  file-path=/a/b c.img\r\n").is_err());
+    }
+
+    #[test]
+    fn text_that_is_not_a_field_is_an_error() {
+        for bad in [
+            "disk is busy\r\n",
+            "command rejected: no such item\r\n",
+            " 0  slot=\"a\" stray\r\n",
+            " 0  slot=\"unterminated\r\n",
+        ] {
+            assert!(parse_detail(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_detail("").unwrap().is_empty());
+        assert!(parse_detail("\r\n\r\n").unwrap().is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use russh::client;
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::error::{ExecOutput, TransportError};
@@ -228,6 +228,11 @@ pub struct Transport {
     config: Arc<SshConfig>,
     slots: Vec<Mutex<SlotState>>,
     channels: Semaphore,
+    /// One channel open at a time over all connections: RouterOS has been seen to stall when
+    /// several opens are pending at once.
+    open_gate: Mutex<()>,
+    /// Signalled whenever a command's channel is done, for opens the RDS refused for lack of one.
+    channel_done: Notify,
     next_slot: AtomicUsize,
     next_id: AtomicU64,
     reconnects: AtomicU64,
@@ -240,6 +245,8 @@ impl Transport {
             .collect();
         Arc::new(Self {
             channels: Semaphore::new(config.max_channels.max(1)),
+            open_gate: Mutex::new(()),
+            channel_done: Notify::new(),
             config: Arc::new(config),
             slots,
             next_slot: AtomicUsize::new(0),
@@ -259,6 +266,12 @@ impl Transport {
                 .map(|s| s.current.as_ref().is_some_and(|c| !c.handle.is_closed()))
                 .unwrap_or(true)
         })
+    }
+
+    /// How many connections have been made: it changes whenever the RDS may be a different one
+    /// (a reboot or an upgrade), so what was learnt about it is learnt again.
+    pub fn generation(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
     }
 
     /// Connections made after the first, over the transport's life.
@@ -283,17 +296,37 @@ impl Transport {
             .map_err(|_| TransportError::ConnectionLost("transport closed".into()))?;
         let in_flight = crate::metrics::global().ssh_channels_in_flight.clone();
         in_flight.inc();
-        let _in_flight = scopeguard(move || in_flight.dec());
+        let this = Arc::clone(self);
+        let _in_flight = scopeguard(move || {
+            in_flight.dec();
+            this.channel_done.notify_waiters();
+        });
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let conn = self.connection(slot, deadline).await?;
 
-        let mut channel = match timeout_at(deadline, conn.handle.channel_open_session()).await {
-            Err(_) => {
-                self.check_liveness_later(slot, &conn);
-                return Err(timeout("opening an SSH channel"));
+        let mut refusals = 0;
+        let mut channel = loop {
+            match timeout_at(deadline, self.open_channel(&conn)).await {
+                Err(_) => {
+                    self.check_liveness_later(slot, &conn);
+                    return Err(timeout("opening an SSH channel"));
+                }
+                Ok(Ok(channel)) => break channel,
+                // The RDS allows fewer channels than are in use: wait for one to be done.
+                Ok(Err(_)) if !conn.handle.is_closed() && self.others_in_flight() => {
+                    refusals += 1;
+                    let pause = backoff(
+                        Duration::from_millis(10),
+                        Duration::from_millis(200),
+                        refusals,
+                    );
+                    if Instant::now() + pause >= deadline {
+                        return Err(timeout("a channel the RDS would accept"));
+                    }
+                    let _ = tokio::time::timeout(pause, self.channel_done.notified()).await;
+                }
+                Ok(Err(e)) => return Err(self.channel_failed(slot, &conn, e).await),
             }
-            Ok(Err(e)) => return Err(self.channel_failed(slot, &conn, e).await),
-            Ok(Ok(channel)) => channel,
         };
         let run = async {
             channel
@@ -342,6 +375,20 @@ impl Transport {
         }
     }
 
+    /// Opens a session channel through the gate, so no two opens are ever pending together.
+    async fn open_channel(
+        &self,
+        conn: &Connection,
+    ) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        let _gate = self.open_gate.lock().await;
+        conn.handle.channel_open_session().await
+    }
+
+    /// Whether commands other than the caller's hold channels now.
+    fn others_in_flight(&self) -> bool {
+        self.config.max_channels.max(1) - self.channels.available_permits() > 1
+    }
+
     async fn channel_failed(
         &self,
         slot: usize,
@@ -377,9 +424,15 @@ impl Transport {
         let this = Arc::clone(self);
         let conn = Arc::clone(conn);
         tokio::spawn(async move {
+            // The probe is one more channel: it waits its turn like any command. If no channel
+            // frees up, commands are still running and will say for themselves.
+            let turn = Instant::now() + Duration::from_secs(5);
+            let Ok(Ok(_permit)) = timeout_at(turn, this.channels.acquire()).await else {
+                return;
+            };
             let deadline = Instant::now() + Duration::from_secs(5);
             let alive = async {
-                let mut ch = conn.handle.channel_open_session().await.ok()?;
+                let mut ch = this.open_channel(&conn).await.ok()?;
                 ch.exec(true, LIVENESS_COMMAND).await.ok()?;
                 while let Some(msg) = ch.wait().await {
                     if let ChannelMsg::ExitStatus { .. } = msg {
