@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::{self, LogFormat};
+use crate::rds::ssh::HostKeySource;
 
 /// The CSI driver name the earlier Go driver registered; existing PVs carry it.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";
@@ -146,9 +147,10 @@ pub struct RdsArgs {
     )]
     pub rds_key_file: PathBuf,
 
-    /// File holding the RDS's SSH host public key (OpenSSH one-line format) to pin.
-    #[arg(long, env = "RDS_CSI_RDS_HOST_KEY", group = "host_key_check")]
-    pub rds_host_key: Option<PathBuf>,
+    /// The RDS's SSH host key to pin: its SHA256 fingerprint (`SHA256:...`), its public key line
+    /// (`ssh-ed25519 AAAA...`), or a file holding either (or a known_hosts line).
+    #[arg(long, env = "RDS_CSI_RDS_HOST_KEY", group = "host_key_check", value_parser = HostKeySource::parse)]
+    pub rds_host_key: Option<HostKeySource>,
 
     /// known_hosts file to verify the RDS's SSH host key against.
     #[arg(long, env = "RDS_CSI_RDS_KNOWN_HOSTS", group = "host_key_check")]
@@ -194,8 +196,9 @@ impl RdsArgs {
             && !self.rds_insecure_skip_verify
         {
             return Err(
-                "the RDS host key must be verified: pass --rds-host-key FILE or \
-                 --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
+                "the RDS host key must be verified: pass --rds-host-key SHA256:FINGERPRINT \
+                 (or a public key line, or a file holding either) or --rds-known-hosts FILE \
+                 (or, insecurely, --rds-insecure-skip-verify)"
                     .into(),
             );
         }
@@ -438,6 +441,25 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn a_host_key_of_no_known_form_is_refused_naming_the_flag_and_the_forms() {
+        let err = Cli::try_parse_from([
+            "rds-csi",
+            "doctor",
+            "--rds-host-key",
+            "AAAAC3NzaC1lZDI1NTE5",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(text.contains("--rds-host-key"), "{text}");
+        assert!(
+            text.contains("SHA256:") && text.contains("public key line"),
+            "{text}"
+        );
+        assert!(!text.contains("No such file"), "{text}");
     }
 
     #[test]

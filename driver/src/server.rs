@@ -18,7 +18,7 @@ use crate::endpoint;
 use crate::identity::IdentityService;
 use crate::metrics::{GrpcMetricsLayer, PoolSource};
 use crate::node::NodeService;
-use crate::rds::ssh::{load_host_key, load_private_key};
+use crate::rds::ssh::load_private_key;
 use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
 
 /// The RDS client the controller uses, from the command line. Nothing is contacted yet: the
@@ -30,8 +30,8 @@ pub fn rds_client(args: &RdsArgs) -> anyhow::Result<Arc<RdsClient>> {
         .clone()
         .context("--rds-address is required")?;
     let key = load_private_key(&args.rds_key_file).context("--rds-key-file")?;
-    let policy = if let Some(path) = &args.rds_host_key {
-        HostKeyPolicy::Pinned(vec![load_host_key(path).context("--rds-host-key")?])
+    let policy = if let Some(pin) = &args.rds_host_key {
+        pin.policy().context("--rds-host-key")?
     } else if let Some(path) = &args.rds_known_hosts {
         std::fs::metadata(path).with_context(|| format!("--rds-known-hosts {}", path.display()))?;
         HostKeyPolicy::KnownHosts(path.clone())

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::cli::{OrphansArgs, OutputFormat, ToolArgs};
 use crate::controller::ids::{classify_disk, ManagedFile};
 use crate::orphans::{self, OrphanKind};
+use crate::rds::ssh::{AcceptedHostKey, HostKeyMatch};
 use crate::rds::{deadline_in, RdsPath};
 use crate::rds::{RdsError, Slot, TransportError};
 
@@ -143,6 +144,30 @@ fn skipped(name: &'static str) -> Check {
     }
 }
 
+/// Which pin the RDS's host key matched, or that nothing was checked.
+fn host_key_detail(accepted: Option<AcceptedHostKey>) -> String {
+    let Some(AcceptedHostKey {
+        fingerprint,
+        matched,
+    }) = accepted
+    else {
+        return "accepted (no record of which pin matched)".into();
+    };
+    match matched {
+        HostKeyMatch::Key => format!("{fingerprint} matches the pinned key (--rds-host-key)"),
+        HostKeyMatch::Fingerprint => {
+            format!("{fingerprint} matches the pinned fingerprint (--rds-host-key)")
+        }
+        HostKeyMatch::KnownHosts(path) => {
+            format!("{fingerprint} matches known_hosts {}", path.display())
+        }
+        HostKeyMatch::NotVerified => format!(
+            "NOT verified (--rds-insecure-skip-verify); the RDS presented {fingerprint}: \
+             pin it with --rds-host-key {fingerprint}"
+        ),
+    }
+}
+
 const REJECTED_FIX: &str =
     "RouterOS rejected a command the driver needs: the RDS must run RouterOS 7 \
     with ROSE storage, and the SSH user needs the read and write policies";
@@ -174,7 +199,8 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
                 "credentials",
                 format!("{e:#}"),
                 "point --rds-key-file at an unencrypted OpenSSH or PEM private key (ed25519, RSA or ECDSA) \
-                 and --rds-host-key at the RDS's public host key (`ssh-ed25519 AAAA...`)",
+                 and give --rds-host-key the RDS's host key fingerprint (`SHA256:...`), public key \
+                 line (`ssh-ed25519 AAAA...`) or a file holding either",
             ));
             return checks;
         }
@@ -184,7 +210,10 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
     match rds.identity(deadline).await {
         Ok(name) => {
             checks.push(pass("connect", format!("reached {addr}")));
-            checks.push(pass("host key", "matches the pinned key"));
+            checks.push(pass(
+                "host key",
+                host_key_detail(rds.transport().accepted_host_key()),
+            ));
             checks.push(pass(
                 "login",
                 format!("logged in as {}; identity `{name}`", args.rds.rds_user),
@@ -195,8 +224,9 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
                 RdsError::Transport(TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }) => (
                     "host key",
                     "the RDS presented a different host key: confirm its fingerprint on the RDS console \
-                     (`/ip ssh print`), then update the file given to --rds-host-key or --rds-known-hosts. \
-                     If nobody changed the RDS, someone may be intercepting the connection",
+                     (`/ip ssh print`), then update the fingerprint, key or file given to --rds-host-key, \
+                     or the --rds-known-hosts file. If nobody changed the RDS, someone may be \
+                     intercepting the connection",
                 ),
                 RdsError::Transport(TransportError::AuthRejected { .. }) => (
                     "login",
