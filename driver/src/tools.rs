@@ -19,9 +19,8 @@ use crate::rds::{RdsError, Slot, TransportError};
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
-    let rds = crate::server::rds_client(&args.rds)?;
-    let base =
-        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let base = args.rds.volume_base_path()?;
     let deadline = deadline_in(TOOL_DEADLINE);
     // With a cluster, also disks without PV; files the cluster references are never orphans.
     let refs = match &args.kubeconfig {
@@ -186,13 +185,13 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
             return checks;
         }
     };
-    let rds = match crate::server::rds_client(&args.rds) {
-        Ok(rds) => {
+    let rds = match args.rds.ssh_config() {
+        Ok(config) => {
             checks.push(pass(
                 "credentials",
                 format!("key {} loaded", args.rds.rds_key_file.display()),
             ));
-            rds
+            crate::server::rds_client(config)
         }
         Err(e) => {
             checks.push(fail(
@@ -359,9 +358,8 @@ struct ListedVolume {
 }
 
 pub async fn volumes(args: ToolArgs) -> anyhow::Result<()> {
-    let rds = crate::server::rds_client(&args.rds)?;
-    let base =
-        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let base = args.rds.volume_base_path()?;
     let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
     let mut listed: Vec<ListedVolume> = disks
         .iter()
