@@ -1,12 +1,22 @@
 //! The `rds-csi` command line. Every flag can also be set from an `RDS_CSI_*` environment variable.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::controller::params::ParamDefaults;
+use crate::controller::ControllerConfig;
+use crate::duration::parse_duration;
+use crate::kube::leader;
 use crate::logging::{self, LogFormat};
+use crate::node::{ConnectorConfig, NodeConfig, NvmeTcpConfig};
+use crate::rds::ssh::{load_private_key, HostKeySource};
+use crate::rds::{HostKeyPolicy, Port, RdsPath, SshConfig};
+use crate::server::ControllerRole;
+use crate::{endpoint, kube, metrics, node, server};
 
 /// The CSI driver name the earlier Go driver registered; existing PVs carry it.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";
@@ -79,7 +89,7 @@ pub struct OrphansArgs {
     /// Leave files younger than this alone (they may belong to a create in progress), e.g.
     /// `5m`, `1h`, `0s`. RouterOS prints file times without a zone; they are read as UTC.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub grace_period: std::time::Duration,
+    pub grace_period: Duration,
 
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -92,25 +102,6 @@ pub struct OrphansArgs {
     /// CSI driver name of the PVs and VolumeSnapshotContents to compare with (with --kubeconfig).
     #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
     pub driver_name: String,
-}
-
-/// Parses `90s`, `5m`, `1h`, `2d` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => None,
-    }
-    .ok_or_else(|| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
-    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// How the node reaches a volume's block device.
@@ -146,9 +137,10 @@ pub struct RdsArgs {
     )]
     pub rds_key_file: PathBuf,
 
-    /// File holding the RDS's SSH host public key (OpenSSH one-line format) to pin.
-    #[arg(long, env = "RDS_CSI_RDS_HOST_KEY", group = "host_key_check")]
-    pub rds_host_key: Option<PathBuf>,
+    /// The RDS's SSH host key to pin: its SHA256 fingerprint (`SHA256:...`), its public key line
+    /// (`ssh-ed25519 AAAA...`), or a file holding either (or a known_hosts line).
+    #[arg(long, env = "RDS_CSI_RDS_HOST_KEY", group = "host_key_check", value_parser = HostKeySource::parse)]
+    pub rds_host_key: Option<HostKeySource>,
 
     /// known_hosts file to verify the RDS's SSH host key against.
     #[arg(long, env = "RDS_CSI_RDS_KNOWN_HOSTS", group = "host_key_check")]
@@ -194,8 +186,9 @@ impl RdsArgs {
             && !self.rds_insecure_skip_verify
         {
             return Err(
-                "the RDS host key must be verified: pass --rds-host-key FILE or \
-                 --rds-known-hosts FILE (or, insecurely, --rds-insecure-skip-verify)"
+                "the RDS host key must be verified: pass --rds-host-key SHA256:FINGERPRINT \
+                 (or a public key line, or a file holding either) or --rds-known-hosts FILE \
+                 (or, insecurely, --rds-insecure-skip-verify)"
                     .into(),
             );
         }
@@ -312,7 +305,7 @@ pub struct ServeArgs {
 
     /// Kubernetes integration of the controller (attachments, reconcilers, leader election).
     #[command(flatten)]
-    pub kube: crate::kube::KubeArgs,
+    pub kube: KubeArgs,
 
     /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
     #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]
@@ -358,22 +351,212 @@ impl ServeArgs {
             return Err("--driver-name must not be empty".into());
         }
         if !self.metrics_address.is_empty() {
-            parse_listen_address(&self.metrics_address)
+            metrics::parse_listen_address(&self.metrics_address)
                 .map_err(|e| format!("--metrics-address: {e}"))?;
         }
         Ok(())
     }
 }
 
-/// Parses `host:port` or `:port` (all interfaces), as Go drivers accept.
-pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not an address of the form HOST:PORT or :PORT"))
+/// Kubernetes flags of `rds-csi serve` (names as the Go driver's).
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file; without it the in-cluster config is used when running in a pod, and
+    /// Kubernetes features are off otherwise.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// How long a node must be missing before the attachment reconciler clears its
+    /// attachments; volumes detached within this period are left alone.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "RDS_CSI_ATTACHMENT_GRACE_PERIOD")]
+    pub attachment_grace_period: Duration,
+
+    /// How often the attachment reconciler checks that attached nodes still exist (it also
+    /// runs on node deletes and NotReady transitions).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_ATTACHMENT_RECONCILE_INTERVAL")]
+    pub attachment_reconcile_interval: Duration,
+
+    /// How long two nodes may hold an RWX block volume during a live migration; the volume
+    /// context key `migrationTimeoutSeconds` overrides it.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_MIGRATION_TIMEOUT")]
+    pub migration_timeout: Duration,
+
+    /// Periodically compare the RDS with the cluster's PVs and VolumeSnapshotContents.
+    #[arg(long, env = "RDS_CSI_ENABLE_ORPHAN_RECONCILER")]
+    pub enable_orphan_reconciler: bool,
+
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "RDS_CSI_ORPHAN_CHECK_INTERVAL")]
+    pub orphan_check_interval: Duration,
+
+    /// Files and volumes younger than this are never orphans.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_ORPHAN_GRACE_PERIOD")]
+    pub orphan_grace_period: Duration,
+
+    /// Only report orphans; `--orphan-dry-run=false` deletes them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", env = "RDS_CSI_ORPHAN_DRY_RUN")]
+    pub orphan_dry_run: bool,
+
+    /// Run the reconcilers only on the replica holding the Lease.
+    #[arg(long, env = "RDS_CSI_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease (default: the pod's namespace / the kubeconfig's).
+    #[arg(long, env = "RDS_CSI_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    #[arg(long, default_value = leader::DEFAULT_LEASE_NAME, env = "RDS_CSI_LEADER_ELECTION_LEASE_NAME")]
+    pub leader_election_lease_name: String,
+}
+
+// The one place the parsed command line becomes the services' configurations.
+
+impl RdsArgs {
+    /// How to reach the RDS, with the private key loaded and the host key pin resolved.
+    pub fn ssh_config(&self) -> anyhow::Result<SshConfig> {
+        let host = self
+            .rds_address
+            .clone()
+            .context("--rds-address is required")?;
+        let key = load_private_key(&self.rds_key_file).context("--rds-key-file")?;
+        let policy = if let Some(pin) = &self.rds_host_key {
+            pin.policy().context("--rds-host-key")?
+        } else if let Some(path) = &self.rds_known_hosts {
+            std::fs::metadata(path)
+                .with_context(|| format!("--rds-known-hosts {}", path.display()))?;
+            HostKeyPolicy::KnownHosts(path.clone())
+        } else {
+            tracing::warn!("--rds-insecure-skip-verify: the RDS host key will NOT be verified");
+            HostKeyPolicy::InsecureSkipVerify
+        };
+        let mut config = SshConfig::new(host, self.rds_port, self.rds_user.clone(), key, policy);
+        config.connections = usize::from(self.rds_connections);
+        config.max_channels = usize::from(self.rds_max_channels);
+        config.connect_timeout = Duration::from_secs(self.rds_connect_timeout);
+        Ok(config)
+    }
+
+    pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
+        RdsPath::new(self.rds_volume_base_path.as_str()).context("--rds-volume-base-path")
+    }
+}
+
+impl KubeArgs {
+    pub fn config(&self) -> kube::Config {
+        kube::Config {
+            kubeconfig: self.kubeconfig.clone(),
+            attachment_grace_period: self.attachment_grace_period,
+            attachment_reconcile_interval: self.attachment_reconcile_interval,
+            migration_timeout: self.migration_timeout,
+            enable_orphan_reconciler: self.enable_orphan_reconciler,
+            orphan_check_interval: self.orphan_check_interval,
+            orphan_grace_period: self.orphan_grace_period,
+            orphan_dry_run: self.orphan_dry_run,
+            leader_election: self.leader_election,
+            leader_election_namespace: self.leader_election_namespace.clone(),
+            leader_election_lease_name: self.leader_election_lease_name.clone(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// What `serve` runs. Call `validate` first: this reads the SSH key files.
+    pub fn config(&self) -> anyhow::Result<server::Config> {
+        Ok(server::Config {
+            socket: endpoint::socket_path(&self.endpoint)?,
+            driver_name: self.driver_name.clone(),
+            controller: self
+                .controller
+                .then(|| self.controller_role())
+                .transpose()?,
+            node: self.node.then(|| self.node_config()).transpose()?,
+            metrics: self.metrics_config()?,
+        })
+    }
+
+    fn controller_role(&self) -> anyhow::Result<ControllerRole> {
+        let nvme_address = match &self.nvme_address {
+            Some(a) => Some(
+                a.parse::<std::net::IpAddr>()
+                    .context("--nvme-address must be an IP address")?
+                    .to_string(),
+            ),
+            None => self
+                .rds
+                .rds_address
+                .as_ref()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .map(|ip| ip.to_string()),
+        };
+        let defaults = ParamDefaults {
+            base_path: self.rds.volume_base_path()?,
+            nvme_address,
+            nvme_port: Port::new(u32::from(self.nvme_port)).context("--nvme-port")?,
+        };
+        Ok(ControllerRole {
+            rds: self.rds.ssh_config()?,
+            service: ControllerConfig::new(defaults),
+            kube: self.kube.config(),
+        })
+    }
+
+    pub fn node_config(&self) -> anyhow::Result<node::Config> {
+        let node_id = self.node_id.clone().context("--node-id is required")?;
+        let kubelet_dir = (!self.kubelet_dir.is_empty()).then(|| PathBuf::from(&self.kubelet_dir));
+        let state_dir = match (&self.node_state_dir, &kubelet_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(k)) => k.join("plugins").join(&self.driver_name).join("volumes"),
+            (None, None) => {
+                anyhow::bail!("--node-state-dir is required when --kubelet-dir is empty")
+            }
+        };
+        let connector = match self.connector {
+            ConnectorKind::Loop => ConnectorConfig::Loop {
+                root: self
+                    .loop_root
+                    .clone()
+                    .context("--loop-root is required with --connector loop")?,
+            },
+            ConnectorKind::NvmeTcp => ConnectorConfig::NvmeTcp(NvmeTcpConfig {
+                hostnqn_file: self.nvme_hostnqn_file.clone(),
+                nvme_cli: self.nvme_cli.clone(),
+                ctrl_loss_tmo: self.nvme_ctrl_loss_tmo,
+                reconnect_delay: self.nvme_reconnect_delay,
+                keep_alive_tmo: self.nvme_keep_alive_tmo,
+                default_address: self
+                    .nvme_address
+                    .as_deref()
+                    .or(self.rds.rds_address.as_deref())
+                    .and_then(|a| a.parse().ok()),
+                default_port: self.nvme_port,
+            }),
+        };
+        Ok(node::Config {
+            service: NodeConfig {
+                node_id,
+                kubelet_dir,
+                state_dir,
+                managed_nqn_prefix: self.managed_nqn_prefix.clone(),
+                max_volumes_per_node: self.max_volumes_per_node,
+                sys_root: self.sysfs_root.clone(),
+                operation_timeout: Duration::from_secs(self.node_operation_timeout),
+            },
+            connector,
+        })
+    }
+
+    fn metrics_config(&self) -> anyhow::Result<metrics::Config> {
+        let listen = if self.metrics_address.is_empty() {
+            None
+        } else {
+            Some(
+                metrics::parse_listen_address(&self.metrics_address)
+                    .map_err(anyhow::Error::msg)
+                    .context("--metrics-address")?,
+            )
+        };
+        Ok(metrics::Config { listen })
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -401,7 +584,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => crate::server::serve(args).await,
+            Command::Serve(args) => crate::server::serve(args.config()?).await,
             Command::Orphans(args) => crate::tools::orphans(args).await,
             Command::Doctor(args) => crate::tools::doctor(args).await,
             Command::Volumes(args) => crate::tools::volumes(args).await,
@@ -420,6 +603,7 @@ pub fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -438,6 +622,25 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn a_host_key_of_no_known_form_is_refused_naming_the_flag_and_the_forms() {
+        let err = Cli::try_parse_from([
+            "rds-csi",
+            "doctor",
+            "--rds-host-key",
+            "AAAAC3NzaC1lZDI1NTE5",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(text.contains("--rds-host-key"), "{text}");
+        assert!(
+            text.contains("SHA256:") && text.contains("public key line"),
+            "{text}"
+        );
+        assert!(!text.contains("No such file"), "{text}");
     }
 
     #[test]
@@ -480,29 +683,118 @@ mod tests {
         assert!(parse(&["--kubelet-dir", "rel"]).validate().is_err());
     }
 
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let argv = ["rds-csi", "serve"].iter().chain(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        args
+    }
+
+    #[test]
+    fn kube_flags_default_to_the_go_drivers_values() {
+        let k = serve_args(&[]).kube;
+        assert_eq!(k.kubeconfig, None);
+        assert_eq!(k.attachment_grace_period, Duration::from_secs(30));
+        assert_eq!(k.attachment_reconcile_interval, Duration::from_secs(300));
+        assert_eq!(k.migration_timeout, Duration::from_secs(300));
+        assert!(!k.enable_orphan_reconciler);
+        assert_eq!(k.orphan_check_interval, Duration::from_secs(3600));
+        assert_eq!(k.orphan_grace_period, Duration::from_secs(300));
+        assert!(k.orphan_dry_run, "dry run unless switched off");
+        assert!(!k.leader_election);
+        assert_eq!(k.leader_election_lease_name, "rds-csi-controller");
+        assert_eq!(
+            k.config(),
+            kube::Config::default(),
+            "the flag defaults and kube::Config's agree"
+        );
+
+        let k = serve_args(&[
+            "--orphan-dry-run=false",
+            "--migration-timeout",
+            "90s",
+            "--enable-orphan-reconciler",
+            "--leader-election",
+            "--leader-election-namespace",
+            "csi",
+        ])
+        .kube
+        .config();
+        assert!(!k.orphan_dry_run);
+        assert_eq!(k.migration_timeout, Duration::from_secs(90));
+        assert!(k.enable_orphan_reconciler && k.leader_election);
+        assert_eq!(k.leader_election_namespace.as_deref(), Some("csi"));
+        assert!(serve_args(&["--orphan-dry-run"]).kube.orphan_dry_run);
+        assert!(Cli::try_parse_from(["t", "serve", "--orphan-grace-period", "5x"]).is_err());
+    }
+
+    #[test]
+    fn node_flags_build_the_node_config() {
+        let args = serve_args(&[
+            "--node",
+            "--node-id",
+            "n1",
+            "--rds-address",
+            "10.0.0.1",
+            "--nvme-ctrl-loss-tmo",
+            "-1",
+        ]);
+        let config = args.node_config().unwrap();
+        assert_eq!(config.service.node_id, "n1");
+        assert_eq!(
+            config.service.state_dir,
+            Path::new("/var/lib/kubelet/plugins/rds.csi.srvlab.io/volumes")
+        );
+        let ConnectorConfig::NvmeTcp(nvme) = config.connector else {
+            panic!("nvme-tcp is the default connector")
+        };
+        assert_eq!(nvme.ctrl_loss_tmo, -1);
+        assert_eq!(nvme.default_address, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(nvme.default_port, 4420);
+
+        let args = serve_args(&[
+            "--node",
+            "--node-id",
+            "n1",
+            "--connector",
+            "loop",
+            "--loop-root",
+            "/data",
+            "--kubelet-dir",
+            "",
+            "--node-state-dir",
+            "/s",
+        ]);
+        let config = args.node_config().unwrap();
+        assert_eq!(config.service.kubelet_dir, None);
+        assert_eq!(config.service.state_dir, Path::new("/s"));
+        assert_eq!(
+            config.connector,
+            ConnectorConfig::Loop {
+                root: PathBuf::from("/data")
+            }
+        );
+    }
+
+    #[test]
+    fn metrics_address_builds_the_metrics_config() {
+        let listen = |extra: &[&str]| serve_args(extra).metrics_config().unwrap().listen;
+        assert_eq!(listen(&[]), Some("0.0.0.0:9809".parse().unwrap()));
+        assert_eq!(listen(&["--metrics-address", ""]), None);
+        let err = serve_args(&["--metrics-address", "9809"])
+            .metrics_config()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("--metrics-address: "),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn loop_connector_requires_root() {
         let err =
             Cli::try_parse_from(["rds-csi", "serve", "--node", "--connector", "loop"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
-        assert_eq!(parse_duration("0s").unwrap().as_secs(), 0);
-        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("m").is_err());
-    }
-
-    #[test]
-    fn listen_address_accepts_go_style_port_only() {
-        assert_eq!(parse_listen_address(":9809").unwrap().port(), 9809);
-        assert_eq!(
-            parse_listen_address("127.0.0.1:1").unwrap(),
-            "127.0.0.1:1".parse().unwrap()
-        );
-        assert!(parse_listen_address("9809").is_err());
     }
 }

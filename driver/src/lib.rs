@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod duration;
 pub mod endpoint;
 pub mod grpc;
 pub mod identity;

@@ -22,6 +22,23 @@ use tokio::sync::Mutex;
 
 use crate::rds::{RdsClient, RdsPath, Slot};
 
+/// Where the metrics and health endpoint listens; `None` turns it off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Option<SocketAddr>,
+}
+
+/// Parses `host:port` or `:port` (all interfaces), as Go drivers accept.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not an address of the form HOST:PORT or :PORT"))
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub csi_calls: IntCounterVec,
@@ -352,4 +369,19 @@ pub async fn serve_http(
         }
     });
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_accepts_go_style_port_only() {
+        assert_eq!(parse_listen_address(":9809").unwrap().port(), 9809);
+        assert_eq!(
+            parse_listen_address("127.0.0.1:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert!(parse_listen_address("9809").is_err());
+    }
 }

@@ -6,95 +6,74 @@ use csi_proto::v1::node_server::NodeServer;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use csi_proto::v1::controller_server::ControllerServer;
 
-use crate::cli::{RdsArgs, ServeArgs};
-use crate::controller::params::ParamDefaults;
 use crate::controller::{ControllerConfig, ControllerService};
 use crate::endpoint;
 use crate::identity::IdentityService;
 use crate::metrics::{GrpcMetricsLayer, PoolSource};
 use crate::node::NodeService;
-use crate::rds::ssh::{load_host_key, load_private_key};
-use crate::rds::{HostKeyPolicy, Port, RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
+use crate::rds::{RdsClient, RetryPolicy, SshConfig, Transport};
 
-/// The RDS client the controller uses, from the command line. Nothing is contacted yet: the
+/// What `rds-csi serve` runs; `cli` builds it from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The CSI socket.
+    pub socket: PathBuf,
+    /// Reported by GetPluginInfo (must match the CSIDriver object).
+    pub driver_name: String,
+    pub controller: Option<ControllerRole>,
+    pub node: Option<crate::node::Config>,
+    pub metrics: crate::metrics::Config,
+}
+
+/// The controller's part: how to reach the RDS, how volumes are made there, and Kubernetes.
+#[derive(Debug, Clone)]
+pub struct ControllerRole {
+    pub rds: SshConfig,
+    pub service: ControllerConfig,
+    pub kube: crate::kube::Config,
+}
+
+/// The RDS client the controller and the operator commands use. Nothing is contacted yet: the
 /// connection is made on first use, so a driver starts (and reports not ready) while the RDS is
 /// down.
-pub fn rds_client(args: &RdsArgs) -> anyhow::Result<Arc<RdsClient>> {
-    let host = args
-        .rds_address
-        .clone()
-        .context("--rds-address is required")?;
-    let key = load_private_key(&args.rds_key_file).context("--rds-key-file")?;
-    let policy = if let Some(path) = &args.rds_host_key {
-        HostKeyPolicy::Pinned(vec![load_host_key(path).context("--rds-host-key")?])
-    } else if let Some(path) = &args.rds_known_hosts {
-        std::fs::metadata(path).with_context(|| format!("--rds-known-hosts {}", path.display()))?;
-        HostKeyPolicy::KnownHosts(path.clone())
-    } else {
-        tracing::warn!("--rds-insecure-skip-verify: the RDS host key will NOT be verified");
-        HostKeyPolicy::InsecureSkipVerify
-    };
-    let mut config = SshConfig::new(host, args.rds_port, args.rds_user.clone(), key, policy);
-    config.connections = usize::from(args.rds_connections);
-    config.max_channels = usize::from(args.rds_max_channels);
-    config.connect_timeout = Duration::from_secs(args.rds_connect_timeout);
-    Ok(Arc::new(RdsClient::new(
+pub fn rds_client(config: SshConfig) -> Arc<RdsClient> {
+    Arc::new(RdsClient::new(
         Transport::new(config),
         RetryPolicy::default(),
-    )))
+    ))
 }
 
-fn controller_config(args: &ServeArgs) -> anyhow::Result<ControllerConfig> {
-    let base_path =
-        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
-    let nvme_address = match &args.nvme_address {
-        Some(a) => Some(
-            a.parse::<std::net::IpAddr>()
-                .context("--nvme-address must be an IP address")?
-                .to_string(),
-        ),
-        None => args
-            .rds
-            .rds_address
-            .as_ref()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .map(|ip| ip.to_string()),
-    };
-    Ok(ControllerConfig::new(ParamDefaults {
-        base_path,
-        nvme_address,
-        nvme_port: Port::new(u32::from(args.nvme_port)).context("--nvme-port")?,
-    }))
-}
-
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let path = endpoint::socket_path(&args.endpoint)?;
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let path = config.socket;
     // Install the handlers before the socket exists, so a signal that arrives as soon as a
     // client sees the socket still shuts down cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let serves_controller = config.controller.is_some();
     let mut kube_tasks = None;
-    let mut attachments_held = None;
-    let (rds, controller) = if args.controller {
-        let rds = rds_client(&args.rds)?;
-        let config = controller_config(&args)?;
+    let mut pool = None;
+    let (rds, controller) = if let Some(role) = config.controller {
+        let rds = rds_client(role.rds);
+        let base_path = role.service.defaults.base_path.clone();
         // Attachments rebuilt from the cluster, and the reconcilers, when Kubernetes is reachable.
         let (attachments, kube) = crate::kube::setup_controller(
-            &args.kube,
-            &args.driver_name,
+            &role.kube,
+            &config.driver_name,
             Arc::clone(&rds),
-            config.defaults.base_path.clone(),
+            base_path.clone(),
         )
         .await?;
-        attachments_held = Some(Arc::clone(&attachments));
+        pool = Some(Arc::new(
+            PoolSource::new(Arc::clone(&rds), base_path).with_attachments(Arc::clone(&attachments)),
+        ));
         let mut controller =
-            ControllerService::with_attachments(Arc::clone(&rds), config, attachments);
+            ControllerService::with_attachments(Arc::clone(&rds), role.service, attachments);
         if let Some(kube) = &kube {
             controller = controller
                 .with_events(kube.events.clone())
@@ -105,40 +84,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let metrics_task = if args.metrics_address.is_empty() {
-        None
-    } else {
-        let addr =
-            crate::cli::parse_listen_address(&args.metrics_address).map_err(anyhow::Error::msg)?;
-        let pool = match &rds {
-            Some(rds) => {
-                let mut pool = PoolSource::new(
-                    Arc::clone(rds),
-                    RdsPath::new(args.rds.rds_volume_base_path.as_str())
-                        .context("--rds-volume-base-path")?,
-                );
-                if let Some(attachments) = &attachments_held {
-                    pool = pool.with_attachments(Arc::clone(attachments));
-                }
-                Some(Arc::new(pool))
-            }
-            None => None,
-        };
-        Some(
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => Some(
             crate::metrics::serve_http(addr, pool)
                 .await
                 .context("--metrics-address")?
                 .1,
-        )
+        ),
+        None => None,
     };
-    let identity = IdentityService::new(args.driver_name.clone(), args.controller, rds);
+    let identity = IdentityService::new(config.driver_name.clone(), serves_controller, rds);
     let listener = endpoint::bind(&path).await?;
     tracing::info!(
         endpoint = %path.display(),
-        driver_name = %args.driver_name,
-        node_id = args.node_id.as_deref().unwrap_or(""),
-        controller = args.controller,
-        node = args.node,
+        driver_name = %config.driver_name,
+        node_id = config.node.as_ref().map_or("", |n| n.service.node_id.as_str()),
+        controller = serves_controller,
+        node = config.node.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "serving CSI"
     );
@@ -153,8 +115,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "shutting down; letting in-flight calls finish"
         );
     };
-    let node = if args.node {
-        let node = NodeService::from_args(&args)?;
+    let node = if let Some(node) = config.node {
+        let node = NodeService::from_config(node);
         // Report (and tidy) what an earlier run left on this host before serving calls.
         if let Err(e) = node.recover().await {
             tracing::warn!(error = %e, "node recovery scan failed; serving anyway");

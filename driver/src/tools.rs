@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::cli::{OrphansArgs, OutputFormat, ToolArgs};
 use crate::controller::ids::{classify_disk, ManagedFile};
 use crate::orphans::{self, OrphanKind};
+use crate::rds::ssh::{AcceptedHostKey, HostKeyMatch};
 use crate::rds::{deadline_in, RdsPath};
 use crate::rds::{RdsError, Slot, TransportError};
 
@@ -18,9 +19,8 @@ use crate::rds::{RdsError, Slot, TransportError};
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
-    let rds = crate::server::rds_client(&args.rds)?;
-    let base =
-        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let base = args.rds.volume_base_path()?;
     let deadline = deadline_in(TOOL_DEADLINE);
     // With a cluster, also disks without PV; files the cluster references are never orphans.
     let refs = match &args.kubeconfig {
@@ -143,6 +143,30 @@ fn skipped(name: &'static str) -> Check {
     }
 }
 
+/// Which pin the RDS's host key matched, or that nothing was checked.
+fn host_key_detail(accepted: Option<AcceptedHostKey>) -> String {
+    let Some(AcceptedHostKey {
+        fingerprint,
+        matched,
+    }) = accepted
+    else {
+        return "accepted (no record of which pin matched)".into();
+    };
+    match matched {
+        HostKeyMatch::Key => format!("{fingerprint} matches the pinned key (--rds-host-key)"),
+        HostKeyMatch::Fingerprint => {
+            format!("{fingerprint} matches the pinned fingerprint (--rds-host-key)")
+        }
+        HostKeyMatch::KnownHosts(path) => {
+            format!("{fingerprint} matches known_hosts {}", path.display())
+        }
+        HostKeyMatch::NotVerified => format!(
+            "NOT verified (--rds-insecure-skip-verify); the RDS presented {fingerprint}: \
+             pin it with --rds-host-key {fingerprint}"
+        ),
+    }
+}
+
 const REJECTED_FIX: &str =
     "RouterOS rejected a command the driver needs: the RDS must run RouterOS 7 \
     with ROSE storage, and the SSH user needs the read and write policies";
@@ -161,20 +185,21 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
             return checks;
         }
     };
-    let rds = match crate::server::rds_client(&args.rds) {
-        Ok(rds) => {
+    let rds = match args.rds.ssh_config() {
+        Ok(config) => {
             checks.push(pass(
                 "credentials",
                 format!("key {} loaded", args.rds.rds_key_file.display()),
             ));
-            rds
+            crate::server::rds_client(config)
         }
         Err(e) => {
             checks.push(fail(
                 "credentials",
                 format!("{e:#}"),
                 "point --rds-key-file at an unencrypted OpenSSH or PEM private key (ed25519, RSA or ECDSA) \
-                 and --rds-host-key at the RDS's public host key (`ssh-ed25519 AAAA...`)",
+                 and give --rds-host-key the RDS's host key fingerprint (`SHA256:...`), public key \
+                 line (`ssh-ed25519 AAAA...`) or a file holding either",
             ));
             return checks;
         }
@@ -184,7 +209,10 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
     match rds.identity(deadline).await {
         Ok(name) => {
             checks.push(pass("connect", format!("reached {addr}")));
-            checks.push(pass("host key", "matches the pinned key"));
+            checks.push(pass(
+                "host key",
+                host_key_detail(rds.transport().accepted_host_key()),
+            ));
             checks.push(pass(
                 "login",
                 format!("logged in as {}; identity `{name}`", args.rds.rds_user),
@@ -195,8 +223,9 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
                 RdsError::Transport(TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }) => (
                     "host key",
                     "the RDS presented a different host key: confirm its fingerprint on the RDS console \
-                     (`/ip ssh print`), then update the file given to --rds-host-key or --rds-known-hosts. \
-                     If nobody changed the RDS, someone may be intercepting the connection",
+                     (`/ip ssh print`), then update the fingerprint, key or file given to --rds-host-key, \
+                     or the --rds-known-hosts file. If nobody changed the RDS, someone may be \
+                     intercepting the connection",
                 ),
                 RdsError::Transport(TransportError::AuthRejected { .. }) => (
                     "login",
@@ -329,9 +358,8 @@ struct ListedVolume {
 }
 
 pub async fn volumes(args: ToolArgs) -> anyhow::Result<()> {
-    let rds = crate::server::rds_client(&args.rds)?;
-    let base =
-        RdsPath::new(args.rds.rds_volume_base_path.as_str()).context("--rds-volume-base-path")?;
+    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let base = args.rds.volume_base_path()?;
     let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
     let mut listed: Vec<ListedVolume> = disks
         .iter()

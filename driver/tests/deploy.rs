@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use rds_csi::rds::ssh::{HostKeyPolicy, HostKeySource};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -775,7 +776,14 @@ fn rds_csi_flags_exist_and_the_command_lines_validate() {
             .validate()
             .unwrap_or_else(|e| panic!("{pod_name}: {argv:?} is rejected: {e}"));
         match pod_name {
-            "controller" => assert!(serve.controller && !serve.node),
+            "controller" => {
+                assert!(serve.controller && !serve.node);
+                // A file, so the Secret may hold a key line or a fingerprint.
+                assert!(
+                    matches!(serve.rds.rds_host_key, Some(HostKeySource::File(_))),
+                    "controller: --rds-host-key must name the Secret's file"
+                );
+            }
             _ => assert!(serve.node && !serve.controller),
         }
     }
@@ -1124,6 +1132,62 @@ fn helm_chart_files_exist_and_parse() {
         Some(rds_csi::cli::DEFAULT_DRIVER_NAME),
         "chart driverName"
     );
+}
+
+/// The `--rds-host-key` file of the chart's controller holds the Secret item that `rds.hostKey`
+/// fills, and the binary reads a fingerprint or a key line from it.
+#[test]
+fn helm_host_key_value_reaches_the_file_the_flag_reads_in_every_form() {
+    let templates = chart_dir().join("templates");
+    let secret = read(&templates.join("secret.yaml"));
+    let secret_key = secret
+        .lines()
+        .find(|l| l.contains(".Values.rds.hostKey"))
+        .and_then(|l| l.trim().split(':').next())
+        .expect("secret.yaml stores rds.hostKey")
+        .to_string();
+    let controller = read(&templates.join("controller.yaml"));
+    let flag_file = controller
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- --rds-host-key="))
+        .expect("the controller passes --rds-host-key");
+    let source = HostKeySource::parse(flag_file).unwrap();
+    assert_eq!(source, HostKeySource::File(PathBuf::from(flag_file)));
+    let item = regex::Regex::new(r"- key: (\S+)\s*\n\s*path: (\S+)").unwrap();
+    let mounted: BTreeMap<String, String> = item
+        .captures_iter(&controller)
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect();
+    assert_eq!(
+        mounted.get(&secret_key).map(String::as_str),
+        Path::new(flag_file).file_name().and_then(|f| f.to_str()),
+        "Secret item {secret_key} is not mounted as the --rds-host-key file"
+    );
+    assert!(
+        chart_values()["rds"]["hostKey"].is_string(),
+        "rds.hostKey has a default"
+    );
+
+    let host =
+        russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).unwrap();
+    let fingerprint = host
+        .public_key()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(&secret_key);
+    let pinned_by = |value: &str| {
+        std::fs::write(&file, format!("{value}\n")).unwrap();
+        HostKeySource::File(file.clone()).policy().unwrap()
+    };
+    let HostKeyPolicy::PinnedFingerprint(f) = pinned_by(&fingerprint) else {
+        panic!("hostKey {fingerprint} does not pin the fingerprint")
+    };
+    assert_eq!(f.to_string(), fingerprint);
+    let HostKeyPolicy::Pinned(keys) = pinned_by(&host.public_key().to_openssh().unwrap()) else {
+        panic!("a key line in hostKey does not pin the key")
+    };
+    assert_eq!(keys, [host.public_key().clone()]);
 }
 
 /// Every `{repository, tag}` pair in the values, as `repository:tag`.

@@ -259,12 +259,6 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
     assert_eq!(api.list(&kube_fake::events("default")).len(), 2);
 }
 
-#[derive(clap::Parser)]
-struct Flags {
-    #[command(flatten)]
-    kube: rds_csi::kube::KubeArgs,
-}
-
 #[tokio::test]
 async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
     let (_mock, rds) = rds().await;
@@ -313,17 +307,14 @@ async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
         ),
     )
     .unwrap();
-    let flags = <Flags as clap::Parser>::try_parse_from([
-        "t",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--leader-election",
-        "--attachment-grace-period",
-        "0s",
-    ])
-    .unwrap();
+    let config = rds_csi::kube::Config {
+        kubeconfig: Some(kubeconfig),
+        leader_election: true,
+        attachment_grace_period: Duration::ZERO,
+        ..Default::default()
+    };
     let (attachments, kube) =
-        rds_csi::kube::setup_controller(&flags.kube, DRIVER, rds, RdsPath::new(BASE).unwrap())
+        rds_csi::kube::setup_controller(&config, DRIVER, rds, RdsPath::new(BASE).unwrap())
             .await
             .unwrap();
     let kube = kube.expect("a kubeconfig turns Kubernetes features on");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mock_rds::{Fault, MockRds};
 use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport, Port, RdsPath, Slot};
-use rds_csi::rds::ssh::fingerprint;
+use rds_csi::rds::ssh::{fingerprint, HostKeyMatch, HostKeySource};
 use rds_csi::rds::{deadline_in, HostKeyPolicy, RdsClient, RdsError, TransportError};
 use russh::keys::PublicKey;
 
@@ -314,6 +314,41 @@ async fn wrong_host_key_is_refused_naming_both_fingerprints() {
     assert!(
         mock.history().is_empty(),
         "nothing may be sent to an unverified host"
+    );
+}
+
+#[tokio::test]
+async fn fingerprint_pin_connects_and_a_wrong_one_names_both_fingerprints() {
+    let key = new_key();
+    let (mock, _state) = start_mock(key.public_key()).await;
+    let pin = |value: &str| HostKeySource::parse(value).unwrap().policy().unwrap();
+    let printed = mock.host_key_fingerprint();
+    for value in [printed.clone(), format!("{printed}=")] {
+        let client = client_for(&mock, key.clone(), pin(&value), fast_retry());
+        client.identity(soon()).await.unwrap();
+        let accepted = client.transport().accepted_host_key().unwrap();
+        assert_eq!(accepted.matched, HostKeyMatch::Fingerprint, "{value}");
+        assert_eq!(accepted.fingerprint, printed);
+    }
+
+    let wrong = fingerprint(new_key().public_key());
+    let client = client_for(&mock, key, pin(&wrong), fast_retry());
+    let err = client.identity(soon()).await.unwrap_err();
+    let text = err.to_string();
+    let RdsError::Transport(TransportError::HostKeyMismatch {
+        expected, actual, ..
+    }) = &err
+    else {
+        panic!("{text}")
+    };
+    assert_eq!((expected, actual), (&wrong, &printed));
+    assert!(text.contains(&wrong) && text.contains(&printed), "{text}");
+    assert!(!err.is_retryable());
+    assert!(client.transport().accepted_host_key().is_none());
+    let commands = mock.history().len();
+    assert_eq!(
+        commands, 2,
+        "only the two pinned clients' identity commands"
     );
 }
 

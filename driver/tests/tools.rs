@@ -9,6 +9,15 @@ use russh::keys::{Algorithm, PrivateKey};
 struct Setup {
     mock: MockRds,
     dir: tempfile::TempDir,
+    /// The file holding the mock's public key line.
+    host_pub: String,
+}
+
+impl Setup {
+    /// `--rds-host-key` with the file holding the mock's public key line.
+    fn key_file_pin(&self) -> [&str; 2] {
+        ["--rds-host-key", &self.host_pub]
+    }
 }
 
 async fn setup() -> Setup {
@@ -25,15 +34,22 @@ async fn setup() -> Setup {
     })
     .await
     .unwrap();
-    std::fs::write(dir.path().join("host.pub"), mock.host_public_key_openssh()).unwrap();
-    Setup { mock, dir }
+    let host_pub = dir.path().join("host.pub");
+    std::fs::write(&host_pub, mock.host_public_key_openssh()).unwrap();
+    let host_pub = host_pub.to_str().unwrap().to_string();
+    Setup {
+        mock,
+        dir,
+        host_pub,
+    }
 }
 
+/// Runs `command` against `mock`, verifying its host key with the `pin` flags.
 async fn run(
     command: &str,
     mock: &MockRds,
     dir: &Path,
-    host_key: &Path,
+    pin: &[&str],
 ) -> (i32, serde_json::Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
         .arg(command)
@@ -47,8 +63,7 @@ async fn run(
         .arg(mock.addr().port().to_string())
         .arg("--rds-key-file")
         .arg(dir.join("id"))
-        .arg("--rds-host-key")
-        .arg(host_key)
+        .args(pin)
         .output()
         .await
         .unwrap();
@@ -74,13 +89,7 @@ fn check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 #[tokio::test]
 async fn doctor_passes_against_a_healthy_rds() {
     let s = setup().await;
-    let (code, doc, stderr) = run(
-        "doctor",
-        &s.mock,
-        s.dir.path(),
-        &s.dir.path().join("host.pub"),
-    )
-    .await;
+    let (code, doc, stderr) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 0, "{doc} {stderr}");
     assert_eq!(doc["ok"], true);
     for c in doc["checks"].as_array().unwrap() {
@@ -93,12 +102,119 @@ async fn doctor_passes_against_a_healthy_rds() {
 }
 
 #[tokio::test]
+async fn doctor_names_the_pin_that_matched() {
+    let s = setup().await;
+    let fingerprint = s.mock.host_key_fingerprint();
+    let known_hosts = s.dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, s.mock.known_hosts_line() + "\n").unwrap();
+    let key_line = s.mock.host_public_key_openssh();
+    let padded = format!("{fingerprint}=");
+    for (pin, says) in [
+        (
+            ["--rds-host-key", fingerprint.as_str()],
+            "matches the pinned fingerprint",
+        ),
+        (
+            ["--rds-host-key", padded.as_str()],
+            "matches the pinned fingerprint",
+        ),
+        (
+            ["--rds-host-key", key_line.as_str()],
+            "matches the pinned key",
+        ),
+        (s.key_file_pin(), "matches the pinned key"),
+        (
+            ["--rds-known-hosts", known_hosts.to_str().unwrap()],
+            "matches known_hosts",
+        ),
+    ] {
+        let (code, doc, stderr) = run("doctor", &s.mock, s.dir.path(), &pin).await;
+        assert_eq!(code, 0, "{pin:?}: {doc} {stderr}");
+        let detail = check(&doc, "host key")["detail"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            detail.contains(says) && detail.contains(&fingerprint),
+            "{pin:?}: {detail}"
+        );
+    }
+    let (code, doc, stderr) = run(
+        "doctor",
+        &s.mock,
+        s.dir.path(),
+        &["--rds-insecure-skip-verify"],
+    )
+    .await;
+    assert_eq!(code, 0, "{doc} {stderr}");
+    let detail = check(&doc, "host key")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("NOT verified")
+            && detail.contains(&format!("--rds-host-key {fingerprint}")),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_names_both_fingerprints_when_the_pinned_one_is_wrong() {
+    let s = setup().await;
+    let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let wrong = other
+        .public_key()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &["--rds-host-key", &wrong]).await;
+    assert_eq!(code, 1);
+    let host = check(&doc, "host key");
+    assert_eq!(host["result"], "fail");
+    let detail = host["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("expected {wrong}"))
+            && detail.contains(&format!("got {}", s.mock.host_key_fingerprint())),
+        "{host}"
+    );
+    assert!(s.mock.history().is_empty());
+}
+
+#[tokio::test]
+async fn doctor_refuses_a_host_key_of_no_known_form_before_connecting() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
+        .args([
+            "doctor",
+            "--rds-address",
+            "127.0.0.1",
+            "--rds-host-key",
+            "ssh-ed25519",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--rds-host-key")
+            && stderr.contains("SHA256:")
+            && !stderr.contains("No such file"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn doctor_names_a_wrong_host_key_and_sends_nothing() {
     let s = setup().await;
     let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let wrong = s.dir.path().join("wrong.pub");
     std::fs::write(&wrong, other.public_key().to_openssh().unwrap()).unwrap();
-    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &wrong).await;
+    let (code, doc, _) = run(
+        "doctor",
+        &s.mock,
+        s.dir.path(),
+        &["--rds-host-key", wrong.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(code, 1);
     assert_eq!(doc["ok"], false);
     let host = check(&doc, "host key");
@@ -127,13 +243,7 @@ async fn doctor_reports_a_rejected_command_with_its_fix() {
         message: "bad command name monitor-traffic (line 1 column 7)".into(),
         exit_status: 1,
     });
-    let (code, doc, _) = run(
-        "doctor",
-        &s.mock,
-        s.dir.path(),
-        &s.dir.path().join("host.pub"),
-    )
-    .await;
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 1);
     let traffic = check(&doc, "traffic");
     assert_eq!(traffic["result"], "fail");
@@ -162,13 +272,7 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
         let reply = s.mock.execute(cmd);
         assert_eq!(reply.exit_status, 0, "{cmd}: {reply:?}");
     }
-    let (code, doc, stderr) = run(
-        "volumes",
-        &s.mock,
-        s.dir.path(),
-        &s.dir.path().join("host.pub"),
-    )
-    .await;
+    let (code, doc, stderr) = run("volumes", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 0, "{stderr}");
     let listed: Vec<(String, String)> = doc["volumes"]
         .as_array()

@@ -482,8 +482,9 @@ impl Mock {
             "admin".into(),
             "--rds-key-file".into(),
             keys.client_key.display().to_string(),
+            // Pinned by the fingerprint the mock printed when ready, as a user would.
             "--rds-host-key".into(),
-            keys.host_key_pub.display().to_string(),
+            self.fingerprint.clone(),
         ]
     }
 }

@@ -29,13 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
-use ::kube::{Client, Config};
+use ::kube::Client;
 use anyhow::Context;
 use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::parse_duration;
 use crate::rds::{RdsClient, RdsPath};
 use attachments::AttachmentManager;
 use events::EventRecorder;
@@ -43,55 +42,47 @@ use leader::{LeaderElector, LeaseConfig};
 use orphans::{OrphanReconciler, OrphanReconcilerConfig};
 use reconciler::{AttachmentReconciler, ReconcilerConfig};
 
-/// Kubernetes flags of `rds-csi serve` (names as the Go driver's).
-#[derive(Debug, Clone, clap::Args)]
-pub struct KubeArgs {
-    /// Kubeconfig file; without it the in-cluster config is used when running in a pod, and
-    /// Kubernetes features are off otherwise.
-    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+/// How the controller uses Kubernetes. The defaults are the Go driver's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Without it the in-cluster config is used when running in a pod, and Kubernetes features
+    /// are off otherwise.
     pub kubeconfig: Option<PathBuf>,
-
-    /// How long a node must be missing before the attachment reconciler clears its
-    /// attachments; volumes detached within this period are left alone.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "RDS_CSI_ATTACHMENT_GRACE_PERIOD")]
+    /// How long a node must be missing before its attachments are cleared.
     pub attachment_grace_period: Duration,
-
-    /// How often the attachment reconciler checks that attached nodes still exist (it also
-    /// runs on node deletes and NotReady transitions).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_ATTACHMENT_RECONCILE_INTERVAL")]
+    /// How often the attachment reconciler checks that attached nodes still exist.
     pub attachment_reconcile_interval: Duration,
-
-    /// How long two nodes may hold an RWX block volume during a live migration; the volume
-    /// context key `migrationTimeoutSeconds` overrides it.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_MIGRATION_TIMEOUT")]
+    /// How long two nodes may hold an RWX block volume during a live migration.
     pub migration_timeout: Duration,
-
-    /// Periodically compare the RDS with the cluster's PVs and VolumeSnapshotContents.
-    #[arg(long, env = "RDS_CSI_ENABLE_ORPHAN_RECONCILER")]
     pub enable_orphan_reconciler: bool,
-
-    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "RDS_CSI_ORPHAN_CHECK_INTERVAL")]
     pub orphan_check_interval: Duration,
-
     /// Files and volumes younger than this are never orphans.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_ORPHAN_GRACE_PERIOD")]
     pub orphan_grace_period: Duration,
-
-    /// Only report orphans; `--orphan-dry-run=false` deletes them.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true", env = "RDS_CSI_ORPHAN_DRY_RUN")]
+    /// Only report orphans.
     pub orphan_dry_run: bool,
-
     /// Run the reconcilers only on the replica holding the Lease.
-    #[arg(long, env = "RDS_CSI_LEADER_ELECTION")]
     pub leader_election: bool,
-
-    /// Namespace of the Lease (default: the pod's namespace / the kubeconfig's).
-    #[arg(long, env = "RDS_CSI_LEADER_ELECTION_NAMESPACE")]
+    /// Namespace of the Lease; None: the client's default namespace.
     pub leader_election_namespace: Option<String>,
-
-    #[arg(long, default_value = leader::DEFAULT_LEASE_NAME, env = "RDS_CSI_LEADER_ELECTION_LEASE_NAME")]
     pub leader_election_lease_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            attachment_grace_period: Duration::from_secs(30),
+            attachment_reconcile_interval: Duration::from_secs(300),
+            migration_timeout: Duration::from_secs(300),
+            enable_orphan_reconciler: false,
+            orphan_check_interval: Duration::from_secs(3600),
+            orphan_grace_period: Duration::from_secs(300),
+            orphan_dry_run: true,
+            leader_election: false,
+            leader_election_namespace: None,
+            leader_election_lease_name: leader::DEFAULT_LEASE_NAME.to_string(),
+        }
+    }
 }
 
 /// A client from `kubeconfig`, else from the in-cluster config; None when neither exists.
@@ -100,7 +91,7 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>
     if let Some(path) = kubeconfig {
         let file = Kubeconfig::read_from(path)
             .with_context(|| format!("--kubeconfig {}", path.display()))?;
-        let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        let config = ::kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
             .await
             .with_context(|| format!("--kubeconfig {}", path.display()))?;
         return Ok(Some(Client::try_from(config)?));
@@ -108,7 +99,7 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
         return Ok(None);
     }
-    match Config::incluster() {
+    match ::kube::Config::incluster() {
         Ok(config) => Ok(Some(Client::try_from(config)?)),
         Err(e) => {
             tracing::warn!(error = %e, "in a pod, but the in-cluster Kubernetes config is unusable");
@@ -150,20 +141,20 @@ impl ControllerKube {
 /// The attachment table for the controller and, when Kubernetes is reachable, the tasks that
 /// rebuild and reconcile it. Without Kubernetes the table is in memory only (logged).
 pub async fn setup_controller(
-    args: &KubeArgs,
+    config: &Config,
     driver_name: &str,
     rds: Arc<RdsClient>,
     base: RdsPath,
 ) -> anyhow::Result<(Arc<AttachmentManager>, Option<ControllerKube>)> {
-    let Some(client) = connect(args.kubeconfig.as_deref()).await? else {
+    let Some(client) = connect(config.kubeconfig.as_deref()).await? else {
         tracing::info!(
             "no Kubernetes config (not in a pod, no --kubeconfig): Kubernetes features are off; \
              attachments are kept in memory only and no reconciler runs"
         );
-        let manager = AttachmentManager::new().with_migration_timeout(args.migration_timeout);
+        let manager = AttachmentManager::new().with_migration_timeout(config.migration_timeout);
         return Ok((Arc::new(manager), None));
     };
-    let kube = start_controller(client, args, driver_name, rds, base);
+    let kube = start_controller(client, config, driver_name, rds, base);
     Ok((Arc::clone(&kube.attachments), Some(kube)))
 }
 
@@ -171,7 +162,7 @@ pub async fn setup_controller(
 /// (only the leader's, with `--leader-election`).
 pub fn start_controller(
     client: Client,
-    args: &KubeArgs,
+    config: &Config,
     driver_name: &str,
     rds: Arc<RdsClient>,
     base: RdsPath,
@@ -180,7 +171,7 @@ pub fn start_controller(
     let identity = identity();
     let manager = Arc::new(
         AttachmentManager::new()
-            .with_migration_timeout(args.migration_timeout)
+            .with_migration_timeout(config.migration_timeout)
             .not_ready(),
     );
     let events = EventRecorder::new(client.clone(), driver_name, identity.clone());
@@ -188,20 +179,20 @@ pub fn start_controller(
         Arc::clone(&manager),
         client.clone(),
         ReconcilerConfig {
-            interval: args.attachment_reconcile_interval,
-            grace_period: args.attachment_grace_period,
+            interval: config.attachment_reconcile_interval,
+            grace_period: config.attachment_grace_period,
             watch_nodes: true,
         },
         Some(events.clone()),
     ));
     manager.set_conflict_hook(reconciler.trigger_handle());
-    let orphan = args.enable_orphan_reconciler.then(|| {
-        let mut config = OrphanReconcilerConfig::new(driver_name, base);
-        config.interval = args.orphan_check_interval;
-        config.grace_period = args.orphan_grace_period;
-        config.dry_run = args.orphan_dry_run;
+    let orphan = config.enable_orphan_reconciler.then(|| {
+        let mut orphans = OrphanReconcilerConfig::new(driver_name, base);
+        orphans.interval = config.orphan_check_interval;
+        orphans.grace_period = config.orphan_grace_period;
+        orphans.dry_run = config.orphan_dry_run;
         Arc::new(
-            OrphanReconciler::new(client.clone(), rds, config)
+            OrphanReconciler::new(client.clone(), rds, orphans)
                 .with_events(events.clone())
                 .with_attachments(Arc::clone(&manager)),
         )
@@ -249,23 +240,27 @@ pub fn start_controller(
             .boxed()
         }
     };
-    if args.leader_election {
-        let namespace = args
+    if config.leader_election {
+        let namespace = config
             .leader_election_namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_string());
         let elector = Arc::new(LeaderElector::new(
             client.clone(),
-            LeaseConfig::new(namespace, args.leader_election_lease_name.clone(), identity),
+            LeaseConfig::new(
+                namespace,
+                config.leader_election_lease_name.clone(),
+                identity,
+            ),
         ));
         tasks.push(tokio::spawn(elector.run(cancel.clone(), work)));
     } else {
         tasks.push(tokio::spawn(work(cancel.child_token())));
     }
     tracing::info!(
-        leader_election = args.leader_election,
-        orphan_reconciler = args.enable_orphan_reconciler,
-        orphan_dry_run = args.orphan_dry_run,
+        leader_election = config.leader_election,
+        orphan_reconciler = config.enable_orphan_reconciler,
+        orphan_dry_run = config.orphan_dry_run,
         "Kubernetes features on"
     );
     ControllerKube {
@@ -282,52 +277,6 @@ pub fn start_controller(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kube: KubeArgs,
-    }
-
-    #[test]
-    fn flags_default_to_the_go_drivers_values() {
-        let k = Cli::try_parse_from(["t"]).unwrap().kube;
-        assert_eq!(k.kubeconfig, None);
-        assert_eq!(k.attachment_grace_period, Duration::from_secs(30));
-        assert_eq!(k.attachment_reconcile_interval, Duration::from_secs(300));
-        assert_eq!(k.migration_timeout, Duration::from_secs(300));
-        assert!(!k.enable_orphan_reconciler);
-        assert_eq!(k.orphan_check_interval, Duration::from_secs(3600));
-        assert_eq!(k.orphan_grace_period, Duration::from_secs(300));
-        assert!(k.orphan_dry_run, "dry run unless switched off");
-        assert!(!k.leader_election);
-        assert_eq!(k.leader_election_lease_name, "rds-csi-controller");
-
-        let k = Cli::try_parse_from([
-            "t",
-            "--orphan-dry-run=false",
-            "--migration-timeout",
-            "90s",
-            "--enable-orphan-reconciler",
-            "--leader-election",
-            "--leader-election-namespace",
-            "csi",
-        ])
-        .unwrap()
-        .kube;
-        assert!(!k.orphan_dry_run);
-        assert_eq!(k.migration_timeout, Duration::from_secs(90));
-        assert!(k.enable_orphan_reconciler && k.leader_election);
-        assert_eq!(k.leader_election_namespace.as_deref(), Some("csi"));
-        assert!(
-            Cli::try_parse_from(["t", "--orphan-dry-run"])
-                .unwrap()
-                .kube
-                .orphan_dry_run
-        );
-        assert!(Cli::try_parse_from(["t", "--orphan-grace-period", "5x"]).is_err());
-    }
 
     #[tokio::test]
     async fn no_cluster_means_no_client() {

@@ -78,6 +78,39 @@ impl NodeConfig {
     }
 }
 
+/// Everything `serve --node` configures: the service, and how it attaches volumes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service: NodeConfig,
+    pub connector: ConnectorConfig,
+}
+
+/// How the node reaches a volume's block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorConfig {
+    /// A loop device over the volume's backing file under `root` (development and CI, against
+    /// mock-rds's data directory).
+    Loop { root: PathBuf },
+    /// NVMe over TCP to the RDS (production).
+    NvmeTcp(NvmeTcpConfig),
+}
+
+/// The NVMe/TCP connector's settings; the host NQN is resolved when the service is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvmeTcpConfig {
+    /// The host's NQN file; when it is missing, a host NQN is derived from the node ID.
+    pub hostnqn_file: PathBuf,
+    /// The nvme-cli executable.
+    pub nvme_cli: PathBuf,
+    /// -1: reconnect forever.
+    pub ctrl_loss_tmo: i32,
+    pub reconnect_delay: u32,
+    pub keep_alive_tmo: u32,
+    /// The RDS's NVMe/TCP address when the volume context names none.
+    pub default_address: Option<std::net::IpAddr>,
+    pub default_port: u16,
+}
+
 /// What the start-up scan found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -177,57 +210,29 @@ impl NodeService {
         &self.inner.cfg
     }
 
-    /// Builds the service (and its connector) from the `serve` flags.
-    pub fn from_args(args: &crate::cli::ServeArgs) -> anyhow::Result<Self> {
-        use crate::cli::ConnectorKind;
-        use anyhow::Context;
-        let node_id = args.node_id.clone().context("--node-id is required")?;
-        let kubelet_dir = (!args.kubelet_dir.is_empty()).then(|| PathBuf::from(&args.kubelet_dir));
-        let state_dir = match (&args.node_state_dir, &kubelet_dir) {
-            (Some(d), _) => d.clone(),
-            (None, Some(k)) => k.join("plugins").join(&args.driver_name).join("volumes"),
-            (None, None) => {
-                anyhow::bail!("--node-state-dir is required when --kubelet-dir is empty")
-            }
-        };
-        let connector: Arc<dyn Connector> = match args.connector {
-            ConnectorKind::Loop => {
-                let root = args
-                    .loop_root
-                    .clone()
-                    .context("--loop-root is required with --connector loop")?;
-                Arc::new(connector::LoopConnector::new(root))
-            }
-            ConnectorKind::NvmeTcp => {
+    /// Builds the service and the connector its configuration names.
+    pub fn from_config(config: Config) -> Self {
+        let service = config.service;
+        let connector: Arc<dyn Connector> = match config.connector {
+            ConnectorConfig::Loop { root } => Arc::new(connector::LoopConnector::new(root)),
+            ConnectorConfig::NvmeTcp(nvme) => {
                 let (host_nqn, host_id) =
-                    connector::nvme::resolve_host_nqn(&args.nvme_hostnqn_file, &node_id);
+                    connector::nvme::resolve_host_nqn(&nvme.hostnqn_file, &service.node_id);
                 tracing::info!(host_nqn = %host_nqn, derived = host_id.is_some(), "NVMe host NQN");
-                let mut cfg = connector::NvmeConfig::new(host_nqn, args.managed_nqn_prefix.clone());
+                let mut cfg =
+                    connector::NvmeConfig::new(host_nqn, service.managed_nqn_prefix.clone());
                 cfg.host_id = host_id;
-                cfg.nvme_bin = args.nvme_cli.clone();
-                cfg.sys_root = args.sysfs_root.clone();
-                cfg.ctrl_loss_tmo = args.nvme_ctrl_loss_tmo;
-                cfg.reconnect_delay = args.nvme_reconnect_delay;
-                cfg.keep_alive_tmo = args.nvme_keep_alive_tmo;
-                cfg.default_address = args
-                    .nvme_address
-                    .as_deref()
-                    .or(args.rds.rds_address.as_deref())
-                    .and_then(|a| a.parse().ok());
-                cfg.default_port = Some(args.nvme_port);
+                cfg.nvme_bin = nvme.nvme_cli;
+                cfg.sys_root = service.sys_root.clone();
+                cfg.ctrl_loss_tmo = nvme.ctrl_loss_tmo;
+                cfg.reconnect_delay = nvme.reconnect_delay;
+                cfg.keep_alive_tmo = nvme.keep_alive_tmo;
+                cfg.default_address = nvme.default_address;
+                cfg.default_port = Some(nvme.default_port);
                 Arc::new(connector::NvmeTcpConnector::new(cfg))
             }
         };
-        let cfg = NodeConfig {
-            node_id,
-            kubelet_dir,
-            state_dir,
-            managed_nqn_prefix: args.managed_nqn_prefix.clone(),
-            max_volumes_per_node: args.max_volumes_per_node,
-            sys_root: args.sysfs_root.clone(),
-            operation_timeout: Duration::from_secs(args.node_operation_timeout),
-        };
-        Ok(Self::new(cfg, connector))
+        Self::new(service, connector)
     }
 
     fn path(&self, field: &str, p: &str) -> Result<PathBuf> {

@@ -33,6 +33,14 @@ async fn main() -> anyhow::Result<()> {
         mock.addr.port(),
         keys.client_key.display()
     );
+    println!(
+        "    or check it as the driver sees it: {} doctor --rds-address 127.0.0.1 --rds-port {} \
+         --rds-key-file {} --rds-host-key {}",
+        e2e::binary("rds-csi").display(),
+        mock.addr.port(),
+        keys.client_key.display(),
+        mock.fingerprint
+    );
 
     let root = is_root();
     let work = tempfile::tempdir()?;
