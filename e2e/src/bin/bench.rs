@@ -425,7 +425,10 @@ async fn main() -> anyhow::Result<()> {
         mock.exec_ok(&keys, "/mock fault clear").await?;
     }
     report.insert("throughput".into(), json!(rows));
-    report.insert("serial_routeros".into(), serial_routeros(&keys, scale).await?);
+    report.insert(
+        "serial_routeros".into(),
+        serial_routeros(&keys, scale).await?,
+    );
 
     // Peak RSS under 256 concurrent calls.
     let mut tasks = Vec::new();
