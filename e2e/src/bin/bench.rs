@@ -17,8 +17,13 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 /// One persistent SSH connection, many channels: the ceiling the driver is measured against.
+/// Against an RDS that serves channel opens one at a time, the raw client opens one at a time
+/// too (more pending opens are never answered there, so no client could do better).
 #[derive(Clone)]
-struct RawSsh(Arc<russh::client::Handle<AcceptAny>>);
+struct RawSsh {
+    handle: Arc<russh::client::Handle<AcceptAny>>,
+    open_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
 
 struct AcceptAny;
 impl russh::client::Handler for AcceptAny {
@@ -47,11 +52,25 @@ impl RawSsh {
             )
             .await?;
         anyhow::ensure!(auth.success(), "mock refused the key");
-        Ok(Self(Arc::new(handle)))
+        Ok(Self {
+            handle: Arc::new(handle),
+            open_gate: None,
+        })
+    }
+
+    fn serial_opens(mut self) -> Self {
+        self.open_gate = Some(Arc::default());
+        self
     }
 
     async fn exec(&self, command: &str) -> anyhow::Result<String> {
-        let mut channel = self.0.channel_open_session().await?;
+        let mut channel = match &self.open_gate {
+            Some(gate) => {
+                let _turn = gate.lock().await;
+                self.handle.channel_open_session().await?
+            }
+            None => self.handle.channel_open_session().await?,
+        };
         channel.exec(true, command).await?;
         let mut out = Vec::new();
         while let Some(msg) = channel.wait().await {
@@ -327,7 +346,7 @@ async fn serial_routeros(keys: &Keys, scale: usize) -> anyhow::Result<serde_json
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let driver = Driver::start(&refs).await?;
     let ctl = ControllerClient::new(driver.channel.clone());
-    let raw = RawSsh::connect(&mock, keys).await?;
+    let raw = RawSsh::connect(&mock, keys).await?.serial_opens();
     let (_, _, template) = pair_template(&ctl, &mock, keys, &raw, "serial").await?;
     inject_realistic_latency(&mock, keys).await?;
     println!("\nSerial RouterOS (one CLI lock, realistic latency, serialised channel opens), driver defaults");
