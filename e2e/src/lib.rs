@@ -778,6 +778,8 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Fields drop in order: host clean-up first, while the paths it inspects still exist.
 pub struct Env {
     _logs: LogsOnPanic,
+    /// The flags the driver was started with, for [`Env::restart_driver`].
+    pub driver_args: Vec<String>,
     pub host: HostGuard,
     pub driver: Driver,
     pub mock: Mock,
@@ -842,6 +844,7 @@ impl Env {
         .collect();
         args.push(state.display().to_string());
         args.extend(mock.driver_args(&keys));
+        let driver_args = args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let driver = Driver::start(&args).await?;
         let run_id = match profile {
@@ -850,6 +853,7 @@ impl Env {
         };
         Ok(Self {
             _logs: LogsOnPanic(vec![driver.log.clone(), mock.log.clone()]),
+            driver_args,
             host,
             driver,
             mock,
@@ -857,6 +861,22 @@ impl Env {
             work,
             run_id,
         })
+    }
+
+    /// Stops the driver (SIGTERM) and starts it again with the same flags and node state, as a
+    /// pod restart would.
+    pub async fn restart_driver(&mut self) -> anyhow::Result<()> {
+        self.driver
+            .process
+            .signal(nix::sys::signal::Signal::SIGTERM)?;
+        self.driver
+            .process
+            .wait_exit(Duration::from_secs(30))
+            .await?;
+        let args: Vec<&str> = self.driver_args.iter().map(String::as_str).collect();
+        self.driver = Driver::start(&args).await?;
+        self._logs.0.push(self.driver.log.clone());
+        Ok(())
     }
 
     pub fn controller(&self) -> ControllerClient<Channel> {

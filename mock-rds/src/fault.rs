@@ -26,6 +26,9 @@ pub enum Fault {
     DropAfterRun { pattern: String, times: Option<u32> },
     /// Close new TCP connections at once, before the SSH banner.
     RefuseConnections(bool),
+    /// Refuse new connections for this long, then accept them again (so a client that can
+    /// only reach the mock over a new connection is not locked out).
+    RefuseConnectionsFor(Duration),
     /// Accept new TCP connections and never send the SSH banner.
     StallHandshake(bool),
     /// Delay matching commands by a uniform random time in `min..=max` (seeded RNG).
@@ -65,7 +68,8 @@ struct LatencyRule {
 pub struct Faults {
     rules: Vec<Rule>,
     latency: Vec<LatencyRule>,
-    pub refuse: bool,
+    refuse: bool,
+    refuse_until: Option<std::time::Instant>,
     pub stall: bool,
     rng: StdRng,
 }
@@ -80,6 +84,7 @@ impl Faults {
             rules: Vec::new(),
             latency: Vec::new(),
             refuse: false,
+            refuse_until: None,
             stall: false,
             rng: StdRng::seed_from_u64(seed),
         }
@@ -112,7 +117,14 @@ impl Faults {
             Fault::DropAfterRun { pattern, times } => {
                 self.rules.push(rule(pattern, times, Action::DropAfterRun)?)
             }
-            Fault::RefuseConnections(on) => self.refuse = on,
+            Fault::RefuseConnections(on) => {
+                self.refuse = on;
+                self.refuse_until = None;
+            }
+            Fault::RefuseConnectionsFor(d) => {
+                self.refuse = true;
+                self.refuse_until = Some(std::time::Instant::now() + d);
+            }
             Fault::StallHandshake(on) => self.stall = on,
             Fault::Latency { pattern, min, max } => self.latency.push(LatencyRule {
                 re: compile(&pattern)?,
@@ -129,7 +141,16 @@ impl Faults {
         self.rules.clear();
         self.latency.clear();
         self.refuse = false;
+        self.refuse_until = None;
         self.stall = false;
+    }
+
+    /// Whether new connections are refused now.
+    pub fn refusing(&self) -> bool {
+        self.refuse
+            && self
+                .refuse_until
+                .is_none_or(|until| std::time::Instant::now() < until)
     }
 
     /// Picks the action and the latency for `line`, consuming one use of the matching rule.
@@ -188,7 +209,7 @@ impl Faults {
                 l.max.as_millis()
             ));
         }
-        if self.refuse {
+        if self.refusing() {
             out.push("refuse-connections".into());
         }
         if self.stall {

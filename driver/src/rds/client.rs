@@ -89,9 +89,17 @@ impl RdsClient {
         let known = *self.terse.lock().unwrap_or_else(|p| p.into_inner());
         match known {
             Some((g, true)) if g == generation => {
-                return self
+                match self
                     .run_line(command, &command.render_terse(), deadline)
                     .await
+                {
+                    // What worked no longer does (a changed RDS): learn again, from detail.
+                    Err(RdsError::InvalidArgument(_) | RdsError::Parse(_)) => {
+                        *self.terse.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((generation, false));
+                    }
+                    reply => return reply,
+                }
             }
             Some((g, false)) if g == generation => {}
             _ => {

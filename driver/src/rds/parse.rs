@@ -42,6 +42,7 @@ pub fn parse_detail(output: &str) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
     let mut current: Option<(Entry, String)> = None;
     let mut in_legend = false;
+    let mut index_end = None;
 
     for raw in output.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw).trim_end();
@@ -56,7 +57,7 @@ pub fn parse_detail(output: &str) -> Result<Vec<Entry>, String> {
             in_legend = true;
             continue;
         }
-        if let Some((index, rest)) = entry_start(line) {
+        if let Some((index, rest)) = entry_start(line, &mut index_end) {
             in_legend = false;
             flush(&mut current, &mut entries)?;
             current = Some(new_entry(index, rest));
@@ -106,15 +107,23 @@ fn flush(current: &mut Option<(Entry, String)>, entries: &mut Vec<Entry>) -> Res
 
 /// An entry starts with its index near the left margin (` 0 `, `12 `); continuation lines are
 /// indented further, so a wrapped `091 200` is never taken for an index.
-fn entry_start(line: &str) -> Option<(Option<u32>, &str)> {
+/// An entry starts with its index, right-aligned in a column as wide as the largest index
+/// (` 0`, `    7` in a listing of 10,000). The first index found fixes where that column ends;
+/// continuation lines are indented past it, so a wrapped `091 200` is never taken for an index.
+fn entry_start<'a>(line: &'a str, index_end: &mut Option<usize>) -> Option<(Option<u32>, &'a str)> {
     let indent = line.len() - line.trim_start_matches(' ').len();
-    if indent > 3 {
-        return None;
-    }
     let rest = &line[indent..];
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 || !rest[digits..].starts_with([' ', '\t']) {
         return None;
+    }
+    let end = indent + digits;
+    match *index_end {
+        Some(column) if column != end => return None,
+        // Wider than any listing RouterOS could print: a continuation.
+        None if end > 7 => return None,
+        None => *index_end = Some(end),
+        Some(_) => {}
     }
     Some((rest[..digits].parse().ok(), rest[digits..].trim_start()))
 }
@@ -371,6 +380,24 @@ mod tests {
         assert_eq!(e.get("size"), Some("53 687 091 200"));
         // A path ends at a space on its own line: what follows must be a field.
         assert!(parse_detail(" 0  file-path=/a/b c.img\r\n").is_err());
+    }
+
+    #[test]
+    fn wide_index_columns_of_long_listings() {
+        let mut out = String::new();
+        for i in [0u32, 7, 10_255] {
+            out.push_str(&format!(
+                "{i:>5}   name=pool/f{i}.img\r\n        type=.img file\r\n\r\n"
+            ));
+        }
+        let entries = parse_detail(&out).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].index, Some(7));
+        assert_eq!(entries[2].get("name"), Some("pool/f10255.img"));
+        // A continuation that starts with digit groups is not an entry.
+        let e = parse_detail(" 0   size=53 687\r\n     091 200 x=1\r\n").unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].get("size"), Some("53 687 091 200"));
     }
 
     #[test]

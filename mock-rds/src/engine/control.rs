@@ -150,8 +150,14 @@ impl Engine {
                 Fault::Latency { pattern, min, max }
             }
             "refuse-connections" => {
-                inv.only_args(&["enabled"])?;
-                Fault::RefuseConnections(enabled)
+                inv.only_args(&["enabled", "for"])?;
+                match inv.text("for") {
+                    Some(d) if enabled => Fault::RefuseConnectionsFor(
+                        fault::parse_duration(d)
+                            .ok_or_else(|| CliError::InvalidValue { arg: "for".into() })?,
+                    ),
+                    _ => Fault::RefuseConnections(enabled),
+                }
             }
             "stall-handshake" => {
                 inv.only_args(&["enabled"])?;

@@ -237,7 +237,7 @@ impl Engine {
     }
 
     pub fn refuse_connections(&self) -> bool {
-        lock(&self.faults).refuse
+        lock(&self.faults).refusing()
     }
 
     pub fn stall_handshake(&self) -> bool {
