@@ -208,6 +208,50 @@ async fn create_volume_validates_and_is_idempotent() {
     assert!(f.mock.disk(&a.volume_id).is_some());
 }
 
+/// mkfs runs on the node, which sees the host's files: options that name host paths
+/// (`mke2fs -d DIR` copies a directory into the new filesystem) are refused at CreateVolume.
+#[tokio::test]
+async fn create_refuses_mkfs_options_that_name_host_paths() {
+    let f = fixture().await;
+    for (fs, options) in [
+        ("ext4", "-d var"),
+        ("ext4", "-m 0 -d /"),
+        ("ext3", "-l /etc/shadow"),
+        ("ext4", "-z /tmp/undo"),
+        ("ext4", "-E root_owner=0:0 var"),
+        ("xfs", "-p /etc/passwd"),
+        ("xfs", "-d name=/dev/sda"),
+        ("xfs", "-l logdev=/dev/sda"),
+    ] {
+        let mut req = create_req("pvc-mkfs", GIB);
+        req.parameters = HashMap::from([
+            ("csi.storage.k8s.io/fstype".into(), fs.into()),
+            ("mkfsOptions".into(), options.into()),
+        ]);
+        let err = f.svc.create_volume(Request::new(req)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{fs} `{options}`");
+        assert!(err.message().contains("mkfsOptions"), "{}", err.message());
+    }
+    assert_eq!(f.mock.history().len(), 0, "nothing is sent for bad input");
+    // Options that only shape the new filesystem are passed through.
+    for (fs, options) in [
+        (
+            "ext4",
+            "-m 0 -E lazy_itable_init=0,root_owner=0:0 -O ^has_journal -L data",
+        ),
+        ("xfs", "-m reflink=1,crc=1 -d agcount=4 -i size=512 -L data"),
+    ] {
+        let mut req = create_req(&format!("pvc-mkfs-{fs}"), GIB);
+        req.parameters = HashMap::from([
+            ("csi.storage.k8s.io/fstype".into(), fs.into()),
+            ("mkfsOptions".into(), options.into()),
+        ]);
+        let v = f.svc.create_volume(Request::new(req)).await.unwrap();
+        let v = v.into_inner().volume.unwrap();
+        assert_eq!(v.volume_context["mkfsOptions"], options);
+    }
+}
+
 #[tokio::test]
 async fn create_without_capacity_gets_the_default_size() {
     let f = fixture().await;

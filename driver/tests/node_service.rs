@@ -332,3 +332,44 @@ async fn info_and_capabilities() {
         ]
     );
 }
+
+/// mkfs runs in a pod that sees the host: options that read host paths into the new
+/// filesystem (`mke2fs -d DIR`, `mkfs.xfs -p FILE`) are refused before anything is attached.
+#[tokio::test]
+async fn stage_refuses_mkfs_options_that_name_host_paths() {
+    let e = env();
+    for (fs, options) in [
+        ("ext4", "-d var"),
+        ("ext4", "-m 0 -d /var/lib/kubelet"),
+        ("ext4", "-jd var"),
+        ("ext3", "-l /etc/shadow"),
+        ("ext4", "-J device=/dev/sda"),
+        ("ext4", "-z /tmp/undo"),
+        ("xfs", "-p /etc/passwd"),
+        ("xfs", "-d name=/dev/sda"),
+        ("xfs", "-c options=/etc/mkfs.conf"),
+        ("xfs", "-m 0"),
+    ] {
+        let mut r = stage_req(&e);
+        r.volume_capability = Some(VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                ..Default::default()
+            })),
+        });
+        r.volume_context
+            .insert("mkfsOptions".into(), options.into());
+        // A deadline, not a sleep: on a regression the parked attach would hold the call.
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            e.svc.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{fs} `{options}` was not refused: the call went on to attach"))
+        .map(|_| ());
+        assert_invalid(result, "volume_context.mkfsOptions");
+    }
+}

@@ -66,6 +66,7 @@ impl VolumeParams {
             passthrough: Vec::new(),
         };
         let mut address = defaults.nvme_address.clone();
+        let mut mkfs_options = None;
         let mut keys_sorted: Vec<_> = params.iter().collect();
         keys_sorted.sort();
         for (key, value) in keys_sorted {
@@ -98,19 +99,7 @@ impl VolumeParams {
                 FSTYPE_STANDARD | keys::FS_TYPE => {
                     out.fs_type = parse_fs_type(value).map_err(|e| invalid(key, e))?;
                 }
-                keys::MKFS_OPTIONS => {
-                    let ok = value.bytes().all(|b| {
-                        b.is_ascii_alphanumeric()
-                            || matches!(b, b' ' | b'-' | b'=' | b',' | b'.' | b'_' | b':')
-                    });
-                    if !ok {
-                        return Err(invalid(
-                            key,
-                            "only letters, digits, spaces and - = , . _ : are allowed",
-                        ));
-                    }
-                    out.passthrough.push((keys::MKFS_OPTIONS, value.clone()));
-                }
+                keys::MKFS_OPTIONS => mkfs_options = Some(value),
                 keys::CTRL_LOSS_TMO
                 | keys::RECONNECT_DELAY
                 | keys::KEEP_ALIVE_TMO
@@ -140,6 +129,12 @@ impl VolumeParams {
                     ))
                 }
             }
+        }
+        // Checked after the loop: which options are allowed depends on the filesystem.
+        if let Some(value) = mkfs_options {
+            crate::mkfs::parse_options(&out.fs_type, value)
+                .map_err(|e| invalid(keys::MKFS_OPTIONS, e))?;
+            out.passthrough.push((keys::MKFS_OPTIONS, value.clone()));
         }
         out.nvme_address = address.ok_or_else(|| {
             Status::invalid_argument(

@@ -65,7 +65,20 @@ pub struct StageContext {
     pub target: VolumeTarget,
     /// From the volume context; the capability's `fs_type` takes precedence (see the service).
     pub fs_type: Option<FsType>,
-    pub mkfs_options: Vec<String>,
+    /// `mkfsOptions` as given, with the field it came from; checked by [`StageContext::mkfs_args`]
+    /// once the filesystem is known (the capability's `fs_type` may override the context's).
+    pub mkfs_options: Option<(String, String)>,
+}
+
+impl StageContext {
+    /// The mkfs arguments for `fs`: only the allow-listed options (see [`crate::mkfs`]).
+    pub fn mkfs_args(&self, fs: FsType) -> Result<Vec<String>> {
+        match &self.mkfs_options {
+            None => Ok(Vec::new()),
+            Some((field, value)) => crate::mkfs::parse_options(fs.as_str(), value)
+                .map_err(|e| NodeError::InvalidArgument(format!("{field}: {e}"))),
+        }
+    }
 }
 
 /// Volume IDs also name the state record file, so they are restricted to a safe alphabet.
@@ -154,7 +167,7 @@ pub fn validate_nqn(field: &str, nqn: &str, managed_prefix: &str) -> Result<()> 
     Ok(())
 }
 
-/// A mount flag or mkfs option: printable, no whitespace, not empty. They are passed as argv
+/// A mount flag: printable, no whitespace, not empty. They are passed as argv
 /// elements (never through a shell), this only keeps garbage out of the logs and the kernel.
 fn validate_option(field: &str, opt: &str) -> Result<()> {
     if opt.is_empty() || opt.len() > 256 || opt.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
@@ -251,13 +264,7 @@ pub fn parse_stage_context(
         })?),
         None => None,
     };
-    let mut mkfs_options = Vec::new();
-    if let Some((field, v)) = lookup(vc, pc, "mkfsOptions", None) {
-        for opt in v.split_whitespace() {
-            validate_option(&field, opt)?;
-            mkfs_options.push(opt.to_string());
-        }
-    }
+    let mkfs_options = lookup(vc, pc, "mkfsOptions", None).map(|(f, v)| (f, v.to_string()));
     Ok(StageContext {
         target,
         fs_type,
@@ -341,7 +348,9 @@ mod tests {
         assert_eq!(c.target.port, Some(4420));
         assert_eq!(c.target.ctrl_loss_tmo, Some(-1));
         assert_eq!(c.fs_type, Some(FsType::Xfs));
-        assert_eq!(c.mkfs_options, vec!["-m", "0"]);
+        assert_eq!(c.mkfs_args(FsType::Ext4).unwrap(), vec!["-m", "0"]);
+        let e = c.mkfs_args(FsType::Xfs).unwrap_err();
+        assert!(e.to_string().contains("volume_context.mkfsOptions"), "{e}");
     }
 
     #[test]

@@ -255,9 +255,6 @@ impl NodeService {
             &i.cfg.managed_nqn_prefix,
         )?;
         i.connector.check_target(&ctx.target)?;
-        let _guard = i.locks.try_lock(&req.volume_id)?;
-        let deadline = self.deadline();
-        let target = ctx.target;
         let (kind, fs, flags) = match access {
             Access::Block => (AccessKind::Block, None, Vec::new()),
             Access::Mount { fs_type, flags } => (
@@ -266,6 +263,13 @@ impl NodeService {
                 flags,
             ),
         };
+        let mkfs_args = match fs {
+            Some(fs) => ctx.mkfs_args(fs)?,
+            None => Vec::new(),
+        };
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let target = ctx.target;
         let mut rec = VolumeRecord {
             volume_id: req.volume_id.clone(),
             connector: i.connector.name().into(),
@@ -305,7 +309,7 @@ impl NodeService {
             rec.device = Some(device.clone());
             i.state.save(&rec)?;
             if let Some(fs) = fs {
-                self.format_and_mount(&device, &staging, fs, &ctx.mkfs_options, &flags, deadline)
+                self.format_and_mount(&device, &staging, fs, &mkfs_args, &flags, deadline)
                     .await?;
             }
             Ok::<_, NodeError>(device)
