@@ -307,9 +307,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
 
-    /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
+    /// Address of the Prometheus metrics and health endpoint, e.g. `:9809` (this pod's IP, see
+    /// --pod-ip, else loopback) or `0.0.0.0:9809`; empty disables it.
     #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]
     pub metrics_address: String,
+
+    /// This pod's IP (from the downward API, `status.podIP`): where `--metrics-address :PORT`
+    /// listens, so a node plugin on the host network is not reachable on every interface.
+    #[arg(long, env = "RDS_CSI_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -351,7 +357,7 @@ impl ServeArgs {
             return Err("--driver-name must not be empty".into());
         }
         if !self.metrics_address.is_empty() {
-            metrics::parse_listen_address(&self.metrics_address)
+            metrics::parse_listen_address(&self.metrics_address, self.pod_ip)
                 .map_err(|e| format!("--metrics-address: {e}"))?;
         }
         Ok(())
@@ -550,7 +556,7 @@ impl ServeArgs {
             None
         } else {
             Some(
-                metrics::parse_listen_address(&self.metrics_address)
+                metrics::parse_listen_address(&self.metrics_address, self.pod_ip)
                     .map_err(anyhow::Error::msg)
                     .context("--metrics-address")?,
             )
@@ -780,7 +786,21 @@ mod tests {
     #[test]
     fn metrics_address_builds_the_metrics_config() {
         let listen = |extra: &[&str]| serve_args(extra).metrics_config().unwrap().listen;
-        assert_eq!(listen(&[]), Some("0.0.0.0:9809".parse().unwrap()));
+        // `:PORT` is the pod's IP (the node plugin is on the host network), else loopback:
+        // never every interface unless asked for.
+        assert_eq!(listen(&[]), Some("127.0.0.1:9809".parse().unwrap()));
+        assert_eq!(
+            listen(&["--pod-ip", "10.1.2.3"]),
+            Some("10.1.2.3:9809".parse().unwrap())
+        );
+        assert_eq!(
+            listen(&["--pod-ip", "fd00::7", "--metrics-address", ":9810"]),
+            Some("[fd00::7]:9810".parse().unwrap())
+        );
+        assert_eq!(
+            listen(&["--pod-ip", "10.1.2.3", "--metrics-address", "0.0.0.0:9809"]),
+            Some("0.0.0.0:9809".parse().unwrap())
+        );
         assert_eq!(listen(&["--metrics-address", ""]), None);
         let err = serve_args(&["--metrics-address", "9809"])
             .metrics_config()
