@@ -60,6 +60,7 @@ pub fn rds_status(e: RdsError) -> Status {
         | RdsError::Transport(TransportError::HostKeyUnknown { .. })
         | RdsError::Transport(TransportError::AuthRejected { .. })
         | RdsError::Transport(TransportError::Config(_)) => Status::failed_precondition(message),
+        RdsError::Transport(TransportError::OutputTooLarge { .. }) => Status::internal(message),
         RdsError::Transport(_) | RdsError::Busy(_) => Status::unavailable(message),
         RdsError::Interrupted(_) => Status::aborted(message),
         RdsError::InvalidArgument(_) | RdsError::Failed { .. } | RdsError::Parse(_) => {

@@ -143,9 +143,67 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(|| build().expect("metric definitions are valid"))
 }
 
+/// The CSI v1 services and their RPCs: the only `rpc` label values.
+const CSI_RPCS: &[(&str, &[&str])] = &[
+    (
+        "Identity",
+        &["GetPluginInfo", "GetPluginCapabilities", "Probe"],
+    ),
+    (
+        "Controller",
+        &[
+            "CreateVolume",
+            "DeleteVolume",
+            "ControllerPublishVolume",
+            "ControllerUnpublishVolume",
+            "ValidateVolumeCapabilities",
+            "ListVolumes",
+            "GetCapacity",
+            "ControllerGetCapabilities",
+            "CreateSnapshot",
+            "DeleteSnapshot",
+            "ListSnapshots",
+            "ControllerExpandVolume",
+            "ControllerGetVolume",
+            "ControllerModifyVolume",
+        ],
+    ),
+    (
+        "Node",
+        &[
+            "NodeStageVolume",
+            "NodeUnstageVolume",
+            "NodePublishVolume",
+            "NodeUnpublishVolume",
+            "NodeGetVolumeStats",
+            "NodeExpandVolume",
+            "NodeGetCapabilities",
+            "NodeGetInfo",
+        ],
+    ),
+];
+
+/// The `rpc` label of a gRPC path. The path is chosen by the client, so anything but a CSI RPC
+/// is `unknown`: each distinct label value is a series kept for the life of the process.
+fn rpc_label(path: &str) -> &'static str {
+    let Some((service, method)) = path
+        .strip_prefix("/csi.v1.")
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return "unknown";
+    };
+    CSI_RPCS
+        .iter()
+        .filter(|(s, _)| *s == service)
+        .flat_map(|(_, methods)| methods.iter())
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Records one CSI call. `path` is the gRPC path (`/csi.v1.Controller/CreateVolume`).
 pub fn record_csi_call(path: &str, code: tonic::Code, elapsed: Duration) {
-    let rpc = path.rsplit('/').next().unwrap_or(path);
+    let rpc = rpc_label(path);
     let m = global();
     m.csi_calls
         .with_label_values(&[rpc, &format!("{code:?}")])
@@ -309,6 +367,26 @@ fn encode() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gRPC path comes from the client: only CSI's own RPC names become label values, so
+    /// a caller cannot grow the registry without bound.
+    #[test]
+    fn unknown_grpc_paths_share_one_label() {
+        for i in 0..50 {
+            record_csi_call(
+                &format!("/csi.v1.Controller/Bogus{i}"),
+                tonic::Code::Unimplemented,
+                Duration::from_millis(1),
+            );
+        }
+        record_csi_call("/x/y/z", tonic::Code::Unimplemented, Duration::ZERO);
+        record_csi_call("/csi.v1.Node/NodeGetInfo", tonic::Code::Ok, Duration::ZERO);
+        let text = encode();
+        assert!(!text.contains("Bogus"), "client-chosen label values");
+        assert!(!text.contains("rpc=\"z\""), "client-chosen label values");
+        assert!(text.contains("rpc=\"NodeGetInfo\""));
+        assert!(text.contains("rpc=\"unknown\""));
+    }
 
     #[test]
     fn listen_address_accepts_go_style_port_only() {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kube_fake::*;
 use rds_csi::kube::attachments::{
     rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
-    DEFAULT_MIGRATION_TIMEOUT,
+    DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -63,6 +63,25 @@ fn grace_period_contract() {
     m.detach("pvc-1", "node-a");
     m.clear_detach_time("pvc-1");
     assert!(!m.is_within_grace_period("pvc-1", grace), "cleared");
+}
+
+/// Detach times matter only within the grace period: old ones are forgotten, so the table
+/// does not grow with every volume ever detached.
+#[test]
+fn detach_times_are_forgotten_after_the_retention() {
+    let (clock, m) = manual();
+    for i in 0..100 {
+        let volume = format!("pvc-{i}");
+        m.attach(&volume, "node-a", RWO, None).unwrap();
+        m.detach(&volume, "node-a");
+    }
+    clock.advance(DEFAULT_DETACH_RETENTION + Duration::from_secs(1));
+    m.attach("pvc-new", "node-a", RWO, None).unwrap();
+    m.detach("pvc-new", "node-a");
+    for i in 0..100 {
+        assert_eq!(m.detach_time(&format!("pvc-{i}")), None, "pvc-{i} kept");
+    }
+    assert!(m.detach_time("pvc-new").is_some());
 }
 
 trait NowForTest {

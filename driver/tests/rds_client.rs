@@ -480,3 +480,32 @@ async fn a_copy_that_times_out_is_not_sent_again() {
         .count();
     assert_eq!(copies, 1, "the copy is never sent twice");
 }
+
+/// Output is buffered up to a limit: a command that prints without end fails with a clear
+/// error instead of filling the controller's memory, and is not retried.
+#[tokio::test]
+async fn output_past_the_limit_fails_the_command_and_is_not_retried() {
+    let f = fixture().await;
+    let limit = rds_csi::rds::ssh::MAX_OUTPUT_BYTES;
+    f.mock.inject(Fault::Fail {
+        pattern: "^/system identity print".into(),
+        times: Some(1),
+        message: "x".repeat(limit + 1024),
+        exit_status: 0,
+    });
+    let err = f.client.identity(soon()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("output exceeds"),
+        "not the output limit: {}",
+        &err.to_string()[..200.min(err.to_string().len())]
+    );
+    let sent = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command == "/system identity print")
+        .count();
+    assert_eq!(sent, 1, "retrying would only read it all again");
+    // The connection is still good for the next command.
+    f.client.identity(soon()).await.unwrap();
+}

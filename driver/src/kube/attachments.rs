@@ -29,6 +29,9 @@ use crate::controller::ids::parse_volume_id;
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
 pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a detach time is kept: it only matters within the attachment grace period, and
+/// keeping every one would grow the table with each volume ever detached.
+pub const DEFAULT_DETACH_RETENTION: Duration = Duration::from_secs(3600);
 /// Volume context (and PV `csi.volumeAttributes`) key overriding the migration timeout.
 pub const MIGRATION_TIMEOUT_KEY: &str = "migrationTimeoutSeconds";
 
@@ -173,6 +176,7 @@ pub struct AttachmentManager {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
     migration_timeout: Duration,
+    detach_retention: Duration,
     ready: AtomicBool,
     on_conflict: Mutex<Option<Hook>>,
 }
@@ -199,6 +203,7 @@ impl AttachmentManager {
             state: Mutex::default(),
             clock: Arc::new(SystemClock),
             migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
+            detach_retention: DEFAULT_DETACH_RETENTION,
             ready: AtomicBool::new(true),
             on_conflict: Mutex::default(),
         }
@@ -212,6 +217,12 @@ impl AttachmentManager {
     /// The migration timeout of volumes whose context does not set `migrationTimeoutSeconds`.
     pub fn with_migration_timeout(mut self, timeout: Duration) -> Self {
         self.migration_timeout = timeout;
+        self
+    }
+
+    /// How long detach times are kept; at least the grace period they are read with.
+    pub fn with_detach_retention(mut self, retention: Duration) -> Self {
+        self.detach_retention = retention;
         self
     }
 
@@ -378,6 +389,10 @@ impl AttachmentManager {
             state.volumes.remove(volume);
         }
         if removed {
+            let retention = self.detach_retention;
+            state
+                .detached_at
+                .retain(|_, at| now.duration_since(*at).unwrap_or_default() < retention);
             state.detached_at.insert(volume.to_string(), now);
         }
         empty

@@ -5,6 +5,7 @@ pub mod command;
 pub mod error;
 pub mod model;
 pub mod parse;
+mod reply;
 pub mod ssh;
 
 pub use client::{disk_mismatch, CopyState, RdsClient, RetryPolicy};

@@ -17,6 +17,8 @@ use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::error::{ExecOutput, TransportError};
+use super::reply::read_reply;
+pub use super::reply::MAX_OUTPUT_BYTES;
 
 /// How the RDS's host key is verified.
 #[derive(Debug, Clone)]
@@ -464,34 +466,15 @@ impl Transport {
                 .exec(true, command)
                 .await
                 .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-            let mut out = ExecOutput::default();
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            let mut closed = false;
-            while let Some(msg) = channel.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-                    ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
-                    ChannelMsg::Close => {
-                        closed = true;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            if !closed && out.exit_status.is_none() {
-                // The connection went away before the command's reply: whether it ran is unknown.
-                return Err(TransportError::ConnectionLost(
-                    "connection closed before the command's reply".into(),
-                ));
-            }
-            out.stdout = String::from_utf8_lossy(&stdout).into_owned();
-            out.stderr = String::from_utf8_lossy(&stderr).into_owned();
-            Ok(out)
+            read_reply(&mut channel).await
         };
         match timeout_at(deadline, run).await {
             Ok(Ok(out)) => Ok(out),
+            Ok(Err(e @ TransportError::OutputTooLarge { .. })) => {
+                // Only this channel is at fault: the connection carries on for the others.
+                let _ = tokio::time::timeout(Duration::from_secs(1), channel.close()).await;
+                Err(e)
+            }
             Ok(Err(e)) => {
                 self.discard(slot, &conn).await;
                 Err(e)
