@@ -384,7 +384,7 @@ pub struct KubeArgs {
 
     /// How long two nodes may hold an RWX block volume during a live migration; the volume
     /// context key `migrationTimeoutSeconds` overrides it.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_MIGRATION_TIMEOUT")]
+    #[arg(long, default_value = "5m", value_parser = parse_migration_timeout, env = "RDS_CSI_MIGRATION_TIMEOUT")]
     pub migration_timeout: Duration,
 
     /// Periodically compare the RDS with the cluster's PVs and VolumeSnapshotContents.
@@ -444,6 +444,21 @@ impl RdsArgs {
 
     pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
         RdsPath::new(self.rds_volume_base_path.as_str()).context("--rds-volume-base-path")
+    }
+}
+
+/// `--migration-timeout`: a duration within the attachment table's range.
+fn parse_migration_timeout(s: &str) -> Result<Duration, String> {
+    use crate::kube::attachments::{MAX_MIGRATION_TIMEOUT, MIN_MIGRATION_TIMEOUT};
+    let timeout = parse_duration(s)?;
+    if (MIN_MIGRATION_TIMEOUT..=MAX_MIGRATION_TIMEOUT).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(format!(
+            "`{s}` is out of range ({}s..={}s)",
+            MIN_MIGRATION_TIMEOUT.as_secs(),
+            MAX_MIGRATION_TIMEOUT.as_secs()
+        ))
     }
 }
 
@@ -733,6 +748,13 @@ mod tests {
         assert_eq!(k.leader_election_namespace.as_deref(), Some("csi"));
         assert!(serve_args(&["--orphan-dry-run"]).kube.orphan_dry_run);
         assert!(Cli::try_parse_from(["t", "serve", "--orphan-grace-period", "5x"]).is_err());
+        // 0 would mark every migration timed out at once.
+        for bad in ["0s", "29s", "25h"] {
+            assert!(
+                Cli::try_parse_from(["t", "serve", "--migration-timeout", bad]).is_err(),
+                "--migration-timeout {bad}"
+            );
+        }
     }
 
     #[test]

@@ -133,22 +133,58 @@ async fn node_reappearing_within_the_grace_period_keeps_its_attachment() {
     assert_eq!(m.nodes("pvc-1"), ["node-a"]);
 }
 
+/// Two windows, each of which defers clearing on its own: the node must have been missing for
+/// the grace period, and the volume must not have been detached within it. Each phase below
+/// has one window open and the other long closed, so removing either check fails the test.
 #[tokio::test]
-async fn recent_detach_defers_clearing() {
+async fn detach_window_and_missing_window_each_defer_clearing() {
     let api = FakeApi::start().await;
+    api.put(NODES, node("node-x", true));
     let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
-    m.attach("pvc-1", "node-x", RWO, None).unwrap();
+
+    // Missing window long over, detach window open: node-gone has been missing for 40 s when
+    // node-x detaches from the shared volume.
+    m.attach("pvc-1", "node-gone", RWX, None).unwrap();
+    m.attach("pvc-1", "node-x", RWX, None).unwrap();
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "just seen missing"
+    );
+    clock.advance(Duration::from_secs(40));
     m.detach("pvc-1", "node-x");
-    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
-    r.reconcile_once().await;
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "missing for 40 s, but detached just now: within the detach window"
+    );
     clock.advance(Duration::from_secs(29));
     assert!(
         r.reconcile_once().await.cleared.is_empty(),
-        "within the detach grace"
+        "detached 29 s ago"
     );
     clock.advance(Duration::from_secs(2));
     assert_eq!(r.reconcile_once().await.cleared.len(), 1);
     assert!(m.nodes("pvc-1").is_empty());
+
+    // Detach window long over, missing window open: pvc-2 was detached 100 s before node-late
+    // is first seen missing.
+    m.attach("pvc-2", "node-y", RWO, None).unwrap();
+    m.detach("pvc-2", "node-y");
+    clock.advance(Duration::from_secs(100));
+    m.attach("pvc-2", "node-late", RWO, None).unwrap();
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "detached long ago, but missing only since now"
+    );
+    clock.advance(Duration::from_secs(29));
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "missing for 29 s"
+    );
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        r.reconcile_once().await.cleared,
+        [("pvc-2".to_string(), "node-late".to_string())]
+    );
 }
 
 #[tokio::test]

@@ -111,6 +111,9 @@ impl VolumeParams {
                     if n < -1 || (n == -1 && key != keys::CTRL_LOSS_TMO) || n > 86_400 * 365 {
                         return Err(invalid(key, format!("{n} is out of range")));
                     }
+                    if key == keys::MIGRATION_TIMEOUT {
+                        check_migration_timeout(n).map_err(|e| invalid(key, e))?;
+                    }
                     let key: &'static str = match key.as_str() {
                         keys::CTRL_LOSS_TMO => keys::CTRL_LOSS_TMO,
                         keys::RECONNECT_DELAY => keys::RECONNECT_DELAY,
@@ -142,6 +145,19 @@ impl VolumeParams {
             )
         })?;
         Ok(out)
+    }
+}
+
+/// A migration timeout in seconds within the attachment table's range.
+fn check_migration_timeout(seconds: i64) -> Result<(), String> {
+    use crate::kube::attachments::{MAX_MIGRATION_TIMEOUT, MIN_MIGRATION_TIMEOUT};
+    let (min, max) = (
+        MIN_MIGRATION_TIMEOUT.as_secs(),
+        MAX_MIGRATION_TIMEOUT.as_secs(),
+    );
+    match u64::try_from(seconds) {
+        Ok(s) if (min..=max).contains(&s) => Ok(()),
+        _ => Err(format!("{seconds} is out of range ({min}..={max} seconds)")),
     }
 }
 
@@ -202,6 +218,9 @@ mod tests {
             ("mkfsOptions", "-O x; rm -rf /"),
             ("ctrlLossTmo", "-2"),
             ("keepAliveTmo", "-1"),
+            ("migrationTimeoutSeconds", "0"),
+            ("migrationTimeoutSeconds", "29"),
+            ("migrationTimeoutSeconds", "86401"),
             ("bogus", "1"),
         ] {
             let err = parse(&[(key, value)]).unwrap_err();

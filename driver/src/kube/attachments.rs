@@ -29,6 +29,25 @@ use crate::controller::ids::parse_volume_id;
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
 pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The range a migration timeout is clamped to: shorter would mark a migration timed out
+/// before any could finish (0 marks every one at once), longer would let two nodes hold a
+/// volume indefinitely.
+pub const MIN_MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_MIGRATION_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// `timeout` within [`MIN_MIGRATION_TIMEOUT`]`..=`[`MAX_MIGRATION_TIMEOUT`]. Inputs are checked
+/// where they enter (flag, StorageClass); this covers what predates the check (old PVs).
+pub fn clamp_migration_timeout(timeout: Duration) -> Duration {
+    let clamped = timeout.clamp(MIN_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT);
+    if clamped != timeout {
+        tracing::warn!(
+            requested_seconds = timeout.as_secs(),
+            used_seconds = clamped.as_secs(),
+            "migration timeout out of range; clamped"
+        );
+    }
+    clamped
+}
 /// How long a detach time is kept: it only matters within the attachment grace period, and
 /// keeping every one would grow the table with each volume ever detached.
 pub const DEFAULT_DETACH_RETENTION: Duration = Duration::from_secs(3600);
@@ -216,7 +235,7 @@ impl AttachmentManager {
 
     /// The migration timeout of volumes whose context does not set `migrationTimeoutSeconds`.
     pub fn with_migration_timeout(mut self, timeout: Duration) -> Self {
-        self.migration_timeout = timeout;
+        self.migration_timeout = clamp_migration_timeout(timeout);
         self
     }
 
@@ -263,7 +282,9 @@ impl AttachmentManager {
         context
             .get(MIGRATION_TIMEOUT_KEY)
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(self.migration_timeout, Duration::from_secs)
+            .map_or(self.migration_timeout, |secs| {
+                clamp_migration_timeout(Duration::from_secs(secs))
+            })
     }
 
     /// Records that `node` holds `volume`. Ok(true) for a new attachment, Ok(false) when the
@@ -549,7 +570,9 @@ pub fn states_from(
             let migration_timeout = spec
                 .and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref())
                 .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
-                .map_or(default_timeout, Duration::from_secs);
+                .map_or(default_timeout, |secs| {
+                    clamp_migration_timeout(Duration::from_secs(secs))
+                });
             AttachmentState {
                 migration_started_at: vas.get(1).map(|v| v.0),
                 nodes: vas
