@@ -393,6 +393,57 @@ async fn delete_removes_disk_and_file_and_is_idempotent() {
     assert!(f.mock.disk("pvc-foreign").is_some());
 }
 
+/// The leftover search after a delete removes `<id>.img` only when no disk uses it: a disk of
+/// another slot (an imported volume, another tool's) may have that file.
+#[tokio::test]
+async fn leftover_cleanup_never_removes_a_file_a_disk_uses() {
+    let f = fixture().await;
+    let volume_file = format!("{BASE}/pvc-shared.img");
+    let nested_file = format!("{BASE}/fast/pvc-shared.img");
+    let snapshot_id = "snap-6ec89291-e651-5af7-8470-1168d64acbcd-at-6ec89291e6";
+    let snapshot_file = format!("{BASE}/{snapshot_id}.img");
+    for (slot, path) in [
+        ("imported-1", &volume_file),
+        ("imported-2", &nested_file),
+        ("imported-3", &snapshot_file),
+    ] {
+        f.mock.add_orphan_file(path, GIB as u64);
+        f.mock.add_orphan_disk(slot, path, GIB as u64);
+    }
+    f.svc
+        .delete_volume(Request::new(DeleteVolumeRequest {
+            volume_id: "pvc-shared".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    f.svc
+        .delete_snapshot(Request::new(DeleteSnapshotRequest {
+            snapshot_id: snapshot_id.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    for (slot, path) in [
+        ("imported-1", &volume_file),
+        ("imported-2", &nested_file),
+        ("imported-3", &snapshot_file),
+    ] {
+        assert!(
+            f.file_exists(path),
+            "{path}, the file of disk {slot}, was removed"
+        );
+        assert!(f.mock.disk(slot).is_some());
+    }
+    assert!(
+        !f.mock
+            .history()
+            .iter()
+            .any(|h| h.command.starts_with("/file remove")),
+        "no file was removed"
+    );
+}
+
 #[tokio::test]
 async fn leftover_file_is_never_reused() {
     let f = fixture().await;

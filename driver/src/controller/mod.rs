@@ -3,6 +3,7 @@
 pub mod caps;
 mod disks;
 pub mod ids;
+mod leftovers;
 pub mod params;
 
 use std::collections::{BTreeMap, HashMap};
@@ -342,31 +343,6 @@ impl ControllerService {
             return Err(not_found());
         }
         Ok((id, disk))
-    }
-
-    /// Removes the files a failed or earlier delete left for `id` anywhere under the base path.
-    async fn remove_leftover_files(
-        &self,
-        wanted: impl Fn(&ManagedFile) -> bool,
-        deadline: Instant,
-    ) -> Result<(), Status> {
-        let files = self
-            .rds
-            .list_files(self.base(), deadline)
-            .await
-            .map_err(rds_status)?;
-        for file in files.iter().filter(|f| !f.is_directory()) {
-            if ids::classify_managed_file(self.base(), &file.path).is_some_and(|m| wanted(&m)) {
-                let path = RdsPath::new(file.path.as_str())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                tracing::info!(path = %path, "removing a leftover backing file");
-                self.rds
-                    .remove_file(&path, deadline)
-                    .await
-                    .map_err(rds_status)?;
-            }
-        }
-        Ok(())
     }
 
     fn attached_nodes(&self, id: &str) -> Vec<String> {
