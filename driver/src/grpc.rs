@@ -101,6 +101,23 @@ impl KeyedLocks {
             ))),
         }
     }
+
+    /// Locks several keys (a copy's source and target), each once, always in sorted order: two
+    /// calls that lock the same keys can then never wait on each other.
+    pub async fn lock_all(
+        &self,
+        keys: &[&str],
+        deadline: Instant,
+    ) -> Result<Vec<KeyGuard>, Status> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut guards = Vec::with_capacity(keys.len());
+        for key in keys {
+            guards.push(self.lock(key, deadline).await?);
+        }
+        Ok(guards)
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +153,18 @@ mod tests {
         let d = deadline(&with_timeout("123456789S"));
         assert!(d <= Instant::now() + DEFAULT_DEADLINE);
         assert!(d > before + DEFAULT_DEADLINE - Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn lock_all_takes_each_key_once_in_a_fixed_order() {
+        let locks = KeyedLocks::default();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        // The same key twice is one lock, not a wait on itself.
+        let both = locks.lock_all(&["b", "a", "b"], soon()).await.unwrap();
+        assert_eq!(both.len(), 2);
+        assert!(locks.lock_all(&["a", "c"], soon()).await.is_err());
+        drop(both);
+        assert!(locks.lock_all(&["c", "a"], soon()).await.is_ok());
     }
 
     #[tokio::test]

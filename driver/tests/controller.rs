@@ -1133,3 +1133,100 @@ async fn controller_capabilities_are_advertised() {
         assert!(types.contains(&t), "{t:?}");
     }
 }
+
+/// A request with a `grpc-timeout`, as a CO sends it.
+fn timed<T>(message: T, timeout: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("grpc-timeout", timeout.parse().unwrap());
+    r
+}
+
+/// Polls the mock's history (with a deadline) until a hung command matching `needle` arrived.
+async fn wait_for_hung(mock: &MockRds, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mock
+        .history()
+        .iter()
+        .any(|h| h.command.contains(needle) && h.exit_status.is_none())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{needle}` never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// While a clone or snapshot copies from a volume, the source is locked: its DeleteVolume and
+/// ControllerExpandVolume wait (and time out here) instead of running during the copy.
+#[tokio::test]
+async fn the_source_of_a_copy_is_locked_for_the_copy() {
+    let f = fixture().await;
+    let source = f.create("pvc-src", GIB).await;
+    let svc = Arc::new(service(&f.mock, &f.key));
+    let delete_source = || DeleteVolumeRequest {
+        volume_id: source.volume_id.clone(),
+        ..Default::default()
+    };
+    let expand_source = || ControllerExpandVolumeRequest {
+        volume_id: source.volume_id.clone(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 2 * GIB,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    let clone = {
+        let mut r = create_req("pvc-clone", GIB);
+        r.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(SourceType::Volume(VolumeSource {
+                volume_id: source.volume_id.clone(),
+            })),
+        });
+        r
+    };
+    let snapshot = CreateSnapshotRequest {
+        name: "snap-of-src".into(),
+        source_volume_id: source.volume_id.clone(),
+        ..Default::default()
+    };
+
+    for copy in ["clone", "snapshot"] {
+        // The copy hangs once, so it is certainly in progress while the source is touched.
+        f.mock.inject(Fault::Hang {
+            pattern: "copy-from".into(),
+            times: Some(1),
+        });
+        f.mock.clear_history();
+        let running = {
+            let svc = Arc::clone(&svc);
+            let (clone, snapshot) = (clone.clone(), snapshot.clone());
+            tokio::spawn(async move {
+                match copy {
+                    "clone" => svc.create_volume(timed(clone, "2S")).await.map(|_| ()),
+                    _ => svc.create_snapshot(timed(snapshot, "2S")).await.map(|_| ()),
+                }
+            })
+        };
+        wait_for_hung(&f.mock, "copy-from").await;
+        let err = svc
+            .delete_volume(timed(delete_source(), "300m"))
+            .await
+            .expect_err("the source was deleted during a copy");
+        assert_eq!(err.code(), Code::Aborted, "{copy}: {err:?}");
+        let err = svc
+            .controller_expand_volume(timed(expand_source(), "300m"))
+            .await
+            .expect_err("the source was expanded during a copy");
+        assert_eq!(err.code(), Code::Aborted, "{copy}: {err:?}");
+        let _ = running.await.unwrap();
+        assert!(f.mock.disk(&source.volume_id).is_some(), "{copy}");
+        assert_eq!(
+            f.mock.disk(&source.volume_id).unwrap().file_size,
+            GIB as u64,
+            "{copy}: the source kept its size"
+        );
+    }
+}
