@@ -1230,3 +1230,48 @@ async fn the_source_of_a_copy_is_locked_for_the_copy() {
         );
     }
 }
+
+/// Only what the driver's ID grammar produces is the driver's: a file disk under the base path
+/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
+#[tokio::test]
+async fn disks_outside_the_id_grammar_are_not_the_drivers() {
+    let f = fixture().await;
+    for (slot, path) in [
+        ("nixos-var", format!("{BASE}/nixos-var.img")),
+        ("backup-1", format!("{BASE}/nodes/backup-1.img")),
+    ] {
+        f.mock.add_orphan_file(&path, GIB as u64);
+        f.mock.add_orphan_disk(slot, &path, GIB as u64);
+    }
+    let listed = f
+        .svc
+        .list_volumes(Request::new(ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.entries.is_empty(), "{:?}", listed.entries);
+    for slot in ["nixos-var", "backup-1"] {
+        let _ = f
+            .svc
+            .delete_volume(Request::new(DeleteVolumeRequest {
+                volume_id: slot.into(),
+                ..Default::default()
+            }))
+            .await;
+        assert!(f.mock.disk(slot).is_some(), "disk {slot} was deleted");
+        let err = f
+            .svc
+            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+                volume_id: slot.into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{slot}: {err:?}");
+    }
+    assert!(f.file_exists(&format!("{BASE}/nixos-var.img")));
+}

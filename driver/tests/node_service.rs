@@ -373,3 +373,28 @@ async fn stage_refuses_mkfs_options_that_name_host_paths() {
         assert_invalid(result, "volume_context.mkfsOptions");
     }
 }
+
+/// The NQN is tied to the volume: exactly the managed prefix and this volume's ID, of the
+/// driver's ID grammar. A static PV naming another volume's NQN (or a node's own export, such
+/// as a diskless node's `...:nixos-var`) is refused before anything is attached.
+#[tokio::test]
+async fn stage_refuses_an_nqn_that_is_not_this_volumes() {
+    let e = env();
+    for (volume, nqn) in [
+        ("pvc-1", "nqn.2000-02.com.mikrotik:pvc-2"),
+        ("pvc-1", "nqn.2000-02.com.mikrotik:nixos-var"),
+        ("nixos-var", "nqn.2000-02.com.mikrotik:nixos-var"),
+    ] {
+        let mut r = stage_req(&e);
+        r.volume_id = volume.into();
+        r.volume_context.insert("nqn".into(), nqn.into());
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            e.svc.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{volume} with {nqn} was not refused: it went on to attach"))
+        .map(|_| ());
+        assert_invalid(result, "volume_context.nqn");
+    }
+}

@@ -99,11 +99,10 @@ pub fn validate_volume_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The NQN suffix grammar of volumes this driver creates: `[a-z0-9-]{1,64}`.
+/// The NQN suffix of volumes this driver creates: one of its volume IDs (`pvc-...`,
+/// `vol-<uuid>`), never just any `[a-z0-9-]` name.
 pub fn is_volume_suffix(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    crate::controller::ids::parse_volume_id(s).is_some()
 }
 
 /// True only for NQNs this driver manages: the managed prefix followed by a volume-ID suffix.
@@ -157,11 +156,18 @@ pub fn validate_file_path(field: &str, path: &str) -> Result<()> {
     }
 }
 
-/// The NQN grammar (as the controller builds them) plus the managed-prefix rule.
-pub fn validate_nqn(field: &str, nqn: &str, managed_prefix: &str) -> Result<()> {
+/// The NQN of `volume_id` exactly as the controller exports it: the managed prefix and the
+/// volume's own ID, of the driver's ID grammar. Anything else could name another volume or a
+/// node's own export, which this node would then connect, and disconnect at unstage.
+pub fn validate_nqn(field: &str, nqn: &str, volume_id: &str, managed_prefix: &str) -> Result<()> {
     if !is_managed_nqn(nqn, managed_prefix) {
         return Err(NodeError::InvalidArgument(format!(
-            "{field} `{nqn}` is not managed by this driver: it must be `{managed_prefix}` followed by [a-z0-9-]{{1,64}}"
+            "{field} `{nqn}` is not managed by this driver: it must be `{managed_prefix}` followed by a volume ID of the driver (pvc-..., vol-<uuid>)"
+        )));
+    }
+    if nqn.strip_prefix(managed_prefix) != Some(volume_id) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{nqn}` is not the NQN of volume `{volume_id}`: it must be `{managed_prefix}{volume_id}`"
         )));
     }
     Ok(())
@@ -232,7 +238,7 @@ pub fn parse_stage_context(
         ..Default::default()
     };
     if let Some((field, nqn)) = lookup(vc, pc, "nqn", Some("nvme_nqn")) {
-        validate_nqn(&field, nqn, managed_prefix)?;
+        validate_nqn(&field, nqn, volume_id, managed_prefix)?;
         target.nqn = Some(nqn.to_string());
     }
     if let Some((field, addr)) = lookup(vc, pc, "nvmeAddress", Some("nvme_address")) {
@@ -302,6 +308,19 @@ mod tests {
             PREFIX
         ));
         assert!(!is_managed_nqn("pvc-1", ""));
+        // A node's own export under the same prefix is not a volume of this driver.
+        assert!(!is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:nixos-var",
+            PREFIX
+        ));
+        assert!(!is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:snap-6ec89291-e651-5af7-8470-1168d64acbcd-at-6ec89291e6",
+            PREFIX
+        ));
+        assert!(is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:vol-6ec89291-e651-5af7-8470-1168d64acbcd",
+            PREFIX
+        ));
     }
 
     #[test]
