@@ -87,7 +87,7 @@ pub struct OrphansArgs {
     pub delete: bool,
 
     /// Leave files younger than this alone (they may belong to a create in progress), e.g.
-    /// `5m`, `1h`, `0s`. RouterOS prints file times without a zone; they are read as UTC.
+    /// `5m`, `1h`, `0s`. Ages are read with the RDS's own clock and must hold by ours too.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grace_period: Duration,
 
