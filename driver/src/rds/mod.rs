@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod command;
+mod connection;
 pub mod error;
 pub mod model;
 pub mod parse;
