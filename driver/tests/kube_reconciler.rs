@@ -187,6 +187,22 @@ async fn detach_window_and_missing_window_each_defer_clearing() {
     );
 }
 
+/// kube sets no read timeout: a node read the API server never answers must end the pass with
+/// the node unknown (kept), not stall the reconciler.
+#[tokio::test]
+async fn a_node_read_that_never_answers_counts_as_unknown() {
+    let api = FakeApi::start().await;
+    let (_clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    api.hang(NODES, None, None);
+    let report = tokio::time::timeout(Duration::from_secs(20), r.reconcile_once())
+        .await
+        .expect("the pass waited on a hung API server");
+    assert_eq!(report.unknown_nodes, ["node-gone"]);
+    assert!(report.cleared.is_empty());
+    assert_eq!(m.nodes("pvc-1"), ["node-gone"]);
+}
+
 #[tokio::test]
 async fn fails_open_when_nodes_cannot_be_read() {
     let api = FakeApi::start().await;

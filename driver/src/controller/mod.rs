@@ -1,6 +1,7 @@
 //! The CSI Controller service: volumes and snapshots as file-backed disks on the RDS.
 
 pub mod caps;
+mod cluster;
 mod copy_source;
 mod disks;
 pub mod ids;
@@ -507,16 +508,7 @@ impl Controller for ControllerService {
             .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
-        if let Some(nodes) = &self.nodes {
-            match nodes.get_opt(&node).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(Status::not_found(format!("node {node} does not exist"))),
-                // The API being unreadable must not block attaching a volume.
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "cannot look the node up; publishing anyway")
-                }
-            }
-        }
+        self.check_node_exists(&node, deadline).await?;
         let options = AttachOptions {
             readonly: req.readonly,
             multi_node_block: is_multi_node(cap) && is_block(cap),
@@ -962,9 +954,7 @@ impl Controller for ControllerService {
                 .await
                 .map_err(rds_status)?;
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
-            if let Some(events) = &self.events {
-                events.expansion_done(id.as_str(), size.bytes()).await;
-            }
+            self.expansion_event(id.as_str(), size.bytes());
             resized.size_bytes.unwrap_or(size.bytes())
         };
         Ok(Response::new(ControllerExpandVolumeResponse {

@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tonic::Status;
 
+use super::api_deadline::{within, LIST_TIMEOUT};
 use crate::controller::ids::parse_volume_id;
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
@@ -605,12 +606,16 @@ pub async fn rebuild(
     driver: &str,
     manager: &AttachmentManager,
 ) -> Result<RebuildReport, ::kube::Error> {
-    let vas = Api::<VolumeAttachment>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let vas = within(
+        LIST_TIMEOUT,
+        Api::<VolumeAttachment>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
+    let pvs = within(
+        LIST_TIMEOUT,
+        Api::<PersistentVolume>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
     let states = states_from(
         &vas.items,
         &pvs.items,

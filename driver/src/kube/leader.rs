@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
+use super::api_deadline::{within, CALL_TIMEOUT};
 use super::attachments::{Clock, SystemClock};
 
 pub const DEFAULT_LEASE_NAME: &str = "rds-csi-controller";
@@ -126,7 +127,7 @@ impl LeaderElector {
 
     async fn round(&self) -> Result<bool, ::kube::Error> {
         let now = self.clock.now();
-        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(lease) = within(CALL_TIMEOUT, self.api.get_opt(&self.config.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -135,7 +136,12 @@ impl LeaderElector {
                 },
                 spec: Some(self.spec(now, Some(micro(now)), 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match within(
+                CALL_TIMEOUT,
+                self.api.create(&PostParams::default(), &lease),
+            )
+            .await
+            {
                 Ok(_) => Ok(true),
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e),
@@ -180,10 +186,12 @@ impl LeaderElector {
         let mut updated = lease;
         updated.spec = Some(new_spec);
         // The read resourceVersion makes the replace fail with 409 if anyone wrote in between.
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &updated)
-            .await
+        match within(
+            CALL_TIMEOUT,
+            self.api
+                .replace(&self.config.name, &PostParams::default(), &updated),
+        )
+        .await
         {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
@@ -194,7 +202,8 @@ impl LeaderElector {
     /// Gives the Lease up if this replica holds it.
     pub async fn release(&self) -> Result<(), ::kube::Error> {
         self.leading.store(false, Ordering::SeqCst);
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(mut lease) = within(CALL_TIMEOUT, self.api.get_opt(&self.config.name)).await?
+        else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -204,10 +213,12 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(micro(self.clock.now()));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
+        match within(
+            CALL_TIMEOUT,
+            self.api
+                .replace(&self.config.name, &PostParams::default(), &lease),
+        )
+        .await
         {
             Ok(_) => Ok(()),
             // Someone else already wrote it: it is not ours any more.

@@ -18,6 +18,7 @@
 //! `rds-csi orphans --kubeconfig` uses only the two `list` calls on `persistentvolumes` and
 //! `volumesnapshotcontents`. Nothing here patches, updates or deletes any object but the Lease.
 
+pub mod api_deadline;
 pub mod attachments;
 pub mod events;
 pub mod leader;

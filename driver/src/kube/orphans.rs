@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tokio_util::sync::CancellationToken;
 
+use super::api_deadline::{within, LIST_TIMEOUT};
 use super::attachments::{states_from, AttachmentManager, Clock, SystemClock};
 use super::events::{EventRecorder, EventType, REASON_ORPHAN_DELETED, REASON_ORPHAN_FOUND};
 use super::reconciler::{BackgroundTask, LifecycleError};
@@ -52,12 +53,16 @@ pub async fn cluster_references(
     driver: &str,
 ) -> Result<References, ::kube::Error> {
     let mut refs = References::default();
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let vas = Api::<VolumeAttachment>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let pvs = within(
+        LIST_TIMEOUT,
+        Api::<PersistentVolume>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
+    let vas = within(
+        LIST_TIMEOUT,
+        Api::<VolumeAttachment>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
     refs.attached = states_from(&vas.items, &pvs.items, driver, Duration::ZERO)
         .into_iter()
         .map(|s| s.volume_id)
@@ -69,9 +74,12 @@ pub async fn cluster_references(
             }
         }
     }
-    let vscs = Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
-        .list(&ListParams::default())
-        .await;
+    let vscs = within(
+        LIST_TIMEOUT,
+        Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
+            .list(&ListParams::default()),
+    )
+    .await;
     let vscs = match vscs {
         Ok(list) => list.items,
         Err(::kube::Error::Api(s)) if s.code == 404 => Vec::new(),

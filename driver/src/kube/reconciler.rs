@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::api_deadline::{within, CALL_TIMEOUT};
 use super::attachments::AttachmentManager;
 use super::events::{
     EventRecorder, EventType, REASON_MIGRATION_TIMED_OUT, REASON_STALE_ATTACHMENT_CLEARED,
@@ -304,7 +305,7 @@ async fn reconcile(shared: &Shared) -> ReconcileReport {
     let mut states = HashMap::new();
     let mut api_errors = 0;
     for node in &nodes {
-        let state = match api.get_opt(node).await {
+        let state = match within(CALL_TIMEOUT, api.get_opt(node)).await {
             Ok(Some(_)) => NodeState::Exists,
             Ok(None) => NodeState::Missing,
             Err(e) => {

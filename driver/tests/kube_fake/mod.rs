@@ -5,7 +5,8 @@
 //! `/apis/coordination.k8s.io/v1/namespaces/NS/leases`, ...), in insertion order, so a test
 //! controls list order. It supports GET (item, list, `watch=true`), POST (409 when the name
 //! exists; `generateName`), PUT (409 on a stale `metadata.resourceVersion`), DELETE, and
-//! injected failures by path prefix.
+//! injected failures or hangs by path prefix, for every client or for one named client (a
+//! partition of one replica from the API server).
 
 #![allow(dead_code)]
 
@@ -32,12 +33,24 @@ const PLURALS: &[&str] = &[
 ];
 
 #[derive(Debug, Clone)]
+enum FaultAction {
+    Status(u16),
+    /// Never answer (a half-open connection, an API server behind a partition).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
 struct Fault {
     prefix: String,
     method: Option<Method>,
-    status: u16,
+    /// Only requests from the client of this name (see `FakeApi::client_named`).
+    client: Option<String>,
+    action: FaultAction,
     remaining: Option<usize>,
 }
+
+/// The header `client_named` clients send, so faults can pick one client out.
+const CLIENT_HEADER: &str = "x-fake-client";
 
 #[derive(Default)]
 struct Store {
@@ -188,6 +201,16 @@ impl FakeApi {
         kube::Client::try_from(kube::Config::new(url)).unwrap()
     }
 
+    /// A client whose requests carry `name`, for faults aimed at it alone.
+    pub fn client_named(&self, name: &str) -> kube::Client {
+        let url = format!("http://{}", self.addr).parse().unwrap();
+        let mut config = kube::Config::new(url);
+        config
+            .headers
+            .push((CLIENT_HEADER.parse().unwrap(), name.parse().unwrap()));
+        kube::Client::try_from(config).unwrap()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -243,10 +266,45 @@ impl FakeApi {
     /// Fails requests whose path starts with `prefix` (and method, if given) with `status`,
     /// `times` times (None: until cleared).
     pub fn fail(&self, prefix: &str, method: Option<Method>, status: u16, times: Option<usize>) {
+        self.add_fault(prefix, method, None, FaultAction::Status(status), times);
+    }
+
+    /// Never answers requests whose path starts with `prefix` (and method, if given), `times`
+    /// times (None: until cleared).
+    pub fn hang(&self, prefix: &str, method: Option<Method>, times: Option<usize>) {
+        self.add_fault(prefix, method, None, FaultAction::Hang, times);
+    }
+
+    /// Never answers the named client's requests under `prefix` until cleared; other clients
+    /// are served as usual.
+    pub fn hang_client(&self, client: &str, prefix: &str) {
+        self.add_fault(prefix, None, Some(client), FaultAction::Hang, None);
+    }
+
+    /// Fails the named client's requests under `prefix` with `status` until cleared.
+    pub fn fail_client(&self, client: &str, prefix: &str, status: u16) {
+        self.add_fault(
+            prefix,
+            None,
+            Some(client),
+            FaultAction::Status(status),
+            None,
+        );
+    }
+
+    fn add_fault(
+        &self,
+        prefix: &str,
+        method: Option<Method>,
+        client: Option<&str>,
+        action: FaultAction,
+        times: Option<usize>,
+    ) {
         self.lock().faults.push(Fault {
             prefix: prefix.to_string(),
             method,
-            status,
+            client: client.map(str::to_string),
+            action,
             remaining: times,
         });
     }
@@ -272,7 +330,12 @@ async fn handle(
     let is_watch = query
         .split('&')
         .any(|p| p == "watch=true" || p == "watch=1");
-    {
+    let client = req
+        .headers()
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let action = {
         let mut s = store.lock().unwrap();
         let verb = if is_watch {
             "WATCH".to_string()
@@ -283,15 +346,22 @@ async fn handle(
         let fault = s.faults.iter_mut().find(|f| {
             path.starts_with(&f.prefix)
                 && f.method.as_ref().is_none_or(|m| m == method)
+                && f.client.as_ref().is_none_or(|c| Some(c) == client.as_ref())
                 && f.remaining != Some(0)
         });
-        if let Some(f) = fault {
+        fault.map(|f| {
             if let Some(n) = f.remaining.as_mut() {
                 *n -= 1;
             }
-            let code = f.status;
-            return status(code, "InternalError", "injected failure");
+            f.action.clone()
+        })
+    };
+    match action {
+        Some(FaultAction::Status(code)) => {
+            return status(code, "InternalError", "injected failure")
         }
+        Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        None => {}
     }
     let Some((collection, name)) = split(&path) else {
         return status(404, "NotFound", &format!("no route for {path}"));
