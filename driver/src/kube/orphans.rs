@@ -397,7 +397,12 @@ impl OrphanReconciler {
         let this = Arc::clone(self);
         self.task.start(parent, move |token| async move {
             loop {
-                let _ = this.reconcile_once().await;
+                tokio::select! {
+                    // Stopped, or leadership lost: the pass ends at its next await, so it never
+                    // runs on (deleting) beside the next leader's.
+                    _ = token.cancelled() => break,
+                    _ = this.reconcile_once() => {}
+                }
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tokio::time::sleep(this.config.interval) => {}

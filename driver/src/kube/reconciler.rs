@@ -233,7 +233,11 @@ async fn run(
         .watch_nodes
         .then(|| tokio::spawn(watch_nodes(shared.client.clone(), tx, cancel.clone())));
     loop {
-        reconcile(&shared).await;
+        tokio::select! {
+            // Stopped, or leadership lost: the pass ends at its next await.
+            _ = cancel.cancelled() => break,
+            _ = reconcile(&shared) => {}
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = rx.recv() => {}
