@@ -356,3 +356,76 @@ async fn timed_out_migration_is_reported_once() {
     assert_eq!(posted, 2, "PV and PVC");
     assert_eq!(m.nodes("pvc-1"), ["node-a", "node-b"]);
 }
+
+/// A reconciler on the real clock, for tests that wait for its own scheduling.
+fn setup_real_clock(
+    api: &FakeApi,
+    grace: Duration,
+) -> (Arc<AttachmentManager>, Arc<AttachmentReconciler>) {
+    let manager = Arc::new(AttachmentManager::new());
+    let reconciler = Arc::new(AttachmentReconciler::new(
+        manager.clone(),
+        api.client(),
+        ReconcilerConfig {
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            grace_period: grace,
+            watch_nodes: true,
+        },
+        None,
+    ));
+    (manager, reconciler)
+}
+
+async fn wait_for_the_node_watch(api: &FakeApi) {
+    assert!(
+        eventually(WAIT, || api
+            .requests()
+            .iter()
+            .any(|(v, p)| v == "WATCH" && p == NODES))
+        .await,
+        "the node watch never opened"
+    );
+}
+
+/// A deleted node's attachments are cleared when the grace period ends, by a pass scheduled for
+/// then, not at the next periodic pass (5 minutes later).
+#[tokio::test]
+async fn a_deleted_nodes_attachments_are_cleared_when_the_grace_period_ends() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    let (m, r) = setup_real_clock(&api, Duration::from_secs(1));
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    wait_for_the_node_watch(&api).await;
+    api.delete(NODES, "node-a");
+    assert!(
+        eventually(Duration::from_secs(15), || m.nodes("pvc-1").is_empty()).await,
+        "the attachment of the deleted node was not cleared after the grace period"
+    );
+    r.stop().await;
+}
+
+/// A node deleted while the watch was down is noticed when the watch lists the nodes again.
+#[tokio::test]
+async fn a_node_deleted_while_the_watch_was_down_is_noticed_on_relist() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    let (m, r) = setup_real_clock(&api, Duration::ZERO);
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    wait_for_the_node_watch(&api).await;
+    assert!(eventually(WAIT, || r.stats().runs >= 1).await);
+    assert_eq!(m.nodes("pvc-1"), ["node-a"]);
+    // The node goes while the watch is down; the watch then ends as too old (410 Gone), so
+    // the watcher lists the nodes again.
+    api.delete_unseen(NODES, "node-a");
+    api.expire_watches();
+    assert!(
+        eventually(Duration::from_secs(30), || m.nodes("pvc-1").is_empty()).await,
+        "the node deleted while the watch was down was not noticed on relist: {:?}",
+        api.requests()
+    );
+    r.stop().await;
+}

@@ -59,6 +59,10 @@ struct Store {
     uid: u64,
     faults: Vec<Fault>,
     log: Vec<(String, String)>,
+    /// Cancelled by `end_watches`/`expire_watches`: every open watch stream ends, after a
+    /// 410 Gone event when `watches_expired` is set.
+    watches_end: tokio_util::sync::CancellationToken,
+    watches_expired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -246,6 +250,16 @@ impl FakeApi {
         Some(removed)
     }
 
+    /// Removes an object without telling the watchers: a delete that happened while a watch
+    /// was down, which only a new list shows.
+    pub fn delete_unseen(&self, collection: &str, name: &str) {
+        let mut s = self.lock();
+        if let Some(items) = s.collections.get_mut(collection) {
+            items.retain(|(n, _)| n != name);
+        }
+        s.rv += 1;
+    }
+
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
         self.lock()
             .collections
@@ -313,6 +327,26 @@ impl FakeApi {
         self.lock().faults.clear();
     }
 
+    /// Ends every open watch stream (as an API server restart or a dropped connection does);
+    /// watches opened afterwards work as before.
+    pub fn end_watches(&self) {
+        let mut s = self.lock();
+        s.watches_end.cancel();
+        s.watches_end = tokio_util::sync::CancellationToken::new();
+        s.watches_expired = Arc::default();
+    }
+
+    /// Ends every open watch stream with a 410 Gone event, as an API server does when a watch
+    /// was down so long that its resourceVersion is too old: the client must list again.
+    pub fn expire_watches(&self) {
+        let mut s = self.lock();
+        s.watches_expired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        s.watches_end.cancel();
+        s.watches_end = tokio_util::sync::CancellationToken::new();
+        s.watches_expired = Arc::default();
+    }
+
     /// (method, path) of every request so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         self.lock().log.clone()
@@ -371,16 +405,33 @@ async fn handle(
     let mut s = store.lock().unwrap();
     match (method, name) {
         (Method::GET, None) if is_watch => {
+            let (ended, expired) = (s.watches_end.clone(), Arc::clone(&s.watches_expired));
             drop(s);
             let rx = watch.subscribe();
-            let stream = futures_util::stream::unfold(rx, move |mut rx| {
-                let collection = collection.clone();
+            let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+                let (collection, ended, expired) =
+                    (collection.clone(), ended.clone(), Arc::clone(&expired));
                 async move {
+                    let mut rx = rx?;
                     loop {
-                        match rx.recv().await {
+                        let received = tokio::select! {
+                            _ = ended.cancelled() => {
+                                if !expired.load(std::sync::atomic::Ordering::SeqCst) {
+                                    return None;
+                                }
+                                let gone = json!({"type": "ERROR", "object": {
+                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": "Expired", "code": 410,
+                                    "message": "too old resource version"}});
+                                let line = format!("{gone}\n");
+                                return Some((Ok(Frame::data(Bytes::from(line))), None));
+                            }
+                            r = rx.recv() => r,
+                        };
+                        match received {
                             Ok((c, kind, obj)) if c == collection => {
                                 let line = format!("{}\n", json!({"type": kind, "object": obj}));
-                                return Some((Ok(Frame::data(Bytes::from(line))), rx));
+                                return Some((Ok(Frame::data(Bytes::from(line))), Some(rx)));
                             }
                             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                             Err(broadcast::error::RecvError::Closed) => return None,
