@@ -11,7 +11,7 @@ use csi_proto::v1::node_service_capability::Type as CapType;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_proto::v1::*;
-use rds_csi::node::connector::{Attached, Connector};
+use rds_csi::node::connector::{Attached, Attachment, Connector};
 use rds_csi::node::context::VolumeTarget;
 use rds_csi::node::error::{NodeError, Result};
 use rds_csi::node::{NodeConfig, NodeService, TOPOLOGY_KEY};
@@ -34,10 +34,13 @@ impl Connector for ParkedConnector {
     fn check_target(&self, _t: &VolumeTarget) -> Result<()> {
         Ok(())
     }
-    async fn attach(&self, _t: &VolumeTarget, _d: Instant) -> Result<PathBuf> {
+    async fn attach(&self, _t: &VolumeTarget, _d: Instant) -> Result<Attachment> {
         self.entered.notify_one();
         self.release.notified().await;
-        Ok(PathBuf::from("/dev/null"))
+        Ok(Attachment {
+            device: PathBuf::from("/dev/null"),
+            made_now: true,
+        })
     }
     async fn find_device(&self, _t: &VolumeTarget) -> Result<Option<PathBuf>> {
         Ok(None)
