@@ -328,9 +328,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
 
-    /// Address of the Prometheus metrics and health endpoint, e.g. `:9809`; empty disables it.
+    /// Address of the Prometheus metrics and health endpoint, e.g. `:9809` (this pod's IP, see
+    /// --pod-ip, else loopback) or `0.0.0.0:9809`; empty disables it.
     #[arg(long, default_value = ":9809", env = "RDS_CSI_METRICS_ADDRESS")]
     pub metrics_address: String,
+
+    /// This pod's IP (from the downward API, `status.podIP`): where `--metrics-address :PORT`
+    /// listens, so a node plugin on the host network is not reachable on every interface.
+    #[arg(long, env = "RDS_CSI_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -372,7 +378,7 @@ impl ServeArgs {
             return Err("--driver-name must not be empty".into());
         }
         if !self.metrics_address.is_empty() {
-            metrics::parse_listen_address(&self.metrics_address)
+            metrics::parse_listen_address(&self.metrics_address, self.pod_ip)
                 .map_err(|e| format!("--metrics-address: {e}"))?;
         }
         Ok(())
@@ -399,7 +405,7 @@ pub struct KubeArgs {
 
     /// How long two nodes may hold an RWX block volume during a live migration; the volume
     /// context key `migrationTimeoutSeconds` overrides it.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_MIGRATION_TIMEOUT")]
+    #[arg(long, default_value = "5m", value_parser = parse_migration_timeout, env = "RDS_CSI_MIGRATION_TIMEOUT")]
     pub migration_timeout: Duration,
 
     /// Periodically compare the RDS with the cluster's PVs and VolumeSnapshotContents.
@@ -459,6 +465,21 @@ impl RdsArgs {
 
     pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
         RdsPath::new(self.rds_volume_base_path.as_str()).context("--rds-volume-base-path")
+    }
+}
+
+/// `--migration-timeout`: a duration within the attachment table's range.
+fn parse_migration_timeout(s: &str) -> Result<Duration, String> {
+    use crate::kube::attachments::{MAX_MIGRATION_TIMEOUT, MIN_MIGRATION_TIMEOUT};
+    let timeout = parse_duration(s)?;
+    if (MIN_MIGRATION_TIMEOUT..=MAX_MIGRATION_TIMEOUT).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(format!(
+            "`{s}` is out of range ({}s..={}s)",
+            MIN_MIGRATION_TIMEOUT.as_secs(),
+            MAX_MIGRATION_TIMEOUT.as_secs()
+        ))
     }
 }
 
@@ -571,7 +592,7 @@ impl ServeArgs {
             None
         } else {
             Some(
-                metrics::parse_listen_address(&self.metrics_address)
+                metrics::parse_listen_address(&self.metrics_address, self.pod_ip)
                     .map_err(anyhow::Error::msg)
                     .context("--metrics-address")?,
             )
@@ -750,6 +771,13 @@ mod tests {
         assert_eq!(k.leader_election_namespace.as_deref(), Some("csi"));
         assert!(serve_args(&["--orphan-dry-run"]).kube.orphan_dry_run);
         assert!(Cli::try_parse_from(["t", "serve", "--orphan-grace-period", "5x"]).is_err());
+        // 0 would mark every migration timed out at once.
+        for bad in ["0s", "29s", "25h"] {
+            assert!(
+                Cli::try_parse_from(["t", "serve", "--migration-timeout", bad]).is_err(),
+                "--migration-timeout {bad}"
+            );
+        }
     }
 
     #[test]
@@ -803,7 +831,21 @@ mod tests {
     #[test]
     fn metrics_address_builds_the_metrics_config() {
         let listen = |extra: &[&str]| serve_args(extra).metrics_config().unwrap().listen;
-        assert_eq!(listen(&[]), Some("0.0.0.0:9809".parse().unwrap()));
+        // `:PORT` is the pod's IP (the node plugin is on the host network), else loopback:
+        // never every interface unless asked for.
+        assert_eq!(listen(&[]), Some("127.0.0.1:9809".parse().unwrap()));
+        assert_eq!(
+            listen(&["--pod-ip", "10.1.2.3"]),
+            Some("10.1.2.3:9809".parse().unwrap())
+        );
+        assert_eq!(
+            listen(&["--pod-ip", "fd00::7", "--metrics-address", ":9810"]),
+            Some("[fd00::7]:9810".parse().unwrap())
+        );
+        assert_eq!(
+            listen(&["--pod-ip", "10.1.2.3", "--metrics-address", "0.0.0.0:9809"]),
+            Some("0.0.0.0:9809".parse().unwrap())
+        );
         assert_eq!(listen(&["--metrics-address", ""]), None);
         let err = serve_args(&["--metrics-address", "9809"])
             .metrics_config()

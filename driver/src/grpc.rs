@@ -13,24 +13,33 @@ use crate::rds::{RdsError, TransportError};
 /// Used when the caller sent no deadline: long enough for a slow `/disk add` of a large file.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The caller's deadline (`grpc-timeout` header), or the default.
+/// The longest deadline a caller may ask for; longer ones are cut to it.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// The caller's deadline (`grpc-timeout` header), or the default; never past [`MAX_DEADLINE`].
 pub fn deadline<T>(request: &Request<T>) -> Instant {
     let timeout = request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .unwrap_or(DEFAULT_DEADLINE);
-    Instant::now() + timeout
+        .unwrap_or(DEFAULT_DEADLINE)
+        .min(MAX_DEADLINE);
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or(now + MAX_DEADLINE)
 }
 
-/// `grpc-timeout` is digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
+/// `grpc-timeout` is at most 8 digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
+/// Longer values break the spec and are ignored rather than trusted.
 fn parse_grpc_timeout(s: &str) -> Option<Duration> {
     let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -51,6 +60,7 @@ pub fn rds_status(e: RdsError) -> Status {
         | RdsError::Transport(TransportError::HostKeyUnknown { .. })
         | RdsError::Transport(TransportError::AuthRejected { .. })
         | RdsError::Transport(TransportError::Config(_)) => Status::failed_precondition(message),
+        RdsError::Transport(TransportError::OutputTooLarge { .. }) => Status::internal(message),
         RdsError::Transport(_) | RdsError::Busy(_) => Status::unavailable(message),
         RdsError::Interrupted(_) => Status::aborted(message),
         RdsError::InvalidArgument(_) | RdsError::Failed { .. } | RdsError::Parse(_) => {
@@ -91,6 +101,23 @@ impl KeyedLocks {
             ))),
         }
     }
+
+    /// Locks several keys (a copy's source and target), each once, always in sorted order: two
+    /// calls that lock the same keys can then never wait on each other.
+    pub async fn lock_all(
+        &self,
+        keys: &[&str],
+        deadline: Instant,
+    ) -> Result<Vec<KeyGuard>, Status> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut guards = Vec::with_capacity(keys.len());
+        for key in keys {
+            guards.push(self.lock(key, deadline).await?);
+        }
+        Ok(guards)
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +132,39 @@ mod tests {
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    fn with_timeout(value: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn huge_grpc_timeouts_are_capped_and_never_overflow() {
+        let before = Instant::now();
+        for value in ["18446744073709551615S", "99999999H", "5000000000000000000S"] {
+            let d = deadline(&with_timeout(value));
+            assert!(d > before, "{value}");
+            assert!(d <= Instant::now() + MAX_DEADLINE, "{value} is not capped");
+        }
+        // More than the 8 digits the gRPC spec allows: not a timeout, so the default.
+        let d = deadline(&with_timeout("123456789S"));
+        assert!(d <= Instant::now() + DEFAULT_DEADLINE);
+        assert!(d > before + DEFAULT_DEADLINE - Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn lock_all_takes_each_key_once_in_a_fixed_order() {
+        let locks = KeyedLocks::default();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        // The same key twice is one lock, not a wait on itself.
+        let both = locks.lock_all(&["b", "a", "b"], soon()).await.unwrap();
+        assert_eq!(both.len(), 2);
+        assert!(locks.lock_all(&["a", "c"], soon()).await.is_err());
+        drop(both);
+        assert!(locks.lock_all(&["c", "a"], soon()).await.is_ok());
     }
 
     #[tokio::test]

@@ -4,16 +4,13 @@
 //! from wherever they run. Pool capacity and traffic are read from the RDS when scraped (cached
 //! briefly); a failed read removes the series rather than reporting zeros.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -22,21 +19,28 @@ use tokio::sync::Mutex;
 
 use crate::rds::{RdsClient, RdsPath, Slot};
 
+mod http_server;
+pub use http_server::{serve_http, MAX_HTTP_CONNECTIONS};
+
 /// Where the metrics and health endpoint listens; `None` turns it off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Option<SocketAddr>,
 }
 
-/// Parses `host:port` or `:port` (all interfaces), as Go drivers accept.
-pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not an address of the form HOST:PORT or :PORT"))
+/// Parses `HOST:PORT`, or `:PORT` as Go drivers accept. `:PORT` listens on `pod_ip` when it is
+/// known and on loopback otherwise: the node plugin shares the host's network, so "every
+/// interface" would expose the endpoint on all of the node's networks.
+pub fn parse_listen_address(s: &str, pod_ip: Option<IpAddr>) -> Result<SocketAddr, String> {
+    let bad = || format!("`{s}` is not an address of the form HOST:PORT or :PORT");
+    match s.strip_prefix(':') {
+        Some(port) => {
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            let ip = pod_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            Ok(SocketAddr::new(ip, port))
+        }
+        None => s.parse().map_err(|_| bad()),
+    }
 }
 
 pub struct Metrics {
@@ -139,9 +143,67 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(|| build().expect("metric definitions are valid"))
 }
 
+/// The CSI v1 services and their RPCs: the only `rpc` label values.
+const CSI_RPCS: &[(&str, &[&str])] = &[
+    (
+        "Identity",
+        &["GetPluginInfo", "GetPluginCapabilities", "Probe"],
+    ),
+    (
+        "Controller",
+        &[
+            "CreateVolume",
+            "DeleteVolume",
+            "ControllerPublishVolume",
+            "ControllerUnpublishVolume",
+            "ValidateVolumeCapabilities",
+            "ListVolumes",
+            "GetCapacity",
+            "ControllerGetCapabilities",
+            "CreateSnapshot",
+            "DeleteSnapshot",
+            "ListSnapshots",
+            "ControllerExpandVolume",
+            "ControllerGetVolume",
+            "ControllerModifyVolume",
+        ],
+    ),
+    (
+        "Node",
+        &[
+            "NodeStageVolume",
+            "NodeUnstageVolume",
+            "NodePublishVolume",
+            "NodeUnpublishVolume",
+            "NodeGetVolumeStats",
+            "NodeExpandVolume",
+            "NodeGetCapabilities",
+            "NodeGetInfo",
+        ],
+    ),
+];
+
+/// The `rpc` label of a gRPC path. The path is chosen by the client, so anything but a CSI RPC
+/// is `unknown`: each distinct label value is a series kept for the life of the process.
+fn rpc_label(path: &str) -> &'static str {
+    let Some((service, method)) = path
+        .strip_prefix("/csi.v1.")
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return "unknown";
+    };
+    CSI_RPCS
+        .iter()
+        .filter(|(s, _)| *s == service)
+        .flat_map(|(_, methods)| methods.iter())
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Records one CSI call. `path` is the gRPC path (`/csi.v1.Controller/CreateVolume`).
 pub fn record_csi_call(path: &str, code: tonic::Code, elapsed: Duration) {
-    let rpc = path.rsplit('/').next().unwrap_or(path);
+    let rpc = rpc_label(path);
     let m = global();
     m.csi_calls
         .with_label_values(&[rpc, &format!("{code:?}")])
@@ -293,6 +355,7 @@ impl PoolSource {
     }
 }
 
+/// The registry in Prometheus text format.
 fn encode() -> String {
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&global().registry.gather(), &mut buf) {
@@ -301,87 +364,45 @@ fn encode() -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-fn reply(status: u16, body: String) -> http::Response<Full<Bytes>> {
-    let mut response = http::Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    response
-}
-
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the RDS answers, for a
-/// controller) until the returned task is aborted.
-pub async fn serve_http(
-    addr: SocketAddr,
-    pool: Option<Arc<PoolSource>>,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, "serving metrics and health");
-    let task = tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Usually out of file descriptors: back off rather than spin.
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let pool = pool.clone();
-                        async move {
-                            let response = match request.uri().path() {
-                                "/metrics" => {
-                                    if let Some(pool) = &pool {
-                                        pool.refresh().await;
-                                    }
-                                    reply(200, encode())
-                                }
-                                "/healthz" => reply(200, "ok\n".into()),
-                                "/readyz" => match &pool {
-                                    None => reply(200, "ok\n".into()),
-                                    Some(pool) => match pool
-                                        .rds
-                                        .identity(crate::rds::deadline_in(POOL_READ_TIMEOUT))
-                                        .await
-                                    {
-                                        Ok(_) => reply(200, "ok\n".into()),
-                                        Err(e) => reply(503, format!("RDS not reachable: {e}\n")),
-                                    },
-                                },
-                                _ => reply(404, "not found\n".into()),
-                            };
-                            Ok::<_, Infallible>(response)
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "metrics connection ended");
-                }
-            });
-        }
-    });
-    Ok((local, task))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The gRPC path comes from the client: only CSI's own RPC names become label values, so
+    /// a caller cannot grow the registry without bound.
+    #[test]
+    fn unknown_grpc_paths_share_one_label() {
+        for i in 0..50 {
+            record_csi_call(
+                &format!("/csi.v1.Controller/Bogus{i}"),
+                tonic::Code::Unimplemented,
+                Duration::from_millis(1),
+            );
+        }
+        record_csi_call("/x/y/z", tonic::Code::Unimplemented, Duration::ZERO);
+        record_csi_call("/csi.v1.Node/NodeGetInfo", tonic::Code::Ok, Duration::ZERO);
+        let text = encode();
+        assert!(!text.contains("Bogus"), "client-chosen label values");
+        assert!(!text.contains("rpc=\"z\""), "client-chosen label values");
+        assert!(text.contains("rpc=\"NodeGetInfo\""));
+        assert!(text.contains("rpc=\"unknown\""));
+    }
+
     #[test]
     fn listen_address_accepts_go_style_port_only() {
-        assert_eq!(parse_listen_address(":9809").unwrap().port(), 9809);
         assert_eq!(
-            parse_listen_address("127.0.0.1:1").unwrap(),
+            parse_listen_address(":9809", None).unwrap(),
+            "127.0.0.1:9809".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address(":9809", Some("10.0.0.7".parse().unwrap())).unwrap(),
+            "10.0.0.7:9809".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:1", Some("10.0.0.7".parse().unwrap())).unwrap(),
             "127.0.0.1:1".parse().unwrap()
         );
-        assert!(parse_listen_address("9809").is_err());
+        assert!(parse_listen_address("9809", None).is_err());
+        assert!(parse_listen_address(":99999", None).is_err());
     }
 }

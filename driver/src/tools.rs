@@ -18,24 +18,44 @@ use crate::rds::{RdsError, Slot, TransportError};
 /// Long enough to list a large pool over a slow link.
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The cluster's references, when `--kubeconfig` names one.
+async fn cluster_references(
+    client: Option<&::kube::Client>,
+    driver_name: &str,
+) -> anyhow::Result<Option<orphans::References>> {
+    match client {
+        Some(client) => Ok(Some(
+            crate::kube::orphans::cluster_references(client, driver_name)
+                .await
+                .context(
+                    "listing PersistentVolumes, VolumeAttachments and VolumeSnapshotContents",
+                )?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// An orphan found but not deleted, and why.
+#[derive(Serialize)]
+struct Kept<'a> {
+    orphan: &'a orphans::Orphan,
+    reason: &'static str,
+}
+
 pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     let rds = crate::server::rds_client(args.rds.ssh_config()?);
     let base = args.rds.volume_base_path()?;
     let deadline = deadline_in(TOOL_DEADLINE);
     // With a cluster, also disks without PV; files the cluster references are never orphans.
-    let refs = match &args.kubeconfig {
-        Some(path) => {
-            let client = crate::kube::connect(Some(path))
+    let client = match &args.kubeconfig {
+        Some(path) => Some(
+            crate::kube::connect(Some(path))
                 .await?
-                .context("--kubeconfig gave no client")?;
-            Some(
-                crate::kube::orphans::cluster_references(&client, &args.driver_name)
-                    .await
-                    .context("listing PersistentVolumes and VolumeSnapshotContents")?,
-            )
-        }
+                .context("--kubeconfig gave no client")?,
+        ),
         None => None,
     };
+    let refs = cluster_references(client.as_ref(), &args.driver_name).await?;
     let found = orphans::scan_at(
         &rds,
         &base,
@@ -46,25 +66,50 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     )
     .await?;
     let mut deleted = Vec::new();
-    if args.delete {
+    let mut kept = Vec::new();
+    if args.delete && !found.is_empty() {
+        // The reconciler's rules: references read again after the scan (a volume created
+        // meanwhile has its PV only now), and a second scan, so only what both saw exactly as
+        // it was (path, size, time: not a file still being written) is deleted.
+        let refs_after = cluster_references(client.as_ref(), &args.driver_name).await?;
+        let again = orphans::scan_at(
+            &rds,
+            &base,
+            args.grace_period,
+            refs_after.as_ref(),
+            std::time::SystemTime::now(),
+            deadline,
+        )
+        .await?;
+        let readings: Vec<&orphans::References> = refs.iter().chain(refs_after.iter()).collect();
         // Drawn only on a terminal: quiet in CI and in pipes.
         let progress = ProgressBar::new(found.len() as u64).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} removing orphans")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         for orphan in &found {
+            progress.inc(1);
+            let reason = if again.contains(orphan) {
+                orphans::keep_reason(&base, orphan, &readings)
+            } else {
+                Some("it changed or went away between two scans")
+            };
+            if let Some(reason) = reason {
+                kept.push(Kept { orphan, reason });
+                continue;
+            }
             orphans::delete(&rds, orphan, deadline)
                 .await
                 .with_context(|| format!("removing {orphan:?}"))?;
             deleted.push(orphan.clone());
-            progress.inc(1);
         }
         progress.finish_and_clear();
     }
     let mut out = std::io::stdout().lock();
     match args.output {
         OutputFormat::Json => {
-            let doc = serde_json::json!({ "orphans": found, "deleted": deleted.len() });
+            let doc =
+                serde_json::json!({ "orphans": found, "deleted": deleted.len(), "kept": kept });
             writeln!(out, "{doc}")?;
         }
         OutputFormat::Text => {
@@ -83,6 +128,18 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
                     o.slot.as_deref().or(o.path.as_deref()).unwrap_or("-"),
                     o.size_bytes.map_or("-".into(), |s| s.to_string()),
                     o.last_modified.as_deref().unwrap_or("")
+                )?;
+            }
+            for k in &kept {
+                writeln!(
+                    out,
+                    "kept {}: {}",
+                    k.orphan
+                        .slot
+                        .as_deref()
+                        .or(k.orphan.path.as_deref())
+                        .unwrap_or("-"),
+                    k.reason
                 )?;
             }
             if args.delete {

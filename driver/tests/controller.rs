@@ -208,6 +208,50 @@ async fn create_volume_validates_and_is_idempotent() {
     assert!(f.mock.disk(&a.volume_id).is_some());
 }
 
+/// mkfs runs on the node, which sees the host's files: options that name host paths
+/// (`mke2fs -d DIR` copies a directory into the new filesystem) are refused at CreateVolume.
+#[tokio::test]
+async fn create_refuses_mkfs_options_that_name_host_paths() {
+    let f = fixture().await;
+    for (fs, options) in [
+        ("ext4", "-d var"),
+        ("ext4", "-m 0 -d /"),
+        ("ext3", "-l /etc/shadow"),
+        ("ext4", "-z /tmp/undo"),
+        ("ext4", "-E root_owner=0:0 var"),
+        ("xfs", "-p /etc/passwd"),
+        ("xfs", "-d name=/dev/sda"),
+        ("xfs", "-l logdev=/dev/sda"),
+    ] {
+        let mut req = create_req("pvc-mkfs", GIB);
+        req.parameters = HashMap::from([
+            ("csi.storage.k8s.io/fstype".into(), fs.into()),
+            ("mkfsOptions".into(), options.into()),
+        ]);
+        let err = f.svc.create_volume(Request::new(req)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{fs} `{options}`");
+        assert!(err.message().contains("mkfsOptions"), "{}", err.message());
+    }
+    assert_eq!(f.mock.history().len(), 0, "nothing is sent for bad input");
+    // Options that only shape the new filesystem are passed through.
+    for (fs, options) in [
+        (
+            "ext4",
+            "-m 0 -E lazy_itable_init=0,root_owner=0:0 -O ^has_journal -L data",
+        ),
+        ("xfs", "-m reflink=1,crc=1 -d agcount=4 -i size=512 -L data"),
+    ] {
+        let mut req = create_req(&format!("pvc-mkfs-{fs}"), GIB);
+        req.parameters = HashMap::from([
+            ("csi.storage.k8s.io/fstype".into(), fs.into()),
+            ("mkfsOptions".into(), options.into()),
+        ]);
+        let v = f.svc.create_volume(Request::new(req)).await.unwrap();
+        let v = v.into_inner().volume.unwrap();
+        assert_eq!(v.volume_context["mkfsOptions"], options);
+    }
+}
+
 #[tokio::test]
 async fn create_without_capacity_gets_the_default_size() {
     let f = fixture().await;
@@ -347,6 +391,57 @@ async fn delete_removes_disk_and_file_and_is_idempotent() {
         Code::FailedPrecondition
     );
     assert!(f.mock.disk("pvc-foreign").is_some());
+}
+
+/// The leftover search after a delete removes `<id>.img` only when no disk uses it: a disk of
+/// another slot (an imported volume, another tool's) may have that file.
+#[tokio::test]
+async fn leftover_cleanup_never_removes_a_file_a_disk_uses() {
+    let f = fixture().await;
+    let volume_file = format!("{BASE}/pvc-shared.img");
+    let nested_file = format!("{BASE}/fast/pvc-shared.img");
+    let snapshot_id = "snap-6ec89291-e651-5af7-8470-1168d64acbcd-at-6ec89291e6";
+    let snapshot_file = format!("{BASE}/{snapshot_id}.img");
+    for (slot, path) in [
+        ("imported-1", &volume_file),
+        ("imported-2", &nested_file),
+        ("imported-3", &snapshot_file),
+    ] {
+        f.mock.add_orphan_file(path, GIB as u64);
+        f.mock.add_orphan_disk(slot, path, GIB as u64);
+    }
+    f.svc
+        .delete_volume(Request::new(DeleteVolumeRequest {
+            volume_id: "pvc-shared".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    f.svc
+        .delete_snapshot(Request::new(DeleteSnapshotRequest {
+            snapshot_id: snapshot_id.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    for (slot, path) in [
+        ("imported-1", &volume_file),
+        ("imported-2", &nested_file),
+        ("imported-3", &snapshot_file),
+    ] {
+        assert!(
+            f.file_exists(path),
+            "{path}, the file of disk {slot}, was removed"
+        );
+        assert!(f.mock.disk(slot).is_some());
+    }
+    assert!(
+        !f.mock
+            .history()
+            .iter()
+            .any(|h| h.command.starts_with("/file remove")),
+        "no file was removed"
+    );
 }
 
 #[tokio::test]
@@ -1037,4 +1132,146 @@ async fn controller_capabilities_are_advertised() {
     ] {
         assert!(types.contains(&t), "{t:?}");
     }
+}
+
+/// A request with a `grpc-timeout`, as a CO sends it.
+fn timed<T>(message: T, timeout: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("grpc-timeout", timeout.parse().unwrap());
+    r
+}
+
+/// Polls the mock's history (with a deadline) until a hung command matching `needle` arrived.
+async fn wait_for_hung(mock: &MockRds, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mock
+        .history()
+        .iter()
+        .any(|h| h.command.contains(needle) && h.exit_status.is_none())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{needle}` never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// While a clone or snapshot copies from a volume, the source is locked: its DeleteVolume and
+/// ControllerExpandVolume wait (and time out here) instead of running during the copy.
+#[tokio::test]
+async fn the_source_of_a_copy_is_locked_for_the_copy() {
+    let f = fixture().await;
+    let source = f.create("pvc-src", GIB).await;
+    let svc = Arc::new(service(&f.mock, &f.key));
+    let delete_source = || DeleteVolumeRequest {
+        volume_id: source.volume_id.clone(),
+        ..Default::default()
+    };
+    let expand_source = || ControllerExpandVolumeRequest {
+        volume_id: source.volume_id.clone(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 2 * GIB,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    let clone = {
+        let mut r = create_req("pvc-clone", GIB);
+        r.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(SourceType::Volume(VolumeSource {
+                volume_id: source.volume_id.clone(),
+            })),
+        });
+        r
+    };
+    let snapshot = CreateSnapshotRequest {
+        name: "snap-of-src".into(),
+        source_volume_id: source.volume_id.clone(),
+        ..Default::default()
+    };
+
+    for copy in ["clone", "snapshot"] {
+        // The copy hangs once, so it is certainly in progress while the source is touched.
+        f.mock.inject(Fault::Hang {
+            pattern: "copy-from".into(),
+            times: Some(1),
+        });
+        f.mock.clear_history();
+        let running = {
+            let svc = Arc::clone(&svc);
+            let (clone, snapshot) = (clone.clone(), snapshot.clone());
+            tokio::spawn(async move {
+                match copy {
+                    "clone" => svc.create_volume(timed(clone, "2S")).await.map(|_| ()),
+                    _ => svc.create_snapshot(timed(snapshot, "2S")).await.map(|_| ()),
+                }
+            })
+        };
+        wait_for_hung(&f.mock, "copy-from").await;
+        let err = svc
+            .delete_volume(timed(delete_source(), "300m"))
+            .await
+            .expect_err("the source was deleted during a copy");
+        assert_eq!(err.code(), Code::Aborted, "{copy}: {err:?}");
+        let err = svc
+            .controller_expand_volume(timed(expand_source(), "300m"))
+            .await
+            .expect_err("the source was expanded during a copy");
+        assert_eq!(err.code(), Code::Aborted, "{copy}: {err:?}");
+        let _ = running.await.unwrap();
+        assert!(f.mock.disk(&source.volume_id).is_some(), "{copy}");
+        assert_eq!(
+            f.mock.disk(&source.volume_id).unwrap().file_size,
+            GIB as u64,
+            "{copy}: the source kept its size"
+        );
+    }
+}
+
+/// Only what the driver's ID grammar produces is the driver's: a file disk under the base path
+/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
+#[tokio::test]
+async fn disks_outside_the_id_grammar_are_not_the_drivers() {
+    let f = fixture().await;
+    for (slot, path) in [
+        ("nixos-var", format!("{BASE}/nixos-var.img")),
+        ("backup-1", format!("{BASE}/nodes/backup-1.img")),
+    ] {
+        f.mock.add_orphan_file(&path, GIB as u64);
+        f.mock.add_orphan_disk(slot, &path, GIB as u64);
+    }
+    let listed = f
+        .svc
+        .list_volumes(Request::new(ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.entries.is_empty(), "{:?}", listed.entries);
+    for slot in ["nixos-var", "backup-1"] {
+        let _ = f
+            .svc
+            .delete_volume(Request::new(DeleteVolumeRequest {
+                volume_id: slot.into(),
+                ..Default::default()
+            }))
+            .await;
+        assert!(f.mock.disk(slot).is_some(), "disk {slot} was deleted");
+        let err = f
+            .svc
+            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+                volume_id: slot.into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{slot}: {err:?}");
+    }
+    assert!(f.file_exists(&format!("{BASE}/nixos-var.img")));
 }

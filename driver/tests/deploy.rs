@@ -605,6 +605,45 @@ fn controller_liveness_does_not_depend_on_the_rds() {
     );
 }
 
+/// The metrics endpoint listens on the pod's IP (`:PORT` with `--pod-ip` from the downward
+/// API), never on every interface: the node plugin shares the host's network. Without
+/// `--pod-ip` it would bind loopback, and the controller's liveness probe would fail.
+#[test]
+fn metrics_listen_on_the_pod_ip() {
+    let r = rendered_or_skip!();
+    for (pod_name, pod) in [
+        ("controller", pod_spec_of_controller(r)),
+        ("node", pod_spec_of_node(r)),
+    ] {
+        let driver = container(pod, DRIVER_CONTAINER);
+        let address = flag_value(driver, "--metrics-address").expect("--metrics-address");
+        assert!(address.starts_with(':'), "{pod_name}: {address}");
+        let pod_ip =
+            flag_value(driver, "--pod-ip").unwrap_or_else(|| panic!("{pod_name}: no --pod-ip"));
+        let var = pod_ip
+            .strip_prefix("$(")
+            .and_then(|v| v.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{pod_name}: --pod-ip={pod_ip} is not an env reference"));
+        let source = driver
+            .env
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.name == var)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.clone());
+        assert_eq!(source.as_deref(), Some("status.podIP"), "{pod_name}: {var}");
+    }
+    for t in ["controller.yaml", "node.yaml"] {
+        let text = read(&chart_dir().join("templates").join(t));
+        assert!(
+            text.contains("- --pod-ip=$(POD_IP)") && text.contains("fieldPath: status.podIP"),
+            "chart {t}: the metrics endpoint must get the pod IP"
+        );
+    }
+}
+
 #[test]
 fn node_socket_registration_and_host_mounts_agree() {
     let r = rendered_or_skip!();
@@ -710,8 +749,12 @@ fn expand_env(r: &Rendered, c: &Container, arg: &str) -> String {
                     .and_then(|d| d.get(&cm.key))
                     .unwrap_or_else(|| panic!("ConfigMap {} lacks key {}", cm.name, cm.key))
                     .clone()
-            } else if src.field_ref.is_some() {
-                "node-1".into()
+            } else if let Some(field) = &src.field_ref {
+                // Stand-ins of the right shape: an IP where the binary parses one.
+                match field.field_path.as_str() {
+                    "status.podIP" => "10.0.0.7".into(),
+                    _ => "node-1".into(),
+                }
             } else {
                 panic!("env {}: unsupported source", e.name)
             }

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kube_fake::*;
 use rds_csi::kube::attachments::{
     rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
-    DEFAULT_MIGRATION_TIMEOUT,
+    DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT,
+    MIN_MIGRATION_TIMEOUT,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -63,6 +64,25 @@ fn grace_period_contract() {
     m.detach("pvc-1", "node-a");
     m.clear_detach_time("pvc-1");
     assert!(!m.is_within_grace_period("pvc-1", grace), "cleared");
+}
+
+/// Detach times matter only within the grace period: old ones are forgotten, so the table
+/// does not grow with every volume ever detached.
+#[test]
+fn detach_times_are_forgotten_after_the_retention() {
+    let (clock, m) = manual();
+    for i in 0..100 {
+        let volume = format!("pvc-{i}");
+        m.attach(&volume, "node-a", RWO, None).unwrap();
+        m.detach(&volume, "node-a");
+    }
+    clock.advance(DEFAULT_DETACH_RETENTION + Duration::from_secs(1));
+    m.attach("pvc-new", "node-a", RWO, None).unwrap();
+    m.detach("pvc-new", "node-a");
+    for i in 0..100 {
+        assert_eq!(m.detach_time(&format!("pvc-{i}")), None, "pvc-{i} kept");
+    }
+    assert!(m.detach_time("pvc-new").is_some());
 }
 
 trait NowForTest {
@@ -162,6 +182,30 @@ fn rwx_block_dual_attach_and_migration_timeout() {
     assert!(m.timed_out_migrations().is_empty());
     clock.advance(Duration::from_secs(2));
     assert_eq!(m.timed_out_migrations().len(), 1);
+}
+
+/// `migrationTimeoutSeconds: 0` used to mark every migration timed out the moment it began.
+/// Timeouts from the context, the flag and a rebuilt PV are clamped to a sane range.
+#[test]
+fn migration_timeout_is_clamped_to_a_sane_range() {
+    let (_clock, m) = manual();
+    let ctx = |v: &str| HashMap::from([("migrationTimeoutSeconds".to_string(), v.to_string())]);
+    assert_eq!(m.migration_timeout_for(&ctx("0")), MIN_MIGRATION_TIMEOUT);
+    assert_eq!(m.migration_timeout_for(&ctx("1")), MIN_MIGRATION_TIMEOUT);
+    assert_eq!(
+        m.migration_timeout_for(&ctx("99999999999")),
+        MAX_MIGRATION_TIMEOUT
+    );
+    assert_eq!(m.migration_timeout_for(&ctx("90")), Duration::from_secs(90));
+    let timeout = m.migration_timeout_for(&ctx("0"));
+    m.attach("pvc-1", "node-a", RWX, Some(timeout)).unwrap();
+    m.attach("pvc-1", "node-b", RWX, Some(timeout)).unwrap();
+    assert!(
+        m.timed_out_migrations().is_empty(),
+        "a migration that just began is not timed out"
+    );
+    let flag = AttachmentManager::new().with_migration_timeout(Duration::ZERO);
+    assert_eq!(flag.default_migration_timeout(), MIN_MIGRATION_TIMEOUT);
 }
 
 #[test]

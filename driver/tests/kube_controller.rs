@@ -367,3 +367,45 @@ async fn publish_to_an_unknown_node_is_not_found_and_api_errors_fail_open() {
         .await
         .unwrap();
 }
+
+/// kube sets no read timeout: an API server that never answers must not hold up a publish (its
+/// node lookup runs under the volume lock) or an expansion (its event looks the PV up).
+#[tokio::test]
+async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    let svc = controller(&rds, Arc::new(AttachmentManager::new()))
+        .with_node_lookup(api.client())
+        .with_events(EventRecorder::new(api.client(), DRIVER, "test"));
+    let rwo = cap(Mode::SingleNodeWriter, false);
+    create(&svc, "pvc-1", rwo.clone()).await;
+    api.hang(NODES, None, None);
+    api.hang(PVS, None, None);
+    let mut request = publish("pvc-1", "node-a", rwo.clone());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "4S".parse().unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        svc.controller_publish_volume(request),
+    )
+    .await
+    .expect("publish waited on a hung node lookup")
+    .expect("an unanswered lookup fails open: the publish goes ahead");
+    let expand = ControllerExpandVolumeRequest {
+        volume_id: "pvc-1".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 2 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(rwo),
+        ..Default::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        svc.controller_expand_volume(Request::new(expand)),
+    )
+    .await
+    .expect("expand waited on a hung PV list")
+    .unwrap();
+}

@@ -191,3 +191,70 @@ async fn run_hands_over_and_never_runs_two_leaders() {
     assert_eq!(most.load(Ordering::SeqCst), 1, "never two leaders at once");
     assert_eq!(holder(&api), None, "released on exit");
 }
+
+/// A leader cut off from the API server (its Lease calls hang) must stop its work within the
+/// renew deadline, before the lease runs out and another replica takes over: never two at
+/// once, even while a renewal is still waiting for an answer.
+#[tokio::test]
+async fn a_partitioned_leader_steps_down_before_another_takes_over() {
+    let api = FakeApi::start().await;
+    let working = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let terms = Arc::new(AtomicUsize::new(0));
+    let start = |who: &str| {
+        let mut config = LeaseConfig::new(NS, LEASE, who);
+        config.lease_duration = Duration::from_secs(2);
+        config.renew_interval = Duration::from_millis(100);
+        config.retry_interval = Duration::from_millis(50);
+        let elector = Arc::new(LeaderElector::new(api.client_named(who), config));
+        let cancel = CancellationToken::new();
+        let (working, most, terms) = (working.clone(), most.clone(), terms.clone());
+        let task = tokio::spawn(elector.clone().run(cancel.clone(), move |token| {
+            let (working, most, terms) = (working.clone(), most.clone(), terms.clone());
+            async move {
+                let now = working.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                terms.fetch_add(1, Ordering::SeqCst);
+                token.cancelled().await;
+                working.fetch_sub(1, Ordering::SeqCst);
+            }
+            .boxed()
+        }));
+        (elector, cancel, task)
+    };
+    let (a, cancel_a, task_a) = start("a");
+    assert!(
+        eventually(Duration::from_secs(10), || terms.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    let (b, cancel_b, task_b) = start("b");
+    // b has seen a's Lease at least once before the partition.
+    assert!(
+        eventually(Duration::from_secs(10), || api
+            .requests()
+            .iter()
+            .filter(|(m, p)| m == "GET" && p.ends_with(LEASE))
+            .count()
+            > 4)
+        .await
+    );
+    api.hang_client("a", &leases(NS));
+    assert!(
+        eventually(Duration::from_secs(20), || terms.load(Ordering::SeqCst)
+            == 2)
+        .await,
+        "b never took over"
+    );
+    assert!(b.is_leader());
+    assert!(!a.is_leader(), "a still believes it leads");
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two leaders worked at once");
+    cancel_b.cancel();
+    task_b.await.unwrap();
+    // a's release hangs too: its end is bounded by the API call deadline.
+    cancel_a.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task_a)
+        .await
+        .expect("a never finished")
+        .unwrap();
+}

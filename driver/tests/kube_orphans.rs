@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
-use mock_rds::{Auth, Config, MockRds};
+use mock_rds::{Auth, Config, Fault, MockRds};
 use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};
 use rds_csi::kube::events::{EventRecorder, REASON_ORPHAN_FOUND};
 use rds_csi::kube::orphans::{cluster_references, OrphanReconciler, OrphanReconcilerConfig};
@@ -334,4 +334,33 @@ async fn fails_open_when_the_cluster_cannot_be_read() {
         .history()
         .iter()
         .any(|h| h.command.contains("remove")));
+}
+
+/// Leadership lost mid-pass: stopping the reconciler (its token is cancelled then) ends a pass
+/// in progress at once, so it never runs on beside the next leader's.
+#[tokio::test]
+async fn stopping_ends_a_pass_in_progress() {
+    let r = rig().await;
+    let orphans = Arc::new(reconciler(&r, false));
+    // The scan's file listing takes long: the pass is surely still running when stopped.
+    r.mock.inject(Fault::Latency {
+        pattern: "^/file print".into(),
+        min: Duration::from_secs(8),
+        max: Duration::from_secs(8),
+    });
+    let parent = tokio_util::sync::CancellationToken::new();
+    orphans.start(&parent).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || r
+            .api
+            .requests()
+            .iter()
+            .any(|(_, p)| p.starts_with(PVS)))
+        .await,
+        "the pass never began"
+    );
+    tokio::time::timeout(Duration::from_secs(3), orphans.stop())
+        .await
+        .expect("stop waited for the pass to finish");
+    assert!(!orphans.is_running());
 }

@@ -133,22 +133,74 @@ async fn node_reappearing_within_the_grace_period_keeps_its_attachment() {
     assert_eq!(m.nodes("pvc-1"), ["node-a"]);
 }
 
+/// Two windows, each of which defers clearing on its own: the node must have been missing for
+/// the grace period, and the volume must not have been detached within it. Each phase below
+/// has one window open and the other long closed, so removing either check fails the test.
 #[tokio::test]
-async fn recent_detach_defers_clearing() {
+async fn detach_window_and_missing_window_each_defer_clearing() {
     let api = FakeApi::start().await;
+    api.put(NODES, node("node-x", true));
     let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
-    m.attach("pvc-1", "node-x", RWO, None).unwrap();
+
+    // Missing window long over, detach window open: node-gone has been missing for 40 s when
+    // node-x detaches from the shared volume.
+    m.attach("pvc-1", "node-gone", RWX, None).unwrap();
+    m.attach("pvc-1", "node-x", RWX, None).unwrap();
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "just seen missing"
+    );
+    clock.advance(Duration::from_secs(40));
     m.detach("pvc-1", "node-x");
-    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
-    r.reconcile_once().await;
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "missing for 40 s, but detached just now: within the detach window"
+    );
     clock.advance(Duration::from_secs(29));
     assert!(
         r.reconcile_once().await.cleared.is_empty(),
-        "within the detach grace"
+        "detached 29 s ago"
     );
     clock.advance(Duration::from_secs(2));
     assert_eq!(r.reconcile_once().await.cleared.len(), 1);
     assert!(m.nodes("pvc-1").is_empty());
+
+    // Detach window long over, missing window open: pvc-2 was detached 100 s before node-late
+    // is first seen missing.
+    m.attach("pvc-2", "node-y", RWO, None).unwrap();
+    m.detach("pvc-2", "node-y");
+    clock.advance(Duration::from_secs(100));
+    m.attach("pvc-2", "node-late", RWO, None).unwrap();
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "detached long ago, but missing only since now"
+    );
+    clock.advance(Duration::from_secs(29));
+    assert!(
+        r.reconcile_once().await.cleared.is_empty(),
+        "missing for 29 s"
+    );
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        r.reconcile_once().await.cleared,
+        [("pvc-2".to_string(), "node-late".to_string())]
+    );
+}
+
+/// kube sets no read timeout: a node read the API server never answers must end the pass with
+/// the node unknown (kept), not stall the reconciler.
+#[tokio::test]
+async fn a_node_read_that_never_answers_counts_as_unknown() {
+    let api = FakeApi::start().await;
+    let (_clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    m.attach("pvc-1", "node-gone", RWO, None).unwrap();
+    api.hang(NODES, None, None);
+    let report = tokio::time::timeout(Duration::from_secs(20), r.reconcile_once())
+        .await
+        .expect("the pass waited on a hung API server");
+    assert_eq!(report.unknown_nodes, ["node-gone"]);
+    assert!(report.cleared.is_empty());
+    assert_eq!(m.nodes("pvc-1"), ["node-gone"]);
 }
 
 #[tokio::test]
@@ -303,4 +355,77 @@ async fn timed_out_migration_is_reported_once() {
         .count();
     assert_eq!(posted, 2, "PV and PVC");
     assert_eq!(m.nodes("pvc-1"), ["node-a", "node-b"]);
+}
+
+/// A reconciler on the real clock, for tests that wait for its own scheduling.
+fn setup_real_clock(
+    api: &FakeApi,
+    grace: Duration,
+) -> (Arc<AttachmentManager>, Arc<AttachmentReconciler>) {
+    let manager = Arc::new(AttachmentManager::new());
+    let reconciler = Arc::new(AttachmentReconciler::new(
+        manager.clone(),
+        api.client(),
+        ReconcilerConfig {
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            grace_period: grace,
+            watch_nodes: true,
+        },
+        None,
+    ));
+    (manager, reconciler)
+}
+
+async fn wait_for_the_node_watch(api: &FakeApi) {
+    assert!(
+        eventually(WAIT, || api
+            .requests()
+            .iter()
+            .any(|(v, p)| v == "WATCH" && p == NODES))
+        .await,
+        "the node watch never opened"
+    );
+}
+
+/// A deleted node's attachments are cleared when the grace period ends, by a pass scheduled for
+/// then, not at the next periodic pass (5 minutes later).
+#[tokio::test]
+async fn a_deleted_nodes_attachments_are_cleared_when_the_grace_period_ends() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    let (m, r) = setup_real_clock(&api, Duration::from_secs(1));
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    wait_for_the_node_watch(&api).await;
+    api.delete(NODES, "node-a");
+    assert!(
+        eventually(Duration::from_secs(15), || m.nodes("pvc-1").is_empty()).await,
+        "the attachment of the deleted node was not cleared after the grace period"
+    );
+    r.stop().await;
+}
+
+/// A node deleted while the watch was down is noticed when the watch lists the nodes again.
+#[tokio::test]
+async fn a_node_deleted_while_the_watch_was_down_is_noticed_on_relist() {
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    let (m, r) = setup_real_clock(&api, Duration::ZERO);
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    let parent = CancellationToken::new();
+    r.start(&parent).unwrap();
+    wait_for_the_node_watch(&api).await;
+    assert!(eventually(WAIT, || r.stats().runs >= 1).await);
+    assert_eq!(m.nodes("pvc-1"), ["node-a"]);
+    // The node goes while the watch is down; the watch then ends as too old (410 Gone), so
+    // the watcher lists the nodes again.
+    api.delete_unseen(NODES, "node-a");
+    api.expire_watches();
+    assert!(
+        eventually(Duration::from_secs(30), || m.nodes("pvc-1").is_empty()).await,
+        "the node deleted while the watch was down was not noticed on relist: {:?}",
+        api.requests()
+    );
+    r.stop().await;
 }

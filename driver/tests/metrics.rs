@@ -14,9 +14,12 @@ use csi_proto::v1::{
 use hyper_util::rt::TokioIo;
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
-use rds_csi::metrics::{serve_http, GrpcMetricsLayer, PoolSource};
+use rds_csi::metrics::{serve_http, GrpcMetricsLayer, PoolSource, MAX_HTTP_CONNECTIONS};
 use rds_csi::rds::{Port, RdsPath};
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnixListenerStream;
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -173,7 +176,8 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
     assert_eq!(http_get(http, "/readyz").await.0, 200);
     assert_eq!(http_get(http, "/nope").await.0, 404);
     mock.stop().await;
-    let (status, body) = http_get(http, "/readyz").await;
+    // Readiness is cached for a few seconds: poll until it notices.
+    let (status, body) = poll_readyz_until_not_ready(http).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         http_get(http, "/healthz").await.0,
@@ -183,4 +187,121 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
 
     http_task.abort();
     server.abort();
+}
+
+/// Polls `/readyz` (it is cached) until it stops answering 200, within a deadline.
+async fn poll_readyz_until_not_ready(addr: std::net::SocketAddr) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = http_get(addr, "/readyz").await;
+        if status != 200 || Instant::now() > deadline {
+            return (status, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that sends half a request is dropped by the header timeout, not kept open.
+#[tokio::test]
+async fn a_half_sent_request_is_dropped() {
+    let (http, task) = serve_http("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    // Closed (EOF or reset) well within the deadline; hanging past it is the bug.
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent request held its connection for 20 s"
+    );
+    task.abort();
+}
+
+/// Past the connection cap a new connection is closed at once instead of held, and service
+/// resumes when the idle ones go.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let (http, task) = serve_http("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..MAX_HTTP_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut rest = Vec::new();
+    // Well below the header timeout: only the cap can close it this soon.
+    let closed = tokio::time::timeout(Duration::from_secs(3), extra.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a connection past the cap was kept open");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text).await;
+        if text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+}
+
+/// `/readyz` does not run an SSH command per request, and its failure names no internals
+/// (RDS address, port, key fingerprints).
+#[tokio::test]
+async fn readiness_is_cached_and_a_failure_shows_no_internals() {
+    let key = common::new_key();
+    let mock = common::start_mock(key.public_key(), None).await;
+    let rds = Arc::new(common::client_for(
+        &mock,
+        key,
+        common::pinned(&mock),
+        common::fast_retry(),
+    ));
+    let base = RdsPath::new("/storage-pool/metal-csi").unwrap();
+    let (http, task) = serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(Arc::new(PoolSource::new(rds, base))),
+    )
+    .await
+    .unwrap();
+    let identities = || {
+        mock.history()
+            .iter()
+            .filter(|h| h.command == "/system identity print")
+            .count()
+    };
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+    let after_first = identities();
+    for _ in 0..20 {
+        assert_eq!(http_get(http, "/readyz").await.0, 200);
+    }
+    assert!(
+        identities() - after_first <= 1,
+        "{} identity commands for 20 readiness checks",
+        identities() - after_first
+    );
+    let port = mock.addr().port().to_string();
+    let fingerprint = mock.host_key_fingerprint();
+    mock.stop().await;
+    let (status, text) = poll_readyz_until_not_ready(http).await;
+    assert_eq!(status, 503, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    for secret in [port.as_str(), fingerprint.as_str(), "127.0.0.1", "SHA256"] {
+        assert!(!body.contains(secret), "the body shows `{secret}`: {body}");
+    }
+    task.abort();
 }

@@ -199,8 +199,9 @@ async fn attach_connects_with_the_configured_parameters() {
     let mut t = target(NQN);
     t.ctrl_loss_tmo = Some(-1);
     t.keep_alive_tmo = Some(7);
-    let dev = f.connector().attach(&t, soon()).await.unwrap();
-    assert_eq!(dev, f.dev.join("nvme3n1"));
+    let attached = f.connector().attach(&t, soon()).await.unwrap();
+    assert_eq!(attached.device, f.dev.join("nvme3n1"));
+    assert!(attached.made_now);
     assert_eq!(
         f.calls(),
         vec![format!(
@@ -214,8 +215,9 @@ async fn attach_connects_with_the_configured_parameters() {
 #[tokio::test]
 async fn attach_is_idempotent_when_already_connected() {
     let f = Fake::new("multipath-y");
-    let dev = f.connector().attach(&target(NQN), soon()).await.unwrap();
-    assert_eq!(dev, f.dev.join("nvme3n1"));
+    let attached = f.connector().attach(&target(NQN), soon()).await.unwrap();
+    assert_eq!(attached.device, f.dev.join("nvme3n1"));
+    assert!(!attached.made_now, "found, not made");
     assert!(f.calls().is_empty(), "no nvme call: {:?}", f.calls());
 }
 
@@ -224,8 +226,9 @@ async fn attach_tolerates_already_connected_from_a_race() {
     let f = Fake::new("multipath-y");
     f.unplug("nvme-subsys3");
     f.flag("already");
-    let dev = f.connector().attach(&target(NQN), soon()).await.unwrap();
-    assert_eq!(dev, f.dev.join("nvme3n1"));
+    let attached = f.connector().attach(&target(NQN), soon()).await.unwrap();
+    assert_eq!(attached.device, f.dev.join("nvme3n1"));
+    assert!(!attached.made_now, "another connected it first");
 }
 
 #[tokio::test]
@@ -237,8 +240,9 @@ async fn attach_rescans_a_connected_subsystem_without_namespace() {
     )
     .unwrap();
     std::fs::remove_dir_all(f.class().join("nvme-subsys3/nvme5/nvme3c5n1")).unwrap();
-    let dev = f.connector().attach(&target(NQN), soon()).await.unwrap();
-    assert_eq!(dev, f.dev.join("nvme3n1"));
+    let attached = f.connector().attach(&target(NQN), soon()).await.unwrap();
+    assert_eq!(attached.device, f.dev.join("nvme3n1"));
+    assert!(!attached.made_now, "the controller was connected before");
     assert_eq!(
         f.calls(),
         vec![format!("ns-rescan {}", f.dev.join("nvme5").display())]
@@ -429,4 +433,79 @@ fn host_nqn_comes_from_the_host_or_the_node_id() {
     );
     std::fs::write(&file, "garbage\n").unwrap();
     assert_eq!(resolve_host_nqn(&file, "node-1").0, nqn);
+}
+
+/// A connected controller whose namespace is not ready (yet) is not this call's to undo: a
+/// failed NodeStage leaves it connected, since a consumer may be using it, and disconnects only
+/// what it connected itself.
+#[tokio::test]
+async fn a_failed_stage_never_disconnects_a_controller_it_did_not_connect() {
+    use csi_proto::v1::node_server::Node;
+    use csi_proto::v1::volume_capability::{
+        access_mode::Mode, AccessMode, AccessType, BlockVolume,
+    };
+    use csi_proto::v1::{NodeStageVolumeRequest, VolumeCapability};
+    use rds_csi::node::{NodeConfig, NodeService};
+
+    let f = Fake::new("multipath-y");
+    // Connected, but its namespace is gone for now and a rescan does not bring it back.
+    std::fs::remove_dir_all(f.class().join("nvme-subsys3/nvme3n1")).unwrap();
+    std::fs::remove_dir_all(f.class().join("nvme-subsys3/nvme5/nvme3c5n1")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new("node-1", state.path());
+    cfg.sys_root = f.sys.clone();
+    cfg.operation_timeout = Duration::from_millis(300);
+    let svc = NodeService::new(cfg, std::sync::Arc::new(f.connector()));
+    let request = NodeStageVolumeRequest {
+        volume_id: "pvc-abc".into(),
+        staging_target_path: state.path().join("staging").display().to_string(),
+        volume_capability: Some(VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Block(BlockVolume {})),
+        }),
+        volume_context: [
+            ("nqn", NQN),
+            ("nvmeAddress", "10.42.0.1"),
+            ("nvmePort", "4420"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Default::default()
+    };
+    let err = svc
+        .node_stage_volume(tonic::Request::new(request))
+        .await
+        .expect_err("no namespace appeared");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        !f.calls().iter().any(|c| c.starts_with("disconnect")),
+        "disconnected a controller the stage did not connect: {:?}",
+        f.calls()
+    );
+    assert!(f.class().join("nvme-subsys3").exists());
+}
+
+/// What a failed attach connected itself (the device never appeared) is disconnected again.
+#[tokio::test]
+async fn an_attach_that_connected_but_found_no_device_disconnects_again() {
+    let f = Fake::new("multipath-y");
+    f.unplug("nvme-subsys3");
+    std::fs::remove_file(f.dev.join("nvme3n1")).unwrap();
+    let e = f
+        .connector()
+        .attach(&target(NQN), Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::DeadlineExceeded(_)), "{e}");
+    let calls = f.calls();
+    assert!(calls[0].starts_with("connect"), "{calls:?}");
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("disconnect -n {NQN}"),
+        "{calls:?}"
+    );
+    assert!(!f.class().join("nvme-subsys3").exists());
 }

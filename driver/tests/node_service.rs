@@ -11,7 +11,7 @@ use csi_proto::v1::node_service_capability::Type as CapType;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_proto::v1::*;
-use rds_csi::node::connector::{Attached, Connector};
+use rds_csi::node::connector::{Attached, Attachment, Connector};
 use rds_csi::node::context::VolumeTarget;
 use rds_csi::node::error::{NodeError, Result};
 use rds_csi::node::{NodeConfig, NodeService, TOPOLOGY_KEY};
@@ -34,10 +34,13 @@ impl Connector for ParkedConnector {
     fn check_target(&self, _t: &VolumeTarget) -> Result<()> {
         Ok(())
     }
-    async fn attach(&self, _t: &VolumeTarget, _d: Instant) -> Result<PathBuf> {
+    async fn attach(&self, _t: &VolumeTarget, _d: Instant) -> Result<Attachment> {
         self.entered.notify_one();
         self.release.notified().await;
-        Ok(PathBuf::from("/dev/null"))
+        Ok(Attachment {
+            device: PathBuf::from("/dev/null"),
+            made_now: true,
+        })
     }
     async fn find_device(&self, _t: &VolumeTarget) -> Result<Option<PathBuf>> {
         Ok(None)
@@ -331,4 +334,70 @@ async fn info_and_capabilities() {
             RpcType::VolumeCondition as i32
         ]
     );
+}
+
+/// mkfs runs in a pod that sees the host: options that read host paths into the new
+/// filesystem (`mke2fs -d DIR`, `mkfs.xfs -p FILE`) are refused before anything is attached.
+#[tokio::test]
+async fn stage_refuses_mkfs_options_that_name_host_paths() {
+    let e = env();
+    for (fs, options) in [
+        ("ext4", "-d var"),
+        ("ext4", "-m 0 -d /var/lib/kubelet"),
+        ("ext4", "-jd var"),
+        ("ext3", "-l /etc/shadow"),
+        ("ext4", "-J device=/dev/sda"),
+        ("ext4", "-z /tmp/undo"),
+        ("xfs", "-p /etc/passwd"),
+        ("xfs", "-d name=/dev/sda"),
+        ("xfs", "-c options=/etc/mkfs.conf"),
+        ("xfs", "-m 0"),
+    ] {
+        let mut r = stage_req(&e);
+        r.volume_capability = Some(VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                ..Default::default()
+            })),
+        });
+        r.volume_context
+            .insert("mkfsOptions".into(), options.into());
+        // A deadline, not a sleep: on a regression the parked attach would hold the call.
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            e.svc.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{fs} `{options}` was not refused: the call went on to attach"))
+        .map(|_| ());
+        assert_invalid(result, "volume_context.mkfsOptions");
+    }
+}
+
+/// The NQN is tied to the volume: exactly the managed prefix and this volume's ID, of the
+/// driver's ID grammar. A static PV naming another volume's NQN (or a node's own export, such
+/// as a diskless node's `...:nixos-var`) is refused before anything is attached.
+#[tokio::test]
+async fn stage_refuses_an_nqn_that_is_not_this_volumes() {
+    let e = env();
+    for (volume, nqn) in [
+        ("pvc-1", "nqn.2000-02.com.mikrotik:pvc-2"),
+        ("pvc-1", "nqn.2000-02.com.mikrotik:nixos-var"),
+        ("nixos-var", "nqn.2000-02.com.mikrotik:nixos-var"),
+    ] {
+        let mut r = stage_req(&e);
+        r.volume_id = volume.into();
+        r.volume_context.insert("nqn".into(), nqn.into());
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            e.svc.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{volume} with {nqn} was not refused: it went on to attach"))
+        .map(|_| ());
+        assert_invalid(result, "volume_context.nqn");
+    }
 }

@@ -462,8 +462,17 @@ async fn async_copies_finish_before_success_and_interruptions_are_redone() {
         first.is_err(),
         "an interrupted copy was reported done: {first:?}"
     );
-    // The retry makes a whole snapshot, never adopting the short one.
-    let snap = w.snapshot("snap-2", "pvc-src").await.unwrap();
+    // The CO's retries make a whole snapshot, never adopting the short one: a lost copy is
+    // treated like a timed-out one, so a retry first finds it stopped and removes it, and the
+    // next makes it again.
+    let mut retry = w.snapshot("snap-2", "pvc-src").await;
+    for _ in 0..2 {
+        if retry.is_ok() {
+            break;
+        }
+        retry = w.snapshot("snap-2", "pvc-src").await;
+    }
+    let snap = retry.unwrap();
     let disk = w.mock.disk(&snap.snapshot_id).unwrap();
     assert_eq!(w.mock.file(&disk.file_path).unwrap().size, 1 << 30);
     assert_eq!(snap.size_bytes, GIB);

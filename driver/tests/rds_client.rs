@@ -480,3 +480,122 @@ async fn a_copy_that_times_out_is_not_sent_again() {
         .count();
     assert_eq!(copies, 1, "the copy is never sent twice");
 }
+
+/// Output is buffered up to a limit: a command that prints without end fails with a clear
+/// error instead of filling the controller's memory, and is not retried.
+#[tokio::test]
+async fn output_past_the_limit_fails_the_command_and_is_not_retried() {
+    let f = fixture().await;
+    let limit = rds_csi::rds::ssh::MAX_OUTPUT_BYTES;
+    f.mock.inject(Fault::Fail {
+        pattern: "^/system identity print".into(),
+        times: Some(1),
+        message: "x".repeat(limit + 1024),
+        exit_status: 0,
+    });
+    let err = f.client.identity(soon()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("output exceeds"),
+        "not the output limit: {}",
+        &err.to_string()[..200.min(err.to_string().len())]
+    );
+    let sent = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command == "/system identity print")
+        .count();
+    assert_eq!(sent, 1, "retrying would only read it all again");
+    // The connection is still good for the next command.
+    f.client.identity(soon()).await.unwrap();
+}
+
+fn copy_of(source: &DiskAdd, id: &str) -> DiskAdd {
+    DiskAdd {
+        slot: Slot::new(id).unwrap(),
+        file_path: RdsPath::new(format!("{BASE}/{id}.img")).unwrap(),
+        size: None,
+        copy_from: Some(source.slot.clone()),
+        export: None,
+    }
+}
+
+/// A command that times out makes the transport probe its connection; a probe that fails too
+/// must not cut off the other commands on that connection, such as a long `copy-from`.
+#[tokio::test]
+async fn a_failed_liveness_probe_never_cuts_off_a_copy_in_flight() {
+    let f = fixture().await;
+    let source = volume("pvc-src", 1 << 20);
+    f.client.create_disk(&source, soon()).await.unwrap();
+    // The copy takes longer than the timed-out command plus its probe (5 s at most).
+    f.mock.inject(Fault::Latency {
+        pattern: "copy-from".into(),
+        min: Duration::from_secs(8),
+        max: Duration::from_secs(8),
+    });
+    // The command, and the probe after it, never answer.
+    f.mock.inject(Fault::Hang {
+        pattern: "^/system identity print".into(),
+        times: None,
+    });
+    let copy = copy_of(&source, "pvc-copy");
+    let copying = f
+        .client
+        .create_disk(&copy, deadline_in(Duration::from_secs(30)));
+    let hung = async {
+        let r = f
+            .client
+            .identity(deadline_in(Duration::from_millis(500)))
+            .await;
+        assert!(r.is_err(), "{r:?}");
+    };
+    let (copied, ()) = tokio::join!(copying, hung);
+    let disk = copied.expect("the copy was cut off by the liveness probe");
+    assert_eq!(disk.slot, "pvc-copy");
+    let copies = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command.contains("copy-from"))
+        .count();
+    assert_eq!(copies, 1, "the copy was cut off and sent again");
+    let probes = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command == "/system identity print")
+        .count();
+    assert!(
+        probes >= 2,
+        "the probe ran while the copy did ({probes} identity commands)"
+    );
+}
+
+/// A copy whose connection is lost may still be running on the RDS, like a timed-out one: it is
+/// neither sent again nor taken as done because its slot exists.
+#[tokio::test]
+async fn a_lost_copy_is_neither_retried_nor_accepted() {
+    let f = fixture().await;
+    let source = volume("pvc-src", 1 << 20);
+    f.client.create_disk(&source, soon()).await.unwrap();
+    f.mock.inject(Fault::DropAfterRun {
+        pattern: "copy-from".into(),
+        times: Some(1),
+    });
+    let err = f
+        .client
+        .create_disk(&copy_of(&source, "pvc-copy"), soon())
+        .await
+        .expect_err("a lost copy was taken as done");
+    assert!(
+        matches!(err, RdsError::Transport(TransportError::ConnectionLost(_))),
+        "{err:?}"
+    );
+    let sent = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command.contains("copy-from"))
+        .count();
+    assert_eq!(sent, 1, "a lost copy was sent again");
+}

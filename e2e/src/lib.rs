@@ -200,12 +200,13 @@ async fn wait_ready(process: &mut ChildGuard, socket: &Path) -> anyhow::Result<C
 }
 
 /// A fresh identifier for one test run; every volume and snapshot name a test makes starts
-/// with it, so cleanup can find them all.
+/// with it, so cleanup can find them all. It starts with `pvc-`, as the external-provisioner's
+/// names do, so names made from it are their own volume IDs.
 pub fn run_id(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("e2e-{}-{nanos:08x}-{test}", std::process::id())
+    format!("pvc-e2e-{}-{nanos:08x}-{test}", std::process::id())
 }
 
 /// The SSH identities a test run uses: the driver's client key, and the mock's fixed host key.

@@ -334,8 +334,9 @@ async fn hostile_stage_contexts_are_refused() {
         ("nvmeAddress", "rds.example.com".into()),
         ("nvmePort", "99999".into()),
         ("fsType", "btrfs".into()),
-        // Passed as argv without a shell, so only control characters are refused here.
+        // Only allow-listed mkfs flags: `-d DIR` would copy a host directory into the volume.
         ("mkfsOptions", "-E \u{7}bell".into()),
+        ("mkfsOptions", "-d var".into()),
         ("ctrlLossTmo", "-5".into()),
     ];
     // `...img` is a fine file name, so `..` is left out here.

@@ -13,10 +13,16 @@ fn demo_runs_end_to_end() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("==> CreateVolume demo-volume"), "{stdout}");
-    assert!(stdout.contains("volume demo-volume deleted"), "{stdout}");
     assert!(
-        stdout.contains("slot=\"demo-volume\""),
+        stdout.contains("==> CreateVolume pvc-demo-volume"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("volume pvc-demo-volume deleted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("slot=\"pvc-demo-volume\""),
         "the RDS state is shown: {stdout}"
     );
     if e2e::is_root() {

@@ -1,8 +1,9 @@
 //! Volume and snapshot IDs. An ID is the RouterOS slot, the NQN suffix and the backing file's
 //! name, so it must follow the slot grammar. The external-provisioner's `pvc-<uuid>` names are
 //! valid as they are (existing PVs of the Go driver keep their IDs); any other name maps
-//! deterministically to `vol-<uuid5(name)>`. Snapshot IDs always start with `snap-`, volume IDs
-//! never do, so the two can never be confused.
+//! deterministically to `vol-<uuid5(name)>`. Snapshot IDs always start with `snap-`. Only these
+//! three forms are the driver's: a disk or NQN of any other name (a node's own `nixos-var`
+//! export on the same RDS, say) is never listed, deleted, resized or connected.
 
 use uuid::Uuid;
 
@@ -10,16 +11,34 @@ use crate::rds::command::{InvalidValue, RdsPath, Slot};
 use crate::rds::Disk;
 
 pub const SNAPSHOT_PREFIX: &str = "snap-";
+/// The external-provisioner's volume names (`pvc-<uuid>`), kept as their IDs.
+const PROVISIONER_VOLUME_PREFIX: &str = "pvc-";
 const HASHED_VOLUME_PREFIX: &str = "vol-";
 /// Separates the snapshot ID from its source volume ID in a snapshot's file name. IDs contain no
 /// `.`, so the split is unambiguous.
 const SNAPSHOT_SOURCE_MARK: &str = ".from-";
 const IMAGE_SUFFIX: &str = ".img";
 
+/// `vol-` and a UUID as [`volume_id_for_name`] writes it (lowercase, hyphenated).
+fn is_hashed_volume_id(id: &str) -> bool {
+    id.strip_prefix(HASHED_VOLUME_PREFIX)
+        .and_then(|u| {
+            Uuid::try_parse(u)
+                .ok()
+                .map(|p| p.hyphenated().to_string() == u)
+        })
+        .unwrap_or(false)
+}
+
+/// `pvc-` and at least one more character.
+fn is_provisioner_volume_id(id: &str) -> bool {
+    id.len() > PROVISIONER_VOLUME_PREFIX.len() && id.starts_with(PROVISIONER_VOLUME_PREFIX)
+}
+
 /// The volume ID for a CreateVolume name.
 pub fn volume_id_for_name(name: &str) -> Slot {
     match Slot::new(name) {
-        Ok(slot) if !name.starts_with(SNAPSHOT_PREFIX) => slot,
+        Ok(slot) if is_provisioner_volume_id(name) => slot,
         _ => {
             let id = format!(
                 "{HASHED_VOLUME_PREFIX}{}",
@@ -38,11 +57,12 @@ pub fn snapshot_id_for_name(name: &str) -> Slot {
     Slot::new(format!("{SNAPSHOT_PREFIX}{uuid}-at-{hex}")).expect("valid slot")
 }
 
-/// Parses a volume ID sent by the CO.
+/// Parses a volume ID (sent by the CO, or a disk's slot): only the forms
+/// [`volume_id_for_name`] produces.
 pub fn parse_volume_id(id: &str) -> Option<Slot> {
     Slot::new(id)
         .ok()
-        .filter(|_| !id.starts_with(SNAPSHOT_PREFIX))
+        .filter(|_| is_provisioner_volume_id(id) || is_hashed_volume_id(id))
 }
 
 /// Parses a snapshot ID sent by the CO.
@@ -161,6 +181,33 @@ mod tests {
         assert!(parse_volume_id("snap-x").is_none());
         assert!(parse_snapshot_id("pvc-x").is_none());
         assert!(parse_volume_id("Bad").is_none());
+    }
+
+    #[test]
+    fn only_the_drivers_own_id_forms_are_volume_ids() {
+        for id in [
+            "pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8",
+            "pvc-1",
+            "vol-6ec89291-e651-5af7-8470-1168d64acbcd",
+        ] {
+            assert!(parse_volume_id(id).is_some(), "{id}");
+        }
+        for id in [
+            "nixos-var",
+            "pvc-",
+            "vol-1",
+            "vol-6EC89291-e651-5af7-8470-1168d64acbcd",
+            "vol-6ec89291e6515af784701168d64acbcd",
+            "backup-1",
+        ] {
+            assert!(parse_volume_id(id).is_none(), "{id}");
+        }
+        // A name outside the forms is hashed, so every ID made is one the driver recognises.
+        for name in ["nixos-var", "v", "vol-1"] {
+            let id = volume_id_for_name(name);
+            assert!(parse_volume_id(id.as_str()).is_some(), "{name} -> {id}");
+            assert!(id.as_str().starts_with("vol-"));
+        }
     }
 
     #[test]

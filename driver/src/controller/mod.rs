@@ -1,8 +1,11 @@
 //! The CSI Controller service: volumes and snapshots as file-backed disks on the RDS.
 
 pub mod caps;
+mod cluster;
+mod copy_source;
 mod disks;
 pub mod ids;
+mod leftovers;
 pub mod params;
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +13,6 @@ use std::sync::Arc;
 
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::rpc::Type as RpcType;
-use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi_proto::v1::*;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -20,6 +22,7 @@ use crate::kube::attachments::{AttachOptions, AttachmentManager};
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block, is_multi_node};
+use copy_source::SourceRef;
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
 use params::{keys, ParamDefaults, VolumeParams};
 
@@ -303,72 +306,6 @@ impl ControllerService {
         }
     }
 
-    async fn source_disk(
-        &self,
-        source: &VolumeContentSource,
-        deadline: Instant,
-    ) -> Result<(Slot, Disk), Status> {
-        let (id, kind) = match &source.r#type {
-            Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
-                (parse_snapshot_id(snapshot_id), "snapshot")
-            }
-            Some(SourceType::Volume(VolumeSource { volume_id })) => {
-                (parse_volume_id(volume_id), "volume")
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "volume_content_source: type is required",
-                ))
-            }
-        };
-        let not_found = || {
-            Status::not_found(format!(
-                "volume_content_source: source {kind} does not exist"
-            ))
-        };
-        let id = id.ok_or_else(not_found)?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        let owned = if kind == "snapshot" {
-            self.owned_snapshot(&disk).is_some()
-        } else {
-            self.owned_volume(&disk).is_some()
-        };
-        if !owned {
-            return Err(not_found());
-        }
-        Ok((id, disk))
-    }
-
-    /// Removes the files a failed or earlier delete left for `id` anywhere under the base path.
-    async fn remove_leftover_files(
-        &self,
-        wanted: impl Fn(&ManagedFile) -> bool,
-        deadline: Instant,
-    ) -> Result<(), Status> {
-        let files = self
-            .rds
-            .list_files(self.base(), deadline)
-            .await
-            .map_err(rds_status)?;
-        for file in files.iter().filter(|f| !f.is_directory()) {
-            if ids::classify_managed_file(self.base(), &file.path).is_some_and(|m| wanted(&m)) {
-                let path = RdsPath::new(file.path.as_str())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                tracing::info!(path = %path, "removing a leftover backing file");
-                self.rds
-                    .remove_file(&path, deadline)
-                    .await
-                    .map_err(rds_status)?;
-            }
-        }
-        Ok(())
-    }
-
     fn attached_nodes(&self, id: &str) -> Vec<String> {
         self.attachments.nodes(id)
     }
@@ -414,9 +351,19 @@ impl Controller for ControllerService {
             Status::invalid_argument(format!("parameters.volumePath is too long: {e}"))
         })?;
 
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        let source = match &req.volume_content_source {
-            Some(src) => Some(self.source_disk(src, deadline).await?),
+        let source_ref = req
+            .volume_content_source
+            .as_ref()
+            .map(SourceRef::of)
+            .transpose()?;
+        let _guards = self
+            .lock_copy(&id, source_ref.as_ref().map(|s| &s.id), deadline)
+            .await?;
+        let source = match source_ref {
+            Some(src) => {
+                let disk = self.source_disk(&src, deadline).await?;
+                Some((src.id, disk))
+            }
             None => None,
         };
         if let Some((src_id, src_disk)) = &source {
@@ -561,16 +508,7 @@ impl Controller for ControllerService {
             .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
-        if let Some(nodes) = &self.nodes {
-            match nodes.get_opt(&node).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(Status::not_found(format!("node {node} does not exist"))),
-                // The API being unreadable must not block attaching a volume.
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "cannot look the node up; publishing anyway")
-                }
-            }
-        }
+        self.check_node_exists(&node, deadline).await?;
         let options = AttachOptions {
             readonly: req.readonly,
             multi_node_block: is_multi_node(cap) && is_block(cap),
@@ -774,7 +712,7 @@ impl Controller for ControllerService {
         let not_found = || Status::not_found(format!("source volume {source_raw} does not exist"));
         let source = parse_volume_id(source_raw).ok_or_else(not_found)?;
         let id = ids::snapshot_id_for_name(name);
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
+        let _guards = self.lock_copy(&id, Some(&source), deadline).await?;
 
         if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
             let Some((_, recorded_source)) = self.owned_snapshot(&existing) else {
@@ -1016,9 +954,7 @@ impl Controller for ControllerService {
                 .await
                 .map_err(rds_status)?;
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
-            if let Some(events) = &self.events {
-                events.expansion_done(id.as_str(), size.bytes()).await;
-            }
+            self.expansion_event(id.as_str(), size.bytes());
             resized.size_bytes.unwrap_or(size.bytes())
         };
         Ok(Response::new(ControllerExpandVolumeResponse {

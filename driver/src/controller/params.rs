@@ -66,6 +66,7 @@ impl VolumeParams {
             passthrough: Vec::new(),
         };
         let mut address = defaults.nvme_address.clone();
+        let mut mkfs_options = None;
         let mut keys_sorted: Vec<_> = params.iter().collect();
         keys_sorted.sort();
         for (key, value) in keys_sorted {
@@ -98,19 +99,7 @@ impl VolumeParams {
                 FSTYPE_STANDARD | keys::FS_TYPE => {
                     out.fs_type = parse_fs_type(value).map_err(|e| invalid(key, e))?;
                 }
-                keys::MKFS_OPTIONS => {
-                    let ok = value.bytes().all(|b| {
-                        b.is_ascii_alphanumeric()
-                            || matches!(b, b' ' | b'-' | b'=' | b',' | b'.' | b'_' | b':')
-                    });
-                    if !ok {
-                        return Err(invalid(
-                            key,
-                            "only letters, digits, spaces and - = , . _ : are allowed",
-                        ));
-                    }
-                    out.passthrough.push((keys::MKFS_OPTIONS, value.clone()));
-                }
+                keys::MKFS_OPTIONS => mkfs_options = Some(value),
                 keys::CTRL_LOSS_TMO
                 | keys::RECONNECT_DELAY
                 | keys::KEEP_ALIVE_TMO
@@ -121,6 +110,9 @@ impl VolumeParams {
                     // -1 means "forever" for ctrlLossTmo; nothing else may be negative.
                     if n < -1 || (n == -1 && key != keys::CTRL_LOSS_TMO) || n > 86_400 * 365 {
                         return Err(invalid(key, format!("{n} is out of range")));
+                    }
+                    if key == keys::MIGRATION_TIMEOUT {
+                        check_migration_timeout(n).map_err(|e| invalid(key, e))?;
                     }
                     let key: &'static str = match key.as_str() {
                         keys::CTRL_LOSS_TMO => keys::CTRL_LOSS_TMO,
@@ -141,12 +133,31 @@ impl VolumeParams {
                 }
             }
         }
+        // Checked after the loop: which options are allowed depends on the filesystem.
+        if let Some(value) = mkfs_options {
+            crate::mkfs::parse_options(&out.fs_type, value)
+                .map_err(|e| invalid(keys::MKFS_OPTIONS, e))?;
+            out.passthrough.push((keys::MKFS_OPTIONS, value.clone()));
+        }
         out.nvme_address = address.ok_or_else(|| {
             Status::invalid_argument(
                 "parameters.nvmeAddress: not set and the driver has no --nvme-address default",
             )
         })?;
         Ok(out)
+    }
+}
+
+/// A migration timeout in seconds within the attachment table's range.
+fn check_migration_timeout(seconds: i64) -> Result<(), String> {
+    use crate::kube::attachments::{MAX_MIGRATION_TIMEOUT, MIN_MIGRATION_TIMEOUT};
+    let (min, max) = (
+        MIN_MIGRATION_TIMEOUT.as_secs(),
+        MAX_MIGRATION_TIMEOUT.as_secs(),
+    );
+    match u64::try_from(seconds) {
+        Ok(s) if (min..=max).contains(&s) => Ok(()),
+        _ => Err(format!("{seconds} is out of range ({min}..={max} seconds)")),
     }
 }
 
@@ -207,6 +218,9 @@ mod tests {
             ("mkfsOptions", "-O x; rm -rf /"),
             ("ctrlLossTmo", "-2"),
             ("keepAliveTmo", "-1"),
+            ("migrationTimeoutSeconds", "0"),
+            ("migrationTimeoutSeconds", "29"),
+            ("migrationTimeoutSeconds", "86401"),
             ("bogus", "1"),
         ] {
             let err = parse(&[(key, value)]).unwrap_err();

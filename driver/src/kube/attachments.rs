@@ -25,10 +25,33 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tonic::Status;
 
+use super::api_deadline::{within, LIST_TIMEOUT};
 use crate::controller::ids::parse_volume_id;
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
 pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The range a migration timeout is clamped to: shorter would mark a migration timed out
+/// before any could finish (0 marks every one at once), longer would let two nodes hold a
+/// volume indefinitely.
+pub const MIN_MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_MIGRATION_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// `timeout` within [`MIN_MIGRATION_TIMEOUT`]`..=`[`MAX_MIGRATION_TIMEOUT`]. Inputs are checked
+/// where they enter (flag, StorageClass); this covers what predates the check (old PVs).
+pub fn clamp_migration_timeout(timeout: Duration) -> Duration {
+    let clamped = timeout.clamp(MIN_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT);
+    if clamped != timeout {
+        tracing::warn!(
+            requested_seconds = timeout.as_secs(),
+            used_seconds = clamped.as_secs(),
+            "migration timeout out of range; clamped"
+        );
+    }
+    clamped
+}
+/// How long a detach time is kept: it only matters within the attachment grace period, and
+/// keeping every one would grow the table with each volume ever detached.
+pub const DEFAULT_DETACH_RETENTION: Duration = Duration::from_secs(3600);
 /// Volume context (and PV `csi.volumeAttributes`) key overriding the migration timeout.
 pub const MIGRATION_TIMEOUT_KEY: &str = "migrationTimeoutSeconds";
 
@@ -173,6 +196,7 @@ pub struct AttachmentManager {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
     migration_timeout: Duration,
+    detach_retention: Duration,
     ready: AtomicBool,
     on_conflict: Mutex<Option<Hook>>,
 }
@@ -199,6 +223,7 @@ impl AttachmentManager {
             state: Mutex::default(),
             clock: Arc::new(SystemClock),
             migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
+            detach_retention: DEFAULT_DETACH_RETENTION,
             ready: AtomicBool::new(true),
             on_conflict: Mutex::default(),
         }
@@ -211,7 +236,13 @@ impl AttachmentManager {
 
     /// The migration timeout of volumes whose context does not set `migrationTimeoutSeconds`.
     pub fn with_migration_timeout(mut self, timeout: Duration) -> Self {
-        self.migration_timeout = timeout;
+        self.migration_timeout = clamp_migration_timeout(timeout);
+        self
+    }
+
+    /// How long detach times are kept; at least the grace period they are read with.
+    pub fn with_detach_retention(mut self, retention: Duration) -> Self {
+        self.detach_retention = retention;
         self
     }
 
@@ -252,7 +283,9 @@ impl AttachmentManager {
         context
             .get(MIGRATION_TIMEOUT_KEY)
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(self.migration_timeout, Duration::from_secs)
+            .map_or(self.migration_timeout, |secs| {
+                clamp_migration_timeout(Duration::from_secs(secs))
+            })
     }
 
     /// Records that `node` holds `volume`. Ok(true) for a new attachment, Ok(false) when the
@@ -378,6 +411,10 @@ impl AttachmentManager {
             state.volumes.remove(volume);
         }
         if removed {
+            let retention = self.detach_retention;
+            state
+                .detached_at
+                .retain(|_, at| now.duration_since(*at).unwrap_or_default() < retention);
             state.detached_at.insert(volume.to_string(), now);
         }
         empty
@@ -534,7 +571,9 @@ pub fn states_from(
             let migration_timeout = spec
                 .and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref())
                 .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
-                .map_or(default_timeout, Duration::from_secs);
+                .map_or(default_timeout, |secs| {
+                    clamp_migration_timeout(Duration::from_secs(secs))
+                });
             AttachmentState {
                 migration_started_at: vas.get(1).map(|v| v.0),
                 nodes: vas
@@ -567,12 +606,16 @@ pub async fn rebuild(
     driver: &str,
     manager: &AttachmentManager,
 ) -> Result<RebuildReport, ::kube::Error> {
-    let vas = Api::<VolumeAttachment>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let vas = within(
+        LIST_TIMEOUT,
+        Api::<VolumeAttachment>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
+    let pvs = within(
+        LIST_TIMEOUT,
+        Api::<PersistentVolume>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
     let states = states_from(
         &vas.items,
         &pvs.items,

@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Persistent
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::api_deadline::{within, CALL_TIMEOUT, LIST_TIMEOUT};
+
 pub const REASON_STALE_ATTACHMENT_CLEARED: &str = "StaleAttachmentCleared";
 pub const REASON_MIGRATION_TIMED_OUT: &str = "MigrationTimedOut";
 pub const REASON_ORPHAN_FOUND: &str = "OrphanFound";
@@ -121,16 +123,21 @@ impl EventRecorder {
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
         };
-        Api::<Event>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &event)
-            .await
+        within(
+            CALL_TIMEOUT,
+            Api::<Event>::namespaced(self.client.clone(), &namespace)
+                .create(&PostParams::default(), &event),
+        )
+        .await
     }
 
     /// Finds the PV whose `csi.volumeHandle` is `volume_id` (of this driver) and its claim.
     pub async fn volume_refs(&self, volume_id: &str) -> Result<VolumeRefs, ::kube::Error> {
-        let pvs = Api::<PersistentVolume>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?;
+        let pvs = within(
+            LIST_TIMEOUT,
+            Api::<PersistentVolume>::all(self.client.clone()).list(&ListParams::default()),
+        )
+        .await?;
         Ok(pvs
             .items
             .iter()

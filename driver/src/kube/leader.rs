@@ -5,8 +5,10 @@
 //!   or expired;
 //! - expiry is judged by when *this* process last saw the Lease change, plus its duration, so
 //!   clock skew between replicas does not matter;
-//! - renew: replace with a new renewTime; a leader that cannot renew within the lease duration
-//!   steps down (its work is cancelled) before another replica can take over;
+//! - renew: replace with a new renewTime. Each renewal must succeed within the renew deadline
+//!   (two thirds of the lease duration) of the last one; a leader that misses it, even with
+//!   the call still unanswered, steps down (its work is cancelled and awaited) before the
+//!   lease can run out and another replica take over;
 //! - release: clear holderIdentity so another replica takes over at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +21,10 @@ use futures_util::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::api_deadline::{within, CALL_TIMEOUT};
 use super::attachments::{Clock, SystemClock};
 
 pub const DEFAULT_LEASE_NAME: &str = "rds-csi-controller";
@@ -116,6 +120,12 @@ impl LeaderElector {
         }
     }
 
+    /// How long after its last renewal a leader may go on: two thirds of the lease duration,
+    /// leaving the rest for its work to stop before another replica may take over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.config.lease_duration * 2 / 3
+    }
+
     /// One round: Ok(true) when this replica holds the Lease afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, ::kube::Error> {
         let result = self.round().await;
@@ -126,7 +136,7 @@ impl LeaderElector {
 
     async fn round(&self) -> Result<bool, ::kube::Error> {
         let now = self.clock.now();
-        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(lease) = within(CALL_TIMEOUT, self.api.get_opt(&self.config.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -135,7 +145,12 @@ impl LeaderElector {
                 },
                 spec: Some(self.spec(now, Some(micro(now)), 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match within(
+                CALL_TIMEOUT,
+                self.api.create(&PostParams::default(), &lease),
+            )
+            .await
+            {
                 Ok(_) => Ok(true),
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e),
@@ -180,10 +195,12 @@ impl LeaderElector {
         let mut updated = lease;
         updated.spec = Some(new_spec);
         // The read resourceVersion makes the replace fail with 409 if anyone wrote in between.
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &updated)
-            .await
+        match within(
+            CALL_TIMEOUT,
+            self.api
+                .replace(&self.config.name, &PostParams::default(), &updated),
+        )
+        .await
         {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
@@ -194,7 +211,8 @@ impl LeaderElector {
     /// Gives the Lease up if this replica holds it.
     pub async fn release(&self) -> Result<(), ::kube::Error> {
         self.leading.store(false, Ordering::SeqCst);
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(mut lease) = within(CALL_TIMEOUT, self.api.get_opt(&self.config.name)).await?
+        else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -204,10 +222,12 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(micro(self.clock.now()));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
+        match within(
+            CALL_TIMEOUT,
+            self.api
+                .replace(&self.config.name, &PostParams::default(), &lease),
+        )
+        .await
         {
             Ok(_) => Ok(()),
             // Someone else already wrote it: it is not ours any more.
@@ -225,26 +245,36 @@ impl LeaderElector {
         F: Fn(CancellationToken) -> BoxFuture<'static, ()> + Send + Sync,
     {
         let mut term: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
-        let mut last_renew = self.clock.now();
+        // When the last successful round began: the Lease we wrote then is ours until at least
+        // that plus the lease duration, by any replica's view.
+        let mut renewed_at: Option<Instant> = None;
+        let renew_deadline = self.renew_deadline();
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let leading = match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renew = self.clock.now();
+            let started = Instant::now();
+            // A leader must renew by its deadline; a candidate's round is bounded the same.
+            let deadline = match (&term, renewed_at) {
+                (Some(_), Some(at)) => at + renew_deadline,
+                _ => started + renew_deadline,
+            };
+            let leading = match timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    renewed_at = Some(started);
                     true
                 }
-                Ok(false) => false,
-                Err(e) => {
+                Ok(Ok(false)) => false,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, lease = %self.config.name, "leader election: Lease API error");
-                    // Keep leading only while the lease we renewed last is surely still ours.
+                    // Keep leading only while the Lease we renewed last is surely still ours.
                     term.is_some()
-                        && self
-                            .clock
-                            .now()
-                            .duration_since(last_renew)
-                            .is_ok_and(|d| d < self.config.lease_duration * 2 / 3)
+                        && renewed_at.is_some_and(|at| Instant::now() < at + renew_deadline)
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.config.name, deadline = ?renew_deadline,
+                        "leader election: no answer from the Lease API within the renew deadline");
+                    false
                 }
             };
             if leading && term.is_none() {
@@ -252,17 +282,20 @@ impl LeaderElector {
                 let token = cancel.child_token();
                 term = Some((token.clone(), tokio::spawn(work(token))));
             } else if !leading {
+                self.leading.store(false, Ordering::SeqCst);
                 if let Some((token, handle)) = term.take() {
                     tracing::warn!(identity = %self.config.identity, "lost leadership; stopping work");
                     token.cancel();
                     let _ = handle.await;
                 }
-                self.leading.store(false, Ordering::SeqCst);
             }
-            let wait = if leading {
-                self.config.renew_interval
-            } else {
-                self.config.retry_interval
+            let wait = match (leading, renewed_at) {
+                // Never sleep past the renew deadline.
+                (true, Some(at)) => self
+                    .config
+                    .renew_interval
+                    .min((at + renew_deadline).saturating_duration_since(Instant::now())),
+                _ => self.config.retry_interval,
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -18,6 +18,7 @@
 //! `rds-csi orphans --kubeconfig` uses only the two `list` calls on `persistentvolumes` and
 //! `volumesnapshotcontents`. Nothing here patches, updates or deletes any object but the Lease.
 
+pub mod api_deadline;
 pub mod attachments;
 pub mod events;
 pub mod leader;
@@ -138,6 +139,13 @@ impl ControllerKube {
     }
 }
 
+/// Detach times are read with the attachment grace period: keep them at least that long.
+fn detach_retention(config: &Config) -> Duration {
+    config
+        .attachment_grace_period
+        .max(attachments::DEFAULT_DETACH_RETENTION)
+}
+
 /// The attachment table for the controller and, when Kubernetes is reachable, the tasks that
 /// rebuild and reconcile it. Without Kubernetes the table is in memory only (logged).
 pub async fn setup_controller(
@@ -151,7 +159,9 @@ pub async fn setup_controller(
             "no Kubernetes config (not in a pod, no --kubeconfig): Kubernetes features are off; \
              attachments are kept in memory only and no reconciler runs"
         );
-        let manager = AttachmentManager::new().with_migration_timeout(config.migration_timeout);
+        let manager = AttachmentManager::new()
+            .with_migration_timeout(config.migration_timeout)
+            .with_detach_retention(detach_retention(config));
         return Ok((Arc::new(manager), None));
     };
     let kube = start_controller(client, config, driver_name, rds, base);
@@ -172,6 +182,7 @@ pub fn start_controller(
     let manager = Arc::new(
         AttachmentManager::new()
             .with_migration_timeout(config.migration_timeout)
+            .with_detach_retention(detach_retention(config))
             .not_ready(),
     );
     let events = EventRecorder::new(client.clone(), driver_name, identity.clone());

@@ -18,9 +18,11 @@ use std::time::{Duration, SystemTime};
 use ::kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use ::kube::Client;
 use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tokio_util::sync::CancellationToken;
 
-use super::attachments::{AttachmentManager, Clock, SystemClock};
+use super::api_deadline::{within, LIST_TIMEOUT};
+use super::attachments::{states_from, AttachmentManager, Clock, SystemClock};
 use super::events::{EventRecorder, EventType, REASON_ORPHAN_DELETED, REASON_ORPHAN_FOUND};
 use super::reconciler::{BackgroundTask, LifecycleError};
 use crate::controller::ids::{classify_managed_file, ManagedFile};
@@ -43,16 +45,28 @@ pub fn volume_snapshot_content_resource() -> ApiResource {
     }
 }
 
-/// Volume handles of this driver's PVs and snapshot handles of its VolumeSnapshotContents.
-/// A cluster without the snapshot CRD (404 on the list) has no snapshot references.
+/// Volume handles of this driver's PVs, snapshot handles of its VolumeSnapshotContents, and the
+/// volumes its VolumeAttachments hold. A cluster without the snapshot CRD (404 on the list)
+/// has no snapshot references.
 pub async fn cluster_references(
     client: &Client,
     driver: &str,
 ) -> Result<References, ::kube::Error> {
     let mut refs = References::default();
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let pvs = within(
+        LIST_TIMEOUT,
+        Api::<PersistentVolume>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
+    let vas = within(
+        LIST_TIMEOUT,
+        Api::<VolumeAttachment>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await?;
+    refs.attached = states_from(&vas.items, &pvs.items, driver, Duration::ZERO)
+        .into_iter()
+        .map(|s| s.volume_id)
+        .collect();
     for pv in &pvs.items {
         if let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) {
             if csi.driver == driver {
@@ -60,9 +74,12 @@ pub async fn cluster_references(
             }
         }
     }
-    let vscs = Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
-        .list(&ListParams::default())
-        .await;
+    let vscs = within(
+        LIST_TIMEOUT,
+        Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
+            .list(&ListParams::default()),
+    )
+    .await;
     let vscs = match vscs {
         Ok(list) => list.items,
         Err(::kube::Error::Api(s)) if s.code == 404 => Vec::new(),
@@ -142,9 +159,10 @@ pub struct OrphanReconciler {
     clock: Arc<dyn Clock>,
     stats: Mutex<OrphanStats>,
     reported: Mutex<HashSet<(OrphanKind, String)>>,
-    /// When this process first saw each current orphan. Deletion waits for a whole grace
+    /// When this process first saw each current orphan, exactly as seen (size and time
+    /// included, so a file still being written starts over). Deletion waits for a whole grace
     /// period of this clock, whatever the RDS's clock or time zone says.
-    first_seen: Mutex<HashMap<(OrphanKind, String), SystemTime>>,
+    first_seen: Mutex<HashMap<Orphan, SystemTime>>,
     task: BackgroundTask,
 }
 
@@ -278,30 +296,22 @@ impl OrphanReconciler {
         let now = self.clock.now();
         let seen_since = {
             let mut first_seen = lock(&self.first_seen);
-            let current: HashSet<(OrphanKind, String)> =
-                found.iter().map(|o| (o.kind, key(o))).collect();
-            first_seen.retain(|k, _| current.contains(k));
-            for k in current {
-                first_seen.entry(k).or_insert(now);
+            let current: HashSet<&Orphan> = found.iter().collect();
+            first_seen.retain(|o, _| current.contains(o));
+            for o in current {
+                first_seen.entry(o.clone()).or_insert(now);
             }
             first_seen.clone()
         };
         let mut deleted = Vec::new();
         if !self.config.dry_run {
             for o in &found {
-                let referenced = |s: &String| {
-                    refs.volumes.contains(s)
-                        || refs.snapshots.contains(s)
-                        || refs_after.volumes.contains(s)
-                        || refs_after.snapshots.contains(s)
-                };
-                let protected = o.kind == OrphanKind::DiskWithoutFile
-                    && o.slot.as_ref().is_some_and(referenced);
-                if protected {
+                if let Some(reason) = orphans::keep_reason(base, o, &[&refs, &refs_after]) {
+                    tracing::info!(kind = o.kind.as_str(), orphan = %key(o), reason, "orphan kept");
                     continue;
                 }
                 let seen_for = seen_since
-                    .get(&(o.kind, key(o)))
+                    .get(o)
                     .and_then(|t| now.duration_since(*t).ok())
                     .unwrap_or_default();
                 if seen_for < self.config.grace_period {
@@ -387,7 +397,12 @@ impl OrphanReconciler {
         let this = Arc::clone(self);
         self.task.start(parent, move |token| async move {
             loop {
-                let _ = this.reconcile_once().await;
+                tokio::select! {
+                    // Stopped, or leadership lost: the pass ends at its next await, so it never
+                    // runs on (deleting) beside the next leader's.
+                    _ = token.cancelled() => break,
+                    _ = this.reconcile_once() => {}
+                }
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tokio::time::sleep(this.config.interval) => {}

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::api_deadline::{within, CALL_TIMEOUT};
 use super::attachments::AttachmentManager;
 use super::events::{
     EventRecorder, EventType, REASON_MIGRATION_TIMED_OUT, REASON_STALE_ATTACHMENT_CLEARED,
@@ -70,6 +71,9 @@ pub struct ReconcileReport {
     pub cleared: Vec<(String, String)>,
     /// Volumes whose live migration exceeded its timeout.
     pub timed_out_migrations: Vec<String>,
+    /// When a missing node's attachment comes due (its grace period, or its volume's detach
+    /// window, ends): the loop runs its next pass then rather than a whole interval later.
+    pub next_pass_in: Option<Duration>,
 }
 
 /// Counters for metrics.
@@ -232,11 +236,17 @@ async fn run(
         .watch_nodes
         .then(|| tokio::spawn(watch_nodes(shared.client.clone(), tx, cancel.clone())));
     loop {
-        reconcile(&shared).await;
+        let next_pass_in = tokio::select! {
+            // Stopped, or leadership lost: the pass ends at its next await.
+            _ = cancel.cancelled() => break,
+            report = reconcile(&shared) => report.next_pass_in,
+        };
+        // A node's grace period ending is not worth waiting a whole interval for.
+        let wait = next_pass_in.map_or(shared.config.interval, |d| d.min(shared.config.interval));
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = rx.recv() => {}
-            _ = tokio::time::sleep(shared.config.interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     if let Some(w) = watch {
@@ -251,10 +261,12 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Triggers a pass when a Node is deleted or goes from Ready to NotReady.
+/// Triggers a pass when a Node is deleted or goes from Ready to NotReady, or when a new list
+/// (after the watch was down) lacks a node seen before: its delete event was missed.
 async fn watch_nodes(client: Client, tx: mpsc::Sender<()>, cancel: CancellationToken) {
     let api = Api::<Node>::all(client);
     let mut ready: HashMap<String, bool> = HashMap::new();
+    let mut relisted: Option<HashSet<String>> = None;
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -274,12 +286,32 @@ async fn watch_nodes(client: Client, tx: mpsc::Sender<()>, cancel: CancellationT
             Ok(watcher::Event::Apply(node)) | Ok(watcher::Event::InitApply(node)) => {
                 let now_ready = is_ready(&node);
                 let name = node.metadata.name.clone().unwrap_or_default();
+                if let Some(seen) = relisted.as_mut() {
+                    seen.insert(name.clone());
+                }
                 if ready.insert(name.clone(), now_ready) == Some(true) && !now_ready {
                     tracing::info!(node = %name, "node became NotReady; checking attachments");
                     let _ = tx.try_send(());
                 }
             }
-            Ok(_) => {}
+            Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+            Ok(watcher::Event::InitDone) => {
+                let Some(seen) = relisted.take() else {
+                    continue;
+                };
+                let gone: Vec<String> = ready
+                    .keys()
+                    .filter(|n| !seen.contains(*n))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    tracing::info!(nodes = ?gone, "nodes gone while the watch was down; checking attachments");
+                    for n in &gone {
+                        ready.remove(n);
+                    }
+                    let _ = tx.try_send(());
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "node watch error; retrying"),
         }
     }
@@ -304,7 +336,7 @@ async fn reconcile(shared: &Shared) -> ReconcileReport {
     let mut states = HashMap::new();
     let mut api_errors = 0;
     for node in &nodes {
-        let state = match api.get_opt(node).await {
+        let state = match within(CALL_TIMEOUT, api.get_opt(node)).await {
             Ok(Some(_)) => NodeState::Exists,
             Ok(None) => NodeState::Missing,
             Err(e) => {
@@ -332,21 +364,32 @@ async fn reconcile(shared: &Shared) -> ReconcileReport {
                 NodeState::Exists => {}
             }
         }
+        let mut next_due: Option<SystemTime> = None;
         for (volume, state) in &table {
             // Judged once per volume, before this pass records detaches of its own.
-            if manager.is_within_grace_period(volume, grace) {
-                continue;
-            }
+            let detach_window_ends = manager
+                .is_within_grace_period(volume, grace)
+                .then(|| manager.detach_time(volume).map(|t| t + grace))
+                .flatten();
             for n in &state.nodes {
-                let missing_long_enough = matches!(states.get(&n.node), Some(NodeState::Missing))
-                    && missing_since
-                        .get(&n.node)
-                        .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= grace);
-                if missing_long_enough {
+                if !matches!(states.get(&n.node), Some(NodeState::Missing)) {
+                    continue;
+                }
+                let Some(missing_window_ends) = missing_since.get(&n.node).map(|t| *t + grace)
+                else {
+                    continue;
+                };
+                // Both windows must be over; the later end is when it comes due.
+                let due =
+                    detach_window_ends.map_or(missing_window_ends, |d| d.max(missing_window_ends));
+                if detach_window_ends.is_none() && missing_window_ends <= now {
                     clear.push((volume.clone(), n.node.clone()));
+                } else if due > now {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 }
             }
         }
+        report.next_pass_in = next_due.and_then(|d| d.duration_since(now).ok());
     }
     report.missing_nodes.sort();
     report.unknown_nodes.sort();

@@ -65,7 +65,20 @@ pub struct StageContext {
     pub target: VolumeTarget,
     /// From the volume context; the capability's `fs_type` takes precedence (see the service).
     pub fs_type: Option<FsType>,
-    pub mkfs_options: Vec<String>,
+    /// `mkfsOptions` as given, with the field it came from; checked by [`StageContext::mkfs_args`]
+    /// once the filesystem is known (the capability's `fs_type` may override the context's).
+    pub mkfs_options: Option<(String, String)>,
+}
+
+impl StageContext {
+    /// The mkfs arguments for `fs`: only the allow-listed options (see [`crate::mkfs`]).
+    pub fn mkfs_args(&self, fs: FsType) -> Result<Vec<String>> {
+        match &self.mkfs_options {
+            None => Ok(Vec::new()),
+            Some((field, value)) => crate::mkfs::parse_options(fs.as_str(), value)
+                .map_err(|e| NodeError::InvalidArgument(format!("{field}: {e}"))),
+        }
+    }
 }
 
 /// Volume IDs also name the state record file, so they are restricted to a safe alphabet.
@@ -86,11 +99,10 @@ pub fn validate_volume_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The NQN suffix grammar of volumes this driver creates: `[a-z0-9-]{1,64}`.
+/// The NQN suffix of volumes this driver creates: one of its volume IDs (`pvc-...`,
+/// `vol-<uuid>`), never just any `[a-z0-9-]` name.
 pub fn is_volume_suffix(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    crate::controller::ids::parse_volume_id(s).is_some()
 }
 
 /// True only for NQNs this driver manages: the managed prefix followed by a volume-ID suffix.
@@ -144,17 +156,24 @@ pub fn validate_file_path(field: &str, path: &str) -> Result<()> {
     }
 }
 
-/// The NQN grammar (as the controller builds them) plus the managed-prefix rule.
-pub fn validate_nqn(field: &str, nqn: &str, managed_prefix: &str) -> Result<()> {
+/// The NQN of `volume_id` exactly as the controller exports it: the managed prefix and the
+/// volume's own ID, of the driver's ID grammar. Anything else could name another volume or a
+/// node's own export, which this node would then connect, and disconnect at unstage.
+pub fn validate_nqn(field: &str, nqn: &str, volume_id: &str, managed_prefix: &str) -> Result<()> {
     if !is_managed_nqn(nqn, managed_prefix) {
         return Err(NodeError::InvalidArgument(format!(
-            "{field} `{nqn}` is not managed by this driver: it must be `{managed_prefix}` followed by [a-z0-9-]{{1,64}}"
+            "{field} `{nqn}` is not managed by this driver: it must be `{managed_prefix}` followed by a volume ID of the driver (pvc-..., vol-<uuid>)"
+        )));
+    }
+    if nqn.strip_prefix(managed_prefix) != Some(volume_id) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{nqn}` is not the NQN of volume `{volume_id}`: it must be `{managed_prefix}{volume_id}`"
         )));
     }
     Ok(())
 }
 
-/// A mount flag or mkfs option: printable, no whitespace, not empty. They are passed as argv
+/// A mount flag: printable, no whitespace, not empty. They are passed as argv
 /// elements (never through a shell), this only keeps garbage out of the logs and the kernel.
 fn validate_option(field: &str, opt: &str) -> Result<()> {
     if opt.is_empty() || opt.len() > 256 || opt.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
@@ -219,7 +238,7 @@ pub fn parse_stage_context(
         ..Default::default()
     };
     if let Some((field, nqn)) = lookup(vc, pc, "nqn", Some("nvme_nqn")) {
-        validate_nqn(&field, nqn, managed_prefix)?;
+        validate_nqn(&field, nqn, volume_id, managed_prefix)?;
         target.nqn = Some(nqn.to_string());
     }
     if let Some((field, addr)) = lookup(vc, pc, "nvmeAddress", Some("nvme_address")) {
@@ -251,13 +270,7 @@ pub fn parse_stage_context(
         })?),
         None => None,
     };
-    let mut mkfs_options = Vec::new();
-    if let Some((field, v)) = lookup(vc, pc, "mkfsOptions", None) {
-        for opt in v.split_whitespace() {
-            validate_option(&field, opt)?;
-            mkfs_options.push(opt.to_string());
-        }
-    }
+    let mkfs_options = lookup(vc, pc, "mkfsOptions", None).map(|(f, v)| (f, v.to_string()));
     Ok(StageContext {
         target,
         fs_type,
@@ -295,6 +308,19 @@ mod tests {
             PREFIX
         ));
         assert!(!is_managed_nqn("pvc-1", ""));
+        // A node's own export under the same prefix is not a volume of this driver.
+        assert!(!is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:nixos-var",
+            PREFIX
+        ));
+        assert!(!is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:snap-6ec89291-e651-5af7-8470-1168d64acbcd-at-6ec89291e6",
+            PREFIX
+        ));
+        assert!(is_managed_nqn(
+            "nqn.2000-02.com.mikrotik:vol-6ec89291-e651-5af7-8470-1168d64acbcd",
+            PREFIX
+        ));
     }
 
     #[test]
@@ -341,7 +367,9 @@ mod tests {
         assert_eq!(c.target.port, Some(4420));
         assert_eq!(c.target.ctrl_loss_tmo, Some(-1));
         assert_eq!(c.fs_type, Some(FsType::Xfs));
-        assert_eq!(c.mkfs_options, vec!["-m", "0"]);
+        assert_eq!(c.mkfs_args(FsType::Ext4).unwrap(), vec!["-m", "0"]);
+        let e = c.mkfs_args(FsType::Xfs).unwrap_err();
+        assert!(e.to_string().contains("volume_context.mkfsOptions"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use csi_proto::v1::{
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+mod cleanup;
 pub mod connector;
 pub mod context;
 pub mod error;
@@ -255,9 +256,6 @@ impl NodeService {
             &i.cfg.managed_nqn_prefix,
         )?;
         i.connector.check_target(&ctx.target)?;
-        let _guard = i.locks.try_lock(&req.volume_id)?;
-        let deadline = self.deadline();
-        let target = ctx.target;
         let (kind, fs, flags) = match access {
             Access::Block => (AccessKind::Block, None, Vec::new()),
             Access::Mount { fs_type, flags } => (
@@ -266,6 +264,13 @@ impl NodeService {
                 flags,
             ),
         };
+        let mkfs_args = match fs {
+            Some(fs) => ctx.mkfs_args(fs)?,
+            None => Vec::new(),
+        };
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let target = ctx.target;
         let mut rec = VolumeRecord {
             volume_id: req.volume_id.clone(),
             connector: i.connector.name().into(),
@@ -299,13 +304,15 @@ impl NodeService {
         // Record the intent before attaching, so that after a crash unstage still knows
         // what to detach.
         i.state.save(&rec)?;
-        let was_attached = i.connector.find_device(&target).await?.is_some();
+        let mut attached = None;
         let result = async {
-            let device = i.connector.attach(&target, deadline).await?;
+            let attachment = i.connector.attach(&target, deadline).await?;
+            let device = attachment.device.clone();
+            attached = Some(attachment);
             rec.device = Some(device.clone());
             i.state.save(&rec)?;
             if let Some(fs) = fs {
-                self.format_and_mount(&device, &staging, fs, &ctx.mkfs_options, &flags, deadline)
+                self.format_and_mount(&device, &staging, fs, &mkfs_args, &flags, deadline)
                     .await?;
             }
             Ok::<_, NodeError>(device)
@@ -317,15 +324,10 @@ impl NodeService {
                 Ok(())
             }
             Err(e) => {
-                // Undo an attachment this call made, so a failed stage leaves nothing behind.
-                if !was_attached {
-                    match i.connector.detach(&target, cleanup_deadline()).await {
-                        Ok(()) => i.state.remove(&req.volume_id)?,
-                        Err(de) => {
-                            tracing::warn!(volume_id = %req.volume_id, error = %de, "could not detach after a failed stage")
-                        }
-                    }
-                }
+                // Undo only what this call attached, so a failed stage leaves nothing of its own
+                // behind and never takes away what another user has.
+                self.undo_failed_stage(&req.volume_id, &target, attached.as_ref())
+                    .await?;
                 Err(e)
             }
         }
@@ -384,14 +386,9 @@ impl NodeService {
         }
         if let Some(t) = &target {
             if let Some(dev) = i.connector.find_device(t).await? {
-                let (major, minor) = device_numbers(&dev)?;
-                let name = dev.file_name().unwrap_or_default().to_string_lossy();
-                let users = i.mounter.users_of_device(major, minor, &name)?;
+                let users = self.mounts_of_device(&dev)?;
                 if !users.is_empty() {
-                    let at: Vec<String> = users
-                        .iter()
-                        .map(|m| m.mount_point.display().to_string())
-                        .collect();
+                    let at: Vec<String> = users.iter().map(|m| m.display().to_string()).collect();
                     return Err(NodeError::FailedPrecondition(format!(
                         "{} is still mounted at {}; not detaching volume {}",
                         dev.display(),

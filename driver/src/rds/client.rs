@@ -249,11 +249,15 @@ impl RdsClient {
                         _ => Err(e),
                     };
                 }
-                // A copy that timed out may still be running on the RDS: sending it again could
-                // only collide with it. The CO retries the whole call later.
-                Err(e @ RdsError::Transport(TransportError::Timeout { .. }))
-                    if add.copy_from.is_some() =>
-                {
+                // A copy that timed out, or whose connection was lost, may still be running on
+                // the RDS: sending it again could only collide with it, and its slot existing
+                // says nothing about its file being whole. The CO retries the whole call later,
+                // which waits for the copy or removes an interrupted one.
+                Err(
+                    e @ RdsError::Transport(
+                        TransportError::Timeout { .. } | TransportError::ConnectionLost(_),
+                    ),
+                ) if add.copy_from.is_some() => {
                     return Err(e);
                 }
                 Err(e) if e.is_retryable() => {

@@ -68,6 +68,8 @@ pub enum TransportError {
     Timeout { what: String, after: Duration },
     #[error("SSH client setup: {0}")]
     Config(String),
+    #[error("the command's output exceeds {limit} bytes; it was not read further")]
+    OutputTooLarge { limit: usize },
 }
 
 impl TransportError {

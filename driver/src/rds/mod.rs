@@ -2,9 +2,11 @@
 
 pub mod client;
 pub mod command;
+mod connection;
 pub mod error;
 pub mod model;
 pub mod parse;
+mod reply;
 pub mod ssh;
 
 pub use client::{disk_mismatch, CopyState, RdsClient, RetryPolicy};

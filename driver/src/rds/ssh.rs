@@ -16,7 +16,10 @@ use russh::ChannelMsg;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
+use super::connection::Connection;
 use super::error::{ExecOutput, TransportError};
+use super::reply::read_reply;
+pub use super::reply::MAX_OUTPUT_BYTES;
 
 /// How the RDS's host key is verified.
 #[derive(Debug, Clone)]
@@ -217,7 +220,7 @@ pub struct AcceptedHostKey {
     pub matched: HostKeyMatch,
 }
 
-struct Handler {
+pub(super) struct Handler {
     config: Arc<SshConfig>,
     rejection: Rejection,
     accepted: Arc<StdMutex<Option<AcceptedHostKey>>>,
@@ -329,11 +332,6 @@ impl client::Handler for Handler {
     }
 }
 
-struct Connection {
-    handle: client::Handle<Handler>,
-    id: u64,
-}
-
 #[derive(Default)]
 struct SlotState {
     current: Option<Arc<Connection>>,
@@ -442,6 +440,7 @@ impl Transport {
         });
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let conn = self.connection(slot, deadline).await?;
+        let in_use = conn.begin();
 
         let mut refusals = 0;
         let mut channel = loop {
@@ -472,36 +471,18 @@ impl Transport {
                 .exec(true, command)
                 .await
                 .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-            let mut out = ExecOutput::default();
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            let mut closed = false;
-            while let Some(msg) = channel.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-                    ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
-                    ChannelMsg::Close => {
-                        closed = true;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            if !closed && out.exit_status.is_none() {
-                // The connection went away before the command's reply: whether it ran is unknown.
-                return Err(TransportError::ConnectionLost(
-                    "connection closed before the command's reply".into(),
-                ));
-            }
-            out.stdout = String::from_utf8_lossy(&stdout).into_owned();
-            out.stderr = String::from_utf8_lossy(&stderr).into_owned();
-            Ok(out)
+            read_reply(&mut channel).await
         };
         match timeout_at(deadline, run).await {
             Ok(Ok(out)) => Ok(out),
+            Ok(Err(e @ TransportError::OutputTooLarge { .. })) => {
+                // Only this channel is at fault: the connection carries on for the others.
+                let _ = tokio::time::timeout(Duration::from_secs(1), channel.close()).await;
+                Err(e)
+            }
             Ok(Err(e)) => {
-                self.discard(slot, &conn).await;
+                drop(in_use);
+                self.replace(slot, &conn).await;
                 Err(e)
             }
             Err(_) => {
@@ -609,9 +590,26 @@ impl Transport {
                 None
             };
             if timeout_at(deadline, alive).await.ok().flatten().is_none() {
-                this.discard(slot, &conn).await;
+                this.replace(slot, &conn).await;
             }
         });
+    }
+
+    /// Takes a connection that failed out of service. One that other commands still use is
+    /// retired, not cut: cutting it would lose their replies (a `copy-from` then looks lost).
+    async fn replace(&self, slot: usize, conn: &Arc<Connection>) {
+        if conn.in_flight() == 0 || conn.handle.is_closed() {
+            self.discard(slot, conn).await;
+            return;
+        }
+        let mut state = self.slots[slot].lock().await;
+        if state.current.as_ref().is_some_and(|c| c.id == conn.id) {
+            tracing::warn!(rds = %self.config.addr(), in_flight = conn.in_flight(),
+                "SSH connection does not answer; new commands use a new one, and it closes when its commands end");
+            state.current = None;
+        }
+        drop(state);
+        conn.retire();
     }
 
     /// The slot's live connection, connecting (with backoff after failures) when there is none.
@@ -649,7 +647,7 @@ impl Transport {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::info!(rds = %self.config.addr(), connection = id, "SSH connected");
-                let conn = Arc::new(Connection { handle, id });
+                let conn = Arc::new(Connection::new(handle, id));
                 *state = SlotState {
                     current: Some(Arc::clone(&conn)),
                     ..Default::default()

@@ -5,7 +5,8 @@
 //! `/apis/coordination.k8s.io/v1/namespaces/NS/leases`, ...), in insertion order, so a test
 //! controls list order. It supports GET (item, list, `watch=true`), POST (409 when the name
 //! exists; `generateName`), PUT (409 on a stale `metadata.resourceVersion`), DELETE, and
-//! injected failures by path prefix.
+//! injected failures or hangs by path prefix, for every client or for one named client (a
+//! partition of one replica from the API server).
 
 #![allow(dead_code)]
 
@@ -32,12 +33,24 @@ const PLURALS: &[&str] = &[
 ];
 
 #[derive(Debug, Clone)]
+enum FaultAction {
+    Status(u16),
+    /// Never answer (a half-open connection, an API server behind a partition).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
 struct Fault {
     prefix: String,
     method: Option<Method>,
-    status: u16,
+    /// Only requests from the client of this name (see `FakeApi::client_named`).
+    client: Option<String>,
+    action: FaultAction,
     remaining: Option<usize>,
 }
+
+/// The header `client_named` clients send, so faults can pick one client out.
+const CLIENT_HEADER: &str = "x-fake-client";
 
 #[derive(Default)]
 struct Store {
@@ -46,6 +59,10 @@ struct Store {
     uid: u64,
     faults: Vec<Fault>,
     log: Vec<(String, String)>,
+    /// Cancelled by `end_watches`/`expire_watches`: every open watch stream ends, after a
+    /// 410 Gone event when `watches_expired` is set.
+    watches_end: tokio_util::sync::CancellationToken,
+    watches_expired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -188,6 +205,16 @@ impl FakeApi {
         kube::Client::try_from(kube::Config::new(url)).unwrap()
     }
 
+    /// A client whose requests carry `name`, for faults aimed at it alone.
+    pub fn client_named(&self, name: &str) -> kube::Client {
+        let url = format!("http://{}", self.addr).parse().unwrap();
+        let mut config = kube::Config::new(url);
+        config
+            .headers
+            .push((CLIENT_HEADER.parse().unwrap(), name.parse().unwrap()));
+        kube::Client::try_from(config).unwrap()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -223,6 +250,16 @@ impl FakeApi {
         Some(removed)
     }
 
+    /// Removes an object without telling the watchers: a delete that happened while a watch
+    /// was down, which only a new list shows.
+    pub fn delete_unseen(&self, collection: &str, name: &str) {
+        let mut s = self.lock();
+        if let Some(items) = s.collections.get_mut(collection) {
+            items.retain(|(n, _)| n != name);
+        }
+        s.rv += 1;
+    }
+
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
         self.lock()
             .collections
@@ -243,16 +280,71 @@ impl FakeApi {
     /// Fails requests whose path starts with `prefix` (and method, if given) with `status`,
     /// `times` times (None: until cleared).
     pub fn fail(&self, prefix: &str, method: Option<Method>, status: u16, times: Option<usize>) {
+        self.add_fault(prefix, method, None, FaultAction::Status(status), times);
+    }
+
+    /// Never answers requests whose path starts with `prefix` (and method, if given), `times`
+    /// times (None: until cleared).
+    pub fn hang(&self, prefix: &str, method: Option<Method>, times: Option<usize>) {
+        self.add_fault(prefix, method, None, FaultAction::Hang, times);
+    }
+
+    /// Never answers the named client's requests under `prefix` until cleared; other clients
+    /// are served as usual.
+    pub fn hang_client(&self, client: &str, prefix: &str) {
+        self.add_fault(prefix, None, Some(client), FaultAction::Hang, None);
+    }
+
+    /// Fails the named client's requests under `prefix` with `status` until cleared.
+    pub fn fail_client(&self, client: &str, prefix: &str, status: u16) {
+        self.add_fault(
+            prefix,
+            None,
+            Some(client),
+            FaultAction::Status(status),
+            None,
+        );
+    }
+
+    fn add_fault(
+        &self,
+        prefix: &str,
+        method: Option<Method>,
+        client: Option<&str>,
+        action: FaultAction,
+        times: Option<usize>,
+    ) {
         self.lock().faults.push(Fault {
             prefix: prefix.to_string(),
             method,
-            status,
+            client: client.map(str::to_string),
+            action,
             remaining: times,
         });
     }
 
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// Ends every open watch stream (as an API server restart or a dropped connection does);
+    /// watches opened afterwards work as before.
+    pub fn end_watches(&self) {
+        let mut s = self.lock();
+        s.watches_end.cancel();
+        s.watches_end = tokio_util::sync::CancellationToken::new();
+        s.watches_expired = Arc::default();
+    }
+
+    /// Ends every open watch stream with a 410 Gone event, as an API server does when a watch
+    /// was down so long that its resourceVersion is too old: the client must list again.
+    pub fn expire_watches(&self) {
+        let mut s = self.lock();
+        s.watches_expired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        s.watches_end.cancel();
+        s.watches_end = tokio_util::sync::CancellationToken::new();
+        s.watches_expired = Arc::default();
     }
 
     /// (method, path) of every request so far.
@@ -272,7 +364,12 @@ async fn handle(
     let is_watch = query
         .split('&')
         .any(|p| p == "watch=true" || p == "watch=1");
-    {
+    let client = req
+        .headers()
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let action = {
         let mut s = store.lock().unwrap();
         let verb = if is_watch {
             "WATCH".to_string()
@@ -283,15 +380,22 @@ async fn handle(
         let fault = s.faults.iter_mut().find(|f| {
             path.starts_with(&f.prefix)
                 && f.method.as_ref().is_none_or(|m| m == method)
+                && f.client.as_ref().is_none_or(|c| Some(c) == client.as_ref())
                 && f.remaining != Some(0)
         });
-        if let Some(f) = fault {
+        fault.map(|f| {
             if let Some(n) = f.remaining.as_mut() {
                 *n -= 1;
             }
-            let code = f.status;
-            return status(code, "InternalError", "injected failure");
+            f.action.clone()
+        })
+    };
+    match action {
+        Some(FaultAction::Status(code)) => {
+            return status(code, "InternalError", "injected failure")
         }
+        Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        None => {}
     }
     let Some((collection, name)) = split(&path) else {
         return status(404, "NotFound", &format!("no route for {path}"));
@@ -301,16 +405,33 @@ async fn handle(
     let mut s = store.lock().unwrap();
     match (method, name) {
         (Method::GET, None) if is_watch => {
+            let (ended, expired) = (s.watches_end.clone(), Arc::clone(&s.watches_expired));
             drop(s);
             let rx = watch.subscribe();
-            let stream = futures_util::stream::unfold(rx, move |mut rx| {
-                let collection = collection.clone();
+            let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+                let (collection, ended, expired) =
+                    (collection.clone(), ended.clone(), Arc::clone(&expired));
                 async move {
+                    let mut rx = rx?;
                     loop {
-                        match rx.recv().await {
+                        let received = tokio::select! {
+                            _ = ended.cancelled() => {
+                                if !expired.load(std::sync::atomic::Ordering::SeqCst) {
+                                    return None;
+                                }
+                                let gone = json!({"type": "ERROR", "object": {
+                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": "Expired", "code": 410,
+                                    "message": "too old resource version"}});
+                                let line = format!("{gone}\n");
+                                return Some((Ok(Frame::data(Bytes::from(line))), None));
+                            }
+                            r = rx.recv() => r,
+                        };
+                        match received {
                             Ok((c, kind, obj)) if c == collection => {
                                 let line = format!("{}\n", json!({"type": kind, "object": obj}));
-                                return Some((Ok(Frame::data(Bytes::from(line))), rx));
+                                return Some((Ok(Frame::data(Bytes::from(line))), Some(rx)));
                             }
                             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                             Err(broadcast::error::RecvError::Closed) => return None,

@@ -91,10 +91,10 @@ async fn main() -> anyhow::Result<()> {
         })),
     };
 
-    step("CreateVolume demo-volume, 64 MiB: the driver runs `/disk add type=file ...` over SSH");
+    step("CreateVolume pvc-demo-volume (a provisioner-style name, so also its ID), 64 MiB: the driver runs `/disk add type=file ...` over SSH");
     let volume = controller
         .create_volume(CreateVolumeRequest {
-            name: "demo-volume".into(),
+            name: "pvc-demo-volume".into(),
             capacity_range: Some(CapacityRange {
                 required_bytes: 64 << 20,
                 limit_bytes: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Attached, Connector};
+use super::{Attached, Attachment, Connector};
 use crate::node::context::{validate_file_path, VolumeTarget};
 use crate::node::error::{NodeError, Result};
 use crate::node::exec::{poll_until, run_ok};
@@ -150,12 +150,15 @@ impl Connector for LoopConnector {
         }
     }
 
-    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<PathBuf> {
+    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<Attachment> {
         let file = self.backing_file(target)?;
         let _serial = self.lock.lock().await;
-        if let Some(dev) = self.live_device_for(&file)? {
-            tracing::debug!(volume_id = %target.volume_id, device = %dev.display(), "reusing loop device");
-            return Ok(dev);
+        if let Some(device) = self.live_device_for(&file)? {
+            tracing::debug!(volume_id = %target.volume_id, device = %device.display(), "reusing loop device");
+            return Ok(Attachment {
+                device,
+                made_now: false,
+            });
         }
         // --nooverlap reuses a device another process set up over the same file meanwhile.
         let out = run_ok(
@@ -169,9 +172,12 @@ impl Connector for LoopConnector {
             deadline,
         )
         .await?;
-        let dev = PathBuf::from(out.stdout.trim());
-        tracing::info!(volume_id = %target.volume_id, device = %dev.display(), file = %file.display(), "attached loop device");
-        Ok(dev)
+        let device = PathBuf::from(out.stdout.trim());
+        tracing::info!(volume_id = %target.volume_id, device = %device.display(), file = %file.display(), "attached loop device");
+        Ok(Attachment {
+            device,
+            made_now: true,
+        })
     }
 
     async fn find_device(&self, target: &VolumeTarget) -> Result<Option<PathBuf>> {

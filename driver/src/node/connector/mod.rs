@@ -21,6 +21,16 @@ pub struct Attached {
     pub device: Option<PathBuf>,
 }
 
+/// What an attach did: the device, and whether this very call made the attachment. Only what
+/// a call made itself may be undone when the rest of its stage fails; an attachment it found
+/// may be in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: PathBuf,
+    /// This call connected (`nvme connect`, `losetup`); false when it reused an attachment.
+    pub made_now: bool,
+}
+
 #[tonic::async_trait]
 pub trait Connector: Send + Sync + 'static {
     /// `nvme-tcp` or `loop`; stored in the volume records.
@@ -30,8 +40,9 @@ pub trait Connector: Send + Sync + 'static {
     fn check_target(&self, target: &VolumeTarget) -> Result<()>;
 
     /// Attaches the volume (idempotent: an existing attachment is reused) and waits until its
-    /// block device appears. Returns the device node.
-    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<PathBuf>;
+    /// block device appears. When that fails after this call connected, it disconnects again
+    /// (no device appeared, so nothing can use it); an attachment it found is left alone.
+    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<Attachment>;
 
     /// The device node of an attached volume, looked up afresh (never cached).
     async fn find_device(&self, target: &VolumeTarget) -> Result<Option<PathBuf>>;

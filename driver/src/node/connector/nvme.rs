@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Attached, Connector};
+use super::{Attached, Attachment, Connector};
 use crate::node::context::{is_managed_nqn, VolumeTarget};
 use crate::node::error::{NodeError, Result};
 use crate::node::exec::{poll_until, run, run_ok};
@@ -292,6 +292,9 @@ pub fn parse_list_subsys(json: &str) -> Result<Vec<ListedSubsystem>> {
     Ok(out)
 }
 
+/// How long undoing a failed attach may take, after the operation's own deadline passed.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug)]
 pub struct NvmeTcpConnector {
     cfg: NvmeConfig,
@@ -429,20 +432,25 @@ impl Connector for NvmeTcpConnector {
         self.connect_args(target, nqn).map(|_| ())
     }
 
-    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<PathBuf> {
+    async fn attach(&self, target: &VolumeTarget, deadline: Instant) -> Result<Attachment> {
         let nqn = self.nqn(target)?;
         let args = self.connect_args(target, nqn)?;
         // Serialise only the kernel operation, not the wait for the device below, so one
         // slow volume does not hold up the others.
         let serial = self.lock.lock().await;
-        if let Some(dev) = self.ready_device(nqn)? {
-            tracing::debug!(nqn, device = %dev.display(), "already connected");
-            return Ok(dev);
+        if let Some(device) = self.ready_device(nqn)? {
+            tracing::debug!(nqn, device = %device.display(), "already connected");
+            return Ok(Attachment {
+                device,
+                made_now: false,
+            });
         }
         let existing = self.subsystems_for(nqn)?;
+        let mut made_now = false;
         if existing.is_empty() {
             let out = run(&self.cfg.nvme_bin, &args, deadline).await?;
-            // A connect racing the kernel (or another tool) reports "already connected".
+            // A connect racing the kernel (or another tool) reports "already connected": that
+            // connection is not this call's.
             if !out.success() && !out.stderr.contains("already connected") {
                 return Err(NodeError::Internal(format!(
                     "nvme connect to {nqn} failed (exit {:?}): {}",
@@ -450,6 +458,7 @@ impl Connector for NvmeTcpConnector {
                     out.stderr.trim()
                 )));
             }
+            made_now = out.success();
             tracing::info!(nqn, "nvme connected");
         } else {
             // Connected but no usable namespace yet: ask the controllers to rescan.
@@ -458,12 +467,22 @@ impl Connector for NvmeTcpConnector {
             }
         }
         drop(serial);
-        let dev = poll_until(deadline, self.cfg.poll_interval, || self.ready_device(nqn)).await?;
-        dev.ok_or_else(|| {
-            NodeError::DeadlineExceeded(format!(
+        let found = poll_until(deadline, self.cfg.poll_interval, || self.ready_device(nqn)).await;
+        let error = match found {
+            Ok(Some(device)) => return Ok(Attachment { device, made_now }),
+            Ok(None) => NodeError::DeadlineExceeded(format!(
                 "no block device appeared for {nqn} before the deadline"
-            ))
-        })
+            )),
+            Err(e) => e,
+        };
+        if made_now {
+            // This call's own connection, without a device nothing can use: undo it.
+            let cleanup = Instant::now() + CLEANUP_TIMEOUT;
+            if let Err(e) = self.detach(target, cleanup).await {
+                tracing::warn!(nqn, error = %e, "could not disconnect after no device appeared");
+            }
+        }
+        Err(error)
     }
 
     async fn find_device(&self, target: &VolumeTarget) -> Result<Option<PathBuf>> {
