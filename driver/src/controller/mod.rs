@@ -3,6 +3,7 @@
 pub mod caps;
 mod disks;
 pub mod ids;
+pub mod page;
 pub mod params;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block, is_multi_node};
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
+use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
 
 pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
@@ -111,43 +113,6 @@ fn allocation(
         )));
     }
     Ok(size)
-}
-
-/// Checks a list request before anything is asked of the RDS. A token is the last ID of the
-/// previous page, so it must follow that ID grammar.
-fn check_page_request(
-    max_entries: i32,
-    starting_token: &str,
-    token_valid: impl Fn(&str) -> bool,
-) -> Result<(), Status> {
-    if max_entries < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
-    if !starting_token.is_empty() && !token_valid(starting_token) {
-        return Err(Status::aborted(format!(
-            "starting_token `{starting_token}` is not valid"
-        )));
-    }
-    Ok(())
-}
-
-/// Pages through items sorted by ID (a request already passed `check_page_request`). The token
-/// is the last ID returned, so pages stay correct when volumes come and go between calls.
-fn paginate<T>(
-    mut items: Vec<(String, T)>,
-    max_entries: i32,
-    starting_token: &str,
-) -> (Vec<T>, String) {
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    let start = items
-        .partition_point(|(id, _)| !starting_token.is_empty() && id.as_str() <= starting_token);
-    let mut rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
-    let mut next = String::new();
-    if max_entries > 0 && rest.len() > max_entries as usize {
-        rest.truncate(max_entries as usize);
-        next = rest.last().map(|(id, _)| id.clone()).unwrap_or_default();
-    }
-    (rest.into_iter().map(|(_, v)| v).collect(), next)
 }
 
 impl ControllerService {
@@ -656,9 +621,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        check_page_request(req.max_entries, &req.starting_token, |t| {
-            parse_volume_id(t).is_some()
-        })?;
+        let page = Page::parse(Listing::Volumes, req.max_entries, &req.starting_token)?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
         let attachments = self.attachments.list();
         let items = disks
@@ -679,7 +642,7 @@ impl Controller for ControllerService {
                 Some((id.to_string(), entry))
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
+        let (entries, next_token) = page.of(items);
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token,
@@ -900,9 +863,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        check_page_request(req.max_entries, &req.starting_token, |t| {
-            parse_snapshot_id(t).is_some()
-        })?;
+        let page = Page::parse(Listing::Snapshots, req.max_entries, &req.starting_token)?;
         // IDs that cannot exist match nothing.
         if (!req.snapshot_id.is_empty() && parse_snapshot_id(&req.snapshot_id).is_none())
             || (!req.source_volume_id.is_empty()
@@ -954,7 +915,7 @@ impl Controller for ControllerService {
                 (id.to_string(), entry)
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
+        let (entries, next_token) = page.of(items);
         Ok(Response::new(ListSnapshotsResponse {
             entries,
             next_token,
@@ -1100,31 +1061,6 @@ mod tests {
         assert_eq!(
             code(range(MIB as i64 + 1, MIB as i64 + 1)),
             tonic::Code::OutOfRange
-        );
-    }
-
-    #[test]
-    fn pagination_by_last_id() {
-        let items: Vec<(String, u32)> = ["c", "a", "b", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u32))
-            .collect();
-        assert_eq!(
-            paginate(items.clone(), 2, ""),
-            (vec![1, 2], "b".to_string())
-        );
-        assert_eq!(paginate(items.clone(), 2, "b"), (vec![0, 3], String::new()));
-        assert_eq!(paginate(items, 0, "").0.len(), 4);
-        let valid = |_: &str| true;
-        assert!(check_page_request(0, "", valid).is_ok());
-        assert_eq!(
-            check_page_request(-1, "", valid).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            check_page_request(1, "x", |_| false).unwrap_err().code(),
-            tonic::Code::Aborted
         );
     }
 }

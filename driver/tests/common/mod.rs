@@ -3,6 +3,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod controller;
+
 use std::path::Path;
 use std::time::Duration;
 
