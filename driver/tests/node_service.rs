@@ -247,6 +247,57 @@ async fn other_calls_name_missing_fields() {
     .unwrap();
 }
 
+/// A path that cannot hold the volume (the node only ever puts volumes at absolute paths under
+/// the kubelet directory) means the volume is not there: NotFound, as csi-sanity's
+/// `some/path` expects, not InvalidArgument. A missing or `..` path is still bad input.
+#[tokio::test]
+async fn stats_and_expand_of_a_volume_not_at_the_path_are_not_found() {
+    let e = env();
+    let s = &e.svc;
+    let stats = |id: &str, path: &str| {
+        s.node_get_volume_stats(Request::new(NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        }))
+    };
+    let expand = |id: &str, path: &str| {
+        s.node_expand_volume(Request::new(NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        }))
+    };
+    let outside = e.dir.path().join("elsewhere").display().to_string();
+    for (id, path) in [
+        ("id", "some/path"),
+        ("pvc-1", "some/path"),
+        ("pvc-1", outside.as_str()),
+        ("pvc-1", &e.k("pods/never")),
+    ] {
+        for (rpc, r) in [
+            ("stats", stats(id, path).await.map(|_| ())),
+            ("expand", expand(id, path).await.map(|_| ())),
+        ] {
+            let err = r.expect_err(path);
+            assert_eq!(err.code(), Code::NotFound, "{rpc} {id} at {path}: {err:?}");
+            assert!(
+                err.message().contains(path),
+                "{rpc}: the message names the path: {}",
+                err.message()
+            );
+        }
+    }
+    for (rpc, r) in [
+        ("stats", stats("pvc-1", &e.k("a/../b")).await.map(|_| ())),
+        ("expand", expand("pvc-1", &e.k("a/../b")).await.map(|_| ())),
+    ] {
+        let err = r.expect_err(rpc);
+        assert_eq!(err.code(), Code::InvalidArgument, "{rpc}: {err:?}");
+        assert!(err.message().contains("volume_path"), "{}", err.message());
+    }
+}
+
 #[tokio::test]
 async fn a_second_operation_on_the_same_volume_is_aborted() {
     let e = env();

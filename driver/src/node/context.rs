@@ -99,31 +99,71 @@ pub fn is_managed_nqn(nqn: &str, prefix: &str) -> bool {
     !prefix.is_empty() && nqn.strip_prefix(prefix).is_some_and(is_volume_suffix)
 }
 
-/// Validates a path sent by the CO: absolute, no `..`, and under `root` when one is configured.
-pub fn validate_path(field: &str, path: &str, root: Option<&Path>) -> Result<PathBuf> {
+/// What is wrong with a path sent by the CO.
+enum PathProblem {
+    Missing,
+    NotAbsolute,
+    ParentDir,
+    OutsideRoot(PathBuf),
+}
+
+fn check_path(path: &str, root: Option<&Path>) -> std::result::Result<PathBuf, PathProblem> {
     if path.is_empty() {
-        return Err(NodeError::InvalidArgument(format!("{field} is required")));
+        return Err(PathProblem::Missing);
     }
     let p = Path::new(path);
     if !p.is_absolute() || path.len() > 4096 || path.contains('\0') {
-        return Err(NodeError::InvalidArgument(format!(
-            "{field} `{path}` must be an absolute path"
-        )));
+        return Err(PathProblem::NotAbsolute);
     }
     if p.components().any(|c| c == Component::ParentDir) {
-        return Err(NodeError::InvalidArgument(format!(
-            "{field} `{path}` must not contain `..`"
-        )));
+        return Err(PathProblem::ParentDir);
     }
-    if let Some(root) = root {
-        if !p.starts_with(root) {
-            return Err(NodeError::InvalidArgument(format!(
-                "{field} `{path}` is not under the kubelet directory {}",
-                root.display()
-            )));
+    match root {
+        Some(root) if !p.starts_with(root) => Err(PathProblem::OutsideRoot(root.to_path_buf())),
+        _ => Ok(p.to_path_buf()),
+    }
+}
+
+fn path_error(field: &str, path: &str, problem: PathProblem) -> String {
+    match problem {
+        PathProblem::Missing => format!("{field} is required"),
+        PathProblem::NotAbsolute => format!("{field} `{path}` must be an absolute path"),
+        PathProblem::ParentDir => format!("{field} `{path}` must not contain `..`"),
+        PathProblem::OutsideRoot(root) => format!(
+            "{field} `{path}` is not under the kubelet directory {}",
+            root.display()
+        ),
+    }
+}
+
+/// Validates a path sent by the CO: absolute, no `..`, and under `root` when one is configured.
+pub fn validate_path(field: &str, path: &str, root: Option<&Path>) -> Result<PathBuf> {
+    check_path(path, root).map_err(|p| NodeError::InvalidArgument(path_error(field, path, p)))
+}
+
+/// A path where a volume is looked for (`volume_path` of stats and expand). The node only ever
+/// puts volumes at absolute paths under the kubelet directory, so a relative path or one outside
+/// it does not hold the volume: NotFound (what the CSI spec and csi-sanity ask for a volume that
+/// is not at the path), while a missing or `..` path is still bad input.
+pub fn validate_volume_path(
+    field: &str,
+    path: &str,
+    volume_id: &str,
+    root: Option<&Path>,
+) -> Result<PathBuf> {
+    check_path(path, root).map_err(|problem| match problem {
+        PathProblem::NotAbsolute => NodeError::NotFound(format!(
+            "volume {volume_id} is not at {field} `{path}`: volumes are only ever at absolute paths"
+        )),
+        PathProblem::OutsideRoot(root) => NodeError::NotFound(format!(
+            "volume {volume_id} is not at {field} `{path}`: volumes are only ever under the \
+             kubelet directory {}",
+            root.display()
+        )),
+        PathProblem::Missing | PathProblem::ParentDir => {
+            NodeError::InvalidArgument(path_error(field, path, problem))
         }
-    }
-    Ok(p.to_path_buf())
+    })
 }
 
 /// `filePath`: an absolute RDS path of `[A-Za-z0-9._/-]`, without `..`.
@@ -307,6 +347,26 @@ mod tests {
         assert!(validate_path("t", "/var/lib/kubeletx/pods", Some(root)).is_err());
         let e = validate_path("staging_target_path", "", None).unwrap_err();
         assert!(e.to_string().contains("staging_target_path"));
+    }
+
+    #[test]
+    fn a_volume_path_that_cannot_hold_a_volume_is_not_found() {
+        let root = Some(Path::new("/var/lib/kubelet"));
+        let check = |p: &str| validate_volume_path("volume_path", p, "pvc-1", root);
+        assert!(check("/var/lib/kubelet/pods/x").is_ok());
+        for p in ["some/path", "/elsewhere/x"] {
+            let e = check(p).unwrap_err();
+            assert!(matches!(e, NodeError::NotFound(_)), "{p}: {e:?}");
+            assert!(
+                e.to_string().contains(p) && e.to_string().contains("pvc-1"),
+                "{e}"
+            );
+        }
+        for p in ["", "/var/lib/kubelet/../x"] {
+            let e = check(p).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{p}: {e:?}");
+            assert!(e.to_string().contains("volume_path"), "{e}");
+        }
     }
 
     #[test]

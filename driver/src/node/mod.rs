@@ -35,8 +35,8 @@ pub mod state;
 
 use connector::Connector;
 use context::{
-    parse_stage_context, validate_mount_flags, validate_path, validate_volume_id, FsType,
-    VolumeTarget,
+    parse_stage_context, validate_mount_flags, validate_path, validate_volume_id,
+    validate_volume_path, FsType, VolumeTarget,
 };
 use error::{NodeError, Result};
 use guard::VolumeLocks;
@@ -237,6 +237,16 @@ impl NodeService {
 
     fn path(&self, field: &str, p: &str) -> Result<PathBuf> {
         validate_path(field, p, self.inner.cfg.kubelet_dir.as_deref())
+    }
+
+    /// Where stats and expand look for the volume; see `validate_volume_path`.
+    fn volume_path(&self, volume_id: &str, p: &str) -> Result<PathBuf> {
+        validate_volume_path(
+            "volume_path",
+            p,
+            volume_id,
+            self.inner.cfg.kubelet_dir.as_deref(),
+        )
     }
 
     fn deadline(&self) -> Instant {
@@ -518,7 +528,7 @@ impl NodeService {
     async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
         let i = &self.inner;
         validate_volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
+        let path = self.volume_path(&req.volume_id, &req.volume_path)?;
         // No volume guard: stats are read-only and kubelet polls them while other calls run.
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
@@ -631,7 +641,7 @@ impl NodeService {
     async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<i64> {
         let i = &self.inner;
         validate_volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
+        let path = self.volume_path(&req.volume_id, &req.volume_path)?;
         let _guard = i.locks.try_lock(&req.volume_id)?;
         let deadline = self.deadline();
         let meta = match std::fs::metadata(&path) {

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod controller;
+#[macro_use]
+pub mod loop_host;
 
 use std::path::Path;
 use std::time::Duration;
