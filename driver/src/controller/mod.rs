@@ -5,6 +5,7 @@ mod disks;
 pub mod ids;
 pub mod page;
 pub mod params;
+pub mod publish;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,10 +18,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
-use crate::kube::attachments::{AttachOptions, AttachmentManager};
+use crate::kube::attachments::AttachmentManager;
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
-use caps::{check_capabilities, is_block, is_multi_node};
+use caps::{check_capabilities, is_block};
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
 use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
@@ -37,6 +38,8 @@ pub struct ControllerConfig {
     pub default_size: u64,
     /// Largest volume accepted.
     pub max_size: u64,
+    /// Where volumes may be published without Kubernetes.
+    pub known_nodes: publish::KnownNodes,
 }
 
 impl ControllerConfig {
@@ -45,6 +48,7 @@ impl ControllerConfig {
             defaults,
             default_size: GIB,
             max_size: 16 << 40,
+            known_nodes: publish::KnownNodes::Any,
         }
     }
 }
@@ -57,8 +61,8 @@ pub struct ControllerService {
     attachments: Arc<AttachmentManager>,
     /// Posts events on the PV/PVC when Kubernetes is configured.
     events: Option<crate::kube::events::EventRecorder>,
-    /// Checks that a node exists before publishing to it, when Kubernetes is configured.
-    nodes: Option<::kube::Api<k8s_openapi::api::core::v1::Node>>,
+    /// Whether a node exists and its attach limit, checked before publishing to it.
+    node_source: publish::NodeSource,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -129,17 +133,23 @@ impl ControllerService {
     ) -> Self {
         Self {
             rds,
+            node_source: publish::NodeSource::Config(config.known_nodes.clone()),
             config,
             locks: KeyedLocks::default(),
             attachments,
             events: None,
-            nodes: None,
         }
     }
 
-    /// Refuse publishes to nodes the cluster does not know (NotFound, as the CSI spec asks).
-    pub fn with_node_lookup(mut self, client: ::kube::Client) -> Self {
-        self.nodes = Some(::kube::Api::all(client));
+    /// Take nodes from the cluster: publishes to nodes it does not know are NotFound (as the
+    /// CSI spec asks), and a node's attach limit is what kubelet registered for `driver` in its
+    /// CSINode.
+    pub fn with_node_lookup(mut self, client: ::kube::Client, driver: &str) -> Self {
+        self.node_source = publish::NodeSource::Kube {
+            nodes: ::kube::Api::all(client.clone()),
+            csi_nodes: ::kube::Api::all(client),
+            driver: driver.to_string(),
+        };
         self
     }
 
@@ -514,76 +524,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<ControllerPublishVolumeRequest>,
     ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let raw = required(&req.volume_id, "volume_id")?;
-        let node = required(&req.node_id, "node_id")?.to_string();
-        let cap = req
-            .volume_capability
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        caps::check_capability(cap)
-            .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
-        let _guard = self.locks.lock(raw, deadline).await?;
-        let (id, disk) = self.existing_volume(raw, deadline).await?;
-        if let Some(nodes) = &self.nodes {
-            match nodes.get_opt(&node).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(Status::not_found(format!("node {node} does not exist"))),
-                // The API being unreadable must not block attaching a volume.
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "cannot look the node up; publishing anyway")
-                }
-            }
-        }
-        let options = AttachOptions {
-            readonly: req.readonly,
-            multi_node_block: is_multi_node(cap) && is_block(cap),
-        };
-        let timeout = self.attachments.migration_timeout_for(&req.volume_context);
-        self.attachments
-            .attach(id.as_str(), &node, options, Some(timeout))?;
-        let ctx = &req.volume_context;
-        let address = ctx
-            .get(keys::NVME_ADDRESS)
-            .cloned()
-            .or_else(|| self.config.defaults.nvme_address.clone())
-            .unwrap_or_default();
-        let port = disk
-            .nvme_port
-            .unwrap_or(self.config.defaults.nvme_port.get());
-        let fs_type = ctx
-            .get(keys::FS_TYPE)
-            .cloned()
-            .unwrap_or_else(|| params::DEFAULT_FS_TYPE.into());
-        let publish_context = HashMap::from([
-            ("nvme_address".to_string(), address),
-            ("nvme_port".to_string(), port.to_string()),
-            (
-                "nvme_nqn".to_string(),
-                disk.nqn.clone().unwrap_or_else(|| id.nqn().to_string()),
-            ),
-            ("fs_type".to_string(), fs_type),
-        ]);
-        tracing::info!(volume = %id, node, "volume published");
-        Ok(Response::new(ControllerPublishVolumeResponse {
-            publish_context,
-        }))
+        self.publish(request).await
     }
 
     async fn controller_unpublish_volume(
         &self,
         request: Request<ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let id = required(&req.volume_id, "volume_id")?;
-        let _guard = self.locks.lock(id, deadline).await?;
-        // A detach before the table is rebuilt would be undone by the rebuild.
-        self.require_attachments_ready()?;
-        // An empty node ID means "from every node".
-        self.attachments.detach(id, &req.node_id);
-        Ok(Response::new(ControllerUnpublishVolumeResponse {}))
+        self.unpublish(request).await
     }
 
     async fn validate_volume_capabilities(

@@ -144,6 +144,15 @@ pub enum AttachError {
         holders: Vec<String>,
         timeout: Duration,
     },
+    #[error(
+        "node {node} already holds {limit} volumes, its limit (--max-volumes-per-node); \
+         volume {volume} can be published there once another volume is unpublished"
+    )]
+    NodeFull {
+        volume: String,
+        node: String,
+        limit: usize,
+    },
 }
 
 impl From<AttachError> for Status {
@@ -152,6 +161,7 @@ impl From<AttachError> for Status {
         match e {
             AttachError::NotReady => Status::unavailable(message),
             AttachError::OptionsMismatch { .. } => Status::already_exists(message),
+            AttachError::NodeFull { .. } => Status::resource_exhausted(message),
             AttachError::Held { .. }
             | AttachError::MigrationLimit { .. }
             | AttachError::MigrationTimedOut { .. } => Status::failed_precondition(message),
@@ -264,7 +274,21 @@ impl AttachmentManager {
         options: AttachOptions,
         migration_timeout: Option<Duration>,
     ) -> Result<bool, AttachError> {
-        let result = self.attach_locked(volume, node, options, migration_timeout);
+        self.attach_within_limit(volume, node, options, migration_timeout, None)
+    }
+
+    /// `attach`, refusing a new attachment once `node` holds `node_limit` volumes. The count and
+    /// the insert happen under one lock, so concurrent publishes of different volumes cannot
+    /// pass the limit together.
+    pub fn attach_within_limit(
+        &self,
+        volume: &str,
+        node: &str,
+        options: AttachOptions,
+        migration_timeout: Option<Duration>,
+        node_limit: Option<usize>,
+    ) -> Result<bool, AttachError> {
+        let result = self.attach_locked(volume, node, options, migration_timeout, node_limit);
         if matches!(
             result,
             Err(AttachError::Held { .. }
@@ -289,12 +313,31 @@ impl AttachmentManager {
         node: &str,
         options: AttachOptions,
         migration_timeout: Option<Duration>,
+        node_limit: Option<usize>,
     ) -> Result<bool, AttachError> {
         if !self.is_ready() {
             return Err(AttachError::NotReady);
         }
         let now = self.clock.now();
         let mut state = self.lock();
+        let already_held = state
+            .volumes
+            .get(volume)
+            .is_some_and(|held| held.is_attached_to(node));
+        if let Some(limit) = node_limit.filter(|_| !already_held) {
+            let on_node = state
+                .volumes
+                .values()
+                .filter(|held| held.is_attached_to(node))
+                .count();
+            if on_node >= limit {
+                return Err(AttachError::NodeFull {
+                    volume: volume.to_string(),
+                    node: node.to_string(),
+                    limit,
+                });
+            }
+        }
         let entry = NodeAttachment {
             node: node.to_string(),
             attached_at: now,
