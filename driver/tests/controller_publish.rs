@@ -160,3 +160,171 @@ async fn concurrent_publishes_never_pass_the_attach_limit() {
     assert_eq!(codes.get(&Code::ResourceExhausted), Some(&5), "{codes:?}");
     assert_eq!(f.svc.attachments().list().len(), 3);
 }
+
+fn publish_readonly(
+    id: &str,
+    node: &str,
+    cap: VolumeCapability,
+    readonly: bool,
+) -> Request<ControllerPublishVolumeRequest> {
+    let mut r = publish(id, node, cap);
+    r.get_mut().readonly = readonly;
+    r
+}
+
+/// PUBLISH_READONLY: the node is told (publish context `readonly`), and the same node cannot
+/// hold a volume both ways.
+#[tokio::test]
+async fn readonly_publishes_reach_the_node_and_conflict_with_read_write() {
+    let f = fixture().await;
+    let rwo = mount_cap(Mode::SingleNodeWriter);
+    f.create("pvc-ro", GIB).await;
+    f.create("pvc-rw", GIB).await;
+    let ctx = f
+        .svc
+        .controller_publish_volume(publish_readonly("pvc-ro", "node-a", rwo.clone(), true))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert_eq!(ctx.get("readonly").map(String::as_str), Some("true"));
+    let ctx = f
+        .svc
+        .controller_publish_volume(publish_readonly("pvc-rw", "node-a", rwo.clone(), false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert_eq!(ctx.get("readonly"), None, "{ctx:?}");
+    for (id, readonly) in [("pvc-ro", false), ("pvc-rw", true)] {
+        let err = f
+            .svc
+            .controller_publish_volume(publish_readonly(id, "node-a", rwo.clone(), readonly))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{id}: {err:?}");
+        assert!(err.message().contains("node-a"), "{}", err.message());
+    }
+    // The same setting again is an idempotent retry.
+    f.svc
+        .controller_publish_volume(publish_readonly("pvc-ro", "node-a", rwo, true))
+        .await
+        .unwrap();
+}
+
+/// ReadOnlyMany (MULTI_NODE_READER_ONLY): any number of nodes, each read-only whatever
+/// `readonly` says; a writer is refused while readers hold the volume, and readers while a
+/// writer does.
+#[tokio::test]
+async fn reader_only_volumes_are_published_read_only_to_many_nodes() {
+    let f = fixture().await;
+    let rox = mount_cap(Mode::MultiNodeReaderOnly);
+    let mut req = create_req("pvc-rox", GIB);
+    req.volume_capabilities = vec![rox.clone()];
+    f.svc.create_volume(Request::new(req)).await.unwrap();
+    for (node, readonly) in [("node-a", true), ("node-b", false), ("node-c", true)] {
+        let ctx = f
+            .svc
+            .controller_publish_volume(publish_readonly("pvc-rox", node, rox.clone(), readonly))
+            .await
+            .unwrap()
+            .into_inner()
+            .publish_context;
+        assert_eq!(
+            ctx.get("readonly").map(String::as_str),
+            Some("true"),
+            "{node}"
+        );
+    }
+    let mut nodes = f.svc.attachments().nodes("pvc-rox");
+    nodes.sort();
+    assert_eq!(nodes, ["node-a", "node-b", "node-c"]);
+    let err = f
+        .svc
+        .controller_publish_volume(publish(
+            "pvc-rox",
+            "node-d",
+            mount_cap(Mode::SingleNodeWriter),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    f.create("pvc-written", GIB).await;
+    f.svc
+        .controller_publish_volume(publish(
+            "pvc-written",
+            "node-a",
+            mount_cap(Mode::SingleNodeWriter),
+        ))
+        .await
+        .unwrap();
+    let err = f
+        .svc
+        .controller_publish_volume(publish("pvc-written", "node-b", rox))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+}
+
+#[tokio::test]
+async fn single_node_single_and_multi_writer_are_single_node_modes() {
+    let f = fixture().await;
+    for mode in [Mode::SingleNodeSingleWriter, Mode::SingleNodeMultiWriter] {
+        let id = format!(
+            "pvc-{}",
+            mode.as_str_name().to_lowercase().replace('_', "-")
+        );
+        let mut req = create_req(&id, GIB);
+        req.volume_capabilities = vec![mount_cap(mode), block_cap(mode)];
+        f.svc.create_volume(Request::new(req)).await.unwrap();
+        let validated = f
+            .svc
+            .validate_volume_capabilities(Request::new(ValidateVolumeCapabilitiesRequest {
+                volume_id: id.clone(),
+                volume_capabilities: vec![mount_cap(mode)],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            validated.confirmed.is_some(),
+            "{mode:?}: {}",
+            validated.message
+        );
+        f.svc
+            .controller_publish_volume(publish(&id, "node-a", mount_cap(mode)))
+            .await
+            .unwrap();
+        let err = f
+            .svc
+            .controller_publish_volume(publish(&id, "node-b", mount_cap(mode)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{mode:?}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn publish_capabilities_are_advertised_and_modify_volume_is_not() {
+    let f = fixture().await;
+    use controller_service_capability::rpc::Type;
+    let types: Vec<Type> = f
+        .svc
+        .controller_get_capabilities(Request::new(ControllerGetCapabilitiesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(controller_service_capability::Type::Rpc(r)) => Type::try_from(r.r#type).ok(),
+            None => None,
+        })
+        .collect();
+    for t in [Type::SingleNodeMultiWriter, Type::PublishReadonly] {
+        assert!(types.contains(&t), "{t:?} in {types:?}");
+    }
+    assert!(!types.contains(&Type::ModifyVolume), "{types:?}");
+}

@@ -132,8 +132,16 @@ fn assert_invalid(r: std::result::Result<(), tonic::Status>, field: &str) {
 async fn stage_arguments_are_validated_and_named() {
     let e = env();
     let s = &e.svc;
+    // Bad input is refused before the connector is asked anything; its attach would park, so
+    // a bound turns a missed check into a failure rather than a hang.
     let call = |r: NodeStageVolumeRequest| async move {
-        s.node_stage_volume(Request::new(r)).await.map(|_| ())
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .expect("refused before attaching")
+        .map(|_| ())
     };
     let mut r = stage_req(&e);
     r.volume_id.clear();
@@ -174,6 +182,12 @@ async fn stage_arguments_are_validated_and_named() {
     r.volume_context
         .insert("filePath".into(), "/storage-pool/../etc/shadow".into());
     assert_invalid(call(r).await, "volume_context.filePath");
+    let mut r = stage_req(&e);
+    r.publish_context.insert("readonly".into(), "yes".into());
+    assert_invalid(call(r).await, "publish_context.readonly");
+    let mut r = stage_req(&e);
+    r.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode { mode: 99 });
+    assert_invalid(call(r).await, "volume_capability.access_mode");
 }
 
 #[tokio::test]
@@ -379,7 +393,8 @@ async fn info_and_capabilities() {
             RpcType::StageUnstageVolume as i32,
             RpcType::GetVolumeStats as i32,
             RpcType::ExpandVolume as i32,
-            RpcType::VolumeCondition as i32
+            RpcType::VolumeCondition as i32,
+            RpcType::SingleNodeMultiWriter as i32
         ]
     );
 }

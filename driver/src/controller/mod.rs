@@ -145,11 +145,11 @@ impl ControllerService {
     /// CSI spec asks), and a node's attach limit is what kubelet registered for `driver` in its
     /// CSINode.
     pub fn with_node_lookup(mut self, client: ::kube::Client, driver: &str) -> Self {
-        self.node_source = publish::NodeSource::Kube {
+        self.node_source = publish::NodeSource::Kube(Box::new(publish::ClusterNodes {
             nodes: ::kube::Api::all(client.clone()),
             csi_nodes: ::kube::Api::all(client),
             driver: driver.to_string(),
-        };
+        }));
         self
     }
 
@@ -661,6 +661,8 @@ impl Controller for ControllerService {
             RpcType::ListVolumesPublishedNodes,
             RpcType::GetVolume,
             RpcType::GetSnapshot,
+            RpcType::SingleNodeMultiWriter,
+            RpcType::PublishReadonly,
         ]
         .into_iter()
         .map(|t| ControllerServiceCapability {

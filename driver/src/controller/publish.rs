@@ -11,11 +11,12 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::CSINode;
 use tonic::{Request, Response, Status};
 
-use super::caps::{self, is_block, is_multi_node};
+use super::caps::{self, is_block, is_multi_node, is_multi_node_reader, is_reader_only};
 use super::params::{self, keys};
 use super::{required, ControllerService};
 use crate::grpc::deadline;
 use crate::kube::attachments::AttachOptions;
+use crate::node::context::PUBLISH_READONLY_KEY;
 
 /// The nodes a controller knows when Kubernetes does not tell it (no in-cluster config and no
 /// `--kubeconfig`); with Kubernetes, the Node and CSINode objects decide instead.
@@ -33,13 +34,15 @@ pub enum KnownNodes {
 /// Where the controller learns whether a node exists and its attach limit.
 pub(super) enum NodeSource {
     Config(KnownNodes),
-    /// The Node object says whether it exists; its CSINode entry for this driver holds the
-    /// limit kubelet registered from NodeGetInfo.
-    Kube {
-        nodes: ::kube::Api<Node>,
-        csi_nodes: ::kube::Api<CSINode>,
-        driver: String,
-    },
+    Kube(Box<ClusterNodes>),
+}
+
+/// The cluster's view: the Node object says whether a node exists; its CSINode entry for this
+/// driver holds the limit kubelet registered from NodeGetInfo.
+pub(super) struct ClusterNodes {
+    pub nodes: ::kube::Api<Node>,
+    pub csi_nodes: ::kube::Api<CSINode>,
+    pub driver: String,
 }
 
 impl NodeSource {
@@ -59,11 +62,12 @@ impl NodeSource {
                 }
                 Ok((*max_volumes > 0).then_some(*max_volumes))
             }
-            NodeSource::Kube {
-                nodes,
-                csi_nodes,
-                driver,
-            } => {
+            NodeSource::Kube(cluster) => {
+                let ClusterNodes {
+                    nodes,
+                    csi_nodes,
+                    driver,
+                } = cluster.as_ref();
                 match nodes.get_opt(node).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -119,9 +123,14 @@ impl ControllerService {
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
         let node_limit = self.node_source.attach_limit(&node).await?;
+        // A reader-only mode is read-only on the node even when the CO does not set `readonly`
+        // (Kubernetes sets it for ReadOnlyMany PVs only with the provisioner's
+        // --controller-publish-readonly).
+        let readonly = req.readonly || is_reader_only(cap);
         let options = AttachOptions {
-            readonly: req.readonly,
+            readonly,
             multi_node_block: is_multi_node(cap) && is_block(cap),
+            multi_node_reader: is_multi_node_reader(cap),
         };
         let timeout = self.attachments.migration_timeout_for(&req.volume_context);
         self.attachments.attach_within_limit(
@@ -144,7 +153,7 @@ impl ControllerService {
             .get(keys::FS_TYPE)
             .cloned()
             .unwrap_or_else(|| params::DEFAULT_FS_TYPE.into());
-        let publish_context = HashMap::from([
+        let mut publish_context = HashMap::from([
             ("nvme_address".to_string(), address),
             ("nvme_port".to_string(), port.to_string()),
             (
@@ -153,7 +162,10 @@ impl ControllerService {
             ),
             ("fs_type".to_string(), fs_type),
         ]);
-        tracing::info!(volume = %id, node, "volume published");
+        if readonly {
+            publish_context.insert(PUBLISH_READONLY_KEY.to_string(), "true".to_string());
+        }
+        tracing::info!(volume = %id, node, readonly, "volume published");
         Ok(Response::new(ControllerPublishVolumeResponse {
             publish_context,
         }))

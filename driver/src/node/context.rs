@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{NodeError, Result};
 
+/// Publish context key the controller sets (to `true`) when a volume is published read-only:
+/// the node then stages it read-only (device and mount) and publishes it read-only.
+pub const PUBLISH_READONLY_KEY: &str = "readonly";
+
 /// Filesystems the node formats and mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +67,8 @@ pub struct VolumeTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageContext {
     pub target: VolumeTarget,
+    /// The controller published the volume read-only.
+    pub read_only: bool,
     /// From the volume context; the capability's `fs_type` takes precedence (see the service).
     pub fs_type: Option<FsType>,
     pub mkfs_options: Vec<String>,
@@ -246,6 +252,17 @@ fn parse_int<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     }
 }
 
+/// Whether the controller published the volume read-only (publish context `readonly`).
+pub fn publish_readonly(pc: &HashMap<String, String>) -> Result<bool> {
+    match pc.get(PUBLISH_READONLY_KEY).map(String::as_str) {
+        None | Some("" | "false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(NodeError::InvalidArgument(format!(
+            "publish_context.{PUBLISH_READONLY_KEY} `{other}` must be true or false"
+        ))),
+    }
+}
+
 /// Reads the volume context (and the Go-driver-compatible publish context as a fallback).
 /// Which keys are required depends on the connector; it checks that itself.
 pub fn parse_stage_context(
@@ -300,6 +317,7 @@ pub fn parse_stage_context(
     }
     Ok(StageContext {
         target,
+        read_only: publish_readonly(pc)?,
         fs_type,
         mkfs_options,
     })

@@ -127,6 +127,11 @@ impl Drop for Env {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         for l in loop_devices_under(&dir) {
+            // A loop device keeps its read-only flag for its next user.
+            let _ = Command::new("blockdev")
+                .arg("--setrw")
+                .arg(format!("/dev/{l}"))
+                .status();
             let _ = Command::new("losetup")
                 .arg("-d")
                 .arg(format!("/dev/{l}"))
