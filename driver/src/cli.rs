@@ -51,6 +51,26 @@ pub enum Command {
     Doctor(ToolArgs),
     /// List the volumes and snapshots this driver manages on the RDS.
     Volumes(ToolArgs),
+    /// Settle, on a real RDS, the RouterOS behaviours the driver cannot know (wrapping, `print
+    /// terse`, failure exit status and texts, session limits, clock, copies, directories, regex
+    /// anchors, resizes, allowed hosts). Works only in a fresh scratch directory under the base
+    /// path and removes everything it made, also after a failure or Ctrl-C. Exit status 1 when
+    /// the RDS did something the driver does not handle, or something could not be removed.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Write the raw output of every command here, in the layout of `fixtures/routeros/`
+    /// (ready to be added as `fixtures/routeros/hardware/<routeros-version>/`).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -81,7 +101,8 @@ pub struct OrphansArgs {
     pub delete: bool,
 
     /// Leave files younger than this alone (they may belong to a create in progress), e.g.
-    /// `5m`, `1h`, `0s`. RouterOS prints file times without a zone; they are read as UTC.
+    /// `5m`, `1h`, `0s`. A file must be this old by the RDS's own clock and by ours (RouterOS
+    /// prints local times; the offset comes from `/system clock print`).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grace_period: Duration,
 
@@ -422,6 +443,7 @@ pub fn main() -> ExitCode {
         Command::Orphans(args) => ("orphans", args.rds.validate()),
         Command::Doctor(args) => ("doctor", args.rds.validate()),
         Command::Volumes(args) => ("volumes", args.rds.validate()),
+        Command::Validate(args) => ("validate", args.rds.validate()),
     };
     if let Err(e) = checked {
         eprintln!("rds-csi {name}: {e}");
@@ -440,6 +462,7 @@ pub fn main() -> ExitCode {
             Command::Orphans(args) => crate::tools::orphans(args).await,
             Command::Doctor(args) => crate::tools::doctor(args).await,
             Command::Volumes(args) => crate::tools::volumes(args).await,
+            Command::Validate(args) => crate::tools::validate(args).await,
         }
     });
     match result {

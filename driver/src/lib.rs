@@ -14,3 +14,4 @@ pub mod orphans;
 pub mod rds;
 pub mod server;
 pub mod tools;
+pub mod validate;

@@ -1,4 +1,4 @@
-//! Operator commands: `rds-csi orphans`, `rds-csi doctor`, `rds-csi volumes`.
+//! Operator commands: `rds-csi orphans`, `rds-csi doctor`, `rds-csi volumes`, `rds-csi validate`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{OrphansArgs, OutputFormat, ToolArgs};
+use crate::cli::{OrphansArgs, OutputFormat, ToolArgs, ValidateArgs};
 use crate::controller::ids::{classify_disk, ManagedFile};
 use crate::orphans::{self, OrphanKind};
 use crate::rds::ssh::{AcceptedHostKey, HostKeyMatch};
@@ -399,6 +399,89 @@ pub async fn volumes(args: ToolArgs) -> anyhow::Result<()> {
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+pub async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let base = args.rds.volume_base_path()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: removing what was made, then stopping");
+            on_interrupt.cancel();
+        }
+    });
+    let (report, bundle) =
+        crate::validate::run(&rds, &base, cancel, |line| eprintln!("{line}")).await?;
+    if let Some(dir) = &args.bundle {
+        bundle.write(dir, &report)?;
+        eprintln!(
+            "bundle written to {}; add it as fixtures/routeros/hardware/{}/",
+            dir.display(),
+            report
+                .routeros_version
+                .as_deref()
+                .unwrap_or("unknown")
+                .split_whitespace()
+                .next()
+                .unwrap_or("unknown")
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
+        OutputFormat::Text => {
+            writeln!(
+                out,
+                "{:<14} {:<8} {:<56} observed",
+                "step", "handled", "assumption"
+            )?;
+            for f in &report.findings {
+                let handled = match f.handled {
+                    crate::validate::Handled::Yes => "yes",
+                    crate::validate::Handled::No => "NO",
+                };
+                writeln!(
+                    out,
+                    "{:<14} {handled:<8} {:<56} {}",
+                    f.step, f.assumption, f.observed
+                )?;
+            }
+            let variants = report.variants();
+            writeln!(
+                out,
+                "\nmock-rds profile matching this RDS: --profile {}",
+                if variants.is_empty() {
+                    "default".to_string()
+                } else {
+                    variants.join(",")
+                }
+            )?;
+            for l in &report.leftovers {
+                writeln!(out, "NOT REMOVED, remove by hand: {l}")?;
+            }
+        }
+    }
+    let unhandled = report
+        .findings
+        .iter()
+        .any(|f| f.handled == crate::validate::Handled::No);
+    if report.interrupted {
+        anyhow::bail!("interrupted before every step ran");
+    }
+    if !report.leftovers.is_empty() {
+        anyhow::bail!(
+            "{} thing(s) could not be removed (listed above)",
+            report.leftovers.len()
+        );
+    }
+    if unhandled {
+        anyhow::bail!(
+            "the RDS did something the driver does not handle (marked NO): please report it"
+        );
     }
     Ok(())
 }

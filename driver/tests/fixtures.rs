@@ -1,6 +1,8 @@
 //! The driver's RouterOS parser against every sample in fixtures/routeros/: the real-hardware
 //! captures (hw-*) and the full-shape outputs that mock-rds is also held to.
 
+mod common;
+
 use std::path::PathBuf;
 
 use rds_csi::rds::error::{classify, ExecOutput};
@@ -203,5 +205,21 @@ fn error_samples_classify_with_either_exit_status() {
         assert_eq!(kind("error-expected-end-of-command.txt"), "invalid");
         assert_eq!(kind("error-syntax-error.txt"), "invalid");
         assert_eq!(kind("error-shrink.txt"), "failed");
+    }
+}
+
+/// Every bundle `rds-csi validate` captured on real hardware (`fixtures/routeros/hardware/*/`)
+/// holds for the driver's parser.
+#[test]
+fn hardware_bundles_hold() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/routeros/hardware");
+    let Ok(dirs) = std::fs::read_dir(&root) else {
+        return; // none captured yet
+    };
+    for dir in dirs {
+        let dir = dir.unwrap().path();
+        if dir.is_dir() {
+            common::check_bundle(&dir);
+        }
     }
 }

@@ -263,6 +263,8 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 /// A running `mock-rds` binary on an OS-chosen port, with its own state and data directories.
 pub struct Mock {
     pub process: ChildGuard,
+    /// The mock-rds behaviour profile (`default`, `hardware-a`, ...), kept across restarts.
+    pub profile: String,
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub state_dir: PathBuf,
@@ -274,6 +276,11 @@ pub struct Mock {
 
 impl Mock {
     pub async fn start(keys: &Keys) -> anyhow::Result<Self> {
+        Self::start_profile(keys, "default").await
+    }
+
+    /// A mock playing the RouterOS behaviour variants of `profile` (see `mock-rds --list-profiles`).
+    pub async fn start_profile(keys: &Keys, profile: &str) -> anyhow::Result<Self> {
         let dirs = tempfile::tempdir()?;
         let state_dir = dirs.path().join("state");
         let data_dir = dirs.path().join("data");
@@ -283,7 +290,7 @@ impl Mock {
             &state_dir.join("ssh_host_ed25519_key"),
             keys.host_key_private.as_bytes(),
         )?;
-        Self::start_on(keys, "127.0.0.1:0", state_dir, data_dir, dirs).await
+        Self::start_on(keys, "127.0.0.1:0", state_dir, data_dir, dirs, profile).await
     }
 
     /// Starts again on the same address and state (an "RDS reboot").
@@ -308,6 +315,7 @@ impl Mock {
             &self.state_dir,
             &self.data_dir,
             &self.log,
+            &self.profile,
         )
         .await?;
         anyhow::ensure!(
@@ -326,12 +334,14 @@ impl Mock {
         state_dir: PathBuf,
         data_dir: PathBuf,
         dirs: tempfile::TempDir,
+        profile: &str,
     ) -> anyhow::Result<Self> {
         let log = dirs.path().join("mock.log");
         let (process, addr, fingerprint) =
-            spawn_mock(keys, listen, &state_dir, &data_dir, &log).await?;
+            spawn_mock(keys, listen, &state_dir, &data_dir, &log, profile).await?;
         Ok(Self {
             process,
+            profile: profile.to_string(),
             addr,
             fingerprint,
             state_dir,
@@ -352,10 +362,16 @@ impl Mock {
         ssh_exec(self.addr, keys, command).await
     }
 
-    /// Runs one command and fails unless it exits 0 (set-up steps that must work).
+    /// Runs one command and fails unless it worked: exit 0 and, for a command that changes
+    /// something, no output at all (some RouterOS variants print failures with exit 0).
     pub async fn exec_ok(&self, keys: &Keys, command: &str) -> anyhow::Result<String> {
         let (out, status) = ssh_exec_status(self.addr, keys, command).await?;
         anyhow::ensure!(status == Some(0), "`{command}` exited {status:?}: {out}");
+        let silent_on_success = !command.contains(" print") && !command.starts_with("/mock");
+        anyhow::ensure!(
+            !silent_on_success || out.trim().is_empty(),
+            "`{command}` failed: {out}"
+        );
         Ok(out)
     }
 
@@ -496,6 +512,7 @@ async fn spawn_mock(
     state_dir: &Path,
     data_dir: &Path,
     log: &Path,
+    profile: &str,
 ) -> anyhow::Result<(ChildGuard, SocketAddr, String)> {
     let mut cmd = Command::new(binary("mock-rds"));
     let log = std::fs::OpenOptions::new()
@@ -511,6 +528,8 @@ async fn spawn_mock(
         .arg(data_dir)
         .arg("--authorized-keys")
         .arg(&keys.authorized_keys)
+        .arg("--profile")
+        .arg(profile)
         .stdout(Stdio::piped());
     let mut process = ChildGuard::spawn(cmd)?;
     let stdout = process
@@ -769,11 +788,43 @@ pub struct Env {
     pub run_id: String,
 }
 
+/// The RouterOS behaviours the scenario tests run under: the mock's own, and two combined
+/// "hardware-like" profiles that together hold every variant mock-rds can play.
+pub const PROFILES: [&str; 3] = ["default", "hardware-a", "hardware-b"];
+
+/// Runs a scenario `async fn name(profile: &str)` once per profile of [`PROFILES`], as the tests
+/// `name::default`, `name::hardware_a` and `name::hardware_b`.
+#[macro_export]
+macro_rules! profile_matrix {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn default() {
+                super::$name($crate::PROFILES[0]).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn hardware_a() {
+                super::$name($crate::PROFILES[1]).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn hardware_b() {
+                super::$name($crate::PROFILES[2]).await
+            }
+        }
+    )+};
+}
+
 impl Env {
     /// Starts the mock and the driver for the test named `test` (lowercase, short).
     pub async fn start(test: &str) -> anyhow::Result<Self> {
+        Self::start_profile(test, "default").await
+    }
+
+    /// Like [`Env::start`], with the mock playing `profile`. The run ID carries the profile, so
+    /// the same scenario under two profiles never shares a name.
+    pub async fn start_profile(test: &str, profile: &str) -> anyhow::Result<Self> {
         let keys = Keys::generate()?;
-        let mock = Mock::start(&keys).await?;
+        let mock = Mock::start_profile(&keys, profile).await?;
         let work = tempfile::tempdir()?;
         let host = HostGuard::new(work.path(), &mock.data_dir)?;
         let state = work.path().join("node-state");
@@ -795,7 +846,10 @@ impl Env {
         args.extend(mock.driver_args(&keys));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let driver = Driver::start(&args).await?;
-        let run_id = run_id(test);
+        let run_id = match profile {
+            "default" => run_id(test),
+            other => run_id(&format!("{test}-{}", other.replace("hardware-", "hw"))),
+        };
         Ok(Self {
             _logs: LogsOnPanic(vec![driver.log.clone(), mock.log.clone()]),
             host,

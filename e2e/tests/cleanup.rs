@@ -15,13 +15,18 @@ fn everything(env: &Env) -> (Vec<MockDisk>, Vec<MockFile>) {
     (env.mock.disks().unwrap(), env.mock.files().unwrap())
 }
 
-#[tokio::test]
-async fn cleanup_deletes_the_run_and_nothing_else() {
-    let env = Env::start("cleanup").await.unwrap();
+async fn cleanup_deletes_the_run_and_nothing_else(profile: &str) {
+    let env = Env::start_profile("cleanup", profile).await.unwrap();
     let mut ctl = env.controller();
 
     // Before the run: another tool's disk, and a volume of the driver's grammar from an
-    // earlier run (it is listed by ListVolumes, but its ID lacks this run's prefix).
+    // earlier run (it is listed by ListVolumes, but its ID lacks this run's prefix). Their
+    // directories first: some RouterOS builds do not create them (profile dirs-no-create).
+    for dir in ["storage-pool/other-app", &BASE_PATH[1..]] {
+        env.exec_ok(&format!("/file add type=directory name={dir}"))
+            .await
+            .unwrap();
+    }
     env.exec_ok(
         "/disk add type=file file-path=/storage-pool/other-app/keep.img file-size=4M slot=keep-other",
     )
@@ -99,3 +104,5 @@ async fn cleanup_deletes_the_run_and_nothing_else() {
     // Running it again finds nothing: clean-up is idempotent.
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
+
+e2e::profile_matrix!(cleanup_deletes_the_run_and_nothing_else,);

@@ -42,8 +42,8 @@ fn files(env: &Env) -> Vec<String> {
     f
 }
 
-async fn out_of_space(exit_status: Option<u32>, test: &str) {
-    let env = Env::start(test).await.unwrap();
+async fn out_of_space(exit_status: Option<u32>, test: &str, profile: &str) {
+    let env = Env::start_profile(test, profile).await.unwrap();
     let mut ctl = env.controller();
     let exit = exit_status.map_or(String::new(), |e| format!(" exit-status={e}"));
     env.exec_ok(&format!(
@@ -75,20 +75,17 @@ async fn out_of_space(exit_status: Option<u32>, test: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (1, 0));
 }
 
-#[tokio::test]
-async fn not_enough_space_is_resource_exhausted() {
-    out_of_space(None, "full").await;
+async fn not_enough_space_is_resource_exhausted(profile: &str) {
+    out_of_space(None, "full", profile).await;
 }
 
-#[tokio::test]
-async fn not_enough_space_with_exit_status_zero_is_resource_exhausted() {
+async fn not_enough_space_with_exit_status_zero_is_resource_exhausted(profile: &str) {
     // Real RouterOS's exit status on errors is unknown: the text alone must decide.
-    out_of_space(Some(0), "full0").await;
+    out_of_space(Some(0), "full0", profile).await;
 }
 
-#[tokio::test]
-async fn hung_command_fails_by_the_deadline_and_the_next_call_works() {
-    let env = Env::start("hang").await.unwrap();
+async fn hung_command_fails_by_the_deadline_and_the_next_call_works(profile: &str) {
+    let env = Env::start_profile("hang", profile).await.unwrap();
     let mut ctl = env.controller();
     env.exec_ok("/mock fault hang pattern=\"^/disk add\" times=1")
         .await
@@ -138,11 +135,18 @@ async fn hung_command_fails_by_the_deadline_and_the_next_call_works() {
     assert_eq!(env.cleanup_run().await.unwrap(), (1, 0));
 }
 
-#[tokio::test]
-async fn connection_dropped_after_disk_add_creates_exactly_one_disk() {
-    let env = Env::start("drop").await.unwrap();
+async fn connection_dropped_after_disk_add_creates_exactly_one_disk(profile: &str) {
+    let env = Env::start_profile("drop", profile).await.unwrap();
     let mut ctl = env.controller();
     let name = env.name("d");
+    // The base directory exists, so the dropped add is one that works (under dirs-no-create
+    // the first add would otherwise be refused for want of it).
+    env.exec_ok(&format!(
+        "/file add type=directory name={}",
+        &BASE_PATH[1..]
+    ))
+    .await
+    .unwrap();
     env.exec_ok("/mock fault drop pattern=\"^/disk add\" times=1")
         .await
         .unwrap();
@@ -189,9 +193,8 @@ async fn connection_dropped_after_disk_add_creates_exactly_one_disk() {
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
 
-#[tokio::test]
-async fn all_connections_dropped_between_calls() {
-    let env = Env::start("cut").await.unwrap();
+async fn all_connections_dropped_between_calls(profile: &str) {
+    let env = Env::start_profile("cut", profile).await.unwrap();
     let mut ctl = env.controller();
     ctl.create_volume(req(&env, "a")).await.unwrap();
     env.exec_ok("/mock drop-connections").await.unwrap();
@@ -207,9 +210,8 @@ async fn all_connections_dropped_between_calls() {
     assert_eq!(env.cleanup_run().await.unwrap(), (2, 0));
 }
 
-#[tokio::test]
-async fn rds_restart_during_a_run() {
-    let mut env = Env::start("reboot").await.unwrap();
+async fn rds_restart_during_a_run(profile: &str) {
+    let mut env = Env::start_profile("reboot", profile).await.unwrap();
     let mut ctl = env.controller();
     let mut id = env.identity();
     let before: Vec<String> = ["a", "b", "c"].iter().map(|s| env.name(s)).collect();
@@ -263,9 +265,8 @@ async fn rds_restart_during_a_run() {
     assert_eq!(env.cleanup_run().await.unwrap(), (4, 0));
 }
 
-#[tokio::test]
-async fn hung_rds_makes_probe_not_ready_within_its_own_timeout() {
-    let env = Env::start("hangprobe").await.unwrap();
+async fn hung_rds_makes_probe_not_ready_within_its_own_timeout(profile: &str) {
+    let env = Env::start_profile("hangprobe", profile).await.unwrap();
     let mut id = env.identity();
     env.exec_ok("/mock fault hang pattern=\"^/system identity\" times=1")
         .await
@@ -286,3 +287,13 @@ async fn hung_rds_makes_probe_not_ready_within_its_own_timeout() {
     let ready = id.probe(ProbeRequest {}).await.unwrap().into_inner().ready;
     assert_eq!(ready, Some(true));
 }
+
+e2e::profile_matrix!(
+    not_enough_space_is_resource_exhausted,
+    not_enough_space_with_exit_status_zero_is_resource_exhausted,
+    hung_command_fails_by_the_deadline_and_the_next_call_works,
+    connection_dropped_after_disk_add_creates_exactly_one_disk,
+    all_connections_dropped_between_calls,
+    rds_restart_during_a_run,
+    hung_rds_makes_probe_not_ready_within_its_own_timeout,
+);

@@ -156,11 +156,11 @@ async fn retire(env: &Env, v: &Staged) {
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
 
-async fn filesystem_lifecycle(test: &str, fs: &str, bytes: i64) {
+async fn filesystem_lifecycle(test: &str, fs: &str, bytes: i64, profile: &str) {
     if skip_unless_root(test) {
         return;
     }
-    let env = Env::start(test).await.unwrap();
+    let env = Env::start_profile(test, profile).await.unwrap();
     let v = provision(&env, fs, bytes, mount_cap(fs)).await;
     v.stage_and_publish(&env).await;
 
@@ -198,23 +198,26 @@ async fn filesystem_lifecycle(test: &str, fs: &str, bytes: i64) {
     retire(&env, &v).await;
 }
 
-#[tokio::test]
-async fn ext4_volume_lifecycle() {
-    filesystem_lifecycle("ext4", "ext4", 64 * MIB).await;
+async fn ext4_volume_lifecycle(profile: &str) {
+    filesystem_lifecycle("ext4", "ext4", 64 * MIB, profile).await;
 }
 
-#[tokio::test]
-async fn xfs_volume_lifecycle() {
+async fn xfs_volume_lifecycle(profile: &str) {
     // mkfs.xfs refuses filesystems under 300 MiB; the file is sparse, so this costs nothing.
-    filesystem_lifecycle("xfs", "xfs", 512 * MIB).await;
+    filesystem_lifecycle("xfs", "xfs", 512 * MIB, profile).await;
 }
 
-#[tokio::test]
-async fn block_volume_lifecycle() {
+e2e::profile_matrix!(
+    ext4_volume_lifecycle,
+    xfs_volume_lifecycle,
+    block_volume_lifecycle
+);
+
+async fn block_volume_lifecycle(profile: &str) {
     if skip_unless_root("block") {
         return;
     }
-    let env = Env::start("block").await.unwrap();
+    let env = Env::start_profile("block", profile).await.unwrap();
     let size = 16 * MIB;
     let v = provision(&env, "blk", size, block_cap()).await;
     v.stage_and_publish(&env).await;

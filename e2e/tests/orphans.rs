@@ -54,9 +54,8 @@ fn entry(kind: &str, path: &str, slot: Option<&str>) -> (String, Option<String>,
     )
 }
 
-#[tokio::test]
-async fn orphans_are_reported_exactly_and_deleted_alone() {
-    let env = Env::start("orphans").await.unwrap();
+async fn orphans_are_reported_exactly_and_deleted_alone(profile: &str) {
+    let env = Env::start_profile("orphans", profile).await.unwrap();
     let mut ctl = env.controller();
 
     // What CSI made: two volumes and a snapshot (whose file sits in the base path).
@@ -115,6 +114,8 @@ async fn orphans_are_reported_exactly_and_deleted_alone() {
     for cmd in [
         format!("/mock orphan-file path={BASE_PATH}/Notes.TXT size=1K"),
         "/mock orphan-file path=/storage-pool/elsewhere/lost.img size=1M".to_string(),
+        // Some RouterOS builds do not create a disk's directory (profile dirs-no-create).
+        "/file add type=directory name=storage-pool/other-app".to_string(),
         "/disk add type=file file-path=/storage-pool/other-app/data.img file-size=4M slot=other-app"
             .to_string(),
         format!(
@@ -197,3 +198,5 @@ async fn orphans_are_reported_exactly_and_deleted_alone() {
     // The CSI objects survived and are still usable.
     assert_eq!(env.cleanup_run().await.unwrap(), (2, 1));
 }
+
+e2e::profile_matrix!(orphans_are_reported_exactly_and_deleted_alone,);

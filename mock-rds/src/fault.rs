@@ -203,6 +203,8 @@ impl Faults {
 pub enum Disposition {
     /// Run and answered.
     Answered,
+    /// Run and refused by RouterOS (an error text, whatever the exit status): nothing changed.
+    Refused,
     /// Answered by an injected [`Fault::Fail`]; not run.
     Failed,
     /// Accepted and never answered ([`Fault::Hang`]); not run.

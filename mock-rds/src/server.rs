@@ -418,13 +418,23 @@ async fn run_command(
         }
         Action::DropAfterRun => {
             let r = execute(&engine, &line, conn).await;
-            engine.record(&line, Some(r.exit_status), &r.output, Disposition::Dropped);
+            let disposition = if r.refused {
+                Disposition::Refused
+            } else {
+                Disposition::Dropped
+            };
+            engine.record(&line, Some(r.exit_status), &r.output, disposition);
             shared.kill(conn);
         }
         Action::Run => {
             let r = execute(&engine, &line, conn).await;
             let status = (!r.omit_exit_status).then_some(r.exit_status);
-            engine.record(&line, status, &r.output, Disposition::Answered);
+            let disposition = if r.refused {
+                Disposition::Refused
+            } else {
+                Disposition::Answered
+            };
+            engine.record(&line, status, &r.output, disposition);
             reply(&handle, channel, r.output, status).await;
             shared.channels().remove(&(conn, channel));
             if r.effect == Effect::DropConnections {
@@ -455,6 +465,7 @@ async fn execute(engine: &Arc<Engine>, line: &str, conn: u64) -> crate::Reply {
                 output: engine.cfg.output.lines("failure: internal error"),
                 exit_status: engine.cfg.error_exit_status,
                 omit_exit_status: false,
+                refused: true,
                 effect: Effect::None,
             }
         }

@@ -105,22 +105,7 @@ impl State {
     /// the mount point (RouterOS lists them in `/file print`).
     pub fn put_file(&mut self, path: &str, size: u64, now: u64) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        for depth in 2..parts.len() {
-            let dir = format!("/{}", parts[..depth].join("/"));
-            match self.file_mut(&dir) {
-                Some(d) => d.last_modified = now,
-                None => {
-                    let id = self.take_id();
-                    self.files.push(FileEntry {
-                        path: dir,
-                        kind: FileKind::Directory,
-                        size: 0,
-                        last_modified: now,
-                        id,
-                    });
-                }
-            }
-        }
+        self.put_directories(&parts[..parts.len().saturating_sub(1)], now, true);
         match self.file_mut(path) {
             Some(f) => {
                 f.size = size;
@@ -142,17 +127,27 @@ impl State {
     /// Adds a directory entry (and its missing parents below the mount point).
     pub fn put_dir(&mut self, path: &str, now: u64) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.put_directories(&parts, now, false);
+    }
+
+    /// Makes the directories `/<parts[0]>/<parts[1]>`, ... down to all of `parts`, below the
+    /// mount point (the first part); existing ones get `now` as their time when `touch`.
+    fn put_directories(&mut self, parts: &[&str], now: u64, touch: bool) {
         for depth in 2..=parts.len() {
             let dir = format!("/{}", parts[..depth].join("/"));
-            if self.file(&dir).is_none() {
-                let id = self.take_id();
-                self.files.push(FileEntry {
-                    path: dir,
-                    kind: FileKind::Directory,
-                    size: 0,
-                    last_modified: now,
-                    id,
-                });
+            match self.file_mut(&dir) {
+                Some(d) if touch => d.last_modified = now,
+                Some(_) => {}
+                None => {
+                    let id = self.take_id();
+                    self.files.push(FileEntry {
+                        path: dir,
+                        kind: FileKind::Directory,
+                        size: 0,
+                        last_modified: now,
+                        id,
+                    });
+                }
             }
         }
     }

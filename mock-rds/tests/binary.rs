@@ -263,3 +263,24 @@ fn allow_any_key_and_simple_output_from_the_environment() {
     let out = ssh(&server, &key, &kh, "/system identity print");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "  name: RDS\n");
 }
+
+#[test]
+fn lists_profiles_and_rejects_unknown_ones() {
+    let out = command().arg("--list-profiles").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listing = String::from_utf8(out.stdout).unwrap();
+    for (_, name, _) in mock_rds::profile::VARIANTS {
+        let line = listing
+            .lines()
+            .find(|l| l.split_once(' ').map(|(n, _)| n) == Some(*name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{listing}"));
+        assert!(line.len() > name.len() + 10, "{line}");
+    }
+    assert!(listing.lines().any(|l| l.starts_with("hardware-a ")));
+    let bad = command()
+        .args(["--allow-any-key", "--profile", "wrap-hyphen,nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`nonsense`"));
+}

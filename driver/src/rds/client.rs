@@ -309,8 +309,19 @@ impl RdsClient {
                 .is_some_and(|f| f.is_directory());
             if !exists {
                 tracing::info!(directory = %dir, "creating a directory on the RDS");
-                self.run(&Command::FileAddDirectory { path: dir }, deadline)
-                    .await?;
+                let made = self
+                    .run(&Command::FileAddDirectory { path: dir.clone() }, deadline)
+                    .await;
+                if let Err(e) = made {
+                    // Another create may have made it at the same moment.
+                    let now_there = self
+                        .get_file(&dir, deadline)
+                        .await?
+                        .is_some_and(|f| f.is_directory());
+                    if !now_there {
+                        return Err(e);
+                    }
+                }
                 created = true;
             }
         }

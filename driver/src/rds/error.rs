@@ -106,6 +106,12 @@ const FAILURE_STARTS: &[&str] = &[
     "missing value",
 ];
 
+/// Whether a line starts the way a RouterOS failure the driver knows does.
+pub fn is_known_failure_text(line: &str) -> bool {
+    let lower = line.trim().to_ascii_lowercase();
+    FAILURE_STARTS.iter().any(|p| lower.starts_with(p))
+}
+
 /// Turns an exec result into success (stdout) or a classified error that keeps the text. A
 /// `mutating` command succeeds only on the output RouterOS prints on success, which is nothing:
 /// any text after `/disk add|set|remove` or `/file remove` is a failure, whatever the exit status.
@@ -115,10 +121,7 @@ pub fn classify(output: ExecOutput, mutating: bool) -> Result<String, RdsError> 
         .lines()
         .chain(output.stderr.lines())
         .map(|l| l.trim())
-        .find(|l| {
-            let lower = l.to_ascii_lowercase();
-            FAILURE_STARTS.iter().any(|p| lower.starts_with(p))
-        });
+        .find(|l| is_known_failure_text(l));
     let unexpected_text = mutating && !output.stdout.trim().is_empty();
     let failed = output.exit_status != Some(0) || failure_line.is_some() || unexpected_text;
     if !failed {

@@ -342,6 +342,14 @@ struct SlotState {
     last_error: Option<TransportError>,
 }
 
+/// What [`Transport::channel_burst`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelBurst {
+    pub accepted: usize,
+    pub refused: usize,
+    pub unanswered: usize,
+}
+
 /// A cheap command to prove a connection still answers.
 pub const LIVENESS_COMMAND: &str = "/system identity print";
 
@@ -504,6 +512,34 @@ impl Transport {
                 Err(timeout("the command's reply"))
             }
         }
+    }
+
+    /// Opens `n` session channels at once on one connection, past the open gate, and closes
+    /// them again: how many the RDS accepted, refused, and left unanswered by `deadline`. Only
+    /// `rds-csi validate` does this, to learn the RDS's session limits.
+    pub async fn channel_burst(
+        self: &Arc<Self>,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<ChannelBurst, TransportError> {
+        let conn = self.connection(0, deadline).await?;
+        let opens = (0..n).map(|_| timeout_at(deadline, conn.handle.channel_open_session()));
+        let mut burst = ChannelBurst::default();
+        for result in futures_util::future::join_all(opens).await {
+            match result {
+                Ok(Ok(channel)) => {
+                    burst.accepted += 1;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), channel.close()).await;
+                }
+                Ok(Err(_)) => burst.refused += 1,
+                Err(_) => burst.unanswered += 1,
+            }
+        }
+        if burst.unanswered > 0 {
+            // Opens left pending may wedge the connection: start afresh.
+            self.discard(0, &conn).await;
+        }
+        Ok(burst)
     }
 
     /// Opens a session channel through the gate, so no two opens are ever pending together.

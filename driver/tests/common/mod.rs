@@ -64,3 +64,75 @@ pub fn client_for(
     config.backoff_max = Duration::from_millis(200);
     RdsClient::new(Transport::new(config), retry)
 }
+
+/// Checks a `rds-csi validate` bundle (as it would sit in `fixtures/routeros/hardware/<v>/`)
+/// with the driver's parser: the scratch disk reads back exactly as `expected.json` says, the
+/// listings parse, every captured failure reads as a failure even with exit status 0, and the
+/// clock parses. Panics naming the file that does not hold.
+pub fn check_bundle(dir: &Path) {
+    use rds_csi::rds::error::{classify, ExecOutput};
+    use rds_csi::rds::model::{Disk, FileInfo, RdsClock};
+    use rds_csi::rds::parse::parse_detail;
+
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()))
+    };
+    let expected: serde_json::Value = serde_json::from_str(&read("expected.json")).unwrap();
+    let want = |k: &str| expected[k].clone();
+    let parse = |name: &str| {
+        parse_detail(&read(name)).unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()))
+    };
+
+    let disks: Vec<Disk> = parse("disk-print-detail-single.txt")
+        .iter()
+        .filter_map(Disk::from_entry)
+        .collect();
+    assert_eq!(disks.len(), 1, "{}: one disk", dir.display());
+    let disk = &disks[0];
+    assert_eq!(disk.inconsistency(), None, "{}", dir.display());
+    assert_eq!(serde_json::json!(disk.slot), want("slot"));
+    assert_eq!(serde_json::json!(disk.file_path), want("file_path"));
+    assert_eq!(serde_json::json!(disk.size_bytes), want("size_bytes"));
+    assert_eq!(serde_json::json!(disk.nqn), want("nqn"));
+
+    let listed: Vec<Disk> = parse("disk-print-detail-list.txt")
+        .iter()
+        .filter_map(Disk::from_entry)
+        .collect();
+    assert!(
+        listed
+            .iter()
+            .any(|d| serde_json::json!(d.slot) == want("slot")),
+        "{}: the listing lacks the scratch disk",
+        dir.display()
+    );
+    let files: Vec<FileInfo> = parse("file-print-detail.txt")
+        .iter()
+        .filter_map(FileInfo::from_entry)
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| serde_json::json!(f.path) == want("file_path")),
+        "{}: the file listing lacks the scratch disk's file",
+        dir.display()
+    );
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("error-") {
+            let out = ExecOutput {
+                stdout: read(&name),
+                stderr: String::new(),
+                exit_status: Some(0),
+            };
+            assert!(
+                classify(out, true).is_err(),
+                "{}/{name} would read as success",
+                dir.display()
+            );
+        }
+    }
+    RdsClock::parse(&read("system-clock-print.txt"))
+        .unwrap_or_else(|e| panic!("{}/system-clock-print.txt: {e}", dir.display()));
+}

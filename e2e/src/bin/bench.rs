@@ -17,8 +17,13 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 /// One persistent SSH connection, many channels: the ceiling the driver is measured against.
+/// Against an RDS that serves channel opens one at a time, the raw client opens one at a time
+/// too (more pending opens are never answered there, so no client could do better).
 #[derive(Clone)]
-struct RawSsh(Arc<russh::client::Handle<AcceptAny>>);
+struct RawSsh {
+    handle: Arc<russh::client::Handle<AcceptAny>>,
+    open_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
 
 struct AcceptAny;
 impl russh::client::Handler for AcceptAny {
@@ -47,11 +52,25 @@ impl RawSsh {
             )
             .await?;
         anyhow::ensure!(auth.success(), "mock refused the key");
-        Ok(Self(Arc::new(handle)))
+        Ok(Self {
+            handle: Arc::new(handle),
+            open_gate: None,
+        })
+    }
+
+    fn serial_opens(mut self) -> Self {
+        self.open_gate = Some(Arc::default());
+        self
     }
 
     async fn exec(&self, command: &str) -> anyhow::Result<String> {
-        let mut channel = self.0.channel_open_session().await?;
+        let mut channel = match &self.open_gate {
+            Some(gate) => {
+                let _turn = gate.lock().await;
+                self.handle.channel_open_session().await?
+            }
+            None => self.handle.channel_open_session().await?,
+        };
         channel.exec(true, command).await?;
         let mut out = Vec::new();
         while let Some(msg) = channel.wait().await {
@@ -213,6 +232,132 @@ async fn counted<T>(
     Ok((value, commands_since(mock, keys, &marker).await?))
 }
 
+/// The commands of one CreateVolume+DeleteVolume pair, as a template with `{id}` for the
+/// volume, after a warm-up pair (so once-per-connection probes are not counted).
+async fn pair_template(
+    ctl: &ControllerClient<Channel>,
+    mock: &Mock,
+    keys: &Keys,
+    raw: &RawSsh,
+    tag: &str,
+) -> anyhow::Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    let mut c = ctl.clone();
+    for name in [format!("bench-warm-{tag}"), format!("bench-count-{tag}")] {
+        let (volume, create_cmds) = counted(mock, keys, raw, &format!("{tag}-c"), async {
+            c.create_volume(create_req(&name))
+                .await?
+                .into_inner()
+                .volume
+                .context("no volume")
+        })
+        .await?;
+        let (_, delete_cmds) = counted(mock, keys, raw, &format!("{tag}-d"), async {
+            Ok(c.delete_volume(DeleteVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                ..Default::default()
+            })
+            .await?)
+        })
+        .await?;
+        if name.starts_with("bench-count") {
+            let template = create_cmds
+                .iter()
+                .chain(&delete_cmds)
+                .map(|c| c.replace(&name, "{id}"))
+                .collect();
+            return Ok((create_cmds, delete_cmds, template));
+        }
+    }
+    unreachable!("the loop returns on its second pass")
+}
+
+/// One row of the throughput table: the driver and the raw replay of its commands, at one
+/// concurrency.
+async fn measure(
+    ctl: &ControllerClient<Channel>,
+    raw: &RawSsh,
+    template: &[String],
+    mode: &str,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let prefix = format!("bench-{mode}-c{concurrency}");
+    let (rate, creates, deletes) = churn(ctl, &prefix, total, concurrency).await?;
+    let raw_rate = raw_churn(raw, template, &format!("raw-{prefix}"), total, concurrency).await?;
+    let ratio = rate / raw_rate;
+    println!(
+        "  {mode:<10} {concurrency:>4} {rate:>10.1} {raw_rate:>10.1} {:>5.0}% {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        ratio * 100.0,
+        percentile(&creates, 0.5),
+        percentile(&creates, 0.99),
+        percentile(&deletes, 0.5),
+        percentile(&deletes, 0.99)
+    );
+    Ok(json!({
+        "latency": mode, "concurrency": concurrency, "pairs": total,
+        "driver_pairs_per_s": rate, "raw_pairs_per_s": raw_rate, "ratio": ratio,
+        "create_p50_ms": percentile(&creates, 0.5), "create_p99_ms": percentile(&creates, 0.99),
+        "delete_p50_ms": percentile(&deletes, 0.5), "delete_p99_ms": percentile(&deletes, 0.99),
+    }))
+}
+
+fn print_table_header() {
+    println!(
+        "  {:<10} {:>4} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "latency",
+        "conc",
+        "driver/s",
+        "raw/s",
+        "ratio",
+        "cr p50ms",
+        "cr p99ms",
+        "del p50",
+        "del p99"
+    );
+}
+
+/// Realistic per-command RouterOS latency (the low end of what users report), as mock faults.
+const REALISTIC_LATENCY: &[(&str, &str)] = &[
+    ("^/disk print", "50ms"),
+    ("^/file print", "100ms"),
+    ("^/disk add", "500ms"),
+    ("^/disk remove", "500ms"),
+    ("^/file remove", "100ms"),
+];
+
+async fn inject_realistic_latency(mock: &Mock, keys: &Keys) -> anyhow::Result<()> {
+    for (pattern, latency) in REALISTIC_LATENCY {
+        mock.exec_ok(
+            keys,
+            &format!("/mock fault latency pattern=\"{pattern}\" min={latency} max={latency}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The driver at its default settings against an RDS that runs one command at a time (one CLI
+/// lock, realistic latency per command kind, channel opens served one by one), beside the raw
+/// replay of the same commands.
+async fn serial_routeros(keys: &Keys, scale: usize) -> anyhow::Result<serde_json::Value> {
+    let mock = Mock::start_profile(keys, "cli-lock,sessions-serial-open").await?;
+    let mut args: Vec<String> = vec!["--controller".into()];
+    args.extend(mock.driver_args(keys));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let driver = Driver::start(&refs).await?;
+    let ctl = ControllerClient::new(driver.channel.clone());
+    let raw = RawSsh::connect(&mock, keys).await?.serial_opens();
+    let (_, _, template) = pair_template(&ctl, &mock, keys, &raw, "serial").await?;
+    inject_realistic_latency(&mock, keys).await?;
+    println!("\nSerial RouterOS (one CLI lock, realistic latency, serialised channel opens), driver defaults");
+    print_table_header();
+    let mut rows = Vec::new();
+    for (concurrency, total) in [(1usize, 3 * scale), (8, 8 * scale)] {
+        rows.push(measure(&ctl, &raw, &template, "serial", concurrency, total).await?);
+    }
+    Ok(json!(rows))
+}
+
 fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -253,14 +398,8 @@ async fn main() -> anyhow::Result<()> {
 
     // SSH commands per CSI call.
     let mut c = ctl.clone();
-    let (volume, create_cmds) = counted(&mock, &keys, &raw, "create", async {
-        c.create_volume(create_req("bench-count"))
-            .await?
-            .into_inner()
-            .volume
-            .context("no volume")
-    })
-    .await?;
+    let (create_cmds, delete_cmds, template) =
+        pair_template(&ctl, &mock, &keys, &raw, "default").await?;
     let (_, list_cmds) = counted(&mock, &keys, &raw, "list", async {
         Ok(c.list_volumes(ListVolumesRequest::default()).await?)
     })
@@ -269,19 +408,6 @@ async fn main() -> anyhow::Result<()> {
         Ok(c.get_capacity(GetCapacityRequest::default()).await?)
     })
     .await?;
-    let (_, delete_cmds) = counted(&mock, &keys, &raw, "delete", async {
-        Ok(c.delete_volume(DeleteVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            ..Default::default()
-        })
-        .await?)
-    })
-    .await?;
-    let template: Vec<String> = create_cmds
-        .iter()
-        .chain(&delete_cmds)
-        .map(|c| c.replace("bench-count", "{id}"))
-        .collect();
     println!("SSH commands per CSI call");
     for (rpc, cmds) in [
         ("CreateVolume", &create_cmds),
@@ -299,31 +425,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Throughput and latency, with and without realistic RouterOS latency.
     println!("\nCreateVolume+DeleteVolume pairs per second (driver vs the same SSH commands sent directly)");
-    println!(
-        "  {:<10} {:>4} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "latency",
-        "conc",
-        "driver/s",
-        "raw/s",
-        "ratio",
-        "cr p50ms",
-        "cr p99ms",
-        "del p50",
-        "del p99"
-    );
+    print_table_header();
     let mut rows = Vec::new();
     for (mode, realistic) in [("zero", false), ("realistic", true)] {
         if realistic {
-            mock.exec_ok(
-                &keys,
-                "/mock fault latency pattern=\"print\" min=50ms max=50ms",
-            )
-            .await?;
-            mock.exec_ok(
-                &keys,
-                "/mock fault latency pattern=\"^/disk add\" min=500ms max=500ms",
-            )
-            .await?;
+            inject_realistic_latency(&mock, &keys).await?;
         }
         for concurrency in [1usize, 8, 64] {
             let total = match (realistic, concurrency) {
@@ -332,36 +438,16 @@ async fn main() -> anyhow::Result<()> {
                 (true, 1) => 3 * scale,
                 (true, c) => 2 * c * scale,
             };
-            let prefix = format!("bench-{mode}-c{concurrency}");
-            let (rate, creates, deletes) = churn(&ctl, &prefix, total, concurrency).await?;
-            let raw_rate = raw_churn(
-                &raw,
-                &template,
-                &format!("raw-{prefix}"),
-                total,
-                concurrency,
-            )
-            .await?;
-            let ratio = rate / raw_rate;
-            println!(
-                "  {mode:<10} {concurrency:>4} {rate:>10.1} {raw_rate:>10.1} {:>5.0}% {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                ratio * 100.0,
-                percentile(&creates, 0.5),
-                percentile(&creates, 0.99),
-                percentile(&deletes, 0.5),
-                percentile(&deletes, 0.99)
-            );
-            rows.push(json!({
-                "latency": mode, "concurrency": concurrency, "pairs": total,
-                "driver_pairs_per_s": rate, "raw_pairs_per_s": raw_rate, "ratio": ratio,
-                "create_p50_ms": percentile(&creates, 0.5), "create_p99_ms": percentile(&creates, 0.99),
-                "delete_p50_ms": percentile(&deletes, 0.5), "delete_p99_ms": percentile(&deletes, 0.99),
-            }));
+            rows.push(measure(&ctl, &raw, &template, mode, concurrency, total).await?);
         }
         // Leave the raw replays' volumes out of later measurements.
         mock.exec_ok(&keys, "/mock fault clear").await?;
     }
     report.insert("throughput".into(), json!(rows));
+    report.insert(
+        "serial_routeros".into(),
+        serial_routeros(&keys, scale).await?,
+    );
 
     // Peak RSS under 256 concurrent calls.
     let mut tasks = Vec::new();

@@ -48,6 +48,8 @@ pub struct Reply {
     pub exit_status: u32,
     /// Close the channel without sending the exit status (the `exit-none` variant).
     pub omit_exit_status: bool,
+    /// RouterOS refused the command: nothing changed.
+    pub refused: bool,
     pub effect: Effect,
 }
 
@@ -159,6 +161,7 @@ impl Engine {
                 self.cfg.error_exit_status
             },
             omit_exit_status: p.has(Variant::ExitNone),
+            refused: true,
             effect: Effect::None,
         }
     }
@@ -169,6 +172,7 @@ impl Engine {
             output: self.mode().lines(&e.to_string()),
             exit_status: self.cfg.error_exit_status,
             omit_exit_status: false,
+            refused: true,
             effect: Effect::None,
         }
     }
@@ -178,6 +182,7 @@ impl Engine {
             output,
             exit_status: 0,
             omit_exit_status: false,
+            refused: false,
             effect: Effect::None,
         }
     }
