@@ -28,7 +28,8 @@ FROM ${RUNTIME_IMAGE}
 #   nvme-cli       `nvme connect/disconnect` for NVMe/TCP
 #   e2fsprogs      mkfs.ext4/ext3, resize2fs, e2fsck
 #   xfsprogs       mkfs.xfs, xfs_growfs
-#   util-linux     blkid (refuse to format a device that already holds data)
+#   util-linux     blkid (refuse to format a device that already holds data), blockdev
+#                  (read-only volumes: the device read-only flag)
 #   mount          mount, umount, losetup (also in bookworm-slim; listed so it cannot go away)
 #   kmod           modprobe nvme-tcp when the host has not loaded it (host /lib/modules is mounted)
 #   ca-certificates for any TLS the controller does (Kubernetes API)

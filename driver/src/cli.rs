@@ -4,19 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::controller::params::ParamDefaults;
-use crate::controller::ControllerConfig;
 use crate::duration::parse_duration;
 use crate::kube::leader;
 use crate::logging::{self, LogFormat};
-use crate::node::{ConnectorConfig, NodeConfig, NvmeTcpConfig};
-use crate::rds::ssh::{load_private_key, HostKeySource};
-use crate::rds::{HostKeyPolicy, Port, RdsPath, SshConfig};
-use crate::server::ControllerRole;
-use crate::{endpoint, kube, metrics, node, server};
+use crate::metrics;
+use crate::rds::ssh::HostKeySource;
 
 /// The CSI driver name the earlier Go driver registered; existing PVs carry it.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";
@@ -236,6 +230,12 @@ pub struct ServeArgs {
     pub node_id: Option<String>,
 
     /// Serve the CSI Controller service (provisioning through the RDS).
+    ///
+    /// ControllerPublishVolume attaches only to nodes that exist (others are NotFound), at most
+    /// as many volumes per node as the node reports. With Kubernetes, the Node object says
+    /// whether a node exists and its CSINode the limit. Without Kubernetes, a process that also
+    /// serves --node knows only its own --node-id, with its --max-volumes-per-node; a
+    /// controller-only process without Kubernetes accepts any node ID, with no limit.
     #[arg(long, env = "RDS_CSI_CONTROLLER")]
     pub controller: bool,
 
@@ -436,37 +436,7 @@ pub struct KubeArgs {
     pub leader_election_lease_name: String,
 }
 
-// The one place the parsed command line becomes the services' configurations.
-
-impl RdsArgs {
-    /// How to reach the RDS, with the private key loaded and the host key pin resolved.
-    pub fn ssh_config(&self) -> anyhow::Result<SshConfig> {
-        let host = self
-            .rds_address
-            .clone()
-            .context("--rds-address is required")?;
-        let key = load_private_key(&self.rds_key_file).context("--rds-key-file")?;
-        let policy = if let Some(pin) = &self.rds_host_key {
-            pin.policy().context("--rds-host-key")?
-        } else if let Some(path) = &self.rds_known_hosts {
-            std::fs::metadata(path)
-                .with_context(|| format!("--rds-known-hosts {}", path.display()))?;
-            HostKeyPolicy::KnownHosts(path.clone())
-        } else {
-            tracing::warn!("--rds-insecure-skip-verify: the RDS host key will NOT be verified");
-            HostKeyPolicy::InsecureSkipVerify
-        };
-        let mut config = SshConfig::new(host, self.rds_port, self.rds_user.clone(), key, policy);
-        config.connections = usize::from(self.rds_connections);
-        config.max_channels = usize::from(self.rds_max_channels);
-        config.connect_timeout = Duration::from_secs(self.rds_connect_timeout);
-        Ok(config)
-    }
-
-    pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
-        RdsPath::new(self.rds_volume_base_path.as_str()).context("--rds-volume-base-path")
-    }
-}
+mod config;
 
 /// `--migration-timeout`: a duration within the attachment table's range.
 fn parse_migration_timeout(s: &str) -> Result<Duration, String> {
@@ -480,124 +450,6 @@ fn parse_migration_timeout(s: &str) -> Result<Duration, String> {
             MIN_MIGRATION_TIMEOUT.as_secs(),
             MAX_MIGRATION_TIMEOUT.as_secs()
         ))
-    }
-}
-
-impl KubeArgs {
-    pub fn config(&self) -> kube::Config {
-        kube::Config {
-            kubeconfig: self.kubeconfig.clone(),
-            attachment_grace_period: self.attachment_grace_period,
-            attachment_reconcile_interval: self.attachment_reconcile_interval,
-            migration_timeout: self.migration_timeout,
-            enable_orphan_reconciler: self.enable_orphan_reconciler,
-            orphan_check_interval: self.orphan_check_interval,
-            orphan_grace_period: self.orphan_grace_period,
-            orphan_dry_run: self.orphan_dry_run,
-            leader_election: self.leader_election,
-            leader_election_namespace: self.leader_election_namespace.clone(),
-            leader_election_lease_name: self.leader_election_lease_name.clone(),
-        }
-    }
-}
-
-impl ServeArgs {
-    /// What `serve` runs. Call `validate` first: this reads the SSH key files.
-    pub fn config(&self) -> anyhow::Result<server::Config> {
-        Ok(server::Config {
-            socket: endpoint::socket_path(&self.endpoint)?,
-            driver_name: self.driver_name.clone(),
-            controller: self
-                .controller
-                .then(|| self.controller_role())
-                .transpose()?,
-            node: self.node.then(|| self.node_config()).transpose()?,
-            metrics: self.metrics_config()?,
-        })
-    }
-
-    fn controller_role(&self) -> anyhow::Result<ControllerRole> {
-        let nvme_address = match &self.nvme_address {
-            Some(a) => Some(
-                a.parse::<std::net::IpAddr>()
-                    .context("--nvme-address must be an IP address")?
-                    .to_string(),
-            ),
-            None => self
-                .rds
-                .rds_address
-                .as_ref()
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                .map(|ip| ip.to_string()),
-        };
-        let defaults = ParamDefaults {
-            base_path: self.rds.volume_base_path()?,
-            nvme_address,
-            nvme_port: Port::new(u32::from(self.nvme_port)).context("--nvme-port")?,
-        };
-        Ok(ControllerRole {
-            rds: self.rds.ssh_config()?,
-            service: ControllerConfig::new(defaults),
-            kube: self.kube.config(),
-        })
-    }
-
-    pub fn node_config(&self) -> anyhow::Result<node::Config> {
-        let node_id = self.node_id.clone().context("--node-id is required")?;
-        let kubelet_dir = (!self.kubelet_dir.is_empty()).then(|| PathBuf::from(&self.kubelet_dir));
-        let state_dir = match (&self.node_state_dir, &kubelet_dir) {
-            (Some(d), _) => d.clone(),
-            (None, Some(k)) => k.join("plugins").join(&self.driver_name).join("volumes"),
-            (None, None) => {
-                anyhow::bail!("--node-state-dir is required when --kubelet-dir is empty")
-            }
-        };
-        let connector = match self.connector {
-            ConnectorKind::Loop => ConnectorConfig::Loop {
-                root: self
-                    .loop_root
-                    .clone()
-                    .context("--loop-root is required with --connector loop")?,
-            },
-            ConnectorKind::NvmeTcp => ConnectorConfig::NvmeTcp(NvmeTcpConfig {
-                hostnqn_file: self.nvme_hostnqn_file.clone(),
-                nvme_cli: self.nvme_cli.clone(),
-                ctrl_loss_tmo: self.nvme_ctrl_loss_tmo,
-                reconnect_delay: self.nvme_reconnect_delay,
-                keep_alive_tmo: self.nvme_keep_alive_tmo,
-                default_address: self
-                    .nvme_address
-                    .as_deref()
-                    .or(self.rds.rds_address.as_deref())
-                    .and_then(|a| a.parse().ok()),
-                default_port: self.nvme_port,
-            }),
-        };
-        Ok(node::Config {
-            service: NodeConfig {
-                node_id,
-                kubelet_dir,
-                state_dir,
-                managed_nqn_prefix: self.managed_nqn_prefix.clone(),
-                max_volumes_per_node: self.max_volumes_per_node,
-                sys_root: self.sysfs_root.clone(),
-                operation_timeout: Duration::from_secs(self.node_operation_timeout),
-            },
-            connector,
-        })
-    }
-
-    fn metrics_config(&self) -> anyhow::Result<metrics::Config> {
-        let listen = if self.metrics_address.is_empty() {
-            None
-        } else {
-            Some(
-                metrics::parse_listen_address(&self.metrics_address, self.pod_ip)
-                    .map_err(anyhow::Error::msg)
-                    .context("--metrics-address")?,
-            )
-        };
-        Ok(metrics::Config { listen })
     }
 }
 
@@ -646,6 +498,8 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube;
+    use crate::node::ConnectorConfig;
     use clap::CommandFactory;
     use std::path::Path;
 
@@ -854,6 +708,46 @@ mod tests {
             format!("{err:#}").starts_with("--metrics-address: "),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn without_kubernetes_the_controller_knows_the_node_it_serves() {
+        use crate::controller::publish::KnownNodes;
+        let both = serve_args(&[
+            "--controller",
+            "--node",
+            "--node-id",
+            "n1",
+            "--max-volumes-per-node",
+            "3",
+        ]);
+        assert_eq!(
+            both.known_nodes(),
+            KnownNodes::Local {
+                node_id: "n1".into(),
+                max_volumes: 3
+            }
+        );
+        let controller_only = serve_args(&["--controller", "--node-id", "n1"]);
+        assert_eq!(controller_only.known_nodes(), KnownNodes::Any);
+        // --help says what a controller without Kubernetes accepts.
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for phrase in [
+            "only its own --node-id",
+            "--max-volumes-per-node",
+            "a controller-only process without Kubernetes accepts any node ID",
+        ] {
+            assert!(
+                help.contains(phrase),
+                "`{phrase}` not in serve --help:\n{help}"
+            );
+        }
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(kube) = &kube {
             controller = controller
                 .with_events(kube.events.clone())
-                .with_node_lookup(kube.client.clone());
+                .with_node_lookup(kube.client.clone(), &config.driver_name);
         }
         kube_tasks = kube;
         (Some(rds), Some(ControllerServer::new(controller)))

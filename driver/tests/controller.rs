@@ -9,118 +9,12 @@ use std::time::Duration;
 
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::volume_capability::access_mode::Mode;
-use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi_proto::v1::*;
 use mock_rds::{Auth, Config, Fault, MockRds};
-use rds_csi::controller::params::ParamDefaults;
-use rds_csi::controller::{ControllerConfig, ControllerService};
-use rds_csi::rds::{Port, RdsPath, RetryPolicy};
-use russh::keys::PrivateKey;
 use tonic::{Code, Request};
 
-const BASE: &str = "/storage-pool/metal-csi";
-const GIB: i64 = 1 << 30;
-
-struct Fixture {
-    mock: MockRds,
-    svc: ControllerService,
-    key: PrivateKey,
-    state: tempfile::TempDir,
-}
-
-fn service(mock: &MockRds, key: &PrivateKey) -> ControllerService {
-    let retry = RetryPolicy {
-        attempts: 3,
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(100),
-        attempt_timeout: Duration::from_secs(3),
-    };
-    let rds = Arc::new(common::client_for(
-        mock,
-        key.clone(),
-        common::pinned(mock),
-        retry,
-    ));
-    ControllerService::new(
-        rds,
-        ControllerConfig::new(ParamDefaults {
-            base_path: RdsPath::new(BASE).unwrap(),
-            nvme_address: Some("10.42.68.1".into()),
-            nvme_port: Port::new(4420).unwrap(),
-        }),
-    )
-}
-
-async fn fixture() -> Fixture {
-    let key = common::new_key();
-    let state = tempfile::tempdir().unwrap();
-    let mock = common::start_mock(key.public_key(), Some(state.path())).await;
-    let svc = service(&mock, &key);
-    Fixture {
-        mock,
-        svc,
-        key,
-        state,
-    }
-}
-
-fn mount_cap(mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-    }
-}
-
-fn block_cap(mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(AccessType::Block(BlockVolume {})),
-    }
-}
-
-fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: bytes,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount_cap(Mode::SingleNodeWriter)],
-        ..Default::default()
-    }
-}
-
-impl Fixture {
-    async fn create(&self, name: &str, bytes: i64) -> Volume {
-        self.svc
-            .create_volume(Request::new(create_req(name, bytes)))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-    }
-
-    fn adds(&self) -> usize {
-        self.mock
-            .history()
-            .iter()
-            .filter(|h| h.command.starts_with("/disk add"))
-            .count()
-    }
-
-    fn file_exists(&self, path: &str) -> bool {
-        self.mock.files().iter().any(|f| f.path == path)
-    }
-}
-
-fn code<T>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
+use common::controller::*;
 
 #[tokio::test]
 async fn create_volume_validates_and_is_idempotent() {

@@ -20,10 +20,18 @@ use tonic::Code;
 const RWO: AttachOptions = AttachOptions {
     readonly: false,
     multi_node_block: false,
+    multi_node_reader: false,
 };
 const RWX: AttachOptions = AttachOptions {
     readonly: false,
     multi_node_block: true,
+    multi_node_reader: false,
+};
+/// ReadOnlyMany: always read-only.
+const ROX: AttachOptions = AttachOptions {
+    readonly: true,
+    multi_node_block: false,
+    multi_node_reader: true,
 };
 
 fn manual() -> (Arc<ManualClock>, AttachmentManager) {
@@ -224,6 +232,68 @@ fn not_ready_refuses_publishes() {
     let err = m.attach("pvc-1", "node-a", RWO, None).unwrap_err();
     assert_eq!(err, AttachError::NotReady);
     assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+}
+
+#[test]
+fn readers_share_a_volume_and_exclude_writers() {
+    let (_clock, m) = manual();
+    for node in ["node-a", "node-b", "node-c", "node-d"] {
+        assert_eq!(m.attach("pvc-rox", node, ROX, None), Ok(true), "{node}");
+    }
+    assert_eq!(m.attach("pvc-rox", "node-b", ROX, None), Ok(false));
+    let held = m.get("pvc-rox").unwrap();
+    assert_eq!(held.nodes.len(), 4);
+    assert!(!held.is_migrating(), "readers are no live migration");
+    assert!(m.timed_out_migrations().is_empty());
+    for options in [RWO, RWX] {
+        let err = m.attach("pvc-rox", "node-e", options, None).unwrap_err();
+        assert!(
+            matches!(err, AttachError::ReaderWriterConflict { .. }),
+            "{err:?}"
+        );
+        assert_eq!(tonic::Status::from(err).code(), Code::FailedPrecondition);
+    }
+    m.attach("pvc-rwo", "node-a", RWO, None).unwrap();
+    let err = m.attach("pvc-rwo", "node-b", ROX, None).unwrap_err();
+    assert!(
+        matches!(err, AttachError::ReaderWriterConflict { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("node-a"), "{err}");
+    // Readers leave one by one.
+    assert!(!m.detach("pvc-rox", "node-a"));
+    assert_eq!(m.nodes("pvc-rox"), ["node-b", "node-c", "node-d"]);
+}
+
+#[tokio::test]
+async fn rebuild_keeps_every_reader_of_a_read_only_many_volume() {
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pvc-rox", "pvc-rox", DRIVER, "ReadOnlyMany", "Filesystem"),
+    );
+    for (i, node) in ["node-a", "node-b", "node-c"].iter().enumerate() {
+        api.put(
+            VAS,
+            va(
+                &format!("va-{node}"),
+                "pvc-rox",
+                node,
+                DRIVER,
+                true,
+                &format!("2026-01-01T10:0{i}:00Z"),
+            ),
+        );
+    }
+    let m = AttachmentManager::new().not_ready();
+    let report = rebuild(&api.client(), DRIVER, &m).await.unwrap();
+    assert_eq!(report.attachments, 3);
+    let held = m.get("pvc-rox").unwrap();
+    assert_eq!(held.node_ids(), ["node-a", "node-b", "node-c"]);
+    assert!(held.multi_node_reader && !held.is_migrating());
+    // A fourth reader is admitted, a writer is not.
+    assert_eq!(m.attach("pvc-rox", "node-d", ROX, None), Ok(true));
+    assert!(m.attach("pvc-rox", "node-e", RWO, None).is_err());
 }
 
 fn seed(api: &FakeApi, rwx_order_newer_first: bool) {

@@ -343,7 +343,8 @@ async fn publish_to_an_unknown_node_is_not_found_and_api_errors_fail_open() {
     let (_mock, rds) = rds().await;
     let api = FakeApi::start().await;
     api.put(NODES, node("node-a", true));
-    let svc = controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client());
+    let svc =
+        controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
     let rwo = cap(Mode::SingleNodeWriter, false);
     create(&svc, "pvc-n", rwo.clone()).await;
 
@@ -375,7 +376,7 @@ async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
     let (_mock, rds) = rds().await;
     let api = FakeApi::start().await;
     let svc = controller(&rds, Arc::new(AttachmentManager::new()))
-        .with_node_lookup(api.client())
+        .with_node_lookup(api.client(), DRIVER)
         .with_events(EventRecorder::new(api.client(), DRIVER, "test"));
     let rwo = cap(Mode::SingleNodeWriter, false);
     create(&svc, "pvc-1", rwo.clone()).await;
@@ -408,4 +409,55 @@ async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
     .await
     .expect("expand waited on a hung PV list")
     .unwrap();
+}
+
+#[tokio::test]
+async fn the_attach_limit_comes_from_the_nodes_csinode() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    for name in ["node-a", "node-b"] {
+        api.put(NODES, node(name, true));
+    }
+    // node-a registered a limit of one volume for this driver (another driver's limit is not
+    // ours); node-b registered none.
+    api.put(
+        CSINODES,
+        csinode(
+            "node-a",
+            &[("other.csi.example.com", Some(9)), (DRIVER, Some(1))],
+        ),
+    );
+    api.put(CSINODES, csinode("node-b", &[(DRIVER, None)]));
+    let svc =
+        controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
+    let rwo = cap(Mode::SingleNodeWriter, false);
+    for id in ["pvc-1", "pvc-2", "pvc-3"] {
+        create(&svc, id, rwo.clone()).await;
+    }
+    svc.controller_publish_volume(publish("pvc-1", "node-a", rwo.clone()))
+        .await
+        .unwrap();
+    let err = svc
+        .controller_publish_volume(publish("pvc-2", "node-a", rwo.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("node-a"), "{}", err.message());
+    for id in ["pvc-2", "pvc-3"] {
+        svc.controller_publish_volume(publish(id, "node-b", rwo.clone()))
+            .await
+            .unwrap();
+    }
+    // A CSINode that cannot be read does not block the attach.
+    svc.controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
+        volume_id: "pvc-2".into(),
+        node_id: "node-b".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    api.fail(CSINODES, None, 500, None);
+    svc.controller_publish_volume(publish("pvc-2", "node-a", rwo))
+        .await
+        .unwrap();
 }

@@ -167,6 +167,7 @@ fn reconciler(r: &Rig, dry_run: bool) -> OrphanReconciler {
             AttachOptions {
                 readonly: false,
                 multi_node_block: false,
+                multi_node_reader: false,
             },
             None,
         )

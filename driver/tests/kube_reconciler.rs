@@ -19,10 +19,12 @@ use tokio_util::sync::CancellationToken;
 const RWO: AttachOptions = AttachOptions {
     readonly: false,
     multi_node_block: false,
+    multi_node_reader: false,
 };
 const RWX: AttachOptions = AttachOptions {
     readonly: false,
     multi_node_block: true,
+    multi_node_reader: false,
 };
 const WAIT: Duration = Duration::from_secs(10);
 

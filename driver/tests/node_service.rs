@@ -135,8 +135,16 @@ fn assert_invalid(r: std::result::Result<(), tonic::Status>, field: &str) {
 async fn stage_arguments_are_validated_and_named() {
     let e = env();
     let s = &e.svc;
+    // Bad input is refused before the connector is asked anything; its attach would park, so
+    // a bound turns a missed check into a failure rather than a hang.
     let call = |r: NodeStageVolumeRequest| async move {
-        s.node_stage_volume(Request::new(r)).await.map(|_| ())
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.node_stage_volume(Request::new(r)),
+        )
+        .await
+        .expect("refused before attaching")
+        .map(|_| ())
     };
     let mut r = stage_req(&e);
     r.volume_id.clear();
@@ -177,6 +185,12 @@ async fn stage_arguments_are_validated_and_named() {
     r.volume_context
         .insert("filePath".into(), "/storage-pool/../etc/shadow".into());
     assert_invalid(call(r).await, "volume_context.filePath");
+    let mut r = stage_req(&e);
+    r.publish_context.insert("readonly".into(), "yes".into());
+    assert_invalid(call(r).await, "publish_context.readonly");
+    let mut r = stage_req(&e);
+    r.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode { mode: 99 });
+    assert_invalid(call(r).await, "volume_capability.access_mode");
 }
 
 #[tokio::test]
@@ -248,6 +262,57 @@ async fn other_calls_name_missing_fields() {
     }))
     .await
     .unwrap();
+}
+
+/// A path that cannot hold the volume (the node only ever puts volumes at absolute paths under
+/// the kubelet directory) means the volume is not there: NotFound, as csi-sanity's
+/// `some/path` expects, not InvalidArgument. A missing or `..` path is still bad input.
+#[tokio::test]
+async fn stats_and_expand_of_a_volume_not_at_the_path_are_not_found() {
+    let e = env();
+    let s = &e.svc;
+    let stats = |id: &str, path: &str| {
+        s.node_get_volume_stats(Request::new(NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        }))
+    };
+    let expand = |id: &str, path: &str| {
+        s.node_expand_volume(Request::new(NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        }))
+    };
+    let outside = e.dir.path().join("elsewhere").display().to_string();
+    for (id, path) in [
+        ("id", "some/path"),
+        ("pvc-1", "some/path"),
+        ("pvc-1", outside.as_str()),
+        ("pvc-1", &e.k("pods/never")),
+    ] {
+        for (rpc, r) in [
+            ("stats", stats(id, path).await.map(|_| ())),
+            ("expand", expand(id, path).await.map(|_| ())),
+        ] {
+            let err = r.expect_err(path);
+            assert_eq!(err.code(), Code::NotFound, "{rpc} {id} at {path}: {err:?}");
+            assert!(
+                err.message().contains(path),
+                "{rpc}: the message names the path: {}",
+                err.message()
+            );
+        }
+    }
+    for (rpc, r) in [
+        ("stats", stats("pvc-1", &e.k("a/../b")).await.map(|_| ())),
+        ("expand", expand("pvc-1", &e.k("a/../b")).await.map(|_| ())),
+    ] {
+        let err = r.expect_err(rpc);
+        assert_eq!(err.code(), Code::InvalidArgument, "{rpc}: {err:?}");
+        assert!(err.message().contains("volume_path"), "{}", err.message());
+    }
 }
 
 #[tokio::test]
@@ -331,7 +396,8 @@ async fn info_and_capabilities() {
             RpcType::StageUnstageVolume as i32,
             RpcType::GetVolumeStats as i32,
             RpcType::ExpandVolume as i32,
-            RpcType::VolumeCondition as i32
+            RpcType::VolumeCondition as i32,
+            RpcType::SingleNodeMultiWriter as i32
         ]
     );
 }

@@ -715,6 +715,8 @@ impl HostGuard {
             }
         }
         for dev in self.loop_devices() {
+            // A loop device keeps its read-only flag for its next user.
+            let _ = Command::new("blockdev").arg("--setrw").arg(&dev).status();
             let ok = Command::new("losetup")
                 .arg("-d")
                 .arg(&dev)

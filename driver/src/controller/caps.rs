@@ -1,4 +1,5 @@
-//! Volume capability checks, shared by CreateVolume and ValidateVolumeCapabilities.
+//! Volume capability checks, shared by CreateVolume, ValidateVolumeCapabilities and
+//! ControllerPublishVolume.
 
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::AccessType;
@@ -35,14 +36,15 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<(), String> {
         Mode::SingleNodeWriter
         | Mode::SingleNodeReaderOnly
         | Mode::SingleNodeSingleWriter
-        | Mode::SingleNodeMultiWriter => Ok(()),
+        | Mode::SingleNodeMultiWriter
+        | Mode::MultiNodeReaderOnly => Ok(()),
         Mode::MultiNodeMultiWriter if block => Ok(()),
         Mode::MultiNodeMultiWriter => Err(
             "MULTI_NODE_MULTI_WRITER (RWX) is supported for block volumes only (for KubeVirt live \
              migration); a filesystem cannot be mounted on two nodes at once. Use volumeMode: Block"
                 .into(),
         ),
-        Mode::MultiNodeReaderOnly | Mode::MultiNodeSingleWriter => Err(format!(
+        Mode::MultiNodeSingleWriter => Err(format!(
             "access mode {} is not supported",
             mode.as_str_name()
         )),
@@ -54,10 +56,27 @@ pub fn is_block(cap: &VolumeCapability) -> bool {
     matches!(cap.access_type, Some(AccessType::Block(_)))
 }
 
-pub fn is_multi_node(cap: &VolumeCapability) -> bool {
+fn mode_of(cap: &VolumeCapability) -> Option<Mode> {
     cap.access_mode
         .as_ref()
-        .is_some_and(|m| m.mode == Mode::MultiNodeMultiWriter as i32)
+        .and_then(|m| Mode::try_from(m.mode).ok())
+}
+
+pub fn is_multi_node(cap: &VolumeCapability) -> bool {
+    mode_of(cap) == Some(Mode::MultiNodeMultiWriter)
+}
+
+/// MULTI_NODE_READER_ONLY (ReadOnlyMany): shared by any number of read-only nodes.
+pub fn is_multi_node_reader(cap: &VolumeCapability) -> bool {
+    mode_of(cap) == Some(Mode::MultiNodeReaderOnly)
+}
+
+/// A reader-only mode: the volume is published read-only whatever `readonly` says.
+pub fn is_reader_only(cap: &VolumeCapability) -> bool {
+    matches!(
+        mode_of(cap),
+        Some(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly)
+    )
 }
 
 #[cfg(test)]
@@ -86,7 +105,9 @@ mod tests {
         assert!(err.contains("Block"), "{err}");
         assert!(check_capability(&cap(Mode::SingleNodeWriter, false, "xfs")).is_ok());
         assert!(check_capability(&cap(Mode::SingleNodeWriter, false, "ntfs")).is_err());
-        assert!(check_capability(&cap(Mode::MultiNodeReaderOnly, true, "")).is_err());
+        assert!(check_capability(&cap(Mode::MultiNodeReaderOnly, true, "")).is_ok());
+        assert!(check_capability(&cap(Mode::MultiNodeReaderOnly, false, "ext4")).is_ok());
+        assert!(check_capability(&cap(Mode::MultiNodeSingleWriter, true, "")).is_err());
         assert!(check_capabilities(&[], "volume_capabilities").is_err());
         let mut no_type = cap(Mode::SingleNodeWriter, true, "");
         no_type.access_type = None;

@@ -6,7 +6,9 @@ mod copy_source;
 mod disks;
 pub mod ids;
 mod leftovers;
+pub mod page;
 pub mod params;
+pub mod publish;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,12 +20,13 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
-use crate::kube::attachments::{AttachOptions, AttachmentManager};
+use crate::kube::attachments::AttachmentManager;
 use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
-use caps::{check_capabilities, is_block, is_multi_node};
+use caps::{check_capabilities, is_block};
 use copy_source::SourceRef;
 use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
+use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
 
 pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
@@ -38,6 +41,8 @@ pub struct ControllerConfig {
     pub default_size: u64,
     /// Largest volume accepted.
     pub max_size: u64,
+    /// Where volumes may be published without Kubernetes.
+    pub known_nodes: publish::KnownNodes,
 }
 
 impl ControllerConfig {
@@ -46,6 +51,7 @@ impl ControllerConfig {
             defaults,
             default_size: GIB,
             max_size: 16 << 40,
+            known_nodes: publish::KnownNodes::Any,
         }
     }
 }
@@ -58,8 +64,8 @@ pub struct ControllerService {
     attachments: Arc<AttachmentManager>,
     /// Posts events on the PV/PVC when Kubernetes is configured.
     events: Option<crate::kube::events::EventRecorder>,
-    /// Checks that a node exists before publishing to it, when Kubernetes is configured.
-    nodes: Option<::kube::Api<k8s_openapi::api::core::v1::Node>>,
+    /// Whether a node exists and its attach limit, checked before publishing to it.
+    node_source: publish::NodeSource,
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -116,43 +122,6 @@ fn allocation(
     Ok(size)
 }
 
-/// Checks a list request before anything is asked of the RDS. A token is the last ID of the
-/// previous page, so it must follow that ID grammar.
-fn check_page_request(
-    max_entries: i32,
-    starting_token: &str,
-    token_valid: impl Fn(&str) -> bool,
-) -> Result<(), Status> {
-    if max_entries < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
-    if !starting_token.is_empty() && !token_valid(starting_token) {
-        return Err(Status::aborted(format!(
-            "starting_token `{starting_token}` is not valid"
-        )));
-    }
-    Ok(())
-}
-
-/// Pages through items sorted by ID (a request already passed `check_page_request`). The token
-/// is the last ID returned, so pages stay correct when volumes come and go between calls.
-fn paginate<T>(
-    mut items: Vec<(String, T)>,
-    max_entries: i32,
-    starting_token: &str,
-) -> (Vec<T>, String) {
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    let start = items
-        .partition_point(|(id, _)| !starting_token.is_empty() && id.as_str() <= starting_token);
-    let mut rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
-    let mut next = String::new();
-    if max_entries > 0 && rest.len() > max_entries as usize {
-        rest.truncate(max_entries as usize);
-        next = rest.last().map(|(id, _)| id.clone()).unwrap_or_default();
-    }
-    (rest.into_iter().map(|(_, v)| v).collect(), next)
-}
-
 impl ControllerService {
     /// A controller whose attachment table lives in memory only (no Kubernetes).
     pub fn new(rds: Arc<RdsClient>, config: ControllerConfig) -> Self {
@@ -167,17 +136,23 @@ impl ControllerService {
     ) -> Self {
         Self {
             rds,
+            node_source: publish::NodeSource::Config(config.known_nodes.clone()),
             config,
             locks: KeyedLocks::default(),
             attachments,
             events: None,
-            nodes: None,
         }
     }
 
-    /// Refuse publishes to nodes the cluster does not know (NotFound, as the CSI spec asks).
-    pub fn with_node_lookup(mut self, client: ::kube::Client) -> Self {
-        self.nodes = Some(::kube::Api::all(client));
+    /// Take nodes from the cluster: publishes to nodes it does not know are NotFound (as the
+    /// CSI spec asks), and a node's attach limit is what kubelet registered for `driver` in its
+    /// CSINode.
+    pub fn with_node_lookup(mut self, client: ::kube::Client, driver: &str) -> Self {
+        self.node_source = publish::NodeSource::Kube(Box::new(publish::ClusterNodes {
+            nodes: ::kube::Api::all(client.clone()),
+            csi_nodes: ::kube::Api::all(client),
+            driver: driver.to_string(),
+        }));
         self
     }
 
@@ -496,67 +471,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<ControllerPublishVolumeRequest>,
     ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let raw = required(&req.volume_id, "volume_id")?;
-        let node = required(&req.node_id, "node_id")?.to_string();
-        let cap = req
-            .volume_capability
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        caps::check_capability(cap)
-            .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
-        let _guard = self.locks.lock(raw, deadline).await?;
-        let (id, disk) = self.existing_volume(raw, deadline).await?;
-        self.check_node_exists(&node, deadline).await?;
-        let options = AttachOptions {
-            readonly: req.readonly,
-            multi_node_block: is_multi_node(cap) && is_block(cap),
-        };
-        let timeout = self.attachments.migration_timeout_for(&req.volume_context);
-        self.attachments
-            .attach(id.as_str(), &node, options, Some(timeout))?;
-        let ctx = &req.volume_context;
-        let address = ctx
-            .get(keys::NVME_ADDRESS)
-            .cloned()
-            .or_else(|| self.config.defaults.nvme_address.clone())
-            .unwrap_or_default();
-        let port = disk
-            .nvme_port
-            .unwrap_or(self.config.defaults.nvme_port.get());
-        let fs_type = ctx
-            .get(keys::FS_TYPE)
-            .cloned()
-            .unwrap_or_else(|| params::DEFAULT_FS_TYPE.into());
-        let publish_context = HashMap::from([
-            ("nvme_address".to_string(), address),
-            ("nvme_port".to_string(), port.to_string()),
-            (
-                "nvme_nqn".to_string(),
-                disk.nqn.clone().unwrap_or_else(|| id.nqn().to_string()),
-            ),
-            ("fs_type".to_string(), fs_type),
-        ]);
-        tracing::info!(volume = %id, node, "volume published");
-        Ok(Response::new(ControllerPublishVolumeResponse {
-            publish_context,
-        }))
+        self.publish(request).await
     }
 
     async fn controller_unpublish_volume(
         &self,
         request: Request<ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let id = required(&req.volume_id, "volume_id")?;
-        let _guard = self.locks.lock(id, deadline).await?;
-        // A detach before the table is rebuilt would be undone by the rebuild.
-        self.require_attachments_ready()?;
-        // An empty node ID means "from every node".
-        self.attachments.detach(id, &req.node_id);
-        Ok(Response::new(ControllerUnpublishVolumeResponse {}))
+        self.unpublish(request).await
     }
 
     async fn validate_volume_capabilities(
@@ -594,9 +516,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        check_page_request(req.max_entries, &req.starting_token, |t| {
-            parse_volume_id(t).is_some()
-        })?;
+        let page = Page::parse(Listing::Volumes, req.max_entries, &req.starting_token)?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
         let attachments = self.attachments.list();
         let items = disks
@@ -617,7 +537,7 @@ impl Controller for ControllerService {
                 Some((id.to_string(), entry))
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
+        let (entries, next_token) = page.of(items);
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token,
@@ -688,6 +608,8 @@ impl Controller for ControllerService {
             RpcType::ListVolumesPublishedNodes,
             RpcType::GetVolume,
             RpcType::GetSnapshot,
+            RpcType::SingleNodeMultiWriter,
+            RpcType::PublishReadonly,
         ]
         .into_iter()
         .map(|t| ControllerServiceCapability {
@@ -838,9 +760,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        check_page_request(req.max_entries, &req.starting_token, |t| {
-            parse_snapshot_id(t).is_some()
-        })?;
+        let page = Page::parse(Listing::Snapshots, req.max_entries, &req.starting_token)?;
         // IDs that cannot exist match nothing.
         if (!req.snapshot_id.is_empty() && parse_snapshot_id(&req.snapshot_id).is_none())
             || (!req.source_volume_id.is_empty()
@@ -892,7 +812,7 @@ impl Controller for ControllerService {
                 (id.to_string(), entry)
             })
             .collect();
-        let (entries, next_token) = paginate(items, req.max_entries, &req.starting_token);
+        let (entries, next_token) = page.of(items);
         Ok(Response::new(ListSnapshotsResponse {
             entries,
             next_token,
@@ -1036,31 +956,6 @@ mod tests {
         assert_eq!(
             code(range(MIB as i64 + 1, MIB as i64 + 1)),
             tonic::Code::OutOfRange
-        );
-    }
-
-    #[test]
-    fn pagination_by_last_id() {
-        let items: Vec<(String, u32)> = ["c", "a", "b", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u32))
-            .collect();
-        assert_eq!(
-            paginate(items.clone(), 2, ""),
-            (vec![1, 2], "b".to_string())
-        );
-        assert_eq!(paginate(items.clone(), 2, "b"), (vec![0, 3], String::new()));
-        assert_eq!(paginate(items, 0, "").0.len(), 4);
-        let valid = |_: &str| true;
-        assert!(check_page_request(0, "", valid).is_ok());
-        assert_eq!(
-            check_page_request(-1, "", valid).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            check_page_request(1, "x", |_| false).unwrap_err().code(),
-            tonic::Code::Aborted
         );
     }
 }

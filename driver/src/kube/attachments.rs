@@ -4,6 +4,9 @@
 //! - A volume is attached to one node. A publish to another node while it is held fails with
 //!   FailedPrecondition naming the holder; the holder is never evicted (the Go driver's grace
 //!   period branch evicted a live attachment, test-scenarios §6.4.5).
+//! - A volume published MULTI_NODE_READER_ONLY (ReadOnlyMany) may be held by any number of
+//!   nodes, all of them readers; a writer is refused while readers hold it, and a reader while a
+//!   writer does.
 //! - A block volume published MULTI_NODE (RWX block, KubeVirt live migration) may be held by two
 //!   nodes at once. The second attach starts a migration with a timeout; a third node is always
 //!   refused, and once the timeout has passed the refusal says so and `timed_out_migrations`
@@ -94,6 +97,8 @@ pub struct AttachOptions {
     pub readonly: bool,
     /// MULTI_NODE access on a block volume: a second node may attach for a live migration.
     pub multi_node_block: bool,
+    /// MULTI_NODE_READER_ONLY: any number of nodes may attach, all read-only.
+    pub multi_node_reader: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +116,8 @@ pub struct AttachmentState {
     pub volume_id: String,
     pub nodes: Vec<NodeAttachment>,
     pub multi_node_block: bool,
+    /// Held by readers only (ReadOnlyMany); never a migration, however many nodes.
+    pub multi_node_reader: bool,
     /// When the second node attached.
     pub migration_started_at: Option<SystemTime>,
     pub migration_timeout: Duration,
@@ -150,6 +157,16 @@ pub enum AttachError {
     )]
     Held { volume: String, holder: String },
     #[error(
+        "volume {volume} is attached {} to nodes {}: a ReadOnlyMany volume is shared by readers \
+         only, so readers and a writer cannot hold it at the same time",
+        if *holders_read_only { "read-only" } else { "read-write" }, holders.join(", ")
+    )]
+    ReaderWriterConflict {
+        volume: String,
+        holders: Vec<String>,
+        holders_read_only: bool,
+    },
+    #[error(
         "volume {volume} is already attached to nodes {}: migration limit of two nodes reached",
         holders.join(", ")
     )]
@@ -167,6 +184,15 @@ pub enum AttachError {
         holders: Vec<String>,
         timeout: Duration,
     },
+    #[error(
+        "node {node} already holds {limit} volumes, its limit (--max-volumes-per-node); \
+         volume {volume} can be published there once another volume is unpublished"
+    )]
+    NodeFull {
+        volume: String,
+        node: String,
+        limit: usize,
+    },
 }
 
 impl From<AttachError> for Status {
@@ -175,7 +201,9 @@ impl From<AttachError> for Status {
         match e {
             AttachError::NotReady => Status::unavailable(message),
             AttachError::OptionsMismatch { .. } => Status::already_exists(message),
+            AttachError::NodeFull { .. } => Status::resource_exhausted(message),
             AttachError::Held { .. }
+            | AttachError::ReaderWriterConflict { .. }
             | AttachError::MigrationLimit { .. }
             | AttachError::MigrationTimedOut { .. } => Status::failed_precondition(message),
         }
@@ -297,10 +325,25 @@ impl AttachmentManager {
         options: AttachOptions,
         migration_timeout: Option<Duration>,
     ) -> Result<bool, AttachError> {
-        let result = self.attach_locked(volume, node, options, migration_timeout);
+        self.attach_within_limit(volume, node, options, migration_timeout, None)
+    }
+
+    /// `attach`, refusing a new attachment once `node` holds `node_limit` volumes. The count and
+    /// the insert happen under one lock, so concurrent publishes of different volumes cannot
+    /// pass the limit together.
+    pub fn attach_within_limit(
+        &self,
+        volume: &str,
+        node: &str,
+        options: AttachOptions,
+        migration_timeout: Option<Duration>,
+        node_limit: Option<usize>,
+    ) -> Result<bool, AttachError> {
+        let result = self.attach_locked(volume, node, options, migration_timeout, node_limit);
         if matches!(
             result,
             Err(AttachError::Held { .. }
+                | AttachError::ReaderWriterConflict { .. }
                 | AttachError::MigrationLimit { .. }
                 | AttachError::MigrationTimedOut { .. })
         ) {
@@ -322,12 +365,31 @@ impl AttachmentManager {
         node: &str,
         options: AttachOptions,
         migration_timeout: Option<Duration>,
+        node_limit: Option<usize>,
     ) -> Result<bool, AttachError> {
         if !self.is_ready() {
             return Err(AttachError::NotReady);
         }
         let now = self.clock.now();
         let mut state = self.lock();
+        let already_held = state
+            .volumes
+            .get(volume)
+            .is_some_and(|held| held.is_attached_to(node));
+        if let Some(limit) = node_limit.filter(|_| !already_held) {
+            let on_node = state
+                .volumes
+                .values()
+                .filter(|held| held.is_attached_to(node))
+                .count();
+            if on_node >= limit {
+                return Err(AttachError::NodeFull {
+                    volume: volume.to_string(),
+                    node: node.to_string(),
+                    limit,
+                });
+            }
+        }
         let entry = NodeAttachment {
             node: node.to_string(),
             attached_at: now,
@@ -340,6 +402,7 @@ impl AttachmentManager {
                     volume_id: volume.to_string(),
                     nodes: vec![entry],
                     multi_node_block: options.multi_node_block,
+                    multi_node_reader: options.multi_node_reader,
                     migration_started_at: None,
                     migration_timeout: migration_timeout.unwrap_or(self.migration_timeout),
                 },
@@ -356,11 +419,31 @@ impl AttachmentManager {
                 None => {
                     existing.options = Some(options);
                     held.multi_node_block = options.multi_node_block;
+                    held.multi_node_reader = options.multi_node_reader;
                     Ok(false)
                 }
             };
         }
         let holders = held.node_ids();
+        // Holders whose options are unknown (rebuilt) count by the PV's access mode.
+        let holders_read_only = held.nodes.iter().all(|n| {
+            n.options
+                .map_or(held.multi_node_reader, |o| o.multi_node_reader)
+        });
+        match (options.multi_node_reader, holders_read_only) {
+            (true, true) => {
+                held.nodes.push(entry);
+                return Ok(true);
+            }
+            (true, false) | (false, true) => {
+                return Err(AttachError::ReaderWriterConflict {
+                    volume: volume.to_string(),
+                    holders,
+                    holders_read_only,
+                })
+            }
+            (false, false) => {}
+        }
         if held.nodes.len() >= 2 {
             return Err(if held.is_migration_timed_out(now) {
                 AttachError::MigrationTimedOut {
@@ -478,6 +561,10 @@ impl AttachmentManager {
                         if held.is_attached_to(&n.node) {
                             continue;
                         }
+                        if held.multi_node_reader && r.multi_node_reader {
+                            held.nodes.push(n);
+                            continue;
+                        }
                         if held.nodes.len() >= 2 {
                             tracing::warn!(volume = %held.volume_id, node = %n.node,
                                 "VolumeAttachment for a third node ignored");
@@ -499,7 +586,8 @@ type VaKey<'a> = (SystemTime, &'a str, &'a str);
 /// Builds attachment states from this driver's attached VolumeAttachments and the PVs they
 /// name. Per volume the VAs are ordered by creation time (then name), so the result does not
 /// depend on list order: the oldest is the primary, the second's creation starts the migration,
-/// and any further VA is ignored with a warning.
+/// and any further VA is ignored with a warning, except for ReadOnlyMany PVs, whose readers are
+/// all kept.
 pub fn states_from(
     vas: &[VolumeAttachment],
     pvs: &[PersistentVolume],
@@ -556,18 +644,20 @@ pub fn states_from(
             vas.sort();
             let mut seen = std::collections::HashSet::new();
             vas.retain(|v| seen.insert(v.2));
-            if vas.len() > 2 {
+            let spec = pv.and_then(|pv| pv.spec.as_ref());
+            let modes: &[String] = spec
+                .and_then(|s| s.access_modes.as_deref())
+                .unwrap_or_default();
+            let multi_node_block = spec.is_some_and(|s| s.volume_mode.as_deref() == Some("Block"))
+                && modes.iter().any(|m| m == "ReadWriteMany");
+            // ReadOnlyMany alone is published MULTI_NODE_READER_ONLY: every reader is kept.
+            let multi_node_reader = modes.iter().any(|m| m == "ReadOnlyMany")
+                && !modes.iter().any(|m| m.starts_with("ReadWrite"));
+            if vas.len() > 2 && !multi_node_reader {
                 tracing::warn!(volume = %volume, count = vas.len(),
                     "more than two attached VolumeAttachments; keeping the two oldest");
                 vas.truncate(2);
             }
-            let spec = pv.and_then(|pv| pv.spec.as_ref());
-            let multi_node_block = spec.is_some_and(|s| {
-                s.volume_mode.as_deref() == Some("Block")
-                    && s.access_modes
-                        .as_ref()
-                        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"))
-            });
             let migration_timeout = spec
                 .and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref())
                 .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
@@ -575,7 +665,7 @@ pub fn states_from(
                     clamp_migration_timeout(Duration::from_secs(secs))
                 });
             AttachmentState {
-                migration_started_at: vas.get(1).map(|v| v.0),
+                migration_started_at: vas.get(1).filter(|_| !multi_node_reader).map(|v| v.0),
                 nodes: vas
                     .iter()
                     .map(|(at, _, node)| NodeAttachment {
@@ -586,6 +676,7 @@ pub fn states_from(
                     .collect(),
                 volume_id: volume,
                 multi_node_block,
+                multi_node_reader,
                 migration_timeout,
             }
         })

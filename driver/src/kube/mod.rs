@@ -8,10 +8,11 @@
 //!
 //! | API group                 | resource                 | verbs              | used by |
 //! |---------------------------|--------------------------|--------------------|---------|
-//! | `""` (core/v1)            | `nodes`                  | get, list, watch   | attachment reconciler (get per node; list+watch for delete/NotReady) |
+//! | `""` (core/v1)            | `nodes`                  | get, list, watch   | attachment reconciler (get per node; list+watch for delete/NotReady), ControllerPublish (the node exists) |
 //! | `""` (core/v1)            | `persistentvolumes`      | list               | attachment rebuild, orphan reconciler, PV/PVC lookup for events |
 //! | `""` (core/v1)            | `events`                 | create             | events (on PVs, PVCs, and the CSIDriver object) |
 //! | `storage.k8s.io`          | `volumeattachments`      | list               | attachment rebuild at start |
+//! | `storage.k8s.io`          | `csinodes`               | get                | ControllerPublish (the node's attach limit for this driver) |
 //! | `snapshot.storage.k8s.io` | `volumesnapshotcontents` | list               | orphan reconciler, `rds-csi orphans --kubeconfig` |
 //! | `coordination.k8s.io`     | `leases`                 | get, create, update| leader election (namespaced, one Lease) |
 //!

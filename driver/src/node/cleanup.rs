@@ -53,7 +53,8 @@ impl NodeService {
                 "failed stage: its device is in use; not detaching");
             return Ok(());
         }
-        match i.connector.detach(target, cleanup_deadline()).await {
+        // Through `detach`: it also clears a read-only flag this stage may have set.
+        match self.detach(target, cleanup_deadline()).await {
             Ok(()) => i.state.remove(volume_id)?,
             Err(e) => {
                 tracing::warn!(volume_id, error = %e, "could not detach after a failed stage")

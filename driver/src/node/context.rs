@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{NodeError, Result};
 
+/// Publish context key the controller sets (to `true`) when a volume is published read-only:
+/// the node then stages it read-only (device and mount) and publishes it read-only.
+pub const PUBLISH_READONLY_KEY: &str = "readonly";
+
 /// Filesystems the node formats and mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +67,8 @@ pub struct VolumeTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageContext {
     pub target: VolumeTarget,
+    /// The controller published the volume read-only.
+    pub read_only: bool,
     /// From the volume context; the capability's `fs_type` takes precedence (see the service).
     pub fs_type: Option<FsType>,
     /// `mkfsOptions` as given, with the field it came from; checked by [`StageContext::mkfs_args`]
@@ -111,31 +117,71 @@ pub fn is_managed_nqn(nqn: &str, prefix: &str) -> bool {
     !prefix.is_empty() && nqn.strip_prefix(prefix).is_some_and(is_volume_suffix)
 }
 
-/// Validates a path sent by the CO: absolute, no `..`, and under `root` when one is configured.
-pub fn validate_path(field: &str, path: &str, root: Option<&Path>) -> Result<PathBuf> {
+/// What is wrong with a path sent by the CO.
+enum PathProblem {
+    Missing,
+    NotAbsolute,
+    ParentDir,
+    OutsideRoot(PathBuf),
+}
+
+fn check_path(path: &str, root: Option<&Path>) -> std::result::Result<PathBuf, PathProblem> {
     if path.is_empty() {
-        return Err(NodeError::InvalidArgument(format!("{field} is required")));
+        return Err(PathProblem::Missing);
     }
     let p = Path::new(path);
     if !p.is_absolute() || path.len() > 4096 || path.contains('\0') {
-        return Err(NodeError::InvalidArgument(format!(
-            "{field} `{path}` must be an absolute path"
-        )));
+        return Err(PathProblem::NotAbsolute);
     }
     if p.components().any(|c| c == Component::ParentDir) {
-        return Err(NodeError::InvalidArgument(format!(
-            "{field} `{path}` must not contain `..`"
-        )));
+        return Err(PathProblem::ParentDir);
     }
-    if let Some(root) = root {
-        if !p.starts_with(root) {
-            return Err(NodeError::InvalidArgument(format!(
-                "{field} `{path}` is not under the kubelet directory {}",
-                root.display()
-            )));
+    match root {
+        Some(root) if !p.starts_with(root) => Err(PathProblem::OutsideRoot(root.to_path_buf())),
+        _ => Ok(p.to_path_buf()),
+    }
+}
+
+fn path_error(field: &str, path: &str, problem: PathProblem) -> String {
+    match problem {
+        PathProblem::Missing => format!("{field} is required"),
+        PathProblem::NotAbsolute => format!("{field} `{path}` must be an absolute path"),
+        PathProblem::ParentDir => format!("{field} `{path}` must not contain `..`"),
+        PathProblem::OutsideRoot(root) => format!(
+            "{field} `{path}` is not under the kubelet directory {}",
+            root.display()
+        ),
+    }
+}
+
+/// Validates a path sent by the CO: absolute, no `..`, and under `root` when one is configured.
+pub fn validate_path(field: &str, path: &str, root: Option<&Path>) -> Result<PathBuf> {
+    check_path(path, root).map_err(|p| NodeError::InvalidArgument(path_error(field, path, p)))
+}
+
+/// A path where a volume is looked for (`volume_path` of stats and expand). The node only ever
+/// puts volumes at absolute paths under the kubelet directory, so a relative path or one outside
+/// it does not hold the volume: NotFound (what the CSI spec and csi-sanity ask for a volume that
+/// is not at the path), while a missing or `..` path is still bad input.
+pub fn validate_volume_path(
+    field: &str,
+    path: &str,
+    volume_id: &str,
+    root: Option<&Path>,
+) -> Result<PathBuf> {
+    check_path(path, root).map_err(|problem| match problem {
+        PathProblem::NotAbsolute => NodeError::NotFound(format!(
+            "volume {volume_id} is not at {field} `{path}`: volumes are only ever at absolute paths"
+        )),
+        PathProblem::OutsideRoot(root) => NodeError::NotFound(format!(
+            "volume {volume_id} is not at {field} `{path}`: volumes are only ever under the \
+             kubelet directory {}",
+            root.display()
+        )),
+        PathProblem::Missing | PathProblem::ParentDir => {
+            NodeError::InvalidArgument(path_error(field, path, problem))
         }
-    }
-    Ok(p.to_path_buf())
+    })
 }
 
 /// `filePath`: an absolute RDS path of `[A-Za-z0-9._/-]`, without `..`.
@@ -225,6 +271,17 @@ fn parse_int<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     }
 }
 
+/// Whether the controller published the volume read-only (publish context `readonly`).
+pub fn publish_readonly(pc: &HashMap<String, String>) -> Result<bool> {
+    match pc.get(PUBLISH_READONLY_KEY).map(String::as_str) {
+        None | Some("" | "false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(NodeError::InvalidArgument(format!(
+            "publish_context.{PUBLISH_READONLY_KEY} `{other}` must be true or false"
+        ))),
+    }
+}
+
 /// Reads the volume context (and the Go-driver-compatible publish context as a fallback).
 /// Which keys are required depends on the connector; it checks that itself.
 pub fn parse_stage_context(
@@ -273,6 +330,7 @@ pub fn parse_stage_context(
     let mkfs_options = lookup(vc, pc, "mkfsOptions", None).map(|(f, v)| (f, v.to_string()));
     Ok(StageContext {
         target,
+        read_only: publish_readonly(pc)?,
         fs_type,
         mkfs_options,
     })
@@ -333,6 +391,26 @@ mod tests {
         assert!(validate_path("t", "/var/lib/kubeletx/pods", Some(root)).is_err());
         let e = validate_path("staging_target_path", "", None).unwrap_err();
         assert!(e.to_string().contains("staging_target_path"));
+    }
+
+    #[test]
+    fn a_volume_path_that_cannot_hold_a_volume_is_not_found() {
+        let root = Some(Path::new("/var/lib/kubelet"));
+        let check = |p: &str| validate_volume_path("volume_path", p, "pvc-1", root);
+        assert!(check("/var/lib/kubelet/pods/x").is_ok());
+        for p in ["some/path", "/elsewhere/x"] {
+            let e = check(p).unwrap_err();
+            assert!(matches!(e, NodeError::NotFound(_)), "{p}: {e:?}");
+            assert!(
+                e.to_string().contains(p) && e.to_string().contains("pvc-1"),
+                "{e}"
+            );
+        }
+        for p in ["", "/var/lib/kubelet/../x"] {
+            let e = check(p).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{p}: {e:?}");
+            assert!(e.to_string().contains("volume_path"), "{e}");
+        }
     }
 
     #[test]

@@ -11,20 +11,18 @@ use std::time::Duration;
 
 use csi_proto::v1::node_server::Node;
 use csi_proto::v1::node_service_capability::{rpc::Type as RpcType, Rpc, Type as CapType};
-use csi_proto::v1::volume_capability::AccessType;
-use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::{
     NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
     NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
     NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
     NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
     NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
-    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, Topology, VolumeCapability,
-    VolumeCondition, VolumeUsage,
+    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, Topology,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+mod access;
 mod cleanup;
 pub mod connector;
 pub mod context;
@@ -33,15 +31,17 @@ mod exec;
 pub mod guard;
 pub mod mounts;
 pub mod state;
+mod stats;
 
+use access::{check_single_writer, publishes_of_staged, requested, Access};
 use connector::Connector;
 use context::{
-    parse_stage_context, validate_mount_flags, validate_path, validate_volume_id, FsType,
-    VolumeTarget,
+    parse_stage_context, publish_readonly, validate_path, validate_volume_id, validate_volume_path,
+    FsType, VolumeTarget,
 };
 use error::{NodeError, Result};
 use guard::VolumeLocks;
-use mounts::{device_numbers, device_size, Mounter, Probe};
+use mounts::{device_numbers, Mounter, Probe};
 use state::{AccessKind, StateStore, VolumeRecord};
 
 /// The topology segment every node reports (one RDS, reachable from every node).
@@ -139,47 +139,6 @@ struct Inner {
     locks: VolumeLocks,
 }
 
-enum Access {
-    Mount {
-        fs_type: Option<FsType>,
-        flags: Vec<String>,
-    },
-    Block,
-}
-
-fn access_of(cap: Option<&VolumeCapability>) -> Result<Access> {
-    let cap =
-        cap.ok_or_else(|| NodeError::InvalidArgument("volume_capability is required".into()))?;
-    if cap.access_mode.is_none() {
-        return Err(NodeError::InvalidArgument(
-            "volume_capability.access_mode is required".into(),
-        ));
-    }
-    match &cap.access_type {
-        Some(AccessType::Block(_)) => Ok(Access::Block),
-        Some(AccessType::Mount(m)) => {
-            validate_mount_flags(&m.mount_flags)?;
-            let fs_type = if m.fs_type.is_empty() {
-                None
-            } else {
-                Some(FsType::parse(&m.fs_type).ok_or_else(|| {
-                    NodeError::InvalidArgument(format!(
-                        "volume_capability.mount.fs_type `{}` must be one of ext4, ext3, xfs",
-                        m.fs_type
-                    ))
-                })?)
-            };
-            Ok(Access::Mount {
-                fs_type,
-                flags: m.mount_flags.clone(),
-            })
-        }
-        None => Err(NodeError::InvalidArgument(
-            "volume_capability.access_type is required".into(),
-        )),
-    }
-}
-
 /// A deadline for clean-up work after the operation's own deadline may have passed.
 fn cleanup_deadline() -> Instant {
     Instant::now() + Duration::from_secs(30)
@@ -240,15 +199,39 @@ impl NodeService {
         validate_path(field, p, self.inner.cfg.kubelet_dir.as_deref())
     }
 
+    /// Where stats and expand look for the volume; see `validate_volume_path`.
+    fn volume_path(&self, volume_id: &str, p: &str) -> Result<PathBuf> {
+        validate_volume_path(
+            "volume_path",
+            p,
+            volume_id,
+            self.inner.cfg.kubelet_dir.as_deref(),
+        )
+    }
+
     fn deadline(&self) -> Instant {
         Instant::now() + self.inner.cfg.operation_timeout
+    }
+
+    /// Detaches a volume, clearing its device's read-only flag first: a loop device keeps the
+    /// flag for whichever volume uses it next.
+    async fn detach(&self, target: &VolumeTarget, deadline: Instant) -> Result<()> {
+        let i = &self.inner;
+        let device = i.connector.find_device(target).await?;
+        if let Some(device) = device.filter(|d| mounts::is_read_only_device(&i.cfg.sys_root, d)) {
+            if let Err(e) = mounts::set_read_only(&device, false, deadline).await {
+                tracing::warn!(device = %device.display(), error = %e,
+                    "could not clear the read-only flag before detaching");
+            }
+        }
+        i.connector.detach(target, deadline).await
     }
 
     async fn stage(&self, req: NodeStageVolumeRequest) -> Result<()> {
         let i = &self.inner;
         validate_volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let access = access_of(req.volume_capability.as_ref())?;
+        let requested = requested(req.volume_capability.as_ref())?;
         let ctx = parse_stage_context(
             &req.volume_id,
             &req.volume_context,
@@ -256,7 +239,8 @@ impl NodeService {
             &i.cfg.managed_nqn_prefix,
         )?;
         i.connector.check_target(&ctx.target)?;
-        let (kind, fs, flags) = match access {
+        let reader_only = requested.is_reader_only();
+        let (kind, fs, mut flags) = match requested.access {
             Access::Block => (AccessKind::Block, None, Vec::new()),
             Access::Mount { fs_type, flags } => (
                 AccessKind::Mount,
@@ -270,7 +254,12 @@ impl NodeService {
         };
         let _guard = i.locks.try_lock(&req.volume_id)?;
         let deadline = self.deadline();
+        let read_only = ctx.read_only || reader_only;
         let target = ctx.target;
+        if read_only && kind == AccessKind::Mount && !flags.iter().any(|f| f == "ro") {
+            flags.push("ro".into());
+        }
+        let mount_read_only = flags.iter().any(|f| f == "ro");
         let mut rec = VolumeRecord {
             volume_id: req.volume_id.clone(),
             connector: i.connector.name().into(),
@@ -278,6 +267,7 @@ impl NodeService {
             access: kind,
             fs_type: fs,
             staging_path: staging.clone(),
+            read_only,
             device: None,
         };
 
@@ -286,6 +276,18 @@ impl NodeService {
             let dev = i.connector.find_device(&target).await?;
             if let (AccessKind::Mount, Some(d)) = (kind, &dev) {
                 if device_numbers(d)? == (m.major, m.minor) {
+                    if m.is_read_only() != mount_read_only {
+                        return Err(NodeError::AlreadyExists(format!(
+                            "volume {} is already staged at {} {}",
+                            req.volume_id,
+                            staging.display(),
+                            if m.is_read_only() {
+                                "read-only"
+                            } else {
+                                "read-write"
+                            }
+                        )));
+                    }
                     rec.device = dev;
                     i.state.save(&rec)?;
                     return Ok(());
@@ -311,8 +313,14 @@ impl NodeService {
             attached = Some(attachment);
             rec.device = Some(device.clone());
             i.state.save(&rec)?;
+            if read_only {
+                // Before mounting: a read-only device cannot even replay a journal.
+                mounts::set_read_only(&device, true, deadline).await?;
+            }
             if let Some(fs) = fs {
-                self.format_and_mount(&device, &staging, fs, &mkfs_args, &flags, deadline)
+                // A read-only volume is never formatted.
+                let mkfs = (!read_only).then_some(mkfs_args.as_slice());
+                self.format_and_mount(&device, &staging, fs, mkfs, &flags, deadline)
                     .await?;
             }
             Ok::<_, NodeError>(device)
@@ -333,12 +341,14 @@ impl NodeService {
         }
     }
 
+    /// Mounts the filesystem on `device`, formatting a blank device first with `mkfs_options`
+    /// (None: the volume is read-only, and a blank one is refused instead of formatted).
     async fn format_and_mount(
         &self,
         device: &Path,
         staging: &Path,
         fs: FsType,
-        mkfs_options: &[String],
+        mkfs_options: Option<&[String]>,
         flags: &[String],
         deadline: Instant,
     ) -> Result<()> {
@@ -346,6 +356,13 @@ impl NodeService {
             .map_err(|e| NodeError::io(format!("creating {}", staging.display()), e))?;
         match mounts::probe(device, deadline).await? {
             Probe::Empty => {
+                let Some(mkfs_options) = mkfs_options else {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "{} is blank and the volume is published read-only, so it is not \
+                         formatted; publish it read-write once to create its filesystem",
+                        device.display()
+                    )));
+                };
                 tracing::info!(device = %device.display(), fs = fs.as_str(), "formatting a blank device");
                 mounts::format(device, fs, mkfs_options, deadline).await?;
             }
@@ -398,7 +415,7 @@ impl NodeService {
                 }
             }
             // Verified detach: an error here fails the unstage, and kubelet retries.
-            i.connector.detach(t, deadline).await?;
+            self.detach(t, deadline).await?;
         }
         i.state.remove(&req.volume_id)?;
         tracing::info!(volume_id = %req.volume_id, staging = %staging.display(), "unstaged");
@@ -410,11 +427,17 @@ impl NodeService {
         validate_volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let target = self.path("target_path", &req.target_path)?;
-        let access = access_of(req.volume_capability.as_ref())?;
+        let requested = requested(req.volume_capability.as_ref())?;
+        let published_read_only = publish_readonly(&req.publish_context)?;
         let _guard = i.locks.try_lock(&req.volume_id)?;
         let deadline = self.deadline();
-        let ro = req.readonly;
-        match access {
+        let record = i.state.load(&req.volume_id)?;
+        // Read-only when the pod asks, and always when the volume is published or staged so.
+        let ro = req.readonly
+            || published_read_only
+            || requested.is_reader_only()
+            || record.as_ref().is_some_and(|r| r.read_only);
+        match requested.access {
             Access::Mount { .. } => {
                 let sm = i.mounter.mount_at(&staging)?.ok_or_else(|| {
                     NodeError::FailedPrecondition(format!(
@@ -433,12 +456,16 @@ impl NodeService {
                         target.display()
                     )));
                 }
+                if requested.is_single_writer() {
+                    let others = publishes_of_staged(&i.mounter, &sm)?;
+                    check_single_writer(&req.volume_id, &target, &others)?;
+                }
                 std::fs::create_dir_all(&target)
                     .map_err(|e| NodeError::io(format!("creating {}", target.display()), e))?;
                 i.mounter.bind(&staging, &target, ro, deadline).await?;
             }
             Access::Block => {
-                let rec = i.state.load(&req.volume_id)?.ok_or_else(|| {
+                let rec = record.ok_or_else(|| {
                     NodeError::FailedPrecondition(format!(
                         "volume {} is not staged on this node",
                         req.volume_id
@@ -466,6 +493,11 @@ impl NodeService {
                         "{} is already mounted, from another device or with another read-only setting",
                         target.display()
                     )));
+                }
+                if requested.is_single_writer() {
+                    let name = dev.file_name().unwrap_or_default().to_string_lossy();
+                    let others = i.mounter.users_of_device(numbers.0, numbers.1, &name)?;
+                    check_single_writer(&req.volume_id, &target, &others)?;
                 }
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent)
@@ -510,204 +542,6 @@ impl NodeService {
         }
         tracing::info!(volume_id = %req.volume_id, target = %target.display(), "unpublished");
         Ok(())
-    }
-
-    async fn stats(&self, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
-        let i = &self.inner;
-        validate_volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
-        // No volume guard: stats are read-only and kubelet polls them while other calls run.
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NodeError::NotFound(format!(
-                    "volume_path {} does not exist",
-                    path.display()
-                )))
-            }
-            Err(e) => {
-                return Ok(NodeGetVolumeStatsResponse {
-                    usage: Vec::new(),
-                    volume_condition: Some(abnormal(format!(
-                        "{} cannot be read: {e}",
-                        path.display()
-                    ))),
-                })
-            }
-        };
-        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "volume_path {} is not a mount point",
-                path.display()
-            ))
-        })?;
-        let (numbers, usage, mut problem) = if meta.file_type().is_block_device() {
-            let numbers = (
-                nix::sys::stat::major(meta.rdev()) as u32,
-                nix::sys::stat::minor(meta.rdev()) as u32,
-            );
-            match device_size(&i.cfg.sys_root, numbers.0, numbers.1)? {
-                Some(size) => (
-                    numbers,
-                    vec![VolumeUsage {
-                        total: size as i64,
-                        unit: Unit::Bytes as i32,
-                        ..Default::default()
-                    }],
-                    None,
-                ),
-                None => (
-                    numbers,
-                    Vec::new(),
-                    Some("the block device is gone".to_string()),
-                ),
-            }
-        } else {
-            let numbers = (m.major, m.minor);
-            match nix::sys::statvfs::statvfs(&path) {
-                Ok(s) => {
-                    let frsize = s.fragment_size();
-                    let blocks = s.blocks();
-                    let bfree = s.blocks_free();
-                    let bavail = s.blocks_available();
-                    let files = s.files();
-                    let ffree = s.files_free();
-                    let usage = vec![
-                        VolumeUsage {
-                            total: (blocks * frsize) as i64,
-                            available: (bavail * frsize) as i64,
-                            used: (blocks.saturating_sub(bfree) * frsize) as i64,
-                            unit: Unit::Bytes as i32,
-                        },
-                        VolumeUsage {
-                            total: files as i64,
-                            available: ffree as i64,
-                            used: files.saturating_sub(ffree) as i64,
-                            unit: Unit::Inodes as i32,
-                        },
-                    ];
-                    let gone = device_size(&i.cfg.sys_root, m.major, m.minor)?.is_none();
-                    (
-                        numbers,
-                        usage,
-                        gone.then(|| "the block device behind the mount is gone".to_string()),
-                    )
-                }
-                Err(e) => (numbers, Vec::new(), Some(format!("statfs failed: {e}"))),
-            }
-        };
-        if problem.is_none() {
-            if let Some(rec) = i.state.load(&req.volume_id)? {
-                problem = match i.connector.find_device(&rec.target).await? {
-                    None => Some(format!("volume {} is no longer attached", req.volume_id)),
-                    Some(d) => match device_numbers(&d) {
-                        Ok(n) if n == numbers => None,
-                        _ => Some(format!(
-                            "stale mount: volume {} is now {}, the mount uses {}:{}",
-                            req.volume_id,
-                            d.display(),
-                            numbers.0,
-                            numbers.1
-                        )),
-                    },
-                };
-            }
-        }
-        Ok(NodeGetVolumeStatsResponse {
-            usage,
-            volume_condition: Some(match problem {
-                Some(msg) => abnormal(msg),
-                None => VolumeCondition {
-                    abnormal: false,
-                    message: "healthy".into(),
-                },
-            }),
-        })
-    }
-
-    async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<i64> {
-        let i = &self.inner;
-        validate_volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
-        let _guard = i.locks.try_lock(&req.volume_id)?;
-        let deadline = self.deadline();
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NodeError::NotFound(format!(
-                    "volume_path {} does not exist",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(NodeError::io(path.display(), e)),
-        };
-        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "volume_path {} is not a mount point",
-                path.display()
-            ))
-        })?;
-        let is_block = meta.file_type().is_block_device()
-            || matches!(
-                req.volume_capability
-                    .as_ref()
-                    .and_then(|c| c.access_type.as_ref()),
-                Some(AccessType::Block(_))
-            );
-        let numbers = if meta.file_type().is_block_device() {
-            (
-                nix::sys::stat::major(meta.rdev()) as u32,
-                nix::sys::stat::minor(meta.rdev()) as u32,
-            )
-        } else {
-            (m.major, m.minor)
-        };
-        let target = match i.state.load(&req.volume_id)? {
-            Some(r) => r.target,
-            None => i
-                .connector
-                .target_for_device(numbers.0, numbers.1)
-                .await?
-                .ok_or_else(|| {
-                    NodeError::NotFound(format!(
-                        "volume {} is not staged on this node",
-                        req.volume_id
-                    ))
-                })?,
-        };
-        let device = i.connector.find_device(&target).await?.ok_or_else(|| {
-            NodeError::FailedPrecondition(format!("volume {} is not attached", req.volume_id))
-        })?;
-        if device_numbers(&device)? != numbers {
-            return Err(NodeError::FailedPrecondition(format!(
-                "{} is a stale mount: volume {} is now {}",
-                path.display(),
-                req.volume_id,
-                device.display()
-            )));
-        }
-        i.connector.rescan(&target, &device, deadline).await?;
-        let required = req
-            .capacity_range
-            .as_ref()
-            .map_or(0, |c| c.required_bytes.max(0) as u64);
-        // The kernel may publish the new size a little after the rescan.
-        let wait_until = deadline.min(Instant::now() + Duration::from_secs(30));
-        let size = exec::poll_until(wait_until, Duration::from_millis(100), || {
-            Ok(device_size(&i.cfg.sys_root, numbers.0, numbers.1)?.filter(|s| *s >= required))
-        })
-        .await?
-        .ok_or_else(|| {
-            NodeError::FailedPrecondition(format!(
-                "{} did not grow to the required {required} bytes; was the volume expanded on the RDS?",
-                device.display()
-            ))
-        })?;
-        if !is_block {
-            mounts::grow(&m.fs_type, &device, &path, deadline).await?;
-        }
-        tracing::info!(volume_id = %req.volume_id, bytes = size, "expanded");
-        Ok(size as i64)
     }
 
     /// The start-up scan: compare the records with the mounts and attachments, remove records
@@ -786,13 +620,6 @@ impl NodeService {
             "node recovery scan done"
         );
         Ok(report)
-    }
-}
-
-fn abnormal(message: String) -> VolumeCondition {
-    VolumeCondition {
-        abnormal: true,
-        message,
     }
 }
 
@@ -877,6 +704,7 @@ impl Node for NodeService {
             RpcType::ExpandVolume,
             RpcType::GetVolumeStats,
             RpcType::VolumeCondition,
+            RpcType::SingleNodeMultiWriter,
         ]
         .into_iter()
         .map(|t| NodeServiceCapability {

@@ -1,6 +1,7 @@
 //! The mount table (read from `/proc/self/mountinfo`, never remembered), the `mount`/`umount`
 //! binaries, and filesystem tools (`blkid`, `mkfs.*`, `resize2fs`, `xfs_growfs`).
 
+use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -206,6 +207,28 @@ pub fn device_numbers(device: &Path) -> Result<(u32, u32)> {
         nix::sys::stat::major(rdev) as u32,
         nix::sys::stat::minor(rdev) as u32,
     ))
+}
+
+/// Sets or clears a block device's read-only flag (`blockdev --setro/--setrw`). A read-only bind
+/// mount of a device node does not stop writes to the device; this does, for every opener.
+pub async fn set_read_only(device: &Path, read_only: bool, deadline: Instant) -> Result<()> {
+    let flag = if read_only { "--setro" } else { "--setrw" };
+    run_ok(
+        Path::new("blockdev"),
+        &[OsStr::new(flag), device.as_os_str()],
+        deadline,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Whether the kernel has the block device's read-only flag set (sysfs `ro`).
+pub fn is_read_only_device(sys_root: &Path, device: &Path) -> bool {
+    let Some(name) = device.file_name() else {
+        return false;
+    };
+    let flag = sys_root.join("class/block").join(name).join("ro");
+    std::fs::read_to_string(flag).is_ok_and(|v| v.trim() == "1")
 }
 
 /// Size in bytes of the block device `major:minor`, from sysfs; `None` when the device is gone.

@@ -26,6 +26,10 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_type: Option<FsType>,
     pub staging_path: PathBuf,
+    /// Staged read-only: the device's read-only flag is set, and cleared again before detach
+    /// (a loop device keeps it for its next user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
     /// The device at stage time. Informational only: devices are looked up again by NQN or
     /// backing file, because NVMe controllers renumber after a reconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +141,7 @@ mod tests {
             access: AccessKind::Mount,
             fs_type: Some(FsType::Xfs),
             staging_path: "/stage".into(),
+            read_only: true,
             device: Some("/dev/loop0".into()),
         };
         store.save(&rec).unwrap();

@@ -3,6 +3,10 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod controller;
+#[macro_use]
+pub mod loop_host;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 const PLURALS: &[&str] = &[
     "nodes",
+    "csinodes",
     "persistentvolumes",
     "persistentvolumeclaims",
     "volumeattachments",
@@ -112,6 +113,7 @@ fn split(path: &str) -> Option<(String, Option<String>)> {
 fn kind_of(collection: &str) -> &'static str {
     match collection.rsplit('/').next().unwrap_or_default() {
         "nodes" => "Node",
+        "csinodes" => "CSINode",
         "persistentvolumes" => "PersistentVolume",
         "volumeattachments" => "VolumeAttachment",
         "volumesnapshotcontents" => "VolumeSnapshotContent",
@@ -531,6 +533,7 @@ async fn handle(
 // ---- object builders ----
 
 pub const NODES: &str = "/api/v1/nodes";
+pub const CSINODES: &str = "/apis/storage.k8s.io/v1/csinodes";
 pub const PVS: &str = "/api/v1/persistentvolumes";
 pub const VAS: &str = "/apis/storage.k8s.io/v1/volumeattachments";
 pub const VSCS: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents";
@@ -548,6 +551,25 @@ pub fn node(name: &str, ready: bool) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
         "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    })
+}
+
+/// The CSINode kubelet keeps for `name`: one entry per driver, with the attach limit the
+/// driver's NodeGetInfo reported (None: no limit).
+pub fn csinode(name: &str, drivers: &[(&str, Option<i32>)]) -> Value {
+    let drivers: Vec<Value> = drivers
+        .iter()
+        .map(|(driver, count)| {
+            let mut d = json!({"name": driver, "nodeID": name, "topologyKeys": []});
+            if let Some(count) = count {
+                d["allocatable"] = json!({"count": count});
+            }
+            d
+        })
+        .collect();
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": name},
+        "spec": {"drivers": drivers},
     })
 }
 

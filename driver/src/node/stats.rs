@@ -1,0 +1,228 @@
+//! NodeGetVolumeStats and NodeExpandVolume: the volume is looked for at its path (the mount
+//! there and the device behind it), never taken from memory.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::Duration;
+
+use csi_proto::v1::volume_capability::AccessType;
+use csi_proto::v1::volume_usage::Unit;
+use csi_proto::v1::{
+    NodeExpandVolumeRequest, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse,
+    VolumeCondition, VolumeUsage,
+};
+use tokio::time::Instant;
+
+use super::context::validate_volume_id;
+use super::error::{NodeError, Result};
+use super::mounts::{self, device_numbers, device_size};
+use super::{exec, NodeService};
+
+impl NodeService {
+    pub(super) async fn stats(
+        &self,
+        req: NodeGetVolumeStatsRequest,
+    ) -> Result<NodeGetVolumeStatsResponse> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let path = self.volume_path(&req.volume_id, &req.volume_path)?;
+        // No volume guard: stats are read-only and kubelet polls them while other calls run.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!(
+                    "volume_path {} does not exist",
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Ok(NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(abnormal(format!(
+                        "{} cannot be read: {e}",
+                        path.display()
+                    ))),
+                })
+            }
+        };
+        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "volume_path {} is not a mount point",
+                path.display()
+            ))
+        })?;
+        let (numbers, usage, mut problem) = if meta.file_type().is_block_device() {
+            let numbers = (
+                nix::sys::stat::major(meta.rdev()) as u32,
+                nix::sys::stat::minor(meta.rdev()) as u32,
+            );
+            match device_size(&i.cfg.sys_root, numbers.0, numbers.1)? {
+                Some(size) => (
+                    numbers,
+                    vec![VolumeUsage {
+                        total: size as i64,
+                        unit: Unit::Bytes as i32,
+                        ..Default::default()
+                    }],
+                    None,
+                ),
+                None => (
+                    numbers,
+                    Vec::new(),
+                    Some("the block device is gone".to_string()),
+                ),
+            }
+        } else {
+            let numbers = (m.major, m.minor);
+            match nix::sys::statvfs::statvfs(&path) {
+                Ok(s) => {
+                    let frsize = s.fragment_size();
+                    let blocks = s.blocks();
+                    let bfree = s.blocks_free();
+                    let bavail = s.blocks_available();
+                    let files = s.files();
+                    let ffree = s.files_free();
+                    let usage = vec![
+                        VolumeUsage {
+                            total: (blocks * frsize) as i64,
+                            available: (bavail * frsize) as i64,
+                            used: (blocks.saturating_sub(bfree) * frsize) as i64,
+                            unit: Unit::Bytes as i32,
+                        },
+                        VolumeUsage {
+                            total: files as i64,
+                            available: ffree as i64,
+                            used: files.saturating_sub(ffree) as i64,
+                            unit: Unit::Inodes as i32,
+                        },
+                    ];
+                    let gone = device_size(&i.cfg.sys_root, m.major, m.minor)?.is_none();
+                    (
+                        numbers,
+                        usage,
+                        gone.then(|| "the block device behind the mount is gone".to_string()),
+                    )
+                }
+                Err(e) => (numbers, Vec::new(), Some(format!("statfs failed: {e}"))),
+            }
+        };
+        if problem.is_none() {
+            if let Some(rec) = i.state.load(&req.volume_id)? {
+                problem = match i.connector.find_device(&rec.target).await? {
+                    None => Some(format!("volume {} is no longer attached", req.volume_id)),
+                    Some(d) => match device_numbers(&d) {
+                        Ok(n) if n == numbers => None,
+                        _ => Some(format!(
+                            "stale mount: volume {} is now {}, the mount uses {}:{}",
+                            req.volume_id,
+                            d.display(),
+                            numbers.0,
+                            numbers.1
+                        )),
+                    },
+                };
+            }
+        }
+        Ok(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(match problem {
+                Some(msg) => abnormal(msg),
+                None => VolumeCondition {
+                    abnormal: false,
+                    message: "healthy".into(),
+                },
+            }),
+        })
+    }
+
+    pub(super) async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<i64> {
+        let i = &self.inner;
+        validate_volume_id(&req.volume_id)?;
+        let path = self.volume_path(&req.volume_id, &req.volume_path)?;
+        let _guard = i.locks.try_lock(&req.volume_id)?;
+        let deadline = self.deadline();
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!(
+                    "volume_path {} does not exist",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(NodeError::io(path.display(), e)),
+        };
+        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "volume_path {} is not a mount point",
+                path.display()
+            ))
+        })?;
+        let is_block = meta.file_type().is_block_device()
+            || matches!(
+                req.volume_capability
+                    .as_ref()
+                    .and_then(|c| c.access_type.as_ref()),
+                Some(AccessType::Block(_))
+            );
+        let numbers = if meta.file_type().is_block_device() {
+            (
+                nix::sys::stat::major(meta.rdev()) as u32,
+                nix::sys::stat::minor(meta.rdev()) as u32,
+            )
+        } else {
+            (m.major, m.minor)
+        };
+        let target = match i.state.load(&req.volume_id)? {
+            Some(r) => r.target,
+            None => i
+                .connector
+                .target_for_device(numbers.0, numbers.1)
+                .await?
+                .ok_or_else(|| {
+                    NodeError::NotFound(format!(
+                        "volume {} is not staged on this node",
+                        req.volume_id
+                    ))
+                })?,
+        };
+        let device = i.connector.find_device(&target).await?.ok_or_else(|| {
+            NodeError::FailedPrecondition(format!("volume {} is not attached", req.volume_id))
+        })?;
+        if device_numbers(&device)? != numbers {
+            return Err(NodeError::FailedPrecondition(format!(
+                "{} is a stale mount: volume {} is now {}",
+                path.display(),
+                req.volume_id,
+                device.display()
+            )));
+        }
+        i.connector.rescan(&target, &device, deadline).await?;
+        let required = req
+            .capacity_range
+            .as_ref()
+            .map_or(0, |c| c.required_bytes.max(0) as u64);
+        // The kernel may publish the new size a little after the rescan.
+        let wait_until = deadline.min(Instant::now() + Duration::from_secs(30));
+        let size = exec::poll_until(wait_until, Duration::from_millis(100), || {
+            Ok(device_size(&i.cfg.sys_root, numbers.0, numbers.1)?.filter(|s| *s >= required))
+        })
+        .await?
+        .ok_or_else(|| {
+            NodeError::FailedPrecondition(format!(
+                "{} did not grow to the required {required} bytes; was the volume expanded on the RDS?",
+                device.display()
+            ))
+        })?;
+        if !is_block {
+            mounts::grow(&m.fs_type, &device, &path, deadline).await?;
+        }
+        tracing::info!(volume_id = %req.volume_id, bytes = size, "expanded");
+        Ok(size as i64)
+    }
+}
+
+fn abnormal(message: String) -> VolumeCondition {
+    VolumeCondition {
+        abnormal: true,
+        message,
+    }
+}

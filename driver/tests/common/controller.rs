@@ -1,0 +1,135 @@
+//! The Controller service against an embedded mock-rds: the fixture shared by the controller
+//! test binaries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use csi_proto::v1::*;
+use mock_rds::MockRds;
+use rds_csi::controller::params::ParamDefaults;
+use rds_csi::controller::{ControllerConfig, ControllerService};
+use rds_csi::rds::{Port, RdsPath, RetryPolicy};
+use russh::keys::PrivateKey;
+use tonic::{Code, Request};
+
+use super as common;
+
+pub const BASE: &str = "/storage-pool/metal-csi";
+pub const GIB: i64 = 1 << 30;
+
+pub struct Fixture {
+    pub mock: MockRds,
+    pub svc: ControllerService,
+    pub key: PrivateKey,
+    pub state: tempfile::TempDir,
+}
+
+/// The controller configuration the fixture uses: base path BASE, NVMe at 10.42.68.1:4420.
+pub fn config() -> ControllerConfig {
+    ControllerConfig::new(ParamDefaults {
+        base_path: RdsPath::new(BASE).unwrap(),
+        nvme_address: Some("10.42.68.1".into()),
+        nvme_port: Port::new(4420).unwrap(),
+    })
+}
+
+pub fn service(mock: &MockRds, key: &PrivateKey) -> ControllerService {
+    service_with(mock, key, config())
+}
+
+pub fn service_with(
+    mock: &MockRds,
+    key: &PrivateKey,
+    config: ControllerConfig,
+) -> ControllerService {
+    let retry = RetryPolicy {
+        attempts: 3,
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        attempt_timeout: Duration::from_secs(3),
+    };
+    let rds = Arc::new(common::client_for(
+        mock,
+        key.clone(),
+        common::pinned(mock),
+        retry,
+    ));
+    ControllerService::new(rds, config)
+}
+
+pub async fn fixture() -> Fixture {
+    fixture_with(config()).await
+}
+
+pub async fn fixture_with(config: ControllerConfig) -> Fixture {
+    let key = common::new_key();
+    let state = tempfile::tempdir().unwrap();
+    let mock = common::start_mock(key.public_key(), Some(state.path())).await;
+    let svc = service_with(&mock, &key, config);
+    Fixture {
+        mock,
+        svc,
+        key,
+        state,
+    }
+}
+
+pub fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    }
+}
+
+pub fn block_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    }
+}
+
+pub fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap(Mode::SingleNodeWriter)],
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    pub async fn create(&self, name: &str, bytes: i64) -> Volume {
+        self.svc
+            .create_volume(Request::new(create_req(name, bytes)))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+    }
+
+    pub fn adds(&self) -> usize {
+        self.mock
+            .history()
+            .iter()
+            .filter(|h| h.command.starts_with("/disk add"))
+            .count()
+    }
+
+    pub fn file_exists(&self, path: &str) -> bool {
+        self.mock.files().iter().any(|f| f.path == path)
+    }
+}
+
+pub fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
