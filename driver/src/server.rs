@@ -60,6 +60,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut pool = None;
     let (rds, controller) = if let Some(role) = config.controller {
         let rds = rds_client(role.rds);
+        let learner = Arc::clone(&rds);
+        tokio::spawn(async move {
+            learner
+                .learn(tokio::time::Instant::now() + std::time::Duration::from_secs(30))
+                .await
+        });
         let base_path = role.service.defaults.base_path.clone();
         // Attachments rebuilt from the cluster, and the reconcilers, when Kubernetes is reachable.
         let (attachments, kube) = crate::kube::setup_controller(

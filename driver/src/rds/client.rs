@@ -515,6 +515,20 @@ impl RdsClient {
         Traffic::parse(&out).map_err(RdsError::Parse)
     }
 
+    /// Learns, read-only and cheaply, what this RDS does where RouterOS builds may differ: its
+    /// clock's offset from UTC, and whether it answers `print terse` (a listing of a slot that
+    /// cannot exist). Run at start so the first real call does not pay for it; a failure is
+    /// only logged, and the next call learns it instead.
+    pub async fn learn(&self, deadline: Instant) {
+        if let Err(e) = self.clock(deadline).await {
+            tracing::warn!(error = %e, "could not read the RDS clock at start");
+        }
+        let probe = Slot::new("rds-csi-probe-no-such-slot").expect("a valid slot");
+        if let Err(e) = self.get_disk(&probe, deadline).await {
+            tracing::warn!(error = %e, "could not list a disk at start");
+        }
+    }
+
     /// The RDS's clock: its offset from UTC and its own time, read at most every few minutes.
     pub async fn clock(&self, deadline: Instant) -> Result<RdsClock, RdsError> {
         if let Some((read_at, clock)) = *self.clock.lock().unwrap_or_else(|p| p.into_inner()) {
