@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +21,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::RwLock;
 use tonic::Request;
+
+mod model;
+use model::{Known, Model};
 
 const VOLUMES: usize = 6;
 const SNAPSHOTS: usize = 3;
@@ -70,95 +73,6 @@ fn options() -> anyhow::Result<Options> {
     }
     anyhow::ensure!(o.workers > 0, "--workers must be at least 1");
     Ok(o)
-}
-
-/// What the soak knows about one name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    Absent,
-    Present,
-    /// A call failed or overlapped another on the same name: it may or may not exist.
-    Unknown,
-}
-
-#[derive(Debug, Clone)]
-struct Object {
-    known: Known,
-    /// A snapshot's ID, once CreateSnapshot has returned it.
-    id: Option<String>,
-    /// The least size acknowledged.
-    size: u64,
-    /// The token last written on the volume's filesystem, when known.
-    content: Option<u64>,
-    staged: bool,
-}
-
-#[derive(Default)]
-struct Model {
-    objects: Mutex<HashMap<String, Object>>,
-    /// Per name: calls in flight, and calls started (to tell an overlap).
-    in_flight: Mutex<HashMap<String, (usize, u64)>>,
-    violations: Mutex<Vec<(usize, String)>>,
-}
-
-impl Model {
-    fn get(&self, name: &str) -> Object {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .unwrap_or(Object {
-                known: Known::Absent,
-                id: None,
-                size: 0,
-                content: None,
-                staged: false,
-            })
-    }
-
-    fn set(&self, name: &str, f: impl FnOnce(&mut Object)) {
-        let mut map = self.objects.lock().unwrap();
-        let o = map.entry(name.to_string()).or_insert(Object {
-            known: Known::Absent,
-            id: None,
-            size: 0,
-            content: None,
-            staged: false,
-        });
-        f(o);
-    }
-
-    /// Marks a call on `names` started; returns the start counts to compare at the end.
-    fn begin(&self, names: &[&str]) -> Vec<u64> {
-        let mut m = self.in_flight.lock().unwrap();
-        names
-            .iter()
-            .map(|n| {
-                let e = m.entry(n.to_string()).or_default();
-                e.0 += 1;
-                e.1 += 1;
-                e.1
-            })
-            .collect()
-    }
-
-    /// Ends a call; true when no other call touched the names meanwhile.
-    fn end(&self, names: &[&str], started: &[u64]) -> bool {
-        let mut m = self.in_flight.lock().unwrap();
-        let mut alone = true;
-        for (n, s) in names.iter().zip(started) {
-            let e = m.get_mut(*n).expect("begun");
-            alone &= e.0 == 1 && e.1 == *s;
-            e.0 -= 1;
-        }
-        alone
-    }
-
-    fn violation(&self, op: usize, what: String) {
-        eprintln!("VIOLATION at operation {op}: {what}");
-        self.violations.lock().unwrap().push((op, what));
-    }
 }
 
 struct Soak {
