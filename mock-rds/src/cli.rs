@@ -70,6 +70,20 @@ pub struct Cli {
     #[arg(long, default_value = "default", value_parser = Profile::parse, env = "MOCK_RDS_PROFILE")]
     pub profile: Profile,
 
+    /// Serve every disk with `nvme-tcp-export=yes` through the Linux kernel's NVMe/TCP target
+    /// (root; `modprobe nvmet-tcp`; needs --data-dir). Removed again at shutdown.
+    #[arg(long, env = "MOCK_RDS_NVMET", requires = "data_dir")]
+    pub nvmet: bool,
+
+    /// With --nvmet: the address the target's TCP ports listen on (each disk's
+    /// `nvme-tcp-server-port`).
+    #[arg(long, default_value = "127.0.0.1", env = "MOCK_RDS_NVME_LISTEN")]
+    pub nvme_listen: std::net::IpAddr,
+
+    /// With --nvmet: the kernel target's configfs directory.
+    #[arg(long, default_value = crate::nvmet::DEFAULT_CONFIGFS, env = "MOCK_RDS_NVMET_CONFIGFS")]
+    pub nvmet_configfs: PathBuf,
+
     /// Print every variant and combined profile, one a line with its description, and exit.
     #[arg(long)]
     pub list_profiles: bool,
@@ -136,6 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity: cli.identity,
         error_exit_status: cli.error_exit_status,
         profile: cli.profile,
+        nvmet: cli.nvmet.then(|| crate::nvmet::NvmetConfig {
+            configfs: cli.nvmet_configfs,
+            listen: cli.nvme_listen,
+            record: None,
+        }),
         ..Config::default()
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

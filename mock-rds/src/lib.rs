@@ -15,6 +15,7 @@ pub mod command;
 pub mod engine;
 pub mod fault;
 pub mod format;
+pub mod nvmet;
 pub mod profile;
 mod server;
 pub mod state;
@@ -108,6 +109,9 @@ pub struct Config {
     pub history_depth: usize,
     /// Behaviour variants of real RouterOS to play (`default`: none).
     pub profile: Profile,
+    /// Serve exported disks through the kernel's NVMe/TCP target (needs `data_dir`). The record
+    /// of what the mock created goes to the state dir when there is one.
+    pub nvmet: Option<nvmet::NvmetConfig>,
 }
 
 impl Default for Config {
@@ -127,6 +131,7 @@ impl Default for Config {
             fixed_time: None,
             history_depth: 10_000,
             profile: Profile::default(),
+            nvmet: None,
         }
     }
 }
@@ -145,6 +150,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.shared.stop();
+        self.shared.engine.teardown_target();
     }
 }
 
@@ -156,6 +162,7 @@ pub struct MockRds {
 
 const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 const STATE_FILE: &str = "state.json";
+const NVMET_RECORD: &str = "nvmet.json";
 
 /// Loads `DIR/ssh_host_ed25519_key`, creating it (OpenSSH format, mode 0600) on first start.
 fn load_or_create_host_key(dir: &Path) -> anyhow::Result<PrivateKey> {
@@ -200,7 +207,21 @@ impl MockRds {
             Some(p) => state::load(p)?,
             None => state::State::default(),
         };
-        let engine = Arc::new(engine::Engine::new(
+        let target = match &config.nvmet {
+            None => None,
+            Some(n) => {
+                anyhow::ensure!(
+                    config.data_dir.is_some(),
+                    "--nvmet needs --data-dir: the kernel target serves the disks' files"
+                );
+                let mut n = n.clone();
+                if n.record.is_none() {
+                    n.record = config.state_dir.as_ref().map(|d| d.join(NVMET_RECORD));
+                }
+                Some(nvmet::Target::open(n)?)
+            }
+        };
+        let engine = engine::Engine::new(
             engine::EngineConfig {
                 output: config.output,
                 mount_point: config.mount_point.clone(),
@@ -215,7 +236,11 @@ impl MockRds {
                 profile: config.profile.clone(),
             },
             state,
-        ));
+        );
+        let engine = Arc::new(match target {
+            Some(t) => engine.with_target(t),
+            None => engine,
+        });
 
         let public = PublicKey::new(host_key.public_key().key_data().clone(), "");
         let host_public = public
@@ -442,5 +467,11 @@ impl MockRds {
             let _ = task.await;
         }
         self.inner.shared.stop();
+        self.engine().teardown_target();
+    }
+
+    /// The kernel NVMe/TCP target, with `--nvmet`.
+    pub fn target(&self) -> Option<&nvmet::Target> {
+        self.engine().target()
     }
 }

@@ -19,6 +19,10 @@ pub struct Disk {
     pub nvme_tcp_export: bool,
     pub nvme_tcp_server_port: Option<u16>,
     pub nvme_tcp_server_nqn: Option<String>,
+    /// `nvme-tcp-server-allow-host-name`: host NQNs (comma-separated) that may connect; empty:
+    /// any host.
+    #[serde(default)]
+    pub nvme_tcp_server_allow_host_name: String,
     /// The source slot when made by `copy-from`. RouterOS does not show this; it is for tests.
     pub copied_from: Option<String>,
     /// Creation order; RouterOS prints items in this order.

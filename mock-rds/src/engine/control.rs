@@ -66,6 +66,18 @@ impl Engine {
                 Ok(self.mode().lines(&text))
             }
             "fault" => self.mock_fault(inv),
+            "target" => {
+                // `/mock target print`: what the kernel target serves.
+                match inv.positional.as_slice() {
+                    [p] if p.word && matches!(&p.value, Value::Text(w) if w == "print") => {}
+                    [] => {}
+                    [p, ..] => return Err(CliError::ExpectedEnd { col: p.col }),
+                }
+                no_named(inv)?;
+                let t = self.target().ok_or_else(no_target)?;
+                let text: String = t.describe().iter().map(|l| format!("{l}\n")).collect();
+                Ok(self.mode().lines(&text))
+            }
             "profile" => {
                 inv.only_args(&["set"])?;
                 match (inv.text("set"), inv.positional.as_slice()) {
@@ -159,6 +171,22 @@ impl Engine {
                     _ => Fault::RefuseConnections(enabled),
                 }
             }
+            "target-down" => {
+                inv.only_args(&["enabled", "for"])?;
+                let t = self.target().ok_or_else(no_target)?;
+                let for_ = match inv.text("for") {
+                    None => None,
+                    Some(d) => Some(
+                        fault::parse_duration(d)
+                            .ok_or_else(|| CliError::InvalidValue { arg: "for".into() })?,
+                    ),
+                };
+                // Under the state lock, so no disk change reconciles the target meanwhile.
+                let _st = lock(&self.state);
+                t.set_down(enabled, for_)
+                    .map_err(|e| failure(format!("kernel target: {e}")))?;
+                return Ok(String::new());
+            }
             "stall-handshake" => {
                 inv.only_args(&["enabled"])?;
                 Fault::StallHandshake(enabled)
@@ -187,4 +215,8 @@ impl Engine {
             .map_err(|e| failure(format!("bad pattern: {e}")))?;
         Ok(String::new())
     }
+}
+
+fn no_target() -> CliError {
+    failure("no kernel target: mock-rds was started without --nvmet")
 }

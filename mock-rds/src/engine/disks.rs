@@ -13,6 +13,7 @@ impl Engine {
             "nvme-tcp-export",
             "nvme-tcp-server-port",
             "nvme-tcp-server-nqn",
+            "nvme-tcp-server-allow-host-name",
             "copy-from",
         ])?;
         if let Some(p) = inv.positional.first() {
@@ -46,6 +47,7 @@ impl Engine {
             });
         }
         let nqn = inv.text("nvme-tcp-server-nqn").map(str::to_string);
+        let allow_host = allow_host_arg(inv)?;
 
         let mut st = lock(&self.state);
         let source = match inv.arg("copy-from").map(|a| &a.value) {
@@ -126,6 +128,7 @@ impl Engine {
             } else {
                 nqn
             },
+            nvme_tcp_server_allow_host_name: allow_host.unwrap_or_default(),
             copied_from: source.as_ref().map(|s| s.slot.clone()),
             id,
         });
@@ -169,6 +172,7 @@ impl Engine {
             "nvme-tcp-export",
             "nvme-tcp-server-port",
             "nvme-tcp-server-nqn",
+            "nvme-tcp-server-allow-host-name",
         ])?;
         let target = self.single_target(inv)?;
         let size = opt_size(inv, "file-size")?;
@@ -180,6 +184,7 @@ impl Engine {
             })?),
         };
         let nqn = inv.text("nvme-tcp-server-nqn").map(str::to_string);
+        let allow_host = allow_host_arg(inv)?;
 
         let mut st = lock(&self.state);
         let slots = self.select_disks(&st, target)?;
@@ -253,6 +258,9 @@ impl Engine {
             if let Some(n) = &nqn {
                 d.nvme_tcp_server_nqn = Some(n.clone());
             }
+            if let Some(h) = &allow_host {
+                d.nvme_tcp_server_allow_host_name = h.clone();
+            }
         }
         self.persist(&st);
         Ok(String::new())
@@ -289,4 +297,25 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// `nvme-tcp-server-allow-host-name`: empty, or host NQNs separated by commas.
+fn allow_host_arg(inv: &Invocation) -> Result<Option<String>, CliError> {
+    let Some(v) = inv.text("nvme-tcp-server-allow-host-name") else {
+        return Ok(None);
+    };
+    let valid = v.split(',').all(|h| {
+        h.is_empty()
+            || (h.starts_with("nqn.")
+                && h.len() <= 223
+                && h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b)))
+    });
+    if !valid {
+        return Err(CliError::InvalidValue {
+            arg: "nvme-tcp-server-allow-host-name".into(),
+        });
+    }
+    Ok(Some(v.to_string()))
 }

@@ -11,6 +11,7 @@ use regex::Regex;
 use crate::background::Background;
 use crate::command::{self, failure, parse_size, CliError, Cond, Invocation, Op, Value};
 use crate::fault::{Action, Disposition, Fault, Faults, History, HistoryEntry};
+use crate::nvmet::{Export, Target};
 use crate::format::{self, Entry, Layout, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
 use crate::profile::{Profile, Variant};
 use crate::state::{self, DataDir, Disk, FileEntry, FileKind, State};
@@ -65,6 +66,8 @@ pub struct Engine {
     profile: Mutex<Profile>,
     /// Copies and resizes still finishing; lock after `state`, never before.
     background: Mutex<Background>,
+    /// The kernel NVMe/TCP target serving the exported disks (`--nvmet`); locked after `state`.
+    target: Option<Target>,
 }
 
 /// Locks a mutex, recovering from poisoning: a panic elsewhere must not wedge the mock.
@@ -125,6 +128,65 @@ impl Engine {
             cfg,
             state: Mutex::new(state),
             started: Instant::now(),
+            target: None,
+        }
+    }
+
+    /// Serves the exported disks through `target` from now on, starting with the state as it is.
+    pub fn with_target(mut self, target: Target) -> Engine {
+        self.target = Some(target);
+        let st = lock(&self.state).clone();
+        self.sync_target(&st);
+        self
+    }
+
+    pub fn target(&self) -> Option<&Target> {
+        self.target.as_ref()
+    }
+
+    /// The disks the kernel target must serve: exported, with an NQN, a port and a file.
+    fn exports(&self, st: &State) -> Vec<Export> {
+        let Some(dd) = &self.cfg.data_dir else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for d in st.disks.iter().filter(|d| d.nvme_tcp_export) {
+            let (Some(nqn), Some(port)) = (&d.nvme_tcp_server_nqn, d.nvme_tcp_server_port) else {
+                continue;
+            };
+            if !seen.insert(nqn.clone()) {
+                tracing::warn!(%nqn, slot = %d.slot, "two disks export one NQN; serving the first");
+                continue;
+            }
+            out.push(Export {
+                nqn: nqn.clone(),
+                port,
+                device: dd.host_path(&d.file_path),
+                hosts: d
+                    .nvme_tcp_server_allow_host_name
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    fn sync_target(&self, st: &State) {
+        if let Some(t) = &self.target {
+            // Errors are logged by the target; the command that changed the disk has succeeded.
+            let _ = t.reconcile(&self.exports(st));
+        }
+    }
+
+    /// Removes whatever the kernel target serves for the mock (at shutdown).
+    pub fn teardown_target(&self) {
+        if let Some(t) = &self.target {
+            let _st = lock(&self.state);
+            t.teardown();
         }
     }
 
@@ -332,6 +394,7 @@ impl Engine {
             nvme_tcp_export: true,
             nvme_tcp_server_port: Some(4420),
             nvme_tcp_server_nqn: Some(default_nqn(slot)),
+            nvme_tcp_server_allow_host_name: String::new(),
             copied_from: None,
             id,
         });
@@ -359,6 +422,7 @@ impl Engine {
                 tracing::error!(path = %p.display(), error = %e, "could not save state");
             }
         }
+        self.sync_target(st);
     }
 
     // ---- commands ----
@@ -612,7 +676,7 @@ fn disk_entry(d: &Disk) -> Entry {
     if d.nvme_tcp_export {
         nvme.push(Prop::new(
             "nvme-tcp-server-allow-host-name",
-            PVal::Quoted(String::new()),
+            PVal::Quoted(d.nvme_tcp_server_allow_host_name.clone()),
         ));
     }
     nvme.push(Prop::new("iscsi-export", PVal::Bool(false)));
