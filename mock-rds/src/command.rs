@@ -285,6 +285,7 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
             "history",
             "drop-connections",
             "profile",
+            "target",
         ],
         _ => return None,
     })

@@ -224,10 +224,17 @@ impl Inner {
     fn set_hosts(&mut self, e: &Export) -> io::Result<()> {
         let dir = self.subsys_dir(&e.nqn);
         let allowed = dir.join("allowed_hosts");
+        let any_host = dir.join("attr_allow_any_host");
         for h in dir_names(&allowed) {
             if !e.hosts.contains(&h) {
                 remove(&allowed.join(&h))?;
             }
+        }
+        // The kernel takes allowed hosts only while "any host" is off, and turns it on only
+        // once the list is empty.
+        let any = if e.hosts.is_empty() { "1" } else { "0" };
+        if read_attr(&any_host).as_deref() != Some(any) {
+            write_attr(&any_host, any)?;
         }
         for h in &e.hosts {
             let host = self.root().join("hosts").join(h);
@@ -236,10 +243,6 @@ impl Inner {
                 self.record.hosts.insert(h.clone());
             }
             link(&host, &allowed.join(h))?;
-        }
-        let any = if e.hosts.is_empty() { "1" } else { "0" };
-        if read_attr(&dir.join("attr_allow_any_host")).as_deref() != Some(any) {
-            write_attr(&dir.join("attr_allow_any_host"), any)?;
         }
         if let Some(s) = self.record.subsystems.get_mut(&e.nqn) {
             s.export.hosts = e.hosts.clone();
@@ -441,13 +444,12 @@ impl Target {
     /// Withdraws every port (hosts see the target vanish) or brings them back. With `for_`,
     /// the ports come back by themselves after that long, unless another outage began since.
     pub fn set_down(&self, down: bool, for_: Option<Duration>) -> io::Result<()> {
-        let outage = {
+        let (outage, result) = {
             let mut g = lock(&self.inner);
             g.down = down;
             g.outage += 1;
             let wanted = g.wanted.clone();
-            g.reconcile(&wanted)?;
-            g.outage
+            (g.outage, g.reconcile(&wanted))
         };
         if let (true, Some(d)) = (down, for_) {
             let me = self.clone();
@@ -461,7 +463,7 @@ impl Target {
                 }
             });
         }
-        Ok(())
+        result
     }
 
     pub fn is_down(&self) -> bool {
