@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 mod mock;
+pub mod staged;
+pub mod vm;
 pub use mock::*;
 
 /// How long a started process gets to become ready before the test fails.
@@ -80,6 +82,9 @@ pub async fn connect_unix(socket: &Path) -> anyhow::Result<Channel> {
 /// A child process that is killed (and reaped) if the test ends without stopping it.
 pub struct ChildGuard {
     pub child: Option<Child>,
+    /// On drop, SIGTERM first and a few seconds to exit, so the process can undo what it set up
+    /// (mock-rds `--nvmet` removes its kernel target entries).
+    pub graceful: bool,
 }
 
 impl ChildGuard {
@@ -88,7 +93,10 @@ impl ChildGuard {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("spawning {cmd:?}"))?;
-        Ok(Self { child: Some(child) })
+        Ok(Self {
+            child: Some(child),
+            graceful: false,
+        })
     }
 
     pub fn id(&self) -> u32 {
@@ -128,6 +136,17 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.graceful {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -365,6 +365,7 @@ async fn spawn_mock(
         .args(extra_args)
         .stdout(Stdio::piped());
     let mut process = ChildGuard::spawn(cmd)?;
+    process.graceful = true;
     let stdout = process
         .child
         .as_mut()

@@ -2,16 +2,12 @@
 //! mock's data dir: create, publish, stage, publish on the node, write, unpublish, unstage,
 //! stage and publish again, read back, tear down, delete. Needs root (loop devices, mkfs, mount).
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use csi_proto::v1::{
-    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, DeleteVolumeRequest,
-    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
-};
-use e2e::{block_cap, create_request, is_root, mount_cap, Env, BASE_PATH, MIB, NODE_ID};
+use csi_proto::v1::NodeGetVolumeStatsRequest;
+use e2e::staged::{provision, retire};
+use e2e::{block_cap, is_root, mount_cap, Env, BASE_PATH, MIB};
 
 fn skip_unless_root(test: &str) -> bool {
     if is_root() {
@@ -19,141 +15,6 @@ fn skip_unless_root(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root for loop devices, mkfs and mount");
     true
-}
-
-struct Staged {
-    volume_id: String,
-    cap: VolumeCapability,
-    volume_context: HashMap<String, String>,
-    publish_context: HashMap<String, String>,
-    staging: String,
-    target: String,
-}
-
-impl Staged {
-    async fn stage_and_publish(&self, env: &Env) {
-        let mut node = env.node();
-        node.node_stage_volume(NodeStageVolumeRequest {
-            volume_id: self.volume_id.clone(),
-            publish_context: self.publish_context.clone(),
-            staging_target_path: self.staging.clone(),
-            volume_capability: Some(self.cap.clone()),
-            volume_context: self.volume_context.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        node.node_publish_volume(NodePublishVolumeRequest {
-            volume_id: self.volume_id.clone(),
-            publish_context: self.publish_context.clone(),
-            staging_target_path: self.staging.clone(),
-            target_path: self.target.clone(),
-            volume_capability: Some(self.cap.clone()),
-            readonly: false,
-            volume_context: self.volume_context.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-
-    async fn unpublish_and_unstage(&self, env: &Env) {
-        let mut node = env.node();
-        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: self.volume_id.clone(),
-            target_path: self.target.clone(),
-        })
-        .await
-        .unwrap();
-        assert!(!Path::new(&self.target).exists(), "target path left behind");
-        node.node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: self.volume_id.clone(),
-            staging_target_path: self.staging.clone(),
-        })
-        .await
-        .unwrap();
-        // Nothing of this volume stays on the host: no mount, no loop device.
-        assert_eq!(env.host.leftovers(), Vec::<String>::new());
-    }
-}
-
-/// Creates and controller-publishes a volume, returning what the node calls need.
-async fn provision(env: &Env, suffix: &str, bytes: i64, cap: VolumeCapability) -> Staged {
-    let mut ctl = env.controller();
-    let name = env.name(suffix);
-    let vol = ctl
-        .create_volume(create_request(&name, bytes, cap.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    assert_eq!(vol.volume_id, name);
-    let disk = env
-        .mock
-        .disks()
-        .unwrap()
-        .into_iter()
-        .find(|d| d.slot == name)
-        .expect("disk on the mock");
-    assert_eq!(disk.file_path, format!("{BASE_PATH}/{name}.img"));
-    assert!(disk.exported);
-    assert_eq!(disk.file_size, bytes as u64);
-    let publish_context = ctl
-        .controller_publish_volume(ControllerPublishVolumeRequest {
-            volume_id: name.clone(),
-            node_id: NODE_ID.into(),
-            volume_capability: Some(cap.clone()),
-            readonly: false,
-            volume_context: vol.volume_context.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
-    assert_eq!(
-        publish_context.get("nvme_nqn").map(String::as_str),
-        Some(format!("nqn.2000-02.com.mikrotik:{name}").as_str())
-    );
-    Staged {
-        volume_id: name,
-        cap,
-        volume_context: vol.volume_context,
-        publish_context,
-        staging: env.path(&format!("staging-{suffix}")).display().to_string(),
-        target: env
-            .path(&format!("pods/{suffix}/target"))
-            .display()
-            .to_string(),
-    }
-}
-
-/// Controller-unpublishes and deletes; then the mock holds neither disk nor file, and the
-/// backing file is gone from the data dir.
-async fn retire(env: &Env, v: &Staged) {
-    let mut ctl = env.controller();
-    ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        node_id: NODE_ID.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    ctl.delete_volume(DeleteVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert!(env.mock.disks().unwrap().is_empty());
-    assert!(env.mock.files().unwrap().is_empty());
-    let backing = env
-        .mock
-        .data_dir
-        .join(format!("{}/{}.img", &BASE_PATH[1..], v.volume_id));
-    assert!(!backing.exists(), "{} left behind", backing.display());
-    assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
 
 async fn filesystem_lifecycle(test: &str, fs: &str, bytes: i64, profile: &str) {
