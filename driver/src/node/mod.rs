@@ -303,6 +303,19 @@ impl NodeService {
             )));
         }
 
+        // One staging per volume and node: staged elsewhere and still attached, a second
+        // staging would leave the first one's unstage disconnecting a volume in use here.
+        if let Some(old) = i.state.load(&req.volume_id)? {
+            if old.staging_path != staging && i.connector.find_device(&target).await?.is_some() {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "volume {} is staged at {}; unstage it there before staging it at {}",
+                    req.volume_id,
+                    old.staging_path.display(),
+                    staging.display()
+                )));
+            }
+        }
+
         // Record the intent before attaching, so that after a crash unstage still knows
         // what to detach.
         i.state.save(&rec)?;

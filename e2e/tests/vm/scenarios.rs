@@ -24,12 +24,10 @@ const KERNEL_WAIT: Duration = Duration::from_secs(60);
 /// A mock with the kernel target and a controller+node driver with the production connector.
 /// The host NQN file does not exist unless `driver_args` names another: the driver derives one.
 pub async fn nvme_env(test: &str, driver_args: &[&str]) -> anyhow::Result<Env> {
-    let mut args = vec![
-        "--connector",
-        "nvme-tcp",
-        "--nvme-hostnqn-file",
-        "{work}/no-hostnqn",
-    ];
+    let mut args = vec!["--connector", "nvme-tcp"];
+    if !driver_args.contains(&"--nvme-hostnqn-file") {
+        args.extend(["--nvme-hostnqn-file", "{work}/no-hostnqn"]);
+    }
     args.extend_from_slice(driver_args);
     Env::start_with(
         test,
@@ -357,7 +355,8 @@ pub async fn foreign_connection_untouched() -> anyhow::Result<()> {
         .args(["-q", "-F", &dev])
         .output()?;
     ensure!(out.status.success(), "mkfs of the foreign disk: {out:?}");
-    let mnt = env.path("node-var");
+    // Outside the test's work dir: the node's own mount is none of the driver's business.
+    let mnt = Path::new(vm::GUEST_TMP).join("node-var");
     std::fs::create_dir_all(&mnt)?;
     nix::mount::mount(
         Some(dev.as_str()),
