@@ -6,7 +6,9 @@ CARGO ?= cargo
 run:
 	$(CARGO) run -q -p e2e --bin demo
 
+# test-deps.sh installs what the tests need (root with apt-get/pip) or stops naming it.
 test:
+	./e2e/test-deps.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

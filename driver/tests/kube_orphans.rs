@@ -36,6 +36,7 @@ fn disk(id: u64, slot: &str, file: &str, export: bool) -> Disk {
         nvme_tcp_export: export,
         nvme_tcp_server_port: export.then_some(4420),
         nvme_tcp_server_nqn: export.then(|| format!("nqn.2000-02.com.mikrotik:{slot}")),
+        nvme_tcp_server_allow_host_name: String::new(),
         copied_from: None,
         id,
     }

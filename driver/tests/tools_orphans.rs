@@ -31,6 +31,7 @@ fn disk(id: u64, slot: &str) -> Disk {
         nvme_tcp_export: true,
         nvme_tcp_server_port: Some(4420),
         nvme_tcp_server_nqn: Some(format!("nqn.2000-02.com.mikrotik:{slot}")),
+        nvme_tcp_server_allow_host_name: String::new(),
         copied_from: None,
         id,
     }

@@ -150,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity: cli.identity,
         error_exit_status: cli.error_exit_status,
         profile: cli.profile,
-        nvmet: cli.nvmet.then(|| crate::nvmet::NvmetConfig {
+        nvmet: cli.nvmet.then_some(crate::nvmet::NvmetConfig {
             configfs: cli.nvmet_configfs,
             listen: cli.nvme_listen,
             record: None,

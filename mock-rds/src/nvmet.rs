@@ -292,9 +292,9 @@ impl Inner {
             .subsystems
             .iter()
             .filter(|(nqn, s)| {
-                by_nqn.get(nqn.as_str()).is_none_or(|e| {
-                    e.device != s.export.device || e.port != s.export.port
-                })
+                by_nqn
+                    .get(nqn.as_str())
+                    .is_none_or(|e| e.device != s.export.device || e.port != s.export.port)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -331,10 +331,7 @@ impl Inner {
         let mut needed: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         if !self.down {
             for (nqn, s) in &self.record.subsystems {
-                needed
-                    .entry(s.export.port)
-                    .or_default()
-                    .push(nqn.clone());
+                needed.entry(s.export.port).or_default().push(nqn.clone());
             }
         }
         let unused: Vec<(u16, u32)> = self

@@ -27,6 +27,11 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::common::loop_host::is_root() {
+            // CI runs as root: there a missing privilege is a failure, never a skip.
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "needs root (loop devices, mkfs, mount), and CI=true does not skip"
+            );
             eprintln!("SKIPPED: needs root (loop devices, mkfs, mount)");
             return;
         }

@@ -308,8 +308,7 @@ fn allow_host_arg(inv: &Invocation) -> Result<Option<String>, CliError> {
         h.is_empty()
             || (h.starts_with("nqn.")
                 && h.len() <= 223
-                && h
-                    .bytes()
+                && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b)))
     });
     if !valid {

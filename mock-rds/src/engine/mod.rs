@@ -11,8 +11,8 @@ use regex::Regex;
 use crate::background::Background;
 use crate::command::{self, failure, parse_size, CliError, Cond, Invocation, Op, Value};
 use crate::fault::{Action, Disposition, Fault, Faults, History, HistoryEntry};
-use crate::nvmet::{Export, Target};
 use crate::format::{self, Entry, Layout, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
+use crate::nvmet::{Export, Target};
 use crate::profile::{Profile, Variant};
 use crate::state::{self, DataDir, Disk, FileEntry, FileKind, State};
 
