@@ -522,3 +522,36 @@ async fn a_second_exec_on_a_channel_is_refused_and_pty_does_not_break_exec() {
     assert_eq!(failures, 2, "pty and env are refused");
     rds.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_hosts_are_set_printed_and_checked() {
+    let rds = start().await;
+    let c = Client::connect(rds.addr()).await.unwrap();
+    assert_eq!(c.ok(&add_cmd(PVC, "1G")).await, "");
+    let shown = |d: &mock_rds::Disk| d.nvme_tcp_server_allow_host_name.clone();
+    assert_eq!(shown(&rds.disk(PVC).unwrap()), "");
+    let host = "nqn.2014-08.org.nvmexpress:uuid:6a2c0f4e-2b7d-4c55-9a61-0d2b9f3e7a10";
+    let set = format!("/disk set [find slot={PVC}] nvme-tcp-server-allow-host-name=\"{host}\"");
+    assert_eq!(c.ok(&set).await, "");
+    assert_eq!(shown(&rds.disk(PVC).unwrap()), host);
+    // Wrapped like any long value: compared without the breaks.
+    let printed =
+        flat(&c.ok(&format!("/disk print detail where slot={PVC}")).await).replace(' ', "");
+    assert!(
+        printed.contains(&format!("nvme-tcp-server-allow-host-name=\"{host}\"")),
+        "{printed}"
+    );
+    // Not a host NQN: refused, and nothing changes.
+    let bad = format!("/disk set [find slot={PVC}] nvme-tcp-server-allow-host-name=\"a b;c\"");
+    let out = c.run(&bad).await.unwrap();
+    assert!(out.stdout.contains("invalid value"), "{out:?}");
+    assert_ne!(out.exit, Some(0));
+    assert_eq!(shown(&rds.disk(PVC).unwrap()), host);
+    // Emptied: any host again.
+    let clear = format!("/disk set [find slot={PVC}] nvme-tcp-server-allow-host-name=\"\"");
+    assert_eq!(c.ok(&clear).await, "");
+    assert_eq!(shown(&rds.disk(PVC).unwrap()), "");
+    // Without --nvmet there is no kernel target to show.
+    let out = c.run("/mock target print").await.unwrap();
+    assert!(out.stdout.contains("without --nvmet"), "{out:?}");
+}
