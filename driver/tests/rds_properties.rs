@@ -112,6 +112,7 @@ proptest! {
             nvme_export: export,
             nvme_port: export.then_some(port),
             nqn: export.then(|| format!("nqn.2000-02.com.mikrotik:{id}")),
+            allowed_host: None,
             mount_point: None,
             free_bytes: None,
             model: None,

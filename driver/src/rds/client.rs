@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::command::{
-    AllocSize, Command, DiskAdd, DiskFilter, FileFilter, MountPoint, NvmeExport, RdsPath, Slot,
+    AllocSize, Command, DiskAdd, DiskFilter, FileFilter, MountPoint, Nqn, NvmeExport, RdsPath, Slot,
 };
 use super::error::{classify, RdsError, TransportError};
 use super::model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
@@ -432,6 +432,34 @@ impl RdsClient {
             export,
         };
         self.run_idempotent(&command, deadline).await.map(drop)
+    }
+
+    /// Lets only `host` connect to the disk (`None`: any host), and reads it back: a property
+    /// the RDS accepted but does not show is not a fence.
+    pub async fn set_allowed_host(
+        &self,
+        slot: &Slot,
+        host: Option<&Nqn>,
+        deadline: Instant,
+    ) -> Result<Disk, RdsError> {
+        let command = Command::DiskSetAllowedHost {
+            slot: slot.clone(),
+            host: host.cloned(),
+        };
+        self.run_idempotent(&command, deadline).await?;
+        let disk = self
+            .get_disk(slot, deadline)
+            .await?
+            .ok_or_else(|| RdsError::NotFound(format!("disk {slot}")))?;
+        let want = host.map(Nqn::as_str);
+        if disk.allowed_host.as_deref() != want {
+            return Err(RdsError::Parse(format!(
+                "disk {slot} shows nvme-tcp-server-allow-host-name {:?} after setting it to {:?}",
+                disk.allowed_host.as_deref().unwrap_or(""),
+                want.unwrap_or("")
+            )));
+        }
+        Ok(disk)
     }
 
     /// Removes the disk entry (not its file). A missing disk is not an error.

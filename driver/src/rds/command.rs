@@ -350,6 +350,11 @@ pub enum Command {
         slot: Slot,
         export: Option<NvmeExport>,
     },
+    /// Lets only this host NQN connect to an exported disk (`None`: any host).
+    DiskSetAllowedHost {
+        slot: Slot,
+        host: Option<Nqn>,
+    },
     DiskPrint(DiskFilter),
     FilePrint(FileFilter),
     FileRemove {
@@ -376,6 +381,7 @@ impl Command {
             Command::DiskSetSize { .. } => "disk-set-size",
             Command::DiskRemove { .. } => "disk-remove",
             Command::DiskSetExport { .. } => "disk-set-export",
+            Command::DiskSetAllowedHost { .. } => "disk-set-allowed-host",
             Command::DiskPrint(DiskFilter::MountPoint(_)) => "capacity",
             Command::DiskPrint(_) => "disk-print",
             Command::FilePrint(_) => "file-print",
@@ -417,6 +423,7 @@ impl Command {
                 | Command::DiskSetSize { .. }
                 | Command::DiskRemove { .. }
                 | Command::DiskSetExport { .. }
+                | Command::DiskSetAllowedHost { .. }
                 | Command::FileRemove { .. }
                 | Command::FileAddDirectory { .. }
         )
@@ -449,6 +456,11 @@ impl Command {
                 export
                     .as_ref()
                     .map_or_else(|| " nvme-tcp-export=no".to_string(), export_args)
+            ),
+            Command::DiskSetAllowedHost { slot, host } => format!(
+                "/disk set [find slot={}] nvme-tcp-server-allow-host-name={}",
+                quote(slot.as_str()),
+                quote(host.as_ref().map_or("", Nqn::as_str))
             ),
             Command::DiskSetSize { slot, size } => format!(
                 "/disk set [find slot={}] file-size={}",

@@ -17,6 +17,8 @@ pub struct Disk {
     pub nvme_export: bool,
     pub nvme_port: Option<u16>,
     pub nqn: Option<String>,
+    /// `nvme-tcp-server-allow-host-name`: the host NQN(s) allowed to connect; None: any host.
+    pub allowed_host: Option<String>,
     pub mount_point: Option<String>,
     pub free_bytes: Option<u64>,
     /// `model=`, which RouterOS sets to the backing path of a file disk: quoted, so a second,
@@ -40,6 +42,7 @@ impl Disk {
                 .get("nvme-tcp-server-port")
                 .and_then(|p| p.trim().parse().ok()),
             nqn: non_empty("nvme-tcp-server-nqn"),
+            allowed_host: non_empty("nvme-tcp-server-allow-host-name"),
             mount_point: non_empty("mount-point"),
             free_bytes: bytes("free"),
             model: non_empty("model"),
