@@ -285,22 +285,24 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "RDS_CSI_MAX_VOLUMES_PER_NODE")]
     pub max_volumes_per_node: i64,
 
-    /// Default NVMe `ctrl_loss_tmo` in seconds (-1: reconnect forever); the volume context
-    /// key `ctrlLossTmo` overrides it.
+    /// Default NVMe `ctrl_loss_tmo` in seconds (-1: reconnect forever, 0: the kernel's
+    /// default); the volume context key `ctrlLossTmo` overrides it.
     #[arg(
         long,
-        default_value_t = 300,
+        default_value_t = crate::node::connector::nvme::DEFAULT_CTRL_LOSS_TMO,
         allow_negative_numbers = true,
         env = "RDS_CSI_NVME_CTRL_LOSS_TMO"
     )]
     pub nvme_ctrl_loss_tmo: i32,
 
-    /// Default NVMe `reconnect_delay` in seconds (volume context `reconnectDelay`).
-    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_RECONNECT_DELAY")]
+    /// Default NVMe `reconnect_delay` in seconds (volume context `reconnectDelay`; 0: the
+    /// kernel's default).
+    #[arg(long, default_value_t = crate::node::connector::nvme::DEFAULT_RECONNECT_DELAY, env = "RDS_CSI_NVME_RECONNECT_DELAY")]
     pub nvme_reconnect_delay: u32,
 
-    /// Default NVMe `keep_alive_tmo` in seconds (volume context `keepAliveTmo`).
-    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_KEEP_ALIVE_TMO")]
+    /// Default NVMe `keep_alive_tmo` in seconds (volume context `keepAliveTmo`; 0: the
+    /// kernel's default).
+    #[arg(long, default_value_t = crate::node::connector::nvme::DEFAULT_KEEP_ALIVE_TMO, env = "RDS_CSI_NVME_KEEP_ALIVE_TMO")]
     pub nvme_keep_alive_tmo: u32,
 
     /// The host's NVMe host NQN file (mount the host's `/etc/nvme`); when it is missing, a host
