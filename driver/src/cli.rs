@@ -181,13 +181,17 @@ pub struct RdsArgs {
     #[arg(long, default_value_t = 10, env = "RDS_CSI_RDS_CONNECT_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=300))]
     pub rds_connect_timeout: u64,
 
-    /// Base directory on the RDS under which volume backing files live.
+    /// Directories on the RDS under which the driver's volume and snapshot files live,
+    /// comma-separated or repeated; the first takes new volumes whose StorageClass names no
+    /// `volumePath`. Name every directory an earlier Go driver StorageClass or
+    /// VolumeSnapshotClass used (`rds-csi migrate-check` lists them).
     #[arg(
         long,
         default_value = "/storage-pool/metal-csi",
+        value_delimiter = ',',
         env = "RDS_CSI_RDS_VOLUME_BASE_PATH"
     )]
-    pub rds_volume_base_path: String,
+    pub rds_volume_base_path: Vec<String>,
 }
 
 impl RdsArgs {
@@ -568,10 +572,11 @@ mod tests {
         let args = parse(&[]);
         assert_eq!(args.kubelet_dir, "/var/lib/kubelet");
         assert_eq!(args.managed_nqn_prefix, "nqn.2000-02.com.mikrotik:");
-        assert_eq!(args.nvme_ctrl_loss_tmo, 300);
-        args.validate().unwrap();
-        let args = parse(&["--nvme-ctrl-loss-tmo", "-1", "--kubelet-dir", ""]);
+        // Reconnect forever, as the Go driver settled on after hardware tests (README).
         assert_eq!(args.nvme_ctrl_loss_tmo, -1);
+        args.validate().unwrap();
+        let args = parse(&["--nvme-ctrl-loss-tmo", "0", "--kubelet-dir", ""]);
+        assert_eq!(args.nvme_ctrl_loss_tmo, 0);
         assert!(args.validate().unwrap_err().contains("--node-state-dir"));
         parse(&["--kubelet-dir", "", "--node-state-dir", "/s"])
             .validate()

@@ -107,17 +107,18 @@ pub async fn cluster_references(
 #[derive(Debug, Clone)]
 pub struct OrphanReconcilerConfig {
     pub driver_name: String,
-    pub base: RdsPath,
+    /// Every base path of the driver (see `ParamDefaults::base_paths`).
+    pub bases: Vec<RdsPath>,
     pub interval: Duration,
     pub grace_period: Duration,
     pub dry_run: bool,
 }
 
 impl OrphanReconcilerConfig {
-    pub fn new(driver_name: impl Into<String>, base: RdsPath) -> Self {
+    pub fn new(driver_name: impl Into<String>, bases: Vec<RdsPath>) -> Self {
         Self {
             driver_name: driver_name.into(),
-            base,
+            bases,
             interval: DEFAULT_ORPHAN_CHECK_INTERVAL,
             grace_period: DEFAULT_ORPHAN_GRACE_PERIOD,
             dry_run: true,
@@ -252,7 +253,7 @@ impl OrphanReconciler {
     async fn pass(&self) -> Result<OrphanReport, OrphanError> {
         let refs = cluster_references(&self.client, &self.config.driver_name).await?;
         let deadline = deadline_in(PASS_DEADLINE);
-        let base = &self.config.base;
+        let base = self.config.bases.as_slice();
         let scanned = orphans::scan_at(
             &self.rds,
             base,

@@ -460,6 +460,24 @@ impl RdsClient {
             .collect())
     }
 
+    /// The files under each of `dirs`, each listed once (one directory may lie in another).
+    pub async fn list_files_in(
+        &self,
+        dirs: &[RdsPath],
+        deadline: Instant,
+    ) -> Result<Vec<FileInfo>, RdsError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for dir in dirs {
+            for file in self.list_files(dir, deadline).await? {
+                if seen.insert(file.path.clone()) {
+                    out.push(file);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn get_file(
         &self,
         path: &RdsPath,
