@@ -51,6 +51,10 @@ pub enum Command {
     Doctor(ToolArgs),
     /// List the volumes and snapshots this driver manages on the RDS.
     Volumes(ToolArgs),
+    /// Before replacing the earlier Go driver: read the cluster's PVs, VolumeSnapshotContents
+    /// and StorageClasses of --driver-name and the RDS, and report which will work as they are
+    /// and what needs action (exit status 1 when anything does). Changes nothing.
+    MigrateCheck(MigrateCheckArgs),
     /// Settle, on a real RDS, the RouterOS behaviours the driver cannot know (wrapping, `print
     /// terse`, failure exit status and texts, session limits, clock, copies, directories, regex
     /// anchors, resizes, allowed hosts). Works only in a fresh scratch directory under the base
@@ -89,6 +93,32 @@ pub enum OutputFormat {
     Text,
     /// One JSON document on stdout, for scripts.
     Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateCheckArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Kubeconfig file of the cluster to check.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+
+    /// CSI driver name of the PVs, VolumeSnapshotContents and StorageClasses to check.
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+
+    /// The node's `--managed-nqn-prefix` (the Go driver's `CSI_MANAGED_NQN_PREFIX` ended in
+    /// `pvc-`; this driver's prefix does not).
+    #[arg(
+        long,
+        default_value = crate::node::DEFAULT_MANAGED_NQN_PREFIX,
+        env = "RDS_CSI_MANAGED_NQN_PREFIX"
+    )]
+    pub managed_nqn_prefix: String,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -470,6 +500,7 @@ pub fn main() -> ExitCode {
         Command::Orphans(args) => ("orphans", args.rds.validate()),
         Command::Doctor(args) => ("doctor", args.rds.validate()),
         Command::Volumes(args) => ("volumes", args.rds.validate()),
+        Command::MigrateCheck(args) => ("migrate-check", args.rds.validate()),
         Command::Validate(args) => ("validate", args.rds.validate()),
     };
     if let Err(e) = checked {
@@ -489,6 +520,7 @@ pub fn main() -> ExitCode {
             Command::Orphans(args) => crate::tools::orphans(args).await,
             Command::Doctor(args) => crate::tools::doctor(args).await,
             Command::Volumes(args) => crate::tools::volumes(args).await,
+            Command::MigrateCheck(args) => crate::migrate::run(args).await,
             Command::Validate(args) => crate::tools::validate(args).await,
         }
     });

@@ -70,13 +70,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Capacity and traffic are the pool's, which holds the first base path.
         let base_path = bases[0].clone();
         // Attachments rebuilt from the cluster, and the reconcilers, when Kubernetes is reachable.
-        let (attachments, kube) = crate::kube::setup_controller(
-            &role.kube,
-            &config.driver_name,
-            Arc::clone(&rds),
-            bases,
-        )
-        .await?;
+        let (attachments, kube) =
+            crate::kube::setup_controller(&role.kube, &config.driver_name, Arc::clone(&rds), bases)
+                .await?;
         pool = Some(Arc::new(
             PoolSource::new(Arc::clone(&rds), base_path).with_attachments(Arc::clone(&attachments)),
         ));

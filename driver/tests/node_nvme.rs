@@ -220,7 +220,12 @@ async fn zero_leaves_an_option_to_the_kernel_as_in_go_driver_volumes() {
         (-1, 5, 0, "--ctrl-loss-tmo -1 --reconnect-delay 5"),
         (0, 5, 0, "--reconnect-delay 5"),
         (0, 0, 0, ""),
-        (600, 10, 30, "--ctrl-loss-tmo 600 --reconnect-delay 10 --keep-alive-tmo 30"),
+        (
+            600,
+            10,
+            30,
+            "--ctrl-loss-tmo 600 --reconnect-delay 10 --keep-alive-tmo 30",
+        ),
     ] {
         let f = Fake::new("multipath-y");
         f.unplug("nvme-subsys3");

@@ -46,7 +46,9 @@ impl RdsArgs {
         let bases = self
             .rds_volume_base_path
             .iter()
-            .map(|p| RdsPath::new(p.as_str()).with_context(|| format!("--rds-volume-base-path {p}")))
+            .map(|p| {
+                RdsPath::new(p.as_str()).with_context(|| format!("--rds-volume-base-path {p}"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!bases.is_empty(), "--rds-volume-base-path is required");
         Ok(bases)

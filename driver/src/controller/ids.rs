@@ -75,7 +75,9 @@ pub fn go_snapshot_source(id: &Slot) -> Option<Slot> {
     let parsed = Uuid::try_parse(uuid).ok()?;
     if parsed.hyphenated().to_string() != uuid
         || suffix.is_empty()
-        || !suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || !suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return None;
     }
@@ -205,7 +207,10 @@ mod tests {
 
     /// The snapshot handle of a Go driver VolumeSnapshotContent fixture and its source.
     fn go_vsc(file: &str) -> (Slot, Slot) {
-        let path = format!("{}/../fixtures/go-driver/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let vsc: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let handle = vsc["status"]["snapshotHandle"].as_str().unwrap();
@@ -247,10 +252,18 @@ mod tests {
             RdsPath::new("/pool/csi").unwrap(),
             RdsPath::new("/pool/kubevirt").unwrap(),
         ];
-        for path in ["/pool/csi/pvc-1.img", "/pool/kubevirt/pvc-2.img", "/pool/kubevirt/a/pvc-3.img"] {
+        for path in [
+            "/pool/csi/pvc-1.img",
+            "/pool/kubevirt/pvc-2.img",
+            "/pool/kubevirt/a/pvc-3.img",
+        ] {
             assert!(classify_managed_file(&bases, path).is_some(), "{path}");
         }
-        for path in ["/pool/other/pvc-1.img", "/pool/kubevirt/nixos-var.img", "/pool/kubevirt-x/pvc-1.img"] {
+        for path in [
+            "/pool/other/pvc-1.img",
+            "/pool/kubevirt/nixos-var.img",
+            "/pool/kubevirt-x/pvc-1.img",
+        ] {
             assert_eq!(classify_managed_file(&bases, path), None, "{path}");
         }
     }

@@ -34,7 +34,13 @@ const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 /// RDS address, SSH port and base path come from its flags; the NQN is always the managed
 /// prefix and the volume ID). StorageClasses cannot be edited, so they are accepted, with a
 /// warning; any other unknown key is still an error, so a typo of one of ours is caught.
-pub const GO_IGNORED_KEYS: &[&str] = &["rdsAddress", "rdsPort", "sshPort", "nqnPrefix", "rdsBasePath"];
+pub const GO_IGNORED_KEYS: &[&str] = &[
+    "rdsAddress",
+    "rdsPort",
+    "sshPort",
+    "nqnPrefix",
+    "rdsBasePath",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeParams {
@@ -254,7 +260,10 @@ mod tests {
 
     /// The parameters of a Go driver StorageClass fixture.
     fn go_storage_class(file: &str) -> HashMap<String, String> {
-        let path = format!("{}/../fixtures/go-driver/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let sc: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         serde_yaml::from_value(sc["parameters"].clone()).unwrap()

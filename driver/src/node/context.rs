@@ -496,9 +496,12 @@ mod tests {
 
     /// The `volumeAttributes` of a Go driver PV fixture.
     fn go_pv_context(file: &str) -> (String, HashMap<String, String>) {
-        let path = format!("{}/../fixtures/go-driver/{file}", env!("CARGO_MANIFEST_DIR"));
-        let pv: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
-            .unwrap();
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let pv: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let csi = &pv["spec"]["csi"];
         let attrs = serde_yaml::from_value(csi["volumeAttributes"].clone()).unwrap();
         (csi["volumeHandle"].as_str().unwrap().to_string(), attrs)
