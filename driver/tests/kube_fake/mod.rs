@@ -29,6 +29,7 @@ const PLURALS: &[&str] = &[
     "persistentvolumeclaims",
     "volumeattachments",
     "volumesnapshotcontents",
+    "storageclasses",
     "leases",
     "events",
 ];
@@ -537,6 +538,7 @@ pub const CSINODES: &str = "/apis/storage.k8s.io/v1/csinodes";
 pub const PVS: &str = "/api/v1/persistentvolumes";
 pub const VAS: &str = "/apis/storage.k8s.io/v1/volumeattachments";
 pub const VSCS: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents";
+pub const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 pub const DRIVER: &str = "rds.csi.srvlab.io";
 
 pub fn leases(ns: &str) -> String {
