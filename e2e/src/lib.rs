@@ -826,6 +826,11 @@ impl Env {
     /// Like [`Env::start`], with the mock playing `profile`. The run ID carries the profile, so
     /// the same scenario under two profiles never shares a name.
     pub async fn start_profile(test: &str, profile: &str) -> anyhow::Result<Self> {
+        Self::start_with(test, profile, &[]).await
+    }
+
+    /// Like [`Env::start_profile`], with `extra` driver flags after the usual ones.
+    pub async fn start_with(test: &str, profile: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let keys = Keys::generate()?;
         let mock = Mock::start_profile(&keys, profile).await?;
         let work = tempfile::tempdir()?;
@@ -847,6 +852,7 @@ impl Env {
         .collect();
         args.push(state.display().to_string());
         args.extend(mock.driver_args(&keys));
+        args.extend(extra.iter().map(|s| s.to_string()));
         let driver_args = args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let driver = Driver::start(&args).await?;
