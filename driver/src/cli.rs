@@ -394,6 +394,16 @@ impl ServeArgs {
                     "--managed-nqn-prefix `{p}` must start with `nqn.` and contain `:`"
                 ));
             }
+            // The Go driver's CSI_MANAGED_NQN_PREFIX included the ID's `pvc-`; here the prefix
+            // is followed by a whole volume ID, so that value would match no volume at all.
+            if p.ends_with("pvc-") || p.ends_with("vol-") {
+                return Err(format!(
+                    "--managed-nqn-prefix `{p}` ends in a volume ID prefix (the Go driver's \
+                     CSI_MANAGED_NQN_PREFIX did); it is followed by the whole volume ID here: use \
+                     `{}`",
+                    crate::node::DEFAULT_MANAGED_NQN_PREFIX
+                ));
+            }
             if !self.kubelet_dir.is_empty() && !self.kubelet_dir.starts_with('/') {
                 return Err("--kubelet-dir must be an absolute path (or empty)".into());
             }
@@ -542,6 +552,63 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn several_base_paths_comma_separated_or_repeated() {
+        let bases = |extra: &[&str]| {
+            let mut argv = vec!["rds-csi", "volumes", "--rds-address", "x"];
+            argv.extend_from_slice(extra);
+            let Command::Volumes(args) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!()
+            };
+            args.rds
+                .volume_base_paths()
+                .map(|b| b.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(bases(&[]).unwrap(), ["/storage-pool/metal-csi"]);
+        let two = ["/storage-pool/metal-csi", "/storage-pool/kubevirt"];
+        assert_eq!(
+            bases(&[
+                "--rds-volume-base-path",
+                "/storage-pool/metal-csi,/storage-pool/kubevirt"
+            ])
+            .unwrap(),
+            two
+        );
+        assert_eq!(
+            bases(&[
+                "--rds-volume-base-path",
+                "/storage-pool/metal-csi",
+                "--rds-volume-base-path",
+                "/storage-pool/kubevirt"
+            ])
+            .unwrap(),
+            two
+        );
+        let e = bases(&["--rds-volume-base-path", "/ok,relative"]).unwrap_err();
+        assert!(format!("{e:#}").contains("relative"), "{e:#}");
+    }
+
+    /// The Go driver's Secret (`rds-private-key`, `rds-host-key`) works as it is: its host key
+    /// value, a bare `ssh-... AAAA...` line, is a pin `--rds-host-key` takes from a file.
+    #[test]
+    fn the_go_driver_secret_host_key_is_accepted() {
+        let path = format!(
+            "{}/../fixtures/go-driver/node-daemonset.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let secret: serde_yaml::Value =
+            serde_yaml::from_str(text.split("\n---").next().unwrap()).unwrap();
+        assert_eq!(secret["metadata"]["name"], "rds-csi-secret");
+        let host_key = secret["stringData"]["rds-host-key"].as_str().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rds-host-key");
+        std::fs::write(&file, host_key).unwrap();
+        let pin = HostKeySource::parse(file.to_str().unwrap()).unwrap();
+        pin.policy().unwrap();
+        assert!(secret["stringData"]["rds-private-key"].is_string());
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -607,6 +674,11 @@ mod tests {
         // Reconnect forever, as the Go driver settled on after hardware tests (README).
         assert_eq!(args.nvme_ctrl_loss_tmo, -1);
         args.validate().unwrap();
+        // The Go driver's node prefix, carried over, is refused with the fix.
+        let e = parse(&["--managed-nqn-prefix", "nqn.2000-02.com.mikrotik:pvc-"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("`nqn.2000-02.com.mikrotik:`"), "{e}");
         let args = parse(&["--nvme-ctrl-loss-tmo", "0", "--kubelet-dir", ""]);
         assert_eq!(args.nvme_ctrl_loss_tmo, 0);
         assert!(args.validate().unwrap_err().contains("--node-state-dir"));
