@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 
-use ::kube::api::{Api, DynamicObject, ListParams};
+use ::kube::api::{Api, ListParams};
 use anyhow::Context;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -15,7 +15,7 @@ use crate::cli::{MigrateCheckArgs, OutputFormat};
 use crate::controller::ids::{self, ManagedFile};
 use crate::controller::params::{ParamDefaults, VolumeParams};
 use crate::kube::api_deadline::{within, LIST_TIMEOUT};
-use crate::kube::orphans::volume_snapshot_content_resource;
+use crate::kube::orphans::{snapshot_contents, snapshot_handles};
 use crate::node::context::parse_stage_context;
 use crate::rds::{deadline_in, Disk, Port, RdsPath};
 
@@ -228,27 +228,13 @@ pub async fn read_cluster(client: &::kube::Client, driver: &str) -> anyhow::Resu
             attrs,
         ));
     }
-    let vscs = within(
-        LIST_TIMEOUT,
-        Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
-            .list(&ListParams::default()),
-    )
-    .await;
-    let vscs = match vscs {
-        Ok(list) => list.items,
-        Err(::kube::Error::Api(s)) if s.code == 404 => Vec::new(),
-        Err(e) => return Err(e).context("listing VolumeSnapshotContents"),
-    };
-    for vsc in vscs {
-        if vsc.data["spec"]["driver"].as_str() != Some(driver) {
-            continue;
-        }
-        let handle = vsc.data["status"]["snapshotHandle"]
-            .as_str()
-            .or(vsc.data["spec"]["source"]["snapshotHandle"].as_str())
-            .map(str::to_string);
+    let vscs = snapshot_contents(client, driver)
+        .await
+        .context("listing VolumeSnapshotContents")?;
+    for vsc in &vscs {
+        let handle = snapshot_handles(vsc).first().map(|h| h.to_string());
         view.snapshots
-            .push((vsc.metadata.name.unwrap_or_default(), handle));
+            .push((vsc.metadata.name.clone().unwrap_or_default(), handle));
     }
     let classes = within(
         LIST_TIMEOUT,

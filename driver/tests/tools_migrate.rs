@@ -3,15 +3,14 @@
 //! served by a fake API server, and an RDS (mock-rds) holding what the Go driver's own
 //! commands (`fixtures/go-driver/rds-commands.txt`) made, in two directories.
 
+mod common;
 mod kube_fake;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kube_fake::*;
-use mock_rds::{Auth, Config, MockRds};
-use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, PrivateKey};
+use mock_rds::MockRds;
 use serde_json::Value;
 
 const MOUNT_PV: &str = "pvc-5b3c8f5e-0c1d-4f8e-9a6b-1d2e3f4a5b6c";
@@ -39,19 +38,7 @@ struct World {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    std::fs::write(
-        dir.path().join("id"),
-        key.to_openssh(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let mock = MockRds::start(Config {
-        auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("host.pub"), mock.host_public_key_openssh()).unwrap();
+    let mock = common::start_mock_for_binary(dir.path()).await;
     // The RDS as the Go driver's commands left it.
     for line in std::fs::read_to_string(fixture("rds-commands.txt"))
         .unwrap()

@@ -66,21 +66,26 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn publish_request(
+/// NodePublish with the PV's volume attributes, as kubelet sends it.
+async fn publish(
+    env: &Env,
     id: &str,
     cap: &VolumeCapability,
     ctx: &HashMap<String, String>,
     staging: &Path,
     target: &Path,
-) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: path_str(staging),
-        target_path: path_str(target),
-        volume_capability: Some(cap.clone()),
-        volume_context: ctx.clone(),
-        ..Default::default()
-    }
+) {
+    env.node()
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: path_str(staging),
+            target_path: path_str(target),
+            volume_capability: Some(cap.clone()),
+            volume_context: ctx.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 async fn unpublish(env: &Env, id: &str, target: &Path) {
@@ -256,29 +261,29 @@ async fn go_driver_volumes_snapshots_and_classes_keep_working() {
     // Our driver publishes the Go-staged volumes to new pods.
     let mut node = env.node();
     let mount_target = env.path("ours/mount-pod-b");
-    node.node_publish_volume(publish_request(
+    publish(
+        &env,
         MOUNT_PV,
         &mount,
         &mount_ctx,
         &mount_staging,
         &mount_target,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     assert_eq!(
         std::fs::read(mount_target.join("hello.txt")).unwrap(),
         MARKER
     );
     let block_target = env.path("ours/block-pod-b");
-    node.node_publish_volume(publish_request(
+    publish(
+        &env,
         BLOCK_PV,
         &block,
         &block_ctx,
         &block_staging,
         &block_target,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     assert!(std::fs::metadata(&block_target)
         .unwrap()
         .file_type()
@@ -305,24 +310,24 @@ async fn go_driver_volumes_snapshots_and_classes_keep_working() {
     // Restage with the PVs' attributes exactly as the Go driver wrote them.
     stage(&env, MOUNT_PV, &mount, &mount_ctx, &mount_staging).await;
     stage(&env, BLOCK_PV, &block, &block_ctx, &block_staging).await;
-    node.node_publish_volume(publish_request(
+    publish(
+        &env,
         MOUNT_PV,
         &mount,
         &mount_ctx,
         &mount_staging,
         &mount_target,
-    ))
-    .await
-    .unwrap();
-    node.node_publish_volume(publish_request(
+    )
+    .await;
+    publish(
+        &env,
         BLOCK_PV,
         &block,
         &block_ctx,
         &block_staging,
         &block_target,
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     assert_eq!(
         std::fs::read(mount_target.join("hello.txt")).unwrap(),
         MARKER

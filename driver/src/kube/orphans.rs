@@ -74,6 +74,18 @@ pub async fn cluster_references(
             }
         }
     }
+    for vsc in &snapshot_contents(client, driver).await? {
+        refs.snapshots
+            .extend(snapshot_handles(vsc).into_iter().map(str::to_string));
+    }
+    Ok(refs)
+}
+
+/// The VolumeSnapshotContents of `driver`; none in a cluster without the snapshot CRD (404).
+pub async fn snapshot_contents(
+    client: &Client,
+    driver: &str,
+) -> Result<Vec<DynamicObject>, ::kube::Error> {
     let vscs = within(
         LIST_TIMEOUT,
         Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
@@ -85,23 +97,22 @@ pub async fn cluster_references(
         Err(::kube::Error::Api(s)) if s.code == 404 => Vec::new(),
         Err(e) => return Err(e),
     };
-    for vsc in &vscs {
-        let spec = &vsc.data["spec"];
-        if spec["driver"].as_str() != Some(driver) {
-            continue;
-        }
-        // Dynamic snapshots carry the handle in status; pre-provisioned ones in spec.source.
-        for handle in [
-            vsc.data["status"]["snapshotHandle"].as_str(),
-            spec["source"]["snapshotHandle"].as_str(),
-        ]
+    Ok(vscs
         .into_iter()
-        .flatten()
-        {
-            refs.snapshots.insert(handle.to_string());
-        }
-    }
-    Ok(refs)
+        .filter(|v| v.data["spec"]["driver"].as_str() == Some(driver))
+        .collect())
+}
+
+/// A VolumeSnapshotContent's snapshot handles: dynamic snapshots carry it in status,
+/// pre-provisioned ones in spec.source.
+pub fn snapshot_handles(vsc: &DynamicObject) -> Vec<&str> {
+    [
+        vsc.data["status"]["snapshotHandle"].as_str(),
+        vsc.data["spec"]["source"]["snapshotHandle"].as_str(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[derive(Debug, Clone)]
