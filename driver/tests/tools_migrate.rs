@@ -78,18 +78,7 @@ async fn world() -> World {
 impl World {
     /// Runs migrate-check with `extra` flags: its exit success and its JSON findings.
     async fn check(&self, extra: &[&str]) -> (bool, Vec<Value>) {
-        let kubeconfig = self.dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                self.api.addr()
-            ),
-        )
-        .unwrap();
+        let kubeconfig = self.api.kubeconfig(self.dir.path());
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"));
         cmd.args([
             "migrate-check",

@@ -261,29 +261,18 @@ async fn go_driver_volumes_snapshots_and_classes_keep_working() {
     // Our driver publishes the Go-staged volumes to new pods.
     let mut node = env.node();
     let mount_target = env.path("ours/mount-pod-b");
-    publish(
-        &env,
-        MOUNT_PV,
-        &mount,
-        &mount_ctx,
-        &mount_staging,
-        &mount_target,
-    )
-    .await;
+    let block_target = env.path("ours/block-pod-b");
+    let ours = [
+        (MOUNT_PV, &mount, &mount_ctx, &mount_staging, &mount_target),
+        (BLOCK_PV, &block, &block_ctx, &block_staging, &block_target),
+    ];
+    for (id, cap, ctx, staging, target) in ours {
+        publish(&env, id, cap, ctx, staging, target).await;
+    }
     assert_eq!(
         std::fs::read(mount_target.join("hello.txt")).unwrap(),
         MARKER
     );
-    let block_target = env.path("ours/block-pod-b");
-    publish(
-        &env,
-        BLOCK_PV,
-        &block,
-        &block_ctx,
-        &block_staging,
-        &block_target,
-    )
-    .await;
     assert!(std::fs::metadata(&block_target)
         .unwrap()
         .file_type()
@@ -310,24 +299,9 @@ async fn go_driver_volumes_snapshots_and_classes_keep_working() {
     // Restage with the PVs' attributes exactly as the Go driver wrote them.
     stage(&env, MOUNT_PV, &mount, &mount_ctx, &mount_staging).await;
     stage(&env, BLOCK_PV, &block, &block_ctx, &block_staging).await;
-    publish(
-        &env,
-        MOUNT_PV,
-        &mount,
-        &mount_ctx,
-        &mount_staging,
-        &mount_target,
-    )
-    .await;
-    publish(
-        &env,
-        BLOCK_PV,
-        &block,
-        &block_ctx,
-        &block_staging,
-        &block_target,
-    )
-    .await;
+    for (id, cap, ctx, staging, target) in ours {
+        publish(&env, id, cap, ctx, staging, target).await;
+    }
     assert_eq!(
         std::fs::read(mount_target.join("hello.txt")).unwrap(),
         MARKER

@@ -203,6 +203,24 @@ impl FakeApi {
         self.addr
     }
 
+    /// Writes a kubeconfig for this server into `dir` (for the `rds-csi` binary's
+    /// `--kubeconfig`) and returns its path.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     pub fn client(&self) -> kube::Client {
         let url = format!("http://{}", self.addr).parse().unwrap();
         kube::Client::try_from(kube::Config::new(url)).unwrap()
