@@ -51,6 +51,10 @@ pub enum Command {
     Doctor(ToolArgs),
     /// List the volumes and snapshots this driver manages on the RDS.
     Volumes(ToolArgs),
+    /// Before replacing the earlier Go driver: read the cluster's PVs, VolumeSnapshotContents
+    /// and StorageClasses of --driver-name and the RDS, and report which will work as they are
+    /// and what needs action (exit status 1 when anything does). Changes nothing.
+    MigrateCheck(MigrateCheckArgs),
     /// Settle, on a real RDS, the RouterOS behaviours the driver cannot know (wrapping, `print
     /// terse`, failure exit status and texts, session limits, clock, copies, directories, regex
     /// anchors, resizes, allowed hosts). Works only in a fresh scratch directory under the base
@@ -89,6 +93,32 @@ pub enum OutputFormat {
     Text,
     /// One JSON document on stdout, for scripts.
     Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateCheckArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Kubeconfig file of the cluster to check.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+
+    /// CSI driver name of the PVs, VolumeSnapshotContents and StorageClasses to check.
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+
+    /// The node's `--managed-nqn-prefix` (the Go driver's `CSI_MANAGED_NQN_PREFIX` ended in
+    /// `pvc-`; this driver's prefix does not).
+    #[arg(
+        long,
+        default_value = crate::node::DEFAULT_MANAGED_NQN_PREFIX,
+        env = "RDS_CSI_MANAGED_NQN_PREFIX"
+    )]
+    pub managed_nqn_prefix: String,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -181,13 +211,17 @@ pub struct RdsArgs {
     #[arg(long, default_value_t = 10, env = "RDS_CSI_RDS_CONNECT_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=300))]
     pub rds_connect_timeout: u64,
 
-    /// Base directory on the RDS under which volume backing files live.
+    /// Directories on the RDS under which the driver's volume and snapshot files live,
+    /// comma-separated or repeated; the first takes new volumes whose StorageClass names no
+    /// `volumePath`. Name every directory an earlier Go driver StorageClass or
+    /// VolumeSnapshotClass used (`rds-csi migrate-check` lists them).
     #[arg(
         long,
         default_value = "/storage-pool/metal-csi",
+        value_delimiter = ',',
         env = "RDS_CSI_RDS_VOLUME_BASE_PATH"
     )]
-    pub rds_volume_base_path: String,
+    pub rds_volume_base_path: Vec<String>,
 }
 
 impl RdsArgs {
@@ -285,22 +319,24 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "RDS_CSI_MAX_VOLUMES_PER_NODE")]
     pub max_volumes_per_node: i64,
 
-    /// Default NVMe `ctrl_loss_tmo` in seconds (-1: reconnect forever); the volume context
-    /// key `ctrlLossTmo` overrides it.
+    /// Default NVMe `ctrl_loss_tmo` in seconds (-1: reconnect forever, 0: the kernel's
+    /// default); the volume context key `ctrlLossTmo` overrides it.
     #[arg(
         long,
-        default_value_t = 300,
+        default_value_t = crate::node::connector::nvme::DEFAULT_CTRL_LOSS_TMO,
         allow_negative_numbers = true,
         env = "RDS_CSI_NVME_CTRL_LOSS_TMO"
     )]
     pub nvme_ctrl_loss_tmo: i32,
 
-    /// Default NVMe `reconnect_delay` in seconds (volume context `reconnectDelay`).
-    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_RECONNECT_DELAY")]
+    /// Default NVMe `reconnect_delay` in seconds (volume context `reconnectDelay`; 0: the
+    /// kernel's default).
+    #[arg(long, default_value_t = crate::node::connector::nvme::DEFAULT_RECONNECT_DELAY, env = "RDS_CSI_NVME_RECONNECT_DELAY")]
     pub nvme_reconnect_delay: u32,
 
-    /// Default NVMe `keep_alive_tmo` in seconds (volume context `keepAliveTmo`).
-    #[arg(long, default_value_t = 5, env = "RDS_CSI_NVME_KEEP_ALIVE_TMO")]
+    /// Default NVMe `keep_alive_tmo` in seconds (volume context `keepAliveTmo`; 0: the
+    /// kernel's default).
+    #[arg(long, default_value_t = crate::node::connector::nvme::DEFAULT_KEEP_ALIVE_TMO, env = "RDS_CSI_NVME_KEEP_ALIVE_TMO")]
     pub nvme_keep_alive_tmo: u32,
 
     /// The host's NVMe host NQN file (mount the host's `/etc/nvme`); when it is missing, a host
@@ -356,6 +392,16 @@ impl ServeArgs {
             if !p.starts_with("nqn.") || !p.contains(':') || p.len() > 200 {
                 return Err(format!(
                     "--managed-nqn-prefix `{p}` must start with `nqn.` and contain `:`"
+                ));
+            }
+            // The Go driver's CSI_MANAGED_NQN_PREFIX included the ID's `pvc-`; here the prefix
+            // is followed by a whole volume ID, so that value would match no volume at all.
+            if p.ends_with("pvc-") || p.ends_with("vol-") {
+                return Err(format!(
+                    "--managed-nqn-prefix `{p}` ends in a volume ID prefix (the Go driver's \
+                     CSI_MANAGED_NQN_PREFIX did); it is followed by the whole volume ID here: use \
+                     `{}`",
+                    crate::node::DEFAULT_MANAGED_NQN_PREFIX
                 ));
             }
             if !self.kubelet_dir.is_empty() && !self.kubelet_dir.starts_with('/') {
@@ -464,6 +510,7 @@ pub fn main() -> ExitCode {
         Command::Orphans(args) => ("orphans", args.rds.validate()),
         Command::Doctor(args) => ("doctor", args.rds.validate()),
         Command::Volumes(args) => ("volumes", args.rds.validate()),
+        Command::MigrateCheck(args) => ("migrate-check", args.rds.validate()),
         Command::Validate(args) => ("validate", args.rds.validate()),
     };
     if let Err(e) = checked {
@@ -483,6 +530,7 @@ pub fn main() -> ExitCode {
             Command::Orphans(args) => crate::tools::orphans(args).await,
             Command::Doctor(args) => crate::tools::doctor(args).await,
             Command::Volumes(args) => crate::tools::volumes(args).await,
+            Command::MigrateCheck(args) => crate::migrate::run(args).await,
             Command::Validate(args) => crate::tools::validate(args).await,
         }
     });
@@ -502,6 +550,63 @@ mod tests {
     use crate::node::ConnectorConfig;
     use clap::CommandFactory;
     use std::path::Path;
+
+    #[test]
+    fn several_base_paths_comma_separated_or_repeated() {
+        let bases = |extra: &[&str]| {
+            let mut argv = vec!["rds-csi", "volumes", "--rds-address", "x"];
+            argv.extend_from_slice(extra);
+            let Command::Volumes(args) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!()
+            };
+            args.rds
+                .volume_base_paths()
+                .map(|b| b.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(bases(&[]).unwrap(), ["/storage-pool/metal-csi"]);
+        let two = ["/storage-pool/metal-csi", "/storage-pool/kubevirt"];
+        assert_eq!(
+            bases(&[
+                "--rds-volume-base-path",
+                "/storage-pool/metal-csi,/storage-pool/kubevirt"
+            ])
+            .unwrap(),
+            two
+        );
+        assert_eq!(
+            bases(&[
+                "--rds-volume-base-path",
+                "/storage-pool/metal-csi",
+                "--rds-volume-base-path",
+                "/storage-pool/kubevirt"
+            ])
+            .unwrap(),
+            two
+        );
+        let e = bases(&["--rds-volume-base-path", "/ok,relative"]).unwrap_err();
+        assert!(format!("{e:#}").contains("relative"), "{e:#}");
+    }
+
+    /// The Go driver's Secret (`rds-private-key`, `rds-host-key`) works as it is: its host key
+    /// value, a bare `ssh-... AAAA...` line, is a pin `--rds-host-key` takes from a file.
+    #[test]
+    fn the_go_driver_secret_host_key_is_accepted() {
+        let path = format!(
+            "{}/../fixtures/go-driver/node-daemonset.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let secret: serde_yaml::Value =
+            serde_yaml::from_str(text.split("\n---").next().unwrap()).unwrap();
+        assert_eq!(secret["metadata"]["name"], "rds-csi-secret");
+        let host_key = secret["stringData"]["rds-host-key"].as_str().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rds-host-key");
+        std::fs::write(&file, host_key).unwrap();
+        let pin = HostKeySource::parse(file.to_str().unwrap()).unwrap();
+        pin.policy().unwrap();
+        assert!(secret["stringData"]["rds-private-key"].is_string());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -566,10 +671,16 @@ mod tests {
         let args = parse(&[]);
         assert_eq!(args.kubelet_dir, "/var/lib/kubelet");
         assert_eq!(args.managed_nqn_prefix, "nqn.2000-02.com.mikrotik:");
-        assert_eq!(args.nvme_ctrl_loss_tmo, 300);
-        args.validate().unwrap();
-        let args = parse(&["--nvme-ctrl-loss-tmo", "-1", "--kubelet-dir", ""]);
+        // Reconnect forever, as the Go driver settled on after hardware tests (README).
         assert_eq!(args.nvme_ctrl_loss_tmo, -1);
+        args.validate().unwrap();
+        // The Go driver's node prefix, carried over, is refused with the fix.
+        let e = parse(&["--managed-nqn-prefix", "nqn.2000-02.com.mikrotik:pvc-"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("`nqn.2000-02.com.mikrotik:`"), "{e}");
+        let args = parse(&["--nvme-ctrl-loss-tmo", "0", "--kubelet-dir", ""]);
+        assert_eq!(args.nvme_ctrl_loss_tmo, 0);
         assert!(args.validate().unwrap_err().contains("--node-state-dir"));
         parse(&["--kubelet-dir", "", "--node-state-dir", "/s"])
             .validate()

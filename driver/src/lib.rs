@@ -9,6 +9,7 @@ pub mod identity;
 pub mod kube;
 pub mod logging;
 pub mod metrics;
+pub mod migrate;
 pub mod mkfs;
 pub mod node;
 pub mod orphans;

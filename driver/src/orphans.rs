@@ -1,7 +1,7 @@
 //! Finds what the driver left on the RDS without a counterpart: backing files of the managed
 //! grammar with no disk, and managed disks whose file is gone. Files of every disk on the RDS
 //! count as in use (snapshots, other tools' disks), files younger than a grace period are left
-//! alone, and only `<dir>/<id>.img` names at or below the base path are ever considered.
+//! alone, and only `<dir>/<id>.img` names at or below a base path are ever considered.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -57,11 +57,11 @@ pub struct Orphan {
 
 pub async fn scan(
     rds: &RdsClient,
-    base: &RdsPath,
+    bases: &[RdsPath],
     grace: Duration,
     deadline: Instant,
 ) -> Result<Vec<Orphan>, RdsError> {
-    scan_at(rds, base, grace, None, SystemTime::now(), deadline).await
+    scan_at(rds, bases, grace, None, SystemTime::now(), deadline).await
 }
 
 /// Whether a file last modified at `last_modified` (as the RDS printed it, in its own zone) is
@@ -88,7 +88,7 @@ fn old_enough(
 /// files) and an explicit "now" for the grace period.
 pub async fn scan_at(
     rds: &RdsClient,
-    base: &RdsPath,
+    bases: &[RdsPath],
     grace: Duration,
     refs: Option<&References>,
     now: SystemTime,
@@ -97,7 +97,7 @@ pub async fn scan_at(
     // Files first: a volume created between the two listings then shows its disk with no file
     // listed (confirmed below), never a file without its disk.
     let clock = rds.clock(deadline).await?;
-    let files = rds.list_files(base, deadline).await?;
+    let files = rds.list_files_in(bases, deadline).await?;
     let disks = rds.list_disks(deadline).await?;
     let used: HashSet<&str> = disks
         .iter()
@@ -116,7 +116,7 @@ pub async fn scan_at(
         if used.contains(file.path.as_str()) {
             continue;
         }
-        let Some(managed) = classify_managed_file(base, &file.path) else {
+        let Some(managed) = classify_managed_file(bases, &file.path) else {
             continue;
         };
         if referenced(&managed) {
@@ -134,7 +134,7 @@ pub async fn scan_at(
         }
     }
     for disk in &disks {
-        let Some(managed) = classify_disk(base, disk) else {
+        let Some(managed) = classify_disk(bases, disk) else {
             continue;
         };
         let path = disk.file_path.as_deref().unwrap_or_default();
@@ -199,10 +199,14 @@ pub async fn delete(rds: &RdsClient, orphan: &Orphan, deadline: Instant) -> Resu
 /// Why a found orphan must be kept, or None when it may be deleted: the rules the reconciler
 /// and `rds-csi orphans --delete` share. `refs` are every reading of the cluster (before and
 /// after the scan): a reference in any of them protects.
-pub fn keep_reason(base: &RdsPath, orphan: &Orphan, refs: &[&References]) -> Option<&'static str> {
+pub fn keep_reason(
+    bases: &[RdsPath],
+    orphan: &Orphan,
+    refs: &[&References],
+) -> Option<&'static str> {
     let managed = match (&orphan.slot, &orphan.path) {
         (Some(_), _) => None,
-        (None, Some(path)) => classify_managed_file(base, path),
+        (None, Some(path)) => classify_managed_file(bases, path),
         (None, None) => None,
     };
     if matches!(managed, Some(ManagedFile::Snapshot { .. })) {

@@ -66,15 +66,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .learn(tokio::time::Instant::now() + std::time::Duration::from_secs(30))
                 .await
         });
-        let base_path = role.service.defaults.base_path.clone();
+        let bases = role.service.defaults.base_paths.clone();
+        // Capacity and traffic are the pool's, which holds the first base path.
+        let base_path = bases[0].clone();
         // Attachments rebuilt from the cluster, and the reconcilers, when Kubernetes is reachable.
-        let (attachments, kube) = crate::kube::setup_controller(
-            &role.kube,
-            &config.driver_name,
-            Arc::clone(&rds),
-            base_path.clone(),
-        )
-        .await?;
+        let (attachments, kube) =
+            crate::kube::setup_controller(&role.kube, &config.driver_name, Arc::clone(&rds), bases)
+                .await?;
         pool = Some(Arc::new(
             PoolSource::new(Arc::clone(&rds), base_path).with_attachments(Arc::clone(&attachments)),
         ));

@@ -44,7 +44,7 @@ struct Kept<'a> {
 
 pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     let rds = crate::server::rds_client(args.rds.ssh_config()?);
-    let base = args.rds.volume_base_path()?;
+    let bases = args.rds.volume_base_paths()?;
     let deadline = deadline_in(TOOL_DEADLINE);
     // With a cluster, also disks without PV; files the cluster references are never orphans.
     let client = match &args.kubeconfig {
@@ -58,7 +58,7 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
     let refs = cluster_references(client.as_ref(), &args.driver_name).await?;
     let found = orphans::scan_at(
         &rds,
-        &base,
+        &bases,
         args.grace_period,
         refs.as_ref(),
         std::time::SystemTime::now(),
@@ -74,7 +74,7 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
         let refs_after = cluster_references(client.as_ref(), &args.driver_name).await?;
         let again = orphans::scan_at(
             &rds,
-            &base,
+            &bases,
             args.grace_period,
             refs_after.as_ref(),
             std::time::SystemTime::now(),
@@ -90,7 +90,7 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
         for orphan in &found {
             progress.inc(1);
             let reason = if again.contains(orphan) {
-                orphans::keep_reason(&base, orphan, &readings)
+                orphans::keep_reason(&bases, orphan, &readings)
             } else {
                 Some("it changed or went away between two scans")
             };
@@ -114,7 +114,8 @@ pub async fn orphans(args: OrphansArgs) -> anyhow::Result<()> {
         }
         OutputFormat::Text => {
             if found.is_empty() {
-                writeln!(out, "no orphans under {base}")?;
+                let dirs: Vec<&str> = bases.iter().map(RdsPath::as_str).collect();
+                writeln!(out, "no orphans under {}", dirs.join(", "))?;
             }
             for o in &found {
                 let what = match o.kind {
@@ -231,17 +232,18 @@ const REJECTED_FIX: &str =
 /// Runs every check in order; a check that cannot run because an earlier one failed is skipped.
 pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
     let mut checks = Vec::new();
-    let base = match RdsPath::new(args.rds.rds_volume_base_path.as_str()) {
+    let bases = match args.rds.volume_base_paths() {
         Ok(b) => b,
         Err(e) => {
             checks.push(fail(
                 "base path",
-                e.to_string(),
+                format!("{e:#}"),
                 "set --rds-volume-base-path to an absolute path such as /storage-pool/metal-csi",
             ));
             return checks;
         }
     };
+    let base = bases[0].clone();
     let rds = match args.rds.ssh_config() {
         Ok(config) => {
             checks.push(pass(
@@ -323,7 +325,7 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
         Ok(disks) => {
             let managed = disks
                 .iter()
-                .filter(|d| classify_disk(&base, d).is_some())
+                .filter(|d| classify_disk(&bases, d).is_some())
                 .count();
             pass(
                 "disk listing",
@@ -416,12 +418,12 @@ struct ListedVolume {
 
 pub async fn volumes(args: ToolArgs) -> anyhow::Result<()> {
     let rds = crate::server::rds_client(args.rds.ssh_config()?);
-    let base = args.rds.volume_base_path()?;
+    let bases = args.rds.volume_base_paths()?;
     let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
     let mut listed: Vec<ListedVolume> = disks
         .iter()
         .filter_map(|d| {
-            let (kind, source) = match classify_disk(&base, d)? {
+            let (kind, source) = match classify_disk(&bases, d)? {
                 ManagedFile::Volume(_) => ("volume", None),
                 ManagedFile::Snapshot { source, .. } => ("snapshot", source.map(|s| s.to_string())),
             };

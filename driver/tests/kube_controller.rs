@@ -45,7 +45,7 @@ fn controller(rds: &Arc<RdsClient>, attachments: Arc<AttachmentManager>) -> Cont
     ControllerService::with_attachments(
         rds.clone(),
         ControllerConfig::new(ParamDefaults {
-            base_path: RdsPath::new(BASE).unwrap(),
+            base_paths: vec![RdsPath::new(BASE).unwrap()],
             nvme_address: Some("10.0.0.1".into()),
             nvme_port: Port::new(4420).unwrap(),
         }),
@@ -81,7 +81,7 @@ async fn restarted_controller_refuses_a_second_node_after_rebuild() {
         &ControllerService::new(
             rds.clone(),
             ControllerConfig::new(ParamDefaults {
-                base_path: RdsPath::new(BASE).unwrap(),
+                base_paths: vec![RdsPath::new(BASE).unwrap()],
                 nvme_address: Some("10.0.0.1".into()),
                 nvme_port: Port::new(4420).unwrap(),
             }),
@@ -314,7 +314,7 @@ async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
         ..Default::default()
     };
     let (attachments, kube) =
-        rds_csi::kube::setup_controller(&config, DRIVER, rds, RdsPath::new(BASE).unwrap())
+        rds_csi::kube::setup_controller(&config, DRIVER, rds, vec![RdsPath::new(BASE).unwrap()])
             .await
             .unwrap();
     let kube = kube.expect("a kubeconfig turns Kubernetes features on");

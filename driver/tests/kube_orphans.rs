@@ -157,7 +157,7 @@ async fn rig() -> Rig {
 }
 
 fn reconciler(r: &Rig, dry_run: bool) -> OrphanReconciler {
-    let mut config = OrphanReconcilerConfig::new(DRIVER, RdsPath::new(BASE).unwrap());
+    let mut config = OrphanReconcilerConfig::new(DRIVER, vec![RdsPath::new(BASE).unwrap()]);
     config.grace_period = Duration::from_secs(300);
     config.dry_run = dry_run;
     let attachments = Arc::new(AttachmentManager::new());

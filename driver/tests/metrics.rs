@@ -76,7 +76,7 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
     let controller = ControllerService::new(
         Arc::clone(&rds),
         ControllerConfig::new(ParamDefaults {
-            base_path: base.clone(),
+            base_paths: vec![base.clone()],
             nvme_address: Some("127.0.0.1".into()),
             nvme_port: Port::new(4420).unwrap(),
         }),

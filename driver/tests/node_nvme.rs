@@ -213,6 +213,36 @@ async fn attach_connects_with_the_configured_parameters() {
 }
 
 #[tokio::test]
+async fn zero_leaves_an_option_to_the_kernel_as_in_go_driver_volumes() {
+    // The Go driver's PVs carry keepAliveTmo "0" (and ctrlLossTmo "0" for the kernel's
+    // default): such an option is not passed at all; -1 is passed as it is.
+    for (ctrl_loss, reconnect, keep_alive, options) in [
+        (-1, 5, 0, "--ctrl-loss-tmo -1 --reconnect-delay 5"),
+        (0, 5, 0, "--reconnect-delay 5"),
+        (0, 0, 0, ""),
+        (
+            600,
+            10,
+            30,
+            "--ctrl-loss-tmo 600 --reconnect-delay 10 --keep-alive-tmo 30",
+        ),
+    ] {
+        let f = Fake::new("multipath-y");
+        f.unplug("nvme-subsys3");
+        let mut t = target(NQN);
+        t.ctrl_loss_tmo = Some(ctrl_loss);
+        t.reconnect_delay = Some(reconnect);
+        t.keep_alive_tmo = Some(keep_alive);
+        f.connector().attach(&t, soon()).await.unwrap();
+        let expected = format!(
+            "connect -t tcp -a 10.42.0.1 -s 4420 -n {NQN} --hostnqn {HOSTNQN} \
+             --hostid 00000000-0000-0000-0000-000000000001 {options}"
+        );
+        assert_eq!(f.calls(), vec![expected.trim_end().to_string()]);
+    }
+}
+
+#[tokio::test]
 async fn attach_is_idempotent_when_already_connected() {
     let f = Fake::new("multipath-y");
     let attached = f.connector().attach(&target(NQN), soon()).await.unwrap();

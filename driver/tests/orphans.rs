@@ -57,13 +57,20 @@ async fn reports_exactly_the_orphans() {
     mock.add_orphan_disk("manual", &format!("{BASE}/manual-disk.img"), 1 << 30);
 
     // Young files are left alone.
-    assert!(scan(&rds, &base, Duration::from_secs(3600), soon())
-        .await
-        .unwrap()
-        .iter()
-        .all(|o| o.kind != OrphanKind::FileWithoutDisk));
+    assert!(scan(
+        &rds,
+        std::slice::from_ref(&base),
+        Duration::from_secs(3600),
+        soon()
+    )
+    .await
+    .unwrap()
+    .iter()
+    .all(|o| o.kind != OrphanKind::FileWithoutDisk));
 
-    let mut found = scan(&rds, &base, Duration::ZERO, soon()).await.unwrap();
+    let mut found = scan(&rds, std::slice::from_ref(&base), Duration::ZERO, soon())
+        .await
+        .unwrap();
     found.sort_by(|a, b| a.path.cmp(&b.path));
     let summary: Vec<(OrphanKind, &str)> = found
         .iter()
@@ -89,10 +96,12 @@ async fn reports_exactly_the_orphans() {
     for o in &found {
         delete(&rds, o, soon()).await.unwrap();
     }
-    assert!(scan(&rds, &base, Duration::ZERO, soon())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        scan(&rds, std::slice::from_ref(&base), Duration::ZERO, soon())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         mock.disk("pvc-live").is_some()
             && mock.disk("snap-1").is_some()

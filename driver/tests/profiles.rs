@@ -49,7 +49,7 @@ async fn world_with(spec: &str, tweak: impl FnOnce(&mut Config)) -> World {
     let svc = ControllerService::new(
         rds.clone(),
         ControllerConfig::new(ParamDefaults {
-            base_path: RdsPath::new(BASE).unwrap(),
+            base_paths: vec![RdsPath::new(BASE).unwrap()],
             nvme_address: Some("10.42.68.1".into()),
             nvme_port: Port::new(4420).unwrap(),
         }),
@@ -406,7 +406,7 @@ async fn clock_zones_do_not_change_ages_or_times() {
             .add_orphan_file(&format!("{BASE}/pvc-fresh.img"), 1 << 20);
         let orphans = rds_csi::orphans::scan(
             &w.rds,
-            &RdsPath::new(BASE).unwrap(),
+            &[RdsPath::new(BASE).unwrap()],
             Duration::from_secs(3600),
             deadline(),
         )

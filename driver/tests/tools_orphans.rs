@@ -108,19 +108,7 @@ impl Setup {
     }
 
     fn kubeconfig(&self, api: &FakeApi) -> String {
-        let path = self.dir.path().join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                api.addr()
-            ),
-        )
-        .unwrap();
-        path.display().to_string()
+        api.kubeconfig(self.dir.path()).display().to_string()
     }
 
     fn has_file(&self, name: &str) -> bool {

@@ -41,8 +41,22 @@ impl RdsArgs {
         Ok(config)
     }
 
+    /// The base paths, the first one first; at least one.
+    pub fn volume_base_paths(&self) -> anyhow::Result<Vec<RdsPath>> {
+        let bases = self
+            .rds_volume_base_path
+            .iter()
+            .map(|p| {
+                RdsPath::new(p.as_str()).with_context(|| format!("--rds-volume-base-path {p}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!bases.is_empty(), "--rds-volume-base-path is required");
+        Ok(bases)
+    }
+
+    /// The first base path: where `validate` works and new volumes go by default.
     pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
-        RdsPath::new(self.rds_volume_base_path.as_str()).context("--rds-volume-base-path")
+        Ok(self.volume_base_paths()?.remove(0))
     }
 }
 
@@ -94,7 +108,7 @@ impl ServeArgs {
                 .map(|ip| ip.to_string()),
         };
         let defaults = ParamDefaults {
-            base_path: self.rds.volume_base_path()?,
+            base_paths: self.rds.volume_base_paths()?,
             nvme_address,
             nvme_port: Port::new(u32::from(self.nvme_port)).context("--nvme-port")?,
         };

@@ -85,7 +85,7 @@ impl ControllerService {
         deadline: Instant,
     ) -> Result<Disk, RdsError> {
         match self.rds.wait_for_copy(slot, deadline).await? {
-            CopyState::Complete(disk) => Ok(disk),
+            CopyState::Complete(disk) => Ok(*disk),
             CopyState::Interrupted(why) => Err(RdsError::Interrupted(why)),
         }
     }

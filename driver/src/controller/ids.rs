@@ -65,6 +65,28 @@ pub fn parse_volume_id(id: &str) -> Option<Slot> {
         .filter(|_| is_provisioner_volume_id(id) || is_hashed_volume_id(id))
 }
 
+/// The source a Go driver v0.11 snapshot ID names: `snap-<source uuid>-at-<hex>` is a snapshot
+/// of `pvc-<source uuid>`. v0.13 and this driver write `snap-<uuid5(name)>-at-<first 10 hex
+/// digits of that uuid>`, which names no source (the suffix repeats the UUID's start); with
+/// 40 bits of the name's hash in a v0.11 suffix, one looking like that happens once in 10^12.
+pub fn go_snapshot_source(id: &Slot) -> Option<Slot> {
+    let rest = id.as_str().strip_prefix(SNAPSHOT_PREFIX)?;
+    let (uuid, suffix) = rest.split_once("-at-")?;
+    let parsed = Uuid::try_parse(uuid).ok()?;
+    if parsed.hyphenated().to_string() != uuid
+        || suffix.is_empty()
+        || !suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    if parsed.simple().to_string().starts_with(suffix) {
+        return None;
+    }
+    parse_volume_id(&format!("{PROVISIONER_VOLUME_PREFIX}{uuid}"))
+}
+
 /// Parses a snapshot ID sent by the CO.
 pub fn parse_snapshot_id(id: &str) -> Option<Slot> {
     Slot::new(id)
@@ -103,26 +125,33 @@ pub fn classify_file(dir: &RdsPath, path: &str) -> Option<ManagedFile> {
         });
     }
     if let Some(id) = parse_snapshot_id(stem) {
-        return Some(ManagedFile::Snapshot { id, source: None });
+        let source = go_snapshot_source(&id);
+        return Some(ManagedFile::Snapshot { id, source });
     }
     parse_volume_id(stem).map(ManagedFile::Volume)
 }
 
-/// The directory of a disk's file when it is `base` or lies below it.
-fn managed_dir(base: &RdsPath, path: &str) -> Option<RdsPath> {
+/// Whether `dir` is one of the base paths or lies below one.
+pub fn is_managed_dir(bases: &[RdsPath], dir: &RdsPath) -> bool {
+    bases.iter().any(|base| dir == base || dir.is_under(base))
+}
+
+/// The directory of a disk's file when it is a base path or lies below one (several base paths
+/// hold the volumes of a cluster whose Go driver StorageClasses named several `volumePath`s).
+fn managed_dir(bases: &[RdsPath], path: &str) -> Option<RdsPath> {
     let (dir, _) = path.rsplit_once('/')?;
     let dir = RdsPath::new(dir).ok()?;
-    (&dir == base || dir.is_under(base)).then_some(dir)
+    is_managed_dir(bases, &dir).then_some(dir)
 }
 
 /// What a disk is to the driver: a volume or snapshot it made (a file disk whose file is named
-/// for its slot, at or below the base path), or None for everything else on the RDS.
-pub fn classify_disk(base: &RdsPath, disk: &Disk) -> Option<ManagedFile> {
+/// for its slot, at or below a base path), or None for everything else on the RDS.
+pub fn classify_disk(bases: &[RdsPath], disk: &Disk) -> Option<ManagedFile> {
     let path = disk.file_path.as_deref()?;
     if !disk.is_file_disk() {
         return None;
     }
-    let managed = classify_file(&managed_dir(base, path)?, path)?;
+    let managed = classify_file(&managed_dir(bases, path)?, path)?;
     match &managed {
         ManagedFile::Volume(id) if id.as_str() == disk.slot => Some(managed),
         ManagedFile::Snapshot { id, .. } if id.as_str() == disk.slot && !disk.nvme_export => {
@@ -132,9 +161,9 @@ pub fn classify_disk(base: &RdsPath, disk: &Disk) -> Option<ManagedFile> {
     }
 }
 
-/// Classifies a file anywhere at or below the base path by its name.
-pub fn classify_managed_file(base: &RdsPath, path: &str) -> Option<ManagedFile> {
-    classify_file(&managed_dir(base, path)?, path)
+/// Classifies a file anywhere at or below a base path by its name.
+pub fn classify_managed_file(bases: &[RdsPath], path: &str) -> Option<ManagedFile> {
+    classify_file(&managed_dir(bases, path)?, path)
 }
 
 #[cfg(test)]
@@ -174,6 +203,69 @@ mod tests {
             snapshot_id_for_name("test-snap-copy-1").as_str(),
             "snap-37b8d270-f2b5-559b-8e70-1c127d43cf60-at-37b8d270f2"
         );
+    }
+
+    /// The snapshot handle of a Go driver VolumeSnapshotContent fixture and its source.
+    fn go_vsc(file: &str) -> (Slot, Slot) {
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let vsc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let handle = vsc["status"]["snapshotHandle"].as_str().unwrap();
+        let source = vsc["spec"]["source"]["volumeHandle"].as_str().unwrap();
+        (
+            parse_snapshot_id(handle).unwrap(),
+            parse_volume_id(source).unwrap(),
+        )
+    }
+
+    #[test]
+    fn go_v011_snapshot_ids_name_their_source_and_v013_ids_do_not() {
+        let (v011, source) = go_vsc("vsc-v011.yaml");
+        assert_eq!(go_snapshot_source(&v011), Some(source));
+        let (v013, _) = go_vsc("vsc-v013.yaml");
+        assert_eq!(go_snapshot_source(&v013), None);
+        // v0.13's IDs are ours: the same name makes the same ID.
+        assert_eq!(
+            snapshot_id_for_name("snapshot-0d6a3c2e-7f41-4b8a-9e35-6c1b2a4d8f90"),
+            v013
+        );
+        assert_eq!(go_snapshot_source(&snapshot_id_for_name("my-snap")), None);
+        // A v0.11 ID with a timestamp suffix names its source too; malformed ones do not.
+        let ts = Slot::new("snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-1739800000").unwrap();
+        assert!(go_snapshot_source(&ts).is_some());
+        for bad in [
+            "snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-xyz",
+            "snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-",
+            "snap-7e2a9c41-at-abcfd3394c",
+            "snap-1",
+        ] {
+            assert_eq!(go_snapshot_source(&Slot::new(bad).unwrap()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_base_paths_own_only_the_drivers_names() {
+        let bases = [
+            RdsPath::new("/pool/csi").unwrap(),
+            RdsPath::new("/pool/kubevirt").unwrap(),
+        ];
+        for path in [
+            "/pool/csi/pvc-1.img",
+            "/pool/kubevirt/pvc-2.img",
+            "/pool/kubevirt/a/pvc-3.img",
+        ] {
+            assert!(classify_managed_file(&bases, path).is_some(), "{path}");
+        }
+        for path in [
+            "/pool/other/pvc-1.img",
+            "/pool/kubevirt/nixos-var.img",
+            "/pool/kubevirt-x/pvc-1.img",
+        ] {
+            assert_eq!(classify_managed_file(&bases, path), None, "{path}");
+        }
     }
 
     #[test]
@@ -239,6 +331,15 @@ mod tests {
             Some(ManagedFile::Snapshot {
                 id: snap,
                 source: None
+            })
+        );
+        // The Go driver's snapshot files are `<id>.img`; a v0.11 ID names its source.
+        let v011 = "snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-abcfd3394c";
+        assert_eq!(
+            classify_file(&dir, &format!("/pool/csi/{v011}.img")),
+            Some(ManagedFile::Snapshot {
+                id: Slot::new(v011).unwrap(),
+                source: Some(Slot::new("pvc-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b").unwrap())
             })
         );
         for other in [

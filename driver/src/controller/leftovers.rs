@@ -12,7 +12,7 @@ use crate::grpc::rds_status;
 use crate::rds::command::RdsPath;
 
 impl ControllerService {
-    /// Removes the files of the managed grammar under the base path that `wanted` selects and
+    /// Removes the files of the managed grammar under the base paths that `wanted` selects and
     /// that no disk uses.
     pub(super) async fn remove_leftover_files(
         &self,
@@ -21,14 +21,14 @@ impl ControllerService {
     ) -> Result<(), Status> {
         let files = self
             .rds
-            .list_files(self.base(), deadline)
+            .list_files_in(self.bases(), deadline)
             .await
             .map_err(rds_status)?;
         let candidates: Vec<_> = files
             .iter()
             .filter(|f| !f.is_directory())
             .filter(|f| {
-                ids::classify_managed_file(self.base(), &f.path).is_some_and(|m| wanted(&m))
+                ids::classify_managed_file(self.bases(), &f.path).is_some_and(|m| wanted(&m))
             })
             .collect();
         if candidates.is_empty() {

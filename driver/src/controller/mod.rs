@@ -166,13 +166,14 @@ impl ControllerService {
         &self.attachments
     }
 
-    fn base(&self) -> &RdsPath {
-        &self.config.defaults.base_path
+    /// Where the driver's volumes and snapshots live: the base path, then any others.
+    fn bases(&self) -> &[RdsPath] {
+        &self.config.defaults.base_paths
     }
 
     /// The volume ID of a disk this driver made.
     fn owned_volume(&self, disk: &Disk) -> Option<Slot> {
-        match ids::classify_disk(self.base(), disk)? {
+        match ids::classify_disk(self.bases(), disk)? {
             ManagedFile::Volume(id) => Some(id),
             ManagedFile::Snapshot { .. } => None,
         }
@@ -244,7 +245,7 @@ impl ControllerService {
 
     /// The ID and recorded source of a snapshot this driver made.
     fn owned_snapshot(&self, disk: &Disk) -> Option<(Slot, Option<Slot>)> {
-        match ids::classify_disk(self.base(), disk)? {
+        match ids::classify_disk(self.bases(), disk)? {
             ManagedFile::Snapshot { id, source } => Some((id, source)),
             ManagedFile::Volume(_) => None,
         }
@@ -784,7 +785,7 @@ impl Controller for ControllerService {
             BTreeMap::new()
         } else {
             self.rds
-                .list_files(self.base(), deadline)
+                .list_files_in(self.bases(), deadline)
                 .await
                 .map_err(rds_status)?
                 .into_iter()
@@ -916,7 +917,7 @@ mod tests {
 
     fn config() -> ControllerConfig {
         ControllerConfig::new(ParamDefaults {
-            base_path: RdsPath::new("/p/csi").unwrap(),
+            base_paths: vec![RdsPath::new("/p/csi").unwrap()],
             nvme_address: None,
             nvme_port: crate::rds::Port::new(4420).unwrap(),
         })

@@ -30,6 +30,17 @@ const VOLUME_PATH: &str = "volumePath";
 const FSTYPE_STANDARD: &str = "csi.storage.k8s.io/fstype";
 /// Keys the external-provisioner adds or reserves; they are not ours to check.
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
+/// StorageClass keys the Go driver accepted or documented that this driver does not use (the
+/// RDS address, SSH port and base path come from its flags; the NQN is always the managed
+/// prefix and the volume ID). StorageClasses cannot be edited, so they are accepted, with a
+/// warning; any other unknown key is still an error, so a typo of one of ours is caught.
+pub const GO_IGNORED_KEYS: &[&str] = &[
+    "rdsAddress",
+    "rdsPort",
+    "sshPort",
+    "nqnPrefix",
+    "rdsBasePath",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeParams {
@@ -44,7 +55,9 @@ pub struct VolumeParams {
 /// Defaults from the command line.
 #[derive(Debug, Clone)]
 pub struct ParamDefaults {
-    pub base_path: RdsPath,
+    /// Directories holding the driver's volumes and snapshots; the first one takes new volumes
+    /// whose StorageClass names no `volumePath`. Never empty.
+    pub base_paths: Vec<RdsPath>,
     pub nvme_address: Option<String>,
     pub nvme_port: Port,
 }
@@ -59,7 +72,7 @@ impl VolumeParams {
         defaults: &ParamDefaults,
     ) -> Result<Self, Status> {
         let mut out = Self {
-            dir: defaults.base_path.clone(),
+            dir: defaults.base_paths[0].clone(),
             nvme_address: String::new(),
             nvme_port: defaults.nvme_port,
             fs_type: DEFAULT_FS_TYPE.to_string(),
@@ -73,12 +86,15 @@ impl VolumeParams {
             match key.as_str() {
                 VOLUME_PATH => {
                     let dir = RdsPath::new(value.as_str()).map_err(|e| invalid(key, e))?;
-                    if dir != defaults.base_path && !dir.is_under(&defaults.base_path) {
+                    if !super::ids::is_managed_dir(&defaults.base_paths, &dir) {
+                        let bases: Vec<&str> =
+                            defaults.base_paths.iter().map(RdsPath::as_str).collect();
                         return Err(invalid(
                             key,
                             format!(
-                                "`{dir}` is not under the allowed base path `{}`",
-                                defaults.base_path
+                                "`{dir}` is not under an allowed base path ({}; add it to \
+                                 --rds-volume-base-path)",
+                                bases.join(", ")
                             ),
                         ));
                     }
@@ -123,12 +139,17 @@ impl VolumeParams {
                     out.passthrough.push((key, n.to_string()));
                 }
                 other if other.starts_with(PROVISIONER_PREFIX) => {}
+                other if GO_IGNORED_KEYS.contains(&other) => {
+                    tracing::warn!(key = other, value = %value,
+                        "StorageClass parameter of the Go driver that this driver does not use; ignored");
+                }
                 other => {
                     return Err(invalid(
                         other,
                         "unknown parameter (known: volumePath, nvmeAddress, nvmePort, fsType, \
                          csi.storage.k8s.io/fstype, mkfsOptions, ctrlLossTmo, reconnectDelay, \
-                         keepAliveTmo, migrationTimeoutSeconds)",
+                         keepAliveTmo, migrationTimeoutSeconds; ignored from the Go driver: \
+                         rdsAddress, rdsPort, sshPort, nqnPrefix, rdsBasePath)",
                     ))
                 }
             }
@@ -181,7 +202,10 @@ mod tests {
 
     fn defaults() -> ParamDefaults {
         ParamDefaults {
-            base_path: RdsPath::new("/storage-pool/metal-csi").unwrap(),
+            base_paths: vec![
+                RdsPath::new("/storage-pool/metal-csi").unwrap(),
+                RdsPath::new("/storage-pool/kubevirt").unwrap(),
+            ],
             nvme_address: Some("10.0.0.1".into()),
             nvme_port: Port::new(4420).unwrap(),
         }
@@ -222,11 +246,57 @@ mod tests {
             ("migrationTimeoutSeconds", "29"),
             ("migrationTimeoutSeconds", "86401"),
             ("bogus", "1"),
+            ("volumePath", "/storage-pool/elsewhere"),
+            // Typos of our own keys (and of the Go driver's) are still errors.
+            ("volumepath", "/storage-pool/metal-csi"),
+            ("keepAliveTimeout", "0"),
+            ("rdsAdress", "10.0.0.1"),
         ] {
             let err = parse(&[(key, value)]).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}={value}");
             assert!(err.message().contains(key), "{}", err.message());
         }
+    }
+
+    /// The parameters of a Go driver StorageClass fixture.
+    fn go_storage_class(file: &str) -> HashMap<String, String> {
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let sc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        serde_yaml::from_value(sc["parameters"].clone()).unwrap()
+    }
+
+    #[test]
+    fn go_driver_storage_classes_are_accepted() {
+        let p = VolumeParams::parse(
+            &go_storage_class("storageclass-manifests.yaml"),
+            &defaults(),
+        )
+        .unwrap();
+        // A second base path holds it.
+        assert_eq!(p.dir.as_str(), "/storage-pool/kubevirt");
+        assert_eq!(p.nvme_address, "10.42.68.1");
+        let mut passed = p.passthrough.clone();
+        passed.sort();
+        assert_eq!(
+            passed,
+            vec![
+                ("ctrlLossTmo", "0".to_string()),
+                ("keepAliveTmo", "0".to_string()),
+                ("migrationTimeoutSeconds", "300".to_string()),
+                ("reconnectDelay", "5".to_string()),
+            ]
+        );
+        let p = VolumeParams::parse(
+            &go_storage_class("storageclass-documented.yaml"),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(p.dir.as_str(), "/storage-pool/metal-csi");
+        assert_eq!(p.fs_type, "ext4");
     }
 
     #[test]

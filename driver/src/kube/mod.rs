@@ -153,7 +153,7 @@ pub async fn setup_controller(
     config: &Config,
     driver_name: &str,
     rds: Arc<RdsClient>,
-    base: RdsPath,
+    bases: Vec<RdsPath>,
 ) -> anyhow::Result<(Arc<AttachmentManager>, Option<ControllerKube>)> {
     let Some(client) = connect(config.kubeconfig.as_deref()).await? else {
         tracing::info!(
@@ -165,7 +165,7 @@ pub async fn setup_controller(
             .with_detach_retention(detach_retention(config));
         return Ok((Arc::new(manager), None));
     };
-    let kube = start_controller(client, config, driver_name, rds, base);
+    let kube = start_controller(client, config, driver_name, rds, bases);
     Ok((Arc::clone(&kube.attachments), Some(kube)))
 }
 
@@ -176,7 +176,7 @@ pub fn start_controller(
     config: &Config,
     driver_name: &str,
     rds: Arc<RdsClient>,
-    base: RdsPath,
+    bases: Vec<RdsPath>,
 ) -> ControllerKube {
     let cancel = CancellationToken::new();
     let identity = identity();
@@ -199,7 +199,7 @@ pub fn start_controller(
     ));
     manager.set_conflict_hook(reconciler.trigger_handle());
     let orphan = config.enable_orphan_reconciler.then(|| {
-        let mut orphans = OrphanReconcilerConfig::new(driver_name, base);
+        let mut orphans = OrphanReconcilerConfig::new(driver_name, bases);
         orphans.interval = config.orphan_check_interval;
         orphans.grace_period = config.orphan_grace_period;
         orphans.dry_run = config.orphan_dry_run;

@@ -74,6 +74,18 @@ pub async fn cluster_references(
             }
         }
     }
+    for vsc in &snapshot_contents(client, driver).await? {
+        refs.snapshots
+            .extend(snapshot_handles(vsc).into_iter().map(str::to_string));
+    }
+    Ok(refs)
+}
+
+/// The VolumeSnapshotContents of `driver`; none in a cluster without the snapshot CRD (404).
+pub async fn snapshot_contents(
+    client: &Client,
+    driver: &str,
+) -> Result<Vec<DynamicObject>, ::kube::Error> {
     let vscs = within(
         LIST_TIMEOUT,
         Api::<DynamicObject>::all_with(client.clone(), &volume_snapshot_content_resource())
@@ -85,39 +97,39 @@ pub async fn cluster_references(
         Err(::kube::Error::Api(s)) if s.code == 404 => Vec::new(),
         Err(e) => return Err(e),
     };
-    for vsc in &vscs {
-        let spec = &vsc.data["spec"];
-        if spec["driver"].as_str() != Some(driver) {
-            continue;
-        }
-        // Dynamic snapshots carry the handle in status; pre-provisioned ones in spec.source.
-        for handle in [
-            vsc.data["status"]["snapshotHandle"].as_str(),
-            spec["source"]["snapshotHandle"].as_str(),
-        ]
+    Ok(vscs
         .into_iter()
-        .flatten()
-        {
-            refs.snapshots.insert(handle.to_string());
-        }
-    }
-    Ok(refs)
+        .filter(|v| v.data["spec"]["driver"].as_str() == Some(driver))
+        .collect())
+}
+
+/// A VolumeSnapshotContent's snapshot handles: dynamic snapshots carry it in status,
+/// pre-provisioned ones in spec.source.
+pub fn snapshot_handles(vsc: &DynamicObject) -> Vec<&str> {
+    [
+        vsc.data["status"]["snapshotHandle"].as_str(),
+        vsc.data["spec"]["source"]["snapshotHandle"].as_str(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[derive(Debug, Clone)]
 pub struct OrphanReconcilerConfig {
     pub driver_name: String,
-    pub base: RdsPath,
+    /// Every base path of the driver (see `ParamDefaults::base_paths`).
+    pub bases: Vec<RdsPath>,
     pub interval: Duration,
     pub grace_period: Duration,
     pub dry_run: bool,
 }
 
 impl OrphanReconcilerConfig {
-    pub fn new(driver_name: impl Into<String>, base: RdsPath) -> Self {
+    pub fn new(driver_name: impl Into<String>, bases: Vec<RdsPath>) -> Self {
         Self {
             driver_name: driver_name.into(),
-            base,
+            bases,
             interval: DEFAULT_ORPHAN_CHECK_INTERVAL,
             grace_period: DEFAULT_ORPHAN_GRACE_PERIOD,
             dry_run: true,
@@ -252,7 +264,7 @@ impl OrphanReconciler {
     async fn pass(&self) -> Result<OrphanReport, OrphanError> {
         let refs = cluster_references(&self.client, &self.config.driver_name).await?;
         let deadline = deadline_in(PASS_DEADLINE);
-        let base = &self.config.base;
+        let base = self.config.bases.as_slice();
         let scanned = orphans::scan_at(
             &self.rds,
             base,

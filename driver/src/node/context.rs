@@ -202,6 +202,22 @@ pub fn validate_file_path(field: &str, path: &str) -> Result<()> {
     }
 }
 
+/// The Go driver's volume context key for the backing file's full path (`filePath` in ours).
+pub const GO_FILE_PATH: &str = "volumePath";
+
+/// The Go driver's `volumePath`: `<dir>/<volume_id>.img`, of the `filePath` grammar. A path
+/// naming another file could make the node attach another volume's data.
+pub fn validate_go_file_path(field: &str, path: &str, volume_id: &str) -> Result<()> {
+    validate_file_path(field, path)?;
+    if path.rsplit('/').next() != Some(format!("{volume_id}.img").as_str()) {
+        return Err(NodeError::InvalidArgument(format!(
+            "{field} `{path}` is not the backing file of volume `{volume_id}`: it must end in \
+             `/{volume_id}.img`"
+        )));
+    }
+    Ok(())
+}
+
 /// The NQN of `volume_id` exactly as the controller exports it: the managed prefix and the
 /// volume's own ID, of the driver's ID grammar. Anything else could name another volume or a
 /// node's own export, which this node would then connect, and disconnect at unstage.
@@ -311,15 +327,19 @@ pub fn parse_stage_context(
     if let Some((field, fp)) = lookup(vc, pc, "filePath", None) {
         validate_file_path(&field, fp)?;
         target.file_path = Some(fp.to_string());
+    } else if let Some((field, fp)) = lookup(vc, pc, GO_FILE_PATH, None) {
+        validate_go_file_path(&field, fp, volume_id)?;
+        target.file_path = Some(fp.to_string());
     }
+    // 0 means "leave it to the kernel" (the option is not passed), as in the Go driver's PVs.
     if let Some((field, v)) = lookup(vc, pc, "ctrlLossTmo", None) {
         target.ctrl_loss_tmo = Some(parse_int::<i32>(&field, v, -1, 31_536_000)?);
     }
     if let Some((field, v)) = lookup(vc, pc, "reconnectDelay", None) {
-        target.reconnect_delay = Some(parse_int::<u32>(&field, v, 1, 3600)?);
+        target.reconnect_delay = Some(parse_int::<u32>(&field, v, 0, 3600)?);
     }
     if let Some((field, v)) = lookup(vc, pc, "keepAliveTmo", None) {
-        target.keep_alive_tmo = Some(parse_int::<u32>(&field, v, 1, 3600)?);
+        target.keep_alive_tmo = Some(parse_int::<u32>(&field, v, 0, 3600)?);
     }
     let fs_type = match lookup(vc, pc, "fsType", Some("fs_type")) {
         Some((field, v)) => Some(FsType::parse(v).ok_or_else(|| {
@@ -463,13 +483,73 @@ mod tests {
             ("nvmePort", "70000", "volume_context.nvmePort"),
             ("fsType", "btrfs", "volume_context.fsType"),
             ("filePath", "/x/../y", "volume_context.filePath"),
-            ("reconnectDelay", "0", "volume_context.reconnectDelay"),
+            ("reconnectDelay", "-1", "volume_context.reconnectDelay"),
+            ("keepAliveTmo", "-1", "volume_context.keepAliveTmo"),
+            ("ctrlLossTmo", "-2", "volume_context.ctrlLossTmo"),
         ];
         for (k, v, field) in cases {
             let e = parse_stage_context("v", &map(&[(k, v)]), &HashMap::new(), PREFIX).unwrap_err();
             assert!(matches!(e, NodeError::InvalidArgument(_)), "{k}={v}");
             assert!(e.to_string().contains(field), "{e}");
         }
+    }
+
+    /// The `volumeAttributes` of a Go driver PV fixture.
+    fn go_pv_context(file: &str) -> (String, HashMap<String, String>) {
+        let path = format!(
+            "{}/../fixtures/go-driver/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let pv: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let csi = &pv["spec"]["csi"];
+        let attrs = serde_yaml::from_value(csi["volumeAttributes"].clone()).unwrap();
+        (csi["volumeHandle"].as_str().unwrap().to_string(), attrs)
+    }
+
+    #[test]
+    fn every_go_driver_volume_context_is_accepted_with_its_meaning() {
+        let (id, vc) = go_pv_context("pv-mount.yaml");
+        let c = parse_stage_context(&id, &vc, &HashMap::new(), PREFIX).unwrap();
+        assert_eq!(c.target.nqn, Some(format!("{PREFIX}{id}")));
+        assert_eq!(c.target.address, Some("10.42.68.1".parse().unwrap()));
+        assert_eq!(c.target.port, Some(4420));
+        // Its `volumePath` is the backing file's full path, our `filePath`.
+        assert_eq!(
+            c.target.file_path,
+            Some(format!("/storage-pool/metal-csi/{id}.img"))
+        );
+        assert_eq!(c.target.ctrl_loss_tmo, Some(-1));
+        assert_eq!(c.target.reconnect_delay, Some(5));
+        // "0": the option is left to the kernel (the connector passes no -k).
+        assert_eq!(c.target.keep_alive_tmo, Some(0));
+
+        let (id, vc) = go_pv_context("pv-block.yaml");
+        let c = parse_stage_context(&id, &vc, &HashMap::new(), PREFIX).unwrap();
+        assert_eq!(c.target.ctrl_loss_tmo, Some(0));
+        assert_eq!(
+            c.target.file_path,
+            Some(format!("/storage-pool/kubevirt/{id}.img"))
+        );
+    }
+
+    #[test]
+    fn a_go_volume_path_must_name_the_volumes_own_file() {
+        let (id, mut vc) = go_pv_context("pv-mount.yaml");
+        for bad in [
+            "/storage-pool/metal-csi/pvc-other.img",
+            "/storage-pool/metal-csi",
+            "/storage-pool/../etc/pvc-x.img",
+        ] {
+            vc.insert("volumePath".into(), bad.into());
+            let e = parse_stage_context(&id, &vc, &HashMap::new(), PREFIX).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{bad}");
+            assert!(e.to_string().contains("volume_context.volumePath"), "{e}");
+        }
+        // Our own `filePath` wins over it.
+        vc.insert("filePath".into(), format!("/pool/{id}.img"));
+        let c = parse_stage_context(&id, &vc, &HashMap::new(), PREFIX).unwrap();
+        assert_eq!(c.target.file_path, Some(format!("/pool/{id}.img")));
     }
 
     #[test]

@@ -400,6 +400,20 @@ impl NodeService {
             .await
     }
 
+    /// The attachment of a volume of the driver's ID grammar that has no record on this node
+    /// (staged by the Go driver, which kept none); None when it is not attached.
+    async fn unrecorded_target(&self, volume_id: &str) -> Result<Option<VolumeTarget>> {
+        if !context::is_volume_suffix(volume_id) {
+            return Ok(None);
+        }
+        let found = self.inner.connector.target_for_volume(volume_id).await?;
+        if let Some(t) = &found {
+            tracing::info!(volume_id, nqn = ?t.nqn, file = ?t.file_path,
+                "volume attached without a record on this node (staged by the Go driver?)");
+        }
+        Ok(found)
+    }
+
     async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
         let i = &self.inner;
         validate_volume_id(&req.volume_id)?;
@@ -413,6 +427,10 @@ impl NodeService {
                 target = i.connector.target_for_device(m.major, m.minor).await?;
             }
             i.mounter.unmount(&staging, deadline).await?;
+        }
+        if target.is_none() {
+            // Nothing recorded or mounted: a block volume the Go driver staged, found by its ID.
+            target = self.unrecorded_target(&req.volume_id).await?;
         }
         if let Some(t) = &target {
             if let Some(dev) = i.connector.find_device(t).await? {
@@ -478,13 +496,17 @@ impl NodeService {
                 i.mounter.bind(&staging, &target, ro, deadline).await?;
             }
             Access::Block => {
-                let rec = record.ok_or_else(|| {
+                let staged = match record {
+                    Some(rec) => Some(rec.target),
+                    None => self.unrecorded_target(&req.volume_id).await?,
+                };
+                let staged = staged.ok_or_else(|| {
                     NodeError::FailedPrecondition(format!(
                         "volume {} is not staged on this node",
                         req.volume_id
                     ))
                 })?;
-                let dev = i.connector.find_device(&rec.target).await?.ok_or_else(|| {
+                let dev = i.connector.find_device(&staged).await?.ok_or_else(|| {
                     NodeError::FailedPrecondition(format!(
                         "the device of volume {} is not attached",
                         req.volume_id

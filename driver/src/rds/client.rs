@@ -31,7 +31,7 @@ const POLL_MAX: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyState {
     /// The file has the disk's full size.
-    Complete(Disk),
+    Complete(Box<Disk>),
     /// The file stopped growing short of its size, or its disk went away.
     Interrupted(String),
 }
@@ -364,7 +364,7 @@ impl RdsClient {
             };
             let have = file.size_bytes.unwrap_or_default();
             if have.saturating_add(file.size_precision) >= want {
-                return Ok(CopyState::Complete(disk));
+                return Ok(CopyState::Complete(Box::new(disk)));
             }
             if last_size != Some(have) {
                 last_size = Some(have);
@@ -486,6 +486,24 @@ impl RdsClient {
             .into_iter()
             .filter(|f| f.path.starts_with(&prefix))
             .collect())
+    }
+
+    /// The files under each of `dirs`, each listed once (one directory may lie in another).
+    pub async fn list_files_in(
+        &self,
+        dirs: &[RdsPath],
+        deadline: Instant,
+    ) -> Result<Vec<FileInfo>, RdsError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for dir in dirs {
+            for file in self.list_files(dir, deadline).await? {
+                if seen.insert(file.path.clone()) {
+                    out.push(file);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn get_file(

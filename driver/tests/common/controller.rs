@@ -30,7 +30,7 @@ pub struct Fixture {
 /// The controller configuration the fixture uses: base path BASE, NVMe at 10.42.68.1:4420.
 pub fn config() -> ControllerConfig {
     ControllerConfig::new(ParamDefaults {
-        base_path: RdsPath::new(BASE).unwrap(),
+        base_paths: vec![RdsPath::new(BASE).unwrap()],
         nvme_address: Some("10.42.68.1".into()),
         nvme_port: Port::new(4420).unwrap(),
     })

@@ -29,6 +29,22 @@ pub async fn start_mock(client_key: &PublicKey, state_dir: Option<&Path>) -> Moc
     .unwrap()
 }
 
+/// mock-rds for the `rds-csi` binary: the client key it accepts at `dir/id` and its host key
+/// at `dir/host.pub`, as `--rds-key-file` and `--rds-host-key` take them.
+pub async fn start_mock_for_binary(dir: &Path) -> MockRds {
+    let key = new_key();
+    std::fs::write(
+        dir.join("id"),
+        key.to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let mock = start_mock(key.public_key(), None).await;
+    std::fs::write(dir.join("host.pub"), mock.host_public_key_openssh()).unwrap();
+    mock
+}
+
 /// The mock's own host key, pinned.
 pub fn pinned(mock: &MockRds) -> HostKeyPolicy {
     let blob = mock

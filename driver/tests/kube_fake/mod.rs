@@ -29,6 +29,7 @@ const PLURALS: &[&str] = &[
     "persistentvolumeclaims",
     "volumeattachments",
     "volumesnapshotcontents",
+    "storageclasses",
     "leases",
     "events",
 ];
@@ -200,6 +201,24 @@ impl FakeApi {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Writes a kubeconfig for this server into `dir` (for the `rds-csi` binary's
+    /// `--kubeconfig`) and returns its path.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
     }
 
     pub fn client(&self) -> kube::Client {
@@ -537,6 +556,7 @@ pub const CSINODES: &str = "/apis/storage.k8s.io/v1/csinodes";
 pub const PVS: &str = "/api/v1/persistentvolumes";
 pub const VAS: &str = "/apis/storage.k8s.io/v1/volumeattachments";
 pub const VSCS: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents";
+pub const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 pub const DRIVER: &str = "rds.csi.srvlab.io";
 
 pub fn leases(ns: &str) -> String {

@@ -59,4 +59,16 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Every volume of this driver currently attached on the host.
     async fn attached(&self) -> Result<Vec<Attached>>;
+
+    /// The attachment of `volume_id` as found on the host, for a volume staged without a
+    /// record: the Go driver kept no node state, and its block volumes leave nothing at the
+    /// staging path (the device node is made at the target path).
+    async fn target_for_volume(&self, volume_id: &str) -> Result<Option<VolumeTarget>> {
+        Ok(self
+            .attached()
+            .await?
+            .into_iter()
+            .map(|a| a.target)
+            .find(|t| t.volume_id == volume_id))
+    }
 }

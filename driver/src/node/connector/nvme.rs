@@ -14,8 +14,9 @@ use crate::node::context::{is_managed_nqn, VolumeTarget};
 use crate::node::error::{NodeError, Result};
 use crate::node::exec::{poll_until, run, run_ok};
 
-/// nvme-cli's own default; the Go driver also used 300 s.
-pub const DEFAULT_CTRL_LOSS_TMO: i32 = 300;
+/// Reconnect forever: a controller given up on turns the filesystem read-only, and the Go
+/// driver settled on -1 after its hardware tests (see README, "NVMe/TCP timeouts").
+pub const DEFAULT_CTRL_LOSS_TMO: i32 = -1;
 pub const DEFAULT_RECONNECT_DELAY: u32 = 5;
 pub const DEFAULT_KEEP_ALIVE_TMO: u32 = 5;
 
@@ -387,23 +388,25 @@ impl NvmeTcpConnector {
         if let Some(id) = &self.cfg.host_id {
             args.extend(["--hostid".into(), id.clone()]);
         }
-        args.extend([
-            "--ctrl-loss-tmo".into(),
-            target
-                .ctrl_loss_tmo
-                .unwrap_or(self.cfg.ctrl_loss_tmo)
-                .to_string(),
-            "--reconnect-delay".into(),
-            target
-                .reconnect_delay
-                .unwrap_or(self.cfg.reconnect_delay)
-                .to_string(),
-            "--keep-alive-tmo".into(),
-            target
-                .keep_alive_tmo
-                .unwrap_or(self.cfg.keep_alive_tmo)
-                .to_string(),
-        ]);
+        // 0 leaves the option to the kernel's default, as the Go driver's volume contexts mean
+        // it (its PVs carry `keepAliveTmo: "0"`); -1 (ctrl_loss_tmo only) is "forever".
+        let options = [
+            (
+                "--ctrl-loss-tmo",
+                i64::from(target.ctrl_loss_tmo.unwrap_or(self.cfg.ctrl_loss_tmo)),
+            ),
+            (
+                "--reconnect-delay",
+                i64::from(target.reconnect_delay.unwrap_or(self.cfg.reconnect_delay)),
+            ),
+            (
+                "--keep-alive-tmo",
+                i64::from(target.keep_alive_tmo.unwrap_or(self.cfg.keep_alive_tmo)),
+            ),
+        ];
+        for (flag, value) in options.into_iter().filter(|(_, v)| *v != 0) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
         Ok(args)
     }
 
