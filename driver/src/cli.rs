@@ -288,6 +288,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4420, env = "RDS_CSI_NVME_PORT")]
     pub nvme_port: u16,
 
+    /// Storage-side fencing (controller): volumes of StorageClasses with `nvmeFencing: "true"`
+    /// let only the nodes they are published to connect, through the disk's
+    /// `nvme-tcp-server-allow-host-name`. Off by default until confirmed on hardware.
+    #[arg(long, env = "RDS_CSI_NVME_FENCING")]
+    pub nvme_fencing: bool,
+
     /// How the node attaches volumes.
     #[arg(long, value_enum, default_value_t = ConnectorKind::NvmeTcp, env = "RDS_CSI_CONNECTOR")]
     pub connector: ConnectorKind,

@@ -218,6 +218,10 @@ impl Mock {
                     file_size: d["file_size"].as_u64().context("file_size")?,
                     exported: d["nvme_tcp_export"].as_bool().unwrap_or(false),
                     copied_from: d["copied_from"].as_str().map(str::to_string),
+                    allowed_host: d["nvme_tcp_server_allow_host_name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 })
             })
             .collect()
@@ -266,6 +270,8 @@ pub struct MockDisk {
     pub file_size: u64,
     pub exported: bool,
     pub copied_from: Option<String>,
+    /// `nvme-tcp-server-allow-host-name`; empty: any host.
+    pub allowed_host: String,
 }
 
 /// One regular file of the mock's state.

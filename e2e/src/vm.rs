@@ -302,25 +302,28 @@ pub fn controller_hostnqn(ctrl: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Connects `nqn` on 127.0.0.1:`port` by hand, as another tool on the node would.
+/// Connects `nqn` on 127.0.0.1:`port` by hand, as another tool on the node would. A host NQN
+/// of the `...:uuid:<uuid>` form connects with that UUID as its host ID (the kernel pairs one
+/// host ID with one host NQN).
 pub fn nvme_connect(nqn: &str, port: u16, hostnqn: &str) -> anyhow::Result<()> {
-    sh(
-        "nvme",
-        &[
-            "connect",
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port.to_string(),
-            "-n",
-            nqn,
-            "--hostnqn",
-            hostnqn,
-        ],
-    )
-    .map(drop)
+    let port = port.to_string();
+    let mut args = vec![
+        "connect",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+        "-n",
+        nqn,
+        "--hostnqn",
+        hostnqn,
+    ];
+    if let Some((_, id)) = hostnqn.split_once(":uuid:") {
+        args.extend(["--hostid", id]);
+    }
+    sh("nvme", &args).map(drop)
 }
 
 /// What the kernel target serves: `subsystems/*` and `ports/*` entries of configfs.

@@ -104,10 +104,22 @@ async fn bad_parameters_and_sizes_never_reach_the_rds() {
         ("keepAliveTmo", "`id`"),
         ("slot", "x"),
         ("file-path", "/storage-pool/x.img"),
+        ("nvmeFencing", "yes"),
+        // Fencing is off on this controller.
+        ("nvmeFencing", "true"),
     ] {
         let r = ctl.create_volume(create(params(&[(key, value)]))).await;
         expect_code(&format!("{key}={value:?}"), r, &[Code::InvalidArgument]);
     }
+    let off = ctl
+        .create_volume(create(params(&[("nvmeFencing", "true")])))
+        .await
+        .unwrap_err();
+    assert!(
+        off.message().contains("parameters.nvmeFencing")
+            && off.message().contains("--nvme-fencing"),
+        "{off:?}"
+    );
 
     // Sizes.
     const TIB: i64 = 1 << 40;

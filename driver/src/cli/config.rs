@@ -114,6 +114,7 @@ impl ServeArgs {
         };
         let mut service = ControllerConfig::new(defaults);
         service.known_nodes = self.known_nodes();
+        service.nvme_fencing = self.nvme_fencing;
         Ok(ControllerRole {
             rds: self.rds.ssh_config()?,
             service,

@@ -4,6 +4,7 @@ pub mod caps;
 mod cluster;
 mod copy_source;
 mod disks;
+pub mod fence;
 pub mod ids;
 mod leftovers;
 pub mod page;
@@ -43,6 +44,8 @@ pub struct ControllerConfig {
     pub max_size: u64,
     /// Where volumes may be published without Kubernetes.
     pub known_nodes: publish::KnownNodes,
+    /// `--nvme-fencing`: volumes with `nvmeFencing` are fenced on the RDS.
+    pub nvme_fencing: bool,
 }
 
 impl ControllerConfig {
@@ -52,6 +55,7 @@ impl ControllerConfig {
             default_size: GIB,
             max_size: 16 << 40,
             known_nodes: publish::KnownNodes::Any,
+            nvme_fencing: false,
         }
     }
 }
@@ -66,6 +70,16 @@ pub struct ControllerService {
     events: Option<crate::kube::events::EventRecorder>,
     /// Whether a node exists and its attach limit, checked before publishing to it.
     node_source: publish::NodeSource,
+    /// With `--nvme-fencing`.
+    fence: Option<fence::Fence>,
+}
+
+/// A fence that could not be set: the call fails (Unavailable, so it is retried) rather than
+/// leave a volume open or closed against the attachment table.
+fn fence_status(id: &Slot, e: RdsError) -> Status {
+    Status::unavailable(format!(
+        "could not set the NVMe/TCP fence (nvme-tcp-server-allow-host-name) of volume {id}: {e}"
+    ))
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -134,6 +148,13 @@ impl ControllerService {
         config: ControllerConfig,
         attachments: Arc<AttachmentManager>,
     ) -> Self {
+        let fence = config.nvme_fencing.then(|| {
+            fence::Fence::new(
+                Arc::clone(&rds),
+                Arc::clone(&attachments),
+                config.defaults.base_paths.clone(),
+            )
+        });
         Self {
             rds,
             node_source: publish::NodeSource::Config(config.known_nodes.clone()),
@@ -141,6 +162,7 @@ impl ControllerService {
             locks: KeyedLocks::default(),
             attachments,
             events: None,
+            fence,
         }
     }
 
@@ -158,8 +180,14 @@ impl ControllerService {
 
     /// Tell operators what happened (expansions) through Kubernetes events.
     pub fn with_events(mut self, events: crate::kube::events::EventRecorder) -> Self {
+        self.fence = self.fence.map(|f| f.with_events(events.clone()));
         self.events = Some(events);
         self
+    }
+
+    /// The fences, with `--nvme-fencing`: for the periodic repair pass.
+    pub fn fence(&self) -> Option<&fence::Fence> {
+        self.fence.as_ref()
     }
 
     pub fn attachments(&self) -> &Arc<AttachmentManager> {
@@ -282,6 +310,25 @@ impl ControllerService {
         }
     }
 
+    /// Fences a volume just made (or found by a retry) when its StorageClass asks for it.
+    async fn fence_new(
+        &self,
+        id: &Slot,
+        disk: &Disk,
+        params: &VolumeParams,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Status> {
+        let Some(fence) = self.fence.as_ref().filter(|_| params.fenced) else {
+            return Ok(());
+        };
+        fence.mark(id.as_str());
+        fence
+            .apply(id, disk, deadline)
+            .await
+            .map(drop)
+            .map_err(|e| fence_status(id, e))
+    }
+
     fn attached_nodes(&self, id: &str) -> Vec<String> {
         self.attachments.nodes(id)
     }
@@ -321,6 +368,12 @@ impl Controller for ControllerService {
         check_capabilities(&req.volume_capabilities, "volume_capabilities")
             .map_err(Status::invalid_argument)?;
         let params = VolumeParams::parse(&req.parameters, &self.config.defaults)?;
+        if params.fenced && self.fence.is_none() {
+            return Err(Status::invalid_argument(
+                "parameters.nvmeFencing: fencing is off on this controller; start it with \
+                 --nvme-fencing (off by default until confirmed on hardware)",
+            ));
+        }
         let size = allocation(req.capacity_range.as_ref(), &self.config)?;
         let id = ids::volume_id_for_name(name);
         let path = ids::volume_file(&params.dir, &id).map_err(|e| {
@@ -397,6 +450,8 @@ impl Controller for ControllerService {
                 && actual >= size.bytes()
                 && (limit == 0 || actual <= limit);
             if compatible {
+                // A retry after a create that made the disk but not yet its fence.
+                self.fence_new(&id, &existing, &params, deadline).await?;
                 return Ok(response_volume(&existing));
             }
             return Err(Status::already_exists(format!(
@@ -425,6 +480,9 @@ impl Controller for ControllerService {
             }
             Err(e) => return Err(rds_status(e)),
         };
+        // Closed before anyone learns the volume exists; a failure leaves a volume the retry
+        // finds and fences.
+        self.fence_new(&id, &disk, &params, deadline).await?;
         tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
         Ok(response_volume(&disk))
     }

@@ -23,6 +23,8 @@ pub mod keys {
     pub const RECONNECT_DELAY: &str = "reconnectDelay";
     pub const KEEP_ALIVE_TMO: &str = "keepAliveTmo";
     pub const MIGRATION_TIMEOUT: &str = "migrationTimeoutSeconds";
+    /// `"true"`: the volume is fenced on the RDS (see `controller::fence`).
+    pub const NVME_FENCING: &str = "nvmeFencing";
 }
 
 /// StorageClass parameter names.
@@ -48,6 +50,8 @@ pub struct VolumeParams {
     pub nvme_address: String,
     pub nvme_port: Port,
     pub fs_type: String,
+    /// `nvmeFencing: "true"`.
+    pub fenced: bool,
     /// Optional node settings passed through unchanged after validation.
     pub passthrough: Vec<(&'static str, String)>,
 }
@@ -76,6 +80,7 @@ impl VolumeParams {
             nvme_address: String::new(),
             nvme_port: defaults.nvme_port,
             fs_type: DEFAULT_FS_TYPE.to_string(),
+            fenced: false,
             passthrough: Vec::new(),
         };
         let mut address = defaults.nvme_address.clone();
@@ -116,6 +121,16 @@ impl VolumeParams {
                     out.fs_type = parse_fs_type(value).map_err(|e| invalid(key, e))?;
                 }
                 keys::MKFS_OPTIONS => mkfs_options = Some(value),
+                keys::NVME_FENCING => {
+                    out.fenced = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(invalid(key, format!("`{value}` is not true or false"))),
+                    };
+                    if out.fenced {
+                        out.passthrough.push((keys::NVME_FENCING, "true".into()));
+                    }
+                }
                 keys::CTRL_LOSS_TMO
                 | keys::RECONNECT_DELAY
                 | keys::KEEP_ALIVE_TMO
@@ -148,7 +163,7 @@ impl VolumeParams {
                         other,
                         "unknown parameter (known: volumePath, nvmeAddress, nvmePort, fsType, \
                          csi.storage.k8s.io/fstype, mkfsOptions, ctrlLossTmo, reconnectDelay, \
-                         keepAliveTmo, migrationTimeoutSeconds; ignored from the Go driver: \
+                         keepAliveTmo, migrationTimeoutSeconds, nvmeFencing; ignored from the Go driver: \
                          rdsAddress, rdsPort, sshPort, nqnPrefix, rdsBasePath)",
                     ))
                 }

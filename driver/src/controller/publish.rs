@@ -153,6 +153,21 @@ impl ControllerService {
             node_limit,
         )?;
         let ctx = &req.volume_context;
+        if ctx.get(keys::NVME_FENCING).map(String::as_str) == Some("true") {
+            let Some(fence) = &self.fence else {
+                self.attachments.detach(id.as_str(), &node);
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is fenced (nvmeFencing) but this controller runs without \
+                     --nvme-fencing"
+                )));
+            };
+            fence.mark(id.as_str());
+            // The node may connect only once the RDS lets it; a fence not set is no publish.
+            if let Err(e) = fence.apply(&id, &disk, deadline).await {
+                self.attachments.detach(id.as_str(), &node);
+                return Err(super::fence_status(&id, e));
+            }
+        }
         let address = ctx
             .get(keys::NVME_ADDRESS)
             .cloned()
@@ -195,6 +210,20 @@ impl ControllerService {
         self.require_attachments_ready()?;
         // An empty node ID means "from every node".
         self.attachments.detach(id, &req.node_id);
+        if let (Some(fence), Some(slot)) = (&self.fence, super::ids::parse_volume_id(id)) {
+            // The node leaves the fence too; a retry repeats this until it holds.
+            let disk = self
+                .rds
+                .get_disk(&slot, deadline)
+                .await
+                .map_err(super::rds_status)?;
+            if let Some(disk) = disk.filter(|d| fence.is_fenced(id, d)) {
+                fence
+                    .apply(&slot, &disk, deadline)
+                    .await
+                    .map_err(|e| super::fence_status(&slot, e))?;
+            }
+        }
         Ok(Response::new(ControllerUnpublishVolumeResponse {}))
     }
 }

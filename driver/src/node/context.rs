@@ -61,6 +61,10 @@ pub struct VolumeTarget {
     pub reconnect_delay: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive_tmo: Option<u32>,
+    /// `nvmeFencing: "true"`: the RDS lets in only the host NQN derived from the node ID, so the
+    /// node connects with that identity whatever the host's own NQN is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 /// The validated volume context of a NodeStageVolume call.
@@ -340,6 +344,17 @@ pub fn parse_stage_context(
     }
     if let Some((field, v)) = lookup(vc, pc, "keepAliveTmo", None) {
         target.keep_alive_tmo = Some(parse_int::<u32>(&field, v, 0, 3600)?);
+    }
+    if let Some((field, v)) = lookup(vc, pc, "nvmeFencing", None) {
+        target.fenced = match v {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(NodeError::InvalidArgument(format!(
+                    "{field} `{v}` must be true or false"
+                )))
+            }
+        };
     }
     let fs_type = match lookup(vc, pc, "fsType", Some("fs_type")) {
         Some((field, v)) => Some(FsType::parse(v).ok_or_else(|| {

@@ -182,6 +182,7 @@ impl NodeService {
                 let mut cfg =
                     connector::NvmeConfig::new(host_nqn, service.managed_nqn_prefix.clone());
                 cfg.host_id = host_id;
+                cfg.fenced_identity = connector::nvme::derived_host_nqn(&service.node_id);
                 cfg.nvme_bin = nvme.nvme_cli;
                 cfg.sys_root = service.sys_root.clone();
                 cfg.ctrl_loss_tmo = nvme.ctrl_loss_tmo;

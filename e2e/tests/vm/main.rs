@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use e2e::vm;
 
 mod bench;
+mod fencing;
 mod scenarios;
 
 type Run = fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
@@ -37,6 +38,7 @@ const SCENARIOS: &[(&str, Run)] = scenarios![
     block_consumer_survives_restage,
     target_outage_while_mounted,
     host_identity_files,
+    fenced_volume_admits_only_its_nodes,
     nodestage_bench,
 ];
 

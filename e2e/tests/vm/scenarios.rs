@@ -670,3 +670,4 @@ pub async fn target_follows_the_disks() -> anyhow::Result<()> {
 }
 
 pub use super::bench::nodestage_bench;
+pub use super::fencing::fenced_volume_admits_only_its_nodes;

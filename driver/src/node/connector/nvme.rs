@@ -32,6 +32,10 @@ pub struct NvmeConfig {
     /// Passed as `--hostid` when the host NQN was derived (nvme-cli would otherwise pair it with
     /// an unrelated `/etc/nvme/hostid`).
     pub host_id: Option<String>,
+    /// The identity fenced volumes are connected with: the host NQN and host ID derived from
+    /// the node ID, the only ones the controller can name without seeing the node. The pair is
+    /// fixed, as the kernel wants one host ID per host NQN.
+    pub fenced_identity: (String, String),
     /// Only NQNs with this prefix and a volume-ID suffix are ever connected or disconnected.
     pub managed_prefix: String,
     pub ctrl_loss_tmo: i32,
@@ -51,6 +55,7 @@ impl NvmeConfig {
             dev_root: PathBuf::from("/dev"),
             host_nqn: host_nqn.into(),
             host_id: None,
+            fenced_identity: (String::new(), String::new()),
             managed_prefix: managed_prefix.into(),
             ctrl_loss_tmo: DEFAULT_CTRL_LOSS_TMO,
             reconnect_delay: DEFAULT_RECONNECT_DELAY,
@@ -383,10 +388,20 @@ impl NvmeTcpConnector {
             "-n".into(),
             nqn.into(),
             "--hostnqn".into(),
-            self.cfg.host_nqn.clone(),
         ];
-        if let Some(id) = &self.cfg.host_id {
-            args.extend(["--hostid".into(), id.clone()]);
+        if target.fenced {
+            let (nqn, id) = &self.cfg.fenced_identity;
+            if nqn.is_empty() {
+                return Err(NodeError::Internal(
+                    "a fenced volume, and no fenced identity is configured".into(),
+                ));
+            }
+            args.extend([nqn.clone(), "--hostid".into(), id.clone()]);
+        } else {
+            args.push(self.cfg.host_nqn.clone());
+            if let Some(id) = &self.cfg.host_id {
+                args.extend(["--hostid".into(), id.clone()]);
+            }
         }
         // 0 leaves the option to the kernel's default, as the Go driver's volume contexts mean
         // it (its PVs carry `keepAliveTmo: "0"`); -1 (ctrl_loss_tmo only) is "forever".
