@@ -302,17 +302,19 @@ pub fn controller_hostnqn(ctrl: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Connects `nqn` on 127.0.0.1:`port` by hand, as another tool on the node would. A host NQN
+/// Connects `nqn` on `addr`:`port` by hand, as another tool (or another node) would. A host NQN
 /// of the `...:uuid:<uuid>` form connects with that UUID as its host ID (the kernel pairs one
-/// host ID with one host NQN).
-pub fn nvme_connect(nqn: &str, port: u16, hostnqn: &str) -> anyhow::Result<()> {
+/// host ID with one host NQN). nvme-cli refuses a second connection to the same address and
+/// subsystem, so a second identity on this machine uses another loopback address of a target
+/// listening on all of them.
+pub fn nvme_connect(nqn: &str, addr: &str, port: u16, hostnqn: &str) -> anyhow::Result<()> {
     let port = port.to_string();
     let mut args = vec![
         "connect",
         "-t",
         "tcp",
         "-a",
-        "127.0.0.1",
+        addr,
         "-s",
         &port,
         "-n",

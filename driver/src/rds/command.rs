@@ -210,8 +210,9 @@ fn is_valid_nqn(s: &str) -> bool {
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-'))
         && !suffix.is_empty()
+        // Host NQNs carry a second colon (`...nvmexpress:uuid:<uuid>`).
         && suffix.bytes().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-' | b':')
         })
 }
 

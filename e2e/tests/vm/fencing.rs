@@ -17,7 +17,7 @@ use e2e::staged::Staged;
 use e2e::{create_request, poll_until, vm, Driver, Env, MIB, NODE_ID};
 use tonic::transport::Channel;
 
-use super::scenarios::{nqn, nvme_env, stage};
+use super::scenarios::{nqn, nvme_env_with, stage};
 
 /// What a fenced volume that no node holds allows: no real host.
 const CLOSED: &str = "nqn.2014-08.io.srvlab.rds-csi:fenced-no-host";
@@ -85,13 +85,21 @@ async fn unpublish(
     Ok(())
 }
 
-/// The kernel target refuses `host`; nothing of it is left connected.
+/// The kernel target refuses `host` (connecting from a loopback address of its own); nothing of
+/// it is left connected.
 fn refused(volume_id: &str, host: &str, what: &str) -> anyhow::Result<()> {
+    let addr = if host == STRANGER {
+        "127.0.0.2"
+    } else {
+        "127.0.0.4"
+    };
     let before = vm::connection(&nqn(volume_id)).map_or(0, |c| c.controllers.len());
-    ensure!(
-        vm::nvme_connect(&nqn(volume_id), 4420, host).is_err(),
-        "{what}: {host} could connect"
-    );
+    let err = match vm::nvme_connect(&nqn(volume_id), addr, 4420, host) {
+        Ok(()) => anyhow::bail!("{what}: {host} could connect"),
+        Err(e) => format!("{e:#}"),
+    };
+    // Refused by the target, not by nvme-cli on this side.
+    ensure!(!err.contains("already connected"), "{what}: {err}");
     let after = vm::connection(&nqn(volume_id)).map_or(0, |c| c.controllers.len());
     ensure!(after == before, "{what}: a controller appeared for {host}");
     Ok(())
@@ -106,7 +114,13 @@ fn controller_of(volume_id: &str, host: &str) -> Option<String> {
 }
 
 pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
-    let env = nvme_env("vmfence", &["--nvme-fencing"]).await?;
+    // The target listens on every loopback address: each identity connects from its own.
+    let env = nvme_env_with(
+        "vmfence",
+        &["--nvmet", "--nvme-listen", "0.0.0.0"],
+        &["--nvme-fencing"],
+    )
+    .await?;
     let mut ctl2 = controller_only(&env).await?;
     let mut ctl = ControllerClient::new(ctl2.channel.clone());
     let name = env.name("blk");
@@ -155,7 +169,7 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
         "during the migration the fence is {:?}",
         allowed(&env, &name)?
     );
-    vm::nvme_connect(&nqn(&name), 4420, SECOND)
+    vm::nvme_connect(&nqn(&name), "127.0.0.3", 4420, SECOND)
         .context("the migration target could not connect")?;
     let second = poll_until(
         "the second node's controller",

@@ -24,6 +24,15 @@ const KERNEL_WAIT: Duration = Duration::from_secs(60);
 /// A mock with the kernel target and a controller+node driver with the production connector.
 /// The host NQN file does not exist unless `driver_args` names another: the driver derives one.
 pub async fn nvme_env(test: &str, driver_args: &[&str]) -> anyhow::Result<Env> {
+    nvme_env_with(test, MOCK_NVMET, driver_args).await
+}
+
+/// [`nvme_env`] with other mock-rds flags.
+pub async fn nvme_env_with(
+    test: &str,
+    mock_args: &[&str],
+    driver_args: &[&str],
+) -> anyhow::Result<Env> {
     let mut args = vec!["--connector", "nvme-tcp"];
     if !driver_args.contains(&"--nvme-hostnqn-file") {
         args.extend(["--nvme-hostnqn-file", "{work}/no-hostnqn"]);
@@ -32,7 +41,7 @@ pub async fn nvme_env(test: &str, driver_args: &[&str]) -> anyhow::Result<Env> {
     Env::start_with(
         test,
         EnvOptions {
-            mock_args: MOCK_NVMET,
+            mock_args,
             driver_args: &args,
             ..EnvOptions::default()
         },
@@ -259,7 +268,7 @@ async fn foreign_disk(env: &Env, slot: &str) -> anyhow::Result<Foreign> {
     ))
     .await?;
     let host = "nqn.2014-08.org.nvmexpress:uuid:0b5f2e0c-1c1a-4d6e-9d7a-3f3e9a1c0001";
-    vm::nvme_connect(&nqn, 4420, host)?;
+    vm::nvme_connect(&nqn, "127.0.0.1", 4420, host)?;
     poll_until("the foreign namespace", KERNEL_WAIT, || async {
         vm::connection(&nqn).filter(|c| !c.namespaces.is_empty())
     })
