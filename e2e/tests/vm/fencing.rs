@@ -114,11 +114,19 @@ fn controller_of(volume_id: &str, host: &str) -> Option<String> {
 }
 
 pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
+    // The node has a host NQN of its own, as nodes with /etc/nvme/hostnqn do: a fenced volume
+    // must still be connected with the identity derived from the node ID.
+    let own = std::path::Path::new(vm::GUEST_TMP).join("fence-hostnqn");
+    std::fs::write(
+        &own,
+        "nqn.2014-08.org.nvmexpress:uuid:0c0c0c0c-1111-4222-8333-444444444444\n",
+    )?;
+    let own = own.display().to_string();
     // The target listens on every loopback address: each identity connects from its own.
     let env = nvme_env_with(
         "vmfence",
         &["--nvmet", "--nvme-listen", "0.0.0.0"],
-        &["--nvme-fencing"],
+        &["--nvme-fencing", "--nvme-hostnqn-file", &own],
     )
     .await?;
     let mut ctl2 = controller_only(&env).await?;
