@@ -334,6 +334,7 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
         }
         Err(e) => rejected("disk listing", e),
     });
+    checks.push(fencing_check(&rds, deadline).await);
     checks.push(match rds.list_files(&base, deadline).await {
         Ok(files) => pass(
             "file listing",
@@ -369,6 +370,51 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
         ),
     });
     checks
+}
+
+/// Whether the RDS shows `nvme-tcp-server-allow-host-name` on its exported disks, which
+/// `--nvme-fencing` sets and reads back. Read-only: whether RouterOS also enforces it is for
+/// `rds-csi validate` (which sets it on a scratch disk) and hardware to tell.
+async fn fencing_check(rds: &crate::rds::RdsClient, deadline: tokio::time::Instant) -> Check {
+    use crate::rds::command::{Command, DiskFilter};
+    const KEY: &str = "nvme-tcp-server-allow-host-name";
+    let entries = match rds
+        .run(&Command::DiskPrint(DiskFilter::All), deadline)
+        .await
+    {
+        Ok(text) => crate::rds::parse::parse_detail(&text),
+        Err(e) => return fail("fencing", e.to_string(), REJECTED_FIX),
+    };
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(
+                "fencing",
+                format!("the disk listing did not parse: {e}"),
+                REJECTED_FIX,
+            )
+        }
+    };
+    let exported: Vec<_> = entries
+        .iter()
+        .filter(|e| e.get("nvme-tcp-export") == Some("yes"))
+        .collect();
+    let shown = exported.iter().filter(|e| e.get(KEY).is_some()).count();
+    let fenced = exported
+        .iter()
+        .filter(|e| e.get(KEY).is_some_and(|v| !v.is_empty()))
+        .count();
+    let detail = match (exported.len(), shown) {
+        (0, _) => "no exported disk shows whether the RDS has the property".to_string(),
+        (n, s) if s == n => format!(
+            "the RDS shows {KEY} on all {n} exported disks ({fenced} limited to a host):              --nvme-fencing can set it"
+        ),
+        (n, s) => format!(
+            "{KEY} is missing on {} of {n} exported disks: --nvme-fencing would fail on this RDS",
+            n - s
+        ),
+    };
+    pass("fencing", detail)
 }
 
 fn gib(bytes: u64) -> f64 {
