@@ -338,6 +338,72 @@ async fn leftover_cleanup_never_removes_a_file_a_disk_uses() {
     );
 }
 
+/// A snapshot's file names its source, so a delete that removed the disk but not the file,
+/// followed by a new snapshot of that name from another volume, leaves two files of one ID.
+/// Deleting the snapshot removes both (found by the soak: the first one stayed for good).
+#[tokio::test]
+async fn snapshot_delete_removes_leftover_files_of_an_earlier_source() {
+    let f = fixture().await;
+    f.create("pvc-first", GIB).await;
+    f.create("pvc-second", GIB).await;
+    let snap = |src: &str| CreateSnapshotRequest {
+        name: "again".into(),
+        source_volume_id: src.into(),
+        ..Default::default()
+    };
+    let del = |id: &str| DeleteSnapshotRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    let first = f
+        .svc
+        .create_snapshot(Request::new(snap("pvc-first")))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    f.mock.inject(Fault::Fail {
+        pattern: "^/file remove".into(),
+        times: Some(1),
+        message: "failure: disk is busy".into(),
+        exit_status: 1,
+    });
+    assert_eq!(
+        code(
+            f.svc
+                .delete_snapshot(Request::new(del(&first.snapshot_id)))
+                .await
+        ),
+        Code::Unavailable
+    );
+    let second = f
+        .svc
+        .create_snapshot(Request::new(snap("pvc-second")))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(first.snapshot_id, second.snapshot_id);
+    f.svc
+        .delete_snapshot(Request::new(del(&second.snapshot_id)))
+        .await
+        .unwrap();
+    let left: Vec<String> = f
+        .mock
+        .files()
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| p.contains(&first.snapshot_id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files of the deleted snapshot left: {left:?}"
+    );
+    assert!(f.mock.disk(&first.snapshot_id).is_none());
+}
+
 #[tokio::test]
 async fn leftover_file_is_never_reused() {
     let f = fixture().await;
