@@ -96,6 +96,7 @@ fn main() -> std::process::ExitCode {
 struct Outcome {
     violations: Vec<(usize, String)>,
     faults: Counts,
+    data_checks: u64,
 }
 
 /// The soak and, on a violation, the search for the shortest failing prefix; false when it
@@ -118,6 +119,7 @@ async fn soak() -> anyhow::Result<bool> {
         o.profile
     );
     println!("faults by kind: {}", outcome.faults.describe());
+    println!("data read back and compared: {} times", outcome.data_checks);
     let Some(first) = outcome.violations.iter().map(|(op, _)| *op).min() else {
         return Ok(true);
     };
@@ -187,6 +189,7 @@ async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
         progress,
         verbose: std::env::var_os("SOAK_VERBOSE").is_some(),
         inject: o.faults,
+        data_checks: Default::default(),
     });
     let workers: Vec<_> = (0..o.workers)
         .map(|_| {
@@ -202,5 +205,6 @@ async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         violations: soak.model.violations.into_inner().unwrap(),
         faults: soak.faults,
+        data_checks: soak.data_checks.into_inner(),
     })
 }

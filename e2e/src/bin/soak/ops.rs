@@ -2,11 +2,11 @@
 //! small pool of names, with the fault it drew injected just before it, and the model's check
 //! of the reply after it.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
@@ -23,6 +23,8 @@ use crate::model::{Known, Model};
 
 pub const VOLUMES: usize = 6;
 pub const SNAPSHOTS: usize = 3;
+/// The content of a new volume: no token written yet.
+const NO_TOKEN: u64 = u64::MAX;
 /// Each call's deadline, as a sidecar would set it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -40,6 +42,8 @@ pub struct Soak {
     /// Whether operations inject the faults they draw (`--no-faults`: they still draw them, so
     /// the calls are the same).
     pub inject: bool,
+    /// Tokens read back and compared with the one written last (or copied).
+    pub data_checks: std::sync::atomic::AtomicU64,
 }
 
 /// A volume name of the pool; `pvc-` so that it is its own volume ID.
@@ -120,7 +124,8 @@ impl Soak {
             // its number only, not on which worker runs it.
             let mut rng =
                 StdRng::seed_from_u64(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ op as u64);
-            let kind = rng.random_range(0..if self.root { 11 } else { 10 });
+            // Stage cycles (10 and 11, as root) are the only data checks: twice as frequent as the rest.
+            let kind = rng.random_range(0..if self.root { 12 } else { 10 });
             let v = rng.random_range(0..VOLUMES);
             let s = rng.random_range(0..SNAPSHOTS);
             let w = rng.random_range(0..VOLUMES);
@@ -183,20 +188,14 @@ impl Soak {
             // create (the most frequent: a pool of names is mostly full)
             0 | 1 => {
                 let names = [name.as_str()];
-                let started = self.model.begin(&names);
+                let started = self.model.begin_read(&names);
                 let r = ctl
                     .create_volume(timed(create_request(&name, size_of(v), mount_cap("ext4"))))
                     .await;
-                let alone = self.model.end(&names, &started);
-                self.after_present(
-                    op,
-                    &name,
-                    size_of(v) as u64,
-                    r.is_ok(),
-                    alone,
-                    Content::Keep,
-                )
-                .await;
+                // Only a writer (a delete, a copy into it) could change what a create finds.
+                let (_, alone) = self.model.end_both(&names, &started);
+                self.after_present(op, &name, size_of(v) as u64, &r, alone, Content::Keep)
+                    .await;
             }
             2 => self.delete_volume(op, &name, &mut ctl).await,
             3 => self.expand(op, v, &mut ctl).await,
@@ -205,7 +204,7 @@ impl Soak {
             6 | 7 => self.copy(op, kind == 6, v, s, w, &mut ctl).await,
             8 | 9 => {
                 let names = [name.as_str()];
-                let started = self.model.begin(&names);
+                let started = self.model.begin_read(&names);
                 if kind == 8 {
                     let _ = ctl
                         .controller_publish_volume(timed(ControllerPublishVolumeRequest {
@@ -267,7 +266,7 @@ impl Soak {
         let current = self.model.get(&name);
         let want = (current.size.max(size_of(v) as u64) + 4 * MIB as u64).min(64 << 20);
         let names = [name.as_str()];
-        let started = self.model.begin(&names);
+        let started = self.model.begin_read(&names);
         let r = ctl
             .controller_expand_volume(timed(ControllerExpandVolumeRequest {
                 volume_id: name.clone(),
@@ -278,15 +277,22 @@ impl Soak {
                 ..Default::default()
             }))
             .await;
-        let alone = self.model.end(&names, &started);
+        let (_, alone) = self.model.end_both(&names, &started);
         if let (Ok(resp), true) = (&r, alone) {
             let got = resp.get_ref().capacity_bytes as u64;
             if got < want {
                 self.model
                     .violation(op, format!("{name} expanded to {got}, asked {want}"));
             }
-            self.after_present(op, &name, want, true, true, Content::Keep)
-                .await;
+            self.after_present(
+                op,
+                &name,
+                want,
+                &Err(tonic::Status::ok("")),
+                true,
+                Content::Keep,
+            )
+            .await;
         }
         // A failed expand leaves the size unknown (the model keeps the least acknowledged), not
         // the volume or its data.
@@ -299,8 +305,8 @@ impl Soak {
         sname: &str,
         ctl: &mut ControllerClient<Channel>,
     ) {
-        let names = [sname, source];
-        let started = self.model.begin(&names);
+        let started = self.model.begin(&[sname]);
+        let reading = self.model.begin_read(&[source]);
         let before = self.model.get(sname);
         let from = self.model.get(source);
         let r = ctl
@@ -310,14 +316,15 @@ impl Soak {
                 ..Default::default()
             }))
             .await;
-        let alone = self.model.end(&names, &started);
-        match (r, alone) {
+        let alone = self.model.end(&[sname], &started);
+        let (source_alone, source_unwritten) = self.model.end_both(&[source], &reading);
+        match (r, alone && source_alone) {
             (Ok(resp), true) => {
                 let snapshot = resp.into_inner().snapshot.unwrap_or_default();
                 // A new snapshot holds what its source held; one that existed, what it held.
                 let content = match (before.known, from.known) {
                     (Known::Present, _) => before.content,
-                    (Known::Absent, Known::Present) => from.content,
+                    (Known::Absent, Known::Present) if source_unwritten => from.content,
                     _ => None,
                 };
                 self.model.set(sname, |o| {
@@ -405,12 +412,14 @@ impl Soak {
         req.volume_content_source = Some(VolumeContentSource {
             r#type: Some(source),
         });
-        let names = [name.as_str(), source_name.as_str()];
-        let started = self.model.begin(&names);
+        let started = self.model.begin(&[name.as_str()]);
+        let reading = self.model.begin_read(&[source_name.as_str()]);
         let from = self.model.get(&source_name);
         let r = ctl.create_volume(timed(req)).await;
-        let alone = self.model.end(&names, &started);
-        let content = (from.known == Known::Present)
+        let (source_alone, source_unwritten) =
+            self.model.end_both(&[source_name.as_str()], &reading);
+        let alone = self.model.end(&[name.as_str()], &started) && source_alone;
+        let content = (from.known == Known::Present && source_unwritten)
             .then_some(from.content)
             .flatten();
         match &r {
@@ -418,22 +427,39 @@ impl Soak {
             Err(e) if alone && e.code() == tonic::Code::AlreadyExists => {}
             _ => {
                 let size = 64 * MIB as u64;
-                self.after_present(op, &name, size, r.is_ok(), alone, Content::CopyOf(content))
+                self.after_present(op, &name, size, &r, alone, Content::CopyOf(content))
                     .await
             }
         }
     }
 
-    /// After a create-like call: on success alone the volume must exist with at least `size`.
+    /// After a create-like call (`reply`; an expand passes `Err(Status::ok)`): on success with
+    /// no writer overlapping (`alone`) the volume must exist with at least `size`.
     async fn after_present(
         &self,
         op: usize,
         name: &str,
         size: u64,
-        ok: bool,
+        reply: &Result<tonic::Response<CreateVolumeResponse>, tonic::Status>,
         alone: bool,
         content: Content,
     ) {
+        let ok = match reply {
+            Ok(_) => true,
+            Err(e) => e.code() == tonic::Code::Ok,
+        };
+        let context = reply
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get_ref().volume.as_ref())
+            .map(|v| v.volume_context.clone());
+        if context.is_some() {
+            self.model.set(name, |o| o.context = context.clone());
+        }
+        if !ok && alone && self.model.get(name).known == Known::Present {
+            // A failed create (or expand) of a volume that exists changes nothing.
+            return;
+        }
         if !(ok && alone) {
             self.model.set(name, |o| {
                 o.known = Known::Unknown;
@@ -447,6 +473,7 @@ impl Soak {
                 match (o.known, content) {
                     (Known::Present, _) => {}
                     (Known::Absent, Content::CopyOf(token)) => o.content = token,
+                    (Known::Absent, Content::Keep) => o.content = Some(NO_TOKEN),
                     _ => o.content = None,
                 }
                 o.size = if o.known == Known::Present {
@@ -490,8 +517,10 @@ impl Soak {
         let started = self.model.begin(&names);
         let before = self.model.get(&name);
         let cap = mount_cap("ext4");
+        let wrote = std::sync::atomic::AtomicBool::new(false);
         let result: anyhow::Result<Option<u64>> = async {
-            let volume_context = HashMap::new();
+            // A CO stages only a volume it created, with the context CreateVolume returned.
+            let volume_context = before.context.clone().context("never created")?;
             let publish_context = ctl
                 .controller_publish_volume(timed(ControllerPublishVolumeRequest {
                     volume_id: name.clone(),
@@ -523,10 +552,13 @@ impl Soak {
             }))
             .await?;
             let file = Path::new(&target).join("soak-token");
-            let seen = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok());
+            let seen = match std::fs::read_to_string(&file) {
+                Ok(t) => t.trim().parse().ok(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(NO_TOKEN),
+                Err(_) => None,
+            };
             if let (Some(want), Known::Present) = (before.content, before.known) {
+                self.data_checks.fetch_add(1, Ordering::Relaxed);
                 if seen != Some(want) {
                     anyhow::bail!("DATA: {name} holds token {seen:?}, {want} was written last");
                 }
@@ -534,24 +566,35 @@ impl Soak {
             if !write {
                 return Ok(seen);
             }
+            wrote.store(true, Ordering::Relaxed);
             std::fs::write(&file, format!("{op}\n"))?;
             nix::unistd::sync();
             Ok(Some(op as u64))
         }
         .await;
         let cleaned = self.unstage(&name, &staging, &target, ctl, node).await;
-        let alone = self.model.end(&names, &started);
+        // Calls that change neither content nor existence (a create, an expand, a publish)
+        // may overlap: the token read must still be the last one written.
+        let (_, alone) = self.model.end_both(&names, &started);
+        if self.verbose {
+            eprintln!("soak: operation {op}: stage cycle of {name}: {result:?}, cleaned up {cleaned}, alone {alone}");
+        }
         match result {
             Err(e) if e.to_string().starts_with("DATA:") && alone => {
                 self.model.violation(op, e.to_string())
             }
-            Ok(token) if alone && cleaned => self.model.set(&name, |o| {
+            // Synced before the reply, the token is in the file even if the unstage failed.
+            Ok(token) if alone => self.model.set(&name, |o| {
                 o.content = token;
-                o.staged = false;
+                o.staged = !cleaned;
             }),
+            // Failed before writing: the content is what it was.
+            Err(_) if alone && !wrote.load(Ordering::Relaxed) => {
+                self.model.set(&name, |o| o.staged |= !cleaned)
+            }
             _ => self.model.set(&name, |o| {
                 o.content = None;
-                o.staged = o.staged || !cleaned;
+                o.staged |= !cleaned;
             }),
         }
     }
