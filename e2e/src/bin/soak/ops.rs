@@ -131,10 +131,26 @@ impl Soak {
             let w = rng.random_range(0..VOLUMES);
             let (targets, name): (&[Target], String) = match kind {
                 0 | 1 | 3 | 6 | 7 => (&[Target::Add, Target::Set, Target::Print], vol(v)),
-                2 => (&[Target::Remove, Target::FileRemove, Target::Print], vol(v)),
+                2 => (
+                    &[
+                        Target::Remove,
+                        Target::Remove,
+                        Target::FileRemove,
+                        Target::Print,
+                    ],
+                    vol(v),
+                ),
                 4 => (&[Target::Add, Target::Print], vol(v)),
                 5 => match self.snapshot_id(&snap(s)) {
-                    Some(id) => (&[Target::Remove, Target::FileRemove, Target::Print], id),
+                    Some(id) => (
+                        &[
+                            Target::Remove,
+                            Target::Remove,
+                            Target::FileRemove,
+                            Target::Print,
+                        ],
+                        id,
+                    ),
                     None => (&[], String::new()),
                 },
                 _ => (&[Target::Print], vol(v)),
