@@ -9,6 +9,8 @@
 //! [--no-faults] [--shrink-secs T]`. Prints a line per 1,000 operations, then
 //! `N operations, F faults, V violations`. On a violation it exits 1, after replaying ever shorter
 //! prefixes of the run (for up to T seconds, default 300) to print the shortest that still fails.
+//! `SOAK_VERBOSE=1` prints every fault injected; `SOAK_LOGS=DIR` keeps the logs of a failing
+//! run. RELIABILITY.md says what is checked.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
