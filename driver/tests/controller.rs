@@ -259,12 +259,7 @@ async fn delete_removes_disk_and_file_and_is_idempotent() {
     // A failed file removal fails the call (busy: try again); the retry finds and removes the
     // leftover file.
     f.create("pvc-del2", GIB).await;
-    f.mock.inject(Fault::Fail {
-        pattern: "^/file remove".into(),
-        times: Some(1),
-        message: "failure: disk is busy".into(),
-        exit_status: 1,
-    });
+    fail_next_file_remove(&f.mock);
     assert_eq!(
         code(f.svc.delete_volume(Request::new(del("pvc-del2"))).await),
         Code::Unavailable
@@ -336,6 +331,75 @@ async fn leftover_cleanup_never_removes_a_file_a_disk_uses() {
             .any(|h| h.command.starts_with("/file remove")),
         "no file was removed"
     );
+}
+
+/// The next `/file remove` fails as busy, so a delete removes the disk and leaves the file.
+fn fail_next_file_remove(mock: &MockRds) {
+    mock.inject(Fault::Fail {
+        pattern: "^/file remove".into(),
+        times: Some(1),
+        message: "failure: disk is busy".into(),
+        exit_status: 1,
+    });
+}
+
+/// A snapshot's file names its source, so a delete that removed the disk but not the file,
+/// followed by a new snapshot of that name from another volume, leaves two files of one ID.
+/// Deleting the snapshot removes both (found by the soak: the first one stayed for good).
+#[tokio::test]
+async fn snapshot_delete_removes_leftover_files_of_an_earlier_source() {
+    let f = fixture().await;
+    f.create("pvc-first", GIB).await;
+    f.create("pvc-second", GIB).await;
+    let snap = |src: &str| {
+        f.svc.create_snapshot(Request::new(CreateSnapshotRequest {
+            name: "again".into(),
+            source_volume_id: src.into(),
+            ..Default::default()
+        }))
+    };
+    let del = |id: &str| DeleteSnapshotRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    let first = snap("pvc-first")
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    fail_next_file_remove(&f.mock);
+    assert_eq!(
+        code(
+            f.svc
+                .delete_snapshot(Request::new(del(&first.snapshot_id)))
+                .await
+        ),
+        Code::Unavailable
+    );
+    let second = snap("pvc-second")
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(first.snapshot_id, second.snapshot_id);
+    f.svc
+        .delete_snapshot(Request::new(del(&second.snapshot_id)))
+        .await
+        .unwrap();
+    let left: Vec<String> = f
+        .mock
+        .files()
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| p.contains(&first.snapshot_id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files of the deleted snapshot left: {left:?}"
+    );
+    assert!(f.mock.disk(&first.snapshot_id).is_none());
 }
 
 #[tokio::test]

@@ -792,24 +792,22 @@ impl Controller for ControllerService {
             return Ok(Response::new(DeleteSnapshotResponse {}));
         };
         let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        match self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
-            Some(disk) => {
-                if self.owned_snapshot(&disk).is_none() {
-                    return Err(Status::failed_precondition(format!(
-                        "disk {id} on the RDS is not a snapshot made by this driver; refusing to delete it"
-                    )));
-                }
-                self.remove_disk_and_file(&id, &disk, deadline).await?;
-                tracing::info!(snapshot = %id, "snapshot deleted");
+        if let Some(disk) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+            if self.owned_snapshot(&disk).is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "disk {id} on the RDS is not a snapshot made by this driver; refusing to delete it"
+                )));
             }
-            None => {
-                self.remove_leftover_files(
-                    |m| matches!(m, ManagedFile::Snapshot { id: s, .. } if s == &id),
-                    deadline,
-                )
-                .await?;
-            }
+            self.remove_disk_and_file(&id, &disk, deadline).await?;
+            tracing::info!(snapshot = %id, "snapshot deleted");
         }
+        // A snapshot's file names its source: an earlier snapshot of this name from another
+        // volume, whose delete removed the disk only, left a file of another name.
+        self.remove_leftover_files(
+            |m| matches!(m, ManagedFile::Snapshot { id: s, .. } if s == &id),
+            deadline,
+        )
+        .await?;
         Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
