@@ -462,11 +462,19 @@ impl RdsClient {
         Ok(disk)
     }
 
-    /// Removes the disk entry (not its file). A missing disk is not an error.
+    /// Removes the disk entry (not its file), and reads it back: a remove of an empty `find`
+    /// answers like success and does nothing, so only the disk's absence is success. A missing
+    /// disk is not an error.
     pub async fn remove_disk(&self, slot: &Slot, deadline: Instant) -> Result<(), RdsError> {
         self.run_idempotent(&Command::DiskRemove { slot: slot.clone() }, deadline)
-            .await
-            .map(drop)
+            .await?;
+        match self.get_disk(slot, deadline).await? {
+            None => Ok(()),
+            Some(_) => Err(RdsError::Failed {
+                exit_status: Some(0),
+                text: format!("disk {slot} is still there after `/disk remove` answered success"),
+            }),
+        }
     }
 
     /// Files below `dir` (exactly below it: siblings such as `dir-old/` are filtered out).
