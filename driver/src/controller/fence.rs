@@ -37,7 +37,8 @@ pub const REASON_FENCE_REPAIRED: &str = "FenceRepaired";
 pub fn allowed_for(nodes: &[String]) -> Option<Nqn> {
     match nodes {
         [] => Some(closed()),
-        [one] => Nqn::new(derived_host_nqn(one).0).ok(),
+        // A derived NQN is always valid; were it not, the fence stays shut rather than open.
+        [one] => Some(Nqn::new(derived_host_nqn(one).0).unwrap_or_else(|_| closed())),
         _ => None,
     }
 }
@@ -93,8 +94,8 @@ impl Fence {
         disk.allowed_host.is_some() || self.known().contains(id)
     }
 
-    /// Makes the disk allow exactly the nodes the attachment table holds it for; returns the
-    /// disk as read back when it changed.
+    /// Makes the disk allow exactly the nodes the attachment table holds it for; true when it
+    /// had to change the disk.
     pub async fn apply(&self, id: &Slot, disk: &Disk, deadline: Instant) -> Result<bool, RdsError> {
         let want = allowed_for(&self.attachments.nodes(id.as_str()));
         if disk.allowed_host.as_deref() == want.as_ref().map(Nqn::as_str) {
