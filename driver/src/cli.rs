@@ -294,6 +294,17 @@ pub struct ServeArgs {
     #[arg(long, env = "RDS_CSI_NVME_FENCING")]
     pub nvme_fencing: bool,
 
+    /// The cluster's fence key (a key of the driver's Secret, at least 32 bytes), shared by
+    /// the controller and every node: fenced volumes' host identities and their "closed" value
+    /// are derived from it, so no host can compute them from node names. Required with
+    /// --nvme-fencing; a node reads it when present and then stages fenced volumes.
+    #[arg(
+        long,
+        default_value = "/etc/rds-csi/fence/key",
+        env = "RDS_CSI_FENCE_KEY_FILE"
+    )]
+    pub fence_key_file: PathBuf,
+
     /// How the node attaches volumes.
     #[arg(long, value_enum, default_value_t = ConnectorKind::NvmeTcp, env = "RDS_CSI_CONNECTOR")]
     pub connector: ConnectorKind,

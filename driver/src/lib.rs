@@ -4,6 +4,7 @@ pub mod cli;
 pub mod controller;
 pub mod duration;
 pub mod endpoint;
+pub mod fence_key;
 pub mod grpc;
 pub mod identity;
 pub mod kube;

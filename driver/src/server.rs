@@ -48,22 +48,6 @@ pub fn rds_client(config: SshConfig) -> Arc<RdsClient> {
     ))
 }
 
-/// Repairs fences that disagree with the attachment table, every `every`.
-fn spawn_fence_pass(fence: crate::controller::fence::Fence, every: std::time::Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-            match fence.pass(deadline).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(repaired = n, "fence pass repaired fences"),
-                Err(e) => tracing::warn!(error = %e, "fence pass failed"),
-            }
-        }
-    });
-}
-
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let path = config.socket;
     // Install the handlers before the socket exists, so a signal that arrives as soon as a
@@ -101,7 +85,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             // Only a table rebuilt from the cluster may overrule the RDS: one kept in memory
             // starts empty after a restart and would close the fences of volumes in use.
             if let Some(fence) = controller.fence().cloned() {
-                spawn_fence_pass(fence, role.kube.attachment_reconcile_interval);
+                kube.run_fence_pass(fence);
             }
         }
         kube_tasks = kube;

@@ -10,16 +10,25 @@ use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::*;
 use mock_rds::Fault;
-use rds_csi::controller::fence::CLOSED_HOST;
-use rds_csi::node::connector::nvme::derived_host_nqn;
+use rds_csi::fence_key::FenceKey;
 use tonic::{Code, Request};
 
 use common::controller::{block_cap, config, fixture_with, Fixture, GIB};
 
+/// The cluster's fence key in these tests.
+fn key() -> FenceKey {
+    FenceKey::new(b"a fence key for the controller tests, 32+ bytes").unwrap()
+}
+
 fn fencing_fixture_config() -> rds_csi::controller::ControllerConfig {
     let mut c = config();
-    c.nvme_fencing = true;
+    c.fencing = Some(key());
     c
+}
+
+/// What a fenced volume nobody holds allows.
+fn closed() -> String {
+    key().closed_host()
 }
 
 async fn fenced_volume(f: &Fixture, name: &str) -> Volume {
@@ -40,7 +49,7 @@ fn allowed(f: &Fixture, id: &str) -> String {
 }
 
 fn host(node: &str) -> String {
-    derived_host_nqn(node).0
+    key().host_identity(node).nqn
 }
 
 async fn publish(f: &Fixture, v: &Volume, node: &str) -> Result<(), tonic::Status> {
@@ -73,14 +82,10 @@ async fn the_fence_follows_publish_and_unpublish() {
     let v = fenced_volume(&f, "pvc-fence-1").await;
     let id = v.volume_id.as_str();
     assert_eq!(v.volume_context["nvmeFencing"], "true");
-    assert_eq!(
-        allowed(&f, id),
-        CLOSED_HOST,
-        "a new fenced volume is closed"
-    );
+    assert_eq!(allowed(&f, id), closed(), "a new fenced volume is closed");
     // A retried CreateVolume leaves it closed.
     fenced_volume(&f, "pvc-fence-1").await;
-    assert_eq!(allowed(&f, id), CLOSED_HOST);
+    assert_eq!(allowed(&f, id), closed());
 
     publish(&f, &v, "node-a").await.unwrap();
     assert_eq!(allowed(&f, id), host("node-a"));
@@ -102,11 +107,7 @@ async fn the_fence_follows_publish_and_unpublish() {
     unpublish(&f, id, "node-a").await.unwrap();
     assert_eq!(allowed(&f, id), host("node-b"));
     unpublish(&f, id, "node-b").await.unwrap();
-    assert_eq!(
-        allowed(&f, id),
-        CLOSED_HOST,
-        "nobody holds it: closed again"
-    );
+    assert_eq!(allowed(&f, id), closed(), "nobody holds it: closed again");
 
     // Unfenced volumes are never touched.
     let plain = f.create("pvc-plain-1", GIB).await;
@@ -148,7 +149,7 @@ async fn a_fence_not_set_is_no_publish() {
         f.svc.attachments().nodes(id).is_empty(),
         "the attachment stayed"
     );
-    assert_eq!(allowed(&f, id), CLOSED_HOST);
+    assert_eq!(allowed(&f, id), closed());
     // Text no client knows, with exit status 0, after the mutation: a failure too.
     f.mock.inject(Fault::Fail {
         pattern: "allow-host-name".into(),
@@ -172,28 +173,32 @@ async fn the_pass_repairs_the_rds_from_the_table() {
     publish(&f, &v, "node-a").await.unwrap();
     let fence = f.svc.fence().expect("fencing is on");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    assert_eq!(fence.pass(deadline).await.unwrap(), 0, "nothing to repair");
+    assert_eq!(
+        fence.pass(deadline).await.unwrap().repaired,
+        0,
+        "nothing to repair"
+    );
     // Someone lets a stranger in behind the driver's back.
     let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
     let r = f.mock.execute(&format!(
         "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"{stranger}\""
     ));
     assert_eq!(r.exit_status, 0, "{r:?}");
-    assert_eq!(fence.pass(deadline).await.unwrap(), 1);
+    assert_eq!(fence.pass(deadline).await.unwrap().repaired, 1);
     assert_eq!(allowed(&f, &id), host("node-a"));
     // A fenced volume nobody holds that was opened is closed again.
     unpublish(&f, &id, "node-a").await.unwrap();
     f.mock.execute(&format!(
         "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"{stranger}\""
     ));
-    assert_eq!(fence.pass(deadline).await.unwrap(), 1);
-    assert_eq!(allowed(&f, &id), CLOSED_HOST);
+    assert_eq!(fence.pass(deadline).await.unwrap().repaired, 1);
+    assert_eq!(allowed(&f, &id), closed());
     // Disks that are not the driver's are never touched.
     f.mock.execute(&format!(
         "/disk add type=file file-path=/storage-pool/other/nixos-var.img file-size=1G slot=nixos-var \
          nvme-tcp-export=yes nvme-tcp-server-allow-host-name=\"{stranger}\""
     ));
-    assert_eq!(fence.pass(deadline).await.unwrap(), 0);
+    assert_eq!(fence.pass(deadline).await.unwrap().repaired, 0);
     assert_eq!(allowed(&f, "nixos-var"), stranger);
 }
 
@@ -216,5 +221,251 @@ async fn a_fenced_volume_needs_a_fencing_controller() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("--nvme-fencing"), "{e:?}");
     assert!(plain.attachments().nodes(&v.volume_id).is_empty());
-    assert_eq!(allowed(&f, &v.volume_id), CLOSED_HOST);
+    assert_eq!(allowed(&f, &v.volume_id), closed());
+}
+
+/// A second controller service on the same RDS whose attachment table is `attachments`: a
+/// restarted controller, or another replica.
+fn replica(
+    f: &Fixture,
+    attachments: std::sync::Arc<rds_csi::kube::attachments::AttachmentManager>,
+) -> rds_csi::controller::ControllerService {
+    let rds = std::sync::Arc::new(common::client_for(
+        &f.mock,
+        f.key.clone(),
+        common::pinned(&f.mock),
+        common::fast_retry(),
+    ));
+    rds_csi::controller::ControllerService::with_attachments(
+        rds,
+        fencing_fixture_config(),
+        attachments,
+    )
+}
+
+/// The attachment table a restarted controller rebuilds from the cluster: one attached
+/// VolumeAttachment per node, and the PV with the volume attributes CreateVolume returned.
+fn rebuilt_table(
+    v: &Volume,
+    nodes: &[&str],
+) -> std::sync::Arc<rds_csi::kube::attachments::AttachmentManager> {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use k8s_openapi::api::storage::v1::VolumeAttachment;
+    const DRIVER: &str = "rds.csi.srvlab.io";
+    let id = &v.volume_id;
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": id},
+        "spec": {
+            "accessModes": ["ReadWriteMany"], "volumeMode": "Block",
+            "capacity": {"storage": "1Gi"},
+            "csi": {"driver": DRIVER, "volumeHandle": id, "volumeAttributes": v.volume_context},
+        },
+    }))
+    .unwrap();
+    let vas: Vec<VolumeAttachment> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+                "metadata": {"name": format!("va-{i}"),
+                             "creationTimestamp": format!("2026-01-01T00:00:0{i}Z")},
+                "spec": {"attacher": DRIVER, "nodeName": node,
+                         "source": {"persistentVolumeName": id}},
+                "status": {"attached": true},
+            }))
+            .unwrap()
+        })
+        .collect();
+    let table = rds_csi::kube::attachments::AttachmentManager::new();
+    table.merge(rds_csi::kube::attachments::states_from(
+        &vas,
+        &[pv],
+        DRIVER,
+        std::time::Duration::from_secs(300),
+    ));
+    std::sync::Arc::new(table)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_during_a_migration_leaves_the_volume_fenced() {
+    let f = fixture_with(fencing_fixture_config()).await;
+    let v = fenced_volume(&f, "pvc-fence-restart").await;
+    let id = v.volume_id.as_str();
+    publish(&f, &v, "node-a").await.unwrap();
+    publish(&f, &v, "node-b").await.unwrap();
+    assert_eq!(allowed(&f, id), "", "open for the migration");
+
+    // The controller restarts: what it knows comes from the cluster and the RDS only.
+    let restarted = replica(&f, rebuilt_table(&v, &["node-a", "node-b"]));
+    restarted
+        .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: "node-a".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed(&f, id),
+        host("node-b"),
+        "the migration's end closes the fence to its target, after a restart too"
+    );
+    restarted
+        .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: "node-b".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&f, id), closed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_publish_retry_keeps_the_existing_attachment() {
+    let f = fixture_with(fencing_fixture_config()).await;
+    let v = fenced_volume(&f, "pvc-fence-retry").await;
+    let id = v.volume_id.as_str();
+    publish(&f, &v, "node-a").await.unwrap();
+    // Someone opened the disk; the CO's retry of the same publish cannot set the fence.
+    f.mock.execute(&format!(
+        "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"\""
+    ));
+    f.mock.inject(Fault::Fail {
+        pattern: "allow-host-name".into(),
+        times: Some(1),
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
+    let e = publish(&f, &v, "node-a").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(
+        f.svc.attachments().nodes(id),
+        ["node-a"],
+        "the retry failed; node-a still holds the volume it was given"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pass_carries_on_past_a_disk_it_cannot_repair() {
+    let f = fixture_with(fencing_fixture_config()).await;
+    let first = fenced_volume(&f, "pvc-fence-pass-a").await;
+    let second = fenced_volume(&f, "pvc-fence-pass-b").await;
+    publish(&f, &first, "node-a").await.unwrap();
+    publish(&f, &second, "node-a").await.unwrap();
+    let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
+    for v in [&first, &second] {
+        f.mock.execute(&format!(
+            "/disk set [find slot={}] nvme-tcp-server-allow-host-name=\"{stranger}\"",
+            v.volume_id
+        ));
+    }
+    f.mock.inject(Fault::Fail {
+        pattern: "pvc-fence-pass-a.*allow-host-name".into(),
+        times: None,
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
+    let fence = f.svc.fence().expect("fencing is on");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = fence.pass(deadline).await.unwrap();
+    assert_eq!((report.repaired, report.failed), (1, 1), "{report:?}");
+    assert_eq!(
+        allowed(&f, &second.volume_id),
+        host("node-a"),
+        "one disk's failure must not leave the others open"
+    );
+    assert_eq!(allowed(&f, &first.volume_id), stranger);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pass_never_lands_a_stale_fence_after_an_unpublish() {
+    let f = fixture_with(fencing_fixture_config()).await;
+    let v = fenced_volume(&f, "pvc-fence-stale").await;
+    let id = v.volume_id.clone();
+    publish(&f, &v, "node-a").await.unwrap();
+    let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
+    f.mock.execute(&format!(
+        "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"{stranger}\""
+    ));
+    // The pass's repair (to node-a) is slow to land.
+    f.mock.inject(Fault::Latency {
+        pattern: regex::escape(&host("node-a")),
+        min: std::time::Duration::from_millis(600),
+        max: std::time::Duration::from_millis(600),
+    });
+    f.mock.clear_history();
+    let fence = f.svc.fence().expect("fencing is on").clone();
+    let pass = tokio::spawn(async move {
+        fence
+            .pass(tokio::time::Instant::now() + std::time::Duration::from_secs(20))
+            .await
+    });
+    // Once the pass has listed the disks it has decided; the unpublish comes while its
+    // repair is on the way.
+    let listed = || {
+        f.mock
+            .history()
+            .iter()
+            .any(|h| h.command.starts_with("/disk print") && !h.command.contains("where"))
+    };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !listed() {
+        assert!(tokio::time::Instant::now() < until, "the pass never listed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    unpublish(&f, &id, "node-a").await.unwrap();
+    let _ = pass.await.unwrap();
+    assert!(f.svc.attachments().nodes(&id).is_empty());
+    assert_eq!(
+        allowed(&f, &id),
+        closed(),
+        "nobody holds the volume: a pass that decided before the unpublish must not reopen it"
+    );
+}
+
+/// A fenced volume, and above all a clone or restore whose copy takes a while, is never
+/// exported to any host: it is added unexported and exported with its fence in one command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_copy_is_never_open_while_it_fills() {
+    use csi_proto::v1::volume_content_source::{Type, VolumeSource};
+    let f = fixture_with(fencing_fixture_config()).await;
+    let source = fenced_volume(&f, "pvc-fence-src").await;
+    f.mock.clear_history();
+    let mut req = common::controller::create_req("pvc-fence-clone", GIB);
+    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
+    req.parameters = HashMap::from([("nvmeFencing".to_string(), "true".to_string())]);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(Type::Volume(VolumeSource {
+            volume_id: source.volume_id.clone(),
+        })),
+    });
+    f.svc.create_volume(Request::new(req)).await.unwrap();
+    let clone_commands: Vec<String> = f
+        .mock
+        .history()
+        .into_iter()
+        .map(|h| h.command)
+        .filter(|c| c.contains("pvc-fence-clone") && !c.contains(" print"))
+        .collect();
+    let add = clone_commands
+        .iter()
+        .find(|c| c.starts_with("/disk add"))
+        .expect("the clone's /disk add");
+    assert!(
+        add.contains("nvme-tcp-export=no") && !add.contains("nvme-tcp-export=yes"),
+        "{add}"
+    );
+    let first_export = clone_commands
+        .iter()
+        .find(|c| c.contains("nvme-tcp-export=yes"))
+        .expect("the clone is exported");
+    assert!(
+        first_export.contains(&format!("nvme-tcp-server-allow-host-name=\"{}\"", closed())),
+        "exported without its fence: {first_export}"
+    );
+    let disk = f.mock.disk("pvc-fence-clone").unwrap();
+    assert!(disk.nvme_tcp_export);
+    assert_eq!(disk.nvme_tcp_server_allow_host_name, closed());
 }

@@ -461,3 +461,96 @@ async fn the_attach_limit_comes_from_the_nodes_csinode() {
         .await
         .unwrap();
 }
+
+/// The fence repair pass runs on the Lease holder only: a standby whose table may be stale
+/// never rewrites a fence, and takes the pass over once it holds the Lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_repairs_fences() {
+    let (mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    // Another replica holds the Lease, freshly renewed.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    api.put(
+        &leases("default"),
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "rds-csi-controller", "namespace": "default"},
+            "spec": {"holderIdentity": "other-replica", "leaseDurationSeconds": 15,
+                     "renewTime": now.to_string()},
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = rds_csi::kube::Config {
+        kubeconfig: Some(api.kubeconfig(dir.path())),
+        leader_election: true,
+        attachment_reconcile_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (attachments, kube) = rds_csi::kube::setup_controller(
+        &config,
+        DRIVER,
+        rds.clone(),
+        vec![RdsPath::new(BASE).unwrap()],
+    )
+    .await
+    .unwrap();
+    let kube = kube.unwrap();
+    let key = rds_csi::fence_key::FenceKey::new(&[b'k'; 32]).unwrap();
+    let mut service_config = ControllerConfig::new(ParamDefaults {
+        base_paths: vec![RdsPath::new(BASE).unwrap()],
+        nvme_address: Some("10.0.0.1".into()),
+        nvme_port: Port::new(4420).unwrap(),
+    });
+    service_config.fencing = Some(key.clone());
+    let svc = ControllerService::with_attachments(rds.clone(), service_config, attachments.clone());
+    kube.run_fence_pass(svc.fence().unwrap().clone());
+    let wait = Duration::from_secs(10);
+    assert!(eventually(wait, || attachments.is_ready()).await);
+
+    let rwx = cap(Mode::MultiNodeMultiWriter, true);
+    let volume = svc
+        .create_volume(Request::new(CreateVolumeRequest {
+            name: "pvc-lease-fence".into(),
+            volume_capabilities: vec![rwx.clone()],
+            parameters: [("nvmeFencing".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let mut req = publish("pvc-lease-fence", "node-a", rwx).into_inner();
+    req.volume_context = volume.volume_context;
+    svc.controller_publish_volume(Request::new(req))
+        .await
+        .unwrap();
+    let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
+    mock.execute(&format!(
+        "/disk set [find slot=pvc-lease-fence] nvme-tcp-server-allow-host-name=\"{stranger}\""
+    ));
+    let allowed = || {
+        mock.disk("pvc-lease-fence")
+            .unwrap()
+            .nvme_tcp_server_allow_host_name
+    };
+    // Two tries at the Lease are two retry intervals (4 s), some 40 pass intervals.
+    let lease_reads = || {
+        api.requests()
+            .iter()
+            .filter(|(m, p)| m == "GET" && p.contains("/leases/"))
+            .count()
+    };
+    let from = lease_reads();
+    assert!(eventually(wait, || lease_reads() >= from + 2).await);
+    assert_eq!(allowed(), stranger, "a standby repaired a fence");
+
+    // The holder goes away: this replica takes the Lease, and its pass repairs the fence.
+    api.delete(&leases("default"), "rds-csi-controller");
+    assert!(
+        eventually(wait, || allowed() == key.host_identity("node-a").nqn).await,
+        "the new leader did not repair the fence: {}",
+        allowed()
+    );
+    kube.shutdown().await;
+}

@@ -580,3 +580,52 @@ async fn resize_variants_expand_or_say_why() {
         assert!(w.mock.disk("pvc-grow").unwrap().nvme_tcp_export, "{spec}");
     }
 }
+
+/// An expansion that had to unexport the disk and could not export it again fails, and so does
+/// its retry until the disk is exported again: a volume is never left unexported for good.
+/// A publish finds an unexported disk and exports it before the node is told to connect.
+#[tokio::test]
+async fn an_expansion_or_publish_never_succeeds_with_the_disk_unexported() {
+    let w = world("resize-refused-exported").await;
+    w.create("pvc-regrow", GIB).await.unwrap();
+    w.mock.inject(Fault::Fail {
+        pattern: "/disk set.*nvme-tcp-export=yes".into(),
+        times: Some(1),
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
+    let expand = || {
+        w.svc
+            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+                volume_id: "pvc-regrow".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+    };
+    assert!(expand().await.is_err(), "the export was not restored");
+    // The CO retries: the size is reached, and the disk must be exported before it is OK.
+    expand().await.unwrap();
+    let disk = w.mock.disk("pvc-regrow").unwrap();
+    assert!(disk.nvme_tcp_export, "{disk:?}");
+    assert_eq!(
+        disk.nvme_tcp_server_nqn.as_deref(),
+        Some(slot("pvc-regrow").nqn().as_str())
+    );
+
+    // Unexported behind the driver's back: a publish exports it again.
+    w.mock
+        .execute("/disk set [find slot=pvc-regrow] nvme-tcp-export=no");
+    w.svc
+        .controller_publish_volume(Request::new(ControllerPublishVolumeRequest {
+            volume_id: "pvc-regrow".into(),
+            node_id: "node-a".into(),
+            volume_capability: Some(cap()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(w.mock.disk("pvc-regrow").unwrap().nvme_tcp_export);
+}

@@ -10,6 +10,7 @@ use super::{ConnectorKind, KubeArgs, RdsArgs, ServeArgs};
 use crate::controller::params::ParamDefaults;
 use crate::controller::publish::KnownNodes;
 use crate::controller::ControllerConfig;
+use crate::fence_key::FenceKey;
 use crate::node::{ConnectorConfig, NodeConfig, NvmeTcpConfig};
 use crate::rds::ssh::load_private_key;
 use crate::rds::{HostKeyPolicy, Port, RdsPath, SshConfig};
@@ -114,7 +115,12 @@ impl ServeArgs {
         };
         let mut service = ControllerConfig::new(defaults);
         service.known_nodes = self.known_nodes();
-        service.nvme_fencing = self.nvme_fencing;
+        if self.nvme_fencing {
+            service.fencing = Some(
+                FenceKey::from_file(&self.fence_key_file)
+                    .context("--nvme-fencing needs the cluster's fence key (--fence-key-file)")?,
+            );
+        }
         Ok(ControllerRole {
             rds: self.rds.ssh_config()?,
             service,
@@ -164,6 +170,7 @@ impl ServeArgs {
                     .or(self.rds.rds_address.as_deref())
                     .and_then(|a| a.parse().ok()),
                 default_port: self.nvme_port,
+                fence_key: self.node_fence_key()?,
             }),
         };
         Ok(node::Config {
@@ -178,6 +185,17 @@ impl ServeArgs {
             },
             connector,
         })
+    }
+
+    /// The fence key, for a node: absent is fine (fenced volumes then fail to stage, naming
+    /// the file), present but unusable is an error at start.
+    fn node_fence_key(&self) -> anyhow::Result<Option<FenceKey>> {
+        if !self.fence_key_file.exists() {
+            return Ok(None);
+        }
+        FenceKey::from_file(&self.fence_key_file)
+            .map(Some)
+            .context("--fence-key-file")
     }
 
     pub(super) fn metrics_config(&self) -> anyhow::Result<metrics::Config> {

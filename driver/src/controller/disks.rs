@@ -131,8 +131,8 @@ impl ControllerService {
     }
 
     /// Grows a disk to `size`. Some RouterOS builds may refuse to resize an exported disk: one
-    /// that nothing uses stops being exported for the resize and is exported again after it,
-    /// whatever the resize did.
+    /// that nothing uses stops being exported for the resize, and the caller exports it again
+    /// (`usable`), whatever the resize did.
     pub(super) async fn grow(
         &self,
         slot: &Slot,
@@ -145,9 +145,9 @@ impl ControllerService {
             Err(e @ (RdsError::Failed { .. } | RdsError::InvalidArgument(_))) => e,
             Err(e) => return Err(e),
         };
-        let Some(export) = export_of(disk) else {
+        if !disk.nvme_export {
             return Err(refusal);
-        };
+        }
         if !self.attached_nodes(slot.as_str()).is_empty() {
             return Err(RdsError::Busy(format!(
                 "the RDS refused to resize the exported disk of volume {slot} ({refusal}); it \
@@ -156,26 +156,56 @@ impl ControllerService {
         }
         tracing::info!(slot = %slot, error = %refusal, "resizing with the export off, as the RDS asks");
         self.rds.set_export(slot, None, deadline).await?;
-        let grown = self.rds.resize_disk(slot, size, deadline).await;
+        // Exported again by the caller (`usable`), with its fence if it has one: whatever the
+        // resize did, no call reports the volume usable before that.
+        self.rds.resize_disk(slot, size, deadline).await
+    }
+
+    /// Exports a disk that is not exported, as `export`, and reads it back. A disk already
+    /// exported is left as it is. Calls that report a volume usable (create, expand, publish)
+    /// pass through here, so none succeeds with its disk unexported.
+    pub(super) async fn ensure_exported(
+        &self,
+        slot: &Slot,
+        disk: Disk,
+        export: NvmeExport,
+        deadline: Instant,
+    ) -> Result<Disk, RdsError> {
+        if disk.nvme_export {
+            return Ok(disk);
+        }
         self.rds
             .set_export(slot, Some(export.clone()), deadline)
             .await?;
-        let grown = grown?;
-        match export_of(&grown) {
-            Some(e) if e == export => Ok(grown),
-            _ => {
-                // Read again: the disk printed before the export was restored.
-                let now = self.rds.get_disk(slot, deadline).await?.ok_or_else(|| {
-                    RdsError::NotFound(format!("disk {slot} disappeared during resize"))
-                })?;
-                match export_of(&now) {
-                    Some(e) if e == export => Ok(now),
-                    _ => Err(RdsError::Failed {
-                        exit_status: Some(0),
-                        text: format!("disk {slot} is not exported as before after its resize"),
-                    }),
-                }
-            }
+        let now = self.rds.get_disk(slot, deadline).await?.ok_or_else(|| {
+            RdsError::NotFound(format!("disk {slot} disappeared while exporting it"))
+        })?;
+        match export_of(&now) {
+            Some(e) if e == export => Ok(now),
+            _ => Err(RdsError::Failed {
+                exit_status: Some(0),
+                text: format!(
+                    "disk {slot} is not exported on port {} as {} after `/disk set` answered success",
+                    export.port.get(),
+                    export.nqn
+                ),
+            }),
+        }
+    }
+
+    /// How the volume `slot` is exported: as its disk shows it, else on `port` under its
+    /// own NQN.
+    pub(super) fn export_for(slot: &Slot, disk: &Disk, port: Port) -> NvmeExport {
+        NvmeExport {
+            port: disk
+                .nvme_port
+                .and_then(|p| Port::new(p.into()).ok())
+                .unwrap_or(port),
+            nqn: disk
+                .nqn
+                .as_deref()
+                .and_then(|n| Nqn::new(n).ok())
+                .unwrap_or_else(|| slot.nqn()),
         }
     }
 

@@ -2,49 +2,59 @@
 //! only the nodes a volume is published to connect, through the disk's
 //! `nvme-tcp-server-allow-host-name`.
 //!
-//! A node connects to a fenced volume with a host NQN derived from its node ID alone
-//! ([`derived_host_nqn`]), so the controller knows it without seeing the node's files, and it
-//! survives restarts. What the disk must allow follows from the nodes holding the volume:
-//! - none: [`CLOSED_HOST`], a host NQN no node uses, so nobody connects;
+//! A node connects to a fenced volume with a host identity derived from the cluster's fence key
+//! and its node ID ([`FenceKey::host_identity`]), so the controller knows it without seeing the
+//! node's files, and it survives restarts. What the disk must allow follows from the nodes
+//! holding the volume:
+//! - none: [`FenceKey::closed_host`], a host NQN no node is given, so nobody connects;
 //! - one: that node's NQN;
 //! - two or more (an RWX live migration, or ReadOnlyMany readers): any host. RouterOS is not
 //!   known to take more than one host in the property, and a migration needs both nodes to
 //!   connect, so the fence opens for that window and closes again at the unpublish that ends it.
 //!
+//! Whether a volume is fenced is durable: its disk names a host, or (while open) the attachment
+//! table says so, which publish fills from the volume context and the rebuild from the PVs'
+//! volume attributes. Every change of a fence runs under the volume's lock, so the repair pass
+//! and publish/unpublish never overtake each other.
+//!
 //! RouterOS is not known to drop live connections when the property changes; the fence decides
 //! who may connect next, which is what a node that lost its attachment does after any network
 //! blip.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::fence_key::FenceKey;
+use crate::grpc::KeyedLocks;
 use crate::kube::attachments::AttachmentManager;
 use crate::kube::events::{EventRecorder, EventType};
-use crate::node::connector::nvme::derived_host_nqn;
-use crate::rds::command::{Nqn, RdsPath, Slot};
+use crate::rds::command::{Nqn, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, RdsClient, RdsError};
 
 use super::ids::{self, ManagedFile};
 
-/// The allowed host of a fenced volume that no node holds: an NQN no host connects with.
-pub const CLOSED_HOST: &str = "nqn.2014-08.io.srvlab.rds-csi:fenced-no-host";
 /// Event reason when the RDS's fence disagreed with the attachment table and was repaired.
 pub const REASON_FENCE_REPAIRED: &str = "FenceRepaired";
 
-/// The host NQN the disk must allow for these nodes; `None`: any host.
-pub fn allowed_for(nodes: &[String]) -> Option<Nqn> {
-    match nodes {
-        [] => Some(closed()),
-        // A derived NQN is always valid; were it not, the fence stays shut rather than open.
-        [one] => Some(Nqn::new(derived_host_nqn(one).0).unwrap_or_else(|_| closed())),
-        _ => None,
-    }
+/// The host NQN a fenced disk must allow for these nodes; `None`: any host.
+pub fn allowed_for(key: &FenceKey, nodes: &[String]) -> Option<Nqn> {
+    let nqn = match nodes {
+        [] => key.closed_host(),
+        [one] => key.host_identity(one).nqn,
+        _ => return None,
+    };
+    // A derived NQN is always valid; were it not, the fence stays shut rather than open.
+    Some(Nqn::new(nqn).unwrap_or_else(|_| Nqn::new(key.closed_host()).expect("a valid NQN")))
 }
 
-fn closed() -> Nqn {
-    Nqn::new(CLOSED_HOST).expect("the closed-fence NQN is valid")
+/// What one repair pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Fences changed to match the attachment table.
+    pub repaired: usize,
+    /// Fenced disks that could not be checked or set (the next pass tries again).
+    pub failed: usize,
 }
 
 /// The controller's fences: applied at create, publish and unpublish, and repaired by
@@ -53,10 +63,9 @@ fn closed() -> Nqn {
 pub struct Fence {
     rds: Arc<RdsClient>,
     attachments: Arc<AttachmentManager>,
+    locks: Arc<KeyedLocks>,
     bases: Vec<RdsPath>,
-    /// Volumes published as fenced since the start. A fenced disk shows a host, except while
-    /// open for a migration: this is how such a disk is still known as fenced.
-    known: Arc<Mutex<BTreeSet<String>>>,
+    key: FenceKey,
     events: Option<EventRecorder>,
 }
 
@@ -64,13 +73,16 @@ impl Fence {
     pub fn new(
         rds: Arc<RdsClient>,
         attachments: Arc<AttachmentManager>,
+        locks: Arc<KeyedLocks>,
         bases: Vec<RdsPath>,
+        key: FenceKey,
     ) -> Self {
         Self {
             rds,
             attachments,
+            locks,
             bases,
-            known: Arc::default(),
+            key,
             events: None,
         }
     }
@@ -80,24 +92,16 @@ impl Fence {
         self
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers that `id` is fenced (its volume context says so).
-    pub fn mark(&self, id: &str) {
-        self.known().insert(id.to_string());
-    }
-
-    /// Whether the volume of this disk is fenced: known so, or its disk names a host.
+    /// Whether the volume of this disk is fenced: its disk names a host, or the attachment
+    /// table (from the volume context or the PV) says so.
     pub fn is_fenced(&self, id: &str, disk: &Disk) -> bool {
-        disk.allowed_host.is_some() || self.known().contains(id)
+        disk.allowed_host.is_some() || self.attachments.is_fenced(id)
     }
 
     /// Makes the disk allow exactly the nodes the attachment table holds it for; true when it
-    /// had to change the disk.
+    /// had to change the disk. The caller holds the volume's lock.
     pub async fn apply(&self, id: &Slot, disk: &Disk, deadline: Instant) -> Result<bool, RdsError> {
-        let want = allowed_for(&self.attachments.nodes(id.as_str()));
+        let want = allowed_for(&self.key, &self.attachments.nodes(id.as_str()));
         if disk.allowed_host.as_deref() == want.as_ref().map(Nqn::as_str) {
             return Ok(false);
         }
@@ -108,42 +112,91 @@ impl Fence {
         Ok(true)
     }
 
-    /// Compares every fenced volume's disk with the attachment table and repairs the disk where
-    /// they differ (the table itself is rebuilt from the cluster elsewhere), with an event.
-    /// Returns how many it repaired.
-    pub async fn pass(&self, deadline: Instant) -> Result<usize, RdsError> {
-        if !self.attachments.is_ready() {
-            return Ok(0);
+    /// `apply` for a disk that may not be exported yet (a new fenced volume, or one an
+    /// expansion left unexported): an unexported disk is exported with its fence in one
+    /// command, so it is never open in between. Returns the disk as it now is.
+    pub async fn apply_exported(
+        &self,
+        id: &Slot,
+        disk: Disk,
+        export: &NvmeExport,
+        deadline: Instant,
+    ) -> Result<Disk, RdsError> {
+        if disk.nvme_export {
+            self.apply(id, &disk, deadline).await?;
+            return Ok(disk);
         }
-        let mut repaired = 0;
-        for disk in self.rds.list_disks(deadline).await? {
-            let Some(ManagedFile::Volume(id)) = ids::classify_disk(&self.bases, &disk) else {
+        let want = allowed_for(&self.key, &self.attachments.nodes(id.as_str()));
+        let disk = self
+            .rds
+            .export_fenced(id, export, want.as_ref(), deadline)
+            .await?;
+        tracing::info!(volume = %id, allowed = want.as_ref().map_or("any host", Nqn::as_str), "exported with its fence");
+        Ok(disk)
+    }
+
+    /// Compares every fenced volume's disk with the attachment table and repairs the disk where
+    /// they differ, with an event. Each volume is re-read under its lock, so a publish or
+    /// unpublish that ran since the listing is never overtaken; a disk that fails is counted
+    /// and the pass goes on. Only the listing failing fails the pass.
+    pub async fn pass(&self, deadline: Instant) -> Result<PassReport, RdsError> {
+        let mut report = PassReport::default();
+        if !self.attachments.is_ready() {
+            return Ok(report);
+        }
+        for listed in self.rds.list_disks(deadline).await? {
+            let Some(ManagedFile::Volume(id)) = ids::classify_disk(&self.bases, &listed) else {
                 continue;
             };
-            if !disk.nvme_export || !self.is_fenced(id.as_str(), &disk) {
+            if !listed.nvme_export || !self.is_fenced(id.as_str(), &listed) {
                 continue;
             }
-            if self.apply(&id, &disk, deadline).await? {
-                repaired += 1;
-                let message = format!(
-                    "the RDS let {} connect to volume {id}, which the attachment table holds for {:?}: repaired",
-                    disk.allowed_host.as_deref().unwrap_or("any host"),
-                    self.attachments.nodes(id.as_str())
-                );
-                tracing::warn!(volume = %id, "{message}");
-                if let Some(events) = &self.events {
-                    events
-                        .publish_for_volume(
-                            id.as_str(),
-                            EventType::Warning,
-                            REASON_FENCE_REPAIRED,
-                            &message,
-                        )
-                        .await;
+            match self.repair(&id, deadline).await {
+                Ok(None) => {}
+                Ok(Some(message)) => {
+                    report.repaired += 1;
+                    tracing::warn!(volume = %id, "{message}");
+                    if let Some(events) = &self.events {
+                        events
+                            .publish_for_volume(
+                                id.as_str(),
+                                EventType::Warning,
+                                REASON_FENCE_REPAIRED,
+                                &message,
+                            )
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(volume = %id, error = %e, "fence pass: cannot check or repair this volume's fence");
                 }
             }
         }
-        Ok(repaired)
+        Ok(report)
+    }
+
+    /// One volume of the pass, under its lock: what it repaired, if anything.
+    async fn repair(&self, id: &Slot, deadline: Instant) -> Result<Option<String>, RdsError> {
+        let _guard = self
+            .locks
+            .lock(id.as_str(), deadline)
+            .await
+            .map_err(|s| RdsError::Busy(s.message().to_string()))?;
+        let Some(disk) = self.rds.get_disk(id, deadline).await? else {
+            return Ok(None);
+        };
+        if !disk.nvme_export || !self.is_fenced(id.as_str(), &disk) {
+            return Ok(None);
+        }
+        if !self.apply(id, &disk, deadline).await? {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "the RDS let {} connect to volume {id}, which the attachment table holds for {:?}: repaired",
+            disk.allowed_host.as_deref().unwrap_or("any host"),
+            self.attachments.nodes(id.as_str())
+        )))
     }
 }
 
@@ -153,10 +206,11 @@ mod tests {
 
     #[test]
     fn the_fence_follows_the_nodes() {
-        assert_eq!(allowed_for(&[]).unwrap().as_str(), CLOSED_HOST);
-        let one = allowed_for(&["node-a".into()]).unwrap();
-        assert_eq!(one.as_str(), derived_host_nqn("node-a").0);
-        assert_ne!(one, allowed_for(&["node-b".into()]).unwrap());
-        assert_eq!(allowed_for(&["node-a".into(), "node-b".into()]), None);
+        let key = FenceKey::new(&[7u8; 32]).unwrap();
+        assert_eq!(allowed_for(&key, &[]).unwrap().as_str(), key.closed_host());
+        let one = allowed_for(&key, &["node-a".into()]).unwrap();
+        assert_eq!(one.as_str(), key.host_identity("node-a").nqn);
+        assert_ne!(one, allowed_for(&key, &["node-b".into()]).unwrap());
+        assert_eq!(allowed_for(&key, &["node-a".into(), "node-b".into()]), None);
     }
 }

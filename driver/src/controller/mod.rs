@@ -44,8 +44,9 @@ pub struct ControllerConfig {
     pub max_size: u64,
     /// Where volumes may be published without Kubernetes.
     pub known_nodes: publish::KnownNodes,
-    /// `--nvme-fencing`: volumes with `nvmeFencing` are fenced on the RDS.
-    pub nvme_fencing: bool,
+    /// `--nvme-fencing`: volumes with `nvmeFencing` are fenced on the RDS, with identities
+    /// derived from this key (`--fence-key-file`).
+    pub fencing: Option<crate::fence_key::FenceKey>,
 }
 
 impl ControllerConfig {
@@ -55,7 +56,7 @@ impl ControllerConfig {
             default_size: GIB,
             max_size: 16 << 40,
             known_nodes: publish::KnownNodes::Any,
-            nvme_fencing: false,
+            fencing: None,
         }
     }
 }
@@ -63,7 +64,8 @@ impl ControllerConfig {
 pub struct ControllerService {
     rds: Arc<RdsClient>,
     config: ControllerConfig,
-    locks: KeyedLocks,
+    /// Shared with the fence's repair pass.
+    locks: Arc<KeyedLocks>,
     /// Which nodes hold each volume (in memory, or rebuilt from VolumeAttachments).
     attachments: Arc<AttachmentManager>,
     /// Posts events on the PV/PVC when Kubernetes is configured.
@@ -148,18 +150,21 @@ impl ControllerService {
         config: ControllerConfig,
         attachments: Arc<AttachmentManager>,
     ) -> Self {
-        let fence = config.nvme_fencing.then(|| {
+        let locks = Arc::new(KeyedLocks::default());
+        let fence = config.fencing.clone().map(|key| {
             fence::Fence::new(
                 Arc::clone(&rds),
                 Arc::clone(&attachments),
+                Arc::clone(&locks),
                 config.defaults.base_paths.clone(),
+                key,
             )
         });
         Self {
             rds,
             node_source: publish::NodeSource::Config(config.known_nodes.clone()),
             config,
-            locks: KeyedLocks::default(),
+            locks,
             attachments,
             events: None,
             fence,
@@ -310,22 +315,33 @@ impl ControllerService {
         }
     }
 
-    /// Fences a volume just made (or found by a retry) when its StorageClass asks for it.
-    async fn fence_new(
+    /// The last step of every call that reports a volume usable (create, expand, publish): its
+    /// disk is exported, and a fenced one allows exactly its holders. A fenced volume is added
+    /// unexported and exported here with its fence in one command, so no host can reach it (or
+    /// a copy still filling it) before its fence is set.
+    async fn usable(
         &self,
         id: &Slot,
-        disk: &Disk,
-        params: &VolumeParams,
+        disk: Disk,
+        fenced: bool,
+        export: NvmeExport,
         deadline: tokio::time::Instant,
-    ) -> Result<(), Status> {
-        let Some(fence) = self.fence.as_ref().filter(|_| params.fenced) else {
-            return Ok(());
+    ) -> Result<Disk, Status> {
+        if !fenced {
+            return self
+                .ensure_exported(id, disk, export, deadline)
+                .await
+                .map_err(rds_status);
+        }
+        let Some(fence) = &self.fence else {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is fenced (nvmeFencing) but this controller runs without \
+                 --nvme-fencing"
+            )));
         };
-        fence.mark(id.as_str());
         fence
-            .apply(id, disk, deadline)
+            .apply_exported(id, disk, &export, deadline)
             .await
-            .map(drop)
             .map_err(|e| fence_status(id, e))
     }
 
@@ -379,6 +395,10 @@ impl Controller for ControllerService {
         let path = ids::volume_file(&params.dir, &id).map_err(|e| {
             Status::invalid_argument(format!("parameters.volumePath is too long: {e}"))
         })?;
+        let export = NvmeExport {
+            port: params.nvme_port,
+            nqn: id.nqn(),
+        };
 
         let source_ref = req
             .volume_content_source
@@ -450,8 +470,10 @@ impl Controller for ControllerService {
                 && actual >= size.bytes()
                 && (limit == 0 || actual <= limit);
             if compatible {
-                // A retry after a create that made the disk but not yet its fence.
-                self.fence_new(&id, &existing, &params, deadline).await?;
+                // A retry after a create that made the disk but not yet its fence or export.
+                let existing = self
+                    .usable(&id, existing, params.fenced, export.clone(), deadline)
+                    .await?;
                 return Ok(response_volume(&existing));
             }
             return Err(Status::already_exists(format!(
@@ -465,10 +487,8 @@ impl Controller for ControllerService {
             file_path: path.clone(),
             size: Some(size),
             copy_from: source.as_ref().map(|(src, _)| src.clone()),
-            export: Some(NvmeExport {
-                port: params.nvme_port,
-                nqn: id.nqn(),
-            }),
+            // A fenced volume is exported once its fence is set (`usable`).
+            export: (!params.fenced).then(|| export.clone()),
         };
         let disk = match self.make_disk(&add, deadline).await {
             Ok(disk) => disk,
@@ -481,8 +501,10 @@ impl Controller for ControllerService {
             Err(e) => return Err(rds_status(e)),
         };
         // Closed before anyone learns the volume exists; a failure leaves a volume the retry
-        // finds and fences.
-        self.fence_new(&id, &disk, &params, deadline).await?;
+        // finds, fences and exports.
+        let disk = self
+            .usable(&id, disk, params.fenced, export, deadline)
+            .await?;
         tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
         Ok(response_volume(&disk))
     }
@@ -923,8 +945,14 @@ impl Controller for ControllerService {
         // block volumes never do (a pending node expansion would block them forever).
         let node_expansion_required = !req.volume_capability.as_ref().is_some_and(is_block);
         let current = disk.size_bytes.unwrap_or_default();
-        let capacity = if current >= size.bytes() {
-            current
+        // Read before the resize, which may unexport the disk.
+        let export = Self::export_for(&id, &disk, self.config.defaults.nvme_port);
+        let fenced = self
+            .fence
+            .as_ref()
+            .is_some_and(|f| f.is_fenced(id.as_str(), &disk));
+        let disk = if current >= size.bytes() {
+            disk
         } else {
             let resized = self
                 .grow(&id, &disk, size, deadline)
@@ -932,8 +960,11 @@ impl Controller for ControllerService {
                 .map_err(rds_status)?;
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
             self.expansion_event(id.as_str(), size.bytes());
-            resized.size_bytes.unwrap_or(size.bytes())
+            resized
         };
+        // Also a retry after an expansion that could not export the disk again.
+        let disk = self.usable(&id, disk, fenced, export, deadline).await?;
+        let capacity = disk.size_bytes.unwrap_or(size.bytes()).max(current);
         Ok(Response::new(ControllerExpandVolumeResponse {
             capacity_bytes: capacity as i64,
             node_expansion_required,

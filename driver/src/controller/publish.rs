@@ -145,29 +145,39 @@ impl ControllerService {
             multi_node_reader: is_multi_node_reader(cap),
         };
         let timeout = self.attachments.migration_timeout_for(&req.volume_context);
-        self.attachments.attach_within_limit(
+        let added = self.attachments.attach_within_limit(
             id.as_str(),
             &node,
             options,
             Some(timeout),
             node_limit,
         )?;
-        let ctx = &req.volume_context;
-        if ctx.get(keys::NVME_FENCING).map(String::as_str) == Some("true") {
-            let Some(fence) = &self.fence else {
+        // A failure undoes only what this call added: a retry for a node that already held
+        // the volume leaves that node's attachment alone.
+        let undo = |status: Status| {
+            if added {
                 self.attachments.detach(id.as_str(), &node);
-                return Err(Status::failed_precondition(format!(
-                    "volume {id} is fenced (nvmeFencing) but this controller runs without \
-                     --nvme-fencing"
-                )));
-            };
-            fence.mark(id.as_str());
-            // The node may connect only once the RDS lets it; a fence not set is no publish.
-            if let Err(e) = fence.apply(&id, &disk, deadline).await {
-                self.attachments.detach(id.as_str(), &node);
-                return Err(super::fence_status(&id, e));
             }
+            status
+        };
+        let ctx = &req.volume_context;
+        let fenced = ctx.get(keys::NVME_FENCING).map(String::as_str) == Some("true");
+        if fenced {
+            self.attachments.set_fenced(id.as_str());
         }
+        // A disk left unexported (an expansion that could not export it again) is exported
+        // before the node is told to connect; the node may connect only once the RDS lets it,
+        // so a fence not set is no publish.
+        let port = ctx
+            .get(keys::NVME_PORT)
+            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(|p| crate::rds::Port::new(p).ok())
+            .unwrap_or(self.config.defaults.nvme_port);
+        let export = Self::export_for(&id, &disk, port);
+        let disk = self
+            .usable(&id, disk, fenced, export, deadline)
+            .await
+            .map_err(undo)?;
         let address = ctx
             .get(keys::NVME_ADDRESS)
             .cloned()
@@ -208,6 +218,9 @@ impl ControllerService {
         let _guard = self.locks.lock(id, deadline).await?;
         // A detach before the table is rebuilt would be undone by the rebuild.
         self.require_attachments_ready()?;
+        // Read before the detach: a fenced volume open to any host (a migration) is known as
+        // fenced only by the table while its nodes hold it.
+        let fenced_in_table = self.attachments.is_fenced(id);
         // An empty node ID means "from every node".
         self.attachments.detach(id, &req.node_id);
         if let (Some(fence), Some(slot)) = (&self.fence, super::ids::parse_volume_id(id)) {
@@ -217,7 +230,7 @@ impl ControllerService {
                 .get_disk(&slot, deadline)
                 .await
                 .map_err(super::rds_status)?;
-            if let Some(disk) = disk.filter(|d| fence.is_fenced(id, d)) {
+            if let Some(disk) = disk.filter(|d| fenced_in_table || fence.is_fenced(id, d)) {
                 fence
                     .apply(&slot, &disk, deadline)
                     .await

@@ -121,6 +121,9 @@ pub struct AttachmentState {
     /// When the second node attached.
     pub migration_started_at: Option<SystemTime>,
     pub migration_timeout: Duration,
+    /// The volume is fenced on the RDS (`nvmeFencing` in its volume context or PV attributes):
+    /// how a fenced disk open to any host during a migration is still known as fenced.
+    pub fenced: bool,
 }
 
 impl AttachmentState {
@@ -405,6 +408,7 @@ impl AttachmentManager {
                     multi_node_reader: options.multi_node_reader,
                     migration_started_at: None,
                     migration_timeout: migration_timeout.unwrap_or(self.migration_timeout),
+                    fenced: false,
                 },
             );
             return Ok(true);
@@ -503,6 +507,18 @@ impl AttachmentManager {
         empty
     }
 
+    /// Records that `volume`, which a node holds, is fenced (its volume context says so).
+    pub fn set_fenced(&self, volume: &str) {
+        if let Some(held) = self.lock().volumes.get_mut(volume) {
+            held.fenced = true;
+        }
+    }
+
+    /// Whether the table knows `volume` as fenced (only while a node holds it).
+    pub fn is_fenced(&self, volume: &str) -> bool {
+        self.lock().volumes.get(volume).is_some_and(|s| s.fenced)
+    }
+
     pub fn get(&self, volume: &str) -> Option<AttachmentState> {
         self.lock().volumes.get(volume).cloned()
     }
@@ -557,6 +573,7 @@ impl AttachmentManager {
                     state.volumes.insert(r.volume_id.clone(), r);
                 }
                 Some(held) => {
+                    held.fenced |= r.fenced;
                     for n in r.nodes {
                         if held.is_attached_to(&n.node) {
                             continue;
@@ -658,8 +675,11 @@ pub fn states_from(
                     "more than two attached VolumeAttachments; keeping the two oldest");
                 vas.truncate(2);
             }
-            let migration_timeout = spec
-                .and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref())
+            let attributes = spec.and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref());
+            let fenced = attributes
+                .and_then(|a| a.get(crate::controller::params::keys::NVME_FENCING))
+                .is_some_and(|v| v == "true");
+            let migration_timeout = attributes
                 .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
                 .map_or(default_timeout, |secs| {
                     clamp_migration_timeout(Duration::from_secs(secs))
@@ -678,6 +698,7 @@ pub fn states_from(
                 multi_node_block,
                 multi_node_reader,
                 migration_timeout,
+                fenced,
             }
         })
         .collect()

@@ -122,6 +122,8 @@ pub fn identity() -> String {
 /// The controller's running Kubernetes tasks.
 pub struct ControllerKube {
     pub client: Client,
+    /// The fence repair pass's fences, once the controller has them (`run_fence_pass`).
+    fence: Arc<std::sync::OnceLock<crate::controller::fence::Fence>>,
     pub attachments: Arc<AttachmentManager>,
     pub attachment_reconciler: Arc<AttachmentReconciler>,
     pub orphan_reconciler: Option<Arc<OrphanReconciler>>,
@@ -131,6 +133,14 @@ pub struct ControllerKube {
 }
 
 impl ControllerKube {
+    /// Repairs the fences of `fence` every attachment reconcile interval, on the Lease holder
+    /// only (with leader election), once the attachment table is rebuilt.
+    pub fn run_fence_pass(&self, fence: crate::controller::fence::Fence) {
+        if self.fence.set(fence).is_err() {
+            tracing::warn!("the fence pass was already given its fences");
+        }
+    }
+
     /// Stops the reconcilers and releases the Lease.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -224,11 +234,15 @@ pub fn start_controller(
         }
     })];
 
+    let fence = Arc::new(std::sync::OnceLock::new());
     let work = {
-        let (reconciler, orphan) = (Arc::clone(&reconciler), orphan.clone());
+        let (reconciler, orphan, fence) =
+            (Arc::clone(&reconciler), orphan.clone(), Arc::clone(&fence));
+        let interval = config.attachment_reconcile_interval;
         move |token: CancellationToken| {
             let (reconciler, orphan, mut ready) =
                 (Arc::clone(&reconciler), orphan.clone(), ready_rx.clone());
+            let fence = Arc::clone(&fence);
             async move {
                 // Reconcile only a table that holds the cluster's attachments.
                 tokio::select! {
@@ -243,7 +257,8 @@ pub fn start_controller(
                         tracing::error!(error = %e, "orphan reconciler");
                     }
                 }
-                token.cancelled().await;
+                // Ends with the leadership: a replica that lost the Lease stops repairing.
+                fence_pass(&fence, interval, &token).await;
                 reconciler.stop().await;
                 if let Some(o) = &orphan {
                     o.stop().await;
@@ -277,12 +292,44 @@ pub fn start_controller(
     );
     ControllerKube {
         client,
+        fence,
         attachments: manager,
         attachment_reconciler: reconciler,
         orphan_reconciler: orphan,
         events,
         cancel,
         tasks,
+    }
+}
+
+/// Repairs the fences every `every` until `token` is cancelled; does nothing until the
+/// controller has handed its fences over.
+async fn fence_pass(
+    fence: &std::sync::OnceLock<crate::controller::fence::Fence>,
+    every: Duration,
+    token: &CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(fence) = fence.get() else { continue };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let pass = tokio::select! {
+            _ = token.cancelled() => return,
+            pass = fence.pass(deadline) => pass,
+        };
+        match pass {
+            Ok(report) if report.repaired == 0 && report.failed == 0 => {}
+            Ok(report) => tracing::warn!(
+                repaired = report.repaired,
+                failed = report.failed,
+                "fence pass"
+            ),
+            Err(e) => tracing::warn!(error = %e, "fence pass failed"),
+        }
     }
 }
 

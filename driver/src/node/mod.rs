@@ -110,6 +110,8 @@ pub struct NvmeTcpConfig {
     /// The RDS's NVMe/TCP address when the volume context names none.
     pub default_address: Option<std::net::IpAddr>,
     pub default_port: u16,
+    /// The cluster's fence key, for fenced volumes.
+    pub fence_key: Option<crate::fence_key::FenceKey>,
 }
 
 /// What the start-up scan found.
@@ -182,7 +184,10 @@ impl NodeService {
                 let mut cfg =
                     connector::NvmeConfig::new(host_nqn, service.managed_nqn_prefix.clone());
                 cfg.host_id = host_id;
-                cfg.fenced_identity = connector::nvme::derived_host_nqn(&service.node_id);
+                cfg.fenced_identity = nvme
+                    .fence_key
+                    .as_ref()
+                    .map(|key| key.host_identity(&service.node_id));
                 cfg.nvme_bin = nvme.nvme_cli;
                 cfg.sys_root = service.sys_root.clone();
                 cfg.ctrl_loss_tmo = nvme.ctrl_loss_tmo;

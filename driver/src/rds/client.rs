@@ -434,6 +434,44 @@ impl RdsClient {
         self.run_idempotent(&command, deadline).await.map(drop)
     }
 
+    /// Exports a disk that only `host` may connect to (`None`: any host), in one command, and
+    /// reads it back: exported as asked, with that fence.
+    pub async fn export_fenced(
+        &self,
+        slot: &Slot,
+        export: &NvmeExport,
+        host: Option<&Nqn>,
+        deadline: Instant,
+    ) -> Result<Disk, RdsError> {
+        let command = Command::DiskSetExportFenced {
+            slot: slot.clone(),
+            export: export.clone(),
+            host: host.cloned(),
+        };
+        self.run_idempotent(&command, deadline).await?;
+        let disk = self
+            .get_disk(slot, deadline)
+            .await?
+            .ok_or_else(|| RdsError::NotFound(format!("disk {slot}")))?;
+        let exported = disk.nvme_export
+            && disk.nvme_port == Some(export.port.get())
+            && disk.nqn.as_deref() == Some(export.nqn.as_str());
+        if !exported || disk.allowed_host.as_deref() != host.map(Nqn::as_str) {
+            return Err(RdsError::Parse(format!(
+                "disk {slot} shows export {} on port {:?} as {:?} allowing {:?} after exporting it \
+                 on port {} as {} allowing {:?}",
+                disk.nvme_export,
+                disk.nvme_port,
+                disk.nqn,
+                disk.allowed_host.as_deref().unwrap_or(""),
+                export.port.get(),
+                export.nqn,
+                host.map_or("", Nqn::as_str)
+            )));
+        }
+        Ok(disk)
+    }
+
     /// Lets only `host` connect to the disk (`None`: any host), and reads it back: a property
     /// the RDS accepted but does not show is not a fence.
     pub async fn set_allowed_host(

@@ -351,6 +351,13 @@ pub enum Command {
         slot: Slot,
         export: Option<NvmeExport>,
     },
+    /// Exports a disk and sets who may connect in one command, so a fenced disk is never
+    /// exported without its fence (`host` None: any host).
+    DiskSetExportFenced {
+        slot: Slot,
+        export: NvmeExport,
+        host: Option<Nqn>,
+    },
     /// Lets only this host NQN connect to an exported disk (`None`: any host).
     DiskSetAllowedHost {
         slot: Slot,
@@ -382,6 +389,7 @@ impl Command {
             Command::DiskSetSize { .. } => "disk-set-size",
             Command::DiskRemove { .. } => "disk-remove",
             Command::DiskSetExport { .. } => "disk-set-export",
+            Command::DiskSetExportFenced { .. } => "disk-set-export-fenced",
             Command::DiskSetAllowedHost { .. } => "disk-set-allowed-host",
             Command::DiskPrint(DiskFilter::MountPoint(_)) => "capacity",
             Command::DiskPrint(_) => "disk-print",
@@ -424,6 +432,7 @@ impl Command {
                 | Command::DiskSetSize { .. }
                 | Command::DiskRemove { .. }
                 | Command::DiskSetExport { .. }
+                | Command::DiskSetExportFenced { .. }
                 | Command::DiskSetAllowedHost { .. }
                 | Command::FileRemove { .. }
                 | Command::FileAddDirectory { .. }
@@ -445,9 +454,8 @@ impl Command {
                 line += &format!(" slot={}", quote(add.slot.as_str()));
                 match &add.export {
                     Some(export) => line += &export_args(export),
-                    // A copy could otherwise keep its source's export (and NQN).
-                    None if add.copy_from.is_some() => line += " nvme-tcp-export=no",
-                    None => {}
+                    // Said outright: a copy could otherwise keep its source's export (and NQN).
+                    None => line += " nvme-tcp-export=no",
                 }
                 line
             }
@@ -457,6 +465,12 @@ impl Command {
                 export
                     .as_ref()
                     .map_or_else(|| " nvme-tcp-export=no".to_string(), export_args)
+            ),
+            Command::DiskSetExportFenced { slot, export, host } => format!(
+                "/disk set [find slot={}]{} nvme-tcp-server-allow-host-name={}",
+                quote(slot.as_str()),
+                export_args(export),
+                quote(host.as_ref().map_or("", Nqn::as_str))
             ),
             Command::DiskSetAllowedHost { slot, host } => format!(
                 "/disk set [find slot={}] nvme-tcp-server-allow-host-name={}",

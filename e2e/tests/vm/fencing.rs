@@ -19,8 +19,8 @@ use tonic::transport::Channel;
 
 use super::scenarios::{nqn, nvme_env_with, stage};
 
-/// What a fenced volume that no node holds allows: no real host.
-const CLOSED: &str = "nqn.2014-08.io.srvlab.rds-csi:fenced-no-host";
+/// What the fence allowed before the key-derived identities: anyone could compute it.
+const PUBLIC_CLOSED: &str = "nqn.2014-08.io.srvlab.rds-csi:fenced-no-host";
 /// Hosts that are not the node: what a node that lost its attachment would be.
 const STRANGER: &str = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
 const SECOND: &str = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e02";
@@ -36,8 +36,20 @@ fn rwx_block() -> VolumeCapability {
     }
 }
 
+/// The cluster's fence key, shared by the node and both controllers.
+fn fence_key_file() -> anyhow::Result<String> {
+    let path = std::path::Path::new(vm::GUEST_TMP).join("fence-key");
+    std::fs::write(&path, "vm-tier fence key: 32 bytes or more of secret\n")?;
+    Ok(path.display().to_string())
+}
+
 async fn controller_only(env: &Env) -> anyhow::Result<Driver> {
-    let mut args = vec!["--controller".to_string(), "--nvme-fencing".to_string()];
+    let mut args = vec![
+        "--controller".to_string(),
+        "--nvme-fencing".to_string(),
+        "--fence-key-file".to_string(),
+        fence_key_file()?,
+    ];
     args.extend(env.mock.driver_args(&env.keys));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Driver::start(&args).await
@@ -126,7 +138,13 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
     let env = nvme_env_with(
         "vmfence",
         &["--nvmet", "--nvme-listen", "0.0.0.0"],
-        &["--nvme-fencing", "--nvme-hostnqn-file", &own],
+        &[
+            "--nvme-fencing",
+            "--nvme-hostnqn-file",
+            &own,
+            "--fence-key-file",
+            &fence_key_file()?,
+        ],
     )
     .await?;
     let mut ctl2 = controller_only(&env).await?;
@@ -149,13 +167,14 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
         staging: env.path("staging-blk").display().to_string(),
         target: env.path("pods/blk/target").display().to_string(),
     };
-    // Nobody holds it: closed.
+    // Nobody holds it: closed, to an NQN derived from the cluster's key.
+    let closed = allowed(&env, &name)?;
     ensure!(
-        allowed(&env, &name)? == CLOSED,
-        "a new fenced volume allows {:?}",
-        allowed(&env, &name)?
+        closed.starts_with("nqn.") && closed != PUBLIC_CLOSED,
+        "a new fenced volume allows {closed:?}"
     );
     refused(&name, STRANGER, "before any publish")?;
+    refused(&name, PUBLIC_CLOSED, "before any publish, the old public closed NQN")?;
 
     // Published to the node: the node stages it; a stranger still cannot connect.
     let mut v = v;
@@ -228,7 +247,7 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
     );
     unpublish(&mut ctl, &name, NODE_ID).await?;
     ensure!(
-        allowed(&env, &name)? == CLOSED,
+        allowed(&env, &name)? == closed,
         "unpublished, the fence is {:?}",
         allowed(&env, &name)?
     );

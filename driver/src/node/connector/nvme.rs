@@ -32,10 +32,10 @@ pub struct NvmeConfig {
     /// Passed as `--hostid` when the host NQN was derived (nvme-cli would otherwise pair it with
     /// an unrelated `/etc/nvme/hostid`).
     pub host_id: Option<String>,
-    /// The identity fenced volumes are connected with: the host NQN and host ID derived from
-    /// the node ID, the only ones the controller can name without seeing the node. The pair is
-    /// fixed, as the kernel wants one host ID per host NQN.
-    pub fenced_identity: (String, String),
+    /// The identity fenced volumes are connected with: derived from the cluster's fence key and
+    /// the node ID, the only one the controller can name without seeing the node. The pair is
+    /// fixed, as the kernel wants one host ID per host NQN. None: no fence key on this node.
+    pub fenced_identity: Option<crate::fence_key::HostIdentity>,
     /// Only NQNs with this prefix and a volume-ID suffix are ever connected or disconnected.
     pub managed_prefix: String,
     pub ctrl_loss_tmo: i32,
@@ -55,7 +55,7 @@ impl NvmeConfig {
             dev_root: PathBuf::from("/dev"),
             host_nqn: host_nqn.into(),
             host_id: None,
-            fenced_identity: (String::new(), String::new()),
+            fenced_identity: None,
             managed_prefix: managed_prefix.into(),
             ctrl_loss_tmo: DEFAULT_CTRL_LOSS_TMO,
             reconnect_delay: DEFAULT_RECONNECT_DELAY,
@@ -390,13 +390,19 @@ impl NvmeTcpConnector {
             "--hostnqn".into(),
         ];
         if target.fenced {
-            let (nqn, id) = &self.cfg.fenced_identity;
-            if nqn.is_empty() {
-                return Err(NodeError::Internal(
-                    "a fenced volume, and no fenced identity is configured".into(),
+            let Some(identity) = &self.cfg.fenced_identity else {
+                return Err(NodeError::FailedPrecondition(
+                    "the volume is fenced (nvmeFencing) and this node has no fence key: give it \
+                     the cluster's key with --fence-key-file (the `fence-key` of the driver's \
+                     Secret)"
+                        .into(),
                 ));
-            }
-            args.extend([nqn.clone(), "--hostid".into(), id.clone()]);
+            };
+            args.extend([
+                identity.nqn.clone(),
+                "--hostid".into(),
+                identity.host_id.clone(),
+            ]);
         } else {
             args.push(self.cfg.host_nqn.clone());
             if let Some(id) = &self.cfg.host_id {
