@@ -592,28 +592,42 @@ impl Run<'_> {
         let out = self
             .exec(&line, Some("disk-set-allow-host-name.txt"))
             .await?;
-        let observed = if failed(&out) {
-            format!("not accepted: {} ({})", text(&out), exit_of(&out))
-        } else {
-            let shown = self
-                .exec(
-                    &format!("/disk print detail where slot={}", quote(slot.as_str())),
-                    None,
-                )
-                .await?;
-            let value = parse_detail(&shown.stdout).ok().and_then(|e| {
-                e.first()
-                    .and_then(|e| e.get("nvme-tcp-server-allow-host-name"))
-                    .map(str::to_string)
-            });
-            format!("accepted; read back as {value:?}")
+        let shown = self
+            .exec(
+                &format!("/disk print detail where slot={}", quote(slot.as_str())),
+                None,
+            )
+            .await?;
+        let value = parse_detail(&shown.stdout).ok().and_then(|e| {
+            e.first()
+                .and_then(|e| e.get("nvme-tcp-server-allow-host-name"))
+                .map(str::to_string)
+        });
+        let (observed, variants) = match (failed(&out), value) {
+            (true, None) => (
+                format!(
+                    "not a property of this RouterOS: {} ({}), and not shown",
+                    text(&out),
+                    exit_of(&out)
+                ),
+                vec!["no-allow-host"],
+            ),
+            (true, Some(v)) => (
+                format!(
+                    "shown ({v:?}) but not accepted: {} ({})",
+                    text(&out),
+                    exit_of(&out)
+                ),
+                vec![],
+            ),
+            (false, v) => (format!("accepted; read back as {v:?}"), vec![]),
         };
         // Fencing is off by default; this only tells whether it could be turned on.
         self.find(
             "allow-host",
             "`nvme-tcp-server-allow-host-name` takes a host NQN",
             observed,
-            vec![],
+            variants,
             Handled::Yes,
         );
         Ok(())
