@@ -21,6 +21,11 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("default").await
+}
+
+/// A mock playing the behaviour `profile` (a mock-rds variant or combined profile).
+async fn setup_with(profile: &str) -> Setup {
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -30,6 +35,7 @@ async fn setup() -> Setup {
     .unwrap();
     let mock = MockRds::start(Config {
         auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        profile: mock_rds::Profile::parse(profile).unwrap(),
         ..Config::default()
     })
     .await
@@ -259,6 +265,52 @@ async fn doctor_reports_a_rejected_command_with_its_fix() {
         "{traffic}"
     );
     assert_eq!(check(&doc, "capacity")["result"], "pass");
+}
+
+const EXPORTED: &str = "/disk add type=file file-path=/storage-pool/metal-csi/pvc-a.img \
+    file-size=1G slot=pvc-a nvme-tcp-export=yes";
+
+#[tokio::test]
+async fn doctor_fails_fencing_on_an_rds_without_the_allow_host_property() {
+    let s = setup_with("no-allow-host").await;
+    s.mock.execute(EXPORTED);
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["ok"], false);
+    let fencing = check(&doc, "fencing");
+    assert_eq!(fencing["result"], "fail", "{fencing}");
+    assert!(
+        fencing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing on 1 of 1"),
+        "{fencing}"
+    );
+    assert!(
+        fencing["fix"].as_str().unwrap().contains("--nvme-fencing"),
+        "{fencing}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_fencing_says_whether_it_could_tell() {
+    let s = setup().await;
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 0, "{doc}");
+    let unknown = check(&doc, "fencing");
+    assert_eq!(unknown["result"], "pass", "{unknown}");
+    assert!(
+        unknown["detail"].as_str().unwrap().contains("cannot tell"),
+        "{unknown}"
+    );
+    s.mock.execute(EXPORTED);
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 0, "{doc}");
+    let shown = check(&doc, "fencing");
+    assert_eq!(shown["result"], "pass", "{shown}");
+    let detail = shown["detail"].as_str().unwrap();
+    assert!(detail.contains("on all 1 exported disks"), "{detail}");
+    assert!(!detail.contains("  "), "a run of spaces: {detail:?}");
 }
 
 #[tokio::test]
