@@ -1233,3 +1233,43 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
     }
     assert!(f.file_exists(&format!("{BASE}/nixos-var.img")));
 }
+
+/// Only files directly in a base path are the driver's: a disk of the driver's grammar whose file
+/// lies in a directory below the base path (another cluster's base, a copy put aside by hand)
+/// is neither listed, deleted nor resized.
+#[tokio::test]
+async fn disks_below_a_base_path_are_not_the_drivers() {
+    let f = fixture().await;
+    let deep = format!("{BASE}/cluster-b/pvc-deep.img");
+    f.mock.add_orphan_file(&deep, GIB as u64);
+    f.mock.add_orphan_disk("pvc-deep", &deep, GIB as u64);
+    let listed = f
+        .svc
+        .list_volumes(Request::new(ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.entries.is_empty(), "{:?}", listed.entries);
+    let _ = f
+        .svc
+        .delete_volume(Request::new(DeleteVolumeRequest {
+            volume_id: "pvc-deep".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(f.mock.disk("pvc-deep").is_some(), "the disk was deleted");
+    assert!(f.file_exists(&deep), "its file was deleted");
+    let err = f
+        .svc
+        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+            volume_id: "pvc-deep".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
