@@ -1189,17 +1189,12 @@ async fn the_source_of_a_copy_is_locked_for_the_copy() {
     }
 }
 
-/// Only what the driver's ID grammar produces is the driver's: a file disk under the base path
-/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
-#[tokio::test]
-async fn disks_outside_the_id_grammar_are_not_the_drivers() {
-    let f = fixture().await;
-    for (slot, path) in [
-        ("nixos-var", format!("{BASE}/nixos-var.img")),
-        ("backup-1", format!("{BASE}/nodes/backup-1.img")),
-    ] {
-        f.mock.add_orphan_file(&path, GIB as u64);
-        f.mock.add_orphan_disk(slot, &path, GIB as u64);
+/// Adds each `(slot, file)` as a file disk the driver did not make, then checks the driver
+/// neither lists, deletes nor resizes it.
+async fn assert_not_the_drivers(f: &Fixture, disks: &[(&str, String)]) {
+    for (slot, path) in disks {
+        f.mock.add_orphan_file(path, GIB as u64);
+        f.mock.add_orphan_disk(slot, path, GIB as u64);
     }
     let listed = f
         .svc
@@ -1208,19 +1203,20 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
         .unwrap()
         .into_inner();
     assert!(listed.entries.is_empty(), "{:?}", listed.entries);
-    for slot in ["nixos-var", "backup-1"] {
+    for (slot, path) in disks {
         let _ = f
             .svc
             .delete_volume(Request::new(DeleteVolumeRequest {
-                volume_id: slot.into(),
+                volume_id: (*slot).into(),
                 ..Default::default()
             }))
             .await;
         assert!(f.mock.disk(slot).is_some(), "disk {slot} was deleted");
+        assert!(f.file_exists(path), "{path} was deleted");
         let err = f
             .svc
             .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-                volume_id: slot.into(),
+                volume_id: (*slot).into(),
                 capacity_range: Some(CapacityRange {
                     required_bytes: 2 * GIB,
                     limit_bytes: 0,
@@ -1231,7 +1227,21 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{slot}: {err:?}");
     }
-    assert!(f.file_exists(&format!("{BASE}/nixos-var.img")));
+}
+
+/// Only what the driver's ID grammar produces is the driver's: a file disk in the base path
+/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
+#[tokio::test]
+async fn disks_outside_the_id_grammar_are_not_the_drivers() {
+    let f = fixture().await;
+    assert_not_the_drivers(
+        &f,
+        &[
+            ("nixos-var", format!("{BASE}/nixos-var.img")),
+            ("backup-1", format!("{BASE}/nodes/backup-1.img")),
+        ],
+    )
+    .await;
 }
 
 /// Only files directly in a base path are the driver's: a disk of the driver's grammar whose file
@@ -1240,36 +1250,9 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
 #[tokio::test]
 async fn disks_below_a_base_path_are_not_the_drivers() {
     let f = fixture().await;
-    let deep = format!("{BASE}/cluster-b/pvc-deep.img");
-    f.mock.add_orphan_file(&deep, GIB as u64);
-    f.mock.add_orphan_disk("pvc-deep", &deep, GIB as u64);
-    let listed = f
-        .svc
-        .list_volumes(Request::new(ListVolumesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.entries.is_empty(), "{:?}", listed.entries);
-    let _ = f
-        .svc
-        .delete_volume(Request::new(DeleteVolumeRequest {
-            volume_id: "pvc-deep".into(),
-            ..Default::default()
-        }))
-        .await;
-    assert!(f.mock.disk("pvc-deep").is_some(), "the disk was deleted");
-    assert!(f.file_exists(&deep), "its file was deleted");
-    let err = f
-        .svc
-        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-            volume_id: "pvc-deep".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 2 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_not_the_drivers(
+        &f,
+        &[("pvc-deep", format!("{BASE}/cluster-b/pvc-deep.img"))],
+    )
+    .await;
 }

@@ -92,6 +92,14 @@ fn check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name}: {doc}"))
 }
 
+/// The check `name` failed, its detail and its fix saying what they should.
+fn assert_fails(doc: &serde_json::Value, name: &str, detail: &str, fix: &str) {
+    let c = check(doc, name);
+    assert_eq!(c["result"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains(detail), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains(fix), "{c}");
+}
+
 #[tokio::test]
 async fn doctor_passes_against_a_healthy_rds() {
     let s = setup().await;
@@ -251,19 +259,7 @@ async fn doctor_reports_a_rejected_command_with_its_fix() {
     });
     let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 1);
-    let traffic = check(&doc, "traffic");
-    assert_eq!(traffic["result"], "fail");
-    assert!(
-        traffic["detail"]
-            .as_str()
-            .unwrap()
-            .contains("bad command name"),
-        "{traffic}"
-    );
-    assert!(
-        traffic["fix"].as_str().unwrap().contains("RouterOS 7"),
-        "{traffic}"
-    );
+    assert_fails(&doc, "traffic", "bad command name", "RouterOS 7");
     assert_eq!(check(&doc, "capacity")["result"], "pass");
 }
 
@@ -277,19 +273,7 @@ async fn doctor_fails_fencing_on_an_rds_without_the_allow_host_property() {
     let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 1, "{doc}");
     assert_eq!(doc["ok"], false);
-    let fencing = check(&doc, "fencing");
-    assert_eq!(fencing["result"], "fail", "{fencing}");
-    assert!(
-        fencing["detail"]
-            .as_str()
-            .unwrap()
-            .contains("missing on 1 of 1"),
-        "{fencing}"
-    );
-    assert!(
-        fencing["fix"].as_str().unwrap().contains("--nvme-fencing"),
-        "{fencing}"
-    );
+    assert_fails(&doc, "fencing", "missing on 1 of 1", "--nvme-fencing");
 }
 
 #[tokio::test]
