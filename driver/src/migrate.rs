@@ -86,7 +86,7 @@ fn disk_problem(settings: &Settings, disk: &Disk, wanted: &str) -> Option<String
     let path = disk.file_path.as_deref().unwrap_or("-");
     match dir_of(path).map(RdsPath::new) {
         Some(Ok(dir)) if !ids::is_managed_dir(&settings.bases, &dir) => Some(format!(
-            "its file {path} is outside the base paths: add {dir} to --rds-volume-base-path"
+            "its file {path} is not in a base path: add {dir} to --rds-volume-base-path"
         )),
         _ => Some(format!(
             "the RDS disk {} ({path}) is not a {wanted} of this driver's form; it would not be managed",

@@ -1,7 +1,7 @@
 //! Finds what the driver left on the RDS without a counterpart: backing files of the managed
 //! grammar with no disk, and managed disks whose file is gone. Files of every disk on the RDS
 //! count as in use (snapshots, other tools' disks), files younger than a grace period are left
-//! alone, and only `<dir>/<id>.img` names at or below a base path are ever considered.
+//! alone, and only `<dir>/<id>.img` names directly in a base path are ever considered.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};

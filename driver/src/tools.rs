@@ -229,6 +229,12 @@ const REJECTED_FIX: &str =
     "RouterOS rejected a command the driver needs: the RDS must run RouterOS 7 \
     with ROSE storage, and the SSH user needs the read and write policies";
 
+const FENCING_FIX: &str =
+    "this RouterOS does not show the property storage-side fencing sets, so fenced volumes \
+    could not be published: leave --nvme-fencing off and `nvmeFencing` out of StorageClasses, \
+    or run a RouterOS 7 build whose `/disk print detail` shows nvme-tcp-server-allow-host-name \
+    (`rds-csi validate` tells whether it takes a host NQN)";
+
 /// Runs every check in order; a check that cannot run because an earlier one failed is skipped.
 pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -373,7 +379,8 @@ pub async fn run_checks(args: &ToolArgs) -> Vec<Check> {
 }
 
 /// Whether the RDS shows `nvme-tcp-server-allow-host-name` on its exported disks, which
-/// `--nvme-fencing` sets and reads back. Read-only: whether RouterOS also enforces it is for
+/// `--nvme-fencing` sets and reads back: a failure when they do not, a pass that says it cannot
+/// tell when no disk is exported. Read-only: whether RouterOS also enforces it is for
 /// `rds-csi validate` (which sets it on a scratch disk) and hardware to tell.
 async fn fencing_check(rds: &crate::rds::RdsClient, deadline: tokio::time::Instant) -> Check {
     use crate::rds::command::{Command, DiskFilter};
@@ -404,17 +411,30 @@ async fn fencing_check(rds: &crate::rds::RdsClient, deadline: tokio::time::Insta
         .iter()
         .filter(|e| e.get(KEY).is_some_and(|v| !v.is_empty()))
         .count();
-    let detail = match (exported.len(), shown) {
-        (0, _) => "no exported disk shows whether the RDS has the property".to_string(),
-        (n, s) if s == n => format!(
-            "the RDS shows {KEY} on all {n} exported disks ({fenced} limited to a host):              --nvme-fencing can set it"
+    match (exported.len(), shown) {
+        (0, _) => pass(
+            "fencing",
+            format!(
+                "cannot tell: no disk is exported, and {KEY} is read from exported disks; \
+                 run again once a volume exists, or run `rds-csi validate`"
+            ),
         ),
-        (n, s) => format!(
-            "{KEY} is missing on {} of {n} exported disks: --nvme-fencing would fail on this RDS",
-            n - s
+        (n, s) if s == n => pass(
+            "fencing",
+            format!(
+                "the RDS shows {KEY} on all {n} exported disks ({fenced} limited to a host): \
+                 --nvme-fencing can set it"
+            ),
         ),
-    };
-    pass("fencing", detail)
+        (n, s) => fail(
+            "fencing",
+            format!(
+                "{KEY} is missing on {} of {n} exported disks: --nvme-fencing would fail on this RDS",
+                n - s
+            ),
+            FENCING_FIX,
+        ),
+    }
 }
 
 fn gib(bytes: u64) -> f64 {

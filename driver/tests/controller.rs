@@ -1189,17 +1189,12 @@ async fn the_source_of_a_copy_is_locked_for_the_copy() {
     }
 }
 
-/// Only what the driver's ID grammar produces is the driver's: a file disk under the base path
-/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
-#[tokio::test]
-async fn disks_outside_the_id_grammar_are_not_the_drivers() {
-    let f = fixture().await;
-    for (slot, path) in [
-        ("nixos-var", format!("{BASE}/nixos-var.img")),
-        ("backup-1", format!("{BASE}/nodes/backup-1.img")),
-    ] {
-        f.mock.add_orphan_file(&path, GIB as u64);
-        f.mock.add_orphan_disk(slot, &path, GIB as u64);
+/// Adds each `(slot, file)` as a file disk the driver did not make, then checks the driver
+/// neither lists, deletes nor resizes it.
+async fn assert_not_the_drivers(f: &Fixture, disks: &[(&str, String)]) {
+    for (slot, path) in disks {
+        f.mock.add_orphan_file(path, GIB as u64);
+        f.mock.add_orphan_disk(slot, path, GIB as u64);
     }
     let listed = f
         .svc
@@ -1208,19 +1203,20 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
         .unwrap()
         .into_inner();
     assert!(listed.entries.is_empty(), "{:?}", listed.entries);
-    for slot in ["nixos-var", "backup-1"] {
+    for (slot, path) in disks {
         let _ = f
             .svc
             .delete_volume(Request::new(DeleteVolumeRequest {
-                volume_id: slot.into(),
+                volume_id: (*slot).into(),
                 ..Default::default()
             }))
             .await;
         assert!(f.mock.disk(slot).is_some(), "disk {slot} was deleted");
+        assert!(f.file_exists(path), "{path} was deleted");
         let err = f
             .svc
             .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-                volume_id: slot.into(),
+                volume_id: (*slot).into(),
                 capacity_range: Some(CapacityRange {
                     required_bytes: 2 * GIB,
                     limit_bytes: 0,
@@ -1231,5 +1227,32 @@ async fn disks_outside_the_id_grammar_are_not_the_drivers() {
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{slot}: {err:?}");
     }
-    assert!(f.file_exists(&format!("{BASE}/nixos-var.img")));
+}
+
+/// Only what the driver's ID grammar produces is the driver's: a file disk in the base path
+/// named for its slot (a diskless node's `nixos-var` export, say) is neither listed nor deleted.
+#[tokio::test]
+async fn disks_outside_the_id_grammar_are_not_the_drivers() {
+    let f = fixture().await;
+    assert_not_the_drivers(
+        &f,
+        &[
+            ("nixos-var", format!("{BASE}/nixos-var.img")),
+            ("backup-1", format!("{BASE}/nodes/backup-1.img")),
+        ],
+    )
+    .await;
+}
+
+/// Only files directly in a base path are the driver's: a disk of the driver's grammar whose file
+/// lies in a directory below the base path (another cluster's base, a copy put aside by hand)
+/// is neither listed, deleted nor resized.
+#[tokio::test]
+async fn disks_below_a_base_path_are_not_the_drivers() {
+    let f = fixture().await;
+    assert_not_the_drivers(
+        &f,
+        &[("pvc-deep", format!("{BASE}/cluster-b/pvc-deep.img"))],
+    )
+    .await;
 }

@@ -87,10 +87,6 @@ async fn reports_exactly_the_orphans() {
                 OrphanKind::DiskWithoutFile,
                 "/storage-pool/metal-csi/pvc-nofile.img"
             ),
-            (
-                OrphanKind::FileWithoutDisk,
-                "/storage-pool/metal-csi/sub/pvc-gone2.img"
-            ),
         ]
     );
     for o in &found {
@@ -114,4 +110,8 @@ async fn reports_exactly_the_orphans() {
         .file("/storage-pool/metal-csi-old/pvc-sibling.img")
         .is_some());
     assert!(mock.file("/storage-pool/metal-csi/notes.txt").is_some());
+    // Below the base path, not in it: not the driver's.
+    assert!(mock
+        .file("/storage-pool/metal-csi/sub/pvc-gone2.img")
+        .is_some());
 }

@@ -507,15 +507,27 @@ async fn copies_get_their_size_and_no_inherited_export() {
     );
 }
 
-/// A directory RouterOS will not create is created by the driver.
+/// A directory RouterOS will not create is created by the driver: a base path named by a
+/// `volumePath`, two levels below the one the operator made.
 #[tokio::test]
 async fn missing_directories_are_created() {
     let w = world("dirs-no-create").await;
+    let fast = format!("{BASE}/team-a/fast");
+    let svc = ControllerService::new(
+        w.rds.clone(),
+        ControllerConfig::new(ParamDefaults {
+            base_paths: vec![RdsPath::new(BASE).unwrap(), RdsPath::new(&fast).unwrap()],
+            nvme_address: Some("10.42.68.1".into()),
+            nvme_port: Port::new(4420).unwrap(),
+        }),
+    );
     let mut req = create_req("pvc-sub", GIB);
-    req.parameters
-        .insert("volumePath".into(), format!("{BASE}/team-a/fast"));
-    w.svc.create_volume(Request::new(req)).await.unwrap();
-    assert!(w.mock.disk("pvc-sub").is_some());
+    req.parameters.insert("volumePath".into(), fast.clone());
+    svc.create_volume(Request::new(req)).await.unwrap();
+    assert_eq!(
+        w.mock.disk("pvc-sub").unwrap().file_path,
+        format!("{fast}/pvc-sub.img")
+    );
 }
 
 /// Listing files never depends on `^` anchors.

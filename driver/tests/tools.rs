@@ -21,6 +21,11 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("default").await
+}
+
+/// A mock playing the behaviour `profile` (a mock-rds variant or combined profile).
+async fn setup_with(profile: &str) -> Setup {
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -30,6 +35,7 @@ async fn setup() -> Setup {
     .unwrap();
     let mock = MockRds::start(Config {
         auth: Auth::AuthorizedKeys(vec![key.public_key().clone()]),
+        profile: mock_rds::Profile::parse(profile).unwrap(),
         ..Config::default()
     })
     .await
@@ -84,6 +90,14 @@ fn check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .iter()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no check {name}: {doc}"))
+}
+
+/// The check `name` failed, its detail and its fix saying what they should.
+fn assert_fails(doc: &serde_json::Value, name: &str, detail: &str, fix: &str) {
+    let c = check(doc, name);
+    assert_eq!(c["result"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains(detail), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains(fix), "{c}");
 }
 
 #[tokio::test]
@@ -245,20 +259,42 @@ async fn doctor_reports_a_rejected_command_with_its_fix() {
     });
     let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
     assert_eq!(code, 1);
-    let traffic = check(&doc, "traffic");
-    assert_eq!(traffic["result"], "fail");
-    assert!(
-        traffic["detail"]
-            .as_str()
-            .unwrap()
-            .contains("bad command name"),
-        "{traffic}"
-    );
-    assert!(
-        traffic["fix"].as_str().unwrap().contains("RouterOS 7"),
-        "{traffic}"
-    );
+    assert_fails(&doc, "traffic", "bad command name", "RouterOS 7");
     assert_eq!(check(&doc, "capacity")["result"], "pass");
+}
+
+const EXPORTED: &str = "/disk add type=file file-path=/storage-pool/metal-csi/pvc-a.img \
+    file-size=1G slot=pvc-a nvme-tcp-export=yes";
+
+#[tokio::test]
+async fn doctor_fails_fencing_on_an_rds_without_the_allow_host_property() {
+    let s = setup_with("no-allow-host").await;
+    s.mock.execute(EXPORTED);
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["ok"], false);
+    assert_fails(&doc, "fencing", "missing on 1 of 1", "--nvme-fencing");
+}
+
+#[tokio::test]
+async fn doctor_fencing_says_whether_it_could_tell() {
+    let s = setup().await;
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 0, "{doc}");
+    let unknown = check(&doc, "fencing");
+    assert_eq!(unknown["result"], "pass", "{unknown}");
+    assert!(
+        unknown["detail"].as_str().unwrap().contains("cannot tell"),
+        "{unknown}"
+    );
+    s.mock.execute(EXPORTED);
+    let (code, doc, _) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 0, "{doc}");
+    let shown = check(&doc, "fencing");
+    assert_eq!(shown["result"], "pass", "{shown}");
+    let detail = shown["detail"].as_str().unwrap();
+    assert!(detail.contains("on all 1 exported disks"), "{detail}");
+    assert!(!detail.contains("  "), "a run of spaces: {detail:?}");
 }
 
 #[tokio::test]

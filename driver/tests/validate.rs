@@ -131,3 +131,25 @@ async fn refuses_a_base_path_that_is_not_a_directory() {
     assert!(mock.disks().is_empty());
     mock.stop().await;
 }
+
+#[tokio::test]
+async fn refuses_a_scratch_directory_that_is_there_and_leaves_its_files() {
+    let (mock, rds) = mock_with("default").await;
+    mock.execute("/file add type=directory name=storage-pool/metal-csi/rds-csi-validate-0000beef");
+    mock.add_orphan_file(
+        &format!("{BASE}/rds-csi-validate-0000beef/theirs.img"),
+        1 << 20,
+    );
+    let before = contents(&mock);
+    let base = RdsPath::new(BASE).unwrap();
+    let err = validate::run_tagged(&rds, &base, "0000beef", CancellationToken::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err:#}");
+    assert_eq!(
+        contents(&mock),
+        before,
+        "validate changed a directory it did not make"
+    );
+    mock.stop().await;
+}

@@ -371,3 +371,31 @@ async fn resize_variants() {
     );
     rds.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_allow_host_the_property_is_neither_shown_nor_taken() {
+    let (rds, c) = with("no-allow-host").await;
+    c.ok(&add_cmd(PVC, "1G")).await;
+    let print = c.ok("/disk print detail").await;
+    assert!(print.contains(PVC), "{print}");
+    assert!(!print.contains("allow-host"), "{print}");
+    let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000000";
+    let set = c
+        .run(&format!(
+            "/disk set [find slot=\"{PVC}\"] nvme-tcp-server-allow-host-name=\"{host}\""
+        ))
+        .await
+        .unwrap();
+    assert!(set.stdout.contains("expected end of command"), "{set:?}");
+    let add = c
+        .run(&format!(
+            "{} nvme-tcp-server-allow-host-name=\"{host}\"",
+            add_cmd("pvc-other", "1G")
+        ))
+        .await
+        .unwrap();
+    assert!(add.stdout.contains("expected end of command"), "{add:?}");
+    assert!(rds.disk("pvc-other").is_none());
+    assert_eq!(rds.disk(PVC).unwrap().nvme_tcp_server_allow_host_name, "");
+    rds.stop().await;
+}

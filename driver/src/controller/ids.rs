@@ -2,8 +2,9 @@
 //! name, so it must follow the slot grammar. The external-provisioner's `pvc-<uuid>` names are
 //! valid as they are (existing PVs of the Go driver keep their IDs); any other name maps
 //! deterministically to `vol-<uuid5(name)>`. Snapshot IDs always start with `snap-`. Only these
-//! three forms are the driver's: a disk or NQN of any other name (a node's own `nixos-var`
-//! export on the same RDS, say) is never listed, deleted, resized or connected.
+//! three forms, in files directly in a base path, are the driver's: a disk or NQN of any other
+//! name (a node's own `nixos-var` export on the same RDS, say), or a file in a directory below a
+//! base path, is never listed, deleted, resized or connected.
 
 use uuid::Uuid;
 
@@ -131,13 +132,20 @@ pub fn classify_file(dir: &RdsPath, path: &str) -> Option<ManagedFile> {
     parse_volume_id(stem).map(ManagedFile::Volume)
 }
 
-/// Whether `dir` is one of the base paths or lies below one.
+/// Whether `dir` is one of the base paths: the only directories whose files the driver owns,
+/// and the only ones a StorageClass `volumePath` may name.
+///
+/// Exactly, not "at or below": a directory below a base path may be another cluster's base
+/// path or a copy put aside by hand, and nothing recorded on the RDS tells those from volumes.
+/// Since `volumePath` must be a base path too, every file the driver makes sits directly in one
+/// (a volume in its StorageClass's directory, a snapshot next to its source), so the exact rule
+/// loses none of them; a deeper `volumePath` is named in `--rds-volume-base-path` instead.
 pub fn is_managed_dir(bases: &[RdsPath], dir: &RdsPath) -> bool {
-    bases.iter().any(|base| dir == base || dir.is_under(base))
+    bases.contains(dir)
 }
 
-/// The directory of a disk's file when it is a base path or lies below one (several base paths
-/// hold the volumes of a cluster whose Go driver StorageClasses named several `volumePath`s).
+/// The directory of a disk's file when it is a base path (several base paths hold the volumes
+/// of a cluster whose Go driver StorageClasses named several `volumePath`s).
 fn managed_dir(bases: &[RdsPath], path: &str) -> Option<RdsPath> {
     let (dir, _) = path.rsplit_once('/')?;
     let dir = RdsPath::new(dir).ok()?;
@@ -145,7 +153,7 @@ fn managed_dir(bases: &[RdsPath], path: &str) -> Option<RdsPath> {
 }
 
 /// What a disk is to the driver: a volume or snapshot it made (a file disk whose file is named
-/// for its slot, at or below a base path), or None for everything else on the RDS.
+/// for its slot, directly in a base path), or None for everything else on the RDS.
 pub fn classify_disk(bases: &[RdsPath], disk: &Disk) -> Option<ManagedFile> {
     let path = disk.file_path.as_deref()?;
     if !disk.is_file_disk() {
@@ -161,7 +169,7 @@ pub fn classify_disk(bases: &[RdsPath], disk: &Disk) -> Option<ManagedFile> {
     }
 }
 
-/// Classifies a file anywhere at or below a base path by its name.
+/// Classifies a file directly in a base path by its name.
 pub fn classify_managed_file(bases: &[RdsPath], path: &str) -> Option<ManagedFile> {
     classify_file(&managed_dir(bases, path)?, path)
 }
@@ -252,19 +260,46 @@ mod tests {
             RdsPath::new("/pool/csi").unwrap(),
             RdsPath::new("/pool/kubevirt").unwrap(),
         ];
-        for path in [
-            "/pool/csi/pvc-1.img",
-            "/pool/kubevirt/pvc-2.img",
-            "/pool/kubevirt/a/pvc-3.img",
-        ] {
+        for path in ["/pool/csi/pvc-1.img", "/pool/kubevirt/pvc-2.img"] {
             assert!(classify_managed_file(&bases, path).is_some(), "{path}");
         }
         for path in [
             "/pool/other/pvc-1.img",
             "/pool/kubevirt/nixos-var.img",
             "/pool/kubevirt-x/pvc-1.img",
+            "/pool/kubevirt/a/pvc-3.img",
+            "/pool/csi/a/b/snap-1.img",
         ] {
             assert_eq!(classify_managed_file(&bases, path), None, "{path}");
+        }
+    }
+
+    /// Ownership is exact: the file's directory is a base path, not a directory below one, and
+    /// not one whose name merely starts with a base path's.
+    #[test]
+    fn only_files_directly_in_a_base_path_are_the_drivers() {
+        let bases = [RdsPath::new("/p/csi").unwrap()];
+        let disk = |slot: &str, path: &str| Disk {
+            slot: slot.into(),
+            disk_type: "file".into(),
+            file_path: Some(path.into()),
+            nvme_export: true,
+            ..Disk::default()
+        };
+        assert_eq!(
+            classify_disk(&bases, &disk("pvc-x", "/p/csi/pvc-x.img")),
+            Some(ManagedFile::Volume(Slot::new("pvc-x").unwrap()))
+        );
+        for path in ["/p/csi/sub/pvc-x.img", "/p/csi2/pvc-x.img", "/p/pvc-x.img"] {
+            assert_eq!(classify_disk(&bases, &disk("pvc-x", path)), None, "{path}");
+            assert_eq!(classify_managed_file(&bases, path), None, "{path}");
+        }
+        assert!(is_managed_dir(&bases, &RdsPath::new("/p/csi").unwrap()));
+        for dir in ["/p/csi/sub", "/p/csi2", "/p"] {
+            assert!(
+                !is_managed_dir(&bases, &RdsPath::new(dir).unwrap()),
+                "{dir}"
+            );
         }
     }
 

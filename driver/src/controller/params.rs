@@ -97,7 +97,7 @@ impl VolumeParams {
                         return Err(invalid(
                             key,
                             format!(
-                                "`{dir}` is not under an allowed base path ({}; add it to \
+                                "`{dir}` is not one of the base paths ({}; add it to \
                                  --rds-volume-base-path)",
                                 bases.join(", ")
                             ),
@@ -262,6 +262,8 @@ mod tests {
             ("migrationTimeoutSeconds", "86401"),
             ("bogus", "1"),
             ("volumePath", "/storage-pool/elsewhere"),
+            // Below a base path is not a base path: its files would not be the driver's.
+            ("volumePath", "/storage-pool/metal-csi/fast"),
             // Typos of our own keys (and of the Go driver's) are still errors.
             ("volumepath", "/storage-pool/metal-csi"),
             ("keepAliveTimeout", "0"),
@@ -317,14 +319,14 @@ mod tests {
     #[test]
     fn accepted_values() {
         let p = parse(&[
-            ("volumePath", "/storage-pool/metal-csi/fast"),
+            ("volumePath", "/storage-pool/kubevirt"),
             ("nvmeAddress", "10.42.68.1"),
             ("nvmePort", "4421"),
             ("csi.storage.k8s.io/fstype", "xfs"),
             ("ctrlLossTmo", "-1"),
         ])
         .unwrap();
-        assert_eq!(p.dir.as_str(), "/storage-pool/metal-csi/fast");
+        assert_eq!(p.dir.as_str(), "/storage-pool/kubevirt");
         assert_eq!(p.nvme_port.get(), 4421);
         assert_eq!(p.fs_type, "xfs");
         assert_eq!(p.passthrough, vec![("ctrlLossTmo", "-1".to_string())]);

@@ -111,8 +111,10 @@ struct Run<'a> {
     scratch: RdsPath,
     bundle: Bundle,
     report: Report,
-    /// What was made, removed in reverse at the end.
+    /// What this run made, removed in reverse at the end. Only these: the clean-up never
+    /// lists a directory, so a scratch directory that was already there (refused) keeps its files.
     disks: Vec<Slot>,
+    files: Vec<RdsPath>,
     dirs: Vec<RdsPath>,
 }
 
@@ -122,9 +124,21 @@ pub async fn run(
     rds: &RdsClient,
     base: &RdsPath,
     cancel: CancellationToken,
+    progress: impl FnMut(&str),
+) -> anyhow::Result<(Report, Bundle)> {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    run_tagged(rds, base, &tag, cancel, progress).await
+}
+
+/// [`run`] with the scratch directory's tag chosen (`rds-csi-validate-<tag>`, slots `rdsv-<tag>-…`)
+/// rather than random: what a test needs to meet a directory that is already there.
+pub async fn run_tagged(
+    rds: &RdsClient,
+    base: &RdsPath,
+    tag: &str,
+    cancel: CancellationToken,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<(Report, Bundle)> {
-    let tag: String = format!("{:08x}", rand::random::<u32>());
     let scratch = base.join(&format!("rds-csi-validate-{tag}"))?;
     let mut run = Run {
         rds,
@@ -136,6 +150,7 @@ pub async fn run(
             ..Report::default()
         },
         disks: Vec::new(),
+        files: Vec::new(),
         dirs: Vec::new(),
     };
     let steps = run.steps(base, &cancel, &mut progress).await;
@@ -203,6 +218,13 @@ impl Run<'_> {
         });
     }
 
+    /// Notes a disk about to be added and its file, before the command runs (it may make
+    /// them and still fail), so the clean-up removes both.
+    fn adding(&mut self, slot: &Slot, path: &RdsPath) {
+        self.disks.push(slot.clone());
+        self.files.push(path.clone());
+    }
+
     fn slot(&self, what: &str) -> anyhow::Result<Slot> {
         Ok(Slot::new(format!("{}-{what}", self.prefix))?)
     }
@@ -266,7 +288,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Removes what the run made: disks, then their files, then the directories, deepest first.
+    /// Removes what the run made: disks, then their files, then the directories it made,
+    /// deepest first.
     /// What cannot be removed is listed with the command that removes it.
     async fn clean_up(&mut self) {
         let deadline = Self::deadline();
@@ -289,20 +312,8 @@ impl Run<'_> {
                 }
             }
         }
-        let files = match self.rds.list_files(&self.scratch, deadline).await {
-            Ok(files) => files,
-            Err(e) => {
-                self.report.leftovers.push(format!(
-                    "/file remove [find name={}]   # listing failed: {e}",
-                    quote(self.scratch.file_name())
-                ));
-                return;
-            }
-        };
-        for f in files.iter().filter(|f| !f.is_directory()) {
-            let Ok(path) = RdsPath::new(f.path.clone()) else {
-                continue;
-            };
+        // A disk's file stays when the disk goes; removing one that was never made is a no-op.
+        for path in std::mem::take(&mut self.files).into_iter().rev() {
             if let Err(e) = self.rds.remove_file(&path, deadline).await {
                 self.report.leftovers.push(format!(
                     "/file remove [find name={}]   # {e}",

@@ -162,7 +162,7 @@ impl Run<'_> {
         let dir = self.scratch.join("sub")?;
         let path = dir.join(&format!("{slot}.img"))?;
         let line = self.add_line(&slot, &path, "1M", false);
-        self.disks.push(slot.clone());
+        self.adding(&slot, &path);
         let out = self.exec(&line, None).await?;
         let made = self.disk(&slot).await?.is_some();
         if !made {
@@ -202,7 +202,7 @@ impl Run<'_> {
     pub(super) async fn add(&mut self) -> anyhow::Result<()> {
         let (slot, path) = self.volume()?;
         let line = self.add_line(&slot, &path, "1M", true);
-        self.disks.push(slot.clone());
+        self.adding(&slot, &path);
         let out = self.exec(&line, None).await?;
         let made = self.disk(&slot).await?;
         let silent = out.stdout.trim().is_empty() && out.exit_status == Some(0);
@@ -410,7 +410,7 @@ impl Run<'_> {
             quote(path.as_str()),
             quote(slot.as_str())
         );
-        self.disks.push(slot.clone());
+        self.adding(&slot, &path);
         let out = self.exec(&line, None).await?;
         anyhow::ensure!(!failed(&out), "`copy-from` failed: {}", text(&out));
         let short_at_once = match (self.disk(&slot).await?, self.file(&path).await?) {
@@ -473,7 +473,7 @@ impl Run<'_> {
             quote(path.as_str()),
             quote(slot.as_str())
         );
-        self.disks.push(slot.clone());
+        self.adding(&slot, &path);
         let out = self.exec(&line, None).await?;
         anyhow::ensure!(
             !failed(&out),
@@ -504,7 +504,7 @@ impl Run<'_> {
             let path = self.scratch.join(&format!("{slot}.img"))?;
             // 1 GiB (sparse, never written) prints as four digit groups.
             let line = self.add_line(&slot, &path, "1G", false);
-            self.disks.push(slot);
+            self.adding(&slot, &path);
             let out = self.exec(&line, None).await?;
             anyhow::ensure!(!failed(&out), "`/disk add` failed: {}", text(&out));
         }
@@ -592,28 +592,42 @@ impl Run<'_> {
         let out = self
             .exec(&line, Some("disk-set-allow-host-name.txt"))
             .await?;
-        let observed = if failed(&out) {
-            format!("not accepted: {} ({})", text(&out), exit_of(&out))
-        } else {
-            let shown = self
-                .exec(
-                    &format!("/disk print detail where slot={}", quote(slot.as_str())),
-                    None,
-                )
-                .await?;
-            let value = parse_detail(&shown.stdout).ok().and_then(|e| {
-                e.first()
-                    .and_then(|e| e.get("nvme-tcp-server-allow-host-name"))
-                    .map(str::to_string)
-            });
-            format!("accepted; read back as {value:?}")
+        let shown = self
+            .exec(
+                &format!("/disk print detail where slot={}", quote(slot.as_str())),
+                None,
+            )
+            .await?;
+        let value = parse_detail(&shown.stdout).ok().and_then(|e| {
+            e.first()
+                .and_then(|e| e.get("nvme-tcp-server-allow-host-name"))
+                .map(str::to_string)
+        });
+        let (observed, variants) = match (failed(&out), value) {
+            (true, None) => (
+                format!(
+                    "not a property of this RouterOS: {} ({}), and not shown",
+                    text(&out),
+                    exit_of(&out)
+                ),
+                vec!["no-allow-host"],
+            ),
+            (true, Some(v)) => (
+                format!(
+                    "shown ({v:?}) but not accepted: {} ({})",
+                    text(&out),
+                    exit_of(&out)
+                ),
+                vec![],
+            ),
+            (false, v) => (format!("accepted; read back as {v:?}"), vec![]),
         };
         // Fencing is off by default; this only tells whether it could be turned on.
         self.find(
             "allow-host",
             "`nvme-tcp-server-allow-host-name` takes a host NQN",
             observed,
-            vec![],
+            variants,
             Handled::Yes,
         );
         Ok(())

@@ -16,6 +16,7 @@ impl Engine {
             "nvme-tcp-server-allow-host-name",
             "copy-from",
         ])?;
+        self.refuse_absent_properties(inv)?;
         if let Some(p) = inv.positional.first() {
             return Err(CliError::ExpectedEnd { col: p.col });
         }
@@ -158,6 +159,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Under `no-allow-host` this RouterOS has no `nvme-tcp-server-allow-host-name`: naming it
+    /// is the error any unknown argument gets.
+    fn refuse_absent_properties(&self, inv: &Invocation) -> Result<(), CliError> {
+        match inv.arg("nvme-tcp-server-allow-host-name") {
+            Some(a) if self.has(Variant::NoAllowHost) => Err(CliError::ExpectedEnd { col: a.col }),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn single_target<'a>(&self, inv: &'a Invocation) -> Result<&'a Value, CliError> {
         match inv.positional.as_slice() {
             [one] => Ok(&one.value),
@@ -174,6 +184,7 @@ impl Engine {
             "nvme-tcp-server-nqn",
             "nvme-tcp-server-allow-host-name",
         ])?;
+        self.refuse_absent_properties(inv)?;
         let target = self.single_target(inv)?;
         let size = opt_size(inv, "file-size")?;
         let export = opt_bool(inv, "nvme-tcp-export")?;

@@ -534,7 +534,8 @@ impl Engine {
         let mut disks: Vec<&Disk> = st.disks.iter().collect();
         disks.sort_by_key(|d| d.id);
         let mut out = vec![self.pool_entry(st)];
-        out.extend(disks.into_iter().map(disk_entry));
+        let allow_host = !self.has(Variant::NoAllowHost);
+        out.extend(disks.into_iter().map(|d| disk_entry(d, allow_host)));
         out
     }
 
@@ -664,8 +665,9 @@ fn sharing_group() -> Vec<Prop> {
     ]
 }
 
-/// The full property list of a file disk, grouped the way hardware breaks its lines.
-fn disk_entry(d: &Disk) -> Entry {
+/// The full property list of a file disk, grouped the way hardware breaks its lines;
+/// `allow_host`: whether this RouterOS has `nvme-tcp-server-allow-host-name` (`no-allow-host`).
+fn disk_entry(d: &Disk, allow_host: bool) -> Entry {
     let mut nvme = vec![Prop::new("nvme-tcp-export", PVal::Bool(d.nvme_tcp_export))];
     if let Some(p) = d.nvme_tcp_server_port {
         nvme.push(Prop::new("nvme-tcp-server-port", PVal::Int(p.into())));
@@ -673,7 +675,7 @@ fn disk_entry(d: &Disk) -> Entry {
     if let Some(n) = &d.nvme_tcp_server_nqn {
         nvme.push(Prop::new("nvme-tcp-server-nqn", PVal::Quoted(n.clone())));
     }
-    if d.nvme_tcp_export {
+    if d.nvme_tcp_export && allow_host {
         nvme.push(Prop::new(
             "nvme-tcp-server-allow-host-name",
             PVal::Quoted(d.nvme_tcp_server_allow_host_name.clone()),
