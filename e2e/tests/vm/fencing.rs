@@ -174,7 +174,11 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
         "a new fenced volume allows {closed:?}"
     );
     refused(&name, STRANGER, "before any publish")?;
-    refused(&name, PUBLIC_CLOSED, "before any publish, the old public closed NQN")?;
+    refused(
+        &name,
+        PUBLIC_CLOSED,
+        "before any publish, the old public closed NQN",
+    )?;
 
     // Published to the node: the node stages it; a stranger still cannot connect.
     let mut v = v;
