@@ -31,6 +31,8 @@ pub enum Variant {
     RegexNoAnchors,
     ResizeRefusedExported,
     ResizeDelayed,
+    ScriptingRefused,
+    PutHumanSize,
 }
 
 use Variant::*;
@@ -59,6 +61,8 @@ pub const VARIANTS: &[(Variant, &str, &str)] = &[
     (RegexNoAnchors, "regex-no-anchors", "a `~` pattern with `^` or `$` matches nothing"),
     (ResizeRefusedExported, "resize-refused-exported", "`/disk set file-size` of an exported disk is refused"),
     (ResizeDelayed, "resize-delayed", "after `/disk set file-size` the disk shows the new size only about a second later"),
+    (ScriptingRefused, "scripting-refused", "scripts (`:put [...]`) are refused like an unknown command: `bad command name put`"),
+    (PutHumanSize, "put-human-size", "`:put [/file get ... size]` prints the rounded human size `/file print` shows (`10.0GiB`), not bytes"),
 ];
 
 /// Variants that contradict each other: a profile holds at most one of each group.
@@ -68,6 +72,7 @@ const EXCLUSIVE: &[&[Variant]] = &[
     &[ExitZero, ExitNone],
     &[ErrorsBare, ErrorsUnknown],
     &[ClockWest, ClockEast],
+    &[ScriptingRefused, PutHumanSize],
 ];
 
 /// Combined profiles that read like plausible hardware; together they hold every variant.
@@ -87,6 +92,7 @@ pub const COMBINED: &[(&str, &[Variant])] = &[
             CopyInheritsExport,
             DirsNoCreate,
             ResizeDelayed,
+            PutHumanSize,
         ],
     ),
     (
@@ -102,6 +108,7 @@ pub const COMBINED: &[(&str, &[Variant])] = &[
             CopyIgnoresSize,
             RegexNoAnchors,
             ResizeRefusedExported,
+            ScriptingRefused,
         ],
     ),
 ];
