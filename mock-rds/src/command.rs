@@ -811,7 +811,9 @@ mod tests {
             "bad command name log (line 1 column 2)"
         );
         assert_eq!(
-            parse_put(":put [/disk get x size]").unwrap_err().to_string(),
+            parse_put(":put [/disk get x size]")
+                .unwrap_err()
+                .to_string(),
             "bad command name disk (line 1 column 8)"
         );
         assert_eq!(

@@ -402,7 +402,10 @@ async fn scripts_print_exact_file_sizes_or_are_refused() {
     assert_eq!(missing.exit, Some(1), "{missing:?}");
     assert_eq!(missing.stdout, "invalid internal item number\r\n");
     let other = c.run(":put [/file get x colour]").await.unwrap();
-    assert!(other.stdout.starts_with("invalid internal item"), "{other:?}");
+    assert!(
+        other.stdout.starts_with("invalid internal item"),
+        "{other:?}"
+    );
     rds.stop().await;
 
     let (rds, c) = with("scripting-refused").await;
@@ -434,7 +437,9 @@ async fn async_copies_can_stop_short_or_pause_before_their_end() {
     c.ok(&copy_cmd(PVC, "snap-1", "")).await;
     let path = format!("/{SNAP_FILE}");
     assert!(
-        eventually(COPY_DURATION * 3, || rds.file(&path).unwrap().size == SHORT_10G).await,
+        eventually(COPY_DURATION * 3, || rds.file(&path).unwrap().size
+            == SHORT_10G)
+        .await,
         "the copy never reached its short end"
     );
     // No longer copying: the disk is not busy, and the file stays short.
@@ -442,7 +447,8 @@ async fn async_copies_can_stop_short_or_pause_before_their_end() {
     let remove = c.run("/disk remove [find slot=\"snap-1\"]").await.unwrap();
     assert_eq!(remove.exit, Some(0), "{remove:?}");
     assert_eq!(rds.file(&path).unwrap().size, SHORT_10G);
-    c.ok(&format!("/file remove [find name=\"{SNAP_FILE}\"]")).await;
+    c.ok(&format!("/file remove [find name=\"{SNAP_FILE}\"]"))
+        .await;
 
     // 1.5 TiB stopping 3 GiB short, in the model only (no data directory): rounds to 1.5TiB.
     let big = "pvc-big";
@@ -463,7 +469,9 @@ async fn async_copies_can_stop_short_or_pause_before_their_end() {
         .await;
     assert!(shown.contains("size=1.5TiB"), "{shown}");
     assert!(
-        eventually(COPY_DURATION * 3, || rds.file(path2).unwrap().size == 1536 << 30).await,
+        eventually(COPY_DURATION * 3, || rds.file(path2).unwrap().size
+            == 1536 << 30)
+        .await,
         "the paused copy never finished"
     );
     rds.stop().await;

@@ -72,13 +72,15 @@ impl Engine {
                 inv.only_args(&["by", "resume"])?;
                 no_positional(inv)?;
                 let by = opt_size(inv, "by")?.ok_or_else(|| failure("by not specified"))?;
-                let resume = match inv.text("resume") {
-                    None => None,
-                    Some(v) => Some(
-                        fault::parse_duration(v)
-                            .ok_or_else(|| CliError::InvalidValue { arg: "resume".into() })?,
-                    ),
-                };
+                let resume =
+                    match inv.text("resume") {
+                        None => None,
+                        Some(v) => Some(fault::parse_duration(v).ok_or_else(|| {
+                            CliError::InvalidValue {
+                                arg: "resume".into(),
+                            }
+                        })?),
+                    };
                 self.arm_copy_short(CopyShort { by, resume });
                 Ok(String::new())
             }

@@ -117,15 +117,13 @@ impl Engine {
         };
         if let Some(dd) = &self.cfg.data_dir {
             let res = match &source {
-                Some(src) => dd
-                    .copy(&src.file_path, &file_path, size)
-                    .and_then(|()| {
-                        if copied < size {
-                            dd.truncate(&file_path, copied)
-                        } else {
-                            Ok(())
-                        }
-                    }),
+                Some(src) => dd.copy(&src.file_path, &file_path, size).and_then(|()| {
+                    if copied < size {
+                        dd.truncate(&file_path, copied)
+                    } else {
+                        Ok(())
+                    }
+                }),
                 None => dd.create(&file_path, size),
             };
             res.map_err(|e| failure(format!("could not create file: {e}")))?;

@@ -53,7 +53,13 @@ impl Engine {
     pub(super) fn script(&self, line: &str) -> Result<String, CliError> {
         if self.has(Variant::ScriptingRefused) {
             return Err(CliError::BadCommand {
-                name: line.trim_start().trim_start_matches(':').split(' ').next().unwrap_or("").to_string(),
+                name: line
+                    .trim_start()
+                    .trim_start_matches(':')
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
                 col: line.len() - line.trim_start().len() + 2,
             });
         }
