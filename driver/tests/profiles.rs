@@ -494,6 +494,14 @@ fn restore_of(snapshot_id: &str) -> SourceType {
     })
 }
 
+/// A world under `spec` with a volume `pvc-src` of `bytes` and a snapshot of it (its ID).
+async fn world_with_snapshot(spec: &str, bytes: i64) -> (World, String) {
+    let w = world(spec).await;
+    w.create("pvc-src", bytes).await.unwrap();
+    let snap = w.snapshot("snap-src", "pvc-src").await.unwrap();
+    (w, snap.snapshot_id)
+}
+
 impl World {
     /// The file of `slot`'s disk, by its size in the mock's model: exact bytes.
     fn file_bytes(&self, slot: &str) -> u64 {
@@ -561,31 +569,22 @@ async fn a_clone_40_mib_short_of_10_gib_is_never_acknowledged() {
 /// The same for a 1.5 TiB restore a few GiB short (its file still shows `1.5TiB`).
 #[tokio::test]
 async fn a_restore_3_gib_short_of_1_5_tib_is_never_acknowledged() {
-    let w = world("default").await;
-    w.create("pvc-src", TIB_AND_HALF).await.unwrap();
-    let snap = w.snapshot("snap-big", "pvc-src").await.unwrap();
-    w.interrupted_copy_is_redone(
-        "pvc-restored",
-        TIB_AND_HALF,
-        restore_of(&snap.snapshot_id),
-        3 << 30,
-    )
-    .await;
+    let (w, snap) = world_with_snapshot("default", TIB_AND_HALF).await;
+    w.interrupted_copy_is_redone("pvc-restored", TIB_AND_HALF, restore_of(&snap), 3 << 30)
+        .await;
 }
 
 /// Under `copy-async` a large restore whose copy stands still a little short of its end (less
 /// than the stall window) returns only once the copy has finished: exact bytes equal.
 #[tokio::test]
 async fn an_async_restore_returns_only_once_its_bytes_are_all_there() {
-    let w = world("copy-async").await;
-    w.create("pvc-src", TIB_AND_HALF).await.unwrap();
-    let snap = w.snapshot("snap-big", "pvc-src").await.unwrap();
+    let (w, snap) = world_with_snapshot("copy-async", TIB_AND_HALF).await;
     w.mock.stop_next_copy_short(CopyShort {
         by: 3 << 30,
         resume: Some(Duration::from_secs(2)),
     });
     let vol = w
-        .create_from("pvc-restored", TIB_AND_HALF, restore_of(&snap.snapshot_id))
+        .create_from("pvc-restored", TIB_AND_HALF, restore_of(&snap))
         .await
         .unwrap();
     assert_eq!(vol.capacity_bytes, TIB_AND_HALF);
@@ -601,12 +600,10 @@ async fn an_async_restore_returns_only_once_its_bytes_are_all_there() {
 #[tokio::test]
 async fn without_exact_sizes_an_async_restore_waits_for_its_size_to_settle() {
     for spec in ["copy-async,scripting-refused", "copy-async,put-human-size"] {
-        let w = world(spec).await;
-        w.create("pvc-src", 10 * GIB).await.unwrap();
-        let snap = w.snapshot("snap-1", "pvc-src").await.unwrap();
+        let (w, snap) = world_with_snapshot(spec, 10 * GIB).await;
         let started = std::time::Instant::now();
         let vol = w
-            .create_from("pvc-restored", 10 * GIB, restore_of(&snap.snapshot_id))
+            .create_from("pvc-restored", 10 * GIB, restore_of(&snap))
             .await
             .unwrap();
         assert!(

@@ -299,6 +299,14 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(line: &str) -> Result<Cursor, CliError> {
+        Ok(Cursor {
+            toks: tokenize(line)?,
+            pos: 0,
+            end_col: line.chars().count() + 1,
+        })
+    }
+
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
     }
@@ -317,12 +325,7 @@ impl Cursor {
 
 /// Parses one command line. An empty line gives an empty path.
 pub fn parse(line: &str) -> Result<Invocation, CliError> {
-    let toks = tokenize(line)?;
-    let mut cur = Cursor {
-        toks,
-        pos: 0,
-        end_col: line.chars().count() + 1,
-    };
+    let mut cur = Cursor::new(line)?;
     let mut inv = Invocation::default();
 
     // The path: `/disk print`, `/disk/print`, or relative `disk print` (exec runs at the root).
@@ -334,13 +337,7 @@ pub fn parse(line: &str) -> Result<Invocation, CliError> {
             ..
         }) => {
             cur.next();
-            let mut offset = 0;
-            for seg in w.split('/') {
-                let seg_col = col + offset;
-                offset += seg.chars().count() + 1;
-                if seg.is_empty() {
-                    continue;
-                }
+            for (seg, seg_col) in segments(&w, col) {
                 descend(&mut inv.path, seg, seg_col)?;
             }
         }
@@ -428,6 +425,17 @@ pub fn parse(line: &str) -> Result<Invocation, CliError> {
         }
     }
     Ok(inv)
+}
+
+/// The non-empty `/`-separated segments of a word starting at column `col`, with their columns.
+fn segments(word: &str, col: usize) -> impl Iterator<Item = (&str, usize)> {
+    word.split('/')
+        .scan(col, |next_col, seg| {
+            let seg_col = *next_col;
+            *next_col += seg.chars().count() + 1;
+            Some((seg, seg_col))
+        })
+        .filter(|(seg, _)| !seg.is_empty())
 }
 
 fn descend(path: &mut Vec<String>, seg: &str, col: usize) -> Result<(), CliError> {
@@ -567,12 +575,7 @@ pub fn is_script(line: &str) -> bool {
 /// Parses `:put [/file get [find name="..."] size]` (also `/file/get` and a plain name as the
 /// item). Another script command is `bad command name`, as RouterOS says for any unknown one.
 pub fn parse_put(line: &str) -> Result<FileGet, CliError> {
-    let toks = tokenize(line)?;
-    let mut cur = Cursor {
-        toks,
-        pos: 0,
-        end_col: line.chars().count() + 1,
-    };
+    let mut cur = Cursor::new(line)?;
     match cur.next() {
         Some(Tok {
             kind: TokKind::Word(w),
@@ -603,13 +606,7 @@ pub fn parse_put(line: &str) -> Result<FileGet, CliError> {
             break;
         }
         cur.next();
-        let mut offset = 0;
-        for seg in w.split('/') {
-            let seg_col = col + offset;
-            offset += seg.chars().count() + 1;
-            if seg.is_empty() {
-                continue;
-            }
+        for (seg, seg_col) in segments(&w, col) {
             let next = match path.len() {
                 0 => "file",
                 _ => "get",
