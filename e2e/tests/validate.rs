@@ -37,7 +37,7 @@ async fn validate_reports_the_profile_and_writes_a_bundle() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("[1/15] version"), "{stderr}");
+    assert!(stderr.contains("[1/16] version"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let variants: Vec<&str> = report["findings"]
         .as_array()
@@ -52,11 +52,26 @@ async fn validate_reports_the_profile_and_writes_a_bundle() {
         "sessions-cap",
         "clock-east",
         "regex-no-anchors",
+        "scripting-refused",
     ] {
         assert!(variants.contains(&v), "{v} not found: {report:#}");
     }
+    let exact = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["step"] == "exact-size")
+        .expect("an exact-size finding");
+    assert!(
+        exact["observed"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: command rejected: bad command name put"),
+        "{exact:#}"
+    );
     for name in [
         "disk-print-detail-single.txt",
+        "file-exact-size.txt",
         "commands.txt",
         "expected.json",
         "report.json",

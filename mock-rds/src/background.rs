@@ -2,7 +2,7 @@
 //! variants). Nothing runs in the background: every command and every state read first settles
 //! what the time elapsed since has done, so the outcome depends only on the clock.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::profile::{COPY_DURATION, RESIZE_DELAY};
 use crate::state::{DataDir, State};
@@ -16,6 +16,10 @@ struct CopyJob {
     source: String,
     path: String,
     size: u64,
+    /// Where the copy stops: `size`, or short of it (`CopyShort`).
+    end: u64,
+    /// How long a copy that stopped short waits before it goes on to `size`; None: it never does.
+    resume: Option<Duration>,
     started: Instant,
     /// The connection that asked for it: the copy stops when that connection closes.
     conn: Option<u64>,
@@ -25,12 +29,28 @@ impl CopyJob {
     /// Bytes copied by `now`: whole MiB steps, so the file is visibly short until the end.
     fn copied(&self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.started);
-        if elapsed >= COPY_DURATION {
+        if self.resume.is_some_and(|r| elapsed >= COPY_DURATION + r) {
             return self.size;
         }
-        let part = (self.size as u128 * elapsed.as_millis() / COPY_DURATION.as_millis()) as u64;
-        (part / MIB * MIB).min(self.size.saturating_sub(1))
+        if elapsed >= COPY_DURATION {
+            return self.end;
+        }
+        let part = (self.end as u128 * elapsed.as_millis() / COPY_DURATION.as_millis()) as u64;
+        (part / MIB * MIB).min(self.end.saturating_sub(1))
     }
+
+    /// Whether the copy has done all it will.
+    fn finished(&self, copied: u64) -> bool {
+        copied >= self.size || (self.resume.is_none() && copied >= self.end)
+    }
+}
+
+/// The next copy stops `by` bytes short of its size, as a copy that dies near its end would; with
+/// `resume`, it stands still that long and then finishes (a slow tail still being written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyShort {
+    pub by: u64,
+    pub resume: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +64,8 @@ struct PendingResize {
 pub struct Background {
     copies: Vec<CopyJob>,
     resizes: Vec<PendingResize>,
+    /// Armed for the next copy.
+    short: Option<CopyShort>,
 }
 
 impl Background {
@@ -54,15 +76,28 @@ impl Background {
         path: &str,
         size: u64,
         conn: Option<u64>,
+        short: Option<CopyShort>,
     ) {
         self.copies.push(CopyJob {
             slot: slot.to_string(),
             source: source.to_string(),
             path: path.to_string(),
             size,
+            end: size.saturating_sub(short.map_or(0, |s| s.by)),
+            resume: short.and_then(|s| s.resume),
             started: Instant::now(),
             conn,
         });
+    }
+
+    /// Makes the next copy stop short.
+    pub fn arm_short(&mut self, short: CopyShort) {
+        self.short = Some(short);
+    }
+
+    /// The short stop armed for this copy, if any (once).
+    pub fn take_short(&mut self) -> Option<CopyShort> {
+        self.short.take()
     }
 
     pub fn delay_resize(&mut self, slot: &str, size: u64) {
@@ -94,7 +129,7 @@ impl Background {
                     changed = true;
                 }
             }
-            copied < job.size && st.disk(&job.slot).is_some()
+            !job.finished(copied) && st.disk(&job.slot).is_some()
         });
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resizes)
             .into_iter()
@@ -121,8 +156,8 @@ impl Background {
             .partition(|c| c.conn == Some(conn));
         self.copies = running;
         for job in &stopped {
-            let copied = job.copied(Instant::now());
-            if copied >= job.size {
+            let copied = job.copied(Instant::now()).min(job.end);
+            if job.finished(copied) {
                 continue;
             }
             if let Some(f) = st.file_mut(&job.path) {
@@ -141,5 +176,6 @@ impl Background {
     pub fn clear(&mut self) {
         self.copies.clear();
         self.resizes.clear();
+        self.short = None;
     }
 }

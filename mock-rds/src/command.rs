@@ -286,6 +286,7 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
             "drop-connections",
             "profile",
             "target",
+            "copy-short",
         ],
         _ => return None,
     })
@@ -298,6 +299,14 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(line: &str) -> Result<Cursor, CliError> {
+        Ok(Cursor {
+            toks: tokenize(line)?,
+            pos: 0,
+            end_col: line.chars().count() + 1,
+        })
+    }
+
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
     }
@@ -316,12 +325,7 @@ impl Cursor {
 
 /// Parses one command line. An empty line gives an empty path.
 pub fn parse(line: &str) -> Result<Invocation, CliError> {
-    let toks = tokenize(line)?;
-    let mut cur = Cursor {
-        toks,
-        pos: 0,
-        end_col: line.chars().count() + 1,
-    };
+    let mut cur = Cursor::new(line)?;
     let mut inv = Invocation::default();
 
     // The path: `/disk print`, `/disk/print`, or relative `disk print` (exec runs at the root).
@@ -333,13 +337,7 @@ pub fn parse(line: &str) -> Result<Invocation, CliError> {
             ..
         }) => {
             cur.next();
-            let mut offset = 0;
-            for seg in w.split('/') {
-                let seg_col = col + offset;
-                offset += seg.chars().count() + 1;
-                if seg.is_empty() {
-                    continue;
-                }
+            for (seg, seg_col) in segments(&w, col) {
                 descend(&mut inv.path, seg, seg_col)?;
             }
         }
@@ -427,6 +425,17 @@ pub fn parse(line: &str) -> Result<Invocation, CliError> {
         }
     }
     Ok(inv)
+}
+
+/// The non-empty `/`-separated segments of a word starting at column `col`, with their columns.
+fn segments(word: &str, col: usize) -> impl Iterator<Item = (&str, usize)> {
+    word.split('/')
+        .scan(col, |next_col, seg| {
+            let seg_col = *next_col;
+            *next_col += seg.chars().count() + 1;
+            Some((seg, seg_col))
+        })
+        .filter(|(seg, _)| !seg.is_empty())
 }
 
 fn descend(path: &mut Vec<String>, seg: &str, col: usize) -> Result<(), CliError> {
@@ -546,6 +555,112 @@ fn parse_conds(cur: &mut Cursor, in_find: bool) -> Result<Vec<Cond>, CliError> {
         }
     }
     Ok(conds)
+}
+
+/// `:put [/file get <item> <property>]`: the one RouterOS script the mock answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGet {
+    /// `[find ...]` or a file name.
+    pub item: Value,
+    pub property: String,
+    /// Column of the property name.
+    pub property_col: usize,
+}
+
+/// Whether a line is a script (`:put ...`) rather than a menu command.
+pub fn is_script(line: &str) -> bool {
+    line.trim_start().starts_with(':')
+}
+
+/// Parses `:put [/file get [find name="..."] size]` (also `/file/get` and a plain name as the
+/// item). Another script command is `bad command name`, as RouterOS says for any unknown one.
+pub fn parse_put(line: &str) -> Result<FileGet, CliError> {
+    let mut cur = Cursor::new(line)?;
+    match cur.next() {
+        Some(Tok {
+            kind: TokKind::Word(w),
+            ..
+        }) if w == ":put" => {}
+        Some(Tok {
+            kind: TokKind::Word(w),
+            col,
+            ..
+        }) => {
+            return Err(CliError::BadCommand {
+                name: w.trim_start_matches(':').to_string(),
+                col: col + 1,
+            })
+        }
+        Some(t) => return Err(CliError::Syntax { col: t.col }),
+        None => return Err(CliError::Syntax { col: cur.end_col }),
+    }
+    expect(&mut cur, TokKind::LBracket)?;
+    let mut path = Vec::new();
+    while let Some(Tok {
+        kind: TokKind::Word(w),
+        col,
+        ..
+    }) = cur.peek().cloned()
+    {
+        if path.len() == 2 {
+            break;
+        }
+        cur.next();
+        for (seg, seg_col) in segments(&w, col) {
+            let next = match path.len() {
+                0 => "file",
+                _ => "get",
+            };
+            if seg != next || path.len() == 2 {
+                return Err(CliError::BadCommand {
+                    name: seg.to_string(),
+                    col: seg_col,
+                });
+            }
+            path.push(seg.to_string());
+        }
+    }
+    if path.len() != 2 {
+        return Err(CliError::Syntax { col: cur.col() });
+    }
+    let item = match cur.next() {
+        Some(Tok {
+            kind: TokKind::LBracket,
+            ..
+        }) => Value::Find(parse_find(&mut cur)?),
+        Some(Tok {
+            kind: TokKind::Str(s) | TokKind::Word(s),
+            ..
+        }) => Value::Text(s),
+        Some(t) => return Err(CliError::Syntax { col: t.col }),
+        None => return Err(CliError::Syntax { col: cur.end_col }),
+    };
+    let (property, property_col) = match cur.next() {
+        Some(Tok {
+            kind: TokKind::Word(w),
+            col,
+            ..
+        }) => (w, col),
+        Some(t) => return Err(CliError::Syntax { col: t.col }),
+        None => return Err(CliError::Syntax { col: cur.end_col }),
+    };
+    expect(&mut cur, TokKind::RBracket)?;
+    if let Some(t) = cur.peek() {
+        return Err(CliError::ExpectedEnd { col: t.col });
+    }
+    Ok(FileGet {
+        item,
+        property,
+        property_col,
+    })
+}
+
+fn expect(cur: &mut Cursor, kind: TokKind) -> Result<(), CliError> {
+    match cur.next() {
+        Some(t) if t.kind == kind => Ok(()),
+        Some(t) => Err(CliError::Syntax { col: t.col }),
+        None => Err(CliError::Syntax { col: cur.end_col }),
+    }
 }
 
 /// Parses a RouterOS size: digits with an optional binary `K`/`M`/`G`/`T` suffix.
@@ -671,6 +786,38 @@ mod tests {
             inv.only_args(&["type"]).unwrap_err().to_string(),
             "expected end of command (line 1 column 21)"
         );
+    }
+
+    #[test]
+    fn parses_put_of_a_file_property() {
+        let get = parse_put(r#":put [/file get [find name="storage-pool/x.img"] size]"#).unwrap();
+        assert_eq!(get.property, "size");
+        assert_eq!(
+            get.item,
+            Value::Find(vec![Cond {
+                key: "name".into(),
+                col: 23,
+                op: Op::Eq,
+                value: "storage-pool/x.img".into()
+            }])
+        );
+        let plain = parse_put(r#":put [/file/get "storage-pool/x.img" size]"#).unwrap();
+        assert_eq!(plain.item, Value::Text("storage-pool/x.img".into()));
+        assert_eq!(
+            parse_put(":log info x").unwrap_err().to_string(),
+            "bad command name log (line 1 column 2)"
+        );
+        assert_eq!(
+            parse_put(":put [/disk get x size]")
+                .unwrap_err()
+                .to_string(),
+            "bad command name disk (line 1 column 8)"
+        );
+        assert_eq!(
+            parse_put(":put [/file get x size").unwrap_err(),
+            CliError::Syntax { col: 23 }
+        );
+        assert!(is_script(" :put 1") && !is_script("/file print"));
     }
 
     #[test]

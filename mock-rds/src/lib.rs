@@ -31,6 +31,7 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use background::CopyShort;
 pub use engine::Reply;
 pub use fault::{Disposition, Fault, HistoryEntry};
 pub use format::OutputMode;
@@ -370,6 +371,12 @@ impl MockRds {
     /// Removes a `/file` entry (and its backing file) only, leaving any disk that uses it.
     pub fn remove_file(&self, path: &str) {
         self.engine().remove_file(path);
+    }
+
+    /// Makes the next `copy-from` stop `short.by` bytes before its end (like `/mock copy-short`):
+    /// at once, or under `copy-async` at the end of its run, resuming after `short.resume` if set.
+    pub fn stop_next_copy_short(&self, short: CopyShort) {
+        self.engine().arm_copy_short(short);
     }
 
     /// The behaviour variants in force.

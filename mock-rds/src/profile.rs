@@ -32,6 +32,8 @@ pub enum Variant {
     ResizeRefusedExported,
     ResizeDelayed,
     NoAllowHost,
+    ScriptingRefused,
+    PutHumanSize,
 }
 
 use Variant::*;
@@ -61,6 +63,8 @@ pub const VARIANTS: &[(Variant, &str, &str)] = &[
     (ResizeRefusedExported, "resize-refused-exported", "`/disk set file-size` of an exported disk is refused"),
     (ResizeDelayed, "resize-delayed", "after `/disk set file-size` the disk shows the new size only about a second later"),
     (NoAllowHost, "no-allow-host", "a RouterOS build without `nvme-tcp-server-allow-host-name`: `/disk print` does not show it and `/disk add` and `/disk set` refuse it (`expected end of command`)"),
+    (ScriptingRefused, "scripting-refused", "scripts (`:put [...]`) are refused like an unknown command: `bad command name put`"),
+    (PutHumanSize, "put-human-size", "`:put [/file get ... size]` prints the rounded human size `/file print` shows (`10.0GiB`), not bytes"),
 ];
 
 /// Variants in no combined profile: a RouterOS build that lacks what an opt-in feature of the
@@ -75,6 +79,7 @@ const EXCLUSIVE: &[&[Variant]] = &[
     &[ExitZero, ExitNone],
     &[ErrorsBare, ErrorsUnknown],
     &[ClockWest, ClockEast],
+    &[ScriptingRefused, PutHumanSize],
 ];
 
 /// Combined profiles that read like plausible hardware; together they hold every variant but
@@ -95,6 +100,7 @@ pub const COMBINED: &[(&str, &[Variant])] = &[
             CopyInheritsExport,
             DirsNoCreate,
             ResizeDelayed,
+            PutHumanSize,
         ],
     ),
     (
@@ -110,6 +116,7 @@ pub const COMBINED: &[(&str, &[Variant])] = &[
             CopyIgnoresSize,
             RegexNoAnchors,
             ResizeRefusedExported,
+            ScriptingRefused,
         ],
     ),
 ];

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{add_cmd, eventually, start, start_with, Client, PVC};
 use mock_rds::profile::{COPY_DURATION, SESSION_LIMIT};
-use mock_rds::{MockRds, Profile};
+use mock_rds::{CopyShort, MockRds, Profile};
 
 async fn with(spec: &str) -> (MockRds, Client) {
     let profile = Profile::parse(spec).unwrap();
@@ -397,5 +397,110 @@ async fn without_allow_host_the_property_is_neither_shown_nor_taken() {
     assert!(add.stdout.contains("expected end of command"), "{add:?}");
     assert!(rds.disk("pvc-other").is_none());
     assert_eq!(rds.disk(PVC).unwrap().nvme_tcp_server_allow_host_name, "");
+    rds.stop().await;
+}
+
+fn put_size(name: &str) -> String {
+    format!(":put [/file get [find name=\"{name}\"] size]")
+}
+
+const SNAP_FILE: &str = "storage-pool/metal-csi/snap-1.img";
+const SHORT_10G: u64 = (10 << 30) - (40 << 20);
+
+/// `:put [/file get ... size]` gives the exact bytes `/file print` rounds; the variants refuse
+/// scripts or print the rounded size, and an item that is not there is an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_print_exact_file_sizes_or_are_refused() {
+    let (rds, c) = with("default").await;
+    c.ok(&add_cmd(PVC, "10G")).await;
+    rds.stop_next_copy_short(CopyShort {
+        by: 40 << 20,
+        resume: None,
+    });
+    c.ok(&copy_cmd(PVC, "snap-1", "")).await;
+    assert_eq!(c.ok(&put_size(SNAP_FILE)).await, format!("{SHORT_10G}\r\n"));
+    let listed = c
+        .ok(&format!("/file print detail where name=\"{SNAP_FILE}\""))
+        .await;
+    assert!(listed.contains("size=10.0GiB"), "rounds to whole: {listed}");
+    assert_eq!(rds.disk("snap-1").unwrap().file_size, 10 << 30);
+    let plain = format!(":put [/file/get \"storage-pool/metal-csi/{PVC}.img\" size]");
+    assert_eq!(c.ok(&plain).await, format!("{}\r\n", 10u64 << 30));
+    let missing = c.run(&put_size("storage-pool/nothing.img")).await.unwrap();
+    assert_eq!(missing.exit, Some(1), "{missing:?}");
+    assert_eq!(missing.stdout, "invalid internal item number\r\n");
+    let other = c.run(":put [/file get x colour]").await.unwrap();
+    assert!(
+        other.stdout.starts_with("invalid internal item"),
+        "{other:?}"
+    );
+    rds.stop().await;
+
+    let (rds, c) = with("scripting-refused").await;
+    c.ok(&add_cmd(PVC, "10G")).await;
+    let refused = c
+        .run(&put_size(&format!("storage-pool/metal-csi/{PVC}.img")))
+        .await
+        .unwrap();
+    assert_eq!(refused.exit, Some(1), "{refused:?}");
+    assert_eq!(refused.stdout, "bad command name put (line 1 column 2)\r\n");
+    rds.stop().await;
+
+    let (rds, c) = with("put-human-size").await;
+    c.ok(&add_cmd(PVC, "10G")).await;
+    let human = c
+        .ok(&put_size(&format!("storage-pool/metal-csi/{PVC}.img")))
+        .await;
+    assert_eq!(human, "10.0GiB\r\n");
+    rds.stop().await;
+}
+
+/// Under `copy-async` a copy armed with `/mock copy-short` stops short by less than the display
+/// rounds (the disk keeps its full size), or stands still and then finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn async_copies_can_stop_short_or_pause_before_their_end() {
+    let (rds, c) = with("copy-async").await;
+    c.ok(&add_cmd(PVC, "10G")).await;
+    c.ok("/mock copy-short by=40M").await;
+    c.ok(&copy_cmd(PVC, "snap-1", "")).await;
+    let path = format!("/{SNAP_FILE}");
+    assert!(
+        eventually(COPY_DURATION * 3, || rds.file(&path).unwrap().size
+            == SHORT_10G)
+        .await,
+        "the copy never reached its short end"
+    );
+    // No longer copying: the disk is not busy, and the file stays short.
+    c.ok("/disk print").await;
+    let remove = c.run("/disk remove [find slot=\"snap-1\"]").await.unwrap();
+    assert_eq!(remove.exit, Some(0), "{remove:?}");
+    assert_eq!(rds.file(&path).unwrap().size, SHORT_10G);
+    c.ok(&format!("/file remove [find name=\"{SNAP_FILE}\"]"))
+        .await;
+
+    // 1.5 TiB stopping 3 GiB short, in the model only (no data directory): rounds to 1.5TiB.
+    let big = "pvc-big";
+    c.ok(&add_cmd(big, "1536G")).await;
+    rds.stop_next_copy_short(CopyShort {
+        by: 3 << 30,
+        resume: Some(Duration::from_millis(600)),
+    });
+    c.ok(&copy_cmd(big, "snap-2", "")).await;
+    let path2 = "/storage-pool/metal-csi/snap-2.img";
+    let short = (1536u64 << 30) - (3 << 30);
+    assert!(
+        eventually(COPY_DURATION * 3, || rds.file(path2).unwrap().size == short).await,
+        "the copy never paused short"
+    );
+    let shown = c
+        .ok("/file print detail where name=\"storage-pool/metal-csi/snap-2.img\"")
+        .await;
+    assert!(shown.contains("size=1.5TiB"), "{shown}");
+    assert!(
+        eventually(COPY_DURATION * 3, || rds.file(path2).unwrap().size
+            == 1536 << 30)
+        .await,
+        "the paused copy never finished"
+    );
     rds.stop().await;
 }

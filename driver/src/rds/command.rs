@@ -372,6 +372,12 @@ pub enum Command {
     FileAddDirectory {
         path: RdsPath,
     },
+    /// `:put [/file get [find name=...] size]`: a file's size through RouterOS scripting, which
+    /// may print an exact byte count where `/file print` shows only a rounded human size. Not
+    /// known to work on every RouterOS build: see `RdsClient::exact_file_size`.
+    FileExactSize {
+        path: RdsPath,
+    },
     MonitorTraffic {
         slot: Slot,
     },
@@ -396,6 +402,7 @@ impl Command {
             Command::FilePrint(_) => "file-print",
             Command::FileRemove { .. } => "file-remove",
             Command::FileAddDirectory { .. } => "file-add-directory",
+            Command::FileExactSize { .. } => "file-exact-size",
             Command::MonitorTraffic { .. } => "monitor-traffic",
             Command::Identity => "identity",
             Command::Clock => "clock",
@@ -504,6 +511,12 @@ impl Command {
             }
             Command::FileAddDirectory { path } => {
                 format!("/file add type=directory name={}", quote(path.file_name()))
+            }
+            Command::FileExactSize { path } => {
+                format!(
+                    ":put [/file get [find name={}] size]",
+                    quote(path.file_name())
+                )
             }
             Command::MonitorTraffic { slot } => {
                 format!("/disk monitor-traffic {} once", quote(slot.as_str()))
@@ -679,5 +692,14 @@ mod tests {
             "/disk print detail where mount-point=\"storage-pool\""
         );
         assert_eq!(quote("a\"b\\c$d"), "\"a\\\"b\\\\c\\$d\"");
+        let exact = Command::FileExactSize {
+            path: path("/storage-pool/metal-csi/pvc-1.img"),
+        };
+        assert_eq!(
+            exact.render(),
+            ":put [/file get [find name=\"storage-pool/metal-csi/pvc-1.img\"] size]"
+        );
+        assert!(!exact.is_listing() && !exact.is_mutating() && !exact.is_copy());
+        assert_eq!(exact.kind(), "file-exact-size");
     }
 }

@@ -275,6 +275,30 @@ pub fn parse_separated_bytes(s: &str) -> Option<u64> {
         })
 }
 
+/// Reads the whole output of a script that prints one number (`:put [... size]`) as an exact
+/// byte count: one line holding only a decimal integer, plain (`10737418240`) or with RouterOS's
+/// space thousands separators in groups of three (`10 737 418 240`). Anything else (a human
+/// size such as `10.0GiB`, an error text, more than one line, a sign or a decimal point) is
+/// None: the caller then has no exact count, never a guessed one.
+pub fn parse_exact_count(output: &str) -> Option<u64> {
+    let mut lines = output.lines().map(str::trim).filter(|l| !l.is_empty());
+    let line = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    let mut groups = line.split(' ');
+    let first = groups.next()?;
+    let digits = |g: &str| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit());
+    let grouped = line.contains(' ');
+    if !digits(first) || (grouped && first.len() > 3) {
+        return None;
+    }
+    if !groups.all(|g| g.len() == 3 && digits(g)) {
+        return None;
+    }
+    parse_separated_bytes(line)
+}
+
 /// Reads a human size (`50.0GiB`, `1024.0MiB`, `512B`, `12`) to bytes, rounding to the nearest
 /// byte. Only a fallback: it carries at most one decimal of precision.
 pub fn parse_human_size(s: &str) -> Option<u64> {
@@ -429,6 +453,28 @@ mod tests {
         assert_eq!(parse_human_size("1.5KiB"), Some(1536));
         assert_eq!(parse_human_size("GiB"), None);
         assert_eq!(parse_human_size("1.0XiB"), None);
+    }
+
+    #[test]
+    fn exact_counts_are_whole_decimal_integers_only() {
+        assert_eq!(parse_exact_count("10737418240\r\n"), Some(10 << 30));
+        assert_eq!(parse_exact_count("10 737 418 240\n"), Some(10 << 30));
+        assert_eq!(parse_exact_count("0"), Some(0));
+        for bad in [
+            "",
+            "10.0GiB",
+            "10737418240B",
+            "-5",
+            "1 0737418240",
+            "10737 418 240",
+            "10  737",
+            "1,024",
+            "12\n34",
+            "bad command name put (line 1 column 2)",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_exact_count(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

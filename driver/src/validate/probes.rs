@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{exit_of, failed, text, Handled, Run, BARE_TEXTS, BURST, MIB, SETTLE};
-use crate::rds::command::{quote, RdsPath, Slot, NQN_PREFIX};
+use crate::rds::command::{quote, Command, RdsPath, Slot, NQN_PREFIX};
 use crate::rds::error::{classify, is_known_failure_text, ExecOutput};
-use crate::rds::parse::{parse_detail, parse_key_colon_value};
+use crate::rds::parse::{parse_detail, parse_exact_count, parse_human_size, parse_key_colon_value};
 use crate::rds::{Disk, RdsClock, TransportError};
 
 impl Run<'_> {
@@ -457,6 +457,78 @@ impl Run<'_> {
             "copy",
             "`copy-from` is synchronous and not exported",
             seen.join("; "),
+            variants,
+            handled,
+        );
+        Ok(())
+    }
+
+    /// Whether the RDS gives a file's exact size (`:put [/file get ... size]`), on the copy the
+    /// `copy` step made: with it the driver knows a copy is whole; without it, only to the
+    /// rounding of `/file print`'s size.
+    pub(super) async fn exact_size(&mut self) -> anyhow::Result<()> {
+        let slot = self.slot("copy")?;
+        let path = self.scratch.join(&format!("{slot}.img"))?;
+        let want = self.disk(&slot).await?.and_then(|d| d.size_bytes);
+        let line = Command::FileExactSize { path: path.clone() }.render();
+        // An asynchronous copy may still be writing the last bytes its rounded size hides.
+        let until = Instant::now() + SETTLE;
+        let out = loop {
+            let out = self.exec(&line, None).await?;
+            let exact = parse_exact_count(&out.stdout).filter(|_| !failed(&out));
+            if exact.is_none() || exact >= want || Instant::now() >= until {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.bundle.files.push((
+            "file-exact-size.txt".into(),
+            out.stdout.clone() + &out.stderr,
+        ));
+        let exact = parse_exact_count(&out.stdout).filter(|_| !failed(&out));
+        let shown = text(&out);
+        let (observed, variants, handled) = match (exact, want) {
+            (Some(bytes), Some(want)) if bytes == want => (
+                format!("exact: {bytes} bytes, the copy's disk size"),
+                vec![],
+                Handled::Yes,
+            ),
+            (Some(bytes), want) => (
+                format!(
+                    "exact: {bytes} bytes, but the copy's disk shows {}",
+                    want.map_or("no size".into(), |w| format!("{w} bytes"))
+                ),
+                vec![],
+                Handled::No,
+            ),
+            // `contains`: some RouterOS builds may word failures differently around the text.
+            (None, _) if shown.to_ascii_lowercase().contains("bad command name") => (
+                format!(
+                    "refused: {shown} ({}); copies are known whole only to the rounding of \
+                     `/file print`",
+                    exit_of(&out)
+                ),
+                vec!["scripting-refused"],
+                Handled::Yes,
+            ),
+            (None, _) if !failed(&out) && parse_human_size(&shown).is_some() => (
+                format!(
+                    "rounded: {shown}; copies are known whole only to the rounding of \
+                     `/file print`"
+                ),
+                vec!["put-human-size"],
+                Handled::Yes,
+            ),
+            (None, _) => (
+                format!("unreadable: {shown} ({})", exit_of(&out)),
+                vec![],
+                Handled::No,
+            ),
+        };
+        self.find(
+            "exact-size",
+            "`:put [/file get ... size]` prints a file's exact size in bytes",
+            observed,
             variants,
             handled,
         );

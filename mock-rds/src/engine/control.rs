@@ -5,6 +5,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{lock, no_args, no_named, no_positional, opt_bool, opt_size, Engine};
+use crate::background::CopyShort;
 use crate::command::{failure, CliError, Invocation, Value};
 use crate::fault::{self, Fault};
 use crate::format;
@@ -66,6 +67,23 @@ impl Engine {
                 Ok(self.mode().lines(&text))
             }
             "fault" => self.mock_fault(inv),
+            "copy-short" => {
+                // `/mock copy-short by=40M [resume=2s]`: the next copy stops short.
+                inv.only_args(&["by", "resume"])?;
+                no_positional(inv)?;
+                let by = opt_size(inv, "by")?.ok_or_else(|| failure("by not specified"))?;
+                let resume =
+                    match inv.text("resume") {
+                        None => None,
+                        Some(v) => Some(fault::parse_duration(v).ok_or_else(|| {
+                            CliError::InvalidValue {
+                                arg: "resume".into(),
+                            }
+                        })?),
+                    };
+                self.arm_copy_short(CopyShort { by, resume });
+                Ok(String::new())
+            }
             "target" => {
                 // `/mock target print`: what the kernel target serves.
                 match inv.positional.as_slice() {

@@ -106,9 +106,25 @@ impl Engine {
         if size > free {
             return Err(failure("not enough space"));
         }
+        // A copy armed to stop short (`/mock copy-short`): at once, or under copy-async at the
+        // end of its run.
+        let short = match source {
+            Some(_) => lock(&self.background).take_short(),
+            None => None,
+        };
+        let copied = match short {
+            Some(s) if !copy_async => size.saturating_sub(s.by),
+            _ => size,
+        };
         if let Some(dd) = &self.cfg.data_dir {
             let res = match &source {
-                Some(src) => dd.copy(&src.file_path, &file_path, size),
+                Some(src) => dd.copy(&src.file_path, &file_path, size).and_then(|()| {
+                    if copied < size {
+                        dd.truncate(&file_path, copied)
+                    } else {
+                        Ok(())
+                    }
+                }),
                 None => dd.create(&file_path, size),
             };
             res.map_err(|e| failure(format!("could not create file: {e}")))?;
@@ -137,9 +153,9 @@ impl Engine {
         if let (true, Some(src)) = (copy_async, &source) {
             // The disk is there at once; its file fills over time.
             st.put_file(&file_path, 0, now);
-            lock(&self.background).start_copy(&slot, &src.slot, &file_path, size, conn);
+            lock(&self.background).start_copy(&slot, &src.slot, &file_path, size, conn, short);
         } else {
-            st.put_file(&file_path, size, now);
+            st.put_file(&file_path, copied, now);
         }
         self.persist(&st);
         Ok(String::new())

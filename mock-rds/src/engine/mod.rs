@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
 
-use crate::background::Background;
+use crate::background::{Background, CopyShort};
 use crate::command::{self, failure, parse_size, CliError, Cond, Invocation, Op, Value};
 use crate::fault::{Action, Disposition, Fault, Faults, History, HistoryEntry};
 use crate::format::{self, Entry, Layout, OutputMode, PVal, Prop, DISK_FLAG_SLOTS};
@@ -361,6 +361,11 @@ impl Engine {
         self.clear_history();
     }
 
+    /// Makes the next `copy-from` stop short (see [`CopyShort`]).
+    pub fn arm_copy_short(&self, short: CopyShort) {
+        lock(&self.background).arm_short(short);
+    }
+
     pub fn add_orphan_file(&self, path: &str, size: u64) -> Result<(), CliError> {
         let path = absolute(path);
         if !state::valid_path(&path) {
@@ -447,6 +452,12 @@ impl Engine {
     }
 
     fn dispatch(&self, line: &str, conn: Option<u64>) -> Result<(String, Effect), CliError> {
+        if command::is_script(line) {
+            let mut st = lock(&self.state);
+            self.settle(&mut st);
+            drop(st);
+            return self.script(line).map(|out| (out, Effect::None));
+        }
         let inv = command::parse(line)?;
         if inv.path == ["mock", "drop-connections"] {
             no_args(&inv)?;
