@@ -298,6 +298,20 @@ async fn a_restart_during_a_migration_leaves_the_volume_fenced() {
 
     // The controller restarts: what it knows comes from the cluster and the RDS only.
     let restarted = replica(&f, rebuilt_table(&v, &["node-a", "node-b"]));
+    // Its pass knows the open disk as fenced: it leaves it open to both nodes, and repairs a
+    // disk someone limited to a stranger.
+    let pass = || async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        restarted.fence().unwrap().pass(deadline).await.unwrap()
+    };
+    assert_eq!(pass().await.repaired, 0);
+    assert_eq!(allowed(&f, id), "");
+    let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
+    f.mock.execute(&format!(
+        "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"{stranger}\""
+    ));
+    assert_eq!(pass().await.repaired, 1);
+    assert_eq!(allowed(&f, id), "", "open to both holders again");
     restarted
         .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
             volume_id: id.into(),

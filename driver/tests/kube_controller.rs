@@ -554,3 +554,118 @@ async fn only_the_lease_holder_repairs_fences() {
     );
     kube.shutdown().await;
 }
+
+/// One controller replica with fencing and leader election, against `api`.
+async fn fencing_replica(
+    api: &FakeApi,
+    rds: &Arc<RdsClient>,
+    identity: &str,
+    dir: &std::path::Path,
+    key: &rds_csi::fence_key::FenceKey,
+) -> (ControllerService, rds_csi::kube::ControllerKube) {
+    let config = rds_csi::kube::Config {
+        kubeconfig: Some(api.kubeconfig(dir)),
+        leader_election: true,
+        attachment_reconcile_interval: Duration::from_millis(100),
+        identity: Some(identity.to_string()),
+        ..Default::default()
+    };
+    let (attachments, kube) = rds_csi::kube::setup_controller(
+        &config,
+        DRIVER,
+        rds.clone(),
+        vec![RdsPath::new(BASE).unwrap()],
+    )
+    .await
+    .unwrap();
+    let kube = kube.unwrap();
+    let mut service_config = ControllerConfig::new(ParamDefaults {
+        base_paths: vec![RdsPath::new(BASE).unwrap()],
+        nvme_address: Some("10.0.0.1".into()),
+        nvme_port: Port::new(4420).unwrap(),
+    });
+    service_config.fencing = Some(key.clone());
+    let svc = ControllerService::with_attachments(rds.clone(), service_config, attachments);
+    kube.run_fence_pass(svc.fence().unwrap().clone());
+    (svc, kube)
+}
+
+/// Two replicas whose tables disagree (the standby's is stale): only the Lease holder's pass
+/// writes, so the fence does not flip between them; the standby writes once it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_only_the_lease_holder_writes_fences() {
+    let (mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rds_csi::fence_key::FenceKey::new(&[b'k'; 32]).unwrap();
+    let wait = Duration::from_secs(10);
+    let (a, kube_a) = fencing_replica(&api, &rds, "replica-a", dir.path(), &key).await;
+    let holder = || {
+        api.get(&leases("default"), "rds-csi-controller")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    assert!(eventually(wait, || holder().as_deref() == Some("replica-a")).await);
+    let (b, kube_b) = fencing_replica(&api, &rds, "replica-b", dir.path(), &key).await;
+    assert!(eventually(wait, || b.attachments().is_ready()).await);
+
+    let rwx = cap(Mode::MultiNodeMultiWriter, true);
+    let volume = a
+        .create_volume(Request::new(CreateVolumeRequest {
+            name: "pvc-two-fence".into(),
+            volume_capabilities: vec![rwx.clone()],
+            parameters: [("nvmeFencing".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let mut req = publish("pvc-two-fence", "node-a", rwx.clone()).into_inner();
+    req.volume_context = volume.volume_context.clone();
+    a.controller_publish_volume(Request::new(req))
+        .await
+        .unwrap();
+    // The standby's table is stale: it still believes node-b holds the volume.
+    let options = rds_csi::kube::attachments::AttachOptions {
+        readonly: false,
+        multi_node_block: true,
+        multi_node_reader: false,
+    };
+    b.attachments()
+        .attach("pvc-two-fence", "node-b", options, None)
+        .unwrap();
+    b.attachments().set_fenced("pvc-two-fence");
+    let allowed = || {
+        mock.disk("pvc-two-fence")
+            .unwrap()
+            .nvme_tcp_server_allow_host_name
+    };
+    let node_a = key.host_identity("node-a").nqn;
+    let node_b = key.host_identity("node-b").nqn;
+    assert_eq!(allowed(), node_a);
+    // Two of the standby's tries at the Lease: some 40 intervals of its pass.
+    let lease_reads = || {
+        api.requests()
+            .iter()
+            .filter(|(m, p)| m == "GET" && p.contains("/leases/"))
+            .count()
+    };
+    let from = lease_reads();
+    assert!(eventually(wait, || lease_reads() >= from + 4).await);
+    assert_eq!(allowed(), node_a, "the standby's stale pass wrote a fence");
+    assert!(
+        !mock.history().iter().any(|h| h.command.contains(&node_b)),
+        "the standby sent a fence"
+    );
+
+    // The leader leaves (releasing the Lease): the standby leads, and its pass now writes.
+    kube_a.shutdown().await;
+    assert!(eventually(wait, || holder().as_deref() == Some("replica-b")).await);
+    assert!(
+        eventually(wait, || allowed() == node_b).await,
+        "the new leader's pass did not run: {}",
+        allowed()
+    );
+    kube_b.shutdown().await;
+}

@@ -75,6 +75,7 @@ impl KubeArgs {
             leader_election: self.leader_election,
             leader_election_namespace: self.leader_election_namespace.clone(),
             leader_election_lease_name: self.leader_election_lease_name.clone(),
+            identity: None,
         }
     }
 }

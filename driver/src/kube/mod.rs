@@ -67,6 +67,8 @@ pub struct Config {
     /// Namespace of the Lease; None: the client's default namespace.
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease_name: String,
+    /// This replica's name in the Lease and its events; None: [`identity`].
+    pub identity: Option<String>,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             leader_election: false,
             leader_election_namespace: None,
             leader_election_lease_name: leader::DEFAULT_LEASE_NAME.to_string(),
+            identity: None,
         }
     }
 }
@@ -189,7 +192,7 @@ pub fn start_controller(
     bases: Vec<RdsPath>,
 ) -> ControllerKube {
     let cancel = CancellationToken::new();
-    let identity = identity();
+    let identity = config.identity.clone().unwrap_or_else(identity);
     let manager = Arc::new(
         AttachmentManager::new()
             .with_migration_timeout(config.migration_timeout)
