@@ -483,3 +483,51 @@ async fn a_fenced_copy_is_never_open_while_it_fills() {
     assert!(disk.nvme_tcp_export);
     assert_eq!(disk.nvme_tcp_server_allow_host_name, closed());
 }
+
+/// A fenced volume whose create failed before its export (the disk is there, unexported, and
+/// shows no host) must not be exported open by a call that cannot tell it is fenced: an
+/// expansion carries no volume context. Found by the soak.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expansion_never_exports_a_disk_it_cannot_tell_is_fenced() {
+    let f = fixture_with(fencing_fixture_config()).await;
+    f.mock.inject(Fault::Fail {
+        pattern: "/disk set.*nvme-tcp-export=yes".into(),
+        times: None,
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
+    let mut req = common::controller::create_req("pvc-fence-grow", GIB);
+    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
+    req.parameters = HashMap::from([("nvmeFencing".to_string(), "true".to_string())]);
+    let e = f
+        .svc
+        .create_volume(Request::new(req.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(!f.mock.disk("pvc-fence-grow").unwrap().nvme_tcp_export);
+    f.mock.clear_faults();
+    let e = f
+        .svc
+        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+            volume_id: "pvc-fence-grow".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let disk = f.mock.disk("pvc-fence-grow").unwrap();
+    assert!(
+        !disk.nvme_tcp_export,
+        "exported open by an expansion: {disk:?}"
+    );
+    // The CreateVolume retry knows the volume is fenced: it exports it closed.
+    f.svc.create_volume(Request::new(req)).await.unwrap();
+    let disk = f.mock.disk("pvc-fence-grow").unwrap();
+    assert!(disk.nvme_tcp_export);
+    assert_eq!(disk.nvme_tcp_server_allow_host_name, closed());
+}

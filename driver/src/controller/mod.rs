@@ -951,6 +951,16 @@ impl Controller for ControllerService {
             .fence
             .as_ref()
             .is_some_and(|f| f.is_fenced(id.as_str(), &disk));
+        if self.fence.is_some() && !disk.nvme_export && !fenced {
+            // An unexported disk need not show its fence, and an expansion carries no volume
+            // context: exporting it could open a fenced volume to any host.
+            return Err(Status::failed_precondition(format!(
+                "the disk of volume {id} is not exported, and this call cannot tell whether the \
+                 volume is fenced (an expansion carries no volume context): a ControllerPublish \
+                 or CreateVolume retry exports it with its fence, and the expansion completes \
+                 after that"
+            )));
+        }
         let disk = if current >= size.bytes() {
             disk
         } else {

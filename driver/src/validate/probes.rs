@@ -471,11 +471,13 @@ impl Run<'_> {
         let path = self.scratch.join(&format!("{slot}.img"))?;
         let want = self.disk(&slot).await?.and_then(|d| d.size_bytes);
         let line = Command::FileExactSize { path: path.clone() }.render();
+        // A read: its output is the answer, not the unexpected text of a mutation.
+        let refused = |out: &ExecOutput| classify(out.clone(), false).is_err();
         // An asynchronous copy may still be writing the last bytes its rounded size hides.
         let until = Instant::now() + SETTLE;
         let out = loop {
             let out = self.exec(&line, None).await?;
-            let exact = parse_exact_count(&out.stdout).filter(|_| !failed(&out));
+            let exact = parse_exact_count(&out.stdout).filter(|_| !refused(&out));
             if exact.is_none() || exact >= want || Instant::now() >= until {
                 break out;
             }
@@ -485,7 +487,7 @@ impl Run<'_> {
             "file-exact-size.txt".into(),
             out.stdout.clone() + &out.stderr,
         ));
-        let exact = parse_exact_count(&out.stdout).filter(|_| !failed(&out));
+        let exact = parse_exact_count(&out.stdout).filter(|_| !refused(&out));
         let shown = text(&out);
         let (observed, variants, handled) = match (exact, want) {
             (Some(bytes), Some(want)) if bytes == want => (
@@ -511,7 +513,7 @@ impl Run<'_> {
                 vec!["scripting-refused"],
                 Handled::Yes,
             ),
-            (None, _) if !failed(&out) && parse_human_size(&shown).is_some() => (
+            (None, _) if !refused(&out) && parse_human_size(&shown).is_some() => (
                 format!(
                     "rounded: {shown}; copies are known whole only to the rounding of \
                      `/file print`"
