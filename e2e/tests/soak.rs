@@ -1,6 +1,7 @@
 //! The short soak CI runs on every run: the soak binary (built by cargo for this test) over the
 //! real rds-csi and mock-rds, a fixed seed, 400 operations under every fault kind. It must end
-//! with no violation, and every kind of fault must really have been injected. Seed 2 also
+//! with no violation, every kind of fault must really have been injected, and fenced disks
+//! must have been checked. Seed 2 also
 //! catches the re-introduced bugs RELIABILITY.md lists.
 
 use std::process::Command;
@@ -36,6 +37,12 @@ fn short_soak_under_every_fault_kind_finds_no_violation() {
         summary.contains(" faults, 0 violations"),
         "summary: {summary}"
     );
+    // Fenced disks compared with what their holders need, at quiet points and at the end.
+    let fence_checks = summary
+        .split_once("fence checks: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no fence check count in: {summary}"));
+    assert!(fence_checks > 0, "no fence was checked: {summary}");
     let kinds = stdout
         .lines()
         .find_map(|l| l.strip_prefix("faults by kind: "))

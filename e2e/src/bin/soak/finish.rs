@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use csi_proto::v1::{DeleteSnapshotRequest, DeleteVolumeRequest};
 
-use crate::model::Known;
+use crate::model::{Call, Known};
 use crate::ops::{timed, vol, Soak, VOLUMES};
 
 pub fn panic_in(log: &Path) -> Option<String> {
@@ -37,13 +37,16 @@ pub async fn finish(soak: &Soak) -> anyhow::Result<()> {
         retry(|| async {
             let mut c = ctl.clone();
             let mut n = node.clone();
-            soak.unstage(&name, &staging, &target, &mut c, &mut n)
-                .await
-                .then_some(())
-                .context("unstage")
+            let (node_clean, unpublished) =
+                soak.unstage(&name, &staging, &target, &mut c, &mut n).await;
+            (node_clean && unpublished).then_some(()).context("unstage")
         })
         .await?;
+        // The last unpublish succeeded, with nothing else in flight.
+        model.set(&name, |o| o.hold.after(Call::Unpublish, true, true));
     }
+    // Every fenced volume is closed.
+    crate::fence::check(soak, at).await;
     check_state(soak).await?;
     // Data written on a staged volume (or copied into it) reads back intact.
     if soak.root {

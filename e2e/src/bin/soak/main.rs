@@ -12,15 +12,15 @@
 //! `SOAK_VERBOSE=1` prints every fault injected; `SOAK_LOGS=DIR` keeps the logs of a failing
 //! run. RELIABILITY.md says what is checked.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use e2e::{is_root, Env};
-use tokio::sync::RwLock;
+use e2e::{is_root, Env, EnvOptions};
+use tokio::sync::{Mutex, RwLock};
 
 mod faults;
+mod fence;
 mod finish;
 mod model;
 mod ops;
@@ -99,6 +99,7 @@ struct Outcome {
     violations: Vec<(usize, String)>,
     faults: Counts,
     data_checks: u64,
+    fence_checks: u64,
 }
 
 /// The soak and, on a violation, the search for the shortest failing prefix; false when it
@@ -111,10 +112,12 @@ async fn soak() -> anyhow::Result<bool> {
     let started = Instant::now();
     let outcome = run(&o, true).await?;
     println!(
-        "{} operations, {} faults, {} violations ({:.0} s, seed {}, {} workers, profile {})",
+        "{} operations, {} faults, {} violations, fence checks: {} ({:.0} s, seed {}, {} workers, \
+         profile {})",
         o.ops,
         outcome.faults.total(),
         outcome.violations.len(),
+        outcome.fence_checks,
         started.elapsed().as_secs_f64(),
         o.seed,
         o.workers,
@@ -177,14 +180,40 @@ async fn shrink(o: &Options, first: usize) -> usize {
     failing
 }
 
-/// One run of `o.ops` operations in a fresh mock and driver.
+/// One run of `o.ops` operations in a fresh mock and a driver with fencing on.
 async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
-    let env = Env::start_profile("soak", &o.profile).await?;
+    // The fence key, as the Secret would hold it (ASCII, a trailing newline). The node reads it
+    // too, though the loop connector does not use the identity.
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("fence.key");
+    let key: String = (0..48)
+        .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+        .collect();
+    std::fs::write(&key_file, format!("{key}\n"))?;
+    let key_path = key_file.display().to_string();
+    let env = Env::start_with(
+        "soak",
+        EnvOptions {
+            profile: &o.profile,
+            driver_args: &[
+                "--connector",
+                "loop",
+                "--nvme-fencing",
+                "--fence-key-file",
+                &key_path,
+            ],
+            ..EnvOptions::default()
+        },
+    )
+    .await?;
     let soak = Arc::new(Soak {
         env: RwLock::new(env),
         model: Model::default(),
         seed: o.seed,
-        next_op: AtomicUsize::new(0),
+        next_op: Mutex::new(0),
+        running: RwLock::new(()),
+        oracle: fence::Oracle::from_file(&key_file)?,
+        fence_checks: Default::default(),
         ops: o.ops,
         faults: Counts::default(),
         root: is_root(),
@@ -208,5 +237,6 @@ async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
         violations: soak.model.violations.into_inner().unwrap(),
         faults: soak.faults,
         data_checks: soak.data_checks.into_inner(),
+        fence_checks: soak.fence_checks.into_inner(),
     })
 }

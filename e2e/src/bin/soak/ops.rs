@@ -2,8 +2,9 @@
 //! small pool of names, with the fault it drew injected just before it, and the model's check
 //! of the reply after it.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,12 +15,13 @@ use csi_proto::v1::*;
 use e2e::{create_request, mount_cap, Env, MIB, NODE_ID};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::faults::{self, Counts, Fault, Target};
-use crate::model::{Known, Model};
+use crate::fence::{self, Oracle};
+use crate::model::{Call, Known, Model};
 
 pub const VOLUMES: usize = 6;
 pub const SNAPSHOTS: usize = 3;
@@ -27,12 +29,18 @@ pub const SNAPSHOTS: usize = 3;
 const NO_TOKEN: u64 = u64::MAX;
 /// Each call's deadline, as a sidecar would set it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+/// Operations between two quiet points, where no call is in flight and the fences are checked.
+const QUIET_EVERY: usize = 25;
 
 pub struct Soak {
     pub env: RwLock<Env>,
     pub model: Model,
     pub seed: u64,
-    pub next_op: AtomicUsize,
+    /// The next operation's number; held while a worker takes one, and through a quiet point.
+    pub next_op: Mutex<usize>,
+    /// Held (read) by every operation while it runs; a quiet point takes it (write) once every
+    /// earlier operation is done.
+    pub running: RwLock<()>,
     pub ops: usize,
     pub faults: Counts,
     pub root: bool,
@@ -43,7 +51,11 @@ pub struct Soak {
     /// the calls are the same).
     pub inject: bool,
     /// Tokens read back and compared with the one written last (or copied).
-    pub data_checks: std::sync::atomic::AtomicU64,
+    pub data_checks: AtomicU64,
+    /// The fence NQNs, derived from the run's key file.
+    pub oracle: Oracle,
+    /// Fenced disks compared with the one NQN their holders need.
+    pub fence_checks: AtomicU64,
 }
 
 /// A volume name of the pool; `pvc-` so that it is its own volume ID.
@@ -56,6 +68,15 @@ pub fn snap(i: usize) -> String {
 /// The size asked for a volume: fixed per name, so every retry sends the same arguments.
 fn size_of(i: usize) -> i64 {
     (16 + 2 * i as i64) * MIB
+}
+
+/// A CreateVolume of volume `i` for `bytes`, fenced for a fenced name (its StorageClass).
+fn create_of(i: usize, bytes: i64) -> CreateVolumeRequest {
+    let mut req = create_request(&vol(i), bytes, mount_cap("ext4"));
+    if fence::fenced(i) {
+        req.parameters.insert("nvmeFencing".into(), "true".into());
+    }
+    req
 }
 
 pub fn timed<T>(msg: T) -> Request<T> {
@@ -109,10 +130,21 @@ impl Soak {
 
     pub async fn worker(&self) {
         loop {
-            let op = self.next_op.fetch_add(1, Ordering::Relaxed);
-            if op >= self.ops {
-                return;
-            }
+            // Operations start in the order of their numbers: a quiet point before operation
+            // `op` waits for every earlier one, and no later one starts until it is done.
+            let (op, _running) = {
+                let mut next = self.next_op.lock().await;
+                let op = *next;
+                if op >= self.ops {
+                    return;
+                }
+                *next += 1;
+                if op > 0 && op.is_multiple_of(QUIET_EVERY) {
+                    let _quiet = self.running.write().await;
+                    fence::check(self, op).await;
+                }
+                (op, self.running.read().await)
+            };
             if self.progress && op > 0 && op.is_multiple_of(1000) {
                 println!(
                     "{op} operations, {} faults, {} violations",
@@ -186,7 +218,10 @@ impl Soak {
                 if let Some(p) = crate::finish::panic_in(&env.driver.log) {
                     self.model.violation(op, p);
                 }
-                env.restart_driver().await
+                self.model.driver_stopping();
+                let restarted = env.restart_driver().await;
+                self.model.driver_restarted(restarted.is_ok());
+                restarted
             }
         };
         match result {
@@ -205,11 +240,11 @@ impl Soak {
             0 | 1 => {
                 let names = [name.as_str()];
                 let started = self.model.begin_read(&names);
-                let r = ctl
-                    .create_volume(timed(create_request(&name, size_of(v), mount_cap("ext4"))))
-                    .await;
+                let r = ctl.create_volume(timed(create_of(v, size_of(v)))).await;
                 // Only a writer (a delete, a copy into it) could change what a create finds.
-                let (_, alone) = self.model.end_both(&names, &started);
+                let (idle, alone) = self.model.end_both(&names, &started);
+                self.model
+                    .hold_after(&name, Call::Apply, r.is_ok(), idle, &started);
                 self.after_present(op, &name, size_of(v) as u64, &r, alone, Content::Keep)
                     .await;
             }
@@ -218,28 +253,34 @@ impl Soak {
             4 => self.create_snapshot(op, &name, &snap(s), &mut ctl).await,
             5 => self.delete_snapshot(op, &snap(s), &mut ctl).await,
             6 | 7 => self.copy(op, kind == 6, v, s, w, &mut ctl).await,
-            8 | 9 => {
+            8 => {
+                // A CO publishes with the PV's volume attributes (the context CreateVolume
+                // returned); a fenced volume it never created has no PV to publish.
+                let context = self.model.get(&name).context;
+                if fence::fenced(v) && context.is_none() {
+                    return;
+                }
                 let names = [name.as_str()];
                 let started = self.model.begin_read(&names);
-                if kind == 8 {
-                    let _ = ctl
-                        .controller_publish_volume(timed(ControllerPublishVolumeRequest {
-                            volume_id: name.clone(),
-                            node_id: NODE_ID.into(),
-                            volume_capability: Some(mount_cap("ext4")),
-                            ..Default::default()
-                        }))
-                        .await;
-                } else {
-                    let _ = ctl
-                        .controller_unpublish_volume(timed(ControllerUnpublishVolumeRequest {
-                            volume_id: name.clone(),
-                            node_id: NODE_ID.into(),
-                            ..Default::default()
-                        }))
-                        .await;
-                }
-                self.model.end(&names, &started);
+                let r = ctl
+                    .controller_publish_volume(timed(publish_request(
+                        &name,
+                        context.unwrap_or_default(),
+                    )))
+                    .await;
+                let alone = self.model.end(&names, &started);
+                self.model
+                    .hold_after(&name, Call::Publish, r.is_ok(), alone, &started);
+            }
+            9 => {
+                let names = [name.as_str()];
+                let started = self.model.begin_read(&names);
+                let r = ctl
+                    .controller_unpublish_volume(timed(unpublish_request(&name)))
+                    .await;
+                let alone = self.model.end(&names, &started);
+                self.model
+                    .hold_after(&name, Call::Unpublish, r.is_ok(), alone, &started);
             }
             _ => self.stage_cycle(op, v, true, &mut ctl, &mut node).await,
         }
@@ -255,6 +296,15 @@ impl Soak {
             }))
             .await;
         let alone = self.model.end(&names, &started);
+        let held = self.model.get(name).hold.table == Some(true);
+        if r.is_ok() && alone && held && !self.model.restarted_since(&started) {
+            self.model.violation(
+                op,
+                format!("{name} was deleted while published to {NODE_ID} (DeleteVolume succeeded)"),
+            );
+        }
+        self.model
+            .hold_after(name, Call::Delete, r.is_ok(), alone, &started);
         match (r, alone) {
             (Ok(_), true) => {
                 self.model.set(name, |o| {
@@ -293,7 +343,9 @@ impl Soak {
                 ..Default::default()
             }))
             .await;
-        let (_, alone) = self.model.end_both(&names, &started);
+        let (idle, alone) = self.model.end_both(&names, &started);
+        self.model
+            .hold_after(&name, Call::Apply, r.is_ok(), idle, &started);
         if let (Ok(resp), true) = (&r, alone) {
             let got = resp.get_ref().capacity_bytes as u64;
             if got < want {
@@ -424,7 +476,7 @@ impl Soak {
                 SourceType::Volume(VolumeSource { volume_id: vol(w) }),
             )
         };
-        let mut req = create_request(&name, size_of(v).max(64 * MIB), mount_cap("ext4"));
+        let mut req = create_of(v, size_of(v).max(64 * MIB));
         req.volume_content_source = Some(VolumeContentSource {
             r#type: Some(source),
         });
@@ -434,7 +486,10 @@ impl Soak {
         let r = ctl.create_volume(timed(req)).await;
         let (source_alone, source_unwritten) =
             self.model.end_both(&[source_name.as_str()], &reading);
-        let alone = self.model.end(&[name.as_str()], &started) && source_alone;
+        let target_alone = self.model.end(&[name.as_str()], &started);
+        self.model
+            .hold_after(&name, Call::Apply, r.is_ok(), target_alone, &started);
+        let alone = target_alone && source_alone;
         let content = (from.known == Known::Present && source_unwritten)
             .then_some(from.content)
             .flatten();
@@ -534,19 +589,16 @@ impl Soak {
         let before = self.model.get(&name);
         let cap = mount_cap("ext4");
         let wrote = std::sync::atomic::AtomicBool::new(false);
+        // Whether ControllerPublish was called, and succeeded.
+        let published = std::sync::Mutex::new(None);
         let result: anyhow::Result<Option<u64>> = async {
             // A CO stages only a volume it created, with the context CreateVolume returned.
             let volume_context = before.context.clone().context("never created")?;
-            let publish_context = ctl
-                .controller_publish_volume(timed(ControllerPublishVolumeRequest {
-                    volume_id: name.clone(),
-                    node_id: NODE_ID.into(),
-                    volume_capability: Some(cap.clone()),
-                    ..Default::default()
-                }))
-                .await?
-                .into_inner()
-                .publish_context;
+            let reply = ctl
+                .controller_publish_volume(timed(publish_request(&name, volume_context.clone())))
+                .await;
+            *published.lock().unwrap() = Some(reply.is_ok());
+            let publish_context = reply?.into_inner().publish_context;
             self.model.set(&name, |o| o.staged = true);
             node.node_stage_volume(timed(NodeStageVolumeRequest {
                 volume_id: name.clone(),
@@ -588,10 +640,17 @@ impl Soak {
             Ok(Some(op as u64))
         }
         .await;
-        let cleaned = self.unstage(&name, &staging, &target, ctl, node).await;
+        let (node_clean, unpublished) = self.unstage(&name, &staging, &target, ctl, node).await;
+        let cleaned = node_clean && unpublished;
         // Calls that change neither content nor existence (a create, an expand, a publish)
         // may overlap: the token read must still be the last one written.
-        let (_, alone) = self.model.end_both(&names, &started);
+        let (idle, alone) = self.model.end_both(&names, &started);
+        if let Some(ok) = published.into_inner().unwrap() {
+            self.model
+                .hold_after(&name, Call::Publish, ok, idle, &started);
+        }
+        self.model
+            .hold_after(&name, Call::Unpublish, unpublished, idle, &started);
         if self.verbose {
             eprintln!("soak: operation {op}: stage cycle of {name}: {result:?}, cleaned up {cleaned}, alone {alone}");
         }
@@ -615,7 +674,8 @@ impl Soak {
         }
     }
 
-    /// Node unpublish, node unstage and controller unpublish; true when all three succeeded.
+    /// Node unpublish, node unstage and controller unpublish: whether both node calls
+    /// succeeded, and whether the controller's did.
     pub async fn unstage(
         &self,
         name: &str,
@@ -623,7 +683,7 @@ impl Soak {
         target: &str,
         ctl: &mut ControllerClient<Channel>,
         node: &mut NodeClient<Channel>,
-    ) -> bool {
+    ) -> (bool, bool) {
         let a = node
             .node_unpublish_volume(timed(NodeUnpublishVolumeRequest {
                 volume_id: name.into(),
@@ -639,13 +699,31 @@ impl Soak {
             .await
             .is_ok();
         let c = ctl
-            .controller_unpublish_volume(timed(ControllerUnpublishVolumeRequest {
-                volume_id: name.into(),
-                node_id: NODE_ID.into(),
-                ..Default::default()
-            }))
+            .controller_unpublish_volume(timed(unpublish_request(name)))
             .await
             .is_ok();
-        a && b && c
+        (a && b, c)
+    }
+}
+
+/// A ControllerPublish of volume `name` to the node, with the volume's context.
+fn publish_request(
+    name: &str,
+    volume_context: HashMap<String, String>,
+) -> ControllerPublishVolumeRequest {
+    ControllerPublishVolumeRequest {
+        volume_id: name.into(),
+        node_id: NODE_ID.into(),
+        volume_capability: Some(mount_cap("ext4")),
+        volume_context,
+        ..Default::default()
+    }
+}
+
+fn unpublish_request(name: &str) -> ControllerUnpublishVolumeRequest {
+    ControllerUnpublishVolumeRequest {
+        volume_id: name.into(),
+        node_id: NODE_ID.into(),
+        ..Default::default()
     }
 }
