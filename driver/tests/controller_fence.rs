@@ -66,14 +66,31 @@ async fn publish(f: &Fixture, v: &Volume, node: &str) -> Result<(), tonic::Statu
 }
 
 async fn unpublish(f: &Fixture, id: &str, node: &str) -> Result<(), tonic::Status> {
-    f.svc
-        .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
-            volume_id: id.into(),
-            node_id: node.into(),
-            ..Default::default()
-        }))
-        .await
-        .map(drop)
+    unpublish_on(&f.svc, id, node).await
+}
+
+async fn unpublish_on(
+    svc: &rds_csi::controller::ControllerService,
+    id: &str,
+    node: &str,
+) -> Result<(), tonic::Status> {
+    svc.controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        ..Default::default()
+    }))
+    .await
+    .map(drop)
+}
+
+/// The RDS refuses the next change of a fence.
+fn refuse_the_next_fence(f: &Fixture) {
+    f.mock.inject(Fault::Fail {
+        pattern: "allow-host-name".into(),
+        times: Some(1),
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,12 +153,7 @@ async fn a_fence_not_set_is_no_publish() {
     let v = fenced_volume(&f, "pvc-fence-2").await;
     let id = v.volume_id.as_str();
     // The RDS refuses the change.
-    f.mock.inject(Fault::Fail {
-        pattern: "allow-host-name".into(),
-        times: Some(1),
-        message: "failure: execution error".into(),
-        exit_status: 1,
-    });
+    refuse_the_next_fence(&f);
     let e = publish(&f, &v, "node-a").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("fence"), "{e:?}");
@@ -312,27 +324,13 @@ async fn a_restart_during_a_migration_leaves_the_volume_fenced() {
     ));
     assert_eq!(pass().await.repaired, 1);
     assert_eq!(allowed(&f, id), "", "open to both holders again");
-    restarted
-        .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
-            volume_id: id.into(),
-            node_id: "node-a".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    unpublish_on(&restarted, id, "node-a").await.unwrap();
     assert_eq!(
         allowed(&f, id),
         host("node-b"),
         "the migration's end closes the fence to its target, after a restart too"
     );
-    restarted
-        .controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
-            volume_id: id.into(),
-            node_id: "node-b".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    unpublish_on(&restarted, id, "node-b").await.unwrap();
     assert_eq!(allowed(&f, id), closed());
 }
 
@@ -346,12 +344,7 @@ async fn a_failed_publish_retry_keeps_the_existing_attachment() {
     f.mock.execute(&format!(
         "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"\""
     ));
-    f.mock.inject(Fault::Fail {
-        pattern: "allow-host-name".into(),
-        times: Some(1),
-        message: "failure: execution error".into(),
-        exit_status: 1,
-    });
+    refuse_the_next_fence(&f);
     let e = publish(&f, &v, "node-a").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert_eq!(

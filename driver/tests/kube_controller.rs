@@ -480,51 +480,13 @@ async fn only_the_lease_holder_repairs_fences() {
         }),
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = rds_csi::kube::Config {
-        kubeconfig: Some(api.kubeconfig(dir.path())),
-        leader_election: true,
-        attachment_reconcile_interval: Duration::from_millis(100),
-        ..Default::default()
-    };
-    let (attachments, kube) = rds_csi::kube::setup_controller(
-        &config,
-        DRIVER,
-        rds.clone(),
-        vec![RdsPath::new(BASE).unwrap()],
-    )
-    .await
-    .unwrap();
-    let kube = kube.unwrap();
     let key = rds_csi::fence_key::FenceKey::new(&[b'k'; 32]).unwrap();
-    let mut service_config = ControllerConfig::new(ParamDefaults {
-        base_paths: vec![RdsPath::new(BASE).unwrap()],
-        nvme_address: Some("10.0.0.1".into()),
-        nvme_port: Port::new(4420).unwrap(),
-    });
-    service_config.fencing = Some(key.clone());
-    let svc = ControllerService::with_attachments(rds.clone(), service_config, attachments.clone());
-    kube.run_fence_pass(svc.fence().unwrap().clone());
+    let (svc, kube) = fencing_replica(&api, &rds, "replica-a", dir.path(), &key).await;
+    let attachments = svc.attachments().clone();
     let wait = Duration::from_secs(10);
     assert!(eventually(wait, || attachments.is_ready()).await);
 
-    let rwx = cap(Mode::MultiNodeMultiWriter, true);
-    let volume = svc
-        .create_volume(Request::new(CreateVolumeRequest {
-            name: "pvc-lease-fence".into(),
-            volume_capabilities: vec![rwx.clone()],
-            parameters: [("nvmeFencing".to_string(), "true".to_string())].into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    let mut req = publish("pvc-lease-fence", "node-a", rwx).into_inner();
-    req.volume_context = volume.volume_context;
-    svc.controller_publish_volume(Request::new(req))
-        .await
-        .unwrap();
+    fenced_rwx_published(&svc, "pvc-lease-fence", "node-a").await;
     let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
     mock.execute(&format!(
         "/disk set [find slot=pvc-lease-fence] nvme-tcp-server-allow-host-name=\"{stranger}\""
@@ -553,6 +515,28 @@ async fn only_the_lease_holder_repairs_fences() {
         allowed()
     );
     kube.shutdown().await;
+}
+
+/// Creates a fenced RWX block volume and publishes it to `node`.
+async fn fenced_rwx_published(svc: &ControllerService, name: &str, node: &str) {
+    let rwx = cap(Mode::MultiNodeMultiWriter, true);
+    let volume = svc
+        .create_volume(Request::new(CreateVolumeRequest {
+            name: name.into(),
+            volume_capabilities: vec![rwx.clone()],
+            parameters: [("nvmeFencing".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let mut req = publish(name, node, rwx).into_inner();
+    req.volume_context = volume.volume_context;
+    svc.controller_publish_volume(Request::new(req))
+        .await
+        .unwrap();
 }
 
 /// One controller replica with fencing and leader election, against `api`.
@@ -608,24 +592,7 @@ async fn two_replicas_only_the_lease_holder_writes_fences() {
     let (b, kube_b) = fencing_replica(&api, &rds, "replica-b", dir.path(), &key).await;
     assert!(eventually(wait, || b.attachments().is_ready()).await);
 
-    let rwx = cap(Mode::MultiNodeMultiWriter, true);
-    let volume = a
-        .create_volume(Request::new(CreateVolumeRequest {
-            name: "pvc-two-fence".into(),
-            volume_capabilities: vec![rwx.clone()],
-            parameters: [("nvmeFencing".to_string(), "true".to_string())].into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    let mut req = publish("pvc-two-fence", "node-a", rwx.clone()).into_inner();
-    req.volume_context = volume.volume_context.clone();
-    a.controller_publish_volume(Request::new(req))
-        .await
-        .unwrap();
+    fenced_rwx_published(&a, "pvc-two-fence", "node-a").await;
     // The standby's table is stale: it still believes node-b holds the volume.
     let options = rds_csi::kube::attachments::AttachOptions {
         readonly: false,

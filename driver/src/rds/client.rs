@@ -633,25 +633,21 @@ impl RdsClient {
             export: export.clone(),
             host: host.cloned(),
         };
-        self.run_idempotent(&command, deadline).await?;
         let disk = self
-            .get_disk(slot, deadline)
-            .await?
-            .ok_or_else(|| RdsError::NotFound(format!("disk {slot}")))?;
+            .set_and_read_back(&command, slot, host, deadline)
+            .await?;
         let exported = disk.nvme_export
             && disk.nvme_port == Some(export.port.get())
             && disk.nqn.as_deref() == Some(export.nqn.as_str());
-        if !exported || disk.allowed_host.as_deref() != host.map(Nqn::as_str) {
+        if !exported {
             return Err(RdsError::Parse(format!(
-                "disk {slot} shows export {} on port {:?} as {:?} allowing {:?} after exporting it \
-                 on port {} as {} allowing {:?}",
+                "disk {slot} shows export {} on port {:?} as {:?} after exporting it on port {} \
+                 as {}",
                 disk.nvme_export,
                 disk.nvme_port,
                 disk.nqn,
-                disk.allowed_host.as_deref().unwrap_or(""),
                 export.port.get(),
-                export.nqn,
-                host.map_or("", Nqn::as_str)
+                export.nqn
             )));
         }
         Ok(disk)
@@ -669,7 +665,18 @@ impl RdsClient {
             slot: slot.clone(),
             host: host.cloned(),
         };
-        self.run_idempotent(&command, deadline).await?;
+        self.set_and_read_back(&command, slot, host, deadline).await
+    }
+
+    /// Runs a `/disk set` that leaves `host` allowed, and reads the disk back: it must show it.
+    async fn set_and_read_back(
+        &self,
+        command: &Command,
+        slot: &Slot,
+        host: Option<&Nqn>,
+        deadline: Instant,
+    ) -> Result<Disk, RdsError> {
+        self.run_idempotent(command, deadline).await?;
         let disk = self
             .get_disk(slot, deadline)
             .await?
