@@ -3,14 +3,16 @@
 pub mod client;
 pub mod command;
 mod connection;
+mod copy;
 pub mod error;
 pub mod model;
 pub mod parse;
 mod reply;
 pub mod ssh;
 
-pub use client::{disk_mismatch, CopyState, RdsClient, RetryPolicy};
+pub use client::{disk_mismatch, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
+pub use copy::CopyState;
 pub use error::{RdsError, TransportError};
 pub use model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
 pub use ssh::{HostKeyPolicy, SshConfig, Transport};
