@@ -10,8 +10,10 @@ mod leftovers;
 pub mod page;
 pub mod params;
 pub mod publish;
+mod snapshots;
+mod volumes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use csi_proto::v1::controller_server::Controller;
@@ -22,11 +24,10 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
 use crate::kube::attachments::AttachmentManager;
-use crate::rds::command::{AllocSize, DiskAdd, NvmeExport, RdsPath, Slot};
+use crate::rds::command::{AllocSize, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block};
-use copy_source::SourceRef;
-use ids::{parse_snapshot_id, parse_volume_id, ManagedFile};
+use ids::{parse_volume_id, ManagedFile};
 use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
 
@@ -276,14 +277,6 @@ impl ControllerService {
         }
     }
 
-    /// The ID and recorded source of a snapshot this driver made.
-    fn owned_snapshot(&self, disk: &Disk) -> Option<(Slot, Option<Slot>)> {
-        match ids::classify_disk(self.bases(), disk)? {
-            ManagedFile::Snapshot { id, source } => Some((id, source)),
-            ManagedFile::Volume(_) => None,
-        }
-    }
-
     fn volume_context(disk: &Disk, params: Option<&VolumeParams>) -> HashMap<String, String> {
         let mut ctx = HashMap::new();
         if let Some(nqn) = &disk.nqn {
@@ -348,28 +341,6 @@ impl ControllerService {
     fn attached_nodes(&self, id: &str) -> Vec<String> {
         self.attachments.nodes(id)
     }
-
-    fn snapshot_of(
-        &self,
-        id: &Slot,
-        source: Option<&Slot>,
-        size: Option<u64>,
-        file: Option<&FileInfo>,
-        clock: Option<&RdsClock>,
-    ) -> Snapshot {
-        Snapshot {
-            size_bytes: size.unwrap_or_default() as i64,
-            snapshot_id: id.to_string(),
-            source_volume_id: source.map(ToString::to_string).unwrap_or_default(),
-            creation_time: file
-                .and_then(|f| f.last_modified.as_deref())
-                .zip(clock)
-                .and_then(|(printed, clock)| clock.to_utc(printed))
-                .map(prost_types::Timestamp::from),
-            ready_to_use: true,
-            group_snapshot_id: String::new(),
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -378,174 +349,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let name = required(&req.name, "name")?;
-        check_capabilities(&req.volume_capabilities, "volume_capabilities")
-            .map_err(Status::invalid_argument)?;
-        let params = VolumeParams::parse(&req.parameters, &self.config.defaults)?;
-        if params.fenced && self.fence.is_none() {
-            return Err(Status::invalid_argument(
-                "parameters.nvmeFencing: fencing is off on this controller; start it with \
-                 --nvme-fencing (off by default until confirmed on hardware)",
-            ));
-        }
-        let size = allocation(req.capacity_range.as_ref(), &self.config)?;
-        let id = ids::volume_id_for_name(name);
-        let path = ids::volume_file(&params.dir, &id).map_err(|e| {
-            Status::invalid_argument(format!("parameters.volumePath is too long: {e}"))
-        })?;
-        let export = NvmeExport {
-            port: params.nvme_port,
-            nqn: id.nqn(),
-        };
-
-        let source_ref = req
-            .volume_content_source
-            .as_ref()
-            .map(SourceRef::of)
-            .transpose()?;
-        let _guards = self
-            .lock_copy(&id, source_ref.as_ref().map(|s| &s.id), deadline)
-            .await?;
-        let source = match source_ref {
-            Some(src) => {
-                let disk = self.source_disk(&src, deadline).await?;
-                Some((src.id, disk))
-            }
-            None => None,
-        };
-        if let Some((src_id, src_disk)) = &source {
-            if src_disk.size_bytes.unwrap_or_default() > size.bytes() {
-                return Err(Status::out_of_range(format!(
-                    "capacity_range: {} bytes is smaller than the source {src_id} ({} bytes)",
-                    size.bytes(),
-                    src_disk.size_bytes.unwrap_or_default()
-                )));
-            }
-        }
-        let limit = req.capacity_range.as_ref().map_or(0, |r| r.limit_bytes) as u64;
-        let response_volume = |disk: &Disk| {
-            let mut volume = self.volume_of(disk, &id, Some(&params));
-            volume.content_source = req.volume_content_source.clone();
-            Response::new(CreateVolumeResponse {
-                volume: Some(volume),
-            })
-        };
-
-        // One read tells whether this volume may exist: a volume's disk always has its file.
-        let file = self
-            .rds
-            .get_file(&path, deadline)
-            .await
-            .map_err(rds_status)?;
-        if let Some(file) = file {
-            let Some(mut existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)?
-            else {
-                // Never let a new volume pick up an old file's data.
-                return Err(Status::failed_precondition(format!(
-                    "{} already exists on the RDS without a disk (last modified {}): either a copy \
-                     for this volume is still running (retry later) or it is a leftover that may \
-                     hold another volume's data, so it is not reused. If it stays, inspect it, then \
-                     remove it (rds-csi orphans --delete) to let this volume be created",
-                    file.path,
-                    file.last_modified.as_deref().unwrap_or("unknown")
-                )));
-            };
-            let ours = self.owned_volume(&existing).is_some()
-                && existing.file_path.as_deref() == Some(path.as_str());
-            if ours && source.is_some() {
-                // A retry of a clone or restore: its copy must be whole, and as big as asked.
-                existing = self.existing_copy(&id, &existing, deadline).await?;
-                if existing.size_bytes.unwrap_or_default() < size.bytes() {
-                    existing = self
-                        .grow(&id, &existing, size, deadline)
-                        .await
-                        .map_err(rds_status)?;
-                }
-            }
-            let actual = existing.size_bytes.unwrap_or_default();
-            let compatible = self.owned_volume(&existing).is_some()
-                && existing.file_path.as_deref() == Some(path.as_str())
-                && actual >= size.bytes()
-                && (limit == 0 || actual <= limit);
-            if compatible {
-                // A retry after a create that made the disk but not yet its fence or export.
-                let existing = self
-                    .usable(&id, existing, params.fenced, export.clone(), deadline)
-                    .await?;
-                return Ok(response_volume(&existing));
-            }
-            return Err(Status::already_exists(format!(
-                "a volume named {name} (ID {id}) exists with a different size or location \
-                 ({actual} bytes at {})",
-                existing.file_path.as_deref().unwrap_or("-")
-            )));
-        }
-        let add = DiskAdd {
-            slot: id.clone(),
-            file_path: path.clone(),
-            size: Some(size),
-            copy_from: source.as_ref().map(|(src, _)| src.clone()),
-            // A fenced volume is exported once its fence is set (`usable`).
-            export: (!params.fenced).then(|| export.clone()),
-        };
-        let disk = match self.make_disk(&add, deadline).await {
-            Ok(disk) => disk,
-            // The slot holds a disk elsewhere (another volumePath, or one whose file is gone).
-            Err(RdsError::AlreadyExists(detail)) => {
-                return Err(Status::already_exists(format!(
-                    "a volume named {name} (ID {id}) exists with a different size or location: {detail}"
-                )))
-            }
-            Err(e) => return Err(rds_status(e)),
-        };
-        // Closed before anyone learns the volume exists; a failure leaves a volume the retry
-        // finds, fences and exports.
-        let disk = self
-            .usable(&id, disk, params.fenced, export, deadline)
-            .await?;
-        tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
-        Ok(response_volume(&disk))
+        self.volume_create(request).await
     }
 
     async fn delete_volume(
         &self,
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let raw = required(&req.volume_id, "volume_id")?;
-        // An ID outside the volume grammar was never made by this driver, so it does not exist.
-        let Some(id) = parse_volume_id(raw) else {
-            return Ok(Response::new(DeleteVolumeResponse {}));
-        };
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        self.require_attachments_ready()?;
-        let nodes = self.attached_nodes(id.as_str());
-        if !nodes.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "volume {id} is still published to {}",
-                nodes.join(", ")
-            )));
-        }
-        match self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
-            Some(disk) => {
-                if self.owned_volume(&disk).is_none() {
-                    return Err(Status::failed_precondition(format!(
-                        "disk {id} on the RDS was not made by this driver (file {}); refusing to delete it",
-                        disk.file_path.as_deref().unwrap_or("-")
-                    )));
-                }
-                self.remove_disk_and_file(&id, &disk, deadline).await?;
-                tracing::info!(volume = %id, "volume deleted");
-            }
-            None => {
-                self.remove_leftover_files(|m| m == &ManagedFile::Volume(id.clone()), deadline)
-                    .await?;
-            }
-        }
-        Ok(Response::new(DeleteVolumeResponse {}))
+        self.volume_delete(request).await
     }
 
     async fn controller_publish_volume(
@@ -708,223 +519,28 @@ impl Controller for ControllerService {
         &self,
         request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let name = required(&req.name, "name")?;
-        let source_raw = required(&req.source_volume_id, "source_volume_id")?;
-        let not_found = || Status::not_found(format!("source volume {source_raw} does not exist"));
-        let source = parse_volume_id(source_raw).ok_or_else(not_found)?;
-        let id = ids::snapshot_id_for_name(name);
-        let _guards = self.lock_copy(&id, Some(&source), deadline).await?;
-
-        if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
-            let Some((_, recorded_source)) = self.owned_snapshot(&existing) else {
-                return Err(Status::already_exists(format!(
-                    "slot {id} is taken by a disk that is not a snapshot"
-                )));
-            };
-            if recorded_source.as_ref().is_some_and(|s| s != &source) {
-                return Err(Status::already_exists(format!(
-                    "snapshot {name} exists with a different source volume"
-                )));
-            }
-            let existing = self.existing_copy(&id, &existing, deadline).await?;
-            let file = self.file_of(&existing, deadline).await?;
-            let clock = self.clock(deadline).await;
-            let snapshot = self.snapshot_of(
-                &id,
-                Some(&source),
-                existing.size_bytes,
-                file.as_ref(),
-                clock.as_ref(),
-            );
-            return Ok(Response::new(CreateSnapshotResponse {
-                snapshot: Some(snapshot),
-            }));
-        }
-        let source_disk = self
-            .rds
-            .get_disk(&source, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        if self.owned_volume(&source_disk).is_none() {
-            return Err(not_found());
-        }
-        // The snapshot sits next to its source, and its name records the source.
-        let source_path = source_disk.file_path.clone().unwrap_or_default();
-        let dir = RdsPath::new(
-            source_path
-                .rsplit_once('/')
-                .map(|(d, _)| d)
-                .unwrap_or_default(),
-        )
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let path = ids::snapshot_file(&dir, &id, &source).map_err(|e| {
-            Status::failed_precondition(format!(
-                "the snapshot's file name does not fit next to its source volume: {e}"
-            ))
-        })?;
-        if let Some(file) = self
-            .rds
-            .get_file(&path, deadline)
-            .await
-            .map_err(rds_status)?
-        {
-            return Err(Status::failed_precondition(format!(
-                "{} already exists on the RDS without a disk; remove it to take this snapshot",
-                file.path
-            )));
-        }
-        let add = DiskAdd {
-            slot: id.clone(),
-            file_path: path.clone(),
-            size: None,
-            copy_from: Some(source.clone()),
-            export: None,
-        };
-        let disk = self.make_disk(&add, deadline).await.map_err(rds_status)?;
-        let file = self
-            .rds
-            .get_file(&path, deadline)
-            .await
-            .map_err(rds_status)?;
-        tracing::info!(snapshot = %id, source = %source, "snapshot created");
-        let size = disk.size_bytes.or(source_disk.size_bytes);
-        let clock = self.clock(deadline).await;
-        Ok(Response::new(CreateSnapshotResponse {
-            snapshot: Some(self.snapshot_of(
-                &id,
-                Some(&source),
-                size,
-                file.as_ref(),
-                clock.as_ref(),
-            )),
-        }))
+        self.snapshot_create(request).await
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let raw = required(&req.snapshot_id, "snapshot_id")?;
-        let Some(id) = parse_snapshot_id(raw) else {
-            return Ok(Response::new(DeleteSnapshotResponse {}));
-        };
-        let _guard = self.locks.lock(id.as_str(), deadline).await?;
-        if let Some(disk) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
-            if self.owned_snapshot(&disk).is_none() {
-                return Err(Status::failed_precondition(format!(
-                    "disk {id} on the RDS is not a snapshot made by this driver; refusing to delete it"
-                )));
-            }
-            self.remove_disk_and_file(&id, &disk, deadline).await?;
-            tracing::info!(snapshot = %id, "snapshot deleted");
-        }
-        // A snapshot's file names its source: an earlier snapshot of this name from another
-        // volume, whose delete removed the disk only, left a file of another name.
-        self.remove_leftover_files(
-            |m| matches!(m, ManagedFile::Snapshot { id: s, .. } if s == &id),
-            deadline,
-        )
-        .await?;
-        Ok(Response::new(DeleteSnapshotResponse {}))
+        self.snapshot_delete(request).await
     }
 
     async fn list_snapshots(
         &self,
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let page = Page::parse(Listing::Snapshots, req.max_entries, &req.starting_token)?;
-        // IDs that cannot exist match nothing.
-        if (!req.snapshot_id.is_empty() && parse_snapshot_id(&req.snapshot_id).is_none())
-            || (!req.source_volume_id.is_empty()
-                && parse_volume_id(&req.source_volume_id).is_none())
-        {
-            return Ok(Response::new(ListSnapshotsResponse::default()));
-        }
-        let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
-        let snapshots: Vec<(Slot, Option<Slot>, &Disk)> = disks
-            .iter()
-            .filter_map(|d| self.owned_snapshot(d).map(|(id, src)| (id, src, d)))
-            .filter(|(id, src, _)| {
-                (req.snapshot_id.is_empty() || id.as_str() == req.snapshot_id)
-                    && (req.source_volume_id.is_empty()
-                        || src
-                            .as_ref()
-                            .is_some_and(|s| s.as_str() == req.source_volume_id))
-            })
-            .collect();
-        let files: BTreeMap<String, FileInfo> = if snapshots.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.rds
-                .list_files_in(self.bases(), deadline)
-                .await
-                .map_err(rds_status)?
-                .into_iter()
-                .map(|f| (f.path.clone(), f))
-                .collect()
-        };
-        let clock = if snapshots.is_empty() {
-            None
-        } else {
-            self.clock(deadline).await
-        };
-        let items = snapshots
-            .into_iter()
-            .map(|(id, src, disk)| {
-                let file = disk.file_path.as_ref().and_then(|p| files.get(p));
-                let entry = list_snapshots_response::Entry {
-                    snapshot: Some(self.snapshot_of(
-                        &id,
-                        src.as_ref(),
-                        disk.size_bytes,
-                        file,
-                        clock.as_ref(),
-                    )),
-                };
-                (id.to_string(), entry)
-            })
-            .collect();
-        let (entries, next_token) = page.of(items);
-        Ok(Response::new(ListSnapshotsResponse {
-            entries,
-            next_token,
-        }))
+        self.snapshot_list(request).await
     }
 
     async fn get_snapshot(
         &self,
         request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let raw = required(&req.snapshot_id, "snapshot_id")?;
-        let not_found = || Status::not_found(format!("snapshot {raw} does not exist"));
-        let id = parse_snapshot_id(raw).ok_or_else(not_found)?;
-        let disk = self
-            .rds
-            .get_disk(&id, deadline)
-            .await
-            .map_err(rds_status)?
-            .ok_or_else(not_found)?;
-        let (_, source) = self.owned_snapshot(&disk).ok_or_else(not_found)?;
-        let file = self.file_of(&disk, deadline).await?;
-        let clock = self.clock(deadline).await;
-        Ok(Response::new(GetSnapshotResponse {
-            snapshot: Some(self.snapshot_of(
-                &id,
-                source.as_ref(),
-                disk.size_bytes,
-                file.as_ref(),
-                clock.as_ref(),
-            )),
-        }))
+        self.snapshot_get(request).await
     }
 
     async fn controller_expand_volume(
