@@ -119,13 +119,16 @@ mod tests {
         assert_ne!(a, other.host_identity("node-a"));
         assert_ne!(key.closed_host(), other.closed_host());
         assert_ne!(key.closed_host(), a.nqn);
-        // Pinned: a change here changes every fenced volume's identity in a cluster.
+        // Pinned: a change here changes every fenced volume's identity in a cluster (the
+        // soak's own derivation checks the same values).
+        let pinned = FenceKey::new(b"0123456789abcdef0123456789abcdef0123\n").unwrap();
         assert_eq!(
-            a.host_id,
-            FenceKey::new(KEY)
-                .unwrap()
-                .derive(b"rds-csi fence host v1\0node-a")
-                .to_string()
+            pinned.closed_host(),
+            "nqn.2014-08.org.nvmexpress:uuid:c850ffd4-3670-4818-ac96-f3131f6bca2c"
+        );
+        assert_eq!(
+            pinned.host_identity("e2e-node").nqn,
+            "nqn.2014-08.org.nvmexpress:uuid:6092dbce-2d0e-4867-8984-d8b2d53140ac"
         );
     }
 
