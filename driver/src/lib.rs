@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod fence_key;
 pub mod grpc;
 pub mod identity;
+pub mod ids;
 pub mod kube;
 pub mod logging;
 pub mod metrics;

@@ -12,8 +12,8 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use serde::Serialize;
 
 use crate::cli::{MigrateCheckArgs, OutputFormat};
-use crate::controller::ids::{self, ManagedFile};
 use crate::controller::params::{ParamDefaults, VolumeParams};
+use crate::ids::{self, ManagedFile};
 use crate::kube::api_deadline::{within, LIST_TIMEOUT};
 use crate::kube::orphans::{snapshot_contents, snapshot_handles};
 use crate::node::context::parse_stage_context;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::controller::ids::{classify_disk, classify_managed_file, ManagedFile};
+use crate::ids::{classify_disk, classify_managed_file, ManagedFile};
 use crate::rds::{RdsClient, RdsClock, RdsError, RdsPath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

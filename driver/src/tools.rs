@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::{OrphansArgs, OutputFormat, ToolArgs, ValidateArgs};
-use crate::controller::ids::{classify_disk, ManagedFile};
+use crate::ids::{classify_disk, ManagedFile};
 use crate::orphans::{self, OrphanKind};
 use crate::rds::ssh::{AcceptedHostKey, HostKeyMatch};
 use crate::rds::{deadline_in, RdsPath};

@@ -7,9 +7,9 @@ use csi_proto::v1::VolumeContentSource;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::ids::{parse_snapshot_id, parse_volume_id};
 use super::ControllerService;
 use crate::grpc::{rds_status, KeyGuard};
+use crate::ids::{parse_snapshot_id, parse_volume_id};
 use crate::rds::command::Slot;
 use crate::rds::Disk;
 

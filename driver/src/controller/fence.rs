@@ -32,7 +32,7 @@ use crate::kube::events::{EventRecorder, EventType};
 use crate::rds::command::{Nqn, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, RdsClient, RdsError};
 
-use super::ids::{self, ManagedFile};
+use crate::ids::{self, ManagedFile};
 
 /// Event reason when the RDS's fence disagreed with the attachment table and was repaired.
 pub const REASON_FENCE_REPAIRED: &str = "FenceRepaired";

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::ids::{self, ManagedFile};
 use super::ControllerService;
 use crate::grpc::rds_status;
+use crate::ids::{self, ManagedFile};
 use crate::rds::command::RdsPath;
 
 impl ControllerService {

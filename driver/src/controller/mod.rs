@@ -5,7 +5,6 @@ mod cluster;
 mod copy_source;
 mod disks;
 pub mod fence;
-pub mod ids;
 mod leftovers;
 pub mod page;
 pub mod params;
@@ -23,11 +22,11 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
+use crate::ids::{self, parse_volume_id, ManagedFile};
 use crate::kube::attachments::AttachmentManager;
 use crate::rds::command::{AllocSize, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block};
-use ids::{parse_volume_id, ManagedFile};
 use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
 

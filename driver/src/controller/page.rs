@@ -9,7 +9,7 @@
 use tonic::Status;
 use uuid::Uuid;
 
-use super::ids::{parse_snapshot_id, parse_volume_id};
+use crate::ids::{parse_snapshot_id, parse_volume_id};
 
 /// Which listing a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,7 +91,7 @@ impl VolumeParams {
             match key.as_str() {
                 VOLUME_PATH => {
                     let dir = RdsPath::new(value.as_str()).map_err(|e| invalid(key, e))?;
-                    if !super::ids::is_managed_dir(&defaults.base_paths, &dir) {
+                    if !crate::ids::is_managed_dir(&defaults.base_paths, &dir) {
                         let bases: Vec<&str> =
                             defaults.base_paths.iter().map(RdsPath::as_str).collect();
                         return Err(invalid(

@@ -223,7 +223,7 @@ impl ControllerService {
         let fenced_in_table = self.attachments.is_fenced(id);
         // An empty node ID means "from every node".
         self.attachments.detach(id, &req.node_id);
-        if let (Some(fence), Some(slot)) = (&self.fence, super::ids::parse_volume_id(id)) {
+        if let (Some(fence), Some(slot)) = (&self.fence, crate::ids::parse_volume_id(id)) {
             // The node leaves the fence too; a retry repeats this until it holds.
             let disk = self
                 .rds

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::ids::{self, parse_snapshot_id, parse_volume_id, ManagedFile};
 use super::page::{Listing, Page};
 use super::{required, ControllerService};
 use crate::grpc::{deadline, rds_status};
+use crate::ids::{self, parse_snapshot_id, parse_volume_id, ManagedFile};
 use crate::rds::command::{DiskAdd, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClock};
 

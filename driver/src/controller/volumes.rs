@@ -6,10 +6,10 @@ use tonic::{Request, Response, Status};
 
 use super::caps::check_capabilities;
 use super::copy_source::SourceRef;
-use super::ids::{self, parse_volume_id, ManagedFile};
 use super::params::VolumeParams;
 use super::{allocation, required, ControllerService};
 use crate::grpc::{deadline, rds_status};
+use crate::ids::{self, parse_volume_id, ManagedFile};
 use crate::rds::command::{DiskAdd, NvmeExport};
 use crate::rds::{Disk, RdsError};
 

@@ -29,7 +29,7 @@ use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tonic::Status;
 
 use super::api_deadline::{within, LIST_TIMEOUT};
-use crate::controller::ids::parse_volume_id;
+use crate::ids::parse_volume_id;
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
 pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);

@@ -25,7 +25,7 @@ use super::api_deadline::{within, LIST_TIMEOUT};
 use super::attachments::{states_from, AttachmentManager, Clock, SystemClock};
 use super::events::{EventRecorder, EventType, REASON_ORPHAN_DELETED, REASON_ORPHAN_FOUND};
 use super::reconciler::{BackgroundTask, LifecycleError};
-use crate::controller::ids::{classify_managed_file, ManagedFile};
+use crate::ids::{classify_managed_file, ManagedFile};
 use crate::orphans::{self, Orphan, OrphanKind, References};
 use crate::rds::{deadline_in, RdsClient, RdsError, RdsPath};
 

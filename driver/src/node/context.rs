@@ -112,7 +112,7 @@ pub fn validate_volume_id(id: &str) -> Result<()> {
 /// The NQN suffix of volumes this driver creates: one of its volume IDs (`pvc-...`,
 /// `vol-<uuid>`), never just any `[a-z0-9-]` name.
 pub fn is_volume_suffix(s: &str) -> bool {
-    crate::controller::ids::parse_volume_id(s).is_some()
+    crate::ids::parse_volume_id(s).is_some()
 }
 
 /// True only for NQNs this driver manages: the managed prefix followed by a volume-ID suffix.
