@@ -85,7 +85,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             // Only a table rebuilt from the cluster may overrule the RDS: one kept in memory
             // starts empty after a restart and would close the fences of volumes in use.
             if let Some(fence) = controller.fence().cloned() {
-                kube.run_fence_pass(fence);
+                kube.run_on_leader(crate::controller::fence::leader_task(fence));
             }
         }
         kube_tasks = kube;

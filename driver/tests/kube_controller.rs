@@ -570,7 +570,9 @@ async fn fencing_replica(
     });
     service_config.fencing = Some(key.clone());
     let svc = ControllerService::with_attachments(rds.clone(), service_config, attachments);
-    kube.run_fence_pass(svc.fence().unwrap().clone());
+    kube.run_on_leader(rds_csi::controller::fence::leader_task(
+        svc.fence().unwrap().clone(),
+    ));
     (svc, kube)
 }
 

@@ -48,6 +48,15 @@ pub fn allowed_for(key: &FenceKey, nodes: &[String]) -> Option<Nqn> {
     Some(Nqn::new(nqn).unwrap_or_else(|_| Nqn::new(key.closed_host()).expect("a valid NQN")))
 }
 
+/// The repair pass as a task for the Lease holder (`ControllerKube::run_on_leader`).
+pub fn leader_task(fence: Fence) -> crate::kube::LeaderTask {
+    use futures_util::FutureExt;
+    Arc::new(move || {
+        let fence = fence.clone();
+        async move { fence.pass_logged().await }.boxed()
+    })
+}
+
 /// What one repair pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PassReport {
@@ -174,6 +183,20 @@ impl Fence {
             }
         }
         Ok(report)
+    }
+
+    /// One pass, with its outcome logged: the repair task the Lease holder runs.
+    pub async fn pass_logged(&self) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        match self.pass(deadline).await {
+            Ok(report) if report == PassReport::default() => {}
+            Ok(report) => tracing::warn!(
+                repaired = report.repaired,
+                failed = report.failed,
+                "fence pass"
+            ),
+            Err(e) => tracing::warn!(error = %e, "fence pass failed"),
+        }
     }
 
     /// One volume of the pass, under its lock: what it repaired, if anything.

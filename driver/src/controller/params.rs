@@ -22,9 +22,9 @@ pub mod keys {
     pub const CTRL_LOSS_TMO: &str = "ctrlLossTmo";
     pub const RECONNECT_DELAY: &str = "reconnectDelay";
     pub const KEEP_ALIVE_TMO: &str = "keepAliveTmo";
-    pub const MIGRATION_TIMEOUT: &str = "migrationTimeoutSeconds";
+    pub const MIGRATION_TIMEOUT: &str = crate::kube::attachments::MIGRATION_TIMEOUT_KEY;
     /// `"true"`: the volume is fenced on the RDS (see `controller::fence`).
-    pub const NVME_FENCING: &str = "nvmeFencing";
+    pub const NVME_FENCING: &str = crate::kube::attachments::NVME_FENCING_KEY;
 }
 
 /// StorageClass parameter names.

@@ -57,6 +57,8 @@ pub fn clamp_migration_timeout(timeout: Duration) -> Duration {
 pub const DEFAULT_DETACH_RETENTION: Duration = Duration::from_secs(3600);
 /// Volume context (and PV `csi.volumeAttributes`) key overriding the migration timeout.
 pub const MIGRATION_TIMEOUT_KEY: &str = "migrationTimeoutSeconds";
+/// Volume context (and PV `csi.volumeAttributes`) key saying the volume is fenced on the RDS.
+pub const NVME_FENCING_KEY: &str = "nvmeFencing";
 
 /// Time source; tests inject a [`ManualClock`] so expiry is tested without sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -677,7 +679,7 @@ pub fn states_from(
             }
             let attributes = spec.and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref());
             let fenced = attributes
-                .and_then(|a| a.get(crate::controller::params::keys::NVME_FENCING))
+                .and_then(|a| a.get(NVME_FENCING_KEY))
                 .is_some_and(|v| v == "true");
             let migration_timeout = attributes
                 .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())

@@ -122,11 +122,14 @@ pub fn identity() -> String {
         .unwrap_or_else(|| format!("rds-csi-{:016x}", rand::random::<u64>()))
 }
 
+/// Periodic work for the Lease holder; see [`ControllerKube::run_on_leader`].
+pub type LeaderTask = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// The controller's running Kubernetes tasks.
 pub struct ControllerKube {
     pub client: Client,
-    /// The fence repair pass's fences, once the controller has them (`run_fence_pass`).
-    fence: Arc<std::sync::OnceLock<crate::controller::fence::Fence>>,
+    /// Work the controller hands over to run on the Lease holder (`run_on_leader`).
+    leader_task: Arc<std::sync::OnceLock<LeaderTask>>,
     pub attachments: Arc<AttachmentManager>,
     pub attachment_reconciler: Arc<AttachmentReconciler>,
     pub orphan_reconciler: Option<Arc<OrphanReconciler>>,
@@ -136,11 +139,12 @@ pub struct ControllerKube {
 }
 
 impl ControllerKube {
-    /// Repairs the fences of `fence` every attachment reconcile interval, on the Lease holder
-    /// only (with leader election), once the attachment table is rebuilt.
-    pub fn run_fence_pass(&self, fence: crate::controller::fence::Fence) {
-        if self.fence.set(fence).is_err() {
-            tracing::warn!("the fence pass was already given its fences");
+    /// Runs `task` every attachment reconcile interval on the Lease holder only (with leader
+    /// election), once the attachment table is rebuilt; a replica that loses the Lease stops it
+    /// at once, even mid-run. The controller's fence repair pass runs this way.
+    pub fn run_on_leader(&self, task: LeaderTask) {
+        if self.leader_task.set(task).is_err() {
+            tracing::warn!("a leader task was already set; the new one is ignored");
         }
     }
 
@@ -237,15 +241,18 @@ pub fn start_controller(
         }
     })];
 
-    let fence = Arc::new(std::sync::OnceLock::new());
+    let leader_task = Arc::new(std::sync::OnceLock::new());
     let work = {
-        let (reconciler, orphan, fence) =
-            (Arc::clone(&reconciler), orphan.clone(), Arc::clone(&fence));
+        let (reconciler, orphan, leader_task) = (
+            Arc::clone(&reconciler),
+            orphan.clone(),
+            Arc::clone(&leader_task),
+        );
         let interval = config.attachment_reconcile_interval;
         move |token: CancellationToken| {
             let (reconciler, orphan, mut ready) =
                 (Arc::clone(&reconciler), orphan.clone(), ready_rx.clone());
-            let fence = Arc::clone(&fence);
+            let leader_task = Arc::clone(&leader_task);
             async move {
                 // Reconcile only a table that holds the cluster's attachments.
                 tokio::select! {
@@ -260,8 +267,8 @@ pub fn start_controller(
                         tracing::error!(error = %e, "orphan reconciler");
                     }
                 }
-                // Ends with the leadership: a replica that lost the Lease stops repairing.
-                fence_pass(&fence, interval, &token).await;
+                // Ends with the leadership: a replica that lost the Lease stops its task.
+                run_every(&leader_task, interval, &token).await;
                 reconciler.stop().await;
                 if let Some(o) = &orphan {
                     o.stop().await;
@@ -295,7 +302,7 @@ pub fn start_controller(
     );
     ControllerKube {
         client,
-        fence,
+        leader_task,
         attachments: manager,
         attachment_reconciler: reconciler,
         orphan_reconciler: orphan,
@@ -305,10 +312,10 @@ pub fn start_controller(
     }
 }
 
-/// Repairs the fences every `every` until `token` is cancelled; does nothing until the
-/// controller has handed its fences over.
-async fn fence_pass(
-    fence: &std::sync::OnceLock<crate::controller::fence::Fence>,
+/// Runs the leader task every `every` until `token` is cancelled; does nothing until the
+/// controller has handed one over.
+async fn run_every(
+    task: &std::sync::OnceLock<LeaderTask>,
     every: Duration,
     token: &CancellationToken,
 ) {
@@ -318,20 +325,10 @@ async fn fence_pass(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(fence) = fence.get() else { continue };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let pass = tokio::select! {
+        let Some(task) = task.get() else { continue };
+        tokio::select! {
             _ = token.cancelled() => return,
-            pass = fence.pass(deadline) => pass,
-        };
-        match pass {
-            Ok(report) if report.repaired == 0 && report.failed == 0 => {}
-            Ok(report) => tracing::warn!(
-                repaired = report.repaired,
-                failed = report.failed,
-                "fence pass"
-            ),
-            Err(e) => tracing::warn!(error = %e, "fence pass failed"),
+            _ = task() => {}
         }
     }
 }
