@@ -430,32 +430,6 @@ impl Default for EnvOptions<'_> {
     }
 }
 
-/// The RouterOS behaviours the scenario tests run under: the mock's own, and two combined
-/// "hardware-like" profiles that together hold every variant mock-rds can play.
-pub const PROFILES: [&str; 3] = ["default", "hardware-a", "hardware-b"];
-
-/// Runs a scenario `async fn name(profile: &str)` once per profile of [`PROFILES`], as the tests
-/// `name::default`, `name::hardware_a` and `name::hardware_b`.
-#[macro_export]
-macro_rules! profile_matrix {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn default() {
-                super::$name($crate::PROFILES[0]).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn hardware_a() {
-                super::$name($crate::PROFILES[1]).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn hardware_b() {
-                super::$name($crate::PROFILES[2]).await
-            }
-        }
-    )+};
-}
-
 impl Env {
     /// Starts the mock and the driver for the test named `test` (lowercase, short).
     pub async fn start(test: &str) -> anyhow::Result<Self> {

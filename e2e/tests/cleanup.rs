@@ -10,12 +10,17 @@ use e2e::{
     create_request, list_snapshots, list_volumes, mount_cap, Env, MockDisk, MockFile, BASE_PATH,
     MIB,
 };
+use rstest::rstest;
 
 fn everything(env: &Env) -> (Vec<MockDisk>, Vec<MockFile>) {
     (env.mock.disks().unwrap(), env.mock.files().unwrap())
 }
 
-async fn cleanup_deletes_the_run_and_nothing_else(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_deletes_the_run_and_nothing_else(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("cleanup", profile).await.unwrap();
     let mut ctl = env.controller();
 
@@ -104,5 +109,3 @@ async fn cleanup_deletes_the_run_and_nothing_else(profile: &str) {
     // Running it again finds nothing: clean-up is idempotent.
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
-
-e2e::profile_matrix!(cleanup_deletes_the_run_and_nothing_else,);

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use csi_proto::v1::DeleteVolumeRequest;
 use e2e::{create_request, list_volumes, mount_cap, Env, BASE_PATH, MIB};
+use rstest::rstest;
 
 /// The slots of the mock's disks that belong to this run.
 fn run_slots(env: &Env) -> BTreeSet<String> {
@@ -78,7 +79,11 @@ where
     out
 }
 
-async fn fifty_parallel_creates_then_fifty_parallel_deletes(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_parallel_creates_then_fifty_parallel_deletes(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("par", profile).await.unwrap();
     let names: Vec<String> = (0..50).map(|i| env.name(&format!("v{i:02}"))).collect();
 
@@ -110,7 +115,11 @@ async fn fifty_parallel_creates_then_fifty_parallel_deletes(profile: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
 
-async fn fifty_mixed_creates_and_deletes(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_mixed_creates_and_deletes(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("mix", profile).await.unwrap();
     let old: Vec<String> = (0..25).map(|i| env.name(&format!("old{i:02}"))).collect();
     let new: Vec<String> = (0..25).map(|i| env.name(&format!("new{i:02}"))).collect();
@@ -155,7 +164,11 @@ async fn fifty_mixed_creates_and_deletes(profile: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (25, 0));
 }
 
-async fn sixteen_parallel_creates_of_one_name_make_one_disk(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_parallel_creates_of_one_name_make_one_disk(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("same", profile).await.unwrap();
     let name = env.name("one");
     let calls = (0..16).map(|_| {
@@ -183,9 +196,3 @@ async fn sixteen_parallel_creates_of_one_name_make_one_disk(profile: &str) {
     assert_eq!(adds.len(), 1, "{adds:#?}");
     assert_eq!(env.cleanup_run().await.unwrap(), (1, 0));
 }
-
-e2e::profile_matrix!(
-    fifty_parallel_creates_then_fifty_parallel_deletes,
-    fifty_mixed_creates_and_deletes,
-    sixteen_parallel_creates_of_one_name_make_one_disk,
-);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::{CreateVolumeRequest, DeleteVolumeRequest, ProbeRequest};
 use e2e::{create_request, list_volumes, mount_cap, poll_until, Env, BASE_PATH, MIB};
+use rstest::rstest;
 use tonic::{Code, Request};
 
 fn req(env: &Env, suffix: &str) -> CreateVolumeRequest {
@@ -75,16 +76,28 @@ async fn out_of_space(exit_status: Option<u32>, test: &str, profile: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (1, 0));
 }
 
-async fn not_enough_space_is_resource_exhausted(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_enough_space_is_resource_exhausted(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     out_of_space(None, "full", profile).await;
 }
 
-async fn not_enough_space_with_exit_status_zero_is_resource_exhausted(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_enough_space_with_exit_status_zero_is_resource_exhausted(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     // Real RouterOS's exit status on errors is unknown: the text alone must decide.
     out_of_space(Some(0), "full0", profile).await;
 }
 
-async fn hung_command_fails_by_the_deadline_and_the_next_call_works(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_command_fails_by_the_deadline_and_the_next_call_works(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("hang", profile).await.unwrap();
     let mut ctl = env.controller();
     env.exec_ok("/mock fault hang pattern=\"^/disk add\" times=1")
@@ -135,7 +148,11 @@ async fn hung_command_fails_by_the_deadline_and_the_next_call_works(profile: &st
     assert_eq!(env.cleanup_run().await.unwrap(), (1, 0));
 }
 
-async fn connection_dropped_after_disk_add_creates_exactly_one_disk(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_dropped_after_disk_add_creates_exactly_one_disk(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("drop", profile).await.unwrap();
     let mut ctl = env.controller();
     let name = env.name("d");
@@ -193,7 +210,11 @@ async fn connection_dropped_after_disk_add_creates_exactly_one_disk(profile: &st
     assert_eq!(env.cleanup_run().await.unwrap(), (0, 0));
 }
 
-async fn all_connections_dropped_between_calls(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_connections_dropped_between_calls(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("cut", profile).await.unwrap();
     let mut ctl = env.controller();
     ctl.create_volume(req(&env, "a")).await.unwrap();
@@ -210,7 +231,9 @@ async fn all_connections_dropped_between_calls(profile: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (2, 0));
 }
 
-async fn rds_restart_during_a_run(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rds_restart_during_a_run(#[values("default", "hardware-a", "hardware-b")] profile: &str) {
     let mut env = Env::start_profile("reboot", profile).await.unwrap();
     let mut ctl = env.controller();
     let mut id = env.identity();
@@ -265,7 +288,11 @@ async fn rds_restart_during_a_run(profile: &str) {
     assert_eq!(env.cleanup_run().await.unwrap(), (4, 0));
 }
 
-async fn hung_rds_makes_probe_not_ready_within_its_own_timeout(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_rds_makes_probe_not_ready_within_its_own_timeout(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("hangprobe", profile).await.unwrap();
     let mut id = env.identity();
     env.exec_ok("/mock fault hang pattern=\"^/system identity\" times=1")
@@ -287,13 +314,3 @@ async fn hung_rds_makes_probe_not_ready_within_its_own_timeout(profile: &str) {
     let ready = id.probe(ProbeRequest {}).await.unwrap().into_inner().ready;
     assert_eq!(ready, Some(true));
 }
-
-e2e::profile_matrix!(
-    not_enough_space_is_resource_exhausted,
-    not_enough_space_with_exit_status_zero_is_resource_exhausted,
-    hung_command_fails_by_the_deadline_and_the_next_call_works,
-    connection_dropped_after_disk_add_creates_exactly_one_disk,
-    all_connections_dropped_between_calls,
-    rds_restart_during_a_run,
-    hung_rds_makes_probe_not_ready_within_its_own_timeout,
-);

@@ -8,6 +8,7 @@ use std::path::Path;
 use csi_proto::v1::NodeGetVolumeStatsRequest;
 use e2e::staged::{provision, retire};
 use e2e::{block_cap, is_root, mount_cap, Env, BASE_PATH, MIB};
+use rstest::rstest;
 
 fn skip_unless_root(test: &str) -> bool {
     if is_root() {
@@ -63,22 +64,22 @@ async fn filesystem_lifecycle(test: &str, fs: &str, bytes: i64, profile: &str) {
     retire(&env, &v).await;
 }
 
-async fn ext4_volume_lifecycle(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ext4_volume_lifecycle(#[values("default", "hardware-a", "hardware-b")] profile: &str) {
     filesystem_lifecycle("ext4", "ext4", 64 * MIB, profile).await;
 }
 
-async fn xfs_volume_lifecycle(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn xfs_volume_lifecycle(#[values("default", "hardware-a", "hardware-b")] profile: &str) {
     // mkfs.xfs refuses filesystems under 300 MiB; the file is sparse, so this costs nothing.
     filesystem_lifecycle("xfs", "xfs", 512 * MIB, profile).await;
 }
 
-e2e::profile_matrix!(
-    ext4_volume_lifecycle,
-    xfs_volume_lifecycle,
-    block_volume_lifecycle
-);
-
-async fn block_volume_lifecycle(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn block_volume_lifecycle(#[values("default", "hardware-a", "hardware-b")] profile: &str) {
     if skip_unless_root("block") {
         return;
     }

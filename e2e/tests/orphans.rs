@@ -7,6 +7,7 @@ use std::process::Command;
 
 use csi_proto::v1::CreateSnapshotRequest;
 use e2e::{binary, create_request, list_volumes, mount_cap, Env, BASE_PATH, MIB};
+use rstest::rstest;
 
 /// (kind, path, slot) of each reported orphan, and the raw JSON.
 type Report = (
@@ -54,7 +55,11 @@ fn entry(kind: &str, path: &str, slot: Option<&str>) -> (String, Option<String>,
     )
 }
 
-async fn orphans_are_reported_exactly_and_deleted_alone(profile: &str) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_are_reported_exactly_and_deleted_alone(
+    #[values("default", "hardware-a", "hardware-b")] profile: &str,
+) {
     let env = Env::start_profile("orphans", profile).await.unwrap();
     let mut ctl = env.controller();
 
@@ -201,5 +206,3 @@ async fn orphans_are_reported_exactly_and_deleted_alone(profile: &str) {
     // The CSI objects survived and are still usable.
     assert_eq!(env.cleanup_run().await.unwrap(), (2, 1));
 }
-
-e2e::profile_matrix!(orphans_are_reported_exactly_and_deleted_alone,);
