@@ -16,6 +16,7 @@ use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
 use rds_csi::rds::command::{AllocSize, DiskAdd, NvmeExport};
 use rds_csi::rds::{deadline_in, Port, RdsClient, RdsPath, Slot};
+use rstest::rstest;
 use russh::keys::PrivateKey;
 use tonic::{Code, Request};
 
@@ -203,72 +204,74 @@ async fn unknown_output_after_any_mutation_is_a_failure() {
 }
 
 /// Every field reads back exactly whatever the wrapping, across many name lengths.
+#[rstest]
 #[tokio::test]
-async fn every_wrapping_variant_parses_exactly() {
-    for spec in [
+async fn every_wrapping_variant_parses_exactly(
+    #[values(
         "default",
         "wrap-hyphen",
         "wrap-trailing-space",
         "wrap-digit-groups",
         "wrap-hyphen,wrap-trailing-space,wrap-digit-groups",
-        "terse-supported",
-    ] {
-        let w = world(spec).await;
-        let d = deadline();
-        for n in 1..48 {
-            let id = format!("pvc-{}-x", "a1b2c3d4".repeat(6).get(..n).unwrap());
-            let path = format!("{BASE}/{id}.img");
-            let size = (50u64 << 30) + (n as u64) * (1 << 20);
-            let add = DiskAdd {
-                slot: slot(&id),
-                file_path: RdsPath::new(path.clone()).unwrap(),
-                size: Some(AllocSize::round_up(size).unwrap()),
-                copy_from: None,
-                export: export(&id),
-            };
-            w.rds.create_disk(&add, d).await.unwrap();
-            let disk = w.rds.get_disk(&slot(&id), d).await.unwrap().unwrap();
-            assert_eq!(
-                disk.file_path.as_deref(),
-                Some(path.as_str()),
-                "{spec} {id}"
-            );
-            assert_eq!(disk.size_bytes, Some(size), "{spec} {id}");
-            assert_eq!(
-                disk.nqn.as_deref(),
-                Some(slot(&id).nqn().as_str()),
-                "{spec}"
-            );
-        }
-        let files = w
-            .rds
-            .list_files(&RdsPath::new(BASE).unwrap(), d)
-            .await
-            .unwrap();
+        "terse-supported"
+    )]
+    spec: &str,
+) {
+    let w = world(spec).await;
+    let d = deadline();
+    for n in 1..48 {
+        let id = format!("pvc-{}-x", "a1b2c3d4".repeat(6).get(..n).unwrap());
+        let path = format!("{BASE}/{id}.img");
+        let size = (50u64 << 30) + (n as u64) * (1 << 20);
+        let add = DiskAdd {
+            slot: slot(&id),
+            file_path: RdsPath::new(path.clone()).unwrap(),
+            size: Some(AllocSize::round_up(size).unwrap()),
+            copy_from: None,
+            export: export(&id),
+        };
+        w.rds.create_disk(&add, d).await.unwrap();
+        let disk = w.rds.get_disk(&slot(&id), d).await.unwrap().unwrap();
         assert_eq!(
-            files.iter().filter(|f| !f.is_directory()).count(),
-            47,
+            disk.file_path.as_deref(),
+            Some(path.as_str()),
+            "{spec} {id}"
+        );
+        assert_eq!(disk.size_bytes, Some(size), "{spec} {id}");
+        assert_eq!(
+            disk.nqn.as_deref(),
+            Some(slot(&id).nqn().as_str()),
             "{spec}"
         );
-        for f in files.iter().filter(|f| !f.is_directory()) {
-            assert!(
-                w.mock.file(&f.path).is_some(),
-                "{spec}: {} is not a real file",
-                f.path
-            );
-        }
-        let disks = w.rds.list_disks(d).await.unwrap();
-        for disk in disks.iter().filter(|d| d.slot.starts_with("pvc-")) {
-            let real = w.mock.disk(&disk.slot).unwrap();
-            assert_eq!(
-                disk.file_path.as_deref(),
-                Some(real.file_path.as_str()),
-                "{spec}"
-            );
-            assert_eq!(disk.size_bytes, Some(real.file_size), "{spec}");
-        }
-        w.mock.stop().await;
     }
+    let files = w
+        .rds
+        .list_files(&RdsPath::new(BASE).unwrap(), d)
+        .await
+        .unwrap();
+    assert_eq!(
+        files.iter().filter(|f| !f.is_directory()).count(),
+        47,
+        "{spec}"
+    );
+    for f in files.iter().filter(|f| !f.is_directory()) {
+        assert!(
+            w.mock.file(&f.path).is_some(),
+            "{spec}: {} is not a real file",
+            f.path
+        );
+    }
+    let disks = w.rds.list_disks(d).await.unwrap();
+    for disk in disks.iter().filter(|d| d.slot.starts_with("pvc-")) {
+        let real = w.mock.disk(&disk.slot).unwrap();
+        assert_eq!(
+            disk.file_path.as_deref(),
+            Some(real.file_path.as_str()),
+            "{spec}"
+        );
+        assert_eq!(disk.size_bytes, Some(real.file_size), "{spec}");
+    }
+    w.mock.stop().await;
 }
 
 /// `print terse` is used where the RDS has it, detected once per connection; elsewhere the
@@ -310,30 +313,27 @@ async fn terse_is_detected_once_and_falls_back() {
 
 /// A failure with no exit status, or with bare texts and exit 0, is still a failure with the
 /// right code.
+#[rstest]
 #[tokio::test]
-async fn exit_and_text_variants_keep_failures_and_their_meaning() {
-    for spec in [
-        "exit-none",
-        "errors-bare,exit-zero",
-        "errors-unknown,exit-none",
-    ] {
-        let w = world_with(spec, |c| c.pool_size = 1 << 30).await;
-        let err = w.create("pvc-big", 4 * GIB).await.unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted, "{spec}: {err:?}");
-        assert!(w.mock.disks().is_empty(), "{spec}");
-        // A leftover file at a new volume's path: the add fails, nothing is reported created.
-        w.mock
-            .add_orphan_file(&format!("{BASE}/pvc-taken.img"), 1 << 20);
-        assert_ne!(
-            w.create("pvc-taken", GIB)
-                .await
-                .map(drop)
-                .unwrap_err()
-                .code(),
-            Code::Ok
-        );
-        assert!(w.mock.disk("pvc-taken").is_none(), "{spec}");
-    }
+async fn exit_and_text_variants_keep_failures_and_their_meaning(
+    #[values("exit-none", "errors-bare,exit-zero", "errors-unknown,exit-none")] spec: &str,
+) {
+    let w = world_with(spec, |c| c.pool_size = 1 << 30).await;
+    let err = w.create("pvc-big", 4 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{spec}: {err:?}");
+    assert!(w.mock.disks().is_empty(), "{spec}");
+    // A leftover file at a new volume's path: the add fails, nothing is reported created.
+    w.mock
+        .add_orphan_file(&format!("{BASE}/pvc-taken.img"), 1 << 20);
+    assert_ne!(
+        w.create("pvc-taken", GIB)
+            .await
+            .map(drop)
+            .unwrap_err()
+            .code(),
+        Code::Ok
+    );
+    assert!(w.mock.disk("pvc-taken").is_none(), "{spec}");
 }
 
 /// Channel opens over several connections never pile up on an RDS that serves them one at a
@@ -397,32 +397,33 @@ async fn session_cap_is_waited_out_not_failed() {
 }
 
 /// RouterOS prints file times in its own zone: ages and snapshot times use its offset.
+#[rstest]
 #[tokio::test]
-async fn clock_zones_do_not_change_ages_or_times() {
-    for spec in ["clock-west", "clock-east", "default"] {
-        let w = world(spec).await;
-        // A fresh orphan is never old enough, wherever the RDS is.
-        w.mock
-            .add_orphan_file(&format!("{BASE}/pvc-fresh.img"), 1 << 20);
-        let orphans = rds_csi::orphans::scan(
-            &w.rds,
-            &[RdsPath::new(BASE).unwrap()],
-            Duration::from_secs(3600),
-            deadline(),
-        )
-        .await
-        .unwrap();
-        assert!(orphans.is_empty(), "{spec}: {orphans:?}");
-        // A snapshot's creation time is now, in UTC.
-        w.create("pvc-src", GIB).await.unwrap();
-        let snap = w.snapshot("snap-a", "pvc-src").await.unwrap();
-        let created = snap.creation_time.expect("a creation time").seconds;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        assert!((created - now).abs() < 120, "{spec}: {created} vs {now}");
-    }
+async fn clock_zones_do_not_change_ages_or_times(
+    #[values("clock-west", "clock-east", "default")] spec: &str,
+) {
+    let w = world(spec).await;
+    // A fresh orphan is never old enough, wherever the RDS is.
+    w.mock
+        .add_orphan_file(&format!("{BASE}/pvc-fresh.img"), 1 << 20);
+    let orphans = rds_csi::orphans::scan(
+        &w.rds,
+        &[RdsPath::new(BASE).unwrap()],
+        Duration::from_secs(3600),
+        deadline(),
+    )
+    .await
+    .unwrap();
+    assert!(orphans.is_empty(), "{spec}: {orphans:?}");
+    // A snapshot's creation time is now, in UTC.
+    w.create("pvc-src", GIB).await.unwrap();
+    let snap = w.snapshot("snap-a", "pvc-src").await.unwrap();
+    let created = snap.creation_time.expect("a creation time").seconds;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((created - now).abs() < 120, "{spec}: {created} vs {now}");
 }
 
 /// An asynchronous copy is done only when its file is whole; an interrupted one is never
@@ -597,23 +598,24 @@ async fn an_async_restore_returns_only_once_its_bytes_are_all_there() {
 
 /// Without exact sizes (scripts refused, or printed rounded), a copy counts as whole only once
 /// its rounded size has stood still for the stall window and a last reading agrees.
+#[rstest]
 #[tokio::test]
-async fn without_exact_sizes_an_async_restore_waits_for_its_size_to_settle() {
-    for spec in ["copy-async,scripting-refused", "copy-async,put-human-size"] {
-        let (w, snap) = world_with_snapshot(spec, 10 * GIB).await;
-        let started = std::time::Instant::now();
-        let vol = w
-            .create_from("pvc-restored", 10 * GIB, restore_of(&snap))
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() >= Duration::from_secs(4),
-            "{spec}: acknowledged after {:?}, before its size had settled",
-            started.elapsed()
-        );
-        assert_eq!(vol.capacity_bytes, 10 * GIB);
-        assert_eq!(w.file_bytes("pvc-restored"), 10 << 30, "{spec}");
-    }
+async fn without_exact_sizes_an_async_restore_waits_for_its_size_to_settle(
+    #[values("copy-async,scripting-refused", "copy-async,put-human-size")] spec: &str,
+) {
+    let (w, snap) = world_with_snapshot(spec, 10 * GIB).await;
+    let started = std::time::Instant::now();
+    let vol = w
+        .create_from("pvc-restored", 10 * GIB, restore_of(&snap))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{spec}: acknowledged after {:?}, before its size had settled",
+        started.elapsed()
+    );
+    assert_eq!(vol.capacity_bytes, 10 * GIB);
+    assert_eq!(w.file_bytes("pvc-restored"), 10 << 30, "{spec}");
 }
 
 /// Without exact sizes a copy that stopped short by more than the display rounds is still
@@ -725,38 +727,39 @@ async fn listings_do_not_need_regex_anchors() {
 
 /// Expansion waits out a delayed size and works around a refusal to resize an exported disk
 /// while nothing uses the volume.
+#[rstest]
 #[tokio::test]
-async fn resize_variants_expand_or_say_why() {
-    for spec in ["resize-delayed", "resize-refused-exported"] {
-        let w = world(spec).await;
-        w.create("pvc-grow", GIB).await.unwrap();
-        let resp = w
-            .svc
-            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-                volume_id: "pvc-grow".into(),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: 2 * GIB,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(resp.capacity_bytes, 2 * GIB, "{spec}");
-        let disk = w.mock.disk("pvc-grow").unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_secs(3), async {
-                while w.mock.disk("pvc-grow").unwrap().file_size != 2 << 30 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .is_ok(),
-            "{spec}: {disk:?}"
-        );
-        assert!(w.mock.disk("pvc-grow").unwrap().nvme_tcp_export, "{spec}");
-    }
+async fn resize_variants_expand_or_say_why(
+    #[values("resize-delayed", "resize-refused-exported")] spec: &str,
+) {
+    let w = world(spec).await;
+    w.create("pvc-grow", GIB).await.unwrap();
+    let resp = w
+        .svc
+        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+            volume_id: "pvc-grow".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.capacity_bytes, 2 * GIB, "{spec}");
+    let disk = w.mock.disk("pvc-grow").unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), async {
+            while w.mock.disk("pvc-grow").unwrap().file_size != 2 << 30 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok(),
+        "{spec}: {disk:?}"
+    );
+    assert!(w.mock.disk("pvc-grow").unwrap().nvme_tcp_export, "{spec}");
 }
 
 /// An expansion that had to unexport the disk and could not export it again fails, and so does
