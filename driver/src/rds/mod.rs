@@ -9,6 +9,7 @@ pub mod model;
 pub mod parse;
 mod reply;
 pub mod ssh;
+mod ssh_config;
 
 pub use client::{disk_mismatch, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
