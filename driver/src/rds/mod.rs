@@ -6,6 +6,7 @@ mod connection;
 mod copy;
 pub mod error;
 pub mod model;
+mod observer;
 pub mod parse;
 mod reply;
 pub mod ssh;
@@ -16,6 +17,7 @@ pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, S
 pub use copy::CopyState;
 pub use error::{RdsError, TransportError};
 pub use model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
+pub use observer::RdsObserver;
 pub use ssh::{HostKeyPolicy, SshConfig, Transport};
 
 use std::time::Duration;

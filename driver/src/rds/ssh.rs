@@ -15,6 +15,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connection::Connection;
 use super::error::{ExecOutput, TransportError};
+use super::observer::RdsObserver;
 use super::reply::read_reply;
 pub use super::reply::MAX_OUTPUT_BYTES;
 pub use super::ssh_config::{
@@ -54,10 +55,17 @@ pub struct Transport {
     next_id: AtomicU64,
     reconnects: AtomicU64,
     accepted_host_key: Arc<StdMutex<Option<AcceptedHostKey>>>,
+    observer: Arc<dyn RdsObserver>,
 }
 
 impl Transport {
+    /// A transport reporting to the process-wide metrics.
     pub fn new(config: SshConfig) -> Arc<Self> {
+        Self::with_observer(config, crate::metrics::rds_observer())
+    }
+
+    /// A transport reporting its channels, and its client's commands, to `observer`.
+    pub fn with_observer(config: SshConfig, observer: Arc<dyn RdsObserver>) -> Arc<Self> {
         let slots = (0..config.connections.max(1))
             .map(|_| Mutex::default())
             .collect();
@@ -71,7 +79,13 @@ impl Transport {
             next_id: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             accepted_host_key: Arc::default(),
+            observer,
         })
+    }
+
+    /// Where this transport and its client report.
+    pub(super) fn observer(&self) -> &Arc<dyn RdsObserver> {
+        &self.observer
     }
 
     pub fn address(&self) -> String {
@@ -121,11 +135,10 @@ impl Transport {
             .await
             .map_err(|_| timeout("a free SSH channel"))?
             .map_err(|_| TransportError::ConnectionLost("transport closed".into()))?;
-        let in_flight = crate::metrics::global().ssh_channels_in_flight.clone();
-        in_flight.inc();
+        self.observer.channel_opened();
         let this = Arc::clone(self);
         let _in_flight = scopeguard(move || {
-            in_flight.dec();
+            this.observer.channel_closed();
             this.channel_done.notify_waiters();
         });
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
