@@ -17,7 +17,7 @@ use prometheus::{
 };
 use tokio::sync::Mutex;
 
-use crate::rds::{RdsClient, RdsPath, Slot};
+use crate::rds::{RdsClient, RdsObserver, RdsPath, Slot};
 
 mod http_server;
 pub use http_server::{serve_http, MAX_HTTP_CONNECTIONS};
@@ -141,6 +141,40 @@ fn build() -> prometheus::Result<Metrics> {
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| build().expect("metric definitions are valid"))
+}
+
+impl RdsObserver for Metrics {
+    fn command_done(&self, kind: &str, outcome: &str, elapsed: Duration) {
+        self.rds_commands.with_label_values(&[kind, outcome]).inc();
+        self.rds_latency
+            .with_label_values(&[kind])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn channel_opened(&self) {
+        self.ssh_channels_in_flight.inc();
+    }
+
+    fn channel_closed(&self) {
+        self.ssh_channels_in_flight.dec();
+    }
+}
+
+/// The process-wide metrics as an RDS client's observer.
+pub fn rds_observer() -> Arc<dyn RdsObserver> {
+    struct Global;
+    impl RdsObserver for Global {
+        fn command_done(&self, kind: &str, outcome: &str, elapsed: Duration) {
+            global().command_done(kind, outcome, elapsed);
+        }
+        fn channel_opened(&self) {
+            global().channel_opened();
+        }
+        fn channel_closed(&self) {
+            global().channel_closed();
+        }
+    }
+    Arc::new(Global)
 }
 
 /// The CSI v1 services and their RPCs: the only `rpc` label values.

@@ -43,7 +43,7 @@ pub struct ControllerRole {
 /// down.
 pub fn rds_client(config: SshConfig) -> Arc<RdsClient> {
     Arc::new(RdsClient::new(
-        Transport::new(config),
+        Transport::with_observer(config, crate::metrics::rds_observer()),
         RetryPolicy::default(),
     ))
 }

@@ -199,15 +199,9 @@ impl RdsClient {
             Err(RdsError::Transport(_)) => "transport",
             Err(_) => "failed",
         };
-        let metrics = crate::metrics::global();
-        metrics
-            .rds_commands
-            .with_label_values(&[command.kind(), outcome])
-            .inc();
-        metrics
-            .rds_latency
-            .with_label_values(&[command.kind()])
-            .observe(started.elapsed().as_secs_f64());
+        self.transport
+            .observer()
+            .command_done(command.kind(), outcome, started.elapsed());
         tracing::debug!(
             command = command.kind(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use russh::client;
 
-use super::ssh::Handler;
+use super::ssh_config::Handler;
 
 pub(super) struct Connection {
     pub handle: client::Handle<Handler>,

@@ -6,15 +6,18 @@ mod connection;
 mod copy;
 pub mod error;
 pub mod model;
+mod observer;
 pub mod parse;
 mod reply;
 pub mod ssh;
+mod ssh_config;
 
 pub use client::{disk_mismatch, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
 pub use copy::CopyState;
 pub use error::{RdsError, TransportError};
 pub use model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
+pub use observer::RdsObserver;
 pub use ssh::{HostKeyPolicy, SshConfig, Transport};
 
 use std::time::Duration;

@@ -1,0 +1,96 @@
+//! The command-line options of the operator commands (`doctor`, `volumes`, `orphans`,
+//! `migrate-check`, `validate`) and their output format.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::{RdsArgs, DEFAULT_DRIVER_NAME};
+use crate::duration::parse_duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Write the raw output of every command here, in the layout of `fixtures/routeros/`
+    /// (ready to be added as `fixtures/routeros/hardware/<routeros-version>/`).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ToolArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// How operator commands print their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Text,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateCheckArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Kubeconfig file of the cluster to check.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+
+    /// CSI driver name of the PVs, VolumeSnapshotContents and StorageClasses to check.
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+
+    /// The node's `--managed-nqn-prefix` (the Go driver's `CSI_MANAGED_NQN_PREFIX` ended in
+    /// `pvc-`; this driver's prefix does not).
+    #[arg(
+        long,
+        default_value = crate::node::DEFAULT_MANAGED_NQN_PREFIX,
+        env = "RDS_CSI_MANAGED_NQN_PREFIX"
+    )]
+    pub managed_nqn_prefix: String,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OrphansArgs {
+    #[command(flatten)]
+    pub rds: RdsArgs,
+
+    /// Remove the orphans found (default: only report them).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Leave files younger than this alone (they may belong to a create in progress), e.g.
+    /// `5m`, `1h`, `0s`. A file must be this old by the RDS's own clock and by ours (RouterOS
+    /// prints local times; the offset comes from `/system clock print`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Kubeconfig file: with it, volume disks that no PersistentVolume of `--driver-name`
+    /// references are reported too, and files a PV or VolumeSnapshotContent references are not.
+    #[arg(long, env = "RDS_CSI_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// CSI driver name of the PVs and VolumeSnapshotContents to compare with (with --kubeconfig).
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
+    pub driver_name: String,
+}
