@@ -497,12 +497,7 @@ async fn only_the_lease_holder_repairs_fences() {
             .nvme_tcp_server_allow_host_name
     };
     // Two tries at the Lease are two retry intervals (4 s), some 40 pass intervals.
-    let lease_reads = || {
-        api.requests()
-            .iter()
-            .filter(|(m, p)| m == "GET" && p.contains("/leases/"))
-            .count()
-    };
+    let lease_reads = || lease_reads(&api);
     let from = lease_reads();
     assert!(eventually(wait, || lease_reads() >= from + 2).await);
     assert_eq!(allowed(), stranger, "a standby repaired a fence");
@@ -515,6 +510,14 @@ async fn only_the_lease_holder_repairs_fences() {
         allowed()
     );
     kube.shutdown().await;
+}
+
+/// How often the replicas have read the Lease: each standby reads it once a retry interval.
+fn lease_reads(api: &FakeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.contains("/leases/"))
+        .count()
 }
 
 /// Creates a fenced RWX block volume and publishes it to `node`.
@@ -614,12 +617,7 @@ async fn two_replicas_only_the_lease_holder_writes_fences() {
     let node_b = key.host_identity("node-b").nqn;
     assert_eq!(allowed(), node_a);
     // Two of the standby's tries at the Lease: some 40 intervals of its pass.
-    let lease_reads = || {
-        api.requests()
-            .iter()
-            .filter(|(m, p)| m == "GET" && p.contains("/leases/"))
-            .count()
-    };
+    let lease_reads = || lease_reads(&api);
     let from = lease_reads();
     assert!(eventually(wait, || lease_reads() >= from + 4).await);
     assert_eq!(allowed(), node_a, "the standby's stale pass wrote a fence");

@@ -810,3 +810,34 @@ async fn an_expansion_or_publish_never_succeeds_with_the_disk_unexported() {
         .unwrap();
     assert!(w.mock.disk("pvc-regrow").unwrap().nvme_tcp_export);
 }
+
+/// A resize that fails after the disk was unexported for it leaves the disk exported again: the
+/// failed expansion must not take the volume off the storage network.
+#[tokio::test]
+async fn a_failed_resize_with_the_export_off_exports_the_disk_again() {
+    let w = world("resize-refused-exported").await;
+    w.create("pvc-nogrow", GIB).await.unwrap();
+    // The resize after the unexport fails too (the first is refused by the profile itself).
+    w.mock.inject(Fault::Fail {
+        pattern: "file-size=".into(),
+        times: Some(2),
+        message: "failure: execution error".into(),
+        exit_status: 1,
+    });
+    let e = w
+        .svc
+        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+            volume_id: "pvc-nogrow".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("execution error"), "{e:?}");
+    let disk = w.mock.disk("pvc-nogrow").unwrap();
+    assert!(disk.nvme_tcp_export, "left unexported: {disk:?}");
+    assert_eq!(disk.file_size, 1 << 30);
+}

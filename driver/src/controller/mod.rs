@@ -579,10 +579,20 @@ impl Controller for ControllerService {
         let disk = if current >= size.bytes() {
             disk
         } else {
-            let resized = self
-                .grow(&id, &disk, size, deadline)
-                .await
-                .map_err(rds_status)?;
+            let resized = match self.grow(&id, &disk, size, deadline).await {
+                Ok(resized) => resized,
+                Err(e) => {
+                    // The resize may have failed with the export off: export the disk again
+                    // (with its fence) before failing, so the volume stays reachable.
+                    if let Ok(Some(now)) = self.rds.get_disk(&id, deadline).await {
+                        if let Err(again) = self.usable(&id, now, fenced, export, deadline).await {
+                            tracing::warn!(volume = %id, error = %again,
+                                "could not export the disk again after a failed resize");
+                        }
+                    }
+                    return Err(rds_status(e));
+                }
+            };
             tracing::info!(volume = %id, from = current, to = size.bytes(), "volume expanded");
             self.expansion_event(id.as_str(), size.bytes());
             resized
