@@ -62,7 +62,7 @@ mod operator;
 mod rds;
 mod serve;
 
-pub use operator::{MigrateCheckArgs, OrphansArgs, OutputFormat, ToolArgs, ValidateArgs};
+pub use operator::{MigrateCheckArgs, OrphansArgs, OutputArg, ToolArgs, ValidateArgs};
 pub use rds::RdsArgs;
 pub use serve::{ConnectorKind, KubeArgs, ServeArgs};
 
@@ -94,11 +94,13 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => crate::server::serve(args.config()?).await,
-            Command::Orphans(args) => crate::tools::orphans(args).await,
-            Command::Doctor(args) => crate::tools::doctor(args).await,
-            Command::Volumes(args) => crate::tools::volumes(args).await,
-            Command::MigrateCheck(args) => crate::migrate::run(args).await,
-            Command::Validate(args) => crate::tools::validate(args).await,
+            Command::Orphans(args) => crate::operator::orphans::run(args.options()).await,
+            Command::Doctor(args) => crate::operator::doctor::run(args.doctor_options()).await,
+            Command::Volumes(args) => crate::operator::volumes::run(args.volumes_options()).await,
+            Command::MigrateCheck(args) => {
+                crate::operator::migrate_check::run(args.options()).await
+            }
+            Command::Validate(args) => crate::operator::validate::run(args.options()).await,
         }
     });
     match result {

@@ -10,6 +10,7 @@ use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::*;
 use rds_csi::controller::publish::KnownNodes;
+use rstest::rstest;
 use tonic::{Code, Request};
 
 use common::controller::*;
@@ -267,43 +268,44 @@ async fn reader_only_volumes_are_published_read_only_to_many_nodes() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
+#[rstest]
 #[tokio::test]
-async fn single_node_single_and_multi_writer_are_single_node_modes() {
+async fn single_node_single_and_multi_writer_are_single_node_modes(
+    #[values(Mode::SingleNodeSingleWriter, Mode::SingleNodeMultiWriter)] mode: Mode,
+) {
     let f = fixture().await;
-    for mode in [Mode::SingleNodeSingleWriter, Mode::SingleNodeMultiWriter] {
-        let id = format!(
-            "pvc-{}",
-            mode.as_str_name().to_lowercase().replace('_', "-")
-        );
-        let mut req = create_req(&id, GIB);
-        req.volume_capabilities = vec![mount_cap(mode), block_cap(mode)];
-        f.svc.create_volume(Request::new(req)).await.unwrap();
-        let validated = f
-            .svc
-            .validate_volume_capabilities(Request::new(ValidateVolumeCapabilitiesRequest {
-                volume_id: id.clone(),
-                volume_capabilities: vec![mount_cap(mode)],
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            validated.confirmed.is_some(),
-            "{mode:?}: {}",
-            validated.message
-        );
-        f.svc
-            .controller_publish_volume(publish(&id, "node-a", mount_cap(mode)))
-            .await
-            .unwrap();
-        let err = f
-            .svc
-            .controller_publish_volume(publish(&id, "node-b", mount_cap(mode)))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{mode:?}: {err:?}");
-    }
+    let id = format!(
+        "pvc-{}",
+        mode.as_str_name().to_lowercase().replace('_', "-")
+    );
+    let mut req = create_req(&id, GIB);
+    req.volume_capabilities = vec![mount_cap(mode), block_cap(mode)];
+    f.svc.create_volume(Request::new(req)).await.unwrap();
+    let validated = f
+        .svc
+        .validate_volume_capabilities(Request::new(ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![mount_cap(mode)],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        validated.confirmed.is_some(),
+        "{mode:?}: {}",
+        validated.message
+    );
+    f.svc
+        .controller_publish_volume(publish(&id, "node-a", mount_cap(mode)))
+        .await
+        .unwrap();
+    let err = f
+        .svc
+        .controller_publish_volume(publish(&id, "node-b", mount_cap(mode)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{mode:?}: {err:?}");
 }
 
 #[tokio::test]

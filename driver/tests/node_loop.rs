@@ -13,6 +13,7 @@ use csi_proto::v1::node_server::Node;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
+use rstest::rstest;
 use tonic::{Code, Request};
 
 use common::loop_host::*;
@@ -130,17 +131,14 @@ async fn mount_lifecycle(fs: &str, size: u64) {
     assert!(env.loops().is_empty());
 }
 
+// mkfs.xfs refuses filesystems under 300 MiB.
+#[rstest]
+#[case::ext4("ext4", 64 * MIB)]
+#[case::xfs("xfs", 320 * MIB)]
 #[tokio::test]
-async fn ext4_mount_lifecycle_with_data_across_restage() {
+async fn mount_lifecycle_with_data_across_restage(#[case] fs: &str, #[case] size: u64) {
     require_root!();
-    mount_lifecycle("ext4", 64 * MIB).await;
-}
-
-#[tokio::test]
-async fn xfs_mount_lifecycle_with_data_across_restage() {
-    require_root!();
-    // mkfs.xfs refuses filesystems under 300 MiB.
-    mount_lifecycle("xfs", 320 * MIB).await;
+    mount_lifecycle(fs, size).await;
 }
 
 #[tokio::test]
@@ -357,16 +355,13 @@ async fn expand(fs: &str, from: u64, to: u64) {
     assert!(env.loops().is_empty());
 }
 
+#[rstest]
+#[case::ext4("ext4", 64 * MIB, 128 * MIB)]
+#[case::xfs("xfs", 320 * MIB, 400 * MIB)]
 #[tokio::test]
-async fn expand_ext4_online() {
+async fn expand_online(#[case] fs: &str, #[case] from: u64, #[case] to: u64) {
     require_root!();
-    expand("ext4", 64 * MIB, 128 * MIB).await;
-}
-
-#[tokio::test]
-async fn expand_xfs_online() {
-    require_root!();
-    expand("xfs", 320 * MIB, 400 * MIB).await;
+    expand(fs, from, to).await;
 }
 
 #[tokio::test]

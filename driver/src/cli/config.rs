@@ -55,9 +55,18 @@ impl RdsArgs {
         Ok(bases)
     }
 
-    /// The first base path: where `validate` works and new volumes go by default.
+    /// The first base path: where new volumes go by default.
     pub fn volume_base_path(&self) -> anyhow::Result<RdsPath> {
         Ok(self.volume_base_paths()?.remove(0))
+    }
+
+    /// The RDS for an operator command, bad flags kept as errors for it to report.
+    pub fn target(&self) -> crate::operator::RdsTarget {
+        crate::operator::RdsTarget {
+            ssh: self.ssh_config().map_err(|e| format!("{e:#}")),
+            base_paths: self.volume_base_paths().map_err(|e| format!("{e:#}")),
+            key_file: self.rds_key_file.clone(),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The command-line options of the operator commands (`doctor`, `volumes`, `orphans`,
-//! `migrate-check`, `validate`) and their output format.
+//! `migrate-check`, `validate`) and their output format, turned into each command's own options.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +8,12 @@ use clap::{Args, ValueEnum};
 
 use super::{RdsArgs, DEFAULT_DRIVER_NAME};
 use crate::duration::parse_duration;
+use crate::operator::doctor::DoctorOptions;
+use crate::operator::migrate_check::MigrateCheckOptions;
+use crate::operator::orphans::OrphansOptions;
+use crate::operator::validate::ValidateOptions;
+use crate::operator::volumes::VolumesOptions;
+use crate::operator::OutputFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
@@ -19,8 +25,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    pub output: OutputArg,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -28,13 +34,13 @@ pub struct ToolArgs {
     #[command(flatten)]
     pub rds: RdsArgs,
 
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    pub output: OutputArg,
 }
 
 /// How operator commands print their result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub enum OutputArg {
     /// A table for people.
     Text,
     /// One JSON document on stdout, for scripts.
@@ -63,8 +69,8 @@ pub struct MigrateCheckArgs {
     )]
     pub managed_nqn_prefix: String,
 
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    pub output: OutputArg,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,8 +88,8 @@ pub struct OrphansArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grace_period: Duration,
 
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    pub output: OutputArg,
 
     /// Kubeconfig file: with it, volume disks that no PersistentVolume of `--driver-name`
     /// references are reported too, and files a PV or VolumeSnapshotContent references are not.
@@ -93,4 +99,64 @@ pub struct OrphansArgs {
     /// CSI driver name of the PVs and VolumeSnapshotContents to compare with (with --kubeconfig).
     #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "RDS_CSI_DRIVER_NAME")]
     pub driver_name: String,
+}
+
+impl From<OutputArg> for OutputFormat {
+    fn from(arg: OutputArg) -> Self {
+        match arg {
+            OutputArg::Text => Self::Text,
+            OutputArg::Json => Self::Json,
+        }
+    }
+}
+
+impl ValidateArgs {
+    pub fn options(self) -> ValidateOptions {
+        ValidateOptions {
+            rds: self.rds.target(),
+            bundle: self.bundle,
+            output: self.output.into(),
+        }
+    }
+}
+
+impl ToolArgs {
+    pub fn doctor_options(self) -> DoctorOptions {
+        DoctorOptions {
+            rds: self.rds.target(),
+            output: self.output.into(),
+        }
+    }
+
+    pub fn volumes_options(self) -> VolumesOptions {
+        VolumesOptions {
+            rds: self.rds.target(),
+            output: self.output.into(),
+        }
+    }
+}
+
+impl MigrateCheckArgs {
+    pub fn options(self) -> MigrateCheckOptions {
+        MigrateCheckOptions {
+            rds: self.rds.target(),
+            kubeconfig: self.kubeconfig,
+            driver_name: self.driver_name,
+            managed_nqn_prefix: self.managed_nqn_prefix,
+            output: self.output.into(),
+        }
+    }
+}
+
+impl OrphansArgs {
+    pub fn options(self) -> OrphansOptions {
+        OrphansOptions {
+            rds: self.rds.target(),
+            delete: self.delete,
+            grace_period: self.grace_period,
+            output: self.output.into(),
+            kubeconfig: self.kubeconfig,
+            driver_name: self.driver_name,
+        }
+    }
 }

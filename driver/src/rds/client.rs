@@ -4,7 +4,6 @@
 //! RouterOS may behave in more than one way (print terse, time zones, asynchronous copies,
 //! delayed resizes, directories it will not create), it finds out rather than assumes.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use super::error::{classify, RdsError, TransportError};
 use super::model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
 use super::parse::{parse_detail, parse_exact_count, parse_key_colon_value, Entry};
 use super::ssh::{backoff, Transport};
+use super::unchanged::Unchanged;
 
 /// How long the RDS's clock reading (its offset from UTC) is trusted before it is read again.
 const CLOCK_TTL: Duration = Duration::from_secs(600);
@@ -47,6 +47,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A copy not asked about for this long is forgotten (its caller gave up).
+const COPY_FORGET: Duration = Duration::from_secs(3600);
+
 pub struct RdsClient {
     transport: Arc<Transport>,
     retry: RetryPolicy,
@@ -57,7 +60,7 @@ pub struct RdsClient {
     clock: Mutex<Option<(Instant, RdsClock)>>,
     /// What each copy's file showed last, and since when: kept across calls, so a CO retry
     /// goes on counting how long a copy has stood still rather than starting again.
-    pub(super) copies: Mutex<HashMap<String, super::copy::Sighting>>,
+    pub(super) copies: Unchanged<(u64, u64, u64)>,
 }
 
 /// Whether the RDS supports something, learnt once per connection generation: a reconnect may
@@ -87,7 +90,7 @@ impl RdsClient {
             terse: Learnt::default(),
             exact_sizes: Learnt::default(),
             clock: Mutex::new(None),
-            copies: Mutex::new(HashMap::new()),
+            copies: Unchanged::new(COPY_FORGET),
         }
     }
 

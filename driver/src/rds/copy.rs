@@ -17,8 +17,6 @@ const COPY_STALL: Duration = Duration::from_secs(4);
 /// eighth of what one NVMe drive of its pool sustains. It sets how long a copy seen only by its
 /// rounded size must stand still to count as stopped (`copy_window`).
 const MIN_COPY_RATE: u64 = 128 << 20;
-/// A copy not asked about for this long is forgotten.
-const COPY_FORGET: Duration = Duration::from_secs(3600);
 const POLL_MIN: Duration = Duration::from_millis(50);
 const POLL_MAX: Duration = Duration::from_millis(500);
 
@@ -54,14 +52,6 @@ impl CopyReading {
             p => format!(", shown rounded: within {p} bytes"),
         }
     }
-}
-
-/// What a copy's file showed last (disk size, file size, precision), since when it has shown
-/// it, and when it was last read.
-pub(super) struct Sighting {
-    shown: (u64, u64, u64),
-    since: Instant,
-    seen: Instant,
 }
 
 /// How long a copy's file must show the same size before the copy counts as no longer running.
@@ -140,10 +130,7 @@ impl RdsClient {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
         };
-        self.copies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(slot.as_str());
+        self.copies.forget(slot.as_str());
         Ok(state)
     }
 
@@ -177,21 +164,9 @@ impl RdsClient {
     /// How long the copy into `slot` has shown what `reading` shows, over this call and earlier
     /// ones (a CO retry goes on counting).
     fn copy_still_for(&self, slot: &Slot, reading: &CopyReading) -> Duration {
-        let now = Instant::now();
-        let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget copies nobody has asked about for long (their callers gave up).
-        copies.retain(|_, s| now.duration_since(s.seen) < COPY_FORGET);
-        let shown = (reading.want, reading.have, reading.precision);
-        let sighting = copies.entry(slot.as_str().to_string()).or_insert(Sighting {
-            shown,
-            since: now,
-            seen: now,
-        });
-        if sighting.shown != shown {
-            sighting.shown = shown;
-            sighting.since = now;
-        }
-        sighting.seen = now;
-        now.duration_since(sighting.since)
+        self.copies.for_how_long(
+            slot.as_str(),
+            (reading.want, reading.have, reading.precision),
+        )
     }
 }

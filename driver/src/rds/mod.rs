@@ -11,6 +11,7 @@ pub mod parse;
 mod reply;
 pub mod ssh;
 mod ssh_config;
+mod unchanged;
 
 pub use client::{disk_mismatch, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};

@@ -59,9 +59,9 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport reporting to the process-wide metrics.
+    /// A transport that reports to no one.
     pub fn new(config: SshConfig) -> Arc<Self> {
-        Self::with_observer(config, crate::metrics::rds_observer())
+        Self::with_observer(config, Arc::new(super::observer::Unobserved))
     }
 
     /// A transport reporting its channels, and its client's commands, to `observer`.
@@ -90,6 +90,11 @@ impl Transport {
 
     pub fn address(&self) -> String {
         self.config.addr()
+    }
+
+    /// The user it logs in as.
+    pub fn user(&self) -> &str {
+        &self.config.user
     }
 
     /// Whether any connection is up now (without waiting for a busy slot).

@@ -78,7 +78,11 @@ pub fn client_for(
     config.connect_timeout = Duration::from_secs(5);
     config.backoff_initial = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(200);
-    RdsClient::new(Transport::new(config), retry)
+    // Reporting to the process-wide metrics, as the binary's clients do.
+    RdsClient::new(
+        Transport::with_observer(config, rds_csi::metrics::rds_observer()),
+        retry,
+    )
 }
 
 /// Checks a `rds-csi validate` bundle (as it would sit in `fixtures/routeros/hardware/<v>/`)

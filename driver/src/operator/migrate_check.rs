@@ -3,7 +3,6 @@
 //! will work as they are and what needs action. It changes nothing.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 
 use ::kube::api::{Api, ListParams};
 use anyhow::Context;
@@ -11,7 +10,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde::Serialize;
 
-use crate::cli::{MigrateCheckArgs, OutputFormat};
+use super::{emit, OutputFormat, RdsTarget, TOOL_DEADLINE};
 use crate::controller::params::{ParamDefaults, VolumeParams};
 use crate::ids::{self, ManagedFile};
 use crate::kube::api_deadline::{within, LIST_TIMEOUT};
@@ -46,6 +45,17 @@ pub struct ClusterView {
     pub snapshots: Vec<(String, Option<String>)>,
     /// StorageClass name, parameters.
     pub classes: Vec<(String, HashMap<String, String>)>,
+}
+
+pub struct MigrateCheckOptions {
+    pub rds: RdsTarget,
+    /// The cluster to check.
+    pub kubeconfig: std::path::PathBuf,
+    /// The CSI driver name of the objects to check.
+    pub driver_name: String,
+    /// The node's `--managed-nqn-prefix`.
+    pub managed_nqn_prefix: String,
+    pub output: OutputFormat,
 }
 
 /// How the driver is about to be configured.
@@ -256,30 +266,26 @@ pub async fn read_cluster(client: &::kube::Client, driver: &str) -> anyhow::Resu
 }
 
 /// Fails (exit status 1) when anything needs action.
-pub async fn run(args: MigrateCheckArgs) -> anyhow::Result<()> {
-    let client = crate::kube::connect(Some(&args.kubeconfig))
+pub async fn run(options: MigrateCheckOptions) -> anyhow::Result<()> {
+    let client = crate::kube::connect(Some(&options.kubeconfig))
         .await?
         .context("--kubeconfig gave no client")?;
     let settings = Settings {
-        bases: args.rds.volume_base_paths()?,
-        managed_nqn_prefix: args.managed_nqn_prefix.clone(),
+        bases: options.rds.base_paths()?,
+        managed_nqn_prefix: options.managed_nqn_prefix.clone(),
     };
-    let view = read_cluster(&client, &args.driver_name).await?;
-    let rds = crate::server::rds_client(args.rds.ssh_config()?);
+    let view = read_cluster(&client, &options.driver_name).await?;
+    let rds = options.rds.client()?;
     let disks = rds
-        .list_disks(deadline_in(std::time::Duration::from_secs(120)))
+        .list_disks(deadline_in(TOOL_DEADLINE))
         .await
         .context("listing the RDS's disks")?;
     let findings = check(&view, &disks, &settings);
     let all_ok = findings.iter().all(|f| f.verdict == Verdict::Ok);
-    let mut out = std::io::stdout().lock();
-    match args.output {
-        OutputFormat::Json => writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "findings": findings, "ready": all_ok })
-        )?,
-        OutputFormat::Text => {
+    emit(
+        options.output,
+        &serde_json::json!({ "findings": findings, "ready": all_ok }),
+        |out| {
             for f in &findings {
                 let verdict = match f.verdict {
                     Verdict::Ok => "ok",
@@ -300,8 +306,9 @@ pub async fn run(args: MigrateCheckArgs) -> anyhow::Result<()> {
                     "not ready: act on the ACTION lines before switching"
                 }
             )?;
-        }
-    }
+            Ok(())
+        },
+    )?;
     let actions = findings
         .iter()
         .filter(|f| f.verdict == Verdict::Action)

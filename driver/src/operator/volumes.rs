@@ -1,0 +1,69 @@
+//! `rds-csi volumes`: the volumes and snapshots on the RDS that are this driver's.
+
+use serde::Serialize;
+
+use super::{emit, gib, OutputFormat, RdsTarget, TOOL_DEADLINE};
+use crate::ids::{classify_disk, ManagedFile};
+use crate::rds::deadline_in;
+
+pub struct VolumesOptions {
+    pub rds: RdsTarget,
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Serialize)]
+struct ListedVolume {
+    kind: &'static str,
+    id: String,
+    size_bytes: Option<u64>,
+    file_path: Option<String>,
+    nqn: Option<String>,
+    source: Option<String>,
+}
+
+pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
+    let rds = options.rds.client()?;
+    let bases = options.rds.base_paths()?;
+    let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
+    let mut listed: Vec<ListedVolume> = disks
+        .iter()
+        .filter_map(|d| {
+            let (kind, source) = match classify_disk(&bases, d)? {
+                ManagedFile::Volume(_) => ("volume", None),
+                ManagedFile::Snapshot { source, .. } => ("snapshot", source.map(|s| s.to_string())),
+            };
+            Some(ListedVolume {
+                kind,
+                id: d.slot.clone(),
+                size_bytes: d.size_bytes,
+                file_path: d.file_path.clone(),
+                nqn: d.nqn.clone(),
+                source,
+            })
+        })
+        .collect();
+    listed.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+    emit(
+        options.output,
+        &serde_json::json!({ "volumes": listed }),
+        |out| {
+            writeln!(out, "{:<9} {:<64} {:>10} FILE", "KIND", "ID", "SIZE(GiB)")?;
+            for v in &listed {
+                writeln!(
+                    out,
+                    "{:<9} {:<64} {:>10.2} {}{}",
+                    v.kind,
+                    v.id,
+                    gib(v.size_bytes.unwrap_or_default()),
+                    v.file_path.as_deref().unwrap_or("-"),
+                    v.source
+                        .as_deref()
+                        .map(|s| format!(" (from {s})"))
+                        .unwrap_or_default()
+                )?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
