@@ -62,7 +62,8 @@ const CONTROLLER_API_CALLS: &[(&str, &str, &str, &[&str], Scope)] = &[
     ("csi-provisioner", "", "persistentvolumeclaims", &["get", "list", "watch", "update"], Cluster),
     ("csi-provisioner", "storage.k8s.io", "storageclasses", READ, Cluster),
     ("csi-provisioner", "", "events", EVENTS, Cluster),
-    ("csi-provisioner", "snapshot.storage.k8s.io", "volumesnapshots", &["get", "list"], Cluster),
+    // Found by the cluster tier: the provisioner watches VolumeSnapshots (a restore).
+    ("csi-provisioner", "snapshot.storage.k8s.io", "volumesnapshots", READ, Cluster),
     ("csi-provisioner", "snapshot.storage.k8s.io", "volumesnapshotcontents", &["get", "list"], Cluster),
     ("csi-provisioner", "storage.k8s.io", "csinodes", READ, Cluster),
     ("csi-provisioner", "", "nodes", READ, Cluster),
@@ -94,12 +95,13 @@ const CONTROLLER_API_CALLS: &[(&str, &str, &str, &[&str], Scope)] = &[
     ("csi-snapshotter", "coordination.k8s.io", "leases", ELECT, OwnNs),
 ];
 
-/// Sidecar images: container name -> (image repository, major version it must stay on).
+/// Sidecar images: container name -> (image repository, major version it must stay on; the
+/// cluster tier runs exactly the versions e2e/cluster/go pins).
 const SIDECARS: &[(&str, &str, &str)] = &[
     (
         "csi-provisioner",
         "registry.k8s.io/sig-storage/csi-provisioner",
-        "v5.",
+        "v6.",
     ),
     (
         "csi-attacher",
@@ -109,7 +111,7 @@ const SIDECARS: &[(&str, &str, &str)] = &[
     (
         "csi-resizer",
         "registry.k8s.io/sig-storage/csi-resizer",
-        "v1.",
+        "v2.",
     ),
     (
         "csi-snapshotter",

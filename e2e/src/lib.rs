@@ -18,6 +18,7 @@ use csi_proto::v1::{
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod k8s;
 mod mock;
 pub mod staged;
 pub mod vm;

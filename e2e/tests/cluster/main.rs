@@ -1,0 +1,178 @@
+//! The cluster tier: the driver's Kubernetes half under a real control plane (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler), with the stock CSI sidecars run
+//! from the rendered deploy manifests under the manifests' own ServiceAccount and RBAC, against
+//! mock-rds. All on 127.0.0.1 as host processes; no kubelet (Node objects stand for nodes).
+//! One cluster for every scenario, in order; everything it started is stopped and its
+//! directory removed, pass or fail, and a hard deadline ends a hung run.
+
+mod control_plane;
+mod kubectl;
+mod pods;
+mod procs;
+mod scenarios;
+mod tier;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tier::Tier;
+
+type Scenario = for<'a> fn(&'a mut Tier) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("provision_attach_detach", |t| {
+        Box::pin(scenarios::provision_attach_detach(t))
+    }),
+    ("expand", |t| Box::pin(scenarios::expand(t))),
+    ("snapshot_restore_clone", |t| {
+        Box::pin(scenarios::snapshot_restore_clone(t))
+    }),
+    ("rwx_block_on_two_nodes", |t| {
+        Box::pin(scenarios::rwx_block_on_two_nodes(t))
+    }),
+    ("orphans_against_real_objects", |t| {
+        Box::pin(scenarios::orphans_against_real_objects(t))
+    }),
+    ("delete_removes_everything", |t| {
+        Box::pin(scenarios::delete_removes_everything(t))
+    }),
+    ("no_forbidden_in_logs", |t| {
+        Box::pin(scenarios::no_forbidden_in_logs(t))
+    }),
+];
+
+/// The whole tier, set-up and clean-up included; past it the run is killed.
+const DEADLINE: Duration = Duration::from_secs(20 * 60);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in SCENARIOS {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filters: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    let chosen: Vec<_> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let bin = match e2e::k8s::bin_dir() {
+        Ok(bin) => bin,
+        Err(e) if e2e::vm::in_ci() => {
+            eprintln!("cluster tier FAILED: the Kubernetes components: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!(
+                "cluster tier SKIPPED: the Kubernetes components: {e:#} (CI=true fails instead)"
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("rds-csi-cluster.")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cluster tier FAILED: a temp dir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A hung run is ended here; the processes it started die with it (parent-death signal).
+    let watched = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        std::thread::sleep(DEADLINE);
+        eprintln!("cluster tier FAILED: not done within {DEADLINE:?}");
+        let _ = std::fs::remove_dir_all(&watched);
+        std::process::exit(1);
+    });
+    // One thread spawns every process: the parent-death signal follows the spawning thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cluster tier FAILED: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let failed = runtime.block_on(async {
+        let started = Instant::now();
+        let mut tier = match Tier::start(&bin, dir.path()).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cluster tier FAILED to start: {e:#}");
+                print_logs(dir.path());
+                return 1;
+            }
+        };
+        eprintln!("cluster: up in {:.0?}", started.elapsed());
+        for (container, image) in &tier.skipped {
+            eprintln!("cluster: not run here: container {container} ({image})");
+        }
+        let mut failed = 0;
+        for (name, scenario) in chosen {
+            let t0 = Instant::now();
+            let result = match scenario(&mut tier).await {
+                Ok(()) => tier.check_alive(),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => eprintln!("test {name} ... ok ({:.1?})", t0.elapsed()),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("test {name} ... FAILED ({:.1?}): {e:#}", t0.elapsed());
+                    eprintln!("{}", tier.log_tails(25));
+                    eprintln!("{}", tier.diagnostics().await);
+                }
+            }
+        }
+        failed
+    });
+    drop(runtime);
+    // For a post-mortem: the processes are stopped, their logs stay.
+    if std::env::var_os("RDS_CSI_CLUSTER_KEEP").is_some() {
+        eprintln!("cluster: logs kept in {}", dir.keep().display());
+    }
+    if failed > 0 {
+        eprintln!("cluster tier: {failed} scenario(s) FAILED");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("cluster tier: ok");
+    ExitCode::SUCCESS
+}
+
+/// Every log under the tier's directory, for a set-up failure.
+fn print_logs(dir: &std::path::Path) {
+    for entry in walk(dir) {
+        if entry.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- {}", entry.display());
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

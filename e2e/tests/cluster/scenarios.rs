@@ -1,0 +1,517 @@
+//! The scenarios, each checked through the API server (kubectl) and on mock-rds. They run in
+//! order on one cluster; a later one may use what an earlier one made (named where it does).
+
+use anyhow::{bail, ensure, Context};
+use e2e::poll_until;
+use serde_json::Value;
+
+use crate::tier::{Tier, APPS, DRIVER, NAMESPACE, NODES, STEP};
+
+const STORAGE_CLASSES: [(&str, bool); 2] = [("rds-nvme", false), ("rds-nvme-block", true)];
+const GI: u64 = 1 << 30;
+
+fn pvc(name: &str, class: &str, size: &str, block: bool, access: &str, source: &str) -> String {
+    let mode = if block { "Block" } else { "Filesystem" };
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {APPS}}}\n\
+         spec:\n  storageClassName: {class}\n  volumeMode: {mode}\n  accessModes: [{access}]\n  \
+         resources: {{requests: {{storage: {size}}}}}\n{source}"
+    )
+}
+
+/// A pod on `node` using the claim (never run: no kubelet; scheduling and attachment are what
+/// is exercised).
+fn pod(name: &str, claim: &str, node: &str, block: bool) -> String {
+    let use_volume = if block {
+        "volumeDevices: [{name: data, devicePath: /dev/xvda}]"
+    } else {
+        "volumeMounts: [{name: data, mountPath: /data}]"
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {APPS}}}\nspec:\n  \
+         nodeSelector: {{kubernetes.io/hostname: {node}}}\n  \
+         containers: [{{name: app, image: registry.invalid/app:1, {use_volume}}}]\n  \
+         volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]\n"
+    )
+}
+
+/// The claim's PV once it is Bound.
+async fn bound(t: &Tier, claim: &str) -> anyhow::Result<Value> {
+    let admin = t.admin();
+    let pv_name = poll_until(&format!("PVC {claim} Bound"), STEP, || async {
+        let pvc = admin
+            .get(&["pvc", claim, "-n", APPS])
+            .await
+            .ok()
+            .flatten()?;
+        (pvc["status"]["phase"] == "Bound")
+            .then(|| pvc["spec"]["volumeName"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .await?;
+    let pv = admin.json(&["get", "pv", &pv_name]).await?;
+    ensure!(
+        pv["spec"]["csi"]["driver"] == DRIVER,
+        "PV {pv_name} is not the driver's: {}",
+        pv["spec"]["csi"]
+    );
+    Ok(pv)
+}
+
+fn handle(pv: &Value) -> String {
+    pv["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn name_of(v: &Value) -> String {
+    v["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The VolumeAttachments of `pv`, as (node, attached).
+async fn attachments(t: &Tier, pv: &str) -> anyhow::Result<Vec<(String, bool)>> {
+    Ok(t.admin()
+        .items(&["volumeattachments"])
+        .await?
+        .iter()
+        .filter(|va| va["spec"]["source"]["persistentVolumeName"] == pv)
+        .map(|va| {
+            (
+                va["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                va["status"]["attached"] == true,
+            )
+        })
+        .collect())
+}
+
+async fn wait_attached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
+    poll_until(&format!("{pv} attached to {node}"), STEP, || async {
+        attachments(t, pv)
+            .await
+            .ok()?
+            .contains(&(node.to_string(), true))
+            .then_some(())
+    })
+    .await
+}
+
+async fn wait_detached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
+    poll_until(&format!("{pv} detached from {node}"), STEP, || async {
+        (!attachments(t, pv)
+            .await
+            .ok()?
+            .iter()
+            .any(|(n, _)| n == node))
+        .then_some(())
+    })
+    .await
+}
+
+/// Deletes a pod at once: with no kubelet, nothing would confirm a graceful deletion.
+async fn delete_pod(t: &Tier, name: &str) -> anyhow::Result<()> {
+    t.admin()
+        .run(&[
+            "delete",
+            "pod",
+            name,
+            "-n",
+            APPS,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])
+        .await?;
+    Ok(())
+}
+
+fn mock_disk(t: &Tier, slot: &str) -> anyhow::Result<Option<e2e::MockDisk>> {
+    Ok(t.mock.disks()?.into_iter().find(|d| d.slot == slot))
+}
+
+/// A claim of each deployed StorageClass (both WaitForFirstConsumer) binds once a pod using it
+/// is scheduled; the capacity the provisioner publishes is there for each class; the
+/// attach-detach controller's VolumeAttachment turns attached through the attacher and
+/// ControllerPublish, and goes once the pod is deleted. Leaves the claims `data-rds-nvme` and
+/// `data-rds-nvme-block` for the next scenarios.
+pub async fn provision_attach_detach(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    for (class, _) in STORAGE_CLASSES {
+        poll_until(
+            &format!("a CSIStorageCapacity for {class}"),
+            STEP,
+            || async {
+                let all = admin
+                    .items(&["csistoragecapacities", "-n", NAMESPACE])
+                    .await
+                    .ok()?;
+                all.iter()
+                    .find(|c| c["storageClassName"] == class && c["capacity"].is_string())
+                    .map(|_| ())
+            },
+        )
+        .await?;
+    }
+    for (class, block) in STORAGE_CLASSES {
+        let claim = format!("data-{class}");
+        admin
+            .apply(&pvc(&claim, class, "1Gi", block, "ReadWriteOnce", ""))
+            .await?;
+        // WaitForFirstConsumer: nothing is provisioned before a pod is scheduled.
+        tokio::time::sleep(std::time::Duration::from_millis(0)).await;
+        let phase =
+            admin.json(&["get", "pvc", &claim, "-n", APPS]).await?["status"]["phase"].clone();
+        ensure!(
+            phase == "Pending",
+            "{claim} is {phase} before any pod uses it"
+        );
+        let user = format!("user-{class}");
+        admin.apply(&pod(&user, &claim, NODES[0], block)).await?;
+        let pv = bound(t, &claim).await?;
+        let slot = handle(&pv);
+        let disk = mock_disk(t, &slot)?.with_context(|| format!("no disk {slot} on mock-rds"))?;
+        ensure!(
+            disk.file_size >= GI,
+            "disk {slot} has {} bytes, asked 1Gi",
+            disk.file_size
+        );
+        let pv_name = name_of(&pv);
+        wait_attached(t, &pv_name, NODES[0]).await?;
+        delete_pod(t, &user).await?;
+        wait_detached(t, &pv_name, NODES[0]).await?;
+    }
+    Ok(())
+}
+
+/// The claim `data-rds-nvme` grows through the resizer: the PV and the claim's allocated size
+/// report 2Gi, and so does the disk on the RDS. (The file system's part needs a kubelet.)
+pub async fn expand(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    let claim = "data-rds-nvme";
+    let pv = bound(t, claim).await?;
+    admin
+        .run(&[
+            "patch",
+            "pvc",
+            claim,
+            "-n",
+            APPS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ])
+        .await?;
+    let pv_name = name_of(&pv);
+    poll_until("the PV at 2Gi", STEP, || async {
+        let pv = admin.json(&["get", "pv", &pv_name]).await.ok()?;
+        (pv["spec"]["capacity"]["storage"] == "2Gi").then_some(())
+    })
+    .await?;
+    let pvc = admin.json(&["get", "pvc", claim, "-n", APPS]).await?;
+    ensure!(
+        pvc["status"]["allocatedResources"]["storage"] == "2Gi",
+        "the claim's allocated size: {}",
+        pvc["status"]
+    );
+    let disk = mock_disk(t, &handle(&pv))?.context("the disk is gone")?;
+    ensure!(
+        disk.file_size >= 2 * GI,
+        "the disk on the RDS has {} bytes",
+        disk.file_size
+    );
+    // The driver tells of it on the PV and the claim.
+    for (kind, name, namespace) in [
+        ("PersistentVolume", pv_name.as_str(), "default"),
+        ("PersistentVolumeClaim", claim, APPS),
+    ] {
+        poll_until(&format!("the driver's ControllerExpansionDone event on {kind} {name}"), STEP, || async {
+            let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason=ControllerExpansionDone");
+            let events = admin.items(&["events", "-n", namespace, "--field-selector", &selector]).await.ok()?;
+            (!events.is_empty()).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// A VolumeSnapshot of `data-rds-nvme` becomes ready; a claim restored from it and a clone of
+/// the claim bind, each a disk on the RDS copied from its source.
+pub async fn snapshot_restore_clone(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    admin
+        .apply(&format!(
+            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\n\
+             metadata: {{name: snap, namespace: {APPS}}}\n\
+             spec: {{volumeSnapshotClassName: rds-csi-snapclass, source: {{persistentVolumeClaimName: data-rds-nvme}}}}\n"
+        ))
+        .await?;
+    let content = poll_until("VolumeSnapshot snap ready", STEP, || async {
+        let snap = admin
+            .get(&["volumesnapshot", "snap", "-n", APPS])
+            .await
+            .ok()
+            .flatten()?;
+        (snap["status"]["readyToUse"] == true)
+            .then(|| {
+                snap["status"]["boundVolumeSnapshotContentName"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .flatten()
+    })
+    .await?;
+    let content = admin
+        .json(&["get", "volumesnapshotcontent", &content])
+        .await?;
+    let snapshot_handle = content["status"]["snapshotHandle"]
+        .as_str()
+        .context("no snapshot handle")?
+        .to_string();
+    ensure!(
+        t.mock.disks()?.iter().any(|d| d.slot == snapshot_handle)
+            || t.mock
+                .files()?
+                .iter()
+                .any(|f| f.path.contains(&snapshot_handle)),
+        "snapshot {snapshot_handle} is not on mock-rds"
+    );
+    for (claim, source) in [
+        (
+            "restored",
+            "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap}\n",
+        ),
+        (
+            "clone",
+            "  dataSource: {kind: PersistentVolumeClaim, name: data-rds-nvme}\n",
+        ),
+    ] {
+        admin
+            .apply(&pvc(
+                claim,
+                "rds-nvme",
+                "2Gi",
+                false,
+                "ReadWriteOnce",
+                source,
+            ))
+            .await?;
+        admin
+            .apply(&pod(&format!("user-{claim}"), claim, NODES[1], false))
+            .await?;
+        let pv = bound(t, claim).await?;
+        let disk = mock_disk(t, &handle(&pv))?.context("no disk for the new claim")?;
+        ensure!(
+            disk.copied_from.is_some(),
+            "{claim}'s disk was not copied from its source: {disk:?}"
+        );
+        wait_attached(t, &name_of(&pv), NODES[1]).await?;
+        delete_pod(t, &format!("user-{claim}")).await?;
+    }
+    Ok(())
+}
+
+/// ReadWriteMany block, as a live migration uses it: two pods on two nodes hold the volume at
+/// once, both attached; when the first goes, the second keeps it.
+pub async fn rwx_block_on_two_nodes(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    admin
+        .apply(&pvc(
+            "shared",
+            "rds-nvme-block",
+            "1Gi",
+            true,
+            "ReadWriteMany",
+            "",
+        ))
+        .await?;
+    admin
+        .apply(&pod("vm-source", "shared", NODES[0], true))
+        .await?;
+    let pv = name_of(&bound(t, "shared").await?);
+    wait_attached(t, &pv, NODES[0]).await?;
+    admin
+        .apply(&pod("vm-target", "shared", NODES[1], true))
+        .await?;
+    wait_attached(t, &pv, NODES[1]).await?;
+    ensure!(
+        attachments(t, &pv)
+            .await?
+            .iter()
+            .all(|(_, attached)| *attached),
+        "both nodes attached"
+    );
+    delete_pod(t, "vm-source").await?;
+    wait_detached(t, &pv, NODES[0]).await?;
+    ensure!(
+        attachments(t, &pv).await? == vec![(NODES[1].to_string(), true)],
+        "the target keeps its attachment"
+    );
+    delete_pod(t, "vm-target").await?;
+    wait_detached(t, &pv, NODES[1]).await?;
+    Ok(())
+}
+
+/// `rds-csi orphans`, reading the cluster with the controller's ServiceAccount (the RBAC the
+/// orphan reconciler runs under), reports exactly the orphans put on the RDS (a file without
+/// disk, a disk of the driver's form without PV) and none of the live claims' or the snapshot's
+/// disks and files; with `--delete` it removes those two alone.
+pub async fn orphans_against_real_objects(t: &mut Tier) -> anyhow::Result<()> {
+    let lost = format!(
+        "{}/pvc-0e2e0000-0000-4000-8000-000000000001.img",
+        e2e::BASE_PATH
+    );
+    let ghost = "pvc-0e2e0000-0000-4000-8000-000000000002";
+    t.mock
+        .exec_ok(&t.keys, &format!("/mock orphan-file path={lost} size=1M"))
+        .await?;
+    t.mock
+        .exec_ok(
+            &t.keys,
+            &format!(
+                "/disk add type=file file-path={}/{ghost}.img file-size=4M slot={ghost}",
+                e2e::BASE_PATH
+            ),
+        )
+        .await?;
+    let before = t.mock.disks()?.len();
+    let run = |delete: bool| {
+        let mut cmd = std::process::Command::new(e2e::binary("rds-csi"));
+        cmd.args(["orphans", "--output=json", "--grace-period=0s"])
+            .args(t.mock.rds_args(&t.keys))
+            .arg("--kubeconfig")
+            .arg(&t.controller_kubeconfig);
+        if delete {
+            cmd.arg("--delete");
+        }
+        cmd
+    };
+    let mut found = Vec::new();
+    for delete in [false, true] {
+        let out = tokio::process::Command::from(run(delete)).output().await?;
+        ensure!(
+            out.status.success(),
+            "rds-csi orphans: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout)?;
+        let mut kinds: Vec<(String, String)> = doc["orphans"]
+            .as_array()
+            .context("no orphans array")?
+            .iter()
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap_or_default().to_string(),
+                    o["slot"]
+                        .as_str()
+                        .or(o["path"].as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        kinds.sort();
+        found.push(kinds);
+    }
+    let expected = vec![
+        ("disk-without-pv".to_string(), ghost.to_string()),
+        ("file-without-disk".to_string(), lost.clone()),
+    ];
+    ensure!(found[0] == expected, "orphans found: {:?}", found[0]);
+    ensure!(
+        found[1] == expected,
+        "orphans found before deleting: {:?}",
+        found[1]
+    );
+    let disks = t.mock.disks()?;
+    ensure!(
+        disks.len() == before - 1 && !disks.iter().any(|d| d.slot == ghost),
+        "after --delete: {disks:?}"
+    );
+    ensure!(
+        !t.mock.files()?.iter().any(|f| f.path == lost),
+        "the lost file is still there"
+    );
+    Ok(())
+}
+
+/// Deleting the snapshot and every claim (reclaim policy Delete) removes every disk and file
+/// the driver made from mock-rds.
+pub async fn delete_removes_everything(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    admin
+        .run(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            APPS,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])
+        .await?;
+    admin
+        .run(&["delete", "pvc", "--all", "-n", APPS, "--wait=false"])
+        .await?;
+    admin
+        .run(&[
+            "delete",
+            "volumesnapshot",
+            "--all",
+            "-n",
+            APPS,
+            "--wait=false",
+        ])
+        .await?;
+    poll_until("every PV of the driver gone", STEP, || async {
+        admin.items(&["pv"]).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    poll_until("every VolumeSnapshotContent gone", STEP, || async {
+        admin
+            .items(&["volumesnapshotcontents"])
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    let disks = t.mock.disks()?;
+    let files: Vec<_> = t
+        .mock
+        .files()?
+        .into_iter()
+        .filter(|f| f.path.starts_with(e2e::BASE_PATH))
+        .collect();
+    if !disks.is_empty() || !files.is_empty() {
+        bail!("left on mock-rds: disks {disks:?}, files {files:?}");
+    }
+    Ok(())
+}
+
+/// Under the manifests' RBAC no component was refused anything by the API server.
+pub async fn no_forbidden_in_logs(t: &mut Tier) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    for p in &t.procs.running {
+        if !p.name.starts_with(&t.controller_pod) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p.log)?;
+        for line in text
+            .lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+        {
+            refused.push(format!("{}: {line}", p.name));
+        }
+    }
+    if !refused.is_empty() {
+        bail!("refused by the API server:\n{}", refused.join("\n"));
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! The cluster the scenarios share: the control plane, mock-rds as the RDS, the deploy
+//! manifests applied by the real kubectl, and the controller pod's containers (rds-csi and the
+//! stock sidecars) run from the rendered manifests with the manifests' own ServiceAccount.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use e2e::{poll_until, Keys, Mock};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::control_plane::{ControlPlane, STARTUP_TIMEOUT};
+use crate::kubectl::Kubectl;
+use crate::pods::{Credentials, Pod, Runner};
+use crate::procs::Procs;
+
+pub const DRIVER: &str = "rds.csi.srvlab.io";
+pub const NAMESPACE: &str = "rds-csi";
+/// Where the scenarios make their PVCs and pods.
+pub const APPS: &str = "e2e";
+pub const NODES: [&str; 2] = ["node-a", "node-b"];
+/// The segment `rds-csi serve --node` reports in NodeGetInfo, which the kubelet would put on
+/// the Node as a label and node-driver-registrar into CSINode.
+const TOPOLOGY: (&str, &str) = ("topology.rds.csi.srvlab.io/zone", "default");
+const CONTROLLER_SA: &str = "rds-csi-controller";
+
+/// The sidecars of the manifests: container name, binary, and the module whose version the
+/// manifest's image tag must be (the one built and tested here).
+const SIDECARS: [(&str, &str, &str); 4] = [
+    (
+        "csi-provisioner",
+        "csi-provisioner",
+        "github.com/kubernetes-csi/external-provisioner/v6",
+    ),
+    (
+        "csi-attacher",
+        "csi-attacher",
+        "github.com/kubernetes-csi/external-attacher/v4",
+    ),
+    (
+        "csi-resizer",
+        "csi-resizer",
+        "github.com/kubernetes-csi/external-resizer/v2",
+    ),
+    (
+        "csi-snapshotter",
+        "csi-snapshotter",
+        "github.com/kubernetes-csi/external-snapshotter/v8",
+    ),
+];
+
+pub struct Tier {
+    pub cp: ControlPlane,
+    pub procs: Procs,
+    pub keys: Keys,
+    pub mock: Mock,
+    /// A kubeconfig with a token of the controller's ServiceAccount.
+    pub controller_kubeconfig: PathBuf,
+    /// The controller pod standing in for the Deployment's replica.
+    pub controller_pod: String,
+    /// Containers of the manifests not run here, with their images.
+    pub skipped: Vec<(String, String)>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// Every document of a multi-document YAML stream, as JSON values.
+pub fn documents(yaml: &str) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .with_context(|| format!("the rendered manifests have no {kind} {name}"))
+}
+
+impl Tier {
+    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mut procs = Procs::default();
+        eprintln!("cluster: control plane");
+        let cp = ControlPlane::start(bin, dir, &mut procs).await?;
+        let keys = Keys::generate()?;
+        let mock = Mock::start(&keys).await?;
+        let admin = cp.admin.clone();
+
+        eprintln!("cluster: the snapshot CRDs and snapshot-controller (cluster add-ons)");
+        let crds = bin.parent().context("bin dir")?.join("crd");
+        admin
+            .run(&["apply", "-f", &crds.display().to_string()])
+            .await?;
+        admin
+            .run(&[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ])
+            .await?;
+        let mut snapshot_controller = Command::new(bin.join("snapshot-controller"));
+        snapshot_controller.args([
+            &format!("--kubeconfig={}", cp.admin.kubeconfig.display()),
+            "--leader-election=false",
+            "--v=2",
+        ]);
+        procs.spawn(
+            "snapshot-controller",
+            snapshot_controller,
+            &dir.join("logs"),
+        )?;
+
+        eprintln!("cluster: kubectl apply -k deploy/kubernetes");
+        let kustomize = repo().join("deploy/kubernetes");
+        let rendered_text = admin
+            .run(&["kustomize", &kustomize.display().to_string()])
+            .await?;
+        let rendered = documents(&rendered_text)?;
+        admin.apply(&rendered_text).await?;
+        check_sidecar_versions(&rendered)?;
+
+        // The site's own settings, as an operator makes them: the RDS (mock-rds) and its key.
+        let patch = serde_json::json!({"data": {
+            "rds-address": mock.addr.ip().to_string(),
+            "rds-port": mock.addr.port().to_string(),
+            "rds-user": "admin",
+            "nvme-address": "127.0.0.1",
+        }});
+        admin
+            .run(&[
+                "patch",
+                "configmap",
+                "rds-csi-config",
+                "-n",
+                NAMESPACE,
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ])
+            .await?;
+        admin
+            .run(&[
+                "create",
+                "secret",
+                "generic",
+                "rds-csi-ssh",
+                "-n",
+                NAMESPACE,
+                &format!("--from-file=id_rsa={}", keys.client_key.display()),
+                &format!("--from-file=host_key.pub={}", keys.host_key_pub.display()),
+            ])
+            .await?;
+        admin.run(&["create", "namespace", APPS]).await?;
+        for node in NODES {
+            cp.add_node(node, DRIVER, TOPOLOGY, 16).await?;
+        }
+
+        // The Deployment's replica (scheduled, never run: there is no kubelet) names the pod the
+        // provisioner's capacity objects are owned through.
+        let controller_pod = poll_until(
+            "the controller Deployment's pod, scheduled",
+            STARTUP_TIMEOUT,
+            || async {
+                let pods = admin
+                    .items(&[
+                        "pods",
+                        "-n",
+                        NAMESPACE,
+                        "-l",
+                        "app.kubernetes.io/component=controller",
+                    ])
+                    .await
+                    .ok()?;
+                pods.iter()
+                    .find(|p| p["spec"]["nodeName"].is_string())
+                    .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            },
+        )
+        .await?;
+        let node = admin
+            .json(&["get", "pod", &controller_pod, "-n", NAMESPACE])
+            .await?["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let deployment = find(&rendered, "Deployment", "rds-csi-controller")?;
+        let service_account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or_default();
+        if service_account != CONTROLLER_SA {
+            bail!("the controller runs as {service_account:?}, expected {CONTROLLER_SA}");
+        }
+        let kubeconfig = cp
+            .service_account_kubeconfig(NAMESPACE, service_account)
+            .await?;
+        let pod = Pod {
+            admin: &admin,
+            namespace: NAMESPACE,
+            name: &controller_pod,
+            node: &node,
+            dir: dir.join("controller-pod"),
+            kubeconfig,
+        };
+        let rds_csi = e2e::binary("rds-csi");
+        let runner = |container: &str| -> Runner {
+            if container == "rds-csi" {
+                return Some((rds_csi.clone(), Credentials::Env("RDS_CSI_KUBECONFIG")));
+            }
+            SIDECARS
+                .iter()
+                .find(|(name, ..)| *name == container)
+                .map(|(_, binary, _)| (bin.join(binary), Credentials::KubeconfigFlag))
+        };
+        eprintln!("cluster: the controller pod {controller_pod}'s containers on the host");
+        let started = pod
+            .start(&deployment["spec"]["template"]["spec"], runner, &mut procs)
+            .await?;
+        for (container, args) in &started.args {
+            eprintln!("cluster:   {container} {}", args.join(" "));
+        }
+        let socket = started
+            .volumes
+            .get("socket-dir")
+            .context("no socket-dir volume")?
+            .join("csi.sock");
+        poll_until("the driver's CSI socket", STARTUP_TIMEOUT, || async {
+            socket.exists().then_some(())
+        })
+        .await?;
+        Ok(Self {
+            cp,
+            procs,
+            keys,
+            mock,
+            controller_kubeconfig: pod.kubeconfig.clone(),
+            controller_pod,
+            skipped: started.skipped,
+        })
+    }
+
+    pub fn admin(&self) -> &Kubectl {
+        &self.cp.admin
+    }
+
+    /// Fails naming any process of the tier that exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let dead = self.procs.dead();
+        if !dead.is_empty() {
+            bail!("exited: {}", dead.join(", "));
+        }
+        Ok(())
+    }
+
+    /// What the API server holds, for a failure: objects and recent events.
+    pub async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            &["get", "nodes,csinodes,pods,pvc,pv,volumeattachments,volumesnapshots,volumesnapshotcontents,csistoragecapacities", "-A", "-o", "wide"][..],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        ] {
+            match self.admin().run(args).await {
+                Ok(text) => out.push_str(&text),
+                Err(e) => out.push_str(&format!("{e:#}\n")),
+            }
+        }
+        out
+    }
+
+    /// The last lines of every log, for a failure.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for p in &self.procs.running {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- {} ({})\n", p.name, p.log.display()));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The manifests name the sidecar versions built and tested here.
+fn check_sidecar_versions(rendered: &[Value]) -> anyhow::Result<()> {
+    let deployment = find(rendered, "Deployment", "rds-csi-controller")?;
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .context("containers")?;
+    for (name, _, module) in SIDECARS {
+        let image = containers
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["image"].as_str())
+            .with_context(|| format!("the controller has no {name} container"))?;
+        let pinned = e2e::k8s::pinned_version(module)?;
+        let tag = image.rsplit(':').next().unwrap_or_default();
+        if tag != pinned {
+            bail!("deploy/kubernetes runs {image}, but the version built and tested is {pinned} ({module})");
+        }
+    }
+    Ok(())
+}
+
+/// Long enough for a provision, attach or copy through the sidecars' resync and backoff.
+pub const STEP: Duration = Duration::from_secs(120);
