@@ -6,9 +6,11 @@ CARGO ?= cargo
 run:
 	$(CARGO) run -q -p e2e --bin demo
 
-# test-deps.sh installs what the tests need (root with apt-get/pip) or stops naming it.
+# test-deps.sh installs what the tests need (root with apt-get/pip) or stops naming it;
+# e2e/cluster/build.sh builds the pinned Kubernetes components once per go.sum (outside the repo).
 test:
 	./e2e/test-deps.sh
+	./e2e/cluster/build.sh >/dev/null
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

@@ -4,7 +4,8 @@
 #   OpenSSH client (mock-rds interop), util-linux (loop devices, blockdev), e2fsprogs and
 #   xfsprogs (mkfs, online growth), kubectl (renders deploy/kubernetes), and for the VM tier
 #   (the NVMe/TCP data path on a real kernel): virtme-ng, qemu, a static busybox, nvme-cli, kmod
-#   and Debian's kernel, whose modules include the NVMe/TCP target.
+#   and Debian's kernel, whose modules include the NVMe/TCP target. For the cluster tier: openssl
+#   (its certificates) and Go >= 1.26 (builds the pinned Kubernetes components, e2e/cluster).
 set -euo pipefail
 
 VIRTME_NG_VERSION=1.42
@@ -17,6 +18,7 @@ declare -A package=(
   [kubectl]=kubernetes-client
   [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static
   [nvme]=nvme-cli [modprobe]=kmod
+  [openssl]=openssl
 )
 
 kernel_with_nvmet() {
@@ -67,5 +69,19 @@ if [ ${#apt_missing[@]} -gt 0 ] || [ $vng_missing = 1 ]; then
   echo "test-deps: missing, and not installable here (needs root with apt-get and pip):" >&2
   for p in "${apt_missing[@]}"; do echo "  Debian package $p: apt-get install $p" >&2; done
   [ $vng_missing = 1 ] && echo "  virtme-ng: python3 -m pip install virtme-ng==$VIRTME_NG_VERSION" >&2
+  exit 1
+fi
+
+# Debian's Go is older than the Kubernetes modules need: Go comes with the machine.
+go_ok() {
+  command -v go >/dev/null 2>&1 || return 1
+  local v
+  v=$(go env GOVERSION 2>/dev/null) || return 1
+  v=${v#go}
+  [ "$(printf '%s\n1.26\n' "${v%%[!0-9.]*}" | sort -V | head -n1)" = 1.26 ]
+}
+if ! go_ok; then
+  echo "test-deps: missing: Go >= 1.26 in PATH (found: $(command -v go >/dev/null 2>&1 && go env GOVERSION || echo none));" \
+    "the cluster tier builds Kubernetes from the Go module proxy with it (e2e/cluster/README.md)" >&2
   exit 1
 fi
