@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,6 +18,8 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct ControlPlane {
     pub dir: PathBuf,
+    /// How kube-apiserver was started, to start it again.
+    api_server: (PathBuf, Vec<String>),
     pub api_port: u16,
     pub admin: Kubectl,
 }
@@ -152,8 +155,7 @@ impl ControlPlane {
         ]);
         procs.spawn("etcd", etcd, &logs)?;
 
-        let mut api = Command::new(bin.join("kube-apiserver"));
-        api.args([
+        let api_args: Vec<String> = [
             &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -169,7 +171,12 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             "--profiling=false",
-        ]);
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.args(&api_args);
         procs.spawn("kube-apiserver", api, &logs)?;
         let admin = Kubectl {
             bin: bin.join("kubectl"),
@@ -222,10 +229,30 @@ impl ControlPlane {
         )
         .await?;
         Ok(Self {
+            api_server: (bin.join("kube-apiserver"), api_args),
             dir: dir.to_path_buf(),
             api_port,
             admin,
         })
+    }
+
+    /// Stops kube-apiserver and starts it again with the same flags, etcd keeping the state.
+    pub async fn restart_api_server(&self, procs: &Mutex<Procs>) -> anyhow::Result<()> {
+        {
+            let mut procs = procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs.stop(&["kube-apiserver"], Duration::from_secs(15));
+            let (bin, args) = &self.api_server;
+            let mut api = Command::new(bin);
+            api.args(args);
+            procs.spawn("kube-apiserver", api, &self.dir.join("logs"))?;
+        }
+        poll_until(
+            "kube-apiserver /readyz after its restart",
+            STARTUP_TIMEOUT,
+            || async { self.admin.run(&["get", "--raw", "/readyz"]).await.ok() },
+        )
+        .await?;
+        Ok(())
     }
 
     /// A kubeconfig file holding a token of `namespace/service_account`.

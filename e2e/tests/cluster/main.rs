@@ -41,6 +41,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("no_forbidden_in_logs", |t| {
         Box::pin(scenarios::no_forbidden_in_logs(t))
     }),
+    ("api_server_restart", |t| {
+        Box::pin(scenarios::api_server_restart(t))
+    }),
 ];
 
 /// The whole tier, set-up and clean-up included; past it the run is killed.

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -16,7 +15,7 @@ use serde_json::Value;
 
 use crate::control_plane::free_port;
 use crate::kubectl::Kubectl;
-use crate::procs::Procs;
+use crate::procs::{Procs, Spec};
 
 /// How a container is given its API credentials.
 #[derive(Clone, Copy)]
@@ -231,12 +230,13 @@ impl Pod<'_> {
                 Credentials::KubeconfigFlag => args.push(format!("--kubeconfig={kubeconfig}")),
                 Credentials::Env(var) => env.push((var.into(), kubeconfig)),
             }
-            let mut cmd = Command::new(&binary);
-            cmd.args(&args)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .envs(env.iter().map(|(k, v)| (k, v)));
-            procs.spawn(&format!("{}-{name}", self.name), cmd, &logs)?;
+            env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
+            let spec = Spec {
+                program: binary,
+                args: args.clone(),
+                env,
+            };
+            procs.spawn_restartable(&format!("{}-{name}", self.name), spec, &logs)?;
             started.args.insert(name.to_string(), args);
         }
         Ok(started)

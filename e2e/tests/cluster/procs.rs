@@ -15,6 +15,27 @@ pub struct Proc {
     pub name: String,
     pub log: PathBuf,
     child: Child,
+    /// How to start it again when it exits (a container under `restartPolicy: Always`).
+    restart: Option<Spec>,
+    pub restarts: u32,
+}
+
+/// A program, its args and its whole environment.
+#[derive(Clone)]
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Spec {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().cloned());
+        cmd
+    }
 }
 
 impl Proc {
@@ -31,36 +52,86 @@ pub struct Procs {
 
 impl Procs {
     /// Starts `cmd` as `name`, its stdout and stderr into `<logs>/<name>.log`.
-    pub fn spawn(&mut self, name: &str, mut cmd: Command, logs: &Path) -> anyhow::Result<()> {
+    pub fn spawn(&mut self, name: &str, cmd: Command, logs: &Path) -> anyhow::Result<()> {
         let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let child = start(name, cmd, &log)?;
         self.running.push(Proc {
             name: name.to_string(),
             log,
             child,
+            restart: None,
+            restarts: 0,
         });
         Ok(())
     }
 
-    /// Names of processes that exited on their own, with their status.
+    /// Like `spawn`, and started again whenever it exits, as the kubelet restarts a container.
+    pub fn spawn_restartable(&mut self, name: &str, spec: Spec, logs: &Path) -> anyhow::Result<()> {
+        let log = logs.join(format!("{name}.log"));
+        let child = start(name, spec.command(), &log)?;
+        self.running.push(Proc {
+            name: name.to_string(),
+            log,
+            child,
+            restart: Some(spec),
+            restarts: 0,
+        });
+        Ok(())
+    }
+
+    /// Starts again every restartable process that exited; returns what it restarted.
+    pub fn restart_exited(&mut self) -> Vec<String> {
+        let mut restarted = Vec::new();
+        for p in &mut self.running {
+            let Some(spec) = p.restart.clone() else {
+                continue;
+            };
+            let Some(status) = p.exited() else { continue };
+            match start(&p.name, spec.command(), &p.log) {
+                Ok(child) => {
+                    p.child = child;
+                    p.restarts += 1;
+                    restarted.push(format!("{} ({status})", p.name));
+                }
+                Err(e) => restarted.push(format!("{} (not restarted: {e:#})", p.name)),
+            }
+        }
+        restarted
+    }
+
+    /// Stops the named processes: TERM, and KILL those still there after `grace`.
+    pub fn stop(&mut self, names: &[&str], grace: Duration) {
+        let (stopping, kept): (Vec<Proc>, Vec<Proc>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|p| names.contains(&p.name.as_str()));
+        self.running = kept;
+        stop_all(stopping, grace);
+    }
+
+    /// Names of processes that exited on their own and are not restarted, with their status.
     pub fn dead(&mut self) -> Vec<String> {
         self.running
             .iter_mut()
+            .filter(|p| p.restart.is_none())
             .filter_map(|p| p.exited().map(|s| format!("{} ({s})", p.name)))
             .collect()
     }
+}
+
+/// Spawns `cmd`, its output appended to `log`, killed if this thread dies.
+fn start(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+    let out = File::options().create(true).append(true).open(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {name}: {cmd:?}"))
 }
 
 fn stop_all(mut procs: Vec<Proc>, grace: Duration) {

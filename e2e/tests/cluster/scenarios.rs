@@ -357,6 +357,75 @@ pub async fn rwx_block_on_two_nodes(t: &mut Tier) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// kube-apiserver restarts (etcd keeps the state): afterwards a new claim still provisions,
+/// attaches and detaches (the sidecars, restarted as the kubelet would when they lose their
+/// leases, and the driver recovered), the driver's Node watch is back (it sees node-b
+/// deleted), and deleting the claim removes its disk. Runs last: the API server refuses
+/// requests while its authorizer starts, and node-b is gone after it.
+pub async fn api_server_restart(t: &mut Tier) -> anyhow::Result<()> {
+    t.cp.restart_api_server(&t.procs).await?;
+    let admin = t.admin().clone();
+    admin
+        .apply(&pvc(
+            "after-restart",
+            "rds-nvme",
+            "1Gi",
+            false,
+            "ReadWriteOnce",
+            "",
+        ))
+        .await?;
+    admin
+        .apply(&pod("after-restart", "after-restart", NODES[0], false))
+        .await?;
+    let pv = bound(t, "after-restart").await?;
+    let (pv_name, slot) = (name_of(&pv), handle(&pv));
+    wait_attached(t, &pv_name, NODES[0]).await?;
+    delete_pod(t, "after-restart").await?;
+    wait_detached(t, &pv_name, NODES[0]).await?;
+
+    let log = t
+        .procs()
+        .running
+        .iter()
+        .find(|p| p.name == format!("{}-rds-csi", t.controller_pod))
+        .context("the rds-csi process")?
+        .log
+        .clone();
+    let seen_deleted = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| {
+                // --log-format=json, flattened: the message and fields at the top.
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("node deleted"))
+                    && l["node"] == NODES[1]
+            })
+    };
+    ensure!(!seen_deleted(), "a node deletion logged before any");
+    admin
+        .run(&["delete", "node", NODES[1], "--wait=false"])
+        .await?;
+    poll_until(
+        "the driver's Node watch seeing node-b deleted",
+        STEP,
+        || async { seen_deleted().then_some(()) },
+    )
+    .await?;
+
+    admin
+        .run(&["delete", "pvc", "after-restart", "-n", APPS, "--wait=false"])
+        .await?;
+    poll_until("the claim's disk removed from mock-rds", STEP, || async {
+        mock_disk(t, &slot).ok()?.is_none().then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
 /// `rds-csi orphans`, reading the cluster with the controller's ServiceAccount (the RBAC the
 /// orphan reconciler runs under), reports exactly the orphans put on the RDS (a file without
 /// disk, a disk of the driver's form without PV) and none of the live claims' or the snapshot's
@@ -498,7 +567,7 @@ pub async fn delete_removes_everything(t: &mut Tier) -> anyhow::Result<()> {
 /// Under the manifests' RBAC no component was refused anything by the API server.
 pub async fn no_forbidden_in_logs(t: &mut Tier) -> anyhow::Result<()> {
     let mut refused = Vec::new();
-    for p in &t.procs.running {
+    for p in &t.procs().running {
         if !p.name.starts_with(&t.controller_pod) {
             continue;
         }

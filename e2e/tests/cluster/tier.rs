@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -53,7 +54,9 @@ const SIDECARS: [(&str, &str, &str); 4] = [
 
 pub struct Tier {
     pub cp: ControlPlane,
-    pub procs: Procs,
+    /// Every process of the tier; the kubelet's part (restarting exited containers) is a task.
+    pub procs: Arc<Mutex<Procs>>,
+    supervisor: tokio::task::JoinHandle<()>,
     pub keys: Keys,
     pub mock: Mock,
     /// A kubeconfig with a token of the controller's ServiceAccount.
@@ -241,9 +244,24 @@ impl Tier {
             socket.exists().then_some(())
         })
         .await?;
+        let procs = Arc::new(Mutex::new(procs));
+        let watched = Arc::clone(&procs);
+        let supervisor = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Never waits: the scenarios hold the lock only briefly, and never across an await.
+                let Ok(mut procs) = watched.try_lock() else {
+                    continue;
+                };
+                for restarted in procs.restart_exited() {
+                    eprintln!("cluster: restarted {restarted}");
+                }
+            }
+        });
         Ok(Self {
             cp,
             procs,
+            supervisor,
             keys,
             mock,
             controller_kubeconfig: pod.kubeconfig.clone(),
@@ -252,13 +270,18 @@ impl Tier {
         })
     }
 
+    /// The processes, for a moment (never held across an await).
+    pub fn procs(&self) -> MutexGuard<'_, Procs> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn admin(&self) -> &Kubectl {
         &self.cp.admin
     }
 
     /// Fails naming any process of the tier that exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        let dead = self.procs.dead();
+        let dead = self.procs().dead();
         if !dead.is_empty() {
             bail!("exited: {}", dead.join(", "));
         }
@@ -283,7 +306,7 @@ impl Tier {
     /// The last lines of every log, for a failure.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        for p in &self.procs.running {
+        for p in &self.procs().running {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             out.push_str(&format!("---- {} ({})\n", p.name, p.log.display()));
@@ -293,6 +316,12 @@ impl Tier {
             }
         }
         out
+    }
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        self.supervisor.abort();
     }
 }
 
