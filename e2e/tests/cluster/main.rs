@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tier::Tier;
+use tier::{Manifests, Tier};
 
 type Scenario = for<'a> fn(&'a mut Tier) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
 
@@ -51,16 +51,27 @@ const DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every scenario under each way the project deploys the driver.
+    let all: Vec<(Manifests, String, Scenario)> = [Manifests::Kustomize, Manifests::Helm]
+        .into_iter()
+        .flat_map(|m| {
+            SCENARIOS
+                .iter()
+                .map(move |(name, s)| (m, format!("{}/{name}", m.name()), *s))
+        })
+        .collect();
     if args.iter().any(|a| a == "--list") {
-        for (name, _) in SCENARIOS {
+        for (_, name, _) in &all {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
     let filters: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
-    let chosen: Vec<_> = SCENARIOS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|(_, name, _)| {
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        })
         .collect();
     if chosen.is_empty() {
         return ExitCode::SUCCESS;
@@ -108,33 +119,52 @@ fn main() -> ExitCode {
         }
     };
     let failed = runtime.block_on(async {
-        let started = Instant::now();
-        let mut tier = match Tier::start(&bin, dir.path()).await {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("cluster tier FAILED to start: {e:#}");
-                print_logs(dir.path());
+        let mut failed = 0;
+        for manifests in [Manifests::Kustomize, Manifests::Helm] {
+            let scenarios: Vec<_> = chosen
+                .iter()
+                .filter(|(m, ..)| m.name() == manifests.name())
+                .collect();
+            if scenarios.is_empty() {
+                continue;
+            }
+            let dir = dir.path().join(manifests.name());
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("cluster tier FAILED: {e}");
                 return 1;
             }
-        };
-        eprintln!("cluster: up in {:.0?}", started.elapsed());
-        for (container, image) in &tier.skipped {
-            eprintln!("cluster: not run here: container {container} ({image})");
-        }
-        let mut failed = 0;
-        for (name, scenario) in chosen {
-            let t0 = Instant::now();
-            let result = match scenario(&mut tier).await {
-                Ok(()) => tier.check_alive(),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => eprintln!("test {name} ... ok ({:.1?})", t0.elapsed()),
+            let started = Instant::now();
+            let mut tier = match Tier::start(&bin, &dir, manifests).await {
+                Ok(t) => t,
                 Err(e) => {
-                    failed += 1;
-                    eprintln!("test {name} ... FAILED ({:.1?}): {e:#}", t0.elapsed());
-                    eprintln!("{}", tier.log_tails(25));
-                    eprintln!("{}", tier.diagnostics().await);
+                    eprintln!("cluster tier ({}) FAILED to start: {e:#}", manifests.name());
+                    print_logs(&dir);
+                    failed += scenarios.len();
+                    continue;
+                }
+            };
+            eprintln!(
+                "cluster: up in {:.0?} ({})",
+                started.elapsed(),
+                manifests.name()
+            );
+            for (container, image) in &tier.skipped {
+                eprintln!("cluster: not run here: container {container} ({image})");
+            }
+            for (_, name, scenario) in scenarios {
+                let t0 = Instant::now();
+                let result = match scenario(&mut tier).await {
+                    Ok(()) => tier.check_alive(),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => eprintln!("test {name} ... ok ({:.1?})", t0.elapsed()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("test {name} ... FAILED ({:.1?}): {e:#}", t0.elapsed());
+                        eprintln!("{}", tier.log_tails(25));
+                        eprintln!("{}", tier.diagnostics().await);
+                    }
                 }
             }
         }

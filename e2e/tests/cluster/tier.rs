@@ -52,6 +52,67 @@ const SIDECARS: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// Which of the project's manifests the tier deploys.
+#[derive(Clone, Copy, Debug)]
+pub enum Manifests {
+    /// `deploy/kubernetes`, rendered by `kubectl kustomize`.
+    Kustomize,
+    /// `deploy/helm/rds-csi`, rendered by the real helm with an operator's values.
+    Helm,
+}
+
+impl Manifests {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kustomize => "kustomize",
+            Self::Helm => "helm",
+        }
+    }
+}
+
+/// `helm template` of the chart with the values an operator sets for this RDS.
+async fn helm_template(
+    bin: &Path,
+    admin: &Kubectl,
+    mock: &Mock,
+    keys: &Keys,
+) -> anyhow::Result<String> {
+    let chart = repo().join("deploy/helm/rds-csi");
+    // Rendered for the API server it goes to (the chart states the versions it supports).
+    let version = admin.json(&["version"]).await?["serverVersion"]["gitVersion"]
+        .as_str()
+        .context("the API server's version")?
+        .to_string();
+    let mut cmd = tokio::process::Command::new(bin.join("helm"));
+    cmd.args(["template", "rds-csi"])
+        .arg(&chart)
+        .args(["--kube-version", &version])
+        .args(["--namespace", NAMESPACE])
+        .args(["--set", &format!("rds.address={}", mock.addr.ip())])
+        .args(["--set", &format!("rds.port={}", mock.addr.port())])
+        .args(["--set", "rds.user=admin", "--set", "nvme.address=127.0.0.1"])
+        .args(["--set", "rds.createSecret=true"])
+        .args([
+            "--set-file",
+            &format!("rds.privateKey={}", keys.client_key.display()),
+        ])
+        .args([
+            "--set-file",
+            &format!("rds.hostKey={}", keys.host_key_pub.display()),
+        ])
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("helm template took over a minute")??;
+    if !out.status.success() {
+        bail!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 pub struct Tier {
     pub cp: ControlPlane,
     /// Every process of the tier; the kubelet's part (restarting exited containers) is a task.
@@ -93,7 +154,7 @@ pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a
 }
 
 impl Tier {
-    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(bin: &Path, dir: &Path, manifests: Manifests) -> anyhow::Result<Self> {
         let mut procs = Procs::default();
         eprintln!("cluster: control plane");
         let cp = ControlPlane::start(bin, dir, &mut procs).await?;
@@ -127,46 +188,58 @@ impl Tier {
             &dir.join("logs"),
         )?;
 
-        eprintln!("cluster: kubectl apply -k deploy/kubernetes");
-        let kustomize = repo().join("deploy/kubernetes");
-        let rendered_text = admin
-            .run(&["kustomize", &kustomize.display().to_string()])
-            .await?;
+        let rendered_text = match manifests {
+            Manifests::Kustomize => {
+                eprintln!("cluster: kubectl apply -k deploy/kubernetes");
+                admin
+                    .run(&[
+                        "kustomize",
+                        &repo().join("deploy/kubernetes").display().to_string(),
+                    ])
+                    .await?
+            }
+            Manifests::Helm => {
+                eprintln!("cluster: helm template deploy/helm/rds-csi | kubectl apply");
+                admin.run(&["create", "namespace", NAMESPACE]).await?;
+                helm_template(bin, &admin, &mock, &keys).await?
+            }
+        };
         let rendered = documents(&rendered_text)?;
         admin.apply(&rendered_text).await?;
         check_sidecar_versions(&rendered)?;
-
-        // The site's own settings, as an operator makes them: the RDS (mock-rds) and its key.
-        let patch = serde_json::json!({"data": {
-            "rds-address": mock.addr.ip().to_string(),
-            "rds-port": mock.addr.port().to_string(),
-            "rds-user": "admin",
-            "nvme-address": "127.0.0.1",
-        }});
-        admin
-            .run(&[
-                "patch",
-                "configmap",
-                "rds-csi-config",
-                "-n",
-                NAMESPACE,
-                "--type=merge",
-                "-p",
-                &patch.to_string(),
-            ])
-            .await?;
-        admin
-            .run(&[
-                "create",
-                "secret",
-                "generic",
-                "rds-csi-ssh",
-                "-n",
-                NAMESPACE,
-                &format!("--from-file=id_rsa={}", keys.client_key.display()),
-                &format!("--from-file=host_key.pub={}", keys.host_key_pub.display()),
-            ])
-            .await?;
+        if let Manifests::Kustomize = manifests {
+            // The site's own settings, as an operator makes them: the RDS (mock-rds), its key.
+            let patch = serde_json::json!({"data": {
+                "rds-address": mock.addr.ip().to_string(),
+                "rds-port": mock.addr.port().to_string(),
+                "rds-user": "admin",
+                "nvme-address": "127.0.0.1",
+            }});
+            admin
+                .run(&[
+                    "patch",
+                    "configmap",
+                    "rds-csi-config",
+                    "-n",
+                    NAMESPACE,
+                    "--type=merge",
+                    "-p",
+                    &patch.to_string(),
+                ])
+                .await?;
+            admin
+                .run(&[
+                    "create",
+                    "secret",
+                    "generic",
+                    "rds-csi-ssh",
+                    "-n",
+                    NAMESPACE,
+                    &format!("--from-file=id_rsa={}", keys.client_key.display()),
+                    &format!("--from-file=host_key.pub={}", keys.host_key_pub.display()),
+                ])
+                .await?;
+        }
         admin.run(&["create", "namespace", APPS]).await?;
         for node in NODES {
             cp.add_node(node, DRIVER, TOPOLOGY, 16).await?;
