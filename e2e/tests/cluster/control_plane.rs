@@ -188,14 +188,22 @@ impl ControlPlane {
         .await?;
 
         let kc = admin_kubeconfig.display().to_string();
-        let mut kcm = Command::new(bin.join("kube-controller-manager"));
+        // What the controller-manager and the scheduler share: admin credentials, loopback, one
+        // instance each.
+        let component = |name: &str| -> anyhow::Result<Command> {
+            let mut cmd = Command::new(bin.join(name));
+            cmd.args([
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                "--leader-elect=false".into(),
+            ]);
+            Ok(cmd)
+        };
+        let mut kcm = component("kube-controller-manager")?;
         kcm.args([
-            &format!("--kubeconfig={kc}"),
-            &format!("--authentication-kubeconfig={kc}"),
-            &format!("--authorization-kubeconfig={kc}"),
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={}", free_port()?),
-            "--leader-elect=false",
             &format!("--root-ca-file={}", path("ca.crt")),
             &format!("--service-account-private-key-file={}", path("sa.key")),
             "--use-service-account-credentials",
@@ -205,16 +213,7 @@ impl ControlPlane {
             "--controllers=*,-node-lifecycle-controller",
         ]);
         procs.spawn("kube-controller-manager", kcm, &logs)?;
-        let mut sched = Command::new(bin.join("kube-scheduler"));
-        sched.args([
-            &format!("--kubeconfig={kc}"),
-            &format!("--authentication-kubeconfig={kc}"),
-            &format!("--authorization-kubeconfig={kc}"),
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={}", free_port()?),
-            "--leader-elect=false",
-        ]);
-        procs.spawn("kube-scheduler", sched, &logs)?;
+        procs.spawn("kube-scheduler", component("kube-scheduler")?, &logs)?;
         // The controllers are up once a namespace gets its ServiceAccount.
         poll_until(
             "the default ServiceAccount (kube-controller-manager running)",

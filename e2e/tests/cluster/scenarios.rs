@@ -114,7 +114,23 @@ async fn wait_detached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// Deletes a pod at once: with no kubelet, nothing would confirm a graceful deletion.
+/// A pod on `node` using `claim`: once the scheduler places it the claim binds, and the
+/// volume attaches there. Returns the claim's PV.
+async fn schedule_user(
+    t: &Tier,
+    pod_name: &str,
+    claim: &str,
+    node: &str,
+    block: bool,
+) -> anyhow::Result<Value> {
+    t.admin().apply(&pod(pod_name, claim, node, block)).await?;
+    let pv = bound(t, claim).await?;
+    wait_attached(t, &name_of(&pv), node).await?;
+    Ok(pv)
+}
+
+/// Deletes a pod (or `--all`) at once: with no kubelet, nothing would confirm a graceful
+/// deletion.
 async fn delete_pod(t: &Tier, name: &str) -> anyhow::Result<()> {
     t.admin()
         .run(&[
@@ -172,8 +188,7 @@ pub async fn provision_attach_detach(t: &mut Tier) -> anyhow::Result<()> {
             "{claim} is {phase} before any pod uses it"
         );
         let user = format!("user-{class}");
-        admin.apply(&pod(&user, &claim, NODES[0], block)).await?;
-        let pv = bound(t, &claim).await?;
+        let pv = schedule_user(t, &user, &claim, NODES[0], block).await?;
         let slot = handle(&pv);
         let disk = mock_disk(t, &slot)?.with_context(|| format!("no disk {slot} on mock-rds"))?;
         ensure!(
@@ -182,7 +197,6 @@ pub async fn provision_attach_detach(t: &mut Tier) -> anyhow::Result<()> {
             disk.file_size
         );
         let pv_name = name_of(&pv);
-        wait_attached(t, &pv_name, NODES[0]).await?;
         delete_pod(t, &user).await?;
         wait_detached(t, &pv_name, NODES[0]).await?;
     }
@@ -301,17 +315,14 @@ pub async fn snapshot_restore_clone(t: &mut Tier) -> anyhow::Result<()> {
                 source,
             ))
             .await?;
-        admin
-            .apply(&pod(&format!("user-{claim}"), claim, NODES[1], false))
-            .await?;
-        let pv = bound(t, claim).await?;
+        let user = format!("user-{claim}");
+        let pv = schedule_user(t, &user, claim, NODES[1], false).await?;
         let disk = mock_disk(t, &handle(&pv))?.context("no disk for the new claim")?;
         ensure!(
             disk.copied_from.is_some(),
             "{claim}'s disk was not copied from its source: {disk:?}"
         );
-        wait_attached(t, &name_of(&pv), NODES[1]).await?;
-        delete_pod(t, &format!("user-{claim}")).await?;
+        delete_pod(t, &user).await?;
     }
     Ok(())
 }
@@ -330,15 +341,8 @@ pub async fn rwx_block_on_two_nodes(t: &mut Tier) -> anyhow::Result<()> {
             "",
         ))
         .await?;
-    admin
-        .apply(&pod("vm-source", "shared", NODES[0], true))
-        .await?;
-    let pv = name_of(&bound(t, "shared").await?);
-    wait_attached(t, &pv, NODES[0]).await?;
-    admin
-        .apply(&pod("vm-target", "shared", NODES[1], true))
-        .await?;
-    wait_attached(t, &pv, NODES[1]).await?;
+    let pv = name_of(&schedule_user(t, "vm-source", "shared", NODES[0], true).await?);
+    schedule_user(t, "vm-target", "shared", NODES[1], true).await?;
     ensure!(
         attachments(t, &pv)
             .await?
@@ -375,12 +379,8 @@ pub async fn api_server_restart(t: &mut Tier) -> anyhow::Result<()> {
             "",
         ))
         .await?;
-    admin
-        .apply(&pod("after-restart", "after-restart", NODES[0], false))
-        .await?;
-    let pv = bound(t, "after-restart").await?;
+    let pv = schedule_user(t, "after-restart", "after-restart", NODES[0], false).await?;
     let (pv_name, slot) = (name_of(&pv), handle(&pv));
-    wait_attached(t, &pv_name, NODES[0]).await?;
     delete_pod(t, "after-restart").await?;
     wait_detached(t, &pv_name, NODES[0]).await?;
 
@@ -513,18 +513,7 @@ pub async fn orphans_against_real_objects(t: &mut Tier) -> anyhow::Result<()> {
 /// the driver made from mock-rds.
 pub async fn delete_removes_everything(t: &mut Tier) -> anyhow::Result<()> {
     let admin = t.admin().clone();
-    admin
-        .run(&[
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            APPS,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])
-        .await?;
+    delete_pod(t, "--all").await?;
     admin
         .run(&["delete", "pvc", "--all", "-n", APPS, "--wait=false"])
         .await?;
