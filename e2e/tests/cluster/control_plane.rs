@@ -304,23 +304,7 @@ impl ControlPlane {
             ))
             .await?;
         // A Node's status is not taken on create.
-        let status = serde_json::json!({"status": {
-            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
-            "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E",
-                "message": "stands for a node", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-        self.admin
-            .run(&[
-                "patch",
-                "node",
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ])
-            .await?;
+        heartbeat(&self.admin, name).await?;
         // TaintNodesByCondition taints a new Node not-ready, and with the node lifecycle
         // controller off nothing lifts it.
         let _ = self
@@ -341,4 +325,53 @@ impl ControlPlane {
             .await?;
         Ok(())
     }
+}
+
+/// Posts the node's status as its kubelet does every few seconds: Ready, with a fresh
+/// heartbeat. The attach-detach controller relies on these updates: on each it learns that
+/// no volume is in use on the node (`volumesInUse` is empty), and only then detaches at once.
+pub async fn heartbeat(admin: &Kubectl, name: &str) -> anyhow::Result<()> {
+    let now = rfc3339(std::time::SystemTime::now());
+    let status = serde_json::json!({"status": {
+        "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+        "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "E2E",
+            "message": "stands for a node", "lastHeartbeatTime": now,
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    admin
+        .run(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ])
+        .await?;
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a time (UTC), as the API's timestamps are written.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }

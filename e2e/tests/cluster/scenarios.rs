@@ -398,11 +398,15 @@ pub async fn api_server_restart(t: &mut Tier) -> anyhow::Result<()> {
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .any(|l| {
-                // --log-format=json, flattened: the message and fields at the top.
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("node deleted"))
-                    && l["node"] == NODES[1]
+                // --log-format=json, flattened: the message and fields at the top. Seen from
+                // the watch's delete event, or, when the deletion fell in the watch's backoff
+                // (the restarted API server refuses requests at first), from its relist.
+                let message = l["message"].as_str().unwrap_or_default();
+                (message.starts_with("node deleted") && l["node"] == NODES[1])
+                    || (message.starts_with("nodes gone while the watch was down")
+                        && l["nodes"]
+                            .as_str()
+                            .is_some_and(|n| n.contains(&format!("\"{}\"", NODES[1]))))
             })
     };
     ensure!(!seen_deleted(), "a node deletion logged before any");

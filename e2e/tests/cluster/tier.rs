@@ -12,7 +12,7 @@ use e2e::{poll_until, Keys, Mock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::control_plane::{ControlPlane, STARTUP_TIMEOUT};
+use crate::control_plane::{heartbeat, ControlPlane, STARTUP_TIMEOUT};
 use crate::kubectl::Kubectl;
 use crate::pods::{Credentials, Pod, Runner};
 use crate::procs::Procs;
@@ -317,17 +317,24 @@ impl Tier {
             socket.exists().then_some(())
         })
         .await?;
+        // The kubelets' part: restart exited containers, post the nodes' status.
         let procs = Arc::new(Mutex::new(procs));
         let watched = Arc::clone(&procs);
+        let kubelets = cp.admin.clone();
         let supervisor = tokio::spawn(async move {
-            loop {
+            for tick in 1u64.. {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // Never waits: the scenarios hold the lock only briefly, and never across an await.
-                let Ok(mut procs) = watched.try_lock() else {
-                    continue;
-                };
-                for restarted in procs.restart_exited() {
-                    eprintln!("cluster: restarted {restarted}");
+                if let Ok(mut procs) = watched.try_lock() {
+                    for restarted in procs.restart_exited() {
+                        eprintln!("cluster: restarted {restarted}");
+                    }
+                }
+                if tick % 5 == 0 {
+                    for node in NODES {
+                        // A deleted node (or an API server restarting) has no status to post.
+                        let _ = heartbeat(&kubelets, node).await;
+                    }
                 }
             }
         });
