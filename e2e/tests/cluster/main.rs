@@ -32,6 +32,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("rwx_block_on_two_nodes", |t| {
         Box::pin(scenarios::rwx_block_on_two_nodes(t))
     }),
+    ("controller_crash_keeps_attachments", |t| {
+        Box::pin(scenarios::controller_crash_keeps_attachments(t))
+    }),
     ("orphans_against_real_objects", |t| {
         Box::pin(scenarios::orphans_against_real_objects(t))
     }),

@@ -108,6 +108,17 @@ impl Procs {
         stop_all(stopping, grace);
     }
 
+    /// Kills the named process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self
+            .running
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        p.child.kill()?;
+        Ok(())
+    }
+
     /// Names of processes that exited on their own and are not restarted, with their status.
     pub fn dead(&mut self) -> Vec<String> {
         self.running

@@ -361,6 +361,61 @@ pub async fn rwx_block_on_two_nodes(t: &mut Tier) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// rds-csi crashes (SIGKILL) while an RWX block volume is attached on two nodes, a live
+/// migration under way; restarted, it rebuilds that from the API server's PVs and
+/// VolumeAttachments, so a third node is refused (the attacher records the driver's error on
+/// its VolumeAttachment) rather than let in beside the two.
+pub async fn controller_crash_keeps_attachments(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    admin
+        .apply(&pvc(
+            "migrating",
+            "rds-nvme-block",
+            "1Gi",
+            true,
+            "ReadWriteMany",
+            "",
+        ))
+        .await?;
+    let pv = name_of(&schedule_user(t, "vm-1", "migrating", NODES[0], true).await?);
+    schedule_user(t, "vm-2", "migrating", NODES[1], true).await?;
+    let driver = format!("{}-rds-csi", t.controller_pod);
+    t.procs().kill(&driver)?;
+    admin
+        .apply(&pod("vm-3", "migrating", NODES[2], true))
+        .await?;
+    let error = poll_until("the third node's attach refused", STEP, || async {
+        let vas = admin.items(&["volumeattachments"]).await.ok()?;
+        vas.iter()
+            .find(|va| {
+                va["spec"]["source"]["persistentVolumeName"] == pv.as_str()
+                    && va["spec"]["nodeName"] == NODES[2]
+            })
+            .and_then(|va| va["status"]["attachError"]["message"].as_str())
+            .filter(|m| m.contains("migration limit"))
+            .map(str::to_string)
+    })
+    .await?;
+    ensure!(
+        !attachments(t, &pv)
+            .await?
+            .contains(&(NODES[2].to_string(), true)),
+        "node-c attached: {error}"
+    );
+    ensure!(
+        t.procs()
+            .running
+            .iter()
+            .any(|p| p.name == driver && p.restarts > 0),
+        "rds-csi was not restarted"
+    );
+    for (user, node) in [("vm-3", NODES[2]), ("vm-1", NODES[0]), ("vm-2", NODES[1])] {
+        delete_pod(t, user).await?;
+        wait_detached(t, &pv, node).await?;
+    }
+    Ok(())
+}
+
 /// kube-apiserver restarts (etcd keeps the state): afterwards a new claim still provisions,
 /// attaches and detaches (the sidecars, restarted as the kubelet would when they lose their
 /// leases, and the driver recovered), the driver's Node watch is back (it sees node-b

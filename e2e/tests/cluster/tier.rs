@@ -21,7 +21,7 @@ pub const DRIVER: &str = "rds.csi.srvlab.io";
 pub const NAMESPACE: &str = "rds-csi";
 /// Where the scenarios make their PVCs and pods.
 pub const APPS: &str = "e2e";
-pub const NODES: [&str; 2] = ["node-a", "node-b"];
+pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// The segment `rds-csi serve --node` reports in NodeGetInfo, which the kubelet would put on
 /// the Node as a label and node-driver-registrar into CSINode.
 const TOPOLOGY: (&str, &str) = ("topology.rds.csi.srvlab.io/zone", "default");
