@@ -179,8 +179,17 @@ pub async fn provision_attach_detach(t: &mut Tier) -> anyhow::Result<()> {
         admin
             .apply(&pvc(&claim, class, "1Gi", block, "ReadWriteOnce", ""))
             .await?;
-        // WaitForFirstConsumer: nothing is provisioned before a pod is scheduled.
-        tokio::time::sleep(std::time::Duration::from_millis(0)).await;
+        // WaitForFirstConsumer: once the PV controller has looked at the claim (its event
+        // says so), it stays unprovisioned until a pod is scheduled.
+        poll_until(&format!("the binder waiting on {claim}"), STEP, || async {
+            let selector = format!("involvedObject.name={claim},reason=WaitForFirstConsumer");
+            let events = admin
+                .items(&["events", "-n", APPS, "--field-selector", &selector])
+                .await
+                .ok()?;
+            (!events.is_empty()).then_some(())
+        })
+        .await?;
         let phase =
             admin.json(&["get", "pvc", &claim, "-n", APPS]).await?["status"]["phase"].clone();
         ensure!(
