@@ -35,6 +35,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("controller_crash_keeps_attachments", |t| {
         Box::pin(scenarios::controller_crash_keeps_attachments(t))
     }),
+    ("deleted_node_attachment_cleared", |t| {
+        Box::pin(scenarios::deleted_node_attachment_cleared(t))
+    }),
     ("orphans_against_real_objects", |t| {
         Box::pin(scenarios::orphans_against_real_objects(t))
     }),

@@ -119,6 +119,23 @@ impl Procs {
         Ok(())
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the named process: a container that hangs, its
+    /// leases and its work left where they were.
+    pub fn freeze(&mut self, name: &str, frozen: bool) -> anyhow::Result<()> {
+        let p = self
+            .running
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(pid_of(&p.child)?, signal).with_context(|| format!("{signal} to {name}"))?;
+        Ok(())
+    }
+
     /// Names of processes that exited on their own and are not restarted, with their status.
     pub fn dead(&mut self) -> Vec<String> {
         self.running
@@ -145,10 +162,16 @@ fn start(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {name}: {cmd:?}"))
 }
 
+fn pid_of(child: &Child) -> anyhow::Result<Pid> {
+    Ok(Pid::from_raw(i32::try_from(child.id())?))
+}
+
 fn stop_all(mut procs: Vec<Proc>, grace: Duration) {
     for p in &procs {
-        if let Ok(pid) = i32::try_from(p.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if let Ok(pid) = pid_of(&p.child) {
+            let _ = kill(pid, Signal::SIGTERM);
+            // A frozen process acts on the TERM only once thawed.
+            let _ = kill(pid, Signal::SIGCONT);
         }
     }
     let deadline = Instant::now() + grace;

@@ -249,18 +249,43 @@ pub async fn expand(t: &mut Tier) -> anyhow::Result<()> {
         disk.file_size
     );
     // The driver tells of it on the PV and the claim.
+    driver_events(t, &pv_name, claim, "ControllerExpansionDone").await?;
+    Ok(())
+}
+
+/// Waits for the driver's event `reason` on the PV and on its claim; returns the PV's.
+async fn driver_events(
+    t: &Tier,
+    pv_name: &str,
+    claim: &str,
+    reason: &str,
+) -> anyhow::Result<Value> {
+    let mut on_pv = Value::Null;
     for (kind, name, namespace) in [
-        ("PersistentVolume", pv_name.as_str(), "default"),
+        ("PersistentVolume", pv_name, "default"),
         ("PersistentVolumeClaim", claim, APPS),
     ] {
-        poll_until(&format!("the driver's ControllerExpansionDone event on {kind} {name}"), STEP, || async {
-            let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason=ControllerExpansionDone");
-            let events = admin.items(&["events", "-n", namespace, "--field-selector", &selector]).await.ok()?;
-            (!events.is_empty()).then_some(())
-        })
+        let event = poll_until(
+            &format!("the driver's {reason} event on {kind} {name}"),
+            STEP,
+            || async {
+                let selector = format!(
+                    "involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
+                );
+                let events = t
+                    .admin()
+                    .items(&["events", "-n", namespace, "--field-selector", &selector])
+                    .await
+                    .ok()?;
+                events.into_iter().next()
+            },
+        )
         .await?;
+        if kind == "PersistentVolume" {
+            on_pv = event;
+        }
     }
-    Ok(())
+    Ok(on_pv)
 }
 
 /// A VolumeSnapshot of `data-rds-nvme` becomes ready; a claim restored from it and a clone of
@@ -422,6 +447,64 @@ pub async fn controller_crash_keeps_attachments(t: &mut Tier) -> anyhow::Result<
         delete_pod(t, user).await?;
         wait_detached(t, &pv, node).await?;
     }
+    Ok(())
+}
+
+/// A node is deleted while the attacher hangs, so no ControllerUnpublish reaches the driver;
+/// the driver's attachment reconciler clears the deleted node's attachment once the grace
+/// period is over (its event on the PV and the claim, naming the node). The node's
+/// VolumeAttachment, which the attach-detach controller does not detach from a deleted node
+/// in that time, is removed by hand (finalizer dropped) as operators clear a stuck one; the
+/// RWO volume then attaches to another node, which the driver would refuse were the deleted
+/// node still holding it.
+pub async fn deleted_node_attachment_cleared(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    let claim = "stranded";
+    admin
+        .apply(&pvc(claim, "rds-nvme", "1Gi", false, "ReadWriteOnce", ""))
+        .await?;
+    let gone = NODES[2];
+    let pv = name_of(&schedule_user(t, "on-doomed-node", claim, gone, false).await?);
+    let attacher = format!("{}-csi-attacher", t.controller_pod);
+    t.procs().freeze(&attacher, true)?;
+    let while_frozen = async {
+        delete_pod(t, "on-doomed-node").await?;
+        admin.run(&["delete", "node", gone, "--wait=false"]).await?;
+        let cleared = driver_events(t, &pv, claim, "StaleAttachmentCleared").await?;
+        let message = cleared["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains(gone),
+            "the event does not name {gone}: {message}"
+        );
+        for va in admin.items(&["volumeattachments"]).await? {
+            if va["spec"]["source"]["persistentVolumeName"] == pv.as_str()
+                && va["spec"]["nodeName"] == gone
+            {
+                let name = name_of(&va);
+                admin
+                    .run(&["delete", "volumeattachment", &name, "--wait=false"])
+                    .await?;
+                admin
+                    .run(&[
+                        "patch",
+                        "volumeattachment",
+                        &name,
+                        "--type=merge",
+                        "-p",
+                        r#"{"metadata":{"finalizers":null}}"#,
+                    ])
+                    .await?;
+            }
+        }
+        wait_detached(t, &pv, gone).await
+    }
+    .await;
+    t.procs().freeze(&attacher, false)?;
+    while_frozen?;
+
+    schedule_user(t, "on-new-node", claim, NODES[0], false).await?;
+    delete_pod(t, "on-new-node").await?;
+    wait_detached(t, &pv, NODES[0]).await?;
     Ok(())
 }
 
