@@ -9,7 +9,8 @@
 //! (as after an in-place DaemonSet upgrade) publishes, unpublishes, unstages, restages with the
 //! PVs' exact volume attributes (`fixtures/go-driver/pv-*.yaml`), expands, snapshots, restores
 //! with the Go StorageClasses' parameters and deletes each. Needs root (loop devices, mkfs,
-//! mount, mknod). `rds-csi migrate-check` on the same fixtures is `driver/tests/tools_migrate.rs`.
+//! mount, mknod). `rds-csi migrate-check` on the same fixtures, on a real API server, is the
+//! cluster tier's `migrate_check_against_go_driver_objects`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -50,6 +50,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("api_server_restart", |t| {
         Box::pin(scenarios::api_server_restart(t))
     }),
+    ("migrate_check_against_go_driver_objects", |t| {
+        Box::pin(scenarios::migrate_check_against_go_driver_objects(t))
+    }),
 ];
 
 /// The whole tier, set-up and clean-up included; past it the run is killed.
