@@ -2,6 +2,7 @@
 //! and the rebuild from VolumeAttachments through the real kube client against a fake API server.
 
 mod kube_fake;
+mod kube_objects;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
+use kube_objects::*;
 use rds_csi::kube::attachments::{
     rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
     DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT,

@@ -4,6 +4,7 @@
 
 mod common;
 mod kube_fake;
+mod kube_objects;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_proto::v1::*;
 use kube_fake::*;
+use kube_objects::*;
 use mock_rds::MockRds;
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
@@ -228,7 +230,7 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
     let events = EventRecorder::new(api.client(), DRIVER, "test");
     events.expansion_done("pvc-1", 2 << 30).await;
     let posted: Vec<_> = api
-        .list(&kube_fake::events("default"))
+        .list(&events("default"))
         .into_iter()
         .filter(|e| e["reason"] == REASON_EXPANSION_DONE)
         .collect();
@@ -256,7 +258,7 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
     events.expansion_done("pvc-unknown", 1).await;
     api.fail(PVS, None, 500, None);
     events.expansion_done("pvc-1", 1).await;
-    assert_eq!(api.list(&kube_fake::events("default")).len(), 2);
+    assert_eq!(api.list(&events("default")).len(), 2);
 }
 
 #[tokio::test]

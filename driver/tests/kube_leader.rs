@@ -2,6 +2,7 @@
 //! and on expiry, 409 conflicts, API errors, and `run` never letting two replicas work at once.
 
 mod kube_fake;
+mod kube_objects;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures_util::FutureExt;
 use hyper::Method;
 use kube_fake::*;
+use kube_objects::*;
 use rds_csi::kube::attachments::ManualClock;
 use rds_csi::kube::leader::{LeaderElector, LeaseConfig};
 use tokio_util::sync::CancellationToken;

@@ -3,11 +3,13 @@
 //! versus delete, and fail-open when the cluster cannot be read.
 
 mod kube_fake;
+mod kube_objects;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
+use kube_objects::*;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
 use mock_rds::{Auth, Config, Fault, MockRds};
 use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};

@@ -1,13 +1,18 @@
-//! The attachment reconciler against a fake API server: stale attachments of deleted nodes
-//! (primary and secondary) are cleared after the grace period, fail-open on API errors, node
-//! watch triggers, the conflict hook, events, and the start/stop/restart lifecycle.
+//! The attachment reconciler against a real API server: stale attachments of deleted nodes
+//! (primary and secondary) are cleared after the grace period, node watch triggers, the
+//! conflict hook, events, and the start/stop/restart lifecycle; against the fake one, kept for
+//! faults: API errors and hangs (fail open), failing events, a delete no watch saw.
 
 mod kube_fake;
+mod kube_objects;
+mod kube_real;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use kube_fake::*;
+use kube_fake::FakeApi;
+use kube_objects::*;
+use kube_real::RealApi;
 use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};
 use rds_csi::kube::events::{EventRecorder, REASON_STALE_ATTACHMENT_CLEARED};
 use rds_csi::kube::reconciler::{
@@ -29,7 +34,7 @@ const RWX: AttachOptions = AttachOptions {
 const WAIT: Duration = Duration::from_secs(10);
 
 fn setup(
-    api: &FakeApi,
+    client: kube::Client,
     grace: Duration,
     interval: Duration,
 ) -> (
@@ -41,10 +46,10 @@ fn setup(
         UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     ));
     let manager = Arc::new(AttachmentManager::new().with_clock(clock.clone()));
-    let events = EventRecorder::new(api.client(), DRIVER, "test-controller");
+    let events = EventRecorder::new(client.clone(), DRIVER, "test-controller");
     let reconciler = Arc::new(AttachmentReconciler::new(
         manager.clone(),
-        api.client(),
+        client,
         ReconcilerConfig {
             interval,
             grace_period: grace,
@@ -66,10 +71,15 @@ fn defaults_are_documented_values() {
 
 #[tokio::test]
 async fn clears_missing_secondary_and_primary_after_the_grace_period() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-a", true));
-    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"));
-    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-a", true)).await;
+    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"))
+        .await;
+    let (clock, m, r) = setup(
+        api.client(),
+        Duration::from_secs(30),
+        DEFAULT_RECONCILE_INTERVAL,
+    );
     // pvc-1: node-a (exists) then node-gone as the secondary.
     m.attach("pvc-1", "node-a", RWX, None).unwrap();
     m.attach("pvc-1", "node-gone", RWX, None).unwrap();
@@ -107,6 +117,7 @@ async fn clears_missing_secondary_and_primary_after_the_grace_period() {
     // The event went to the PV and its PVC.
     let events: Vec<_> = api
         .list(&events("default"))
+        .await
         .into_iter()
         .filter(|e| e["reason"] == REASON_STALE_ATTACHMENT_CLEARED)
         .collect();
@@ -121,14 +132,18 @@ async fn clears_missing_secondary_and_primary_after_the_grace_period() {
 
 #[tokio::test]
 async fn node_reappearing_within_the_grace_period_keeps_its_attachment() {
-    let api = FakeApi::start().await;
-    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    let api = RealApi::start().await;
+    let (clock, m, r) = setup(
+        api.client(),
+        Duration::from_secs(30),
+        DEFAULT_RECONCILE_INTERVAL,
+    );
     m.attach("pvc-1", "node-a", RWO, None).unwrap();
     assert_eq!(r.reconcile_once().await.missing_nodes, ["node-a"]);
     clock.advance(Duration::from_secs(20));
-    api.put(NODES, node("node-a", true));
+    api.put(NODES, node("node-a", true)).await;
     assert!(r.reconcile_once().await.missing_nodes.is_empty());
-    api.delete(NODES, "node-a");
+    api.delete(NODES, "node-a").await;
     clock.advance(Duration::from_secs(20));
     // Missing again, but only since now: the earlier absence does not count.
     assert!(r.reconcile_once().await.cleared.is_empty());
@@ -140,9 +155,13 @@ async fn node_reappearing_within_the_grace_period_keeps_its_attachment() {
 /// has one window open and the other long closed, so removing either check fails the test.
 #[tokio::test]
 async fn detach_window_and_missing_window_each_defer_clearing() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-x", true));
-    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-x", true)).await;
+    let (clock, m, r) = setup(
+        api.client(),
+        Duration::from_secs(30),
+        DEFAULT_RECONCILE_INTERVAL,
+    );
 
     // Missing window long over, detach window open: node-gone has been missing for 40 s when
     // node-x detaches from the shared volume.
@@ -194,7 +213,7 @@ async fn detach_window_and_missing_window_each_defer_clearing() {
 #[tokio::test]
 async fn a_node_read_that_never_answers_counts_as_unknown() {
     let api = FakeApi::start().await;
-    let (_clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    let (_clock, m, r) = setup(api.client(), Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
     m.attach("pvc-1", "node-gone", RWO, None).unwrap();
     api.hang(NODES, None, None);
     let report = tokio::time::timeout(Duration::from_secs(20), r.reconcile_once())
@@ -208,7 +227,7 @@ async fn a_node_read_that_never_answers_counts_as_unknown() {
 #[tokio::test]
 async fn fails_open_when_nodes_cannot_be_read() {
     let api = FakeApi::start().await;
-    let (clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    let (clock, m, r) = setup(api.client(), Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
     m.attach("pvc-1", "node-gone", RWO, None).unwrap();
     api.fail(NODES, None, 500, None);
     let report = r.reconcile_once().await;
@@ -228,7 +247,7 @@ async fn fails_open_when_nodes_cannot_be_read() {
 #[tokio::test]
 async fn event_failures_do_not_stop_the_pass() {
     let api = FakeApi::start().await;
-    let (_clock, m, r) = setup(&api, Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
+    let (_clock, m, r) = setup(api.client(), Duration::ZERO, DEFAULT_RECONCILE_INTERVAL);
     api.put(
         PVS,
         pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
@@ -241,8 +260,8 @@ async fn event_failures_do_not_stop_the_pass() {
 
 #[tokio::test]
 async fn lifecycle_start_once_stop_idempotent_restart_and_cancel() {
-    let api = FakeApi::start().await;
-    let (_clock, _m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    let api = RealApi::start().await;
+    let (_clock, _m, r) = setup(api.client(), Duration::ZERO, Duration::from_secs(3600));
     r.trigger(); // before start: a no-op
     r.stop().await; // before start: a no-op
     assert!(!r.is_running());
@@ -278,32 +297,27 @@ async fn lifecycle_start_once_stop_idempotent_restart_and_cancel() {
 
 #[tokio::test]
 async fn node_delete_and_not_ready_trigger_a_pass() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-x", true));
-    api.put(NODES, node("node-y", true));
-    let (_clock, m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-x", true)).await;
+    api.put(NODES, node("node-y", true)).await;
+    let (_clock, m, r) = setup(api.client(), Duration::ZERO, Duration::from_secs(3600));
     m.attach("pvc-1", "node-x", RWO, None).unwrap();
+    let watches = api.watches("nodes").await;
     let parent = CancellationToken::new();
     r.start(&parent).unwrap();
     assert!(eventually(WAIT, || r.stats().runs >= 1).await);
     // The watch must be open before the delete, or there is nothing to see.
-    assert!(
-        eventually(WAIT, || api
-            .requests()
-            .iter()
-            .any(|(v, p)| v == "WATCH" && p == NODES))
-        .await
-    );
+    api.wait_for_watch("nodes", watches).await;
     assert_eq!(m.nodes("pvc-1"), ["node-x"]);
 
     let runs = r.stats().runs;
-    api.put(NODES, node("node-y", false));
+    api.put(NODES, node("node-y", false)).await;
     assert!(
         eventually(WAIT, || r.stats().runs > runs).await,
         "Ready -> NotReady triggers a pass (the interval is an hour)"
     );
 
-    api.delete(NODES, "node-x");
+    api.delete(NODES, "node-x").await;
     assert!(
         eventually(WAIT, || m.nodes("pvc-1").is_empty()).await,
         "node delete clears its attachment"
@@ -313,9 +327,9 @@ async fn node_delete_and_not_ready_trigger_a_pass() {
 
 #[tokio::test]
 async fn refused_publish_triggers_the_reconciler_which_frees_the_volume() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-b", true));
-    let (_clock, m, r) = setup(&api, Duration::ZERO, Duration::from_secs(3600));
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-b", true)).await;
+    let (_clock, m, r) = setup(api.client(), Duration::ZERO, Duration::from_secs(3600));
     m.set_conflict_hook(r.trigger_handle());
     let parent = CancellationToken::new();
     r.start(&parent).unwrap();
@@ -337,11 +351,16 @@ async fn refused_publish_triggers_the_reconciler_which_frees_the_volume() {
 
 #[tokio::test]
 async fn timed_out_migration_is_reported_once() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-a", true));
-    api.put(NODES, node("node-b", true));
-    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"));
-    let (clock, m, r) = setup(&api, Duration::from_secs(30), DEFAULT_RECONCILE_INTERVAL);
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-a", true)).await;
+    api.put(NODES, node("node-b", true)).await;
+    api.put(PVS, pv("pvc-1", "pvc-1", DRIVER, "ReadWriteMany", "Block"))
+        .await;
+    let (clock, m, r) = setup(
+        api.client(),
+        Duration::from_secs(30),
+        DEFAULT_RECONCILE_INTERVAL,
+    );
     m.attach("pvc-1", "node-a", RWX, None).unwrap();
     m.attach("pvc-1", "node-b", RWX, Some(Duration::from_secs(60)))
         .unwrap();
@@ -352,6 +371,7 @@ async fn timed_out_migration_is_reported_once() {
     assert_eq!(r.stats().timed_out_migrations, 1, "one event per migration");
     let posted = api
         .list(&events("default"))
+        .await
         .iter()
         .filter(|e| e["reason"] == "MigrationTimedOut")
         .count();
@@ -361,13 +381,13 @@ async fn timed_out_migration_is_reported_once() {
 
 /// A reconciler on the real clock, for tests that wait for its own scheduling.
 fn setup_real_clock(
-    api: &FakeApi,
+    client: kube::Client,
     grace: Duration,
 ) -> (Arc<AttachmentManager>, Arc<AttachmentReconciler>) {
     let manager = Arc::new(AttachmentManager::new());
     let reconciler = Arc::new(AttachmentReconciler::new(
         manager.clone(),
-        api.client(),
+        client,
         ReconcilerConfig {
             interval: DEFAULT_RECONCILE_INTERVAL,
             grace_period: grace,
@@ -393,14 +413,15 @@ async fn wait_for_the_node_watch(api: &FakeApi) {
 /// then, not at the next periodic pass (5 minutes later).
 #[tokio::test]
 async fn a_deleted_nodes_attachments_are_cleared_when_the_grace_period_ends() {
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-a", true));
-    let (m, r) = setup_real_clock(&api, Duration::from_secs(1));
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-a", true)).await;
+    let (m, r) = setup_real_clock(api.client(), Duration::from_secs(1));
     m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    let watches = api.watches("nodes").await;
     let parent = CancellationToken::new();
     r.start(&parent).unwrap();
-    wait_for_the_node_watch(&api).await;
-    api.delete(NODES, "node-a");
+    api.wait_for_watch("nodes", watches).await;
+    api.delete(NODES, "node-a").await;
     assert!(
         eventually(Duration::from_secs(15), || m.nodes("pvc-1").is_empty()).await,
         "the attachment of the deleted node was not cleared after the grace period"
@@ -413,7 +434,7 @@ async fn a_deleted_nodes_attachments_are_cleared_when_the_grace_period_ends() {
 async fn a_node_deleted_while_the_watch_was_down_is_noticed_on_relist() {
     let api = FakeApi::start().await;
     api.put(NODES, node("node-a", true));
-    let (m, r) = setup_real_clock(&api, Duration::ZERO);
+    let (m, r) = setup_real_clock(api.client(), Duration::ZERO);
     m.attach("pvc-1", "node-a", RWO, None).unwrap();
     let parent = CancellationToken::new();
     r.start(&parent).unwrap();

@@ -3,10 +3,12 @@
 //! scan) or one a node has attached, and deletes only what two scans saw unchanged.
 
 mod kube_fake;
+mod kube_objects;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
+use kube_objects::*;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
 use mock_rds::{Auth, Config, Fault, MockRds};
 use russh::keys::ssh_key::LineEnding;

@@ -1,192 +1,25 @@
-//! etcd, kube-apiserver (TLS, `Node,RBAC`, service-account tokens), kube-controller-manager and
-//! kube-scheduler as host processes on 127.0.0.1, on OS-chosen ports; and the Node objects
-//! (with their CSINode) that stand for the cluster's nodes, as no kubelet runs here.
+//! The cluster tier's control plane: the API server (`e2e::k8s::ApiServer`), then
+//! kube-controller-manager and kube-scheduler as host processes on 127.0.0.1; and the Node
+//! objects (with their CSINode) that stand for the cluster's nodes, as no kubelet runs here.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use e2e::k8s::{free_port, ApiServer, Kubectl, Procs, STARTUP_TIMEOUT};
 use e2e::poll_until;
 
-use crate::kubectl::Kubectl;
-use crate::procs::Procs;
-
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
-
 pub struct ControlPlane {
-    pub dir: PathBuf,
-    /// How kube-apiserver was started, to start it again.
-    api_server: (PathBuf, Vec<String>),
-    pub api_port: u16,
+    pub api: ApiServer,
     pub admin: Kubectl,
-}
-
-/// A port the OS chose, released for the component to bind (a short race, acceptable here).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("running openssl (Debian package openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A CA, the API server's serving certificate, an admin client certificate and the
-/// service-account signing key pair.
-fn certificates(dir: &Path) -> anyhow::Result<()> {
-    let subj_ca = "/CN=rds-csi-e2e-ca";
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", subj_ca,
-        ],
-    )?;
-    for (name, subject, ext) in [
-        (
-            "apiserver",
-            "/CN=kube-apiserver",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "admin",
-            "/O=system:masters/CN=e2e-admin",
-            "extendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let (key, csr, crt, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        std::fs::write(dir.join(&extfile), ext)?;
-        openssl(
-            dir,
-            &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-                subject,
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        )?;
-    }
-    openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
-    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
-    Ok(())
-}
-
-/// A kubeconfig for the API server with `user` (a YAML mapping body).
-pub fn kubeconfig(dir: &Path, api_port: u16, user: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: e2e, cluster: {{server: \"https://127.0.0.1:{api_port}\", certificate-authority: {ca}}}}}]\n\
-         users: [{{name: u, user: {user}}}]\n\
-         contexts: [{{name: e2e, context: {{cluster: e2e, user: u}}}}]\n\
-         current-context: e2e\n",
-        ca = dir.join("ca.crt").display()
-    )
 }
 
 impl ControlPlane {
     pub async fn start(bin: &Path, dir: &Path, procs: &mut Procs) -> anyhow::Result<Self> {
-        certificates(dir)?;
-        let (etcd_client, etcd_peer, api_port) = (free_port()?, free_port()?, free_port()?);
-        let admin_kubeconfig = dir.join("admin.kubeconfig");
-        std::fs::write(
-            &admin_kubeconfig,
-            kubeconfig(
-                dir,
-                api_port,
-                &format!(
-                    "{{client-certificate: {}, client-key: {}}}",
-                    dir.join("admin.crt").display(),
-                    dir.join("admin.key").display()
-                ),
-            ),
-        )?;
+        let api = ApiServer::start(bin, dir, procs).await?;
+        let admin = api.admin.clone();
+        let admin_kubeconfig = admin.kubeconfig.clone();
         let path = |f: &str| dir.join(f).display().to_string();
         let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs)?;
-
-        let mut etcd = Command::new(bin.join("etcd"));
-        etcd.args([
-            "--name=e2e",
-            &format!("--data-dir={}", path("etcd")),
-            "--unsafe-no-fsync",
-            &format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
-            &format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
-            &format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            &format!("--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"),
-            "--listen-metrics-urls=",
-        ]);
-        procs.spawn("etcd", etcd, &logs)?;
-
-        let api_args: Vec<String> = [
-            &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            &format!("--secure-port={api_port}"),
-            &format!("--tls-cert-file={}", path("apiserver.crt")),
-            &format!("--tls-private-key-file={}", path("apiserver.key")),
-            &format!("--client-ca-file={}", path("ca.crt")),
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-            &format!("--service-account-key-file={}", path("sa.pub")),
-            &format!("--service-account-signing-key-file={}", path("sa.key")),
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--allow-privileged=true",
-            "--profiling=false",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        let mut api = Command::new(bin.join("kube-apiserver"));
-        api.args(&api_args);
-        procs.spawn("kube-apiserver", api, &logs)?;
-        let admin = Kubectl {
-            bin: bin.join("kubectl"),
-            kubeconfig: admin_kubeconfig.clone(),
-        };
-        poll_until("kube-apiserver /readyz", STARTUP_TIMEOUT, || async {
-            admin.run(&["get", "--raw", "/readyz"]).await.ok()
-        })
-        .await?;
-
         let kc = admin_kubeconfig.display().to_string();
         // What the controller-manager and the scheduler share: admin credentials, loopback, one
         // instance each.
@@ -227,62 +60,7 @@ impl ControlPlane {
             },
         )
         .await?;
-        Ok(Self {
-            api_server: (bin.join("kube-apiserver"), api_args),
-            dir: dir.to_path_buf(),
-            api_port,
-            admin,
-        })
-    }
-
-    /// Stops kube-apiserver and starts it again with the same flags, etcd keeping the state.
-    pub async fn restart_api_server(&self, procs: &Mutex<Procs>) -> anyhow::Result<()> {
-        {
-            let mut procs = procs.lock().unwrap_or_else(|p| p.into_inner());
-            procs.stop(&["kube-apiserver"], Duration::from_secs(15));
-            let (bin, args) = &self.api_server;
-            let mut api = Command::new(bin);
-            api.args(args);
-            procs.spawn("kube-apiserver", api, &self.dir.join("logs"))?;
-        }
-        poll_until(
-            "kube-apiserver /readyz after its restart",
-            STARTUP_TIMEOUT,
-            || async { self.admin.run(&["get", "--raw", "/readyz"]).await.ok() },
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// A kubeconfig file holding a token of `namespace/service_account`.
-    pub async fn service_account_kubeconfig(
-        &self,
-        namespace: &str,
-        service_account: &str,
-    ) -> anyhow::Result<PathBuf> {
-        let token = self
-            .admin
-            .run(&[
-                "create",
-                "token",
-                service_account,
-                "-n",
-                namespace,
-                "--duration=4h",
-            ])
-            .await?;
-        let file = self
-            .dir
-            .join(format!("{namespace}-{service_account}.kubeconfig"));
-        std::fs::write(
-            &file,
-            kubeconfig(
-                &self.dir,
-                self.api_port,
-                &format!("{{token: \"{}\"}}", token.trim()),
-            ),
-        )?;
-        Ok(file)
+        Ok(Self { api, admin })
     }
 
     /// A Node object standing for a node (no kubelet): Ready, schedulable, attach and detach

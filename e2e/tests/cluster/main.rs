@@ -6,9 +6,7 @@
 //! directory removed, pass or fail, and a hard deadline ends a hung run.
 
 mod control_plane;
-mod kubectl;
 mod pods;
-mod procs;
 mod scenarios;
 mod tier;
 

@@ -13,9 +13,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::control_plane::free_port;
-use crate::kubectl::Kubectl;
-use crate::procs::{Procs, Spec};
+use e2e::k8s::{free_port, Kubectl, Procs, Spec};
 
 /// How a container is given its API credentials.
 #[derive(Clone, Copy)]

@@ -514,7 +514,7 @@ pub async fn deleted_node_attachment_cleared(t: &mut Tier) -> anyhow::Result<()>
 /// deleted), and deleting the claim removes its disk. Runs after the scenarios that use nodes:
 /// the API server refuses requests while its authorizer starts, and node-b is gone after it.
 pub async fn api_server_restart(t: &mut Tier) -> anyhow::Result<()> {
-    t.cp.restart_api_server(&t.procs).await?;
+    t.cp.api.restart(&t.procs).await?;
     let admin = t.admin().clone();
     admin
         .apply(&pvc(

@@ -8,14 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use e2e::k8s::{Kubectl, Procs, STARTUP_TIMEOUT};
 use e2e::{poll_until, Keys, Mock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::control_plane::{heartbeat, ControlPlane, STARTUP_TIMEOUT};
-use crate::kubectl::Kubectl;
+use crate::control_plane::{heartbeat, ControlPlane};
 use crate::pods::{Credentials, Pod, Runner};
-use crate::procs::Procs;
 
 pub const DRIVER: &str = "rds.csi.srvlab.io";
 pub const NAMESPACE: &str = "rds-csi";
@@ -163,19 +162,7 @@ impl Tier {
         let admin = cp.admin.clone();
 
         eprintln!("cluster: the snapshot CRDs and snapshot-controller (cluster add-ons)");
-        let crds = bin.parent().context("bin dir")?.join("crd");
-        admin
-            .run(&["apply", "-f", &crds.display().to_string()])
-            .await?;
-        admin
-            .run(&[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "--all",
-                "--timeout=60s",
-            ])
-            .await?;
+        cp.api.install_snapshot_crds(bin).await?;
         let mut snapshot_controller = Command::new(bin.join("snapshot-controller"));
         snapshot_controller.args([
             &format!("--kubeconfig={}", cp.admin.kubeconfig.display()),
@@ -281,6 +268,7 @@ impl Tier {
             bail!("the controller runs as {service_account:?}, expected {CONTROLLER_SA}");
         }
         let kubeconfig = cp
+            .api
             .service_account_kubeconfig(NAMESPACE, service_account)
             .await?;
         let pod = Pod {

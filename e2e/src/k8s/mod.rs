@@ -1,6 +1,15 @@
 //! The real Kubernetes components (etcd, kube-apiserver, the CSI sidecars, csi-sanity, ...),
 //! built from the Go module in `e2e/cluster/go` by `e2e/cluster/build.sh` into a cache outside
-//! the repository, keyed by the hash of its `go.sum`.
+//! the repository, keyed by the hash of its `go.sum`; and what runs them: host processes that
+//! never outlive the test, the API server, kubectl.
+
+mod api_server;
+mod kubectl;
+mod procs;
+
+pub use api_server::{free_port, kubeconfig, ApiServer, StandaloneApiServer, STARTUP_TIMEOUT};
+pub use kubectl::Kubectl;
+pub use procs::{Proc, Procs, Spec};
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
