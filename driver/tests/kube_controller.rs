@@ -230,7 +230,7 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
     let events = EventRecorder::new(api.client(), DRIVER, "test");
     events.expansion_done("pvc-1", 2 << 30).await;
     let posted: Vec<_> = api
-        .list(&events("default"))
+        .list(&kube_objects::events("default"))
         .into_iter()
         .filter(|e| e["reason"] == REASON_EXPANSION_DONE)
         .collect();
@@ -258,7 +258,7 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
     events.expansion_done("pvc-unknown", 1).await;
     api.fail(PVS, None, 500, None);
     events.expansion_done("pvc-1", 1).await;
-    assert_eq!(api.list(&events("default")).len(), 2);
+    assert_eq!(api.list(&kube_objects::events("default")).len(), 2);
 }
 
 #[tokio::test]
