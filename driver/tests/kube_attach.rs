@@ -1,8 +1,10 @@
 //! The attachment table: grace-period contract, RWO and RWX-block rules, the migration timeout,
-//! and the rebuild from VolumeAttachments through the real kube client against a fake API server.
+//! and the rebuild from VolumeAttachments served by a real API server (by the fake one, kept for
+//! faults, while it fails).
 
 mod kube_fake;
 mod kube_objects;
+mod kube_real;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
 use kube_objects::*;
+use kube_real::{created_at, RealApi};
 use rds_csi::kube::attachments::{
     rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
     DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT,
@@ -269,23 +272,18 @@ fn readers_share_a_volume_and_exclude_writers() {
 
 #[tokio::test]
 async fn rebuild_keeps_every_reader_of_a_read_only_many_volume() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     api.put(
         PVS,
         pv("pvc-rox", "pvc-rox", DRIVER, "ReadOnlyMany", "Filesystem"),
-    );
-    for (i, node) in ["node-a", "node-b", "node-c"].iter().enumerate() {
+    )
+    .await;
+    for node in ["node-a", "node-b", "node-c"] {
         api.put(
             VAS,
-            va(
-                &format!("va-{node}"),
-                "pvc-rox",
-                node,
-                DRIVER,
-                true,
-                &format!("2026-01-01T10:0{i}:00Z"),
-            ),
-        );
+            va(&format!("va-{node}"), "pvc-rox", node, DRIVER, true),
+        )
+        .await;
     }
     let m = AttachmentManager::new().not_ready();
     let report = rebuild(&api.client(), DRIVER, &m).await.unwrap();
@@ -298,15 +296,20 @@ async fn rebuild_keeps_every_reader_of_a_read_only_many_volume() {
     assert!(m.attach("pvc-rox", "node-e", RWO, None).is_err());
 }
 
-fn seed(api: &FakeApi, rwx_order_newer_first: bool) {
+/// The objects a restarted controller finds: an RWO volume attached to node-a (and pending on
+/// node-z), an RWX block volume attached to node-b and node-c, created in the order given
+/// (a second apart), another driver's volume, and an attachment whose PV is gone. Returns
+/// the RWX volume's VolumeAttachments as stored, oldest first.
+async fn seed(api: &RealApi, rwx_nodes: [&str; 2]) -> [serde_json::Value; 2] {
     let mut rwx_pv = pv("pvc-rwx", "pvc-rwx", DRIVER, "ReadWriteMany", "Block");
     rwx_pv["spec"]["csi"]["volumeAttributes"] =
         serde_json::json!({"migrationTimeoutSeconds": "120"});
     api.put(
         PVS,
         pv("pvc-rwo", "pvc-rwo", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
-    api.put(PVS, rwx_pv);
+    )
+    .await;
+    api.put(PVS, rwx_pv).await;
     api.put(
         PVS,
         pv(
@@ -316,87 +319,38 @@ fn seed(api: &FakeApi, rwx_order_newer_first: bool) {
             "ReadWriteOnce",
             "Filesystem",
         ),
-    );
-    let older = va(
-        "va-b",
-        "pvc-rwx",
-        "node-b",
-        DRIVER,
-        true,
-        "2026-01-01T10:00:00Z",
-    );
-    let newer = va(
-        "va-c",
-        "pvc-rwx",
-        "node-c",
-        DRIVER,
-        true,
-        "2026-01-01T10:05:00Z",
-    );
-    if rwx_order_newer_first {
-        api.put(VAS, newer.clone());
-        api.put(VAS, older.clone());
-    } else {
-        api.put(VAS, older);
-        api.put(VAS, newer);
-    }
+    )
+    .await;
+    let rwx_va = |node: &str| va(&format!("va-{node}"), "pvc-rwx", node, DRIVER, true);
+    let older = api.put(VAS, rwx_va(rwx_nodes[0])).await;
+    let newer = api.put_after(&older, VAS, rwx_va(rwx_nodes[1])).await;
+    api.put(VAS, va("va-a", "pvc-rwo", "node-a", DRIVER, true))
+        .await;
     api.put(
         VAS,
-        va(
-            "va-a",
-            "pvc-rwo",
-            "node-a",
-            DRIVER,
-            true,
-            "2026-01-01T09:00:00Z",
-        ),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-other",
-            "pv-other",
-            "node-a",
-            "ebs.csi.aws.com",
-            true,
-            "2026-01-01T09:00:00Z",
-        ),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-pending",
-            "pvc-rwo",
-            "node-z",
-            DRIVER,
-            false,
-            "2026-01-01T09:00:00Z",
-        ),
-    );
+        va("va-other", "pv-other", "node-a", "ebs.csi.aws.com", true),
+    )
+    .await;
+    api.put(VAS, va("va-pending", "pvc-rwo", "node-z", DRIVER, false))
+        .await;
     // Its PV is gone: the PV name is the volume ID.
-    api.put(
-        VAS,
-        va(
-            "va-nopv",
-            "pvc-nopv",
-            "node-d",
-            DRIVER,
-            true,
-            "2026-01-01T09:00:00Z",
-        ),
-    );
+    api.put(VAS, va("va-nopv", "pvc-nopv", "node-d", DRIVER, true))
+        .await;
+    [older, newer]
 }
 
+/// Whichever of the two RWX attachments is older is the primary, whether the API server lists
+/// it first (its name sorts first) or last.
 #[tokio::test]
 async fn rebuild_after_restart_in_either_list_order() {
-    for newer_first in [false, true] {
-        let api = FakeApi::start().await;
-        seed(&api, newer_first);
+    for rwx_nodes in [["node-b", "node-c"], ["node-c", "node-b"]] {
+        let api = RealApi::start().await;
+        let [_, newer] = seed(&api, rwx_nodes).await;
         let m = AttachmentManager::new().not_ready();
         assert!(!m.is_ready());
         let report = rebuild(&api.client(), DRIVER, &m).await.unwrap();
         assert!(m.is_ready());
-        assert_eq!(report.volumes, 3, "order {newer_first}");
+        assert_eq!(report.volumes, 3, "order {rwx_nodes:?}");
         assert_eq!(report.attachments, 4);
 
         let table = m.list();
@@ -408,17 +362,9 @@ async fn rebuild_after_restart_in_either_list_order() {
         assert!(!table["pvc-rwo"].multi_node_block);
         assert_eq!(m.nodes("pvc-nopv"), ["node-d"]);
         let rwx = &table["pvc-rwx"];
-        assert_eq!(
-            rwx.node_ids(),
-            ["node-b", "node-c"],
-            "oldest is the primary"
-        );
+        assert_eq!(rwx.node_ids(), rwx_nodes, "oldest is the primary");
         assert!(rwx.multi_node_block && rwx.is_migrating());
-        let newer: SystemTime = "2026-01-01T10:05:00Z"
-            .parse::<k8s_openapi::jiff::Timestamp>()
-            .unwrap()
-            .into();
-        assert_eq!(rwx.migration_started_at, Some(newer));
+        assert_eq!(rwx.migration_started_at, Some(created_at(&newer)));
         assert_eq!(rwx.migration_timeout, Duration::from_secs(120));
 
         // The rebuilt table protects as the live one did.
@@ -436,58 +382,37 @@ async fn rebuild_after_restart_in_either_list_order() {
     }
 }
 
+/// Three attachments of an RWX volume, created a second apart in an order their names do not
+/// sort in: the two oldest are kept.
 #[tokio::test]
 async fn rebuild_keeps_the_two_oldest_of_three() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     api.put(
         PVS,
         pv("pvc-rwx", "pvc-rwx", DRIVER, "ReadWriteMany", "Block"),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-3",
-            "pvc-rwx",
-            "node-3",
-            DRIVER,
-            true,
-            "2026-01-01T10:03:00Z",
-        ),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-1",
-            "pvc-rwx",
-            "node-1",
-            DRIVER,
-            true,
-            "2026-01-01T10:01:00Z",
-        ),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-2",
-            "pvc-rwx",
-            "node-2",
-            DRIVER,
-            true,
-            "2026-01-01T10:02:00Z",
-        ),
-    );
+    )
+    .await;
+    let first = api
+        .put(VAS, va("va-3", "pvc-rwx", "node-3", DRIVER, true))
+        .await;
+    let second = api
+        .put_after(&first, VAS, va("va-1", "pvc-rwx", "node-1", DRIVER, true))
+        .await;
+    api.put_after(&second, VAS, va("va-2", "pvc-rwx", "node-2", DRIVER, true))
+        .await;
     let m = AttachmentManager::new();
     rebuild(&api.client(), DRIVER, &m).await.unwrap();
-    assert_eq!(m.nodes("pvc-rwx"), ["node-1", "node-2"]);
+    assert_eq!(m.nodes("pvc-rwx"), ["node-3", "node-1"]);
 }
 
 #[tokio::test]
 async fn rebuild_merges_and_never_forgets_a_live_attachment() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     api.put(
         PVS,
         pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
+    )
+    .await;
     let m = AttachmentManager::new();
     // Published, but the VA is not marked attached yet.
     m.attach("pvc-1", "node-a", RWO, None).unwrap();
@@ -498,7 +423,11 @@ async fn rebuild_merges_and_never_forgets_a_live_attachment() {
 #[tokio::test]
 async fn rebuild_fails_closed_while_the_api_errors_then_recovers() {
     let api = FakeApi::start().await;
-    seed(&api, false);
+    api.put(
+        PVS,
+        pv("pvc-rwo", "pvc-rwo", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
+    api.put(VAS, va("va-a", "pvc-rwo", "node-a", DRIVER, true));
     api.fail(VAS, None, 500, None);
     let m = Arc::new(AttachmentManager::new().not_ready());
     let err = rebuild(&api.client(), DRIVER, &m).await.unwrap_err();

@@ -97,17 +97,7 @@ async fn restarted_controller_refuses_a_second_node_after_rebuild() {
         PVS,
         pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
     );
-    api.put(
-        VAS,
-        va(
-            "va-1",
-            "pvc-1",
-            "node-a",
-            DRIVER,
-            true,
-            "2026-01-01T00:00:00Z",
-        ),
-    );
+    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true));
 
     let attachments = Arc::new(AttachmentManager::new().not_ready());
     let svc = controller(&rds, attachments.clone());
@@ -274,28 +264,8 @@ async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
         PVS,
         pv("pvc-2", "pvc-2", DRIVER, "ReadWriteOnce", "Filesystem"),
     );
-    api.put(
-        VAS,
-        va(
-            "va-1",
-            "pvc-1",
-            "node-a",
-            DRIVER,
-            true,
-            "2026-01-01T00:00:00Z",
-        ),
-    );
-    api.put(
-        VAS,
-        va(
-            "va-2",
-            "pvc-2",
-            "node-gone",
-            DRIVER,
-            true,
-            "2026-01-01T00:00:00Z",
-        ),
-    );
+    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true));
+    api.put(VAS, va("va-2", "pvc-2", "node-gone", DRIVER, true));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(

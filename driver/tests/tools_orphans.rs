@@ -157,17 +157,7 @@ async fn delete_with_a_cluster_keeps_attached_and_newly_referenced_disks() {
     let s = setup().await;
     let api = FakeApi::start().await;
     // The PV of pvc-attached is gone, but its VolumeAttachment still says it is attached.
-    api.put(
-        VAS,
-        va(
-            "va-1",
-            "pvc-attached",
-            "node-a",
-            DRIVER,
-            true,
-            "2026-01-01T00:00:00Z",
-        ),
-    );
+    api.put(VAS, va("va-1", "pvc-attached", "node-a", DRIVER, true));
     // A slow disk listing holds the scan open while the PV of pvc-latepv is made.
     s.mock.inject(Fault::Latency {
         pattern: "^/disk print".into(),

@@ -61,17 +61,11 @@ pub fn pv(name: &str, handle: &str, driver: &str, access: &str, mode: &str) -> V
     })
 }
 
-pub fn va(
-    name: &str,
-    pv: &str,
-    node: &str,
-    attacher: &str,
-    attached: bool,
-    created: &str,
-) -> Value {
+/// A VolumeAttachment; its creation time is the API server's to set.
+pub fn va(name: &str, pv: &str, node: &str, attacher: &str, attached: bool) -> Value {
     json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
-        "metadata": {"name": name, "creationTimestamp": created},
+        "metadata": {"name": name},
         "spec": {"attacher": attacher, "nodeName": node, "source": {"persistentVolumeName": pv}},
         "status": {"attached": attached},
     })

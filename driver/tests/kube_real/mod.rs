@@ -94,6 +94,21 @@ impl RealApi {
         stored
     }
 
+    /// `put`, in a later second than `earlier` (an object `put` returned) was created: the API
+    /// server's creation times have whole seconds, and the driver compares objects' ages.
+    pub async fn put_after(&self, earlier: &Value, collection: &str, obj: Value) -> Value {
+        let created = created_at(earlier);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::SystemTime::now() < created + std::time::Duration::from_secs(1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.put(collection, obj).await
+    }
+
     pub async fn get(&self, collection: &str, name: &str) -> Option<Value> {
         match self
             .call(Method::GET, &format!("{collection}/{name}"), None)
@@ -155,6 +170,15 @@ impl RealApi {
             Err(code) => panic!("deleting {collection}/{name}: {code}"),
         }
     }
+}
+
+/// The object's `metadata.creationTimestamp`.
+pub fn created_at(obj: &Value) -> std::time::SystemTime {
+    obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .unwrap_or_else(|| panic!("no creation time: {obj}"))
+        .into()
 }
 
 fn namespace_of(collection: &str) -> Option<&str> {
