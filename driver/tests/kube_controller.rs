@@ -1,10 +1,14 @@
-//! The Controller service with a Kubernetes-backed attachment table (mock-rds + fake API server):
-//! publishes wait for the rebuild, a restarted controller still refuses a second node, the volume
-//! context's migration timeout is honoured, and the expansion event reaches the PV and PVC.
+//! The Controller service with a Kubernetes-backed attachment table (mock-rds and a real API
+//! server): publishes wait for the rebuild, a restarted controller still refuses a second node,
+//! `serve`'s wiring from a kubeconfig, the volume context's migration timeout. Against the fake
+//! API server, kept for faults and for counting one client's requests: failing and hung API
+//! calls, the expansion event's failures, and the fence pass of Lease holder and standby (the
+//! standby's Lease reads, counted in the fake's request log, show it had its chances).
 
 mod common;
 mod kube_fake;
 mod kube_objects;
+mod kube_real;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use csi_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, Moun
 use csi_proto::v1::*;
 use kube_fake::*;
 use kube_objects::*;
+use kube_real::RealApi;
 use mock_rds::MockRds;
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
@@ -92,12 +97,14 @@ async fn restarted_controller_refuses_a_second_node_after_rebuild() {
         rwo.clone(),
     )
     .await;
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     api.put(
         PVS,
         pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
-    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true));
+    )
+    .await;
+    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true))
+        .await;
 
     let attachments = Arc::new(AttachmentManager::new().not_ready());
     let svc = controller(&rds, attachments.clone());
@@ -211,16 +218,18 @@ async fn volume_context_sets_the_migration_timeout() {
 }
 
 #[tokio::test]
-async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
-    let api = FakeApi::start().await;
+async fn expansion_event_reaches_pv_and_pvc() {
+    let api = RealApi::start().await;
     api.put(
         PVS,
         pv("pv-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
+    )
+    .await;
     let events = EventRecorder::new(api.client(), DRIVER, "test");
     events.expansion_done("pvc-1", 2 << 30).await;
     let posted: Vec<_> = api
         .list(&kube_objects::events("default"))
+        .await
         .into_iter()
         .filter(|e| e["reason"] == REASON_EXPANSION_DONE)
         .collect();
@@ -244,41 +253,68 @@ async fn expansion_event_reaches_pv_and_pvc_and_failures_are_swallowed() {
         .unwrap()
         .contains("2147483648"));
     assert_eq!(posted[0]["type"], "Normal");
-    // An unknown volume posts nothing; an API failure is logged, not returned.
+    // An unknown volume posts nothing.
     events.expansion_done("pvc-unknown", 1).await;
+    assert_eq!(
+        api.list(&kube_objects::events("default"))
+            .await
+            .iter()
+            .filter(|e| e["reason"] == REASON_EXPANSION_DONE)
+            .count(),
+        2
+    );
+}
+
+/// An API failure while posting the expansion event is logged, not returned.
+#[tokio::test]
+async fn an_expansion_event_failure_is_swallowed() {
+    let api = FakeApi::start().await;
+    api.put(
+        PVS,
+        pv("pv-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
+    );
     api.fail(PVS, None, 500, None);
+    let events = EventRecorder::new(api.client(), DRIVER, "test");
     events.expansion_done("pvc-1", 1).await;
-    assert_eq!(api.list(&kube_objects::events("default")).len(), 2);
+    assert!(api.list(&kube_objects::events("default")).is_empty());
 }
 
 #[tokio::test]
 async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
     let (_mock, rds) = rds().await;
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-a", true));
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-a", true)).await;
     api.put(
         PVS,
         pv("pvc-1", "pvc-1", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
+    )
+    .await;
     api.put(
         PVS,
         pv("pvc-2", "pvc-2", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
-    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true));
-    api.put(VAS, va("va-2", "pvc-2", "node-gone", DRIVER, true));
+    )
+    .await;
+    api.put(VAS, va("va-1", "pvc-1", "node-a", DRIVER, true))
+        .await;
+    api.put(VAS, va("va-2", "pvc-2", "node-gone", DRIVER, true))
+        .await;
+    // The admin's kubeconfig, with the namespace the controller takes its Lease in.
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
+    let admin = std::fs::read_to_string(api.kubeconfig()).unwrap();
     std::fs::write(
         &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-             users:\n- name: u\n  user: {{}}\n\
-             contexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n    namespace: csi\n",
-            api.addr()
+        admin.replace(
+            "context: {cluster: e2e, user: u}",
+            "context: {cluster: e2e, user: u, namespace: csi}",
         ),
     )
     .unwrap();
+    api.put(
+        "/api/v1/namespaces",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "csi"}}),
+    )
+    .await;
     let config = rds_csi::kube::Config {
         kubeconfig: Some(kubeconfig),
         leader_election: true,
@@ -293,28 +329,28 @@ async fn serve_wiring_rebuilds_elects_and_reconciles_from_a_kubeconfig() {
     let wait = Duration::from_secs(10);
     assert!(eventually(wait, || attachments.is_ready()).await);
     assert_eq!(attachments.nodes("pvc-1"), ["node-a"]);
-    let lease = || {
+    let lease = || async {
         api.get(&leases("csi"), "rds-csi-controller")
+            .await
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     };
-    assert!(
-        eventually(wait, || lease().is_some()).await,
-        "Lease taken in the kubeconfig's namespace"
-    );
+    e2e::poll_until("the Lease taken in the kubeconfig's namespace", wait, lease)
+        .await
+        .unwrap();
     assert!(
         eventually(wait, || attachments.nodes("pvc-2").is_empty()).await,
         "the leader's reconciler cleared the deleted node's attachment"
     );
     assert_eq!(attachments.nodes("pvc-1"), ["node-a"]);
     kube.shutdown().await;
-    assert_eq!(lease(), None, "released at shutdown");
+    assert_eq!(lease().await, None, "released at shutdown");
 }
 
 #[tokio::test]
-async fn publish_to_an_unknown_node_is_not_found_and_api_errors_fail_open() {
+async fn publish_to_an_unknown_node_is_not_found() {
     let (_mock, rds) = rds().await;
-    let api = FakeApi::start().await;
-    api.put(NODES, node("node-a", true));
+    let api = RealApi::start().await;
+    api.put(NODES, node("node-a", true)).await;
     let svc =
         controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
     let rwo = cap(Mode::SingleNodeWriter, false);
@@ -332,8 +368,16 @@ async fn publish_to_an_unknown_node_is_not_found_and_api_errors_fail_open() {
         .await
         .unwrap();
     assert_eq!(svc.attachments().nodes("pvc-n"), ["node-a"]);
+}
 
-    // An API that cannot be read does not block the attach.
+/// A Node that cannot be read does not block the attach.
+#[tokio::test]
+async fn an_unreadable_node_does_not_block_the_attach() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    let svc =
+        controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
+    let rwo = cap(Mode::SingleNodeWriter, false);
     create(&svc, "pvc-m", rwo.clone()).await;
     api.fail(NODES, None, 500, None);
     svc.controller_publish_volume(publish("pvc-m", "node-b", rwo))
@@ -386,9 +430,9 @@ async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
 #[tokio::test]
 async fn the_attach_limit_comes_from_the_nodes_csinode() {
     let (_mock, rds) = rds().await;
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     for name in ["node-a", "node-b"] {
-        api.put(NODES, node(name, true));
+        api.put(NODES, node(name, true)).await;
     }
     // node-a registered a limit of one volume for this driver (another driver's limit is not
     // ours); node-b registered none.
@@ -398,8 +442,10 @@ async fn the_attach_limit_comes_from_the_nodes_csinode() {
             "node-a",
             &[("other.csi.example.com", Some(9)), (DRIVER, Some(1))],
         ),
-    );
-    api.put(CSINODES, csinode("node-b", &[(DRIVER, None)]));
+    )
+    .await;
+    api.put(CSINODES, csinode("node-b", &[(DRIVER, None)]))
+        .await;
     let svc =
         controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
     let rwo = cap(Mode::SingleNodeWriter, false);
@@ -420,18 +466,25 @@ async fn the_attach_limit_comes_from_the_nodes_csinode() {
             .await
             .unwrap();
     }
-    // A CSINode that cannot be read does not block the attach.
-    svc.controller_unpublish_volume(Request::new(ControllerUnpublishVolumeRequest {
-        volume_id: "pvc-2".into(),
-        node_id: "node-b".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+}
+
+/// A CSINode that cannot be read does not block the attach.
+#[tokio::test]
+async fn an_unreadable_csinode_does_not_block_the_attach() {
+    let (_mock, rds) = rds().await;
+    let api = FakeApi::start().await;
+    api.put(NODES, node("node-a", true));
+    api.put(CSINODES, csinode("node-a", &[(DRIVER, Some(1))]));
     api.fail(CSINODES, None, 500, None);
-    svc.controller_publish_volume(publish("pvc-2", "node-a", rwo))
-        .await
-        .unwrap();
+    let svc =
+        controller(&rds, Arc::new(AttachmentManager::new())).with_node_lookup(api.client(), DRIVER);
+    let rwo = cap(Mode::SingleNodeWriter, false);
+    for id in ["pvc-1", "pvc-2"] {
+        create(&svc, id, rwo.clone()).await;
+        svc.controller_publish_volume(publish(id, "node-a", rwo.clone()))
+            .await
+            .unwrap();
+    }
 }
 
 /// The fence repair pass runs on the Lease holder only: a standby whose table may be stale
