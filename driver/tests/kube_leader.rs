@@ -1,8 +1,11 @@
-//! Leader election on a Lease through the fake API server: acquire, renew, handover on release
-//! and on expiry, 409 conflicts, API errors, and `run` never letting two replicas work at once.
+//! Leader election on a Lease: acquire, renew, handover on release and on expiry against a real
+//! API server; against the fake one, kept for faults and for counting one client's requests:
+//! 409 conflicts on cue, API errors, a partitioned leader, and `run` never letting two
+//! replicas work at once (the standby's Lease reads show it kept trying).
 
 mod kube_fake;
 mod kube_objects;
+mod kube_real;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use futures_util::FutureExt;
 use hyper::Method;
 use kube_fake::*;
 use kube_objects::*;
+use kube_real::RealApi;
 use rds_csi::kube::attachments::ManualClock;
 use rds_csi::kube::leader::{LeaderElector, LeaseConfig};
 use tokio_util::sync::CancellationToken;
@@ -19,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 const NS: &str = "csi";
 const LEASE: &str = "rds-csi-controller";
 
-fn elector(api: &FakeApi, who: &str, clock: &Arc<ManualClock>) -> LeaderElector {
-    LeaderElector::new(api.client(), LeaseConfig::new(NS, LEASE, who)).with_clock(clock.clone())
+fn elector(client: kube::Client, who: &str, clock: &Arc<ManualClock>) -> LeaderElector {
+    LeaderElector::new(client, LeaseConfig::new(NS, LEASE, who)).with_clock(clock.clone())
 }
 
 fn clock() -> Arc<ManualClock> {
@@ -29,47 +33,71 @@ fn clock() -> Arc<ManualClock> {
     ))
 }
 
-fn holder(api: &FakeApi) -> Option<String> {
-    api.get(&leases(NS), LEASE)?["spec"]["holderIdentity"]
+fn holder_in(lease: Option<serde_json::Value>) -> Option<String> {
+    lease?["spec"]["holderIdentity"]
         .as_str()
         .map(str::to_string)
 }
 
+fn holder(api: &FakeApi) -> Option<String> {
+    holder_in(api.get(&leases(NS), LEASE))
+}
+
+async fn holder_real(api: &RealApi) -> Option<String> {
+    holder_in(api.get(&leases(NS), LEASE).await)
+}
+
 #[tokio::test]
 async fn second_replica_takes_over_after_release() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
+    api.put(
+        "/api/v1/namespaces",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
     let c = clock();
-    let (a, b) = (elector(&api, "a", &c), elector(&api, "b", &c));
+    let (a, b) = (
+        elector(api.client(), "a", &c),
+        elector(api.client(), "b", &c),
+    );
     assert!(a.try_acquire_or_renew().await.unwrap(), "creates the Lease");
     assert!(a.is_leader());
-    assert_eq!(holder(&api).as_deref(), Some("a"));
+    assert_eq!(holder_real(&api).await.as_deref(), Some("a"));
     assert!(!b.try_acquire_or_renew().await.unwrap());
     assert!(!b.is_leader());
     assert!(a.try_acquire_or_renew().await.unwrap(), "renews");
 
     a.release().await.unwrap();
     assert!(!a.is_leader());
-    assert_eq!(holder(&api), None);
+    assert_eq!(holder_real(&api).await, None);
     assert!(
         b.try_acquire_or_renew().await.unwrap(),
         "free at once after release"
     );
-    assert_eq!(holder(&api).as_deref(), Some("b"));
+    assert_eq!(holder_real(&api).await.as_deref(), Some("b"));
     assert_eq!(
-        api.get(&leases(NS), LEASE).unwrap()["spec"]["leaseTransitions"],
+        api.get(&leases(NS), LEASE).await.unwrap()["spec"]["leaseTransitions"],
         1
     );
     assert!(!a.try_acquire_or_renew().await.unwrap());
     // Releasing a Lease someone else holds changes nothing.
     a.release().await.unwrap();
-    assert_eq!(holder(&api).as_deref(), Some("b"));
+    assert_eq!(holder_real(&api).await.as_deref(), Some("b"));
 }
 
 #[tokio::test]
 async fn second_replica_takes_over_when_the_lease_expires() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
+    api.put(
+        "/api/v1/namespaces",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
     let c = clock();
-    let (a, b) = (elector(&api, "a", &c), elector(&api, "b", &c));
+    let (a, b) = (
+        elector(api.client(), "a", &c),
+        elector(api.client(), "b", &c),
+    );
     assert!(a.try_acquire_or_renew().await.unwrap());
     assert!(
         !b.try_acquire_or_renew().await.unwrap(),
@@ -85,7 +113,7 @@ async fn second_replica_takes_over_when_the_lease_expires() {
         b.try_acquire_or_renew().await.unwrap(),
         "a stopped renewing"
     );
-    assert_eq!(holder(&api).as_deref(), Some("b"));
+    assert_eq!(holder_real(&api).await.as_deref(), Some("b"));
     // a comes back: the Lease is b's and fresh.
     assert!(!a.try_acquire_or_renew().await.unwrap());
     assert!(!a.is_leader());
@@ -93,9 +121,17 @@ async fn second_replica_takes_over_when_the_lease_expires() {
 
 #[tokio::test]
 async fn renewals_keep_the_lease() {
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
+    api.put(
+        "/api/v1/namespaces",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
     let c = clock();
-    let (a, b) = (elector(&api, "a", &c), elector(&api, "b", &c));
+    let (a, b) = (
+        elector(api.client(), "a", &c),
+        elector(api.client(), "b", &c),
+    );
     a.try_acquire_or_renew().await.unwrap();
     for _ in 0..5 {
         c.advance(Duration::from_secs(10));
@@ -111,7 +147,10 @@ async fn renewals_keep_the_lease() {
 async fn conflicts_mean_not_leader_and_errors_are_errors() {
     let api = FakeApi::start().await;
     let c = clock();
-    let (a, b) = (elector(&api, "a", &c), elector(&api, "b", &c));
+    let (a, b) = (
+        elector(api.client(), "a", &c),
+        elector(api.client(), "b", &c),
+    );
     // Another replica created the Lease between our GET and POST.
     api.fail(&leases(NS), Some(Method::POST), 409, Some(1));
     assert!(!a.try_acquire_or_renew().await.unwrap());
