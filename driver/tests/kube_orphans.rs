@@ -1,15 +1,18 @@
-//! The orphan reconciler against an embedded mock-rds and a fake API server: what it counts
+//! The orphan reconciler against an embedded mock-rds and a real API server: what it counts
 //! (with snapshots, fresh volumes, attached volumes and cluster references present), dry run
-//! versus delete, and fail-open when the cluster cannot be read.
+//! versus delete, a pass ended by stopping, a cluster without the snapshot CRDs. Against the
+//! fake API server, kept for faults: errors, and fail-open when the cluster cannot be read.
 
 mod kube_fake;
 mod kube_objects;
+mod kube_real;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube_fake::*;
 use kube_objects::*;
+use kube_real::RealApi;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
 use mock_rds::{Auth, Config, Fault, MockRds};
 use rds_csi::kube::attachments::{AttachOptions, AttachmentManager, ManualClock};
@@ -88,7 +91,6 @@ fn rds_state() -> State {
 struct Rig {
     mock: MockRds,
     rds: Arc<RdsClient>,
-    api: FakeApi,
     _dir: tempfile::TempDir,
 }
 
@@ -119,46 +121,64 @@ async fn rig() -> Rig {
         Transport::new(config),
         RetryPolicy::default(),
     ));
-    let api = FakeApi::start().await;
-    api.put(
-        PVS,
-        pv("pv-live", "pvc-live", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
-    api.put(
-        PVS,
-        pv(
-            "pv-broken",
-            "pvc-brokenpv",
-            DRIVER,
-            "ReadWriteOnce",
-            "Filesystem",
-        ),
-    );
-    api.put(
-        PVS,
-        pv("pv-refd", "pvc-refd", DRIVER, "ReadWriteOnce", "Filesystem"),
-    );
-    // Another driver's PV with a clashing handle protects nothing of ours.
-    api.put(
-        PVS,
-        pv(
-            "pv-other",
-            "pvc-nopv",
-            "other.csi.io",
-            "ReadWriteOnce",
-            "Filesystem",
-        ),
-    );
-    api.put(VSCS, vsc("snapcontent-2", DRIVER, "snap-2"));
     Rig {
         mock,
         rds,
-        api,
         _dir: dir,
     }
 }
 
-fn reconciler(r: &Rig, dry_run: bool) -> OrphanReconciler {
+/// The cluster's objects: this driver's PVs (one of a disk without file), a VolumeSnapshotContent
+/// of a snapshot without disk, and another driver's PV whose handle clashes with an orphan's.
+fn cluster_objects() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            PVS,
+            pv("pv-live", "pvc-live", DRIVER, "ReadWriteOnce", "Filesystem"),
+        ),
+        (
+            PVS,
+            pv(
+                "pv-broken",
+                "pvc-brokenpv",
+                DRIVER,
+                "ReadWriteOnce",
+                "Filesystem",
+            ),
+        ),
+        (
+            PVS,
+            pv("pv-refd", "pvc-refd", DRIVER, "ReadWriteOnce", "Filesystem"),
+        ),
+        (
+            PVS,
+            pv(
+                "pv-other",
+                "pvc-nopv",
+                "other.csi.io",
+                "ReadWriteOnce",
+                "Filesystem",
+            ),
+        ),
+        (VSCS, vsc("snapcontent-2", DRIVER, "snap-2")),
+    ]
+}
+
+async fn real_cluster() -> RealApi {
+    let api = RealApi::start().await;
+    for (collection, object) in cluster_objects() {
+        api.put(collection, object).await;
+    }
+    api
+}
+
+fn fake_cluster(api: &FakeApi) {
+    for (collection, object) in cluster_objects() {
+        api.put(collection, object);
+    }
+}
+
+fn reconciler(r: &Rig, client: kube::Client, dry_run: bool) -> OrphanReconciler {
     let mut config = OrphanReconcilerConfig::new(DRIVER, vec![RdsPath::new(BASE).unwrap()]);
     config.grace_period = Duration::from_secs(300);
     config.dry_run = dry_run;
@@ -175,8 +195,8 @@ fn reconciler(r: &Rig, dry_run: bool) -> OrphanReconciler {
             None,
         )
         .unwrap();
-    OrphanReconciler::new(r.api.client(), r.rds.clone(), config)
-        .with_events(EventRecorder::new(r.api.client(), DRIVER, "test"))
+    OrphanReconciler::new(client.clone(), r.rds.clone(), config)
+        .with_events(EventRecorder::new(client, DRIVER, "test"))
         .with_attachments(attachments)
 }
 
@@ -206,29 +226,40 @@ fn expected() -> Vec<(OrphanKind, String)> {
 
 #[tokio::test]
 async fn cluster_references_are_this_drivers_pvs_and_snapshot_contents() {
-    let r = rig().await;
-    r.api.put(VSCS, vsc("other", "other.csi.io", "snap-9"));
-    let refs = cluster_references(&r.api.client(), DRIVER).await.unwrap();
+    let api = real_cluster().await;
+    api.put(VSCS, vsc("other", "other.csi.io", "snap-9")).await;
+    let refs = cluster_references(&api.client(), DRIVER).await.unwrap();
     let mut volumes: Vec<_> = refs.volumes.iter().cloned().collect();
     volumes.sort();
     assert_eq!(volumes, ["pvc-brokenpv", "pvc-live", "pvc-refd"]);
     assert_eq!(refs.snapshots.iter().collect::<Vec<_>>(), ["snap-2"]);
+}
 
-    // Without the snapshot CRD (404) there are simply no snapshot references.
-    r.api.fail(VSCS, None, 404, None);
-    let refs = cluster_references(&r.api.client(), DRIVER).await.unwrap();
+#[tokio::test]
+async fn without_the_snapshot_crd_there_are_no_snapshot_references() {
+    let api = RealApi::without_snapshot_crds().await;
+    for (collection, object) in cluster_objects() {
+        if collection == PVS {
+            api.put(collection, object).await;
+        }
+    }
+    let refs = cluster_references(&api.client(), DRIVER).await.unwrap();
     assert!(refs.snapshots.is_empty() && refs.volumes.len() == 3);
-    // Any other error is an error.
-    r.api.clear_faults();
-    r.api.fail(VSCS, None, 500, None);
-    assert!(cluster_references(&r.api.client(), DRIVER).await.is_err());
+}
+
+#[tokio::test]
+async fn an_error_reading_snapshot_contents_is_an_error() {
+    let api = FakeApi::start().await;
+    fake_cluster(&api);
+    api.fail(VSCS, None, 500, None);
+    assert!(cluster_references(&api.client(), DRIVER).await.is_err());
 }
 
 #[tokio::test]
 async fn dry_run_reports_exactly_the_orphans_and_deletes_nothing() {
-    let r = rig().await;
+    let (r, api) = (rig().await, real_cluster().await);
     let before = (r.mock.disks().len(), r.mock.files().len());
-    let orphans = reconciler(&r, true);
+    let orphans = reconciler(&r, api.client(), true);
     let report = orphans.reconcile_once().await.unwrap();
     assert!(report.dry_run);
     assert_eq!(summary(&report.found), expected());
@@ -249,27 +280,28 @@ async fn dry_run_reports_exactly_the_orphans_and_deletes_nothing() {
     assert_eq!(stats.found_by_kind["file-without-disk"], 1);
     assert_eq!(stats.found_by_kind["disk-without-file"], 2);
 
-    let found_events = |api: &FakeApi| {
+    let found_events = || async {
         api.list(&events("default"))
+            .await
             .into_iter()
             .filter(|e| e["reason"] == REASON_ORPHAN_FOUND)
             .collect::<Vec<_>>()
     };
-    let posted = found_events(&r.api);
+    let posted = found_events().await;
     assert_eq!(posted.len(), 4);
     assert!(posted
         .iter()
         .all(|e| e["involvedObject"]["kind"] == "CSIDriver" && e["type"] == "Warning"));
     // A second pass reports the same orphans without posting them again.
     orphans.reconcile_once().await.unwrap();
-    assert_eq!(found_events(&r.api).len(), 4);
+    assert_eq!(found_events().await.len(), 4);
 }
 
 #[tokio::test]
 async fn delete_mode_removes_only_unprotected_orphans() {
-    let r = rig().await;
+    let (r, api) = (rig().await, real_cluster().await);
     let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
-    let orphans = reconciler(&r, false).with_clock(clock.clone());
+    let orphans = reconciler(&r, api.client(), false).with_clock(clock.clone());
     let first = orphans.reconcile_once().await.unwrap();
     assert_eq!(summary(&first.found), expected());
     assert!(
@@ -326,9 +358,10 @@ async fn delete_mode_removes_only_unprotected_orphans() {
 
 #[tokio::test]
 async fn fails_open_when_the_cluster_cannot_be_read() {
-    let r = rig().await;
-    r.api.fail(PVS, None, 500, None);
-    let orphans = reconciler(&r, false);
+    let (r, api) = (rig().await, FakeApi::start().await);
+    fake_cluster(&api);
+    api.fail(PVS, None, 500, None);
+    let orphans = reconciler(&r, api.client(), false);
     assert!(orphans.reconcile_once().await.is_err());
     assert_eq!(orphans.stats().failures, 1);
     assert!(r.mock.disk("pvc-nopv").is_some());
@@ -344,8 +377,8 @@ async fn fails_open_when_the_cluster_cannot_be_read() {
 /// in progress at once, so it never runs on beside the next leader's.
 #[tokio::test]
 async fn stopping_ends_a_pass_in_progress() {
-    let r = rig().await;
-    let orphans = Arc::new(reconciler(&r, false));
+    let (r, api) = (rig().await, real_cluster().await);
+    let orphans = Arc::new(reconciler(&r, api.client(), false));
     // The scan's file listing takes long: the pass is surely still running when stopped.
     r.mock.inject(Fault::Latency {
         pattern: "^/file print".into(),
@@ -353,16 +386,15 @@ async fn stopping_ends_a_pass_in_progress() {
         max: Duration::from_secs(8),
     });
     let parent = tokio_util::sync::CancellationToken::new();
+    let lists = api.requests("persistentvolumes", "LIST").await;
     orphans.start(&parent).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || r
-            .api
-            .requests()
-            .iter()
-            .any(|(_, p)| p.starts_with(PVS)))
-        .await,
-        "the pass never began"
-    );
+    e2e::poll_until(
+        "the pass reading the PVs",
+        Duration::from_secs(10),
+        || async { (api.requests("persistentvolumes", "LIST").await > lists).then_some(()) },
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(3), orphans.stop())
         .await
         .expect("stop waited for the pass to finish");

@@ -19,7 +19,16 @@ pub struct RealApi {
 
 impl RealApi {
     pub async fn start() -> RealApi {
-        let server = StandaloneApiServer::start()
+        Self::start_with(true).await
+    }
+
+    /// A cluster without the VolumeSnapshot CRDs.
+    pub async fn without_snapshot_crds() -> RealApi {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(snapshot_crds: bool) -> RealApi {
+        let server = StandaloneApiServer::start_with(snapshot_crds)
             .await
             .unwrap_or_else(|e| panic!("starting a real API server: {e:#}"));
         let config = kube::Config::from_custom_kubeconfig(
@@ -128,21 +137,33 @@ impl RealApi {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// How many watches of `resource` the API server is serving now (its own
-    /// `apiserver_longrunning_requests` gauge), its internal clients' included.
-    pub async fn watches(&self, resource: &str) -> u64 {
+    /// The sum of the API server's metric `name` over its series with all of `labels`
+    /// (`key="value"`).
+    async fn metric(&self, name: &str, labels: &[String]) -> u64 {
         let request = Request::get("/metrics").body(Vec::new()).unwrap();
         let metrics = self.client.request_text(request).await.unwrap();
-        let labels = [
-            format!("resource=\"{resource}\""),
-            "verb=\"WATCH\"".to_string(),
-        ];
         metrics
             .lines()
-            .filter(|l| l.starts_with("apiserver_longrunning_requests{"))
+            .filter(|l| l.starts_with(&format!("{name}{{")))
             .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// How many watches of `resource` the API server is serving now, its internal clients'
+    /// included.
+    pub async fn watches(&self, resource: &str) -> u64 {
+        let labels = [format!("resource=\"{resource}\""), "verb=\"WATCH\"".into()];
+        self.metric("apiserver_longrunning_requests", &labels).await
+    }
+
+    /// How many `verb` requests (`LIST`, `GET`, ...) for `resource` the API server has answered.
+    pub async fn requests(&self, resource: &str, verb: &str) -> u64 {
+        let labels = [
+            format!("resource=\"{resource}\""),
+            format!("verb=\"{verb}\""),
+        ];
+        self.metric("apiserver_request_total", &labels).await
     }
 
     /// Waits (30 s at most) until the API server serves more watches of `resource` than

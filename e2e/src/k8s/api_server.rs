@@ -282,13 +282,20 @@ pub struct StandaloneApiServer {
 
 impl StandaloneApiServer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// With or without the VolumeSnapshot CRDs (a cluster without them is a cluster too).
+    pub async fn start_with(snapshot_crds: bool) -> anyhow::Result<Self> {
         let bin = super::bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("rds-csi-api-server.")
             .tempdir()?;
         let mut procs = Procs::default();
         let server = ApiServer::start(&bin, dir.path(), &mut procs).await?;
-        server.install_snapshot_crds(&bin).await?;
+        if snapshot_crds {
+            server.install_snapshot_crds(&bin).await?;
+        }
         Ok(Self {
             server,
             procs,
