@@ -2,13 +2,13 @@
 //! deletes a snapshot file, a disk the cluster references (also a reference made during the
 //! scan) or one a node has attached, and deletes only what two scans saw unchanged.
 
-mod kube_fake;
 mod kube_objects;
+mod kube_real;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kube_fake::*;
 use kube_objects::*;
+use kube_real::RealApi;
 use mock_rds::state::{Disk, FileEntry, FileKind, State};
 use mock_rds::{Auth, Config, Fault, MockRds};
 use russh::keys::ssh_key::LineEnding;
@@ -109,10 +109,6 @@ impl Setup {
         cmd
     }
 
-    fn kubeconfig(&self, api: &FakeApi) -> String {
-        api.kubeconfig(self.dir.path()).display().to_string()
-    }
-
     fn has_file(&self, name: &str) -> bool {
         self.mock.file(&format!("{BASE}/{name}")).is_some()
     }
@@ -155,16 +151,18 @@ async fn delete_without_a_cluster_keeps_snapshot_files() {
 #[tokio::test]
 async fn delete_with_a_cluster_keeps_attached_and_newly_referenced_disks() {
     let s = setup().await;
-    let api = FakeApi::start().await;
+    let api = RealApi::start().await;
     // The PV of pvc-attached is gone, but its VolumeAttachment still says it is attached.
-    api.put(VAS, va("va-1", "pvc-attached", "node-a", DRIVER, true));
+    api.put(VAS, va("va-1", "pvc-attached", "node-a", DRIVER, true))
+        .await;
     // A slow disk listing holds the scan open while the PV of pvc-latepv is made.
     s.mock.inject(Fault::Latency {
         pattern: "^/disk print".into(),
         min: Duration::from_millis(700),
         max: Duration::from_millis(700),
     });
-    let kubeconfig = s.kubeconfig(&api);
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let lists = api.requests("persistentvolumes", "LIST").await;
     let mut cmd = s.command(&[
         "--delete",
         "--grace-period",
@@ -174,13 +172,11 @@ async fn delete_with_a_cluster_keeps_attached_and_newly_referenced_disks() {
     ]);
     let run = tokio::spawn(async move { finish(&mut cmd).await });
     // Once the tool has read the PVs, a new one appears (polled, with a deadline).
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            api.requests().iter().any(|(_, path)| path.starts_with(PVS))
-        })
-        .await,
-        "the tool never listed PVs"
-    );
+    e2e::poll_until("the tool listing PVs", Duration::from_secs(20), || async {
+        (api.requests("persistentvolumes", "LIST").await > lists).then_some(())
+    })
+    .await
+    .unwrap();
     api.put(
         PVS,
         pv(
@@ -190,7 +186,8 @@ async fn delete_with_a_cluster_keeps_attached_and_newly_referenced_disks() {
             "ReadWriteOnce",
             "Filesystem",
         ),
-    );
+    )
+    .await;
     // Once the files are listed, pvc-gone.img is written again (a create in progress): it is
     // no longer the file the first scan saw, so it is not deleted.
     assert!(

@@ -1,7 +1,8 @@
 //! A small fake Kubernetes API server over HTTP on 127.0.0.1:0, kept for the faults a real API
 //! server cannot be made to show on cue: a status code on one path, a request never answered,
-//! one client partitioned from it, watches cut or expired, a delete no watch sees, and a list
-//! order of the test's choosing. Everything else meets a real one (`kube_real`).
+//! one client partitioned from it, watches cut or expired, a delete no watch sees; and one
+//! client's requests counted apart from the others'. Everything else meets a real one
+//! (`kube_real`).
 //!
 //! Objects live per collection path (`/api/v1/nodes`, `/apis/storage.k8s.io/v1/volumeattachments`,
 //! `/apis/coordination.k8s.io/v1/namespaces/NS/leases`, ...), in insertion order, so a test
