@@ -454,9 +454,10 @@ pub async fn controller_crash_keeps_attachments(t: &mut Tier) -> anyhow::Result<
 /// the driver's attachment reconciler clears the deleted node's attachment once the grace
 /// period is over (its event on the PV and the claim, naming the node). The node's
 /// VolumeAttachment, which the attach-detach controller does not detach from a deleted node
-/// in that time, is removed by hand (finalizer dropped) as operators clear a stuck one; the
-/// RWO volume then attaches to another node, which the driver would refuse were the deleted
-/// node still holding it.
+/// in that time, is removed by hand (finalizer dropped) as operators clear a stuck one; once
+/// the attach-detach controller has noticed (its sync of attached volumes, once a minute), the
+/// RWO volume attaches to another node, which the driver would refuse were the deleted node
+/// still holding it.
 pub async fn deleted_node_attachment_cleared(t: &mut Tier) -> anyhow::Result<()> {
     let admin = t.admin().clone();
     let claim = "stranded";

@@ -21,6 +21,10 @@ pub const NAMESPACE: &str = "rds-csi";
 /// Where the scenarios make their PVCs and pods.
 pub const APPS: &str = "e2e";
 pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// The controller pod's node, added before the others so the scheduler has no other choice; no
+/// scenario deletes it. Deleting a node deletes its pods (the pod garbage collector), and the
+/// containers run here keep their pod's name: the provisioner exits when its pod is gone.
+const CONTROL_NODE: &str = "node-control";
 /// The segment `rds-csi serve --node` reports in NodeGetInfo, which the kubelet would put on
 /// the Node as a label and node-driver-registrar into CSINode.
 const TOPOLOGY: (&str, &str) = ("topology.rds.csi.srvlab.io/zone", "default");
@@ -228,9 +232,7 @@ impl Tier {
                 .await?;
         }
         admin.run(&["create", "namespace", APPS]).await?;
-        for node in NODES {
-            cp.add_node(node, DRIVER, TOPOLOGY, 16).await?;
-        }
+        cp.add_node(CONTROL_NODE, DRIVER, TOPOLOGY, 16).await?;
 
         // The Deployment's replica (scheduled, never run: there is no kubelet) names the pod the
         // provisioner's capacity objects are owned through.
@@ -260,6 +262,9 @@ impl Tier {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        for node in NODES {
+            cp.add_node(node, DRIVER, TOPOLOGY, 16).await?;
+        }
         let deployment = find(&rendered, "Deployment", "rds-csi-controller")?;
         let service_account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
             .as_str()
@@ -319,7 +324,7 @@ impl Tier {
                     }
                 }
                 if tick % 5 == 0 {
-                    for node in NODES {
+                    for node in std::iter::once(CONTROL_NODE).chain(NODES) {
                         // A deleted node (or an API server restarting) has no status to post.
                         let _ = heartbeat(&kubelets, node).await;
                     }
