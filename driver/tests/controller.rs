@@ -1086,6 +1086,7 @@ async fn controller_capabilities_are_advertised() {
         Type::CloneVolume,
         Type::ExpandVolume,
         Type::GetVolume,
+        Type::VolumeCondition,
         Type::ListVolumesPublishedNodes,
     ] {
         assert!(types.contains(&t), "{t:?}");

@@ -530,6 +530,52 @@ async fn stats_not_found_and_stale_condition() {
     assert!(env.loops().is_empty(), "{:?}", env.loops());
 }
 
+/// The condition follows the file system: read-only under a volume staged writable (as the
+/// kernel leaves it after I/O errors) is abnormal, writable again is healthy, and a staged
+/// volume whose mount is gone is abnormal rather than "not found".
+#[tokio::test]
+async fn a_read_only_file_system_and_a_lost_mount_are_abnormal() {
+    require_root!();
+    let env = Env::new();
+    let svc = env.service();
+    let ctx = env.volume("pvc-ro", 32 * MIB, None);
+    let staging = env.kubelet("staging/ro");
+    stage(
+        &svc,
+        stage_req(
+            "pvc-ro",
+            &staging,
+            mount_cap("ext4", Mode::SingleNodeWriter),
+            &ctx,
+        ),
+    )
+    .await
+    .unwrap();
+    let condition = |s: NodeGetVolumeStatsResponse| s.volume_condition.unwrap();
+    let remount = |mode: &str| {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&staging)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o remount,{mode}");
+    };
+    assert!(!condition(stats(&svc, "pvc-ro", &staging).await.unwrap()).abnormal);
+    remount("ro");
+    let c = condition(stats(&svc, "pvc-ro", &staging).await.unwrap());
+    assert!(c.abnormal && c.message.contains("read-only"), "{c:?}");
+    remount("rw");
+    let c = condition(stats(&svc, "pvc-ro", &staging).await.unwrap());
+    assert!(!c.abnormal, "{c:?}");
+
+    let status = Command::new("umount").arg(&staging).status().unwrap();
+    assert!(status.success());
+    let c = condition(stats(&svc, "pvc-ro", &staging).await.unwrap());
+    assert!(c.abnormal && c.message.contains("mount is gone"), "{c:?}");
+    unstage(&svc, "pvc-ro", &staging).await.unwrap();
+    assert!(env.loops().is_empty(), "{:?}", env.loops());
+}
+
 #[tokio::test]
 async fn orphaned_attachments_are_reported_not_detached() {
     require_root!();

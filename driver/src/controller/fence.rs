@@ -96,6 +96,10 @@ impl Fence {
         }
     }
 
+    pub fn key(&self) -> &FenceKey {
+        &self.key
+    }
+
     pub fn with_events(mut self, events: EventRecorder) -> Self {
         self.events = Some(events);
         self

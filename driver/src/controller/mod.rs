@@ -5,6 +5,7 @@ mod cluster;
 mod copy_source;
 mod disks;
 pub mod fence;
+mod health;
 mod leftovers;
 pub mod page;
 pub mod params;
@@ -422,7 +423,7 @@ impl Controller for ControllerService {
                     volume: Some(self.volume_of(disk, &id, None)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: nodes,
-                        volume_condition: None,
+                        volume_condition: Some(self.condition(&id, disk)),
                     }),
                 };
                 Some((id.to_string(), entry))
@@ -498,6 +499,7 @@ impl Controller for ControllerService {
             RpcType::ExpandVolume,
             RpcType::ListVolumesPublishedNodes,
             RpcType::GetVolume,
+            RpcType::VolumeCondition,
             RpcType::GetSnapshot,
             RpcType::SingleNodeMultiWriter,
             RpcType::PublishReadonly,
@@ -618,7 +620,7 @@ impl Controller for ControllerService {
             volume: Some(self.volume_of(&disk, &id, None)),
             status: Some(controller_get_volume_response::VolumeStatus {
                 published_node_ids: self.attached_nodes(id.as_str()),
-                volume_condition: None,
+                volume_condition: Some(self.condition(&id, &disk)),
             }),
         }))
     }

@@ -24,11 +24,20 @@ pub struct MountInfo {
     pub options: String,
     pub fs_type: String,
     pub source: String,
+    /// The file system's own options (the superblock's), shared by all its mounts.
+    pub super_options: String,
 }
 
 impl MountInfo {
+    /// This mount point is read-only.
     pub fn is_read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")
+    }
+
+    /// The file system itself is read-only: mounted or remounted so, or turned read-only by the
+    /// kernel after I/O errors (ext4's `errors=remount-ro`), whatever its mount points say.
+    pub fn file_system_read_only(&self) -> bool {
+        self.super_options.split(',').any(|o| o == "ro")
     }
 }
 
@@ -73,6 +82,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 options: l[5].to_string(),
                 fs_type: r[0].to_string(),
                 source: unescape(r[1]),
+                super_options: r.get(2).unwrap_or(&"").to_string(),
             })
         })
         .collect()

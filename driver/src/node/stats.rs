@@ -14,8 +14,28 @@ use tokio::time::Instant;
 
 use super::context::validate_volume_id;
 use super::error::{NodeError, Result};
-use super::mounts::{self, device_numbers, device_size};
+use super::mounts::{self, device_numbers, device_size, MountInfo};
 use super::{exec, NodeService};
+
+/// How long one look at the volume (a stat, a statfs) may take: a file system whose device
+/// stopped answering can hold such a call indefinitely, and kubelet polls stats.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a blocking look at the file system on a thread of its own, bounded by `LOOK_TIMEOUT`;
+/// Err(message) when it did not return (its thread is left to finish on its own).
+async fn bounded<T: Send + 'static>(
+    what: String,
+    look: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(LOOK_TIMEOUT, tokio::task::spawn_blocking(look)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+        Err(_) => Err(format!(
+            "{what} did not return within {}s: the device is not answering",
+            LOOK_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 impl NodeService {
     pub(super) async fn stats(
@@ -26,30 +46,40 @@ impl NodeService {
         validate_volume_id(&req.volume_id)?;
         let path = self.volume_path(&req.volume_id, &req.volume_path)?;
         // No volume guard: stats are read-only and kubelet polls them while other calls run.
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let record = i.state.load(&req.volume_id)?;
+        let unhealthy = |message: String| NodeGetVolumeStatsResponse {
+            usage: Vec::new(),
+            volume_condition: Some(abnormal(message)),
+        };
+        let stat_path = path.clone();
+        let meta = match bounded(format!("stat of {}", path.display()), move || {
+            std::fs::metadata(stat_path)
+        })
+        .await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(NodeError::NotFound(format!(
                     "volume_path {} does not exist",
                     path.display()
                 )))
             }
-            Err(e) => {
-                return Ok(NodeGetVolumeStatsResponse {
-                    usage: Vec::new(),
-                    volume_condition: Some(abnormal(format!(
-                        "{} cannot be read: {e}",
-                        path.display()
-                    ))),
-                })
-            }
+            Ok(Err(e)) => return Ok(unhealthy(format!("{} cannot be read: {e}", path.display()))),
+            Err(message) => return Ok(unhealthy(message)),
         };
-        let m = i.mounter.mount_at(&path)?.ok_or_else(|| {
-            NodeError::NotFound(format!(
+        let Some(m) = i.mounter.mount_at(&path)? else {
+            // Staged here by this plugin, the volume's mount went missing underneath it.
+            if record.is_some() {
+                return Ok(unhealthy(format!(
+                    "nothing is mounted at {}: the volume's mount is gone",
+                    path.display()
+                )));
+            }
+            return Err(NodeError::NotFound(format!(
                 "volume_path {} is not a mount point",
                 path.display()
-            ))
-        })?;
+            )));
+        };
         let (numbers, usage, mut problem) = if meta.file_type().is_block_device() {
             let numbers = (
                 nix::sys::stat::major(meta.rdev()) as u32,
@@ -73,8 +103,13 @@ impl NodeService {
             }
         } else {
             let numbers = (m.major, m.minor);
-            match nix::sys::statvfs::statvfs(&path) {
-                Ok(s) => {
+            let statfs_path = path.clone();
+            match bounded(format!("statfs of {}", path.display()), move || {
+                nix::sys::statvfs::statvfs(&statfs_path)
+            })
+            .await
+            {
+                Ok(Ok(s)) => {
                     let frsize = s.fragment_size();
                     let blocks = s.blocks();
                     let bfree = s.blocks_free();
@@ -95,22 +130,25 @@ impl NodeService {
                             unit: Unit::Inodes as i32,
                         },
                     ];
-                    let gone = device_size(&i.cfg.sys_root, m.major, m.minor)?.is_none();
-                    (
-                        numbers,
-                        usage,
-                        gone.then(|| "the block device behind the mount is gone".to_string()),
-                    )
+                    let problem = if device_size(&i.cfg.sys_root, m.major, m.minor)?.is_none() {
+                        Some("the block device behind the mount is gone".to_string())
+                    } else {
+                        read_only_problem(&m, record.as_ref().map(|r| r.read_only))
+                    };
+                    (numbers, usage, problem)
                 }
-                Err(e) => (numbers, Vec::new(), Some(format!("statfs failed: {e}"))),
+                Ok(Err(e)) => (numbers, Vec::new(), Some(format!("statfs failed: {e}"))),
+                Err(message) => (numbers, Vec::new(), Some(message)),
             }
         };
         if problem.is_none() {
-            if let Some(rec) = i.state.load(&req.volume_id)? {
+            if let Some(rec) = &record {
                 problem = match i.connector.find_device(&rec.target).await? {
                     None => Some(format!("volume {} is no longer attached", req.volume_id)),
                     Some(d) => match device_numbers(&d) {
-                        Ok(n) if n == numbers => None,
+                        Ok(n) if n == numbers => {
+                            i.connector.attachment_problem(&rec.target).await?
+                        }
                         _ => Some(format!(
                             "stale mount: volume {} is now {}, the mount uses {}:{}",
                             req.volume_id,
@@ -218,6 +256,20 @@ impl NodeService {
         tracing::info!(volume_id = %req.volume_id, bytes = size, "expanded");
         Ok(size as i64)
     }
+}
+
+/// A file system that is read-only although the volume was staged writable: the kernel turned
+/// it so after I/O errors, or someone remounted it. Without a record (staged by the Go driver),
+/// a read-only file system under a writable mount point tells the same.
+fn read_only_problem(m: &MountInfo, staged_read_only: Option<bool>) -> Option<String> {
+    let expected = staged_read_only.unwrap_or_else(|| m.is_read_only());
+    (m.file_system_read_only() && !expected).then(|| {
+        format!(
+            "the file system on {} is read-only although the volume was staged writable (remounted \
+             read-only after I/O errors?): writes fail; check the node's kernel log",
+            m.source
+        )
+    })
 }
 
 fn abnormal(message: String) -> VolumeCondition {

@@ -47,6 +47,12 @@ pub trait Connector: Send + Sync + 'static {
     /// The device node of an attached volume, looked up afresh (never cached).
     async fn find_device(&self, target: &VolumeTarget) -> Result<Option<PathBuf>>;
 
+    /// Why the attachment cannot carry I/O now although its device is there (an NVMe
+    /// controller reconnecting), or None. Read from sysfs: never waits on the device.
+    async fn attachment_problem(&self, _target: &VolumeTarget) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Detaches the volume and verifies it is gone; Ok when it was not attached.
     async fn detach(&self, target: &VolumeTarget, deadline: Instant) -> Result<()>;
 

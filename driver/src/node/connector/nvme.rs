@@ -307,6 +307,9 @@ pub struct NvmeTcpConnector {
     /// Kernel connect/disconnect are serialised: concurrent fabrics operations on one host
     /// have raced in other drivers.
     lock: Mutex<()>,
+    /// Since when this process has seen each NQN without a live controller: sysfs keeps no
+    /// time, and an operator wants to know how long I/O has been waiting.
+    down_since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl NvmeTcpConnector {
@@ -314,6 +317,7 @@ impl NvmeTcpConnector {
         Self {
             cfg,
             lock: Mutex::new(()),
+            down_since: Default::default(),
         }
     }
 
@@ -514,6 +518,47 @@ impl Connector for NvmeTcpConnector {
         self.ready_device(nqn)
     }
 
+    async fn attachment_problem(&self, target: &VolumeTarget) -> Result<Option<String>> {
+        let nqn = self.nqn(target)?;
+        let controllers: Vec<(String, String)> = self
+            .subsystems_for(nqn)?
+            .into_iter()
+            .flat_map(|s| s.controllers)
+            .collect();
+        let mut down_since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        // No controller at all is no attachment, which the device lookup reports.
+        if controllers.is_empty() || controllers.iter().any(|(_, state)| state == "live") {
+            down_since.remove(nqn);
+            return Ok(None);
+        }
+        let since = *down_since
+            .entry(nqn.to_string())
+            .or_insert_with(std::time::Instant::now);
+        let states: Vec<String> = controllers
+            .iter()
+            .map(|(c, state)| {
+                format!(
+                    "{c} is {}",
+                    if state.is_empty() {
+                        "in no state"
+                    } else {
+                        state
+                    }
+                )
+            })
+            .collect();
+        let endpoint = match (&target.address, target.port) {
+            (Some(a), Some(p)) => format!(" to {a}:{p}"),
+            _ => String::new(),
+        };
+        Ok(Some(format!(
+            "the NVMe/TCP connection{endpoint} is down: {} (for {}s seen from this node); I/O \
+             to the volume waits until it reconnects",
+            states.join(", "),
+            since.elapsed().as_secs()
+        )))
+    }
+
     async fn detach(&self, target: &VolumeTarget, deadline: Instant) -> Result<()> {
         let nqn = self.nqn(target)?;
         let _serial = self.lock.lock().await;
@@ -612,6 +657,77 @@ impl Connector for NvmeTcpConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sysfs tree with one subsystem of `nqn` whose controllers have the given states.
+    fn sysfs_with(nqn: &str, states: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("class/nvme-subsystem/nvme-subsys0");
+        std::fs::create_dir_all(sub.join("nvme0n1")).unwrap();
+        std::fs::write(sub.join("subsysnqn"), format!("{nqn}\n")).unwrap();
+        std::fs::write(sub.join("nvme0n1/size"), "2048\n").unwrap();
+        for (i, state) in states.iter().enumerate() {
+            std::fs::create_dir_all(sub.join(format!("nvme{i}"))).unwrap();
+            std::fs::write(sub.join(format!("nvme{i}/state")), format!("{state}\n")).unwrap();
+        }
+        root
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_is_not_live_is_a_problem_until_one_is() {
+        let nqn = "nqn.2000-02.com.mikrotik:pvc-1";
+        let target = VolumeTarget {
+            volume_id: "pvc-1".into(),
+            nqn: Some(nqn.into()),
+            address: Some("10.0.0.1".parse().unwrap()),
+            port: Some(4420),
+            ..Default::default()
+        };
+        let connector = |root: &Path| {
+            let mut cfg = NvmeConfig::new("nqn.host", "nqn.2000-02.com.mikrotik:");
+            cfg.sys_root = root.to_path_buf();
+            NvmeTcpConnector::new(cfg)
+        };
+        let live = sysfs_with(nqn, &["live"]);
+        assert_eq!(
+            connector(live.path())
+                .attachment_problem(&target)
+                .await
+                .unwrap(),
+            None
+        );
+
+        let down = sysfs_with(nqn, &["connecting"]);
+        let c = connector(down.path());
+        let problem = c.attachment_problem(&target).await.unwrap().unwrap();
+        assert!(problem.contains("nvme0 is connecting"), "{problem}");
+        assert!(problem.contains("10.0.0.1:4420"), "{problem}");
+        assert!(problem.contains("for 0s"), "{problem}");
+        // Either path live (multipath) is enough; back to live clears it.
+        std::fs::write(
+            down.path()
+                .join("class/nvme-subsystem/nvme-subsys0/nvme0/state"),
+            "live\n",
+        )
+        .unwrap();
+        assert_eq!(c.attachment_problem(&target).await.unwrap(), None);
+        let two = sysfs_with(nqn, &["resetting", "live"]);
+        assert_eq!(
+            connector(two.path())
+                .attachment_problem(&target)
+                .await
+                .unwrap(),
+            None
+        );
+        // No subsystem at all is no attachment: the device lookup reports that.
+        let none = tempfile::tempdir().unwrap();
+        assert_eq!(
+            connector(none.path())
+                .attachment_problem(&target)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn namespace_names_exclude_hidden_paths() {

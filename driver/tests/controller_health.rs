@@ -1,0 +1,145 @@
+//! The controller's volume condition (ControllerGetVolume, ListVolumes) against mock-rds, each
+//! abnormal state made on the RDS with the commands an administrator would type: a disk no
+//! longer exported, exported under another NQN, a fence that keeps out a node the volume is
+//! published to; healthy again once put right. A missing disk is NotFound.
+
+mod common;
+
+use std::collections::HashMap;
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::*;
+use rds_csi::fence_key::FenceKey;
+use tonic::{Code, Request};
+
+use common::controller::{block_cap, config, fixture, fixture_with, Fixture, GIB};
+
+async fn condition(f: &Fixture, id: &str) -> VolumeCondition {
+    let got = f
+        .svc
+        .controller_get_volume(Request::new(ControllerGetVolumeRequest {
+            volume_id: id.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    got.status.unwrap().volume_condition.unwrap()
+}
+
+/// The condition ListVolumes reports for `id`.
+async fn listed_condition(f: &Fixture, id: &str) -> VolumeCondition {
+    let listed = f
+        .svc
+        .list_volumes(Request::new(ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    listed
+        .entries
+        .into_iter()
+        .find(|e| e.volume.as_ref().unwrap().volume_id == id)
+        .and_then(|e| e.status?.volume_condition)
+        .unwrap()
+}
+
+fn run(f: &Fixture, command: &str) {
+    let reply = f.mock.execute(command);
+    assert_eq!(reply.exit_status, 0, "{command}: {reply:?}");
+}
+
+#[tokio::test]
+async fn the_condition_follows_the_disks_export() {
+    let f = fixture().await;
+    f.create("pvc-h", GIB).await;
+    for c in [
+        condition(&f, "pvc-h").await,
+        listed_condition(&f, "pvc-h").await,
+    ] {
+        assert!(!c.abnormal, "{c:?}");
+    }
+
+    run(&f, "/disk set [find slot=pvc-h] nvme-tcp-export=no");
+    for c in [
+        condition(&f, "pvc-h").await,
+        listed_condition(&f, "pvc-h").await,
+    ] {
+        assert!(c.abnormal && c.message.contains("not exported"), "{c:?}");
+    }
+
+    run(
+        &f,
+        "/disk set [find slot=pvc-h] nvme-tcp-export=yes nvme-tcp-server-port=4420 \
+         nvme-tcp-server-nqn=nqn.2000-02.com.mikrotik:someone-else",
+    );
+    let c = condition(&f, "pvc-h").await;
+    assert!(
+        c.abnormal
+            && c.message
+                .contains("exported as nqn.2000-02.com.mikrotik:someone-else"),
+        "{c:?}"
+    );
+
+    run(
+        &f,
+        "/disk set [find slot=pvc-h] nvme-tcp-server-nqn=nqn.2000-02.com.mikrotik:pvc-h",
+    );
+    assert!(!condition(&f, "pvc-h").await.abnormal);
+
+    run(&f, "/disk remove [find slot=pvc-h]");
+    let gone = f
+        .svc
+        .controller_get_volume(Request::new(ControllerGetVolumeRequest {
+            volume_id: "pvc-h".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fence_keeping_out_a_published_node_is_abnormal_until_repaired() {
+    let key = FenceKey::new(b"a fence key for the controller tests, 32+ bytes").unwrap();
+    let mut cfg = config();
+    cfg.fencing = Some(key.clone());
+    let f = fixture_with(cfg).await;
+    let mut req = common::controller::create_req("pvc-hf", GIB);
+    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
+    req.parameters = HashMap::from([("nvmeFencing".to_string(), "true".to_string())]);
+    let v = f
+        .svc
+        .create_volume(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // Fenced and held by nobody: closed, and that is healthy.
+    assert!(!condition(&f, "pvc-hf").await.abnormal);
+    f.svc
+        .controller_publish_volume(Request::new(ControllerPublishVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            node_id: "node-a".into(),
+            volume_capability: Some(block_cap(Mode::MultiNodeMultiWriter)),
+            volume_context: v.volume_context.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(!condition(&f, "pvc-hf").await.abnormal);
+
+    let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
+    run(
+        &f,
+        &format!("/disk set [find slot=pvc-hf] nvme-tcp-server-allow-host-name=\"{stranger}\""),
+    );
+    let c = condition(&f, "pvc-hf").await;
+    assert!(
+        c.abnormal && c.message.contains("keeps out node-a"),
+        "{c:?}"
+    );
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    f.svc.fence().unwrap().pass(deadline).await.unwrap();
+    assert!(!condition(&f, "pvc-hf").await.abnormal);
+}
