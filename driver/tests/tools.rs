@@ -304,6 +304,7 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
         "/disk add type=file file-path=/storage-pool/metal-csi/pvc-a.img file-size=1G slot=pvc-a nvme-tcp-export=yes",
         "/disk add type=file copy-from=[find slot=pvc-a] file-path=/storage-pool/metal-csi/snap-1.from-pvc-a.img slot=snap-1",
         "/disk add type=file file-path=/storage-pool/other/pvc-x.img file-size=1G slot=pvc-x",
+        "/disk add type=file file-path=/storage-pool/metal-csi/pvc-b.img file-size=1G slot=pvc-b nvme-tcp-export=no",
     ] {
         let reply = s.mock.execute(cmd);
         assert_eq!(reply.exit_status, 0, "{cmd}: {reply:?}");
@@ -325,8 +326,14 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
         listed,
         [
             ("snapshot".to_string(), "snap-1".to_string()),
-            ("volume".to_string(), "pvc-a".to_string())
+            ("volume".to_string(), "pvc-a".to_string()),
+            ("volume".to_string(), "pvc-b".to_string())
         ]
     );
     assert_eq!(doc["volumes"][0]["source"], "pvc-a");
+    // Each volume's condition as its disk shows it; a snapshot has none.
+    assert_eq!(doc["volumes"][0]["condition"], serde_json::Value::Null);
+    assert_eq!(doc["volumes"][1]["condition"], "healthy", "{doc}");
+    let unexported = doc["volumes"][2]["condition"].as_str().unwrap();
+    assert!(unexported.contains("not exported"), "{unexported}");
 }

@@ -10,7 +10,8 @@ use crate::rds::command::Slot;
 use crate::rds::Disk;
 
 impl ControllerService {
-    /// The condition of the volume in `id` whose disk is `disk`.
+    /// The condition of the volume in `id` whose disk is `disk`: the disk's own problems, then
+    /// its fence against the nodes the attachment table holds it for.
     pub(super) fn condition(&self, id: &Slot, disk: &Disk) -> VolumeCondition {
         let problems = self.problems(id, disk);
         VolumeCondition {
@@ -24,22 +25,9 @@ impl ControllerService {
     }
 
     fn problems(&self, id: &Slot, disk: &Disk) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !disk.nvme_export {
-            problems.push(format!(
-                "disk {id} is not exported (nvme-tcp-export=no): no node can connect"
-            ));
-            return problems;
-        }
-        let wanted = id.nqn();
-        if let Some(nqn) = disk.nqn.as_deref().filter(|n| *n != wanted.as_str()) {
-            problems.push(format!(
-                "disk {id} is exported as {nqn}, not {wanted}: nodes connect to the NQN the \
-                 volume was made with"
-            ));
-        }
-        if let Some(shut_out) = self.fenced_out(id, disk) {
-            problems.push(shut_out);
+        let mut problems = disk_problems(id, disk);
+        if problems.is_empty() {
+            problems.extend(self.fenced_out(id, disk));
         }
         problems
     }
@@ -70,4 +58,26 @@ impl ControllerService {
             )
         })
     }
+}
+
+/// What the disk alone shows keeping nodes from the volume in `id`: not exported, or exported
+/// under an NQN other than the one its nodes connect to. Shared with `rds-csi volumes`.
+pub fn disk_problems(id: &Slot, disk: &Disk) -> Vec<String> {
+    if !disk.nvme_export {
+        return vec![format!(
+            "disk {id} is not exported (nvme-tcp-export=no): no node can connect"
+        )];
+    }
+    let wanted = id.nqn();
+    disk.nqn
+        .as_deref()
+        .filter(|n| *n != wanted.as_str())
+        .map(|nqn| {
+            format!(
+                "disk {id} is exported as {nqn}, not {wanted}: nodes connect to the NQN the \
+                 volume was made with"
+            )
+        })
+        .into_iter()
+        .collect()
 }

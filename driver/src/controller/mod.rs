@@ -5,7 +5,7 @@ mod cluster;
 mod copy_source;
 mod disks;
 pub mod fence;
-mod health;
+pub mod health;
 mod leftovers;
 pub mod page;
 pub mod params;

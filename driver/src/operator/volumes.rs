@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{emit, gib, OutputFormat, RdsTarget, TOOL_DEADLINE};
+use crate::controller::health::disk_problems;
 use crate::ids::{classify_disk, ManagedFile};
 use crate::rds::deadline_in;
 
@@ -19,6 +20,9 @@ struct ListedVolume {
     file_path: Option<String>,
     nqn: Option<String>,
     source: Option<String>,
+    /// A volume's condition as its disk shows it (`healthy`, or what keeps nodes from it);
+    /// None for a snapshot.
+    condition: Option<String>,
 }
 
 pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
@@ -28,9 +32,19 @@ pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
     let mut listed: Vec<ListedVolume> = disks
         .iter()
         .filter_map(|d| {
-            let (kind, source) = match classify_disk(&bases, d)? {
-                ManagedFile::Volume(_) => ("volume", None),
-                ManagedFile::Snapshot { source, .. } => ("snapshot", source.map(|s| s.to_string())),
+            let (kind, source, condition) = match classify_disk(&bases, d)? {
+                ManagedFile::Volume(id) => {
+                    let problems = disk_problems(&id, d);
+                    let condition = if problems.is_empty() {
+                        "healthy".to_string()
+                    } else {
+                        problems.join("; ")
+                    };
+                    ("volume", None, Some(condition))
+                }
+                ManagedFile::Snapshot { source, .. } => {
+                    ("snapshot", source.map(|s| s.to_string()), None)
+                }
             };
             Some(ListedVolume {
                 kind,
@@ -39,6 +53,7 @@ pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
                 file_path: d.file_path.clone(),
                 nqn: d.nqn.clone(),
                 source,
+                condition,
             })
         })
         .collect();
@@ -47,11 +62,15 @@ pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
         options.output,
         &serde_json::json!({ "volumes": listed }),
         |out| {
-            writeln!(out, "{:<9} {:<64} {:>10} FILE", "KIND", "ID", "SIZE(GiB)")?;
+            writeln!(
+                out,
+                "{:<9} {:<64} {:>10} FILE  CONDITION",
+                "KIND", "ID", "SIZE(GiB)"
+            )?;
             for v in &listed {
                 writeln!(
                     out,
-                    "{:<9} {:<64} {:>10.2} {}{}",
+                    "{:<9} {:<64} {:>10.2} {}{}  {}",
                     v.kind,
                     v.id,
                     gib(v.size_bytes.unwrap_or_default()),
@@ -59,7 +78,8 @@ pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
                     v.source
                         .as_deref()
                         .map(|s| format!(" (from {s})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    v.condition.as_deref().unwrap_or("-")
                 )?;
             }
             Ok(())

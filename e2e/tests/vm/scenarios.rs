@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use csi_proto::v1::{
-    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest, NodeStageVolumeRequest,
-    NodeUnstageVolumeRequest,
+    CapacityRange, ControllerExpandVolumeRequest, NodeExpandVolumeRequest,
+    NodeGetVolumeStatsRequest, NodeStageVolumeRequest, NodeUnstageVolumeRequest, VolumeCondition,
 };
 use e2e::staged::{provision, provision_with, retire, Staged};
 use e2e::{block_cap, mount_cap, poll_until, vm, Env, EnvOptions, Mock, BASE_PATH, MIB};
@@ -490,6 +490,31 @@ fn controller_state(ctrl: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The volume's condition as the node plugin reports it to kubelet, asked with a deadline as
+/// kubelet asks: the call must answer while the target is down, not hang on the device.
+async fn node_condition(env: &Env, v: &Staged) -> anyhow::Result<VolumeCondition> {
+    let mut request = tonic::Request::new(NodeGetVolumeStatsRequest {
+        volume_id: v.volume_id.clone(),
+        volume_path: v.target.clone(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(10));
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        env.node().node_get_volume_stats(request),
+    )
+    .await
+    .context("NodeGetVolumeStats did not answer within its deadline")??;
+    reply
+        .into_inner()
+        .volume_condition
+        .context("NodeGetVolumeStats reported no condition")
+}
+
+/// The RDS's target goes away under a mounted volume: the controller reconnects (no I/O
+/// error), the volume's condition turns abnormal naming it as soon as it is not live (and the
+/// stats call still answers), I/O waits, a node plugin restart disconnects nothing; once the
+/// target is back the write lands and the condition is normal again.
 pub async fn target_outage_while_mounted() -> anyhow::Result<()> {
     let mut env = nvme_env("vmoutage", &[]).await?;
     let params = [("reconnectDelay", "1"), ("ctrlLossTmo", "120")];
@@ -499,11 +524,19 @@ pub async fn target_outage_while_mounted() -> anyhow::Result<()> {
     let ctrl = c.controllers.first().context("no controller")?.clone();
     std::fs::write(Path::new(&v.target).join("before.txt"), "before the outage")?;
 
+    let healthy = node_condition(&env, &v).await?;
+    ensure!(!healthy.abnormal, "abnormal before the outage: {healthy:?}");
+
     env.exec_ok("/mock fault target-down enabled=yes").await?;
     poll_until("the controller to lose its target", KERNEL_WAIT, || async {
         (controller_state(&ctrl) != "live").then_some(())
     })
     .await?;
+    let down = node_condition(&env, &v).await?;
+    ensure!(
+        down.abnormal && down.message.contains(&format!("{ctrl} is ")),
+        "the condition while the target is down: {down:?}"
+    );
     // I/O issued during the outage waits for the target instead of failing.
     let during = Path::new(&v.target).join("during.txt");
     let writer = {
@@ -530,6 +563,11 @@ pub async fn target_outage_while_mounted() -> anyhow::Result<()> {
         (controller_state(&ctrl) == "live").then_some(())
     })
     .await?;
+    let back = node_condition(&env, &v).await?;
+    ensure!(
+        !back.abnormal,
+        "abnormal after the target returned: {back:?}"
+    );
     let joined = tokio::task::spawn_blocking(move || writer.join()).await?;
     joined
         .map_err(|_| anyhow::anyhow!("the writer panicked"))?
