@@ -93,6 +93,12 @@ const CONTROLLER_API_CALLS: &[(&str, &str, &str, &[&str], Scope)] = &[
     ("csi-snapshotter", "snapshot.storage.k8s.io", "volumesnapshotcontents", &["create", "get", "list", "watch", "update", "patch"], Cluster),
     ("csi-snapshotter", "snapshot.storage.k8s.io", "volumesnapshotcontents/status", &["update", "patch"], Cluster),
     ("csi-snapshotter", "coordination.k8s.io", "leases", ELECT, OwnNs),
+    // csi-external-health-monitor-controller, node watcher off (no pod or node watch): its
+    // upstream rbac.yaml less the node watcher's rules.
+    ("csi-external-health-monitor-controller", "", "persistentvolumes", READ, Cluster),
+    ("csi-external-health-monitor-controller", "", "persistentvolumeclaims", READ, Cluster),
+    ("csi-external-health-monitor-controller", "", "events", &["get", "list", "watch", "create", "patch"], Cluster),
+    ("csi-external-health-monitor-controller", "coordination.k8s.io", "leases", ELECT, OwnNs),
 ];
 
 /// Sidecar images: container name -> (image repository, major version it must stay on; the
@@ -117,6 +123,11 @@ const SIDECARS: &[(&str, &str, &str)] = &[
         "csi-snapshotter",
         "registry.k8s.io/sig-storage/csi-snapshotter",
         "v8.",
+    ),
+    (
+        "csi-external-health-monitor-controller",
+        "registry.k8s.io/sig-storage/csi-external-health-monitor-controller",
+        "v0.",
     ),
     (
         "liveness-probe",
