@@ -13,35 +13,17 @@ use mock_rds::Fault;
 use rds_csi::fence_key::FenceKey;
 use tonic::{Code, Request};
 
-use common::controller::{block_cap, config, fixture_with, Fixture, GIB};
+use common::controller::{
+    block_cap, fence_key, fenced_volume, fencing_config, fixture_with, Fixture, GIB,
+};
 
-/// The cluster's fence key in these tests.
 fn key() -> FenceKey {
-    FenceKey::new(b"a fence key for the controller tests, 32+ bytes").unwrap()
-}
-
-fn fencing_fixture_config() -> rds_csi::controller::ControllerConfig {
-    let mut c = config();
-    c.fencing = Some(key());
-    c
+    fence_key()
 }
 
 /// What a fenced volume nobody holds allows.
 fn closed() -> String {
     key().closed_host()
-}
-
-async fn fenced_volume(f: &Fixture, name: &str) -> Volume {
-    let mut req = common::controller::create_req(name, GIB);
-    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
-    req.parameters = HashMap::from([("nvmeFencing".to_string(), "true".to_string())]);
-    f.svc
-        .create_volume(Request::new(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
 }
 
 fn allowed(f: &Fixture, id: &str) -> String {
@@ -95,7 +77,7 @@ fn refuse_the_next_fence(f: &Fixture) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fence_follows_publish_and_unpublish() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-1").await;
     let id = v.volume_id.as_str();
     assert_eq!(v.volume_context["nvmeFencing"], "true");
@@ -149,7 +131,7 @@ async fn the_fence_follows_publish_and_unpublish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fence_not_set_is_no_publish() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-2").await;
     let id = v.volume_id.as_str();
     // The RDS refuses the change.
@@ -179,7 +161,7 @@ async fn a_fence_not_set_is_no_publish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pass_repairs_the_rds_from_the_table() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-3").await;
     let id = v.volume_id.clone();
     publish(&f, &v, "node-a").await.unwrap();
@@ -216,7 +198,7 @@ async fn the_pass_repairs_the_rds_from_the_table() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fenced_volume_needs_a_fencing_controller() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-4").await;
     // The same RDS, a controller without --nvme-fencing.
     let plain = common::controller::service(&f.mock, &f.key);
@@ -248,11 +230,7 @@ fn replica(
         common::pinned(&f.mock),
         common::fast_retry(),
     ));
-    rds_csi::controller::ControllerService::with_attachments(
-        rds,
-        fencing_fixture_config(),
-        attachments,
-    )
+    rds_csi::controller::ControllerService::with_attachments(rds, fencing_config(), attachments)
 }
 
 /// The attachment table a restarted controller rebuilds from the cluster: one attached
@@ -301,7 +279,7 @@ fn rebuilt_table(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_during_a_migration_leaves_the_volume_fenced() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-restart").await;
     let id = v.volume_id.as_str();
     publish(&f, &v, "node-a").await.unwrap();
@@ -336,7 +314,7 @@ async fn a_restart_during_a_migration_leaves_the_volume_fenced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_publish_retry_keeps_the_existing_attachment() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-retry").await;
     let id = v.volume_id.as_str();
     publish(&f, &v, "node-a").await.unwrap();
@@ -356,7 +334,7 @@ async fn a_failed_publish_retry_keeps_the_existing_attachment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pass_carries_on_past_a_disk_it_cannot_repair() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let first = fenced_volume(&f, "pvc-fence-pass-a").await;
     let second = fenced_volume(&f, "pvc-fence-pass-b").await;
     publish(&f, &first, "node-a").await.unwrap();
@@ -388,7 +366,7 @@ async fn the_pass_carries_on_past_a_disk_it_cannot_repair() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pass_never_lands_a_stale_fence_after_an_unpublish() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let v = fenced_volume(&f, "pvc-fence-stale").await;
     let id = v.volume_id.clone();
     publish(&f, &v, "node-a").await.unwrap();
@@ -437,7 +415,7 @@ async fn the_pass_never_lands_a_stale_fence_after_an_unpublish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fenced_copy_is_never_open_while_it_fills() {
     use csi_proto::v1::volume_content_source::{Type, VolumeSource};
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     let source = fenced_volume(&f, "pvc-fence-src").await;
     f.mock.clear_history();
     let mut req = common::controller::create_req("pvc-fence-clone", GIB);
@@ -482,7 +460,7 @@ async fn a_fenced_copy_is_never_open_while_it_fills() {
 /// expansion carries no volume context. Found by the soak.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expansion_never_exports_a_disk_it_cannot_tell_is_fenced() {
-    let f = fixture_with(fencing_fixture_config()).await;
+    let f = fixture_with(fencing_config()).await;
     f.mock.inject(Fault::Fail {
         pattern: "/disk set.*nvme-tcp-export=yes".into(),
         times: None,

@@ -5,15 +5,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::*;
-use rds_csi::fence_key::FenceKey;
 use tonic::{Code, Request};
 
-use common::controller::{block_cap, config, fixture, fixture_with, Fixture, GIB};
+use common::controller::{
+    block_cap, fenced_volume, fencing_config, fixture, fixture_with, Fixture, GIB,
+};
 
 async fn condition(f: &Fixture, id: &str) -> VolumeCondition {
     let got = f
@@ -99,21 +98,8 @@ async fn the_condition_follows_the_disks_export() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fence_keeping_out_a_published_node_is_abnormal_until_repaired() {
-    let key = FenceKey::new(b"a fence key for the controller tests, 32+ bytes").unwrap();
-    let mut cfg = config();
-    cfg.fencing = Some(key.clone());
-    let f = fixture_with(cfg).await;
-    let mut req = common::controller::create_req("pvc-hf", GIB);
-    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
-    req.parameters = HashMap::from([("nvmeFencing".to_string(), "true".to_string())]);
-    let v = f
-        .svc
-        .create_volume(Request::new(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let f = fixture_with(fencing_config()).await;
+    let v = fenced_volume(&f, "pvc-hf").await;
     // Fenced and held by nobody: closed, and that is healthy.
     assert!(!condition(&f, "pvc-hf").await.abnormal);
     f.svc

@@ -133,3 +133,29 @@ pub fn code<T>(r: Result<T, tonic::Status>) -> Code {
         Err(s) => s.code(),
     }
 }
+
+/// The cluster's fence key in the controller tests.
+pub fn fence_key() -> rds_csi::fence_key::FenceKey {
+    rds_csi::fence_key::FenceKey::new(b"a fence key for the controller tests, 32+ bytes").unwrap()
+}
+
+/// A controller configuration with fencing on (`fence_key`).
+pub fn fencing_config() -> ControllerConfig {
+    let mut c = config();
+    c.fencing = Some(fence_key());
+    c
+}
+
+/// Creates an RWX block volume of a fenced class (`nvmeFencing: "true"`).
+pub async fn fenced_volume(f: &Fixture, name: &str) -> Volume {
+    let mut req = create_req(name, GIB);
+    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
+    req.parameters = [("nvmeFencing".to_string(), "true".to_string())].into();
+    f.svc
+        .create_volume(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
