@@ -1176,20 +1176,51 @@ fn helm_chart_files_exist_and_parse() {
     let values = chart_values();
     let schema: serde_json::Value = serde_json::from_str(&read(&dir.join("values.schema.json")))
         .expect("values.schema.json parses");
-    // The schema forbids unknown top-level keys, so it must know every default one.
-    let props = schema["properties"].as_object().expect("schema properties");
-    for key in values.as_mapping().expect("values is a map").keys() {
-        let key = key.as_str().expect("string keys");
-        assert!(
-            props.contains_key(key),
-            "values.schema.json does not describe `{key}`"
-        );
-    }
+    // Where the schema forbids unknown keys (helm then refuses the chart's own defaults), it
+    // must know every default key, at every depth.
+    let values_json = serde_json::to_value(&values).expect("values as JSON");
+    let mut unknown = Vec::new();
+    undescribed_keys(&schema, &schema, &values_json, "", &mut unknown);
+    assert!(
+        unknown.is_empty(),
+        "values.schema.json does not allow these default values: {unknown:?}"
+    );
     assert_eq!(
         values["driverName"].as_str(),
         Some(rds_csi::cli::DEFAULT_DRIVER_NAME),
         "chart driverName"
     );
+}
+
+/// The keys of `values` (at `path`) that `schema` does not allow: under a schema with
+/// `additionalProperties: false`, those missing from its `properties`, recursively (`$ref`s to
+/// `#/definitions/...` followed in `root`).
+fn undescribed_keys(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    values: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.trim_start_matches("#/definitions/");
+            &root["definitions"][name]
+        }
+        None => schema,
+    };
+    let Some(map) = values.as_object() else {
+        return;
+    };
+    let closed = schema["additionalProperties"] == serde_json::Value::Bool(false);
+    for (key, value) in map {
+        let here = format!("{path}.{key}");
+        match schema["properties"].get(key) {
+            Some(sub) => undescribed_keys(root, sub, value, &here, out),
+            None if closed => out.push(here),
+            None => {}
+        }
+    }
 }
 
 /// The `--rds-host-key` file of the chart's controller holds the Secret item that `rds.hostKey`
