@@ -68,8 +68,11 @@ impl NodeService {
             Err(message) => return Ok(unhealthy(message)),
         };
         let Some(m) = i.mounter.mount_at(&path)? else {
-            // Staged here by this plugin, the volume's mount went missing underneath it.
-            if record.is_some() {
+            // The volume's staging mount went missing underneath it. Anywhere else the volume
+            // may simply never have been (NotFound, as csi-sanity checks): no record says where
+            // it was published.
+            let staged_here = record.as_ref().is_some_and(|r| r.staging_path == path);
+            if staged_here {
                 return Ok(unhealthy(format!(
                     "nothing is mounted at {}: the volume's mount is gone",
                     path.display()
