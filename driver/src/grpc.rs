@@ -102,6 +102,12 @@ impl KeyedLocks {
         }
     }
 
+    /// Whether an operation holds, or waits for, the lock of `key` now.
+    pub fn is_held(&self, key: &str) -> bool {
+        let map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|weak| weak.strong_count() > 0)
+    }
+
     /// Locks several keys (a copy's source and target), each once, always in sorted order: two
     /// calls that lock the same keys can then never wait on each other.
     pub async fn lock_all(

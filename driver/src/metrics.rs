@@ -53,6 +53,7 @@ pub struct Metrics {
     pub ssh_reconnects: IntGauge,
     pub ssh_channels_in_flight: IntGauge,
     pub attachments: IntGauge,
+    pub abnormal_volumes: IntGaugeVec,
     pub orphans_found: IntGaugeVec,
     pub pool_bytes: GaugeVec,
     pub pool_traffic: GaugeVec,
@@ -99,6 +100,13 @@ fn build() -> prometheus::Result<Metrics> {
             "RouterOS commands running now",
         )?,
         attachments: IntGauge::new("attachments", "Volume attachments the controller tracks")?,
+        abnormal_volumes: IntGaugeVec::new(
+            Opts::new(
+                "abnormal_volumes",
+                "Volumes whose last controller-side condition was abnormal, by reason",
+            ),
+            &["reason"],
+        )?,
         orphans_found: IntGaugeVec::new(
             Opts::new("orphans_found", "Orphans found by the last scan, by kind"),
             &["kind"],
@@ -129,6 +137,7 @@ fn build() -> prometheus::Result<Metrics> {
     m.registry
         .register(Box::new(m.ssh_channels_in_flight.clone()))?;
     m.registry.register(Box::new(m.attachments.clone()))?;
+    m.registry.register(Box::new(m.abnormal_volumes.clone()))?;
     m.registry.register(Box::new(m.orphans_found.clone()))?;
     m.registry.register(Box::new(m.pool_bytes.clone()))?;
     m.registry.register(Box::new(m.pool_traffic.clone()))?;

@@ -14,7 +14,7 @@ use rds_csi::fence_key::FenceKey;
 use tonic::{Code, Request};
 
 use common::controller::{
-    block_cap, fence_key, fenced_volume, fencing_config, fixture_with, Fixture, GIB,
+    block_cap, fence_key, fenced_volume, fencing_config, fixture_with, publish, Fixture, GIB,
 };
 
 fn key() -> FenceKey {
@@ -32,19 +32,6 @@ fn allowed(f: &Fixture, id: &str) -> String {
 
 fn host(node: &str) -> String {
     key().host_identity(node).nqn
-}
-
-async fn publish(f: &Fixture, v: &Volume, node: &str) -> Result<(), tonic::Status> {
-    f.svc
-        .controller_publish_volume(Request::new(ControllerPublishVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            node_id: node.into(),
-            volume_capability: Some(block_cap(Mode::MultiNodeMultiWriter)),
-            volume_context: v.volume_context.clone(),
-            ..Default::default()
-        }))
-        .await
-        .map(drop)
 }
 
 async fn unpublish(f: &Fixture, id: &str, node: &str) -> Result<(), tonic::Status> {

@@ -1,7 +1,8 @@
 //! The controller's volume condition (ControllerGetVolume, ListVolumes) against mock-rds, each
 //! abnormal state made on the RDS with the commands an administrator would type: a disk no
-//! longer exported, exported under another NQN, a fence that keeps out a node the volume is
-//! published to; healthy again once put right. A missing disk is NotFound.
+//! longer exported, exported under another NQN or moved to another port under its nodes, a
+//! backing file gone or of another size, a fence that keeps out a node the volume is published
+//! to; healthy again once put right. A missing disk is NotFound.
 
 mod common;
 
@@ -11,7 +12,7 @@ use csi_proto::v1::*;
 use tonic::{Code, Request};
 
 use common::controller::{
-    block_cap, fenced_volume, fencing_config, fixture, fixture_with, Fixture, GIB,
+    block_cap, fenced_volume, fencing_config, fixture, fixture_with, publish, Fixture, GIB,
 };
 
 async fn condition(f: &Fixture, id: &str) -> VolumeCondition {
@@ -102,16 +103,7 @@ async fn a_fence_keeping_out_a_published_node_is_abnormal_until_repaired() {
     let v = fenced_volume(&f, "pvc-hf").await;
     // Fenced and held by nobody: closed, and that is healthy.
     assert!(!condition(&f, "pvc-hf").await.abnormal);
-    f.svc
-        .controller_publish_volume(Request::new(ControllerPublishVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            node_id: "node-a".into(),
-            volume_capability: Some(block_cap(Mode::MultiNodeMultiWriter)),
-            volume_context: v.volume_context.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    publish(&f, &v, "node-a").await.unwrap();
     assert!(!condition(&f, "pvc-hf").await.abnormal);
 
     let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
@@ -128,4 +120,82 @@ async fn a_fence_keeping_out_a_published_node_is_abnormal_until_repaired() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     f.svc.fence().unwrap().pass(deadline).await.unwrap();
     assert!(!condition(&f, "pvc-hf").await.abnormal);
+}
+
+/// Both views of the condition, which must agree.
+async fn conditions(f: &Fixture, id: &str) -> [VolumeCondition; 2] {
+    [condition(f, id).await, listed_condition(f, id).await]
+}
+
+#[tokio::test]
+async fn a_backing_file_gone_or_of_another_size_is_abnormal() {
+    let f = fixture().await;
+    let v = f.create("pvc-hb", GIB).await;
+    let path = v.volume_context["filePath"].clone();
+    for c in conditions(&f, "pvc-hb").await {
+        assert!(!c.abnormal, "{c:?}");
+    }
+
+    f.mock.remove_file(&path);
+    for c in conditions(&f, "pvc-hb").await {
+        assert!(
+            c.abnormal
+                && c.message
+                    .contains(&format!("{path} of disk pvc-hb is missing")),
+            "{c:?}"
+        );
+    }
+
+    f.mock.add_orphan_file(&path, (GIB / 2) as u64);
+    for c in conditions(&f, "pvc-hb").await {
+        assert!(
+            c.abnormal
+                && c.message.contains(&format!(
+                    "{path} holds {} bytes but disk pvc-hb is {GIB} bytes",
+                    GIB / 2
+                )),
+            "{c:?}"
+        );
+    }
+
+    f.mock.remove_file(&path);
+    f.mock.add_orphan_file(&path, GIB as u64);
+    for c in conditions(&f, "pvc-hb").await {
+        assert!(!c.abnormal, "{c:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_disk_moved_to_another_port_strands_the_nodes_holding_it() {
+    let f = fixture().await;
+    let mut req = common::controller::create_req("pvc-hp", GIB);
+    req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
+    let v = f
+        .svc
+        .create_volume(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // Published to nobody, a new port is only where the next publish sends its node.
+    run(&f, "/disk set [find slot=pvc-hp] nvme-tcp-server-port=4421");
+    assert!(!condition(&f, "pvc-hp").await.abnormal);
+
+    publish(&f, &v, "node-a").await.unwrap();
+    assert!(!condition(&f, "pvc-hp").await.abnormal);
+    run(&f, "/disk set [find slot=pvc-hp] nvme-tcp-server-port=4420");
+    for c in conditions(&f, "pvc-hp").await {
+        assert!(
+            c.abnormal
+                && c.message.contains(
+                    "disk pvc-hp is exported on port 4420, but the nodes holding the volume \
+                     (node-a) connect to port 4421"
+                ),
+            "{c:?}"
+        );
+    }
+
+    run(&f, "/disk set [find slot=pvc-hp] nvme-tcp-server-port=4421");
+    assert!(!condition(&f, "pvc-hp").await.abnormal);
 }

@@ -303,7 +303,7 @@ async fn rebuild_keeps_every_reader_of_a_read_only_many_volume() {
 async fn seed(api: &RealApi, rwx_nodes: [&str; 2]) -> [serde_json::Value; 2] {
     let mut rwx_pv = pv("pvc-rwx", "pvc-rwx", DRIVER, "ReadWriteMany", "Block");
     rwx_pv["spec"]["csi"]["volumeAttributes"] =
-        serde_json::json!({"migrationTimeoutSeconds": "120"});
+        serde_json::json!({"migrationTimeoutSeconds": "120", "nvmePort": "4421"});
     api.put(
         PVS,
         pv("pvc-rwo", "pvc-rwo", DRIVER, "ReadWriteOnce", "Filesystem"),
@@ -366,6 +366,9 @@ async fn rebuild_after_restart_in_either_list_order() {
         assert!(rwx.multi_node_block && rwx.is_migrating());
         assert_eq!(rwx.migration_started_at, Some(created_at(&newer)));
         assert_eq!(rwx.migration_timeout, Duration::from_secs(120));
+        // The port its nodes connect to, for the volume's condition.
+        assert_eq!(rwx.nvme_port, Some(4421));
+        assert_eq!(table["pvc-rwo"].nvme_port, None);
 
         // The rebuilt table protects as the live one did.
         let err = m.attach("pvc-rwo", "node-b", RWO, None).unwrap_err();

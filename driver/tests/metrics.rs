@@ -9,7 +9,8 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::{
-    CapacityRange, ControllerPublishVolumeRequest, CreateVolumeRequest, VolumeCapability,
+    CapacityRange, ControllerPublishVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
+    ListVolumesRequest, VolumeCapability,
 };
 use hyper_util::rt::TokioIo;
 use rds_csi::controller::params::ParamDefaults;
@@ -170,6 +171,38 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
             .filter(|l| l.contains("attach"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // Abnormal volumes by reason, from the conditions ListVolumes reported; a deleted volume
+    // leaves the count.
+    let not_exported = "rds_csi_abnormal_volumes{reason=\"not_exported\"}";
+    client
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&http_get(http, "/metrics").await.1, not_exported),
+        0.0
+    );
+    let reply = mock.execute("/disk set [find slot=pvc-m2] nvme-tcp-export=no");
+    assert_eq!(reply.exit_status, 0, "{reply:?}");
+    client
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap();
+    let (_, listed) = http_get(http, "/metrics").await;
+    assert_eq!(sample(&listed, not_exported), 1.0, "{listed}");
+    assert!(listed.contains("rds_csi_abnormal_volumes{reason=\"file_size\"} 0"));
+    client
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: "pvc-m2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&http_get(http, "/metrics").await.1, not_exported),
+        0.0
     );
 
     assert_eq!(http_get(http, "/healthz").await.0, 200);

@@ -109,6 +109,7 @@ proptest! {
             flags: if export { "t".into() } else { String::new() },
             file_path: Some(format!("{dir}/{id}.img")),
             size_bytes: Some(size),
+            size_precision: 0,
             nvme_export: export,
             nvme_port: export.then_some(port),
             nqn: export.then(|| format!("nqn.2000-02.com.mikrotik:{id}")),

@@ -28,6 +28,7 @@ use crate::kube::attachments::AttachmentManager;
 use crate::rds::command::{AllocSize, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block};
+use health::Backing;
 use page::{Listing, Page};
 use params::{keys, ParamDefaults, VolumeParams};
 
@@ -75,6 +76,8 @@ pub struct ControllerService {
     node_source: publish::NodeSource,
     /// With `--nvme-fencing`.
     fence: Option<fence::Fence>,
+    /// The last condition of each volume, for the `abnormal_volumes` gauge.
+    health: health::HealthBook,
 }
 
 /// A fence that could not be set: the call fails (Unavailable, so it is retried) rather than
@@ -169,6 +172,7 @@ impl ControllerService {
             attachments,
             events: None,
             fence,
+            health: health::HealthBook::default(),
         }
     }
 
@@ -410,8 +414,9 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let page = Page::parse(Listing::Volumes, req.max_entries, &req.starting_token)?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
+        let files = self.backing_files(deadline).await;
         let attachments = self.attachments.list();
-        let items = disks
+        let items: Vec<_> = disks
             .iter()
             .filter_map(|disk| {
                 let id = self.owned_volume(disk)?;
@@ -419,16 +424,21 @@ impl Controller for ControllerService {
                     .get(id.as_str())
                     .map(|a| a.node_ids())
                     .unwrap_or_default();
+                let backing = files
+                    .as_ref()
+                    .map_or(Backing::Unread, |files| Backing::of(disk, files));
                 let entry = list_volumes_response::Entry {
                     volume: Some(self.volume_of(disk, &id, None)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: nodes,
-                        volume_condition: Some(self.condition(&id, disk)),
+                        volume_condition: Some(self.condition(&id, disk, backing)),
                     }),
                 };
                 Some((id.to_string(), entry))
             })
             .collect();
+        self.health
+            .keep_only(&items.iter().map(|(id, _)| id.as_str()).collect());
         let (entries, next_token) = page.of(items);
         Ok(Response::new(ListVolumesResponse {
             entries,
@@ -615,12 +625,29 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         let raw = required(&req.volume_id, "volume_id")?;
-        let (id, disk) = self.existing_volume(raw, deadline).await?;
+        let (id, disk) = match self.existing_volume(raw, deadline).await {
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                self.health.forget(raw);
+                return Err(e);
+            }
+            found => found?,
+        };
+        let file = match disk.file_path.as_deref().map(RdsPath::new) {
+            Some(Ok(path)) => self.rds.get_file(&path, deadline).await.map_err(|e| {
+                tracing::warn!(volume = %id, error = %e, "backing file not read; not judged");
+            }),
+            _ => Err(()),
+        };
+        let backing = match &file {
+            Ok(Some(file)) => Backing::Found(file),
+            Ok(None) => Backing::Missing,
+            Err(()) => Backing::Unread,
+        };
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(self.volume_of(&disk, &id, None)),
             status: Some(controller_get_volume_response::VolumeStatus {
                 published_node_ids: self.attached_nodes(id.as_str()),
-                volume_condition: Some(self.condition(&id, &disk)),
+                volume_condition: Some(self.condition(&id, &disk, backing)),
             }),
         }))
     }

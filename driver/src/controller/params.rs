@@ -15,7 +15,7 @@ pub const DEFAULT_FS_TYPE: &str = "ext4";
 pub mod keys {
     pub const NQN: &str = "nqn";
     pub const NVME_ADDRESS: &str = "nvmeAddress";
-    pub const NVME_PORT: &str = "nvmePort";
+    pub const NVME_PORT: &str = crate::kube::attachments::NVME_PORT_KEY;
     pub const FS_TYPE: &str = "fsType";
     pub const FILE_PATH: &str = "filePath";
     pub const MKFS_OPTIONS: &str = "mkfsOptions";

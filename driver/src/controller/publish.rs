@@ -186,6 +186,7 @@ impl ControllerService {
         let port = disk
             .nvme_port
             .unwrap_or(self.config.defaults.nvme_port.get());
+        self.attachments.set_port(id.as_str(), port);
         let fs_type = ctx
             .get(keys::FS_TYPE)
             .cloned()

@@ -185,6 +185,7 @@ impl ControllerService {
                     .await?;
             }
         }
+        self.forget_condition(&id);
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 }

@@ -59,6 +59,8 @@ pub const DEFAULT_DETACH_RETENTION: Duration = Duration::from_secs(3600);
 pub const MIGRATION_TIMEOUT_KEY: &str = "migrationTimeoutSeconds";
 /// Volume context (and PV `csi.volumeAttributes`) key saying the volume is fenced on the RDS.
 pub const NVME_FENCING_KEY: &str = "nvmeFencing";
+/// Volume context (and PV `csi.volumeAttributes`) key with the disk's NVMe/TCP port.
+pub const NVME_PORT_KEY: &str = "nvmePort";
 
 /// Time source; tests inject a [`ManualClock`] so expiry is tested without sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -126,6 +128,9 @@ pub struct AttachmentState {
     /// The volume is fenced on the RDS (`nvmeFencing` in its volume context or PV attributes):
     /// how a fenced disk open to any host during a migration is still known as fenced.
     pub fenced: bool,
+    /// The NVMe/TCP port its nodes connect to: the one the last publish handed out, or the one
+    /// its PV records. A disk exported on another port strands them.
+    pub nvme_port: Option<u16>,
 }
 
 impl AttachmentState {
@@ -411,6 +416,7 @@ impl AttachmentManager {
                     migration_started_at: None,
                     migration_timeout: migration_timeout.unwrap_or(self.migration_timeout),
                     fenced: false,
+                    nvme_port: None,
                 },
             );
             return Ok(true);
@@ -516,6 +522,13 @@ impl AttachmentManager {
         }
     }
 
+    /// Records the NVMe/TCP port the nodes holding `volume` were told to connect to.
+    pub fn set_port(&self, volume: &str, port: u16) {
+        if let Some(held) = self.lock().volumes.get_mut(volume) {
+            held.nvme_port = Some(port);
+        }
+    }
+
     /// Whether the table knows `volume` as fenced (only while a node holds it).
     pub fn is_fenced(&self, volume: &str) -> bool {
         self.lock().volumes.get(volume).is_some_and(|s| s.fenced)
@@ -576,6 +589,7 @@ impl AttachmentManager {
                 }
                 Some(held) => {
                     held.fenced |= r.fenced;
+                    held.nvme_port = held.nvme_port.or(r.nvme_port);
                     for n in r.nodes {
                         if held.is_attached_to(&n.node) {
                             continue;
@@ -686,6 +700,7 @@ pub fn states_from(
                 .map_or(default_timeout, |secs| {
                     clamp_migration_timeout(Duration::from_secs(secs))
                 });
+            let nvme_port = attributes.and_then(|a| a.get(NVME_PORT_KEY)?.trim().parse().ok());
             AttachmentState {
                 migration_started_at: vas.get(1).filter(|_| !multi_node_reader).map(|v| v.0),
                 nodes: vas
@@ -701,6 +716,7 @@ pub fn states_from(
                 multi_node_reader,
                 migration_timeout,
                 fenced,
+                nvme_port,
             }
         })
         .collect()

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{emit, gib, OutputFormat, RdsTarget, TOOL_DEADLINE};
-use crate::controller::health::disk_problems;
+use crate::controller::health::{condition_of, disk_problems, file_problem, Backing};
 use crate::ids::{classify_disk, ManagedFile};
 use crate::rds::deadline_in;
 
@@ -28,19 +28,22 @@ struct ListedVolume {
 pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
     let rds = options.rds.client()?;
     let bases = options.rds.base_paths()?;
-    let disks = rds.list_disks(deadline_in(TOOL_DEADLINE)).await?;
+    let deadline = deadline_in(TOOL_DEADLINE);
+    let disks = rds.list_disks(deadline).await?;
+    let files: std::collections::HashMap<_, _> = rds
+        .list_files_in(&bases, deadline)
+        .await?
+        .into_iter()
+        .map(|f| (f.path.clone(), f))
+        .collect();
     let mut listed: Vec<ListedVolume> = disks
         .iter()
         .filter_map(|d| {
             let (kind, source, condition) = match classify_disk(&bases, d)? {
                 ManagedFile::Volume(id) => {
-                    let problems = disk_problems(&id, d);
-                    let condition = if problems.is_empty() {
-                        "healthy".to_string()
-                    } else {
-                        problems.join("; ")
-                    };
-                    ("volume", None, Some(condition))
+                    let mut problems = disk_problems(&id, d);
+                    problems.extend(file_problem(&id, d, Backing::of(d, &files)));
+                    ("volume", None, Some(condition_of(&problems).message))
                 }
                 ManagedFile::Snapshot { source, .. } => {
                     ("snapshot", source.map(|s| s.to_string()), None)

@@ -14,6 +14,8 @@ pub struct Disk {
     pub file_path: Option<String>,
     /// Exact bytes from `size=`, else from the human `file-size=`.
     pub size_bytes: Option<u64>,
+    /// How far the true size may be from `size_bytes` (0 when read from `size=`).
+    pub size_precision: u64,
     pub nvme_export: bool,
     pub nvme_port: Option<u16>,
     pub nqn: Option<String>,
@@ -37,6 +39,10 @@ impl Disk {
             flags: entry.flags.clone(),
             file_path: non_empty("file-path").map(absolute),
             size_bytes: bytes("size").or_else(|| entry.get("file-size").and_then(parse_human_size)),
+            size_precision: match (bytes("size"), entry.get("file-size")) {
+                (None, Some(human)) => human_size_precision(human),
+                _ => 0,
+            },
             nvme_export: entry.get("nvme-tcp-export") == Some("yes"),
             nvme_port: entry
                 .get("nvme-tcp-server-port")

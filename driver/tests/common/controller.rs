@@ -159,3 +159,17 @@ pub async fn fenced_volume(f: &Fixture, name: &str) -> Volume {
         .volume
         .unwrap()
 }
+
+/// Publishes `v` to `node` as a multi-writer block volume (the mode that allows two nodes).
+pub async fn publish(f: &Fixture, v: &Volume, node: &str) -> Result<(), tonic::Status> {
+    f.svc
+        .controller_publish_volume(Request::new(ControllerPublishVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            node_id: node.into(),
+            volume_capability: Some(block_cap(Mode::MultiNodeMultiWriter)),
+            volume_context: v.volume_context.clone(),
+            ..Default::default()
+        }))
+        .await
+        .map(drop)
+}
