@@ -561,6 +561,11 @@ impl Connector for NvmeTcpConnector {
 
     async fn detach(&self, target: &VolumeTarget, deadline: Instant) -> Result<()> {
         let nqn = self.nqn(target)?;
+        // An unstaged volume's outage is no longer this node's to report.
+        self.down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(nqn);
         let _serial = self.lock.lock().await;
         if self.subsystems_for(nqn)?.is_empty() {
             return Ok(());
@@ -718,6 +723,14 @@ mod tests {
                 .unwrap(),
             None
         );
+        // Detached while down: the outage is forgotten with the volume.
+        let again = sysfs_with(nqn, &["connecting"]);
+        let c = connector(again.path());
+        assert!(c.attachment_problem(&target).await.unwrap().is_some());
+        std::fs::remove_dir_all(again.path().join("class/nvme-subsystem")).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        c.detach(&target, deadline).await.unwrap();
+        assert!(c.down_since.lock().unwrap().is_empty());
         // No subsystem at all is no attachment: the device lookup reports that.
         let none = tempfile::tempdir().unwrap();
         assert_eq!(
