@@ -511,10 +511,26 @@ async fn node_condition(env: &Env, v: &Staged) -> anyhow::Result<VolumeCondition
         .context("NodeGetVolumeStats reported no condition")
 }
 
+/// `mount -o remount,<mode> <path>`: changes the file system's own read-only flag, which every
+/// mount of it (the staging mount and the pod's bind mount) then shows.
+fn remount(path: &str, mode: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,{mode}"), path])
+        .output()
+        .context("running mount")?;
+    ensure!(
+        out.status.success(),
+        "mount -o remount,{mode} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The RDS's target goes away under a mounted volume: the controller reconnects (no I/O
 /// error), the volume's condition turns abnormal naming it as soon as it is not live (and the
 /// stats call still answers), I/O waits, a node plugin restart disconnects nothing; once the
-/// target is back the write lands and the condition is normal again.
+/// target is back the write lands and the condition is normal again. Then the file system is
+/// forced read-only: abnormal until it is writable again.
 pub async fn target_outage_while_mounted() -> anyhow::Result<()> {
     let mut env = nvme_env("vmoutage", &[]).await?;
     let params = [("reconnectDelay", "1"), ("ctrlLossTmo", "120")];
@@ -580,6 +596,18 @@ pub async fn target_outage_while_mounted() -> anyhow::Result<()> {
         std::fs::read_to_string(Path::new(&v.target).join("before.txt"))? == "before the outage"
     );
     ensure!(std::fs::read_to_string(&during)? == "written during the outage");
+    // The file system forced read-only (as ext4's errors=remount-ro leaves it) is abnormal;
+    // writable again, normal.
+    remount(&v.staging, "ro")?;
+    let read_only = node_condition(&env, &v).await;
+    remount(&v.staging, "rw")?;
+    let read_only = read_only?;
+    ensure!(
+        read_only.abnormal && read_only.message.contains("is read-only"),
+        "the condition of a file system remounted read-only: {read_only:?}"
+    );
+    let writable = node_condition(&env, &v).await?;
+    ensure!(!writable.abnormal, "abnormal once writable: {writable:?}");
     // A retried stage after the restart accepts the volume as it is (not formatted again).
     stage(&env, &v, &v.staging, &v.cap).await?;
     ensure!(
