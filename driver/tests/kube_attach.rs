@@ -15,9 +15,9 @@ use kube_fake::*;
 use kube_objects::*;
 use kube_real::{created_at, RealApi};
 use rds_csi::kube::attachments::{
-    rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager, ManualClock,
-    DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT,
-    MIN_MIGRATION_TIMEOUT,
+    rebuild, rebuild_until_ready, AttachError, AttachOptions, AttachmentManager,
+    ClusterAttachments, ManualClock, DEFAULT_DETACH_RETENTION, DEFAULT_MIGRATION_TIMEOUT,
+    MAX_MIGRATION_TIMEOUT, MIN_MIGRATION_TIMEOUT,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -268,6 +268,72 @@ fn readers_share_a_volume_and_exclude_writers() {
     // Readers leave one by one.
     assert!(!m.detach("pvc-rox", "node-a"));
     assert_eq!(m.nodes("pvc-rox"), ["node-b", "node-c", "node-d"]);
+}
+
+/// The cluster as the API server would serve these VolumeAttachments (and their PVs, named
+/// after their volumes).
+fn cluster_of(vas: Vec<serde_json::Value>) -> ClusterAttachments {
+    let pvs: Vec<_> = vas
+        .iter()
+        .map(|va| {
+            let name = va["spec"]["source"]["persistentVolumeName"]
+                .as_str()
+                .unwrap();
+            serde_json::from_value(pv(name, name, DRIVER, "ReadWriteOnce", "Filesystem")).unwrap()
+        })
+        .collect();
+    let vas: Vec<_> = vas
+        .into_iter()
+        .map(|va| serde_json::from_value(va).unwrap())
+        .collect();
+    ClusterAttachments::from_objects(&vas, &pvs, DRIVER, DEFAULT_MIGRATION_TIMEOUT)
+}
+
+/// Another replica's attaches and detaches reach the table through the cluster: a node whose
+/// VolumeAttachment is gone leaves it, an attached one joins it, a sync of one volume leaves
+/// the others alone, and a node the reconciler cleared stays cleared while its
+/// VolumeAttachment lingers.
+#[test]
+fn a_sync_follows_the_cluster_but_keeps_a_cleared_node_cleared() {
+    let m = AttachmentManager::new();
+    m.attach("pvc-1", "node-a", RWO, None).unwrap();
+    m.attach("pvc-4", "node-a", RWO, None).unwrap();
+    let c_attached = va("va-c", "pvc-2", "node-c", DRIVER, true);
+    let cluster = cluster_of(vec![c_attached.clone()]);
+    m.sync(Some("pvc-1"), &cluster);
+    assert!(m.nodes("pvc-1").is_empty(), "detached elsewhere");
+    assert_eq!(m.nodes("pvc-4"), ["node-a"], "out of scope");
+    m.sync(None, &cluster);
+    assert!(m.nodes("pvc-4").is_empty());
+    assert_eq!(m.nodes("pvc-2"), ["node-c"], "attached elsewhere");
+    assert!(cluster.changing.is_empty());
+
+    m.clear_gone_node("pvc-2", "node-c");
+    m.sync(None, &cluster);
+    assert!(
+        m.nodes("pvc-2").is_empty(),
+        "cleared while its attachment lingers"
+    );
+    m.sync(None, &cluster_of(vec![]));
+    m.sync(None, &cluster);
+    assert_eq!(
+        m.nodes("pvc-2"),
+        ["node-c"],
+        "a new attachment to the node counts"
+    );
+
+    // Not yet attached, or being deleted: a change under way, which joins nothing.
+    let mut deleting = va("va-d", "pvc-3", "node-d", DRIVER, true);
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+    let pending = va("va-e", "pvc-5", "node-e", DRIVER, false);
+    let cluster = cluster_of(vec![deleting, pending, c_attached]);
+    assert_eq!(
+        cluster.changing.iter().collect::<Vec<_>>(),
+        ["pvc-3", "pvc-5"]
+    );
+    m.sync(None, &cluster);
+    assert_eq!(m.nodes("pvc-3"), ["node-d"], "attached until it is gone");
+    assert!(m.nodes("pvc-5").is_empty());
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use kube_real::RealApi;
 use mock_rds::MockRds;
 use rds_csi::controller::params::ParamDefaults;
 use rds_csi::controller::{ControllerConfig, ControllerService};
-use rds_csi::kube::attachments::{rebuild, AttachmentManager};
+use rds_csi::kube::attachments::{rebuild, AttachmentManager, AttachmentSync};
 use rds_csi::kube::events::{EventRecorder, REASON_EXPANSION_DONE};
 use rds_csi::rds::{Port, RdsClient, RdsPath, RetryPolicy};
 use tonic::{Code, Request};
@@ -388,7 +388,7 @@ async fn an_unreadable_node_does_not_block_the_attach() {
 /// kube sets no read timeout: an API server that never answers must not hold up a publish (its
 /// node lookup runs under the volume lock) or an expansion (its event looks the PV up).
 #[tokio::test]
-async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
+async fn a_hung_api_server_holds_up_no_publish_or_expand_past_its_deadline() {
     let (_mock, rds) = rds().await;
     let api = FakeApi::start().await;
     let svc = controller(&rds, Arc::new(AttachmentManager::new()))
@@ -425,6 +425,25 @@ async fn a_hung_api_server_holds_up_neither_publish_nor_expand() {
     .await
     .expect("expand waited on a hung PV list")
     .unwrap();
+
+    // As `serve` wires it, a publish or expansion decides from the VolumeAttachments as they
+    // are: unreadable, it fails (retried) within its deadline instead of guessing.
+    let table = Arc::clone(svc.attachments());
+    let svc = svc.with_attachment_sync(AttachmentSync::new(api.client(), DRIVER, table));
+    api.hang(VAS, None, None);
+    let mut request = publish("pvc-1", "node-b", cap(Mode::SingleNodeWriter, false));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "4S".parse().unwrap());
+    let err = tokio::time::timeout(
+        Duration::from_secs(15),
+        svc.controller_publish_volume(request),
+    )
+    .await
+    .expect("publish waited past its deadline on hung VolumeAttachments")
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("VolumeAttachments"), "{err:?}");
 }
 
 #[tokio::test]

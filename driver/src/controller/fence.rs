@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::fence_key::FenceKey;
 use crate::grpc::KeyedLocks;
-use crate::kube::attachments::AttachmentManager;
+use crate::kube::attachments::{AttachmentManager, AttachmentSync};
 use crate::kube::events::{EventRecorder, EventType};
 use crate::rds::command::{Nqn, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, RdsClient, RdsError};
@@ -76,6 +76,7 @@ pub struct Fence {
     bases: Vec<RdsPath>,
     key: FenceKey,
     events: Option<EventRecorder>,
+    sync: Option<AttachmentSync>,
 }
 
 impl Fence {
@@ -93,7 +94,15 @@ impl Fence {
             bases,
             key,
             events: None,
+            sync: None,
         }
+    }
+
+    /// Re-read the cluster's attachments before repairing a fence (another replica may have
+    /// published or unpublished the volume).
+    pub fn with_sync(mut self, sync: AttachmentSync) -> Self {
+        self.sync = Some(sync);
+        self
     }
 
     pub fn key(&self) -> &FenceKey {
@@ -215,6 +224,23 @@ impl Fence {
         };
         if !disk.nvme_export || !self.is_fenced(id.as_str(), &disk) {
             return Ok(None);
+        }
+        let want = allowed_for(&self.key, &self.attachments.nodes(id.as_str()));
+        if disk.allowed_host.as_deref() == want.as_ref().map(Nqn::as_str) {
+            return Ok(None);
+        }
+        // The table and the RDS differ: first make sure the table is not the one behind, and
+        // leave a volume alone while an attach or detach of it is under way (its publish or
+        // unpublish sets the fence, on whichever replica runs it).
+        if let Some(sync) = &self.sync {
+            let cluster = sync
+                .refresh(Some(id.as_str()))
+                .await
+                .map_err(|e| RdsError::Busy(format!("cannot read the VolumeAttachments: {e}")))?;
+            if cluster.changing.contains(id.as_str()) {
+                tracing::debug!(volume = %id, "fence pass: an attach or detach is under way; next pass");
+                return Ok(None);
+            }
         }
         if !self.apply(id, &disk, deadline).await? {
             return Ok(None);

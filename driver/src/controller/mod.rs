@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::{deadline, rds_status, KeyedLocks};
 use crate::ids::{self, parse_volume_id, ManagedFile};
-use crate::kube::attachments::AttachmentManager;
+use crate::kube::attachments::{AttachmentManager, AttachmentSync};
 use crate::rds::command::{AllocSize, NvmeExport, RdsPath, Slot};
 use crate::rds::{Disk, FileInfo, RdsClient, RdsClock, RdsError};
 use caps::{check_capabilities, is_block};
@@ -78,6 +78,9 @@ pub struct ControllerService {
     fence: Option<fence::Fence>,
     /// The last condition of each volume, for the `abnormal_volumes` gauge.
     health: health::HealthBook,
+    /// With Kubernetes: re-reads the cluster's attachments before each decision, so any
+    /// replica answers from what every replica did.
+    sync: Option<AttachmentSync>,
 }
 
 /// A fence that could not be set: the call fails (Unavailable, so it is retried) rather than
@@ -173,6 +176,7 @@ impl ControllerService {
             events: None,
             fence,
             health: health::HealthBook::default(),
+            sync: None,
         }
     }
 
@@ -185,6 +189,15 @@ impl ControllerService {
             csi_nodes: ::kube::Api::all(client),
             driver: driver.to_string(),
         }));
+        self
+    }
+
+    /// Decide publishes, unpublishes, expansions, deletions and fence repairs from the
+    /// cluster's VolumeAttachments as they are at that moment (re-read under the volume's
+    /// lock), not from what this replica remembers: with two replicas, either may be asked.
+    pub fn with_attachment_sync(mut self, sync: AttachmentSync) -> Self {
+        self.fence = self.fence.map(|f| f.with_sync(sync.clone()));
+        self.sync = Some(sync);
         self
     }
 
@@ -345,6 +358,42 @@ impl ControllerService {
     fn attached_nodes(&self, id: &str) -> Vec<String> {
         self.attachments.nodes(id)
     }
+
+    /// `refresh_attachments` for a call that only reports (ListVolumes, ControllerGetVolume):
+    /// one that fails answers from the table as it is, logged.
+    async fn refresh_for_reading(&self, volume: Option<&str>, deadline: Instant) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        match tokio::time::timeout_at(deadline, sync.refresh(volume)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "VolumeAttachments not read; reporting the table as it is")
+            }
+            Err(_) => {
+                tracing::warn!("VolumeAttachments not read in time; reporting the table as it is")
+            }
+        }
+    }
+
+    /// Brings the volume's attachments up to date from the cluster (with Kubernetes); the
+    /// caller holds the volume's lock. Unavailable (retried) when the cluster cannot be read
+    /// by `deadline`: deciding from an old table could attach an RWO volume to a second node
+    /// or unexport a disk in use.
+    async fn refresh_attachments(&self, id: &str, deadline: Instant) -> Result<(), Status> {
+        let Some(sync) = &self.sync else {
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, sync.refresh(Some(id))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot read volume {id}'s VolumeAttachments from the API server: {e}"
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "the API server did not list volume {id}'s VolumeAttachments in time"
+            ))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -415,6 +464,7 @@ impl Controller for ControllerService {
         let page = Page::parse(Listing::Volumes, req.max_entries, &req.starting_token)?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
         let files = self.backing_files(deadline).await;
+        self.refresh_for_reading(None, deadline).await;
         let attachments = self.attachments.list();
         let items: Vec<_> = disks
             .iter()
@@ -568,6 +618,8 @@ impl Controller for ControllerService {
         let size = allocation(Some(range), &self.config)?;
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
+        // Whether a node uses it decides whether the disk may be unexported to resize.
+        self.refresh_attachments(id.as_str(), deadline).await?;
         // Filesystems need the node to grow them, even when this call is a retry at the same size;
         // block volumes never do (a pending node expansion would block them forever).
         let node_expansion_required = !req.volume_capability.as_ref().is_some_and(is_block);
@@ -638,6 +690,7 @@ impl Controller for ControllerService {
             }),
             _ => Err(()),
         };
+        self.refresh_for_reading(Some(id.as_str()), deadline).await;
         let backing = match &file {
             Ok(Some(file)) => Backing::Found(file),
             Ok(None) => Backing::Missing,

@@ -9,9 +9,9 @@
 //! | API group                 | resource                 | verbs              | used by |
 //! |---------------------------|--------------------------|--------------------|---------|
 //! | `""` (core/v1)            | `nodes`                  | get, list, watch   | attachment reconciler (get per node; list+watch for delete/NotReady), ControllerPublish (the node exists) |
-//! | `""` (core/v1)            | `persistentvolumes`      | list               | attachment rebuild, orphan reconciler, PV/PVC lookup for events |
+//! | `""` (core/v1)            | `persistentvolumes`      | list               | attachment rebuild and re-reads, orphan reconciler, PV/PVC lookup for events |
 //! | `""` (core/v1)            | `events`                 | create             | events (on PVs, PVCs, and the CSIDriver object) |
-//! | `storage.k8s.io`          | `volumeattachments`      | list               | attachment rebuild at start |
+//! | `storage.k8s.io`          | `volumeattachments`      | list               | attachment rebuild at start; re-read under the volume's lock before each publish, unpublish, expansion, deletion and fence repair |
 //! | `storage.k8s.io`          | `csinodes`               | get                | ControllerPublish (the node's attach limit for this driver) |
 //! | `snapshot.storage.k8s.io` | `volumesnapshotcontents` | list               | orphan reconciler, `rds-csi orphans --kubeconfig` |
 //! | `coordination.k8s.io`     | `leases`                 | get, create, update| leader election (namespaced, one Lease) |
@@ -146,6 +146,11 @@ impl ControllerKube {
         if self.leader_task.set(task).is_err() {
             tracing::warn!("a leader task was already set; the new one is ignored");
         }
+    }
+
+    /// What brings the attachment table up to date before each decision.
+    pub fn attachment_sync(&self, driver: &str) -> attachments::AttachmentSync {
+        attachments::AttachmentSync::new(self.client.clone(), driver, Arc::clone(&self.attachments))
     }
 
     /// Stops the reconcilers and releases the Lease.

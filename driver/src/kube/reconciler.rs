@@ -394,7 +394,7 @@ async fn reconcile(shared: &Shared) -> ReconcileReport {
     report.missing_nodes.sort();
     report.unknown_nodes.sort();
     for (volume, node) in &clear {
-        manager.detach(volume, node);
+        manager.clear_gone_node(volume, node);
         tracing::warn!(volume = %volume, node = %node,
             "cleared the attachment of a node that no longer exists");
     }

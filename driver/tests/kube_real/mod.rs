@@ -103,6 +103,14 @@ impl RealApi {
         stored
     }
 
+    /// Replaces an object as read with `get` (its resourceVersion guards the write).
+    pub async fn replace(&self, collection: &str, obj: Value) -> Value {
+        let item = format!("{collection}/{}", obj["metadata"]["name"].as_str().unwrap());
+        self.call(Method::PUT, &item, Some(&obj))
+            .await
+            .unwrap_or_else(|code| panic!("replacing {item}: {code}"))
+    }
+
     /// `put`, in a later second than `earlier` (an object `put` returned) was created: the API
     /// server's creation times have whole seconds, and the driver compares objects' ages.
     pub async fn put_after(&self, earlier: &Value, collection: &str, obj: Value) -> Value {

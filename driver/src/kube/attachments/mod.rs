@@ -17,19 +17,17 @@
 //! With Kubernetes, the state starts "not ready" and is rebuilt from VolumeAttachments before
 //! any publish is admitted (`rebuild`), so a restart never forgets an attachment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ::kube::api::{Api, ListParams};
-use ::kube::Client;
-use k8s_openapi::api::core::v1::PersistentVolume;
-use k8s_openapi::api::storage::v1::VolumeAttachment;
 use tonic::Status;
 
-use super::api_deadline::{within, LIST_TIMEOUT};
-use crate::ids::parse_volume_id;
+mod cluster;
+pub use cluster::{
+    rebuild, rebuild_until_ready, states_from, AttachmentSync, ClusterAttachments, RebuildReport,
+};
 
 /// Default time two nodes may hold an RWX block volume during a live migration.
 pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -224,6 +222,9 @@ impl From<AttachError> for Status {
 struct State {
     volumes: HashMap<String, AttachmentState>,
     detached_at: HashMap<String, SystemTime>,
+    /// (volume, node) attachments the reconciler cleared because the node is gone, while
+    /// their VolumeAttachments linger: a sync does not bring them back.
+    cleared: HashSet<(String, String)>,
 }
 
 type Hook = Arc<dyn Fn() + Send + Sync>;
@@ -577,6 +578,68 @@ impl AttachmentManager {
             .is_some_and(|t| now.duration_since(t).unwrap_or_default() < period)
     }
 
+    /// Clears the attachment of a node that no longer exists (the reconciler's verdict), and
+    /// keeps it cleared while its VolumeAttachment lingers.
+    pub fn clear_gone_node(&self, volume: &str, node: &str) -> bool {
+        self.lock()
+            .cleared
+            .insert((volume.to_string(), node.to_string()));
+        self.detach(volume, node)
+    }
+
+    /// Brings `volume` (every volume: None) in line with the cluster as just read. A node
+    /// without a VolumeAttachment for the volume any more was detached, by this replica or
+    /// another, and leaves the table; the node of an attached VolumeAttachment joins it (at
+    /// most two nodes, as in a rebuild), unless the reconciler cleared it.
+    pub fn sync(&self, volume: Option<&str>, cluster: &ClusterAttachments) {
+        let in_scope = |v: &str| volume.is_none_or(|one| one == v);
+        let has_attachment = |v: &str, node: &str| {
+            cluster
+                .with_attachment
+                .get(v)
+                .is_some_and(|nodes| nodes.contains(node))
+        };
+        let (gone, cleared) = {
+            let mut state = self.lock();
+            state
+                .cleared
+                .retain(|(v, n)| !in_scope(v) || has_attachment(v, n));
+            let gone: Vec<(String, String)> = state
+                .volumes
+                .iter()
+                .filter(|(v, _)| in_scope(v))
+                .flat_map(|(v, held)| {
+                    held.nodes
+                        .iter()
+                        .filter(|n| !has_attachment(v, &n.node))
+                        .map(|n| (v.clone(), n.node.clone()))
+                })
+                .collect();
+            (gone, state.cleared.clone())
+        };
+        for (v, node) in &gone {
+            tracing::info!(volume = %v, node = %node,
+                "attachment gone from the cluster (detached by another replica?); dropped");
+            self.detach(v, node);
+        }
+        let joining = cluster
+            .states
+            .iter()
+            .filter(|s| in_scope(&s.volume_id))
+            .filter_map(|s| {
+                let mut s = s.clone();
+                let id = s.volume_id.clone();
+                s.nodes
+                    .retain(|n| !cleared.contains(&(id.clone(), n.node.clone())));
+                if s.nodes.len() < 2 {
+                    s.migration_started_at = None;
+                }
+                (!s.nodes.is_empty()).then_some(s)
+            })
+            .collect();
+        self.merge(joining);
+    }
+
     /// Adds rebuilt attachments without removing anything already known (a publish may have
     /// landed before its VolumeAttachment was marked attached). A volume never gets more than
     /// two nodes this way.
@@ -610,184 +673,5 @@ impl AttachmentManager {
                 }
             }
         }
-    }
-}
-
-/// (creation time, VA name, node): sorts VAs by age, then name.
-type VaKey<'a> = (SystemTime, &'a str, &'a str);
-
-/// Builds attachment states from this driver's attached VolumeAttachments and the PVs they
-/// name. Per volume the VAs are ordered by creation time (then name), so the result does not
-/// depend on list order: the oldest is the primary, the second's creation starts the migration,
-/// and any further VA is ignored with a warning, except for ReadOnlyMany PVs, whose readers are
-/// all kept.
-pub fn states_from(
-    vas: &[VolumeAttachment],
-    pvs: &[PersistentVolume],
-    driver: &str,
-    default_timeout: Duration,
-) -> Vec<AttachmentState> {
-    let pvs: HashMap<&str, &PersistentVolume> = pvs
-        .iter()
-        .filter_map(|pv| Some((pv.metadata.name.as_deref()?, pv)))
-        .collect();
-    let mut by_volume: BTreeMap<String, (Option<&PersistentVolume>, Vec<VaKey<'_>>)> =
-        BTreeMap::new();
-    for va in vas {
-        let attached = va.status.as_ref().is_some_and(|s| s.attached);
-        if va.spec.attacher != driver || !attached {
-            continue;
-        }
-        let Some(pv_name) = va
-            .spec
-            .source
-            .persistent_volume_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        let pv = pvs.get(pv_name).copied();
-        let handle = pv
-            .and_then(|pv| pv.spec.as_ref()?.csi.as_ref())
-            .filter(|csi| csi.driver == driver)
-            .map(|csi| csi.volume_handle.clone());
-        // Without the PV, fall back to its name: provisioned PVs are named `pvc-<uuid>`, which is
-        // also their volume ID.
-        let Some(volume) = handle.or_else(|| parse_volume_id(pv_name).map(|s| s.to_string()))
-        else {
-            tracing::warn!(
-                pv = pv_name,
-                "attached VolumeAttachment without a usable PV; ignored"
-            );
-            continue;
-        };
-        let created = va
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0));
-        let name = va.metadata.name.as_deref().unwrap_or_default();
-        let entry = by_volume.entry(volume).or_insert((pv, Vec::new()));
-        entry.1.push((created, name, va.spec.node_name.as_str()));
-    }
-    by_volume
-        .into_iter()
-        .map(|(volume, (pv, mut vas))| {
-            vas.sort();
-            let mut seen = std::collections::HashSet::new();
-            vas.retain(|v| seen.insert(v.2));
-            let spec = pv.and_then(|pv| pv.spec.as_ref());
-            let modes: &[String] = spec
-                .and_then(|s| s.access_modes.as_deref())
-                .unwrap_or_default();
-            let multi_node_block = spec.is_some_and(|s| s.volume_mode.as_deref() == Some("Block"))
-                && modes.iter().any(|m| m == "ReadWriteMany");
-            // ReadOnlyMany alone is published MULTI_NODE_READER_ONLY: every reader is kept.
-            let multi_node_reader = modes.iter().any(|m| m == "ReadOnlyMany")
-                && !modes.iter().any(|m| m.starts_with("ReadWrite"));
-            if vas.len() > 2 && !multi_node_reader {
-                tracing::warn!(volume = %volume, count = vas.len(),
-                    "more than two attached VolumeAttachments; keeping the two oldest");
-                vas.truncate(2);
-            }
-            let attributes = spec.and_then(|s| s.csi.as_ref()?.volume_attributes.as_ref());
-            let fenced = attributes
-                .and_then(|a| a.get(NVME_FENCING_KEY))
-                .is_some_and(|v| v == "true");
-            let migration_timeout = attributes
-                .and_then(|a| a.get(MIGRATION_TIMEOUT_KEY)?.trim().parse::<u64>().ok())
-                .map_or(default_timeout, |secs| {
-                    clamp_migration_timeout(Duration::from_secs(secs))
-                });
-            let nvme_port = attributes.and_then(|a| a.get(NVME_PORT_KEY)?.trim().parse().ok());
-            AttachmentState {
-                migration_started_at: vas.get(1).filter(|_| !multi_node_reader).map(|v| v.0),
-                nodes: vas
-                    .iter()
-                    .map(|(at, _, node)| NodeAttachment {
-                        node: node.to_string(),
-                        attached_at: *at,
-                        options: None,
-                    })
-                    .collect(),
-                volume_id: volume,
-                multi_node_block,
-                multi_node_reader,
-                migration_timeout,
-                fenced,
-                nvme_port,
-            }
-        })
-        .collect()
-}
-
-/// What a rebuild found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RebuildReport {
-    pub volumes: usize,
-    pub attachments: usize,
-}
-
-/// Lists VolumeAttachments and PVs and merges this driver's attachments into `manager`, then
-/// marks it ready. On an API error nothing changes and the manager stays as it was.
-pub async fn rebuild(
-    client: &Client,
-    driver: &str,
-    manager: &AttachmentManager,
-) -> Result<RebuildReport, ::kube::Error> {
-    let vas = within(
-        LIST_TIMEOUT,
-        Api::<VolumeAttachment>::all(client.clone()).list(&ListParams::default()),
-    )
-    .await?;
-    let pvs = within(
-        LIST_TIMEOUT,
-        Api::<PersistentVolume>::all(client.clone()).list(&ListParams::default()),
-    )
-    .await?;
-    let states = states_from(
-        &vas.items,
-        &pvs.items,
-        driver,
-        manager.default_migration_timeout(),
-    );
-    let report = RebuildReport {
-        volumes: states.len(),
-        attachments: states.iter().map(|s| s.nodes.len()).sum(),
-    };
-    manager.merge(states);
-    manager.set_ready(true);
-    tracing::info!(
-        volumes = report.volumes,
-        attachments = report.attachments,
-        "attachment state rebuilt from VolumeAttachments"
-    );
-    Ok(report)
-}
-
-/// Retries `rebuild` with capped backoff until it succeeds or `cancel` fires. Publishes are
-/// refused (Unavailable) meanwhile: admitting them without the cluster's view could attach an
-/// RWO volume to a second node.
-pub async fn rebuild_until_ready(
-    client: Client,
-    driver: String,
-    manager: Arc<AttachmentManager>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match rebuild(&client, &driver, &manager).await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay,
-                    "cannot rebuild attachments from VolumeAttachments; publishes wait");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
