@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Secret, ServiceAccount,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use rds_csi::rds::ssh::{HostKeyPolicy, HostKeySource};
@@ -212,6 +213,7 @@ struct Rendered {
     role_bindings: Vec<RoleBinding>,
     storage_classes: Vec<StorageClass>,
     config_maps: Vec<ConfigMap>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
     /// A CRD (snapshot.storage.k8s.io) that k8s-openapi does not model.
     snapshot_classes: Vec<Value>,
     /// (kind, name, namespace) of every object, in order.
@@ -289,6 +291,7 @@ fn rendered() -> Option<&'static Rendered> {
                 "RoleBinding" => r.role_bindings.push(typed(v, &what)),
                 "StorageClass" => r.storage_classes.push(typed(v, &what)),
                 "ConfigMap" => r.config_maps.push(typed(v, &what)),
+                "PodDisruptionBudget" => r.disruption_budgets.push(typed(v, &what)),
                 "VolumeSnapshotClass" => r.snapshot_classes.push(v),
                 "Secret" => panic!(
                     "kustomize renders a Secret: an apply would replace the real SSH key with a \
@@ -315,11 +318,6 @@ fn pod_spec_of_controller(r: &Rendered) -> &PodSpec {
     assert_eq!(r.deployments.len(), 1, "one controller Deployment");
     let d = &r.deployments[0];
     let spec = d.spec.as_ref().expect("Deployment spec");
-    assert_eq!(
-        spec.replicas,
-        Some(1),
-        "the controller keeps state in memory: one replica"
-    );
     spec.template.spec.as_ref().expect("controller pod spec")
 }
 
@@ -590,6 +588,97 @@ fn controller_socket_is_shared_with_every_sidecar() {
 
 /// An RDS outage must not restart the controller: liveness is the process's own `/healthz` on
 /// the metrics port, readiness is CSI Probe (through the livenessprobe sidecar).
+/// Two replicas on different nodes where the cluster has two, replaced one at a time and never
+/// more than two at once, kept at one by a PodDisruptionBudget through a drain; every
+/// sidecar and the driver's own reconcilers run on their Lease holder only.
+#[test]
+fn the_controller_runs_two_replicas_with_leader_election() {
+    let r = rendered_or_skip!();
+    let d = &r.deployments[0];
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let strategy = spec.strategy.as_ref().expect("a strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(
+        rolling.max_surge,
+        Some(IntOrString::Int(0)),
+        "never a third"
+    );
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(1)));
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+
+    let pod = pod_spec_of_controller(r);
+    let anti = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .expect("pod anti-affinity");
+    let terms = anti
+        .preferred_during_scheduling_ignored_during_execution
+        .as_ref()
+        .expect("preferred: one node still runs both");
+    let term = &terms[0].pod_affinity_term;
+    assert_eq!(term.topology_key, "kubernetes.io/hostname");
+    let selects = term
+        .label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .expect("matchLabels");
+    assert!(
+        selects.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{selects:?}"
+    );
+
+    assert_eq!(r.disruption_budgets.len(), 1, "one PodDisruptionBudget");
+    let pdb = r.disruption_budgets[0].spec.as_ref().unwrap();
+    assert_eq!(pdb.min_available, Some(IntOrString::Int(1)));
+    let selects = pdb
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .unwrap();
+    assert!(
+        selects.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{selects:?}"
+    );
+
+    // Every Lease in the pod's own namespace, which the Role grants (the driver's default, the
+    // kubeconfig's namespace, would be "default" outside a pod).
+    for c in pod.containers.iter().filter(|c| c.name != "liveness-probe") {
+        assert_eq!(
+            flag_value(c, "--leader-election-namespace").as_deref(),
+            Some("$(NAMESPACE)"),
+            "{}",
+            c.name
+        );
+        let namespace = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "NAMESPACE")
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(namespace, Some("metadata.namespace"), "{}", c.name);
+    }
+    // The probe answers for its own pod: nothing to elect.
+    for c in pod.containers.iter().filter(|c| c.name != "liveness-probe") {
+        assert!(
+            args(c).iter().any(|a| a == "--leader-election"),
+            "{} runs without --leader-election",
+            c.name
+        );
+    }
+}
+
 #[test]
 fn controller_liveness_does_not_depend_on_the_rds() {
     let r = rendered_or_skip!();

@@ -258,14 +258,17 @@ impl ApiServer {
         let file = self
             .dir
             .join(format!("{namespace}-{service_account}.kubeconfig"));
-        std::fs::write(
-            &file,
-            kubeconfig(
-                &self.dir,
-                self.port,
-                &format!("{{token: \"{}\"}}", token.trim()),
-            ),
-        )?;
+        // The namespace in-cluster config gives a pod: its own.
+        let config = kubeconfig(
+            &self.dir,
+            self.port,
+            &format!("{{token: \"{}\"}}", token.trim()),
+        )
+        .replace(
+            "context: {cluster: e2e, user: u}",
+            &format!("context: {{cluster: e2e, user: u, namespace: {namespace}}}"),
+        );
+        std::fs::write(&file, config)?;
         Ok(file)
     }
 }

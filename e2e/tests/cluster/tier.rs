@@ -198,6 +198,7 @@ impl Tier {
         let rendered = documents(&rendered_text)?;
         admin.apply(&rendered_text).await?;
         check_sidecar_versions(&rendered)?;
+        check_two_replicas(&rendered)?;
         if let Manifests::Kustomize = manifests {
             // The site's own settings, as an operator makes them: the RDS (mock-rds), its key.
             let patch = serde_json::json!({"data": {
@@ -399,6 +400,20 @@ impl Drop for Tier {
 }
 
 /// The manifests name the sidecar versions built and tested here.
+/// Both manifest sets run two controller replicas, kept at one through a drain.
+fn check_two_replicas(rendered: &[Value]) -> anyhow::Result<()> {
+    let deployment = find(rendered, "Deployment", "rds-csi-controller")?;
+    let replicas = &deployment["spec"]["replicas"];
+    if replicas != 2 {
+        bail!("the controller Deployment runs {replicas} replicas, not 2");
+    }
+    let budget = find(rendered, "PodDisruptionBudget", "rds-csi-controller")?;
+    if budget["spec"]["minAvailable"] != 1 {
+        bail!("the controller's PodDisruptionBudget: {}", budget["spec"]);
+    }
+    Ok(())
+}
+
 fn check_sidecar_versions(rendered: &[Value]) -> anyhow::Result<()> {
     let deployment = find(rendered, "Deployment", "rds-csi-controller")?;
     let containers = deployment["spec"]["template"]["spec"]["containers"]
