@@ -26,6 +26,9 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The host name it sees (a UTS namespace of its own), as a pod's containers see the pod's
+    /// name: the sidecars take it as their leader-election identity.
+    pub hostname: Option<String>,
 }
 
 impl Spec {
@@ -34,6 +37,17 @@ impl Spec {
         cmd.args(&self.args)
             .env_clear()
             .envs(self.env.iter().cloned());
+        if let Some(name) = self.hostname.clone() {
+            // SAFETY: unshare and sethostname are plain system calls; nothing else runs between
+            // fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                    nix::unistd::sethostname(&name)?;
+                    Ok(())
+                });
+            }
+        }
         cmd
     }
 }
@@ -117,6 +131,19 @@ impl Procs {
             .with_context(|| format!("no process {name}"))?;
         p.child.kill()?;
         Ok(())
+    }
+
+    /// Kills the named processes at once (SIGKILL) and never restarts them: a node that died
+    /// with its pods, leases and work left where they were.
+    pub fn kill_for_good(&mut self, names: &[&str]) {
+        let (killed, kept): (Vec<Proc>, Vec<Proc>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|p| names.contains(&p.name.as_str()));
+        self.running = kept;
+        for mut p in killed {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the named process: a container that hangs, its

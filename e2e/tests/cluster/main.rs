@@ -6,6 +6,7 @@
 //! directory removed, pass or fail, and a hard deadline ends a hung run.
 
 mod control_plane;
+mod failover;
 mod pods;
 mod scenarios;
 mod tier;
@@ -51,6 +52,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("migrate_check_against_go_driver_objects", |t| {
         Box::pin(scenarios::migrate_check_against_go_driver_objects(t))
     }),
+    // Last: it kills one replica for good.
+    ("failover", |t| Box::pin(failover::failover(t))),
 ];
 
 /// The whole tier, set-up and clean-up included; past it the run is killed.

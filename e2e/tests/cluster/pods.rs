@@ -233,6 +233,7 @@ impl Pod<'_> {
                 program: binary,
                 args: args.clone(),
                 env,
+                hostname: Some(self.name.to_string()),
             };
             procs.spawn_restartable(&format!("{}-{name}", self.name), spec, &logs)?;
             started.args.insert(name.to_string(), args);

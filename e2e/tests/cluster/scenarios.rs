@@ -10,7 +10,14 @@ use crate::tier::{Tier, APPS, DRIVER, NAMESPACE, NODES, STEP};
 const STORAGE_CLASSES: [(&str, bool); 2] = [("rds-nvme", false), ("rds-nvme-block", true)];
 const GI: u64 = 1 << 30;
 
-fn pvc(name: &str, class: &str, size: &str, block: bool, access: &str, source: &str) -> String {
+pub(crate) fn pvc(
+    name: &str,
+    class: &str,
+    size: &str,
+    block: bool,
+    access: &str,
+    source: &str,
+) -> String {
     let mode = if block { "Block" } else { "Filesystem" };
     format!(
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {APPS}}}\n\
@@ -21,7 +28,7 @@ fn pvc(name: &str, class: &str, size: &str, block: bool, access: &str, source: &
 
 /// A pod on `node` using the claim (never run: no kubelet; scheduling and attachment are what
 /// is exercised).
-fn pod(name: &str, claim: &str, node: &str, block: bool) -> String {
+pub(crate) fn pod(name: &str, claim: &str, node: &str, block: bool) -> String {
     let use_volume = if block {
         "volumeDevices: [{name: data, devicePath: /dev/xvda}]"
     } else {
@@ -58,14 +65,14 @@ async fn bound(t: &Tier, claim: &str) -> anyhow::Result<Value> {
     Ok(pv)
 }
 
-fn handle(pv: &Value) -> String {
+pub(crate) fn handle(pv: &Value) -> String {
     pv["spec"]["csi"]["volumeHandle"]
         .as_str()
         .unwrap_or_default()
         .to_string()
 }
 
-fn name_of(v: &Value) -> String {
+pub(crate) fn name_of(v: &Value) -> String {
     v["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -73,7 +80,7 @@ fn name_of(v: &Value) -> String {
 }
 
 /// The VolumeAttachments of `pv`, as (node, attached).
-async fn attachments(t: &Tier, pv: &str) -> anyhow::Result<Vec<(String, bool)>> {
+pub(crate) async fn attachments(t: &Tier, pv: &str) -> anyhow::Result<Vec<(String, bool)>> {
     Ok(t.admin()
         .items(&["volumeattachments"])
         .await?

@@ -129,6 +129,10 @@ pub struct Tier {
     pub controller_pod: String,
     /// Containers of the manifests not run here, with their images.
     pub skipped: Vec<(String, String)>,
+    bin: PathBuf,
+    dir: PathBuf,
+    /// The Deployment's pod template, to run another replica from.
+    controller_pod_spec: Value,
 }
 
 fn repo() -> PathBuf {
@@ -257,12 +261,6 @@ impl Tier {
             },
         )
         .await?;
-        let node = admin
-            .json(&["get", "pod", &controller_pod, "-n", NAMESPACE])
-            .await?["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
         for node in NODES {
             cp.add_node(node, DRIVER, TOPOLOGY, 16).await?;
         }
@@ -277,39 +275,16 @@ impl Tier {
             .api
             .service_account_kubeconfig(NAMESPACE, service_account)
             .await?;
-        let pod = Pod {
-            admin: &admin,
-            namespace: NAMESPACE,
-            name: &controller_pod,
-            node: &node,
-            dir: dir.join("controller-pod"),
-            kubeconfig,
-        };
-        let rds_csi = e2e::binary("rds-csi");
-        let runner = |container: &str| -> Runner {
-            if container == "rds-csi" {
-                return Some((rds_csi.clone(), Credentials::Env("RDS_CSI_KUBECONFIG")));
-            }
-            SIDECARS
-                .iter()
-                .find(|(name, ..)| *name == container)
-                .map(|(_, binary, _)| (bin.join(binary), Credentials::KubeconfigFlag))
-        };
-        eprintln!("cluster: the controller pod {controller_pod}'s containers on the host");
-        let started = pod
-            .start(&deployment["spec"]["template"]["spec"], runner, &mut procs)
-            .await?;
-        for (container, args) in &started.args {
-            eprintln!("cluster:   {container} {}", args.join(" "));
-        }
-        let socket = started
-            .volumes
-            .get("socket-dir")
-            .context("no socket-dir volume")?
-            .join("csi.sock");
-        poll_until("the driver's CSI socket", STARTUP_TIMEOUT, || async {
-            socket.exists().then_some(())
-        })
+        let controller_pod_spec = deployment["spec"]["template"]["spec"].clone();
+        let skipped = run_controller_pod(
+            &admin,
+            bin,
+            dir,
+            &controller_pod,
+            &kubeconfig,
+            &controller_pod_spec,
+            &mut procs,
+        )
         .await?;
         // The kubelets' part: restart exited containers, post the nodes' status.
         let procs = Arc::new(Mutex::new(procs));
@@ -338,10 +313,48 @@ impl Tier {
             supervisor,
             keys,
             mock,
-            controller_kubeconfig: pod.kubeconfig.clone(),
+            controller_kubeconfig: kubeconfig,
             controller_pod,
-            skipped: started.skipped,
+            skipped,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            controller_pod_spec,
         })
+    }
+
+    /// Runs the Deployment's other replica as well (scheduled all along, not run until now);
+    /// returns its name once its driver serves.
+    pub async fn run_second_replica(&mut self) -> anyhow::Result<String> {
+        let admin = self.admin().clone();
+        let pods = admin
+            .items(&[
+                "pods",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "app.kubernetes.io/component=controller",
+            ])
+            .await?;
+        let second = pods
+            .iter()
+            .filter(|p| p["spec"]["nodeName"].is_string())
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .find(|name| *name != self.controller_pod)
+            .context("the Deployment has no second scheduled replica")?
+            .to_string();
+        let mut procs = Procs::default();
+        run_controller_pod(
+            &admin,
+            &self.bin,
+            &self.dir,
+            &second,
+            &self.controller_kubeconfig,
+            &self.controller_pod_spec,
+            &mut procs,
+        )
+        .await?;
+        self.procs().running.append(&mut procs.running);
+        Ok(second)
     }
 
     /// The processes, for a moment (never held across an await).
@@ -399,7 +412,57 @@ impl Drop for Tier {
     }
 }
 
-/// The manifests name the sidecar versions built and tested here.
+/// Runs the controller pod `name`'s containers on the host as its kubelet would (rds-csi and
+/// the four sidecars; the others are returned with their images), and waits for the driver's
+/// socket.
+async fn run_controller_pod(
+    admin: &Kubectl,
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    spec: &Value,
+    procs: &mut Procs,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let node = admin.json(&["get", "pod", name, "-n", NAMESPACE]).await?["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let pod = Pod {
+        admin,
+        namespace: NAMESPACE,
+        name,
+        node: &node,
+        dir: dir.join(format!("pod-{name}")),
+        kubeconfig: kubeconfig.to_path_buf(),
+    };
+    let rds_csi = e2e::binary("rds-csi");
+    let runner = |container: &str| -> Runner {
+        if container == "rds-csi" {
+            return Some((rds_csi.clone(), Credentials::Env("RDS_CSI_KUBECONFIG")));
+        }
+        SIDECARS
+            .iter()
+            .find(|(name, ..)| *name == container)
+            .map(|(_, binary, _)| (bin.join(binary), Credentials::KubeconfigFlag))
+    };
+    eprintln!("cluster: the controller pod {name}'s containers on the host");
+    let started = pod.start(spec, runner, procs).await?;
+    for (container, args) in &started.args {
+        eprintln!("cluster:   {container} {}", args.join(" "));
+    }
+    let socket = started
+        .volumes
+        .get("socket-dir")
+        .context("no socket-dir volume")?
+        .join("csi.sock");
+    poll_until("the driver's CSI socket", STARTUP_TIMEOUT, || async {
+        socket.exists().then_some(())
+    })
+    .await?;
+    Ok(started.skipped)
+}
+
 /// Both manifest sets run two controller replicas, kept at one through a drain.
 fn check_two_replicas(rendered: &[Value]) -> anyhow::Result<()> {
     let deployment = find(rendered, "Deployment", "rds-csi-controller")?;
@@ -414,6 +477,7 @@ fn check_two_replicas(rendered: &[Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The manifests name the sidecar versions built and tested here.
 fn check_sidecar_versions(rendered: &[Value]) -> anyhow::Result<()> {
     let deployment = find(rendered, "Deployment", "rds-csi-controller")?;
     let containers = deployment["spec"]["template"]["spec"]["containers"]
