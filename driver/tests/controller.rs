@@ -151,14 +151,7 @@ async fn create_without_capacity_gets_the_default_size() {
     let f = fixture().await;
     let mut req = create_req("pvc-default-size", 0);
     req.capacity_range = None;
-    let v = f
-        .svc
-        .create_volume(Request::new(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let v = f.create_from(req).await;
     assert_eq!(v.capacity_bytes, GIB);
     assert_eq!(f.mock.disk("pvc-default-size").unwrap().file_size, 1 << 30);
 }

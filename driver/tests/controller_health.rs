@@ -170,14 +170,7 @@ async fn a_disk_moved_to_another_port_strands_the_nodes_holding_it() {
     let f = fixture().await;
     let mut req = common::controller::create_req("pvc-hp", GIB);
     req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
-    let v = f
-        .svc
-        .create_volume(Request::new(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let v = f.create_from(req).await;
     // Published to nobody, a new port is only where the next publish sends its node.
     run(&f, "/disk set [find slot=pvc-hp] nvme-tcp-server-port=4421");
     assert!(!condition(&f, "pvc-hp").await.abnormal);

@@ -105,8 +105,13 @@ pub fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
 
 impl Fixture {
     pub async fn create(&self, name: &str, bytes: i64) -> Volume {
+        self.create_from(create_req(name, bytes)).await
+    }
+
+    /// The volume `req` creates (which must succeed).
+    pub async fn create_from(&self, req: CreateVolumeRequest) -> Volume {
         self.svc
-            .create_volume(Request::new(create_req(name, bytes)))
+            .create_volume(Request::new(req))
             .await
             .unwrap()
             .into_inner()
@@ -151,13 +156,7 @@ pub async fn fenced_volume(f: &Fixture, name: &str) -> Volume {
     let mut req = create_req(name, GIB);
     req.volume_capabilities = vec![block_cap(Mode::MultiNodeMultiWriter)];
     req.parameters = [("nvmeFencing".to_string(), "true".to_string())].into();
-    f.svc
-        .create_volume(Request::new(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
+    f.create_from(req).await
 }
 
 /// Publishes `v` to `node` as a multi-writer block volume (the mode that allows two nodes).

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use e2e::poll_until;
-use serde_json::Value;
 
-use crate::scenarios::{attachments, handle, name_of, pod, pvc};
+use crate::scenarios::{attachments, handle, name_of, pod, pvc, snapshot_handle_when_ready};
 use crate::tier::{Tier, APPS, NAMESPACE};
 
 /// The provisioner's Lease (named after the driver) and the other sidecars'.
@@ -204,34 +203,7 @@ pub async fn failover(t: &mut Tier) -> anyhow::Result<()> {
     let mut snapshot_handles = BTreeSet::new();
     for i in 0..SNAPSHOTS {
         let name = format!("burst-snap-{i}");
-        let content = poll_until(&format!("VolumeSnapshot {name} ready"), COMPLETION, || {
-            let admin = admin.clone();
-            let name = name.clone();
-            async move {
-                let snap = admin
-                    .get(&["volumesnapshot", &name, "-n", APPS])
-                    .await
-                    .ok()
-                    .flatten()?;
-                (snap["status"]["readyToUse"] == true)
-                    .then(|| {
-                        snap["status"]["boundVolumeSnapshotContentName"]
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                    .flatten()
-            }
-        })
-        .await?;
-        let content: Value = admin
-            .json(&["get", "volumesnapshotcontent", &content])
-            .await?;
-        snapshot_handles.insert(
-            content["status"]["snapshotHandle"]
-                .as_str()
-                .context("no snapshot handle")?
-                .to_string(),
-        );
+        snapshot_handles.insert(snapshot_handle_when_ready(t, &name, COMPLETION).await?);
     }
 
     // Once each on the RDS: one disk per claim, its snapshots, nothing else new.

@@ -7,6 +7,7 @@
 
 mod control_plane;
 mod failover;
+mod migrate;
 mod pods;
 mod scenarios;
 mod tier;
@@ -49,11 +50,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("api_server_restart", |t| {
         Box::pin(scenarios::api_server_restart(t))
     }),
-    ("migrate_check_against_go_driver_objects", |t| {
-        Box::pin(scenarios::migrate_check_against_go_driver_objects(t))
-    }),
-    // Last: it kills one replica for good.
+    // Kills one replica for good: the scenario after it needs no controller.
     ("failover", |t| Box::pin(failover::failover(t))),
+    // Last: it leaves the Go driver's objects and the snapshot controllers frozen.
+    ("migrate_check_against_go_driver_objects", |t| {
+        Box::pin(migrate::migrate_check_against_go_driver_objects(t))
+    }),
 ];
 
 /// The whole tier, set-up and clean-up included; past it the run is killed.

@@ -245,19 +245,11 @@ impl Tier {
             "the controller Deployment's pod, scheduled",
             STARTUP_TIMEOUT,
             || async {
-                let pods = admin
-                    .items(&[
-                        "pods",
-                        "-n",
-                        NAMESPACE,
-                        "-l",
-                        "app.kubernetes.io/component=controller",
-                    ])
+                scheduled_controller_pods(&admin)
                     .await
-                    .ok()?;
-                pods.iter()
-                    .find(|p| p["spec"]["nodeName"].is_string())
-                    .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                    .ok()?
+                    .into_iter()
+                    .next()
             },
         )
         .await?;
@@ -326,22 +318,11 @@ impl Tier {
     /// returns its name once its driver serves.
     pub async fn run_second_replica(&mut self) -> anyhow::Result<String> {
         let admin = self.admin().clone();
-        let pods = admin
-            .items(&[
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "app.kubernetes.io/component=controller",
-            ])
-            .await?;
-        let second = pods
-            .iter()
-            .filter(|p| p["spec"]["nodeName"].is_string())
-            .filter_map(|p| p["metadata"]["name"].as_str())
+        let second = scheduled_controller_pods(&admin)
+            .await?
+            .into_iter()
             .find(|name| *name != self.controller_pod)
-            .context("the Deployment has no second scheduled replica")?
-            .to_string();
+            .context("the Deployment has no second scheduled replica")?;
         let mut procs = Procs::default();
         run_controller_pod(
             &admin,
@@ -410,6 +391,24 @@ impl Drop for Tier {
     fn drop(&mut self) {
         self.supervisor.abort();
     }
+}
+
+/// The names of the controller Deployment's pods that the scheduler has placed.
+async fn scheduled_controller_pods(admin: &Kubectl) -> anyhow::Result<Vec<String>> {
+    let pods = admin
+        .items(&[
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=controller",
+        ])
+        .await?;
+    Ok(pods
+        .iter()
+        .filter(|p| p["spec"]["nodeName"].is_string())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// Runs the controller pod `name`'s containers on the host as its kubelet would (rds-csi and
