@@ -314,6 +314,11 @@ impl Tier {
         })
     }
 
+    /// Adds a node as the tier's others are (the driver registered in its CSINode).
+    pub async fn add_node(&self, name: &str) -> anyhow::Result<()> {
+        self.cp.add_node(name, DRIVER, TOPOLOGY, 16).await
+    }
+
     /// Runs the Deployment's other replica as well (scheduled all along, not run until now);
     /// returns its name once its driver serves.
     pub async fn run_second_replica(&mut self) -> anyhow::Result<String> {
