@@ -10,7 +10,7 @@ use csi_proto::v1::VolumeCondition;
 
 use super::fence::allowed_for;
 use super::ControllerService;
-use crate::rds::command::Slot;
+use crate::rds::command::{RdsPath, Slot};
 use crate::rds::{Disk, FileInfo};
 
 /// Why a volume is abnormal: the `reason` label of the gauge.
@@ -115,15 +115,34 @@ impl ControllerService {
         self.health.forget(id.as_str());
     }
 
-    /// The condition of the volume in `id` whose disk is `disk` and backing file `backing`,
-    /// recorded for the gauge.
+    /// The backing file of one disk, as its own `/file print` shows it; None (logged) when it
+    /// cannot be read, so the file is left unjudged rather than failing the call.
+    pub(super) async fn backing_file(
+        &self,
+        id: &Slot,
+        disk: &Disk,
+        deadline: tokio::time::Instant,
+    ) -> Option<Option<FileInfo>> {
+        let path = RdsPath::new(disk.file_path.clone()?).ok()?;
+        match self.rds.get_file(&path, deadline).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(volume = %id, error = %e, "backing file not read; not judged");
+                None
+            }
+        }
+    }
+
+    /// The condition of one volume (ControllerGetVolume), recorded for the gauge.
     pub(super) fn condition(&self, id: &Slot, disk: &Disk, backing: Backing) -> VolumeCondition {
         let problems = self.problems(id, disk, backing);
         self.health.record(id.as_str(), &problems);
         condition_of(&problems)
     }
 
-    fn problems(&self, id: &Slot, disk: &Disk, backing: Backing) -> Vec<Problem> {
+    /// What keeps nodes from the volume in `id` whose disk is `disk` and backing file
+    /// `backing`; none when it is healthy.
+    pub(super) fn problems(&self, id: &Slot, disk: &Disk, backing: Backing) -> Vec<Problem> {
         let mut problems = disk_problems(id, disk);
         // A volume being made or resized has a file catching up with its disk.
         if !self.locks.is_held(id.as_str()) {
@@ -256,10 +275,12 @@ impl HealthBook {
         set_gauge(&book);
     }
 
-    /// Forgets volumes a full listing no longer shows (deleted).
-    pub fn keep_only(&self, listed: &std::collections::HashSet<&str>) {
+    /// Replaces the whole book with what a full listing found (volumes it no longer shows
+    /// were deleted): one update of the gauge for the pass.
+    pub fn replace(&self, listed: BTreeMap<String, Vec<Reason>>) {
         let mut book = self.lock();
-        book.retain(|v, _| listed.contains(v.as_str()));
+        *book = listed;
+        book.retain(|_, reasons| !reasons.is_empty());
         set_gauge(&book);
     }
 

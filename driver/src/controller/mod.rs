@@ -359,38 +359,23 @@ impl ControllerService {
         self.attachments.nodes(id)
     }
 
-    /// `refresh_attachments` for a call that only reports (ListVolumes, ControllerGetVolume):
-    /// one that fails answers from the table as it is, logged.
-    async fn refresh_for_reading(&self, volume: Option<&str>, deadline: Instant) {
-        let Some(sync) = &self.sync else {
-            return;
-        };
-        match tokio::time::timeout_at(deadline, sync.refresh(volume)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "VolumeAttachments not read; reporting the table as it is")
-            }
-            Err(_) => {
-                tracing::warn!("VolumeAttachments not read in time; reporting the table as it is")
-            }
-        }
-    }
-
-    /// Brings the volume's attachments up to date from the cluster (with Kubernetes); the
-    /// caller holds the volume's lock. Unavailable (retried) when the cluster cannot be read
-    /// by `deadline`: deciding from an old table could attach an RWO volume to a second node
-    /// or unexport a disk in use.
-    async fn refresh_attachments(&self, id: &str, deadline: Instant) -> Result<(), Status> {
+    /// Brings the attachments of volume `id` (every volume: None) up to date from the cluster
+    /// (with Kubernetes); a caller that decides holds the volume's lock. Unavailable (retried)
+    /// when the cluster cannot be read by `deadline`: deciding from an old table could attach
+    /// an RWO volume to a second node or unexport a disk in use. Calls that only report log
+    /// the error and answer from the table.
+    async fn refresh_attachments(&self, id: Option<&str>, deadline: Instant) -> Result<(), Status> {
         let Some(sync) = &self.sync else {
             return Ok(());
         };
-        match tokio::time::timeout_at(deadline, sync.refresh(Some(id))).await {
+        let which = id.map_or("the".to_string(), |id| format!("volume {id}'s"));
+        match tokio::time::timeout_at(deadline, sync.refresh(id)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Status::unavailable(format!(
-                "cannot read volume {id}'s VolumeAttachments from the API server: {e}"
+                "cannot read {which} VolumeAttachments from the API server: {e}"
             ))),
             Err(_) => Err(Status::unavailable(format!(
-                "the API server did not list volume {id}'s VolumeAttachments in time"
+                "the API server did not list {which} VolumeAttachments in time"
             ))),
         }
     }
@@ -464,8 +449,11 @@ impl Controller for ControllerService {
         let page = Page::parse(Listing::Volumes, req.max_entries, &req.starting_token)?;
         let disks = self.rds.list_disks(deadline).await.map_err(rds_status)?;
         let files = self.backing_files(deadline).await;
-        self.refresh_for_reading(None, deadline).await;
+        if let Err(e) = self.refresh_attachments(None, deadline).await {
+            tracing::warn!(error = %e.message(), "reporting the attachment table as it is");
+        }
         let attachments = self.attachments.list();
+        let mut book = std::collections::BTreeMap::new();
         let items: Vec<_> = disks
             .iter()
             .filter_map(|disk| {
@@ -477,18 +465,22 @@ impl Controller for ControllerService {
                 let backing = files
                     .as_ref()
                     .map_or(Backing::Unread, |files| Backing::of(disk, files));
+                let problems = self.problems(&id, disk, backing);
+                book.insert(
+                    id.to_string(),
+                    problems.iter().map(|p| p.reason).collect::<Vec<_>>(),
+                );
                 let entry = list_volumes_response::Entry {
                     volume: Some(self.volume_of(disk, &id, None)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: nodes,
-                        volume_condition: Some(self.condition(&id, disk, backing)),
+                        volume_condition: Some(health::condition_of(&problems)),
                     }),
                 };
                 Some((id.to_string(), entry))
             })
             .collect();
-        self.health
-            .keep_only(&items.iter().map(|(id, _)| id.as_str()).collect());
+        self.health.replace(book);
         let (entries, next_token) = page.of(items);
         Ok(Response::new(ListVolumesResponse {
             entries,
@@ -619,7 +611,8 @@ impl Controller for ControllerService {
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
         // Whether a node uses it decides whether the disk may be unexported to resize.
-        self.refresh_attachments(id.as_str(), deadline).await?;
+        self.refresh_attachments(Some(id.as_str()), deadline)
+            .await?;
         // Filesystems need the node to grow them, even when this call is a retry at the same size;
         // block volumes never do (a pending node expansion would block them forever).
         let node_expansion_required = !req.volume_capability.as_ref().is_some_and(is_block);
@@ -684,17 +677,14 @@ impl Controller for ControllerService {
             }
             found => found?,
         };
-        let file = match disk.file_path.as_deref().map(RdsPath::new) {
-            Some(Ok(path)) => self.rds.get_file(&path, deadline).await.map_err(|e| {
-                tracing::warn!(volume = %id, error = %e, "backing file not read; not judged");
-            }),
-            _ => Err(()),
-        };
-        self.refresh_for_reading(Some(id.as_str()), deadline).await;
+        let file = self.backing_file(&id, &disk, deadline).await;
+        if let Err(e) = self.refresh_attachments(Some(id.as_str()), deadline).await {
+            tracing::warn!(volume = %id, error = %e.message(), "reporting the attachment table as it is");
+        }
         let backing = match &file {
-            Ok(Some(file)) => Backing::Found(file),
-            Ok(None) => Backing::Missing,
-            Err(()) => Backing::Unread,
+            Some(Some(file)) => Backing::Found(file),
+            Some(None) => Backing::Missing,
+            None => Backing::Unread,
         };
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(self.volume_of(&disk, &id, None)),

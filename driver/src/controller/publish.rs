@@ -134,7 +134,8 @@ impl ControllerService {
             .map_err(|e| Status::invalid_argument(format!("volume_capability: {e}")))?;
         let _guard = self.locks.lock(raw, deadline).await?;
         let (id, disk) = self.existing_volume(raw, deadline).await?;
-        self.refresh_attachments(id.as_str(), deadline).await?;
+        self.refresh_attachments(Some(id.as_str()), deadline)
+            .await?;
         let node_limit = self.node_source.attach_limit(&node, deadline).await?;
         // A reader-only mode is read-only on the node even when the CO does not set `readonly`
         // (Kubernetes sets it for ReadOnlyMany PVs only with the provisioner's
@@ -220,7 +221,7 @@ impl ControllerService {
         let _guard = self.locks.lock(id, deadline).await?;
         // A detach before the table is rebuilt would be undone by the rebuild.
         self.require_attachments_ready()?;
-        self.refresh_attachments(id, deadline).await?;
+        self.refresh_attachments(Some(id), deadline).await?;
         // Read before the detach: a fenced volume open to any host (a migration) is known as
         // fenced only by the table while its nodes hold it.
         let fenced_in_table = self.attachments.is_fenced(id);

@@ -162,7 +162,8 @@ impl ControllerService {
         };
         let _guard = self.locks.lock(id.as_str(), deadline).await?;
         self.require_attachments_ready()?;
-        self.refresh_attachments(id.as_str(), deadline).await?;
+        self.refresh_attachments(Some(id.as_str()), deadline)
+            .await?;
         let nodes = self.attached_nodes(id.as_str());
         if !nodes.is_empty() {
             return Err(Status::failed_precondition(format!(
