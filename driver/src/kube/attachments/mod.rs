@@ -15,7 +15,9 @@
 //!   attachment reconciler leaves volumes alone within the grace period after a detach.
 //!
 //! With Kubernetes, the state starts "not ready" and is rebuilt from VolumeAttachments before
-//! any publish is admitted (`rebuild`), so a restart never forgets an attachment.
+//! any publish is admitted (`rebuild`), so a restart never forgets an attachment; before each
+//! decision the controller brings the volume's entry up to date from them again (`sync`), so
+//! what another replica attached or detached counts too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
