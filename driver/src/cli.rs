@@ -365,6 +365,68 @@ mod tests {
     }
 
     #[test]
+    fn kubelet_registration_is_off_unless_asked_and_lands_in_the_plugin_registry() {
+        let node = ["--node", "--node-id", "n1"];
+        let config = |extra: &[&str]| {
+            let args = serve_args(&[&node[..], extra].concat());
+            args.validate()
+                .map(|()| args.config().unwrap().kubelet_registration)
+        };
+        assert_eq!(config(&[]).unwrap(), None);
+        let host_socket = "/var/lib/kubelet/plugins/rds.csi.srvlab.io/csi.sock";
+        let registration = config(&["--kubelet-registration-path", host_socket])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            registration.socket,
+            Path::new("/var/lib/kubelet/plugins_registry/rds.csi.srvlab.io@reg.sock")
+        );
+        assert_eq!(registration.endpoint, Path::new(host_socket));
+        let registration = config(&[
+            "--kubelet-registration-path",
+            host_socket,
+            "--plugin-registration-dir",
+            "/registration",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            registration.socket,
+            Path::new("/registration/rds.csi.srvlab.io@reg.sock")
+        );
+        let refused = |extra: &[&str]| config(extra).unwrap_err();
+        assert!(refused(&["--kubelet-registration-path", "csi.sock"])
+            .contains("--kubelet-registration-path must be an absolute path"));
+        assert!(refused(&[
+            "--kubelet-registration-path",
+            host_socket,
+            "--plugin-registration-dir",
+            "rel"
+        ])
+        .contains("--plugin-registration-dir must be an absolute path"));
+        assert!(refused(&[
+            "--kubelet-registration-path",
+            host_socket,
+            "--kubelet-dir",
+            "",
+            "--node-state-dir",
+            "/s"
+        ])
+        .contains("--plugin-registration-dir is required"));
+        let controller_only = serve_args(&[
+            "--controller",
+            "--rds-address",
+            "10.0.0.1",
+            "--kubelet-registration-path",
+            host_socket,
+        ]);
+        assert!(controller_only
+            .validate()
+            .unwrap_err()
+            .contains("--kubelet-registration-path needs --node"));
+    }
+
+    #[test]
     fn metrics_address_builds_the_metrics_config() {
         let listen = |extra: &[&str]| serve_args(extra).metrics_config().unwrap().listen;
         // `:PORT` is the pod's IP (the node plugin is on the host network), else loopback:

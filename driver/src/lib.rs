@@ -16,5 +16,6 @@ pub mod node;
 pub mod operator;
 pub mod orphans;
 pub mod rds;
+pub mod registration;
 pub mod server;
 pub mod validate;

@@ -27,6 +27,8 @@ pub struct Config {
     pub driver_name: String,
     pub controller: Option<ControllerRole>,
     pub node: Option<crate::node::Config>,
+    /// Register with kubelet directly (no node-driver-registrar); node plugins only.
+    pub kubelet_registration: Option<crate::registration::Config>,
     pub metrics: crate::metrics::Config,
 }
 
@@ -115,6 +117,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "serving CSI"
     );
 
+    let (stop_registration, registration_stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let name = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
@@ -124,6 +127,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             signal = name,
             "shutting down; letting in-flight calls finish"
         );
+        let _ = stop_registration.send(());
     };
     let node = if let Some(node) = config.node {
         let node = NodeService::from_config(node);
@@ -134,6 +138,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(NodeServer::new(node))
     } else {
         None
+    };
+    // The CSI socket is bound: kubelet's NodeGetInfo right after registering waits for the
+    // server below rather than failing.
+    let registration = match config.kubelet_registration {
+        Some(registration) => {
+            let registrar = crate::registration::Registrar::bind(registration).await?;
+            let driver_name = config.driver_name.clone();
+            Some(tokio::spawn(async move {
+                registrar
+                    .serve(&driver_name, async {
+                        let _ = registration_stopped.await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
     };
     let result = tonic::transport::Server::builder()
         .layer(GrpcMetricsLayer)
@@ -149,6 +169,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(task) = registration {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "kubelet registration"),
+            Err(e) => tracing::warn!(error = %e, "kubelet registration task"),
+            Ok(Ok(())) => {}
+        }
     }
     if let Some(kube) = kube_tasks {
         kube.shutdown().await;

@@ -37,6 +37,7 @@ async fn start_server(dir: &Path) -> PathBuf {
                 root: dir.join("data"),
             },
         }),
+        kubelet_registration: None,
         metrics: rds_csi::metrics::Config { listen: None },
     };
     tokio::spawn(async move { rds_csi::server::serve(config).await.unwrap() });

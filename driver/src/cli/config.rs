@@ -100,6 +100,7 @@ impl ServeArgs {
                 .then(|| self.controller_role())
                 .transpose()?,
             node: self.node.then(|| self.node_config()).transpose()?,
+            kubelet_registration: self.kubelet_registration(),
             metrics: self.metrics_config()?,
         })
     }
@@ -149,6 +150,20 @@ impl ServeArgs {
             },
             _ => KnownNodes::Any,
         }
+    }
+
+    /// `--kubelet-registration-path`: the registration socket in kubelet's plugin registry.
+    fn kubelet_registration(&self) -> Option<crate::registration::Config> {
+        let endpoint = self.kubelet_registration_path.clone()?;
+        let registry = self
+            .plugin_registration_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&self.kubelet_dir).join("plugins_registry"));
+        Some(crate::registration::Config::new(
+            &registry,
+            &self.driver_name,
+            endpoint,
+        ))
     }
 
     pub fn node_config(&self) -> anyhow::Result<node::Config> {

@@ -94,6 +94,17 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/var/lib/kubelet", env = "RDS_CSI_KUBELET_DIR")]
     pub kubelet_dir: String,
 
+    /// Register with kubelet without node-driver-registrar: the CSI socket's path as kubelet
+    /// sees it on the host (the registrar's flag of the same name). The node plugin then serves
+    /// kubelet's plugin registration in --plugin-registration-dir and removes it on shutdown.
+    #[arg(long, env = "RDS_CSI_KUBELET_REGISTRATION_PATH")]
+    pub kubelet_registration_path: Option<PathBuf>,
+
+    /// kubelet's plugin registry, for --kubelet-registration-path.
+    /// Default: `<kubelet-dir>/plugins_registry`.
+    #[arg(long, env = "RDS_CSI_PLUGIN_REGISTRATION_DIR")]
+    pub plugin_registration_dir: Option<PathBuf>,
+
     /// Where the node keeps its per-volume records (must survive restarts of the driver pod).
     /// Default: `<kubelet-dir>/plugins/<driver-name>/volumes`.
     #[arg(long, env = "RDS_CSI_NODE_STATE_DIR")]
@@ -174,6 +185,9 @@ impl ServeArgs {
         if !self.controller && !self.node {
             return Err("nothing to serve: pass --controller, --node or both".into());
         }
+        if !self.node && self.kubelet_registration_path.is_some() {
+            return Err("--kubelet-registration-path needs --node".into());
+        }
         if self.node && self.node_id.as_deref().is_none_or(str::is_empty) {
             return Err("--node-id is required with --node".into());
         }
@@ -202,6 +216,29 @@ impl ServeArgs {
             }
             if self.kubelet_dir.is_empty() && self.node_state_dir.is_none() {
                 return Err("--node-state-dir is required when --kubelet-dir is empty".into());
+            }
+            if self
+                .kubelet_registration_path
+                .as_ref()
+                .is_some_and(|p| !p.is_absolute())
+            {
+                return Err("--kubelet-registration-path must be an absolute path".into());
+            }
+            if self
+                .plugin_registration_dir
+                .as_ref()
+                .is_some_and(|p| !p.is_absolute())
+            {
+                return Err("--plugin-registration-dir must be an absolute path".into());
+            }
+            if self.kubelet_registration_path.is_some()
+                && self.kubelet_dir.is_empty()
+                && self.plugin_registration_dir.is_none()
+            {
+                return Err(
+                    "--plugin-registration-dir is required with --kubelet-registration-path when --kubelet-dir is empty"
+                        .into(),
+                );
             }
             if self.max_volumes_per_node < 0 {
                 return Err("--max-volumes-per-node must not be negative".into());
