@@ -258,6 +258,30 @@ where
     }
 }
 
+/// Loop devices (`/dev/loopN`) whose backing file is under `data_dir` (canonical).
+pub fn loop_devices_over(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim_end_matches('\n');
+        let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+        if Path::new(backing).starts_with(data_dir) {
+            out.push(PathBuf::from("/dev").join(name));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Undoes what a failing test may leave on the host: on drop, unmounts everything under its
 /// work dir and detaches loop devices backed by files under the mock's data dir.
 pub struct HostGuard {
@@ -288,26 +312,7 @@ impl HostGuard {
 
     /// Loop devices (`/dev/loopN`) whose backing file is under the data dir.
     pub fn loop_devices(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir("/sys/block") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("loop") {
-                continue;
-            }
-            let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-                continue;
-            };
-            let backing = backing.trim_end_matches('\n');
-            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
-            if Path::new(backing).starts_with(&self.data_dir) {
-                out.push(PathBuf::from("/dev").join(name));
-            }
-        }
-        out.sort();
-        out
+        loop_devices_over(&self.data_dir)
     }
 
     /// What the driver left on the host, described; empty when clean.

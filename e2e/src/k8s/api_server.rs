@@ -56,56 +56,58 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
             "-days", "2", "-subj", subj_ca,
         ],
     )?;
-    for (name, subject, ext) in [
-        (
-            "apiserver",
-            "/CN=kube-apiserver",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "admin",
-            "/O=system:masters/CN=e2e-admin",
-            "extendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let (key, csr, crt, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        std::fs::write(dir.join(&extfile), ext)?;
-        openssl(
-            dir,
-            &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-                subject,
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        )?;
-    }
+    signed_certificate(
+        dir,
+        "apiserver",
+        "/CN=kube-apiserver",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )?;
+    signed_certificate(
+        dir,
+        "admin",
+        "/O=system:masters/CN=e2e-admin",
+        "extendedKeyUsage=clientAuth\n",
+    )?;
     openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
     openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
     Ok(())
+}
+
+/// `<name>.crt` and `<name>.key` in `dir`, for `subject`, signed by the CA there.
+fn signed_certificate(dir: &Path, name: &str, subject: &str, ext: &str) -> anyhow::Result<()> {
+    let (key, csr, crt, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&extfile), ext)?;
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ],
+    )
 }
 
 /// A kubeconfig for the API server with `user` (a YAML mapping body).
@@ -195,6 +197,20 @@ impl ApiServer {
             port: api_port,
             admin,
         })
+    }
+
+    /// A client certificate for `subject` (`/O=group/CN=user`) from the cluster's CA: its
+    /// certificate and key files.
+    pub fn client_certificate(
+        &self,
+        name: &str,
+        subject: &str,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        signed_certificate(&self.dir, name, subject, "extendedKeyUsage=clientAuth\n")?;
+        Ok((
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        ))
     }
 
     /// Stops kube-apiserver and starts it again with the same flags, etcd keeping the state.

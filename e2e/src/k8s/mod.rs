@@ -5,6 +5,7 @@
 
 mod api_server;
 mod kubectl;
+pub mod kubelet;
 mod procs;
 
 pub use api_server::{free_port, kubeconfig, ApiServer, StandaloneApiServer, STARTUP_TIMEOUT};

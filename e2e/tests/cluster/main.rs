@@ -7,6 +7,7 @@
 
 mod control_plane;
 mod failover;
+mod kubelet;
 mod migrate;
 mod pods;
 mod scenarios;
@@ -49,6 +50,24 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     }),
     ("api_server_restart", |t| {
         Box::pin(scenarios::api_server_restart(t))
+    }),
+    ("kubelet_registers_the_driver", |t| {
+        Box::pin(kubelet::kubelet_registers_the_driver(t))
+    }),
+    ("kubelet_data_follows_the_claim", |t| {
+        Box::pin(kubelet::kubelet_data_follows_the_claim(t))
+    }),
+    ("kubelet_read_only_and_fs_group", |t| {
+        Box::pin(kubelet::kubelet_read_only_and_fs_group(t))
+    }),
+    ("kubelet_online_expansion", |t| {
+        Box::pin(kubelet::kubelet_online_expansion(t))
+    }),
+    ("kubelet_and_node_plugin_restarts", |t| {
+        Box::pin(kubelet::kubelet_and_node_plugin_restarts(t))
+    }),
+    ("kubelet_leaves_nothing_behind", |t| {
+        Box::pin(kubelet::kubelet_leaves_nothing_behind(t))
     }),
     // Kills one replica for good: the scenario after it needs no controller.
     ("failover", |t| Box::pin(failover::failover(t))),
@@ -116,6 +135,7 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         std::thread::sleep(DEADLINE);
         eprintln!("cluster tier FAILED: not done within {DEADLINE:?}");
+        e2e::k8s::kubelet::clean_all();
         let _ = std::fs::remove_dir_all(&watched);
         std::process::exit(1);
     });

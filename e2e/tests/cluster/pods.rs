@@ -1,7 +1,8 @@
 //! Runs a pod's containers as host processes, doing what a kubelet would for the parts the
 //! driver's manifests use: env from values, field references, ConfigMaps and Secrets (read
-//! from the API server); `emptyDir` and `secret` volumes as host directories, the paths in
-//! the args moved into them; each declared container port on a free host port; and, in place
+//! from the API server); `emptyDir`, `secret` and `hostPath` volumes as host directories (a
+//! host path moved where the tier keeps that part of the host), the paths in the args moved
+//! into them; each declared container port on a free host port; and, in place
 //! of the projected service-account token, a kubeconfig holding a token of the pod's own
 //! ServiceAccount. Args are the manifest's, expanded as the kubelet expands `$(VAR)`.
 
@@ -22,6 +23,8 @@ pub enum Credentials {
     KubeconfigFlag,
     /// rds-csi: `RDS_CSI_KUBECONFIG`, the environment form of its `--kubeconfig`.
     Env(&'static str),
+    /// A pod without API credentials (`automountServiceAccountToken: false`).
+    None,
 }
 
 /// What runs a container: a host binary and how it takes credentials. None: not run here.
@@ -36,6 +39,12 @@ pub struct Pod<'a> {
     pub dir: PathBuf,
     /// A kubeconfig with a token of the pod's ServiceAccount.
     pub kubeconfig: PathBuf,
+    /// Where host paths are on this host: (prefix, directory standing for it). Paths under
+    /// none of them are the host's own.
+    pub host_paths: Vec<(String, PathBuf)>,
+    /// Flags set to these values in every container run (replacing the manifest's), for
+    /// what the tier's host differs in: `(--flag, value)`.
+    pub overrides: Vec<(String, String)>,
 }
 
 pub struct Started {
@@ -48,6 +57,18 @@ pub struct Started {
 }
 
 impl Pod<'_> {
+    /// A path of the host, where the tier keeps it.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        for (prefix, dir) in &self.host_paths {
+            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return dir.join(rest.trim_start_matches('/'));
+                }
+            }
+        }
+        PathBuf::from(path)
+    }
+
     async fn config_value(&self, kind: &str, name: &str, key: &str) -> anyhow::Result<String> {
         let object = self
             .admin
@@ -77,8 +98,23 @@ impl Pod<'_> {
         if volume.get("emptyDir").is_some() {
             return Ok((name.into(), dir));
         }
+        if let Some(path) = volume["hostPath"]["path"].as_str() {
+            let host = self.host_path(path);
+            if volume["hostPath"]["type"] == "DirectoryOrCreate" {
+                std::fs::create_dir_all(&host)?;
+            }
+            if !host.exists() {
+                bail!(
+                    "volume {name}: host path {path} ({}) does not exist",
+                    host.display()
+                );
+            }
+            return Ok((name.into(), host));
+        }
         let Some(secret) = volume.get("secret") else {
-            bail!("volume {name}: only emptyDir and secret volumes are run here: {volume}");
+            bail!(
+                "volume {name}: only emptyDir, hostPath and secret volumes are run here: {volume}"
+            );
         };
         let secret_name = secret["secretName"].as_str().context("secretName")?;
         let Some(object) = self
@@ -223,10 +259,15 @@ impl Pod<'_> {
                     onto_ports(&arg, &ports)
                 })
                 .collect();
+            for (flag, value) in &self.overrides {
+                args.retain(|a| a != flag && !a.starts_with(&format!("{flag}=")));
+                args.push(format!("{flag}={value}"));
+            }
             let kubeconfig = self.kubeconfig.display().to_string();
             match credentials {
                 Credentials::KubeconfigFlag => args.push(format!("--kubeconfig={kubeconfig}")),
                 Credentials::Env(var) => env.push((var.into(), kubeconfig)),
+                Credentials::None => {}
             }
             env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
             let spec = Spec {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use e2e::k8s::kubelet::{KubeletNode, KUBELET_LABEL};
 use e2e::k8s::{Kubectl, Procs, STARTUP_TIMEOUT};
 use e2e::{poll_until, Keys, Mock};
 use serde::Deserialize;
@@ -21,6 +22,10 @@ pub const NAMESPACE: &str = "rds-csi";
 /// Where the scenarios make their PVCs and pods.
 pub const APPS: &str = "e2e";
 pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// The nodes with a real kubelet and containerd, and the node plugin.
+pub const KUBELET_NODES: [&str; 2] = ["node-k1", "node-k2"];
+/// The node plugins' volume limit there (`--max-volumes-per-node`), which kubelet reports.
+pub const KUBELET_NODE_MAX_VOLUMES: u32 = 3;
 /// The controller pod's node, added before the others so the scheduler has no other choice; no
 /// scenario deletes it. Deleting a node deletes its pods (the pod garbage collector), and the
 /// containers run here keep their pod's name: the provisioner exits when its pod is gone.
@@ -133,6 +138,12 @@ pub struct Tier {
     dir: PathBuf,
     /// The Deployment's pod template, to run another replica from.
     controller_pod_spec: Value,
+    /// The DaemonSet's pod template, run on the kubelet nodes.
+    node_pod_spec: Value,
+    /// The nodes with a real kubelet, started by the first scenario that needs them.
+    kubelets: Vec<KubeletNode>,
+    /// mock-rds's disks when they started.
+    pub disks_before_kubelets: std::collections::BTreeSet<String>,
 }
 
 fn repo() -> PathBuf {
@@ -201,6 +212,24 @@ impl Tier {
         };
         let rendered = documents(&rendered_text)?;
         admin.apply(&rendered_text).await?;
+        // The node plugin runs on the kubelet nodes as host processes (below), not through
+        // their kubelet: it would pull the image and make the DaemonSet's host paths on this
+        // host. The other nodes keep the DaemonSet's pods, never run.
+        let keep_off_kubelet_nodes = serde_json::json!({"spec": {"template": {"spec": {"affinity":
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms":
+                [{"matchExpressions": [{"key": KUBELET_LABEL, "operator": "DoesNotExist"}]}]}}}}}}});
+        admin
+            .run(&[
+                "patch",
+                "daemonset",
+                "rds-csi-node",
+                "-n",
+                NAMESPACE,
+                "--type=merge",
+                "-p",
+                &keep_off_kubelet_nodes.to_string(),
+            ])
+            .await?;
         check_sidecar_versions(&rendered)?;
         check_two_replicas(&rendered)?;
         if let Manifests::Kustomize = manifests {
@@ -268,6 +297,8 @@ impl Tier {
             .service_account_kubeconfig(NAMESPACE, service_account)
             .await?;
         let controller_pod_spec = deployment["spec"]["template"]["spec"].clone();
+        let node_pod_spec =
+            find(&rendered, "DaemonSet", "rds-csi-node")?["spec"]["template"]["spec"].clone();
         let skipped = run_controller_pod(
             &admin,
             bin,
@@ -311,7 +342,126 @@ impl Tier {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             controller_pod_spec,
+            node_pod_spec,
+            kubelets: Vec::new(),
+            disks_before_kubelets: Default::default(),
         })
+    }
+
+    /// The nodes with a real kubelet (on containerd) and the DaemonSet's node plugin, started
+    /// on first use; the node plugin registered (its CSINode entry made by kubelet).
+    pub async fn kubelet_nodes(&mut self) -> anyhow::Result<&[KubeletNode]> {
+        if self.kubelets.is_empty() {
+            self.disks_before_kubelets = self.mock.disks()?.into_iter().map(|d| d.slot).collect();
+            for (index, name) in KUBELET_NODES.iter().enumerate() {
+                eprintln!("cluster: kubelet node {name}");
+                let mut procs = Procs::default();
+                let node = KubeletNode::start(
+                    &self.bin,
+                    &self.cp.api,
+                    &self.dir.join("kubelets"),
+                    &self.mock.data_dir,
+                    name,
+                    u8::try_from(index + 1)?,
+                    &mut procs,
+                )
+                .await;
+                self.procs().running.append(&mut procs.running);
+                self.kubelets.push(node?);
+                self.run_node_plugin(name).await?;
+            }
+        }
+        Ok(&self.kubelets)
+    }
+
+    pub fn kubelet_node(&self, name: &str) -> anyhow::Result<&KubeletNode> {
+        self.kubelets
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no kubelet node {name}"))
+    }
+
+    /// The node plugin's process on a kubelet node.
+    pub fn node_plugin_proc(node: &str) -> String {
+        format!("rds-csi-node-{node}-rds-csi")
+    }
+
+    /// Runs the DaemonSet's pod on kubelet node `name` as its kubelet would: rds-csi from the
+    /// manifest, with the loop connector over mock-rds's files (this host has no NVMe/TCP; the
+    /// VM tier proves that path), kubelet's root directory where this node's kubelet has it,
+    /// and, as node-driver-registrar is not served by the Go module proxy, the driver's own
+    /// registration with kubelet at the path the manifest gives the registrar.
+    async fn run_node_plugin(&mut self, name: &str) -> anyhow::Result<()> {
+        let node = self.kubelet_node(name)?;
+        let pod_name = format!("rds-csi-node-{name}");
+        let dir = self.dir.join("kubelets").join(name).join("pod");
+        let mut pod = Pod {
+            admin: &self.cp.admin,
+            namespace: NAMESPACE,
+            name: &pod_name,
+            node: name,
+            dir: dir.clone(),
+            kubeconfig: PathBuf::new(),
+            host_paths: vec![
+                ("/var/lib/kubelet".into(), node.root_dir.clone()),
+                ("/etc/nvme".into(), dir.join("host/etc/nvme")),
+            ],
+            overrides: Vec::new(),
+        };
+        let registrar = self.node_pod_spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "node-driver-registrar")
+            .context("the DaemonSet has no node-driver-registrar")?;
+        let registration_path = registrar["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|a| a.strip_prefix("--kubelet-registration-path="))
+            .context("node-driver-registrar without --kubelet-registration-path")?;
+        pod.overrides = [
+            ("--connector", "loop".to_string()),
+            ("--loop-root", self.mock.data_dir.display().to_string()),
+            ("--kubelet-dir", node.root_dir.display().to_string()),
+            (
+                "--kubelet-registration-path",
+                pod.host_path(registration_path).display().to_string(),
+            ),
+            (
+                "--max-volumes-per-node",
+                KUBELET_NODE_MAX_VOLUMES.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(f, v)| (f.to_string(), v))
+        .collect();
+        let rds_csi = e2e::binary("rds-csi");
+        let runner = |container: &str| -> Runner {
+            (container == "rds-csi").then(|| (rds_csi.clone(), Credentials::None))
+        };
+        let mut procs = Procs::default();
+        let started = pod.start(&self.node_pod_spec, runner, &mut procs).await;
+        self.procs().running.append(&mut procs.running);
+        let started = started?;
+        for (container, args) in &started.args {
+            eprintln!("cluster:   {pod_name}: {container} {}", args.join(" "));
+        }
+        let admin = self.admin().clone();
+        poll_until(
+            &format!("kubelet registering the driver on {name} (CSINode)"),
+            STARTUP_TIMEOUT,
+            || async {
+                let csinode = admin.get(&["csinode", name]).await.ok()??;
+                csinode["spec"]["drivers"]
+                    .as_array()?
+                    .iter()
+                    .any(|d| d["name"] == DRIVER)
+                    .then_some(())
+            },
+        )
+        .await
     }
 
     /// Adds a node as the tier's others are (the driver registered in its CSINode).
@@ -395,6 +545,11 @@ impl Tier {
 impl Drop for Tier {
     fn drop(&mut self) {
         self.supervisor.abort();
+        let procs = Arc::clone(&self.procs);
+        let mut procs = procs.lock().unwrap_or_else(|p| p.into_inner());
+        for node in self.kubelets.drain(..) {
+            node.teardown(&mut procs);
+        }
     }
 }
 
@@ -439,6 +594,8 @@ async fn run_controller_pod(
         node: &node,
         dir: dir.join(format!("pod-{name}")),
         kubeconfig: kubeconfig.to_path_buf(),
+        host_paths: Vec::new(),
+        overrides: Vec::new(),
     };
     let rds_csi = e2e::binary("rds-csi");
     let runner = |container: &str| -> Runner {
