@@ -5,7 +5,9 @@
 #   xfsprogs (mkfs, online growth), kubectl (renders deploy/kubernetes), and for the VM tier
 #   (the NVMe/TCP data path on a real kernel): virtme-ng, qemu, a static busybox, nvme-cli, kmod
 #   and Debian's kernel, whose modules include the NVMe/TCP target. For the cluster tier: openssl
-#   (its certificates) and Go >= 1.26 (builds the pinned Kubernetes components, e2e/cluster).
+#   (its certificates), Go >= 1.26 (builds the pinned Kubernetes components, e2e/cluster), and
+#   for its kubelet nodes containerd (with ctr), runc, the CNI plugins, iproute2 and busybox-static
+#   (the pods' images).
 set -euo pipefail
 
 VIRTME_NG_VERSION=1.42
@@ -19,6 +21,7 @@ declare -A package=(
   [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static
   [nvme]=nvme-cli [modprobe]=kmod
   [openssl]=openssl
+  [containerd]=containerd [ctr]=containerd [runc]=runc [ip]=iproute2
 )
 
 kernel_with_nvmet() {
@@ -37,6 +40,7 @@ missing_packages() {
     command -v "$cmd" >/dev/null 2>&1 || echo "${package[$cmd]}"
   done | sort -u
   kernel_with_nvmet || echo linux-image-amd64
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || echo containernetworking-plugins
 }
 
 mapfile -t apt_missing < <(missing_packages)

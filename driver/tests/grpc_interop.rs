@@ -26,6 +26,14 @@ const PROTOCOL_ERROR: u32 = 0x1;
 
 /// `rds-csi serve --node` (Identity and Node) on a socket in `dir`, as the binary runs it.
 async fn start_server(dir: &Path) -> PathBuf {
+    start_server_with(dir, None).await
+}
+
+/// Like [`start_server`], registering with kubelet through `registration` too.
+async fn start_server_with(
+    dir: &Path,
+    registration: Option<rds_csi::registration::Config>,
+) -> PathBuf {
     let socket = dir.join("csi.sock");
     let config = rds_csi::server::Config {
         socket: socket.clone(),
@@ -37,7 +45,7 @@ async fn start_server(dir: &Path) -> PathBuf {
                 root: dir.join("data"),
             },
         }),
-        kubelet_registration: None,
+        kubelet_registration: registration,
         metrics: rds_csi::metrics::Config { listen: None },
     };
     tokio::spawn(async move { rds_csi::server::serve(config).await.unwrap() });
@@ -102,19 +110,24 @@ enum Outcome {
 
 /// GetPluginInfo over a fresh connection with `:authority` set to `authority`.
 async fn get_plugin_info(socket: &Path, authority: &str) -> Outcome {
+    call(socket, "/csi.v1.Identity/GetPluginInfo", authority).await
+}
+
+/// A unary call of `path` with an empty request message.
+async fn call(socket: &Path, path: &str, authority: &str) -> Outcome {
     let mut conn = UnixStream::connect(socket).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     let headers = hpack(&[
         (":method", "POST"),
         (":scheme", "http"),
-        (":path", "/csi.v1.Identity/GetPluginInfo"),
+        (":path", path),
         (":authority", authority),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
     ]);
     out.extend(frame(HEADERS, END_HEADERS, 1, &headers));
-    // One gRPC message: uncompressed, zero bytes (an empty GetPluginInfoRequest).
+    // One gRPC message: uncompressed, zero bytes (an empty request).
     out.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
     conn.write_all(&out).await.unwrap();
 
@@ -208,4 +221,66 @@ async fn a_percent_encoded_socket_path_as_authority_is_refused_and_localhost_wor
             "README troubleshooting: {needle}"
         );
     }
+}
+
+/// The authority gRPC-Go (kubelet) derives from a socket path: RFC 3986 authority characters
+/// kept, `@` among them, the rest percent-encoded.
+fn grpc_go_authority(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {
+                (b as char).to_string()
+            }
+            b':' | b'[' | b']' | b'@' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// kubelet dials the registration socket without setting an authority (its CSI connection
+/// sets `localhost`): the socket's name must make the encoded path one h2 takes.
+#[tokio::test]
+async fn kubelet_reaches_the_registration_socket_by_its_own_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("plugins_registry");
+    let registration = rds_csi::registration::Config::new(
+        &registry,
+        DRIVER_NAME,
+        PathBuf::from("/var/lib/kubelet/plugins/interop/csi.sock"),
+    );
+    let reg_socket = registration.socket.clone();
+    start_server_with(dir.path(), Some(registration)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&reg_socket).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no registration socket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let get_info = "/pluginregistration.Registration/GetInfo";
+    match call(&reg_socket, get_info, &grpc_go_authority(&reg_socket)).await {
+        Outcome::Answered(body) => {
+            let name = DRIVER_NAME.as_bytes();
+            assert!(
+                body.windows(name.len()).any(|w| w == name),
+                "GetInfo names the driver: {body:?}"
+            );
+        }
+        other => panic!(
+            "kubelet's authority for {}: {other:?}",
+            reg_socket.display()
+        ),
+    }
+    // node-driver-registrar's name for the socket would not do.
+    let registrar_name = registry.join(format!("{DRIVER_NAME}-reg.sock"));
+    assert_eq!(
+        call(&reg_socket, get_info, &grpc_go_authority(&registrar_name)).await,
+        Outcome::Reset(PROTOCOL_ERROR)
+    );
 }

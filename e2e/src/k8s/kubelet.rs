@@ -200,6 +200,7 @@ state = "{state}"
                  evictionHard: {{memory.available: 1Mi, nodefs.available: 1Mi, \
                  imagefs.available: 1Mi, nodefs.inodesFree: \"1\", imagefs.inodesFree: \"1\"}}\n\
                  syncFrequency: 5s\n\
+                 nodeStatusUpdateFrequency: 2s\n\
                  containerRuntimeEndpoint: unix://{socket}\n",
                 ca = api.dir.join("ca.crt").display(),
                 port = super::free_port()?,

@@ -397,11 +397,38 @@ async fn size_in_pod(t: &Tier, node: &str, pod: &str) -> anyhow::Result<u64> {
 }
 
 /// A mounted claim grows while its pod runs: the file system the pod sees grows with it.
+///
+/// On XFS, in a class made from the deployed `rds-nvme`: growing a mounted ext4 takes
+/// CAP_SYS_RESOURCE, which this host withholds even from root (the node plugin says so, and the
+/// VM tier grows a mounted ext4).
 pub async fn kubelet_online_expansion(t: &mut Tier) -> anyhow::Result<()> {
     t.kubelet_nodes().await?;
     let admin = t.admin().clone();
+    let deployed = admin.json(&["get", "storageclass", "rds-nvme"]).await?;
+    let mut class = json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "rds-nvme-xfs"},
+    });
+    for key in [
+        "provisioner",
+        "parameters",
+        "reclaimPolicy",
+        "volumeBindingMode",
+        "allowVolumeExpansion",
+    ] {
+        class[key] = deployed[key].clone();
+    }
+    class["parameters"]["csi.storage.k8s.io/fstype"] = json!("xfs");
+    admin.apply(&class.to_string()).await?;
     admin
-        .apply(&pvc("grow", "rds-nvme", "1Gi", false, "ReadWriteOnce", ""))
+        .apply(&pvc(
+            "grow",
+            "rds-nvme-xfs",
+            "1Gi",
+            false,
+            "ReadWriteOnce",
+            "",
+        ))
         .await?;
     admin
         .apply(&app_pod("grow", K1, "grow", Use::Mount, "sleep 3600", None))
@@ -433,7 +460,11 @@ pub async fn kubelet_online_expansion(t: &mut Tier) -> anyhow::Result<()> {
     eprintln!("cluster: the pod's /data grew from {before} KiB to {after} KiB");
     let pv = bound_pv(t, "grow").await?;
     delete_pod(t, "grow", K1, &name_of(&pv)).await?;
-    delete_claims(t, &["grow"], &[pv]).await
+    delete_claims(t, &["grow"], &[pv]).await?;
+    admin
+        .run(&["delete", "storageclass", "rds-nvme-xfs"])
+        .await?;
+    Ok(())
 }
 
 /// kubelet restarted, then the node plugin restarted, under a running pod: the pod keeps its
@@ -441,6 +472,7 @@ pub async fn kubelet_online_expansion(t: &mut Tier) -> anyhow::Result<()> {
 pub async fn kubelet_and_node_plugin_restarts(t: &mut Tier) -> anyhow::Result<()> {
     t.kubelet_nodes().await?;
     let admin = t.admin().clone();
+    let mounted_before = mounts_under_kubelet(t, K1)?;
     admin
         .apply(&pvc(
             "steady",
@@ -510,13 +542,16 @@ pub async fn kubelet_and_node_plugin_restarts(t: &mut Tier) -> anyhow::Result<()
     read("after-kubelet").await?;
 
     let pv = bound_pv(t, "steady").await?;
-    let staged = staged_paths(t, K1)?;
+    let mounted = mounts_under_kubelet(t, K1)?;
     ensure!(
-        !staged.is_empty(),
+        mounted
+            .difference(&mounted_before)
+            .any(|m| m.ends_with("/globalmount")),
         "nothing staged on {K1} while the pod runs"
     );
     delete_pod(t, "steady", K1, &name_of(&pv)).await?;
-    let left = staged_paths(t, K1)?;
+    let mounted_after = mounts_under_kubelet(t, K1)?;
+    let left: Vec<_> = mounted_after.difference(&mounted_before).collect();
     ensure!(left.is_empty(), "still mounted on {K1}: {left:?}");
     delete_claims(t, &["steady"], &[pv]).await
 }
@@ -543,7 +578,7 @@ async fn wait_kubelet_heartbeat(t: &Tier, node: &str) -> anyhow::Result<()> {
 }
 
 /// Mounts under kubelet's pod and plugin directories on `node`.
-fn staged_paths(t: &Tier, node: &str) -> anyhow::Result<BTreeSet<String>> {
+fn mounts_under_kubelet(t: &Tier, node: &str) -> anyhow::Result<BTreeSet<String>> {
     let root = &t.kubelet_node(node)?.root_dir;
     let dirs = [root.join("pods"), root.join("plugins")];
     Ok(mount_points()
@@ -567,7 +602,7 @@ pub async fn kubelet_leaves_nothing_behind(t: &mut Tier) -> anyhow::Result<()> {
     t.kubelet_nodes().await?;
     let mut left = Vec::new();
     for node in KUBELET_NODES {
-        left.extend(staged_paths(t, node)?);
+        left.extend(mounts_under_kubelet(t, node)?);
         let root = &t.kubelet_node(node)?.root_dir;
         let records = root.join("plugins").join(DRIVER).join("volumes");
         for e in std::fs::read_dir(&records).into_iter().flatten().flatten() {
