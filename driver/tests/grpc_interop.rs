@@ -169,14 +169,20 @@ async fn call(socket: &Path, path: &str, authority: &str) -> Outcome {
 /// `/` and other reserved characters percent-encoded, as gRPC C-core does for the authority it
 /// derives from a `unix://` target.
 fn percent_encoded(path: &Path) -> String {
+    percent_encoded_keeping(path, b"")
+}
+
+/// The path percent-encoded but for unreserved characters and `keep`.
+fn percent_encoded_keeping(path: &Path, keep: &[u8]) -> String {
     path.display()
         .to_string()
         .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
                 (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
             }
-            _ => format!("%{b:02X}"),
         })
         .collect()
 }
@@ -224,22 +230,9 @@ async fn a_percent_encoded_socket_path_as_authority_is_refused_and_localhost_wor
 }
 
 /// The authority gRPC-Go (kubelet) derives from a socket path: RFC 3986 authority characters
-/// kept, `@` among them, the rest percent-encoded.
+/// kept, `@` among them (sub-delimiters and `:[]@`), the rest percent-encoded.
 fn grpc_go_authority(path: &Path) -> String {
-    path.display()
-        .to_string()
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {
-                (b as char).to_string()
-            }
-            b':' | b'[' | b']' | b'@' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoded_keeping(path, b"!$&'()*+,;=:[]@")
 }
 
 /// kubelet dials the registration socket without setting an authority (its CSI connection

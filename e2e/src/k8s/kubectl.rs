@@ -87,4 +87,18 @@ impl Kubectl {
         let list = self.json(&all).await?;
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
+
+    /// Lifts the not-ready taint TaintNodesByCondition puts on a new Node: the tier runs no
+    /// node lifecycle controller, which would lift it once the node is Ready. Best effort (the
+    /// taint may be gone already).
+    pub async fn lift_not_ready_taint(&self, node: &str) {
+        let _ = self
+            .run(&[
+                "taint",
+                "node",
+                node,
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ])
+            .await;
+    }
 }

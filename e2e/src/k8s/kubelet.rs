@@ -237,16 +237,7 @@ state = "{state}"
             ready.then_some(())
         })
         .await?;
-        // TaintNodesByCondition tainted it not-ready, and the node lifecycle controller, which
-        // would lift it, is off in the tier.
-        let _ = admin
-            .run(&[
-                "taint",
-                "node",
-                name,
-                "node.kubernetes.io/not-ready:NoSchedule-",
-            ])
-            .await;
+        admin.lift_not_ready_taint(name).await;
         Ok(node)
     }
 

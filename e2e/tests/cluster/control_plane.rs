@@ -1,6 +1,6 @@
 //! The cluster tier's control plane: the API server (`e2e::k8s::ApiServer`), then
 //! kube-controller-manager and kube-scheduler as host processes on 127.0.0.1; and the Node
-//! objects (with their CSINode) that stand for the cluster's nodes, as no kubelet runs here.
+//! objects (with their CSINode) that stand for the cluster's nodes without a kubelet.
 
 use std::path::Path;
 use std::process::Command;
@@ -83,17 +83,7 @@ impl ControlPlane {
             .await?;
         // A Node's status is not taken on create.
         heartbeat(&self.admin, name).await?;
-        // TaintNodesByCondition taints a new Node not-ready, and with the node lifecycle
-        // controller off nothing lifts it.
-        let _ = self
-            .admin
-            .run(&[
-                "taint",
-                "node",
-                name,
-                "node.kubernetes.io/not-ready:NoSchedule-",
-            ])
-            .await;
+        self.admin.lift_not_ready_taint(name).await;
         self.admin
             .apply(&format!(
                 "apiVersion: storage.k8s.io/v1\nkind: CSINode\nmetadata:\n  name: {name}\nspec:\n  \

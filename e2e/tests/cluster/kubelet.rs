@@ -12,7 +12,7 @@ use e2e::k8s::kubelet::BUSYBOX_IMAGE;
 use e2e::poll_until;
 use serde_json::{json, Value};
 
-use crate::scenarios::{attachments, handle, name_of, pvc};
+use crate::scenarios::{bound, handle, name_of, pvc, wait_detached};
 use crate::tier::{Tier, APPS, DRIVER, KUBELET_NODES, KUBELET_NODE_MAX_VOLUMES, STEP};
 
 const K1: &str = KUBELET_NODES[0];
@@ -115,27 +115,12 @@ async fn delete_pod(t: &Tier, name: &str, node: &str, pv: &str) -> anyhow::Resul
     t.admin()
         .run(&["delete", "pod", name, "-n", APPS, "--timeout=120s"])
         .await?;
-    poll_until(&format!("{pv} detached from {node}"), STEP, || async {
-        (!attachments(t, pv)
-            .await
-            .ok()?
-            .iter()
-            .any(|(n, _)| n == node))
-        .then_some(())
-    })
-    .await
+    wait_detached(t, pv, node).await
 }
 
-/// The claim's PV name once Bound.
-async fn bound_pv(t: &Tier, claim: &str) -> anyhow::Result<Value> {
-    let admin = t.admin();
-    let name = poll_until(&format!("PVC {claim} Bound"), STEP, || async {
-        let pvc = admin.get(&["pvc", claim, "-n", APPS]).await.ok()??;
-        (pvc["status"]["phase"] == "Bound")
-            .then(|| pvc["spec"]["volumeName"].as_str().map(str::to_string))?
-    })
-    .await?;
-    admin.json(&["get", "pv", &name]).await
+/// A 1Gi ReadWriteOnce claim of the deployed `rds-nvme` class.
+fn rwo_claim(name: &str) -> String {
+    pvc(name, "rds-nvme", "1Gi", false, "ReadWriteOnce", "")
 }
 
 /// Deletes claims and waits for their PVs, and their disks on mock-rds, to go.
@@ -207,9 +192,7 @@ pub async fn kubelet_registers_the_driver(t: &mut Tier) -> anyhow::Result<()> {
     let count = KUBELET_NODE_MAX_VOLUMES as usize + 1;
     let claims: Vec<String> = (0..count).map(|i| format!("limit-{i}")).collect();
     for claim in &claims {
-        admin
-            .apply(&pvc(claim, "rds-nvme", "1Gi", false, "ReadWriteOnce", ""))
-            .await?;
+        admin.apply(&rwo_claim(claim)).await?;
     }
     let mut pvs = Vec::new();
     for (i, claim) in claims.iter().enumerate().take(count - 1) {
@@ -218,7 +201,7 @@ pub async fn kubelet_registers_the_driver(t: &mut Tier) -> anyhow::Result<()> {
             .apply(&app_pod(&pod, K1, claim, Use::Mount, "sleep 3600", None))
             .await?;
         running(t, &pod).await?;
-        pvs.push(bound_pv(t, claim).await?);
+        pvs.push(bound(t, claim).await?);
     }
     let last = format!("limit-{}", count - 1);
     admin
@@ -301,7 +284,7 @@ pub async fn kubelet_data_follows_the_claim(t: &mut Tier) -> anyhow::Result<()> 
             succeeded(t, &pod)
                 .await
                 .with_context(|| format!("{claim} on {node}"))?;
-            pv = bound_pv(t, claim).await?;
+            pv = bound(t, claim).await?;
             delete_pod(t, &pod, node, &name_of(&pv)).await?;
         }
         delete_claims(t, &[claim], &[pv]).await?;
@@ -314,16 +297,7 @@ pub async fn kubelet_data_follows_the_claim(t: &mut Tier) -> anyhow::Result<()> 
 pub async fn kubelet_read_only_and_fs_group(t: &mut Tier) -> anyhow::Result<()> {
     t.kubelet_nodes().await?;
     let admin = t.admin().clone();
-    admin
-        .apply(&pvc(
-            "rox-source",
-            "rds-nvme",
-            "1Gi",
-            false,
-            "ReadWriteOnce",
-            "",
-        ))
-        .await?;
+    admin.apply(&rwo_claim("rox-source")).await?;
     admin
         .apply(&app_pod(
             "rox-write",
@@ -335,7 +309,7 @@ pub async fn kubelet_read_only_and_fs_group(t: &mut Tier) -> anyhow::Result<()> 
         ))
         .await?;
     succeeded(t, "rox-write").await?;
-    let source = bound_pv(t, "rox-source").await?;
+    let source = bound(t, "rox-source").await?;
     delete_pod(t, "rox-write", K1, &name_of(&source)).await?;
     admin
         .apply(&pvc(
@@ -360,13 +334,11 @@ pub async fn kubelet_read_only_and_fs_group(t: &mut Tier) -> anyhow::Result<()> 
     succeeded(t, "rox-read")
         .await
         .context("a ReadOnlyMany claim in a pod")?;
-    let rox = bound_pv(t, "rox").await?;
+    let rox = bound(t, "rox").await?;
     delete_pod(t, "rox-read", K2, &name_of(&rox)).await?;
 
     let group = 4321;
-    admin
-        .apply(&pvc("owned", "rds-nvme", "1Gi", false, "ReadWriteOnce", ""))
-        .await?;
+    admin.apply(&rwo_claim("owned")).await?;
     admin
         .apply(&app_pod(
             "owned",
@@ -381,7 +353,7 @@ pub async fn kubelet_read_only_and_fs_group(t: &mut Tier) -> anyhow::Result<()> 
         ))
         .await?;
     succeeded(t, "owned").await.context("fsGroup")?;
-    let owned = bound_pv(t, "owned").await?;
+    let owned = bound(t, "owned").await?;
     delete_pod(t, "owned", K1, &name_of(&owned)).await?;
     delete_claims(t, &["rox", "rox-source", "owned"], &[rox, source, owned]).await
 }
@@ -458,7 +430,7 @@ pub async fn kubelet_online_expansion(t: &mut Tier) -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("cluster: the pod's /data grew from {before} KiB to {after} KiB");
-    let pv = bound_pv(t, "grow").await?;
+    let pv = bound(t, "grow").await?;
     delete_pod(t, "grow", K1, &name_of(&pv)).await?;
     delete_claims(t, &["grow"], &[pv]).await?;
     admin
@@ -473,16 +445,7 @@ pub async fn kubelet_and_node_plugin_restarts(t: &mut Tier) -> anyhow::Result<()
     t.kubelet_nodes().await?;
     let admin = t.admin().clone();
     let mounted_before = mounts_under_kubelet(t, K1)?;
-    admin
-        .apply(&pvc(
-            "steady",
-            "rds-nvme",
-            "1Gi",
-            false,
-            "ReadWriteOnce",
-            "",
-        ))
-        .await?;
+    admin.apply(&rwo_claim("steady")).await?;
     admin
         .apply(&app_pod(
             "steady",
@@ -541,7 +504,7 @@ pub async fn kubelet_and_node_plugin_restarts(t: &mut Tier) -> anyhow::Result<()
     .await?;
     read("after-kubelet").await?;
 
-    let pv = bound_pv(t, "steady").await?;
+    let pv = bound(t, "steady").await?;
     let mounted = mounts_under_kubelet(t, K1)?;
     ensure!(
         mounted

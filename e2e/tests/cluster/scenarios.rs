@@ -43,7 +43,7 @@ pub(crate) fn pod(name: &str, claim: &str, node: &str, block: bool) -> String {
 }
 
 /// The claim's PV once it is Bound.
-async fn bound(t: &Tier, claim: &str) -> anyhow::Result<Value> {
+pub(crate) async fn bound(t: &Tier, claim: &str) -> anyhow::Result<Value> {
     let admin = t.admin();
     let pv_name = poll_until(&format!("PVC {claim} Bound"), STEP, || async {
         let pvc = admin
@@ -140,7 +140,7 @@ async fn wait_attached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
     .await
 }
 
-async fn wait_detached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_detached(t: &Tier, pv: &str, node: &str) -> anyhow::Result<()> {
     poll_until(&format!("{pv} detached from {node}"), STEP, || async {
         (!attachments(t, pv)
             .await
