@@ -23,9 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RDS_CSI_LOG_FORMAT")]
     pub log_format: LogFormat,
 
-    /// Log filter in `tracing` syntax, e.g. `info` or `rds_csi=debug,info`.
-    #[arg(long, global = true, default_value = "info", env = "RDS_CSI_LOG_LEVEL")]
-    pub log_level: String,
+    /// Log filter: a level (error, warn or warning, info, debug, trace, off) or `tracing`
+    /// directives such as `rds_csi=debug,info`. Default: `info` for `serve`, `warn` for the
+    /// one-shot commands (their report is the output; the log is for what went wrong).
+    #[arg(long, global = true, env = "RDS_CSI_LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +70,12 @@ pub use serve::{ConnectorKind, KubeArgs, ServeArgs};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    if let Err(e) = logging::init(cli.log_format, level) {
         eprintln!("rds-csi: {e}");
         return ExitCode::from(2);
     }

@@ -337,3 +337,51 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
     let unexported = doc["volumes"][2]["condition"].as_str().unwrap();
     assert!(unexported.contains("not exported"), "{unexported}");
 }
+
+/// A one-shot command's stderr, as a pipe sees it, against an RDS that refuses `print terse`
+/// (a normal answer to the driver's probe).
+async fn stderr_of_volumes(extra: &[&str]) -> (i32, String) {
+    let s = setup_with("terse-error").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
+        .arg("volumes")
+        .args(["--rds-address", "127.0.0.1", "--rds-port"])
+        .arg(s.mock.addr().port().to_string())
+        .arg("--rds-key-file")
+        .arg(s.dir.path().join("id"))
+        .args(s.key_file_pin())
+        .args(extra)
+        .env_remove("RDS_CSI_LOG_LEVEL")
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_successful_one_shot_command_logs_nothing_and_never_in_colour() {
+    let (code, stderr) = stderr_of_volumes(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "", "a successful `volumes` wrote to stderr");
+
+    // Asked for everything: the probe's refusal is debug, not a failure, and a pipe gets no
+    // escape sequences.
+    let (code, stderr) = stderr_of_volumes(&["--log-level", "debug"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("RDS probe refused"), "{stderr}");
+    assert!(!stderr.contains("RDS command failed"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour escapes into a pipe: {stderr:?}"
+    );
+
+    // `warning` is `warn`; a level that is none is refused before anything runs.
+    let (code, stderr) = stderr_of_volumes(&["--log-level", "warning"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr) = stderr_of_volumes(&["--log-level", "warnin"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown level `warnin`"), "{stderr}");
+}

@@ -99,7 +99,11 @@ pub fn main() -> ExitCode {
         print!("{}", Profile::listing());
         return ExitCode::SUCCESS;
     }
+    // Colour only for a person at a terminal: never into files, pipes or `kubectl logs`.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

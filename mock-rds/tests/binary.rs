@@ -39,11 +39,17 @@ fn spawn(args: &[&str]) -> Server {
 }
 
 fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    spawn_with(args, envs, Stdio::null())
+}
+
+/// Like [`spawn_env`], its log (stderr) going to `stderr`.
+fn spawn_with(args: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> Server {
     let mut child = command()
         .args(args)
         .envs(envs.iter().copied())
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn mock-rds");
     let stdout = child.stdout.take().unwrap();
@@ -262,6 +268,27 @@ fn allow_any_key_and_simple_output_from_the_environment() {
     assert!(out.stdout.is_empty(), "simple mode prints no legend");
     let out = ssh(&server, &key, &kh, "/system identity print");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "  name: RDS\n");
+}
+
+#[test]
+fn its_log_into_a_file_has_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let state = dir.path().join("state");
+    let log = dir.path().join("mock-rds.log");
+    let server = spawn_with(
+        &["--listen", "127.0.0.1:0", "--allow-any-key"],
+        &[("MOCK_RDS_STATE_DIR", state.to_str().unwrap())],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let kh = known_hosts(&server, &state, dir.path());
+    assert!(ssh(&server, &key, &kh, "/disk print detail")
+        .status
+        .success());
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO"), "nothing logged: {text:?}");
+    assert!(!text.contains('\x1b'), "colour escapes in a file: {text:?}");
 }
 
 #[test]

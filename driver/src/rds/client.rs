@@ -47,6 +47,13 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Whether a command asks what the RDS supports, so that a refusal is an answer, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Yes,
+    No,
+}
+
 /// A copy not asked about for this long is forgotten (its caller gave up).
 const COPY_FORGET: Duration = Duration::from_secs(3600);
 
@@ -121,7 +128,7 @@ impl RdsClient {
             Some(false) => {}
             None => {
                 let reply = self
-                    .run_line(command, &command.render_terse(), deadline)
+                    .run_line_as(command, &command.render_terse(), deadline, Probe::Yes)
                     .await;
                 let supported = match &reply {
                     Err(RdsError::Transport(_)) => return reply,
@@ -181,6 +188,16 @@ impl RdsClient {
         line: &str,
         deadline: Instant,
     ) -> Result<String, RdsError> {
+        self.run_line_as(command, line, deadline, Probe::No).await
+    }
+
+    async fn run_line_as(
+        &self,
+        command: &Command,
+        line: &str,
+        deadline: Instant,
+        probe: Probe,
+    ) -> Result<String, RdsError> {
         let started = Instant::now();
         // A copy runs as long as the data takes: it gets the whole deadline, never a capped
         // attempt that would end while RouterOS is still copying.
@@ -211,8 +228,15 @@ impl RdsClient {
             ok = result.is_ok(),
             "RDS command"
         );
-        if let Err(e) = &result {
-            tracing::info!(command = %line, error = %e, "RDS command failed");
+        match (&result, probe) {
+            (Err(e), Probe::No) => {
+                tracing::info!(command = %line, error = %e, "RDS command failed")
+            }
+            // A refusal is one of the answers a probe expects.
+            (Err(e), Probe::Yes) => {
+                tracing::debug!(command = %line, error = %e, "RDS probe refused")
+            }
+            (Ok(_), _) => {}
         }
         result
     }
