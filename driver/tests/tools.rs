@@ -385,3 +385,113 @@ async fn a_successful_one_shot_command_logs_nothing_and_never_in_colour() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("unknown level `warnin`"), "{stderr}");
 }
+
+/// The binary with `args` and `env` only (none of the caller's `RDS_CSI_*`): exit code, stderr.
+async fn rds_csi(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RDS_CSI_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn flag_values_follow_one_duration_grammar_and_strict_ranges() {
+    // The seconds flags take units too; `-o` is `--output`.
+    let (code, stderr) = stderr_of_volumes(&["--rds-connect-timeout", "10s", "-o", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let refused = |args: &'static [&'static str],
+                   env: &'static [(&'static str, &'static str)],
+                   says: &'static str| async move {
+        let (code, stderr) = rds_csi(args, env).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    // A bare number could be seconds or minutes: with --delete that matters.
+    refused(
+        &[
+            "orphans",
+            "--rds-address",
+            "127.0.0.1",
+            "--grace-period",
+            "5",
+        ],
+        &[],
+        "a unit is required",
+    )
+    .await;
+    refused(
+        &["volumes", "--rds-address", "127.0.0.1", "--rds-port", "0"],
+        &[],
+        "--rds-port",
+    )
+    .await;
+    refused(
+        &[
+            "volumes",
+            "--rds-address",
+            "127.0.0.1",
+            "--rds-connect-timeout",
+            "10m",
+        ],
+        &[],
+        "out of range",
+    )
+    .await;
+    refused(
+        &[
+            "serve",
+            "--node",
+            "--node-id",
+            "n1",
+            "--attachment-reconcile-interval",
+            "0s",
+        ],
+        &[],
+        "longer than zero",
+    )
+    .await;
+    // Compound durations are durations.
+    let (code, stderr) = rds_csi(
+        &[
+            "serve",
+            "--node",
+            "--node-id",
+            "n1",
+            "--orphan-check-interval",
+            "1h30m",
+            "--kubelet-dir",
+            "rel",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--kubelet-dir must be an absolute path"),
+        "{stderr}"
+    );
+
+    // Boolean environment variables take 1 and 0 as well as true and false: the controller
+    // role is on, so the RDS address is what is missing.
+    let (code, stderr) = rds_csi(&["serve"], &[("RDS_CSI_CONTROLLER", "1")]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!stderr.contains("invalid value"), "{stderr}");
+    assert!(stderr.contains("--rds-address"), "{stderr}");
+    let (code, stderr) = rds_csi(&["serve"], &[("RDS_CSI_CONTROLLER", "0")]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("nothing to serve"), "{stderr}");
+}

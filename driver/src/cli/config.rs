@@ -2,7 +2,6 @@
 //! reads flags.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -38,7 +37,7 @@ impl RdsArgs {
         let mut config = SshConfig::new(host, self.rds_port, self.rds_user.clone(), key, policy);
         config.connections = usize::from(self.rds_connections);
         config.max_channels = usize::from(self.rds_max_channels);
-        config.connect_timeout = Duration::from_secs(self.rds_connect_timeout);
+        config.connect_timeout = self.rds_connect_timeout;
         Ok(config)
     }
 
@@ -206,7 +205,7 @@ impl ServeArgs {
                 managed_nqn_prefix: self.managed_nqn_prefix.clone(),
                 max_volumes_per_node: self.max_volumes_per_node,
                 sys_root: self.sysfs_root.clone(),
-                operation_timeout: Duration::from_secs(self.node_operation_timeout),
+                operation_timeout: self.node_operation_timeout,
             },
             connector,
         })

@@ -25,7 +25,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 
-    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    /// Report format (`-o json`, as kubectl).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
     pub output: OutputArg,
 }
 
@@ -34,7 +35,8 @@ pub struct ToolArgs {
     #[command(flatten)]
     pub rds: RdsArgs,
 
-    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    /// Report format (`-o json`, as kubectl).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
     pub output: OutputArg,
 }
 
@@ -69,7 +71,8 @@ pub struct MigrateCheckArgs {
     )]
     pub managed_nqn_prefix: String,
 
-    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    /// Report format (`-o json`, as kubectl).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
     pub output: OutputArg,
 }
 
@@ -88,7 +91,8 @@ pub struct OrphansArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grace_period: Duration,
 
-    #[arg(long, value_enum, default_value_t = OutputArg::Text)]
+    /// Report format (`-o json`, as kubectl).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
     pub output: OutputArg,
 
     /// Kubeconfig file: with it, volume disks that no PersistentVolume of `--driver-name`

@@ -14,7 +14,7 @@ pub struct RdsArgs {
     pub rds_address: Option<String>,
 
     /// RDS SSH port.
-    #[arg(long, default_value_t = 22, env = "RDS_CSI_RDS_PORT")]
+    #[arg(long, default_value_t = 22, env = "RDS_CSI_RDS_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub rds_port: u16,
 
     /// RDS SSH user.
@@ -42,6 +42,7 @@ pub struct RdsArgs {
     #[arg(
         long,
         env = "RDS_CSI_RDS_INSECURE_SKIP_VERIFY",
+        value_parser = clap::builder::BoolishValueParser::new(),
         group = "host_key_check"
     )]
     pub rds_insecure_skip_verify: bool,
@@ -54,9 +55,10 @@ pub struct RdsArgs {
     #[arg(long, default_value_t = 8, env = "RDS_CSI_RDS_MAX_CHANNELS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub rds_max_channels: u16,
 
-    /// Deadline for SSH connect, handshake and login, in seconds.
-    #[arg(long, default_value_t = 10, env = "RDS_CSI_RDS_CONNECT_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..=300))]
-    pub rds_connect_timeout: u64,
+    /// Deadline for SSH connect, handshake and login: a duration (`10s`, `1m`) or a number of
+    /// seconds; 1s to 5m.
+    #[arg(long, default_value = "10s", env = "RDS_CSI_RDS_CONNECT_TIMEOUT", value_parser = parse_connect_timeout)]
+    pub rds_connect_timeout: std::time::Duration,
 
     /// Directories on the RDS under which the driver's volume and snapshot files live,
     /// comma-separated or repeated; the first takes new volumes whose StorageClass names no
@@ -90,4 +92,13 @@ impl RdsArgs {
         }
         Ok(())
     }
+}
+
+/// `--rds-connect-timeout`: 1 s to 5 min.
+fn parse_connect_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = crate::duration::parse_seconds_or_duration(s)?;
+    if !(1..=300).contains(&d.as_secs()) {
+        return Err(format!("`{s}` is out of range (1s..=5m)"));
+    }
+    Ok(d)
 }

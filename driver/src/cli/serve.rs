@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::{RdsArgs, DEFAULT_DRIVER_NAME};
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_positive_duration, parse_seconds_or_duration};
 use crate::kube::leader;
 use crate::metrics;
 
@@ -46,11 +46,11 @@ pub struct ServeArgs {
     /// whether a node exists and its CSINode the limit. Without Kubernetes, a process that also
     /// serves --node knows only its own --node-id, with its --max-volumes-per-node; a
     /// controller-only process without Kubernetes accepts any node ID, with no limit.
-    #[arg(long, env = "RDS_CSI_CONTROLLER")]
+    #[arg(long, env = "RDS_CSI_CONTROLLER", value_parser = clap::builder::BoolishValueParser::new())]
     pub controller: bool,
 
     /// Serve the CSI Node service (attach, format and mount on this host).
-    #[arg(long, env = "RDS_CSI_NODE")]
+    #[arg(long, env = "RDS_CSI_NODE", value_parser = clap::builder::BoolishValueParser::new())]
     pub node: bool,
 
     #[command(flatten)]
@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// Storage-side fencing (controller): volumes of StorageClasses with `nvmeFencing: "true"`
     /// let only the nodes they are published to connect, through the disk's
     /// `nvme-tcp-server-allow-host-name`. Off by default until confirmed on hardware.
-    #[arg(long, env = "RDS_CSI_NVME_FENCING")]
+    #[arg(long, env = "RDS_CSI_NVME_FENCING", value_parser = clap::builder::BoolishValueParser::new())]
     pub nvme_fencing: bool,
 
     /// The cluster's fence key (a key of the driver's Secret, at least 32 bytes), shared by
@@ -160,9 +160,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/sys", env = "RDS_CSI_SYSFS_ROOT")]
     pub sysfs_root: PathBuf,
 
-    /// Upper bound in seconds of one node operation (connect and wait for the device, mkfs...).
-    #[arg(long, default_value_t = 120, env = "RDS_CSI_NODE_OPERATION_TIMEOUT")]
-    pub node_operation_timeout: u64,
+    /// Upper bound of one node operation (connect and wait for the device, mkfs...): a
+    /// duration (`2m`) or a number of seconds.
+    #[arg(long, default_value = "120s", env = "RDS_CSI_NODE_OPERATION_TIMEOUT", value_parser = parse_seconds_or_duration)]
+    pub node_operation_timeout: Duration,
 
     /// Kubernetes integration of the controller (attachments, reconcilers, leader election).
     #[command(flatten)]
@@ -246,7 +247,7 @@ impl ServeArgs {
             if self.nvme_ctrl_loss_tmo < -1 {
                 return Err("--nvme-ctrl-loss-tmo must be -1 or more".into());
             }
-            if self.node_operation_timeout == 0 {
+            if self.node_operation_timeout.is_zero() {
                 return Err("--node-operation-timeout must be positive".into());
             }
         }
@@ -276,7 +277,7 @@ pub struct KubeArgs {
 
     /// How often the attachment reconciler checks that attached nodes still exist (it also
     /// runs on node deletes and NotReady transitions).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "RDS_CSI_ATTACHMENT_RECONCILE_INTERVAL")]
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration, env = "RDS_CSI_ATTACHMENT_RECONCILE_INTERVAL")]
     pub attachment_reconcile_interval: Duration,
 
     /// How long two nodes may hold an RWX block volume during a live migration; the volume
@@ -285,10 +286,10 @@ pub struct KubeArgs {
     pub migration_timeout: Duration,
 
     /// Periodically compare the RDS with the cluster's PVs and VolumeSnapshotContents.
-    #[arg(long, env = "RDS_CSI_ENABLE_ORPHAN_RECONCILER")]
+    #[arg(long, env = "RDS_CSI_ENABLE_ORPHAN_RECONCILER", value_parser = clap::builder::BoolishValueParser::new())]
     pub enable_orphan_reconciler: bool,
 
-    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "RDS_CSI_ORPHAN_CHECK_INTERVAL")]
+    #[arg(long, default_value = "1h", value_parser = parse_positive_duration, env = "RDS_CSI_ORPHAN_CHECK_INTERVAL")]
     pub orphan_check_interval: Duration,
 
     /// Files and volumes younger than this are never orphans.
@@ -297,11 +298,12 @@ pub struct KubeArgs {
 
     /// Only report orphans; `--orphan-dry-run=false` deletes them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true", env = "RDS_CSI_ORPHAN_DRY_RUN")]
+          default_missing_value = "true", env = "RDS_CSI_ORPHAN_DRY_RUN",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub orphan_dry_run: bool,
 
     /// Run the reconcilers only on the replica holding the Lease.
-    #[arg(long, env = "RDS_CSI_LEADER_ELECTION")]
+    #[arg(long, env = "RDS_CSI_LEADER_ELECTION", value_parser = clap::builder::BoolishValueParser::new())]
     pub leader_election: bool,
 
     /// Namespace of the Lease (default: the pod's namespace / the kubeconfig's).
