@@ -144,6 +144,8 @@ struct Inner {
     fingerprint: String,
     shutdown: watch::Sender<bool>,
     accept: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The state directory's lock, held until `stop`.
+    state_lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 impl Drop for Inner {
@@ -164,6 +166,48 @@ pub struct MockRds {
 const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 const STATE_FILE: &str = "state.json";
 const NVMET_RECORD: &str = "nvmet.json";
+const LOCK_FILE: &str = "lock";
+
+/// Takes the state directory for this process: two mock-rds on one directory would each
+/// overwrite the other's disks. The lock file holds the holder's pid, for the refusal.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(lock) => lock,
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "state dir {} is in use by another mock-rds (pid {}); give each mock-rds its \
+                 own --state-dir",
+                dir.display(),
+                holder.trim()
+            );
+        }
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(lock, "{}", std::process::id())?;
+    Ok(lock)
+}
+
+/// Fails at start, naming the directory, when the disks' files cannot be written there.
+fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".mock-rds-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data dir {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
 
 /// Loads `DIR/ssh_host_ed25519_key`, creating it (OpenSSH format, mode 0600) on first start.
 fn load_or_create_host_key(dir: &Path) -> anyhow::Result<PrivateKey> {
@@ -189,13 +233,18 @@ fn load_or_create_host_key(dir: &Path) -> anyhow::Result<PrivateKey> {
 impl MockRds {
     /// Binds, loads or creates the host key and state, and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<MockRds> {
-        if let Some(d) = &config.state_dir {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("creating state dir {}", d.display()))?;
-        }
+        let state_lock = match &config.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("creating state dir {}", d.display()))?;
+                Some(lock_state_dir(d)?)
+            }
+            None => None,
+        };
         if let Some(d) = &config.data_dir {
             std::fs::create_dir_all(d)
                 .with_context(|| format!("creating data dir {}", d.display()))?;
+            check_writable(d)?;
         }
         let host_key = match (&config.host_key, &config.state_dir) {
             (Some(k), _) => k.clone(),
@@ -291,6 +340,7 @@ impl MockRds {
                 fingerprint,
                 shutdown,
                 accept: tokio::sync::Mutex::new(Some(accept)),
+                state_lock: std::sync::Mutex::new(state_lock),
             }),
         })
     }
@@ -475,6 +525,14 @@ impl MockRds {
         }
         self.inner.shared.stop();
         self.engine().teardown_target();
+        // The state is saved: another mock-rds may take the directory now.
+        drop(
+            self.inner
+                .state_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 
     /// The kernel NVMe/TCP target, with `--nvmet`.

@@ -292,6 +292,62 @@ fn its_log_into_a_file_has_no_colour() {
 }
 
 #[test]
+fn a_state_dir_serves_one_mock_rds_and_the_data_dir_must_be_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-any-key",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let first = spawn(&args);
+    // Killed on drop, should it serve after all.
+    let mut second = Server {
+        child: command()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        port: 0,
+        fingerprint: String::new(),
+    };
+    assert!(!wait_exit(&mut second.child).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "state dir {} is in use by another mock-rds (pid {})",
+            state.display(),
+            first.child.id()
+        )),
+        "{stderr}"
+    );
+    // Once the first is gone the directory is free.
+    drop(first);
+    drop(spawn(&args));
+
+    let out = command()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-any-key",
+            "--data-dir",
+            "/proc",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("data dir /proc is not writable"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn lists_profiles_and_rejects_unknown_ones() {
     let out = command().arg("--list-profiles").output().unwrap();
     assert!(out.status.success(), "{out:?}");
