@@ -162,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..Config::default()
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let rds = MockRds::start(config).await?;
     tracing::info!(host_key = %rds.host_public_key_openssh(), "host public key");
     {
@@ -175,9 +176,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); break }
+            // The way out of a fault no new connection can undo (stall-handshake,
+            // refuse-connections without for=).
+            _ = hangup.recv() => {
+                rds.clear_faults();
+                tracing::info!("SIGHUP: every fault cleared");
+            }
+        }
     }
     rds.stop().await;
     tracing::info!("stopped");

@@ -107,6 +107,7 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
             "profile",
             "target",
             "copy-short",
+            "help",
         ],
         _ => return None,
     })

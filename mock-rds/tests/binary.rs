@@ -348,6 +348,62 @@ fn a_state_dir_serves_one_mock_rds_and_the_data_dir_must_be_writable() {
 }
 
 #[test]
+fn the_mock_menu_explains_itself_and_sighup_clears_every_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let state = dir.path().join("state");
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-any-key",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let kh = known_hosts(&server, &state, dir.path());
+    let run = |cmd: &str| {
+        let out = ssh(&server, &key, &kh, cmd);
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for cmd in ["/mock", "/mock help"] {
+        let help = run(cmd);
+        for sub in [
+            "orphan-file",
+            "fault print | fault clear",
+            "history",
+            "SIGHUP",
+            "help",
+        ] {
+            assert!(help.contains(sub), "{cmd} lacks {sub}: {help}");
+        }
+    }
+    assert!(run("/mock fault print").contains("no faults set"));
+
+    // A fault no new connection could undo: SIGHUP to the process clears it.
+    run("/mock fault hang pattern=^/file");
+    run("/mock fault refuse-connections");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = ssh(&server, &key, &kh, "/mock fault print");
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no faults set") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "faults still set after SIGHUP: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Answered: the hang is gone too.
+    run("/file print");
+}
+
+#[test]
 fn lists_profiles_and_rejects_unknown_ones() {
     let out = command().arg("--list-profiles").output().unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -11,9 +11,33 @@ use crate::fault::{self, Fault};
 use crate::format;
 use crate::profile::Profile;
 
+/// What `/mock` and `/mock help` print.
+pub(super) const MOCK_HELP: &str = "\
+/mock: test control (never faulted, never changed by a profile)
+  orphan-file path=P [size=S]                 a file with no disk
+  orphan-disk slot=X file-path=P [size=S]     an exported disk with no file
+  fault fail|hang|drop [pattern=RE] [times=N] fail, never answer, or cut the connection
+  fault latency [pattern=RE] min=DUR [max=DUR]
+  fault refuse-connections [enabled=no] [for=DUR]
+  fault stall-handshake [enabled=no]          (SIGHUP to mock-rds clears every fault)
+  fault target-down [enabled=no] [for=DUR]    with --nvmet
+  fault print | fault clear
+  history [count=N]                           the last commands and how they ended
+  profile [set=NAMES] | profile print         the RouterOS behaviour variants
+  copy-short by=S [resume=DUR]                the next copy stops short
+  target print                                with --nvmet: what the kernel target serves
+  reset                                       forget disks, files, faults and history
+  drop-connections                            cut every connection
+  help                                        this list
+";
+
 impl Engine {
     pub(super) fn mock(&self, cmd: &str, inv: &Invocation) -> Result<String, CliError> {
         match cmd {
+            "help" => {
+                no_args(inv)?;
+                Ok(self.mode().lines(MOCK_HELP))
+            }
             "orphan-file" => {
                 inv.only_args(&["path", "size"])?;
                 no_positional(inv)?;
@@ -216,11 +240,14 @@ impl Engine {
             }
             "print" => {
                 no_named(inv)?;
-                let text: String = lock(&self.faults)
+                let mut text: String = lock(&self.faults)
                     .describe()
                     .iter()
                     .map(|l| format!("{l}\n"))
                     .collect();
+                if text.is_empty() {
+                    text = "no faults set\n".into();
+                }
                 return Ok(self.mode().lines(&text));
             }
             _ => {

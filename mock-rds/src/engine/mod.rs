@@ -437,6 +437,10 @@ impl Engine {
         }
         let path: Vec<&str> = inv.path.iter().map(String::as_str).collect();
         let res = match path.as_slice() {
+            // Not RouterOS's: a person exploring the mock sees what it offers.
+            ["mock"] if inv.positional.is_empty() && inv.args.is_empty() => {
+                Ok(self.mode().lines(control::MOCK_HELP))
+            }
             [] | ["disk"] | ["file"] | ["system"] | ["system", _] | ["mock"] => {
                 // A bare menu only changes the CLI context in RouterOS: no output.
                 if let Some(p) = inv.positional.first() {
