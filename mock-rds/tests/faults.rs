@@ -191,7 +191,7 @@ async fn mock_commands_over_ssh() {
         (Some(0), "failure: disk is in use\r\n")
     );
     c.ok("/mock fault clear").await;
-    assert_eq!(c.ok("/mock fault print").await, "");
+    assert_eq!(c.ok("/mock fault print").await, "no faults set\r\n");
 
     c.ok("/mock fault hang pattern=never-matches").await;
     c.ok("/mock fault drop pattern=never-matches times=3").await;
@@ -206,7 +206,7 @@ async fn mock_commands_over_ssh() {
 
     c.ok("/mock reset").await;
     assert!(rds.disks().is_empty() && rds.files().is_empty());
-    assert_eq!(c.ok("/mock fault print").await, "");
+    assert_eq!(c.ok("/mock fault print").await, "no faults set\r\n");
 
     // /mock commands bypass faults, so a person can always undo one.
     rds.inject(Fault::Fail {
