@@ -100,7 +100,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(
             crate::metrics::serve_http(addr, pool)
                 .await
-                .context("--metrics-address")?
+                .with_context(|| format!("--metrics-address: listening on {addr}"))?
                 .1,
         ),
         None => None,

@@ -495,3 +495,69 @@ async fn flag_values_follow_one_duration_grammar_and_strict_ranges() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("nothing to serve"), "{stderr}");
 }
+
+#[tokio::test]
+async fn reports_say_when_there_is_nothing_and_count_in_words() {
+    let s = setup().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
+        .arg("volumes")
+        .args(["--rds-address", "127.0.0.1", "--rds-port"])
+        .arg(s.mock.addr().port().to_string())
+        .arg("--rds-key-file")
+        .arg(s.dir.path().join("id"))
+        .args(s.key_file_pin())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no volumes or snapshots of this driver on the RDS\n"
+    );
+
+    s.mock
+        .add_orphan_file("/storage-pool/metal-csi/pvc-gone.img", 1 << 20);
+    let (code, doc, stderr) = run("doctor", &s.mock, s.dir.path(), &s.key_file_pin()).await;
+    assert_eq!(code, 0, "{doc} {stderr}");
+    let detail = check(&doc, "file listing")["detail"].as_str().unwrap();
+    assert!(detail.starts_with("1 file under "), "{detail}");
+    let detail = check(&doc, "disk listing")["detail"].as_str().unwrap();
+    // The mock's own system disk.
+    assert!(detail.starts_with("1 disk, "), "{detail}");
+}
+
+#[tokio::test]
+async fn a_metrics_address_in_use_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let d = dir.path().to_str().unwrap();
+    let socket = format!("{d}/csi.sock");
+    let args = [
+        "serve",
+        "--node",
+        "--node-id",
+        "n1",
+        "--connector",
+        "loop",
+        "--loop-root",
+        d,
+        "--kubelet-dir",
+        "",
+        "--node-state-dir",
+        d,
+        "--endpoint",
+        &socket,
+        "--metrics-address",
+        &addr,
+    ];
+    let (code, stderr) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), rds_csi(&args, &[]))
+            .await
+            .expect("serve started although its metrics address is taken");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("--metrics-address: listening on {addr}")),
+        "{stderr}"
+    );
+}

@@ -193,7 +193,10 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
                 .count();
             pass(
                 "disk listing",
-                format!("{} disks, {managed} managed by this driver", disks.len()),
+                format!(
+                    "{}, {managed} managed by this driver",
+                    count(disks.len(), "disk")
+                ),
             )
         }
         Err(e) => rejected("disk listing", e),
@@ -202,7 +205,7 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
     checks.push(match rds.list_files(&base, deadline).await {
         Ok(files) => pass(
             "file listing",
-            format!("{} files under {base}", files.len()),
+            format!("{} under {base}", count(files.len(), "file")),
         ),
         Err(e) => rejected("file listing", e),
     });
@@ -319,4 +322,13 @@ pub async fn run(options: DoctorOptions) -> anyhow::Result<()> {
     )?;
     anyhow::ensure!(failed == 0, "{failed} check(s) failed");
     Ok(())
+}
+
+/// `1 file`, `2 files`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

@@ -65,6 +65,11 @@ pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
         options.output,
         &serde_json::json!({ "volumes": listed }),
         |out| {
+            if listed.is_empty() {
+                // As `orphans` says "no orphans": a bare header reads like a failed listing.
+                writeln!(out, "no volumes or snapshots of this driver on the RDS")?;
+                return Ok(());
+            }
             writeln!(
                 out,
                 "{:<9} {:<64} {:>10} FILE  CONDITION",
