@@ -260,6 +260,15 @@ pub async fn failover(t: &mut Tier) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The provisioner deletes a PV object only after its disk: the next scenario reads PVs.
+    poll_until("the burst's PVs gone", COMPLETION, || async {
+        let pvs = admin.items(&["pv"]).await.ok()?;
+        (!pvs
+            .iter()
+            .any(|pv| made.contains(&crate::scenarios::handle(pv))))
+        .then_some(())
+    })
+    .await?;
     // The second replica ran with the same RBAC: nothing it asked for was refused.
     crate::scenarios::no_forbidden_in_logs(t).await
 }
