@@ -342,23 +342,20 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
 /// (a normal answer to the driver's probe).
 async fn stderr_of_volumes(extra: &[&str]) -> (i32, String) {
     let s = setup_with("terse-error").await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
-        .arg("volumes")
-        .args(["--rds-address", "127.0.0.1", "--rds-port"])
-        .arg(s.mock.addr().port().to_string())
-        .arg("--rds-key-file")
-        .arg(s.dir.path().join("id"))
-        .args(s.key_file_pin())
-        .args(extra)
-        .env_remove("RDS_CSI_LOG_LEVEL")
-        .env_remove("NO_COLOR")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let port = s.mock.addr().port().to_string();
+    let key = s.dir.path().join("id");
+    let mut args = vec![
+        "volumes",
+        "--rds-address",
+        "127.0.0.1",
+        "--rds-port",
+        &port,
+        "--rds-key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend(s.key_file_pin());
+    args.extend_from_slice(extra);
+    rds_csi(&args, &[]).await
 }
 
 #[tokio::test]
@@ -386,11 +383,12 @@ async fn a_successful_one_shot_command_logs_nothing_and_never_in_colour() {
     assert!(stderr.contains("unknown level `warnin`"), "{stderr}");
 }
 
-/// The binary with `args` and `env` only (none of the caller's `RDS_CSI_*`): exit code, stderr.
+/// The binary with `args` and `env` only (none of the caller's `RDS_CSI_*`, nor `NO_COLOR`):
+/// exit code, stderr.
 async fn rds_csi(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("RDS_CSI_") {
+        if k.starts_with("RDS_CSI_") || k == "NO_COLOR" {
             cmd.env_remove(k);
         }
     }

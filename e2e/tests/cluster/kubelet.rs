@@ -12,7 +12,7 @@ use e2e::k8s::kubelet::BUSYBOX_IMAGE;
 use e2e::poll_until;
 use serde_json::{json, Value};
 
-use crate::scenarios::{bound, handle, name_of, pvc, wait_detached};
+use crate::scenarios::{bound, handle, name_of, pvc, request_size, wait_detached};
 use crate::tier::{Tier, APPS, DRIVER, KUBELET_NODES, KUBELET_NODE_MAX_VOLUMES, STEP};
 
 const K1: &str = KUBELET_NODES[0];
@@ -407,18 +407,7 @@ pub async fn kubelet_online_expansion(t: &mut Tier) -> anyhow::Result<()> {
         .await?;
     let before = size_in_pod(t, K1, "grow").await?;
     ensure!(before < 1 << 20, "a 1Gi volume shows {before} KiB");
-    admin
-        .run(&[
-            "patch",
-            "pvc",
-            "grow",
-            "-n",
-            APPS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
-        ])
-        .await?;
+    request_size(t, "grow", "2Gi").await?;
     let after = poll_until("the pod's file system grown", STEP, || async {
         let size = size_in_pod(t, K1, "grow").await.ok()?;
         (size > 3 << 19).then_some(size)

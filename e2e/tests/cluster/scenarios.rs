@@ -185,6 +185,24 @@ async fn delete_pod(t: &Tier, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks for `claim` (in APPS) to grow to `size`, as a user edits the claim.
+pub(crate) async fn request_size(t: &Tier, claim: &str, size: &str) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+    t.admin()
+        .run(&[
+            "patch",
+            "pvc",
+            claim,
+            "-n",
+            APPS,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])
+        .await?;
+    Ok(())
+}
+
 fn mock_disk(t: &Tier, slot: &str) -> anyhow::Result<Option<e2e::MockDisk>> {
     Ok(t.mock.disks()?.into_iter().find(|d| d.slot == slot))
 }
@@ -256,18 +274,7 @@ pub async fn expand(t: &mut Tier) -> anyhow::Result<()> {
     let admin = t.admin().clone();
     let claim = "data-rds-nvme";
     let pv = bound(t, claim).await?;
-    admin
-        .run(&[
-            "patch",
-            "pvc",
-            claim,
-            "-n",
-            APPS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
-        ])
-        .await?;
+    request_size(t, claim, "2Gi").await?;
     let pv_name = name_of(&pv);
     poll_until("the PV at 2Gi", STEP, || async {
         let pv = admin.json(&["get", "pv", &pv_name]).await.ok()?;
