@@ -73,17 +73,20 @@ impl KubeletNode {
         for d in [&root_dir, &cni_dir.join("net.d"), &dir.join("logs")] {
             std::fs::create_dir_all(d)?;
         }
-        let unique = dir
-            .parent()
-            .and_then(Path::file_name)
-            .map(|n| n.to_string_lossy().replace(['.', '/'], "-"))
-            .unwrap_or_default();
+        // Names of this run's own, so two runs on one host (two clones) never share a cgroup,
+        // a bridge or a subnet.
+        let tag = {
+            use sha2::Digest;
+            use std::os::unix::ffi::OsStrExt;
+            sha2::Sha256::digest(dir.as_os_str().as_bytes())
+        };
         let footprint = Footprint {
             dir: dir.clone(),
             data_dir: data_dir.to_path_buf(),
-            cgroup: format!("rds-csi-e2e-{unique}-{name}"),
-            bridge: format!("rdscsi{index}"),
+            cgroup: format!("rds-csi-e2e-{}-{name}", hex(&tag[..4])),
+            bridge: format!("rdscsi{}{index}", hex(&tag[..3])),
         };
+        let subnet = format!("10.{}.{index}.0/24", 64 + tag[4] % 128);
         UP.lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(footprint.clone());
@@ -115,7 +118,7 @@ impl KubeletNode {
                     {"type": "bridge", "bridge": footprint.bridge, "isGateway": true,
                      "ipMasq": false,
                      "ipam": {"type": "host-local",
-                              "ranges": [[{"subnet": format!("10.{}.0.0/24", 88 + u32::from(index))}]],
+                              "ranges": [[{"subnet": subnet}]],
                               "dataDir": cni_dir.join("ipam")}},
                     {"type": "loopback"}
                 ]
