@@ -559,3 +559,66 @@ async fn a_metrics_address_in_use_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn errors_name_their_cause_once() {
+    let s = setup().await;
+    let key = s.dir.path().join("id");
+    let key = key.to_str().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (code, stderr) = rds_csi(
+        &[
+            "volumes",
+            "--rds-address",
+            "127.0.0.1",
+            "--rds-port",
+            &closed,
+            "--rds-insecure-skip-verify",
+            "--rds-key-file",
+            key,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.contains("RDS unreachable: connecting to 127.0.0.1:"),
+        "{error}"
+    );
+    assert_eq!(error.matches("Connection refused").count(), 1, "{error}");
+
+    // Another key pinned: the RDS answered, and is not to be trusted.
+    let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let other_pub = s.dir.path().join("other.pub");
+    std::fs::write(&other_pub, other.public_key().to_openssh().unwrap()).unwrap();
+    let port = s.mock.addr().port().to_string();
+    let (code, stderr) = rds_csi(
+        &[
+            "volumes",
+            "--rds-address",
+            "127.0.0.1",
+            "--rds-port",
+            &port,
+            "--rds-host-key",
+            other_pub.to_str().unwrap(),
+            "--rds-key-file",
+            key,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.contains("RDS host key not trusted: SSH host key of"),
+        "{error}"
+    );
+    assert!(!error.contains("unreachable"), "{error}");
+    assert_eq!(error.matches("does not match").count(), 1, "{error}");
+}

@@ -9,8 +9,9 @@ use super::command::InvalidValue;
 
 #[derive(Debug, Clone, Error)]
 pub enum RdsError {
+    // The inner error is in the message, so it is no `source`: `{:#}` would print it twice.
     #[error("invalid request: {0}")]
-    Invalid(#[from] InvalidValue),
+    Invalid(InvalidValue),
     #[error("RDS: not found: {0}")]
     NotFound(String),
     #[error("RDS: already exists: {0}")]
@@ -24,8 +25,8 @@ pub enum RdsError {
         exit_status: Option<u32>,
         text: String,
     },
-    #[error("RDS unreachable: {0}")]
-    Transport(#[from] TransportError),
+    #[error("{what}: {0}", what = .0.what_failed())]
+    Transport(TransportError),
     #[error("RDS output could not be understood: {0}")]
     Parse(String),
     /// The RDS is working on the object (a copy into or out of it); try again later.
@@ -34,6 +35,18 @@ pub enum RdsError {
     /// A copy stopped short of its size; what it made has been removed.
     #[error("RDS: copy interrupted: {0}")]
     Interrupted(String),
+}
+
+impl From<InvalidValue> for RdsError {
+    fn from(e: InvalidValue) -> Self {
+        RdsError::Invalid(e)
+    }
+}
+
+impl From<TransportError> for RdsError {
+    fn from(e: TransportError) -> Self {
+        RdsError::Transport(e)
+    }
 }
 
 impl RdsError {
@@ -73,6 +86,22 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// What the failure means for reaching the RDS: a wrong host key or a refused login is not
+    /// the RDS being down.
+    pub fn what_failed(&self) -> &'static str {
+        match self {
+            TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. } => {
+                "RDS host key not trusted"
+            }
+            TransportError::AuthRejected { .. } => "RDS login refused",
+            TransportError::Config(_) => "RDS connection not set up",
+            TransportError::OutputTooLarge { .. } => "RDS reply refused",
+            TransportError::Connect { .. }
+            | TransportError::ConnectionLost(_)
+            | TransportError::Timeout { .. } => "RDS unreachable",
+        }
+    }
+
     /// A wrong host key, refused credentials or a bad configuration will not fix themselves.
     pub fn is_retryable(&self) -> bool {
         matches!(
