@@ -386,6 +386,12 @@ async fn a_successful_one_shot_command_logs_nothing_and_never_in_colour() {
 /// The binary with `args` and `env` only (none of the caller's `RDS_CSI_*`, nor `NO_COLOR`):
 /// exit code, stderr.
 async fn rds_csi(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, _, stderr) = rds_csi_output(args, env).await;
+    (code, stderr)
+}
+
+/// Like [`rds_csi`], with stdout: exit code, stdout, stderr.
+async fn rds_csi_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"));
     for (k, _) in std::env::vars() {
         if k.starts_with("RDS_CSI_") || k == "NO_COLOR" {
@@ -401,6 +407,7 @@ async fn rds_csi(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -621,4 +628,29 @@ async fn errors_name_their_cause_once() {
     );
     assert!(!error.contains("unreachable"), "{error}");
     assert_eq!(error.matches("does not match").count(), 1, "{error}");
+}
+
+#[tokio::test]
+async fn orphans_are_listed_with_sizes_people_read() {
+    let s = setup().await;
+    s.mock
+        .add_orphan_file("/storage-pool/metal-csi/pvc-gone.img", 3 << 19);
+    let port = s.mock.addr().port().to_string();
+    let key = s.dir.path().join("id");
+    let mut args = vec![
+        "orphans",
+        "--rds-address",
+        "127.0.0.1",
+        "--rds-port",
+        &port,
+        "--rds-key-file",
+        key.to_str().unwrap(),
+        "--grace-period",
+        "0s",
+    ];
+    args.extend(s.key_file_pin());
+    let (code, stdout, stderr) = rds_csi_output(&args, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(" 1.5 MiB "), "{stdout}");
+    assert!(stdout.contains("1 orphan found;"), "{stdout}");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{emit, gib, OutputFormat, RdsTarget};
+use super::{count, emit, gib, OutputFormat, RdsTarget};
 use crate::ids::classify_disk;
 use crate::rds::ssh::{AcceptedHostKey, HostKeyMatch};
 use crate::rds::{deadline_in, RdsError, Slot, TransportError};
@@ -322,13 +322,4 @@ pub async fn run(options: DoctorOptions) -> anyhow::Result<()> {
     )?;
     anyhow::ensure!(failed == 0, "{failed} check(s) failed");
     Ok(())
-}
-
-/// `1 file`, `2 files`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }

@@ -127,9 +127,9 @@ pub async fn run(options: OrphansOptions) -> anyhow::Result<()> {
                 };
                 writeln!(
                     out,
-                    "{what:<18} {:<64} {:>16} {}",
+                    "{what:<18} {:<64} {:>10} {}",
                     o.slot.as_deref().or(o.path.as_deref()).unwrap_or("-"),
-                    o.size_bytes.map_or("-".into(), |s| s.to_string()),
+                    o.size_bytes.map_or("-".into(), super::human_bytes),
                     o.last_modified.as_deref().unwrap_or("")
                 )?;
             }
@@ -146,12 +146,12 @@ pub async fn run(options: OrphansOptions) -> anyhow::Result<()> {
                 )?;
             }
             if options.delete {
-                writeln!(out, "removed {} orphan(s)", deleted.len())?;
+                writeln!(out, "removed {}", super::count(deleted.len(), "orphan"))?;
             } else if !found.is_empty() {
                 writeln!(
                     out,
-                    "{} orphan(s) found; run again with --delete to remove them",
-                    found.len()
+                    "{} found; run again with --delete to remove them",
+                    super::count(found.len(), "orphan")
                 )?;
             }
             Ok(())
