@@ -65,6 +65,10 @@ pub async fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
         Err(e) => return Err(io_err(e)),
     }
     if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            // A typo in --endpoint should show: a directory appearing silently hides it.
+            tracing::info!(dir = %parent.display(), "creating the socket's directory");
+        }
         std::fs::create_dir_all(parent).map_err(io_err)?;
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;

@@ -654,3 +654,50 @@ async fn orphans_are_listed_with_sizes_people_read() {
     assert!(stdout.contains(" 1.5 MiB "), "{stdout}");
     assert!(stdout.contains("1 orphan found;"), "{stdout}");
 }
+
+#[tokio::test]
+async fn serve_says_when_it_creates_the_sockets_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let socket = dir.path().join("new/dir/csi.sock");
+    let log = dir.path().join("serve.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"))
+        .args([
+            "serve",
+            "--node",
+            "--node-id",
+            "n1",
+            "--connector",
+            "loop",
+            "--loop-root",
+            d,
+        ])
+        .args([
+            "--kubelet-dir",
+            "",
+            "--node-state-dir",
+            d,
+            "--metrics-address",
+            "",
+        ])
+        .arg("--endpoint")
+        .arg(&socket)
+        .env_remove("NO_COLOR")
+        .env_remove("RDS_CSI_LOG_LEVEL")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no socket");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("creating the socket's directory")
+            && text.contains(&dir.path().join("new/dir").display().to_string()),
+        "{text}"
+    );
+}
