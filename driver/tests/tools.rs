@@ -701,3 +701,31 @@ async fn serve_says_when_it_creates_the_sockets_directory() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_public_key_given_as_the_key_file_is_named_as_such() {
+    let s = setup().await;
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let public = s.dir.path().join("id.pub");
+    std::fs::write(&public, key.public_key().to_openssh().unwrap() + "\n").unwrap();
+    let port = s.mock.addr().port().to_string();
+    let mut args = vec![
+        "volumes",
+        "--rds-address",
+        "127.0.0.1",
+        "--rds-port",
+        &port,
+        "--rds-key-file",
+        public.to_str().unwrap(),
+    ];
+    args.extend(s.key_file_pin());
+    let (code, stderr) = rds_csi(&args, &[]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--rds-key-file {} holds a public key",
+            public.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -57,6 +57,13 @@ impl Auth {
     pub fn from_authorized_keys_file(path: &Path) -> anyhow::Result<Auth> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading authorized keys {}", path.display()))?;
+        if text.contains("PRIVATE KEY-----") {
+            anyhow::bail!(
+                "{} holds a private key; --authorized-keys takes public key lines \
+                 (`ssh-ed25519 AAAA...`, as in the `.pub` file)",
+                path.display()
+            );
+        }
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();

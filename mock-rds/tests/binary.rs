@@ -404,6 +404,23 @@ fn the_mock_menu_explains_itself_and_sighup_clears_every_fault() {
 }
 
 #[test]
+fn a_private_key_given_as_authorized_keys_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = keygen(dir.path());
+    let out = command()
+        .args(["--listen", "127.0.0.1:0", "--authorized-keys"])
+        .arg(&private)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} holds a private key", private.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn lists_profiles_and_rejects_unknown_ones() {
     let out = command().arg("--list-profiles").output().unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -158,8 +158,25 @@ impl SshConfig {
 /// Loads a private key file: OpenSSH or PEM (PKCS#1/PKCS#8/SEC1), ed25519, RSA or ECDSA,
 /// without a passphrase.
 pub fn load_private_key(path: &std::path::Path) -> Result<PrivateKey, TransportError> {
-    russh::keys::load_secret_key(path, None)
-        .map_err(|e| TransportError::Config(format!("private key {}: {e}", path.display())))
+    russh::keys::load_secret_key(path, None).map_err(|e| {
+        // The commonest mistake, `id_ed25519.pub` for `id_ed25519`, is named as such.
+        let public = std::fs::read_to_string(path).is_ok_and(|text| {
+            let text = text.trim_start();
+            text.starts_with("ssh-")
+                || text.starts_with("ecdsa-")
+                || text.starts_with("-----BEGIN PUBLIC KEY")
+                || text.starts_with("---- BEGIN SSH2 PUBLIC KEY")
+        });
+        if public {
+            TransportError::Config(format!(
+                "--rds-key-file {} holds a public key; give the private key (the file without \
+                 `.pub`), whose public half is authorised for the RouterOS user",
+                path.display()
+            ))
+        } else {
+            TransportError::Config(format!("private key {}: {e}", path.display()))
+        }
+    })
 }
 
 /// Loads a pinned host key from a file's first line that is not blank or a comment: a SHA256
