@@ -438,6 +438,13 @@ async fn flag_values_follow_one_duration_grammar_and_strict_ranges() {
         "a unit is required",
     )
     .await;
+    // No host key to check against: how to learn it.
+    refused(
+        &["volumes", "--rds-address", "10.0.0.1", "--rds-port", "2222"],
+        &[],
+        "ssh-keyscan -p 2222 10.0.0.1 | ssh-keygen -lf -",
+    )
+    .await;
     refused(
         &["volumes", "--rds-address", "127.0.0.1", "--rds-port", "0"],
         &[],

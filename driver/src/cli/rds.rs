@@ -83,12 +83,14 @@ impl RdsArgs {
             && self.rds_known_hosts.is_none()
             && !self.rds_insecure_skip_verify
         {
-            return Err(
+            return Err(format!(
                 "the RDS host key must be verified: pass --rds-host-key SHA256:FINGERPRINT \
                  (or a public key line, or a file holding either) or --rds-known-hosts FILE \
-                 (or, insecurely, --rds-insecure-skip-verify)"
-                    .into(),
-            );
+                 (or, insecurely, --rds-insecure-skip-verify). To read the fingerprint from a \
+                 network you trust: ssh-keyscan -p {} {} | ssh-keygen -lf -",
+                self.rds_port,
+                self.rds_address.as_deref().unwrap_or_default()
+            ));
         }
         Ok(())
     }
