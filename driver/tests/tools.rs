@@ -18,6 +18,27 @@ impl Setup {
     fn key_file_pin(&self) -> [&str; 2] {
         ["--rds-host-key", &self.host_pub]
     }
+
+    /// The client's private key file.
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("id")
+    }
+
+    /// `command` against the mock, logging in with `key` and pinning its host key, then `extra`.
+    fn args(&self, command: &str, key: &Path, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            command.into(),
+            "--rds-address".into(),
+            "127.0.0.1".into(),
+            "--rds-port".into(),
+            self.mock.addr().port().to_string(),
+            "--rds-key-file".into(),
+            key.display().to_string(),
+        ];
+        args.extend(self.key_file_pin().iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
 }
 
 async fn setup() -> Setup {
@@ -342,20 +363,7 @@ async fn volumes_lists_managed_volumes_and_snapshots_only() {
 /// (a normal answer to the driver's probe).
 async fn stderr_of_volumes(extra: &[&str]) -> (i32, String) {
     let s = setup_with("terse-error").await;
-    let port = s.mock.addr().port().to_string();
-    let key = s.dir.path().join("id");
-    let mut args = vec![
-        "volumes",
-        "--rds-address",
-        "127.0.0.1",
-        "--rds-port",
-        &port,
-        "--rds-key-file",
-        key.to_str().unwrap(),
-    ];
-    args.extend(s.key_file_pin());
-    args.extend_from_slice(extra);
-    rds_csi(&args, &[]).await
+    rds_csi(&s.args("volumes", &s.key(), extra), &[]).await
 }
 
 #[tokio::test]
@@ -385,13 +393,16 @@ async fn a_successful_one_shot_command_logs_nothing_and_never_in_colour() {
 
 /// The binary with `args` and `env` only (none of the caller's `RDS_CSI_*`, nor `NO_COLOR`):
 /// exit code, stderr.
-async fn rds_csi(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+async fn rds_csi(args: &[impl AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> (i32, String) {
     let (code, _, stderr) = rds_csi_output(args, env).await;
     (code, stderr)
 }
 
 /// Like [`rds_csi`], with stdout: exit code, stdout, stderr.
-async fn rds_csi_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+async fn rds_csi_output(
+    args: &[impl AsRef<std::ffi::OsStr>],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rds-csi"));
     for (k, _) in std::env::vars() {
         if k.starts_with("RDS_CSI_") || k == "NO_COLOR" {
@@ -642,20 +653,7 @@ async fn orphans_are_listed_with_sizes_people_read() {
     let s = setup().await;
     s.mock
         .add_orphan_file("/storage-pool/metal-csi/pvc-gone.img", 3 << 19);
-    let port = s.mock.addr().port().to_string();
-    let key = s.dir.path().join("id");
-    let mut args = vec![
-        "orphans",
-        "--rds-address",
-        "127.0.0.1",
-        "--rds-port",
-        &port,
-        "--rds-key-file",
-        key.to_str().unwrap(),
-        "--grace-period",
-        "0s",
-    ];
-    args.extend(s.key_file_pin());
+    let args = s.args("orphans", &s.key(), &["--grace-period", "0s"]);
     let (code, stdout, stderr) = rds_csi_output(&args, &[]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(" 1.5 MiB "), "{stdout}");
@@ -715,18 +713,7 @@ async fn a_public_key_given_as_the_key_file_is_named_as_such() {
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let public = s.dir.path().join("id.pub");
     std::fs::write(&public, key.public_key().to_openssh().unwrap() + "\n").unwrap();
-    let port = s.mock.addr().port().to_string();
-    let mut args = vec![
-        "volumes",
-        "--rds-address",
-        "127.0.0.1",
-        "--rds-port",
-        &port,
-        "--rds-key-file",
-        public.to_str().unwrap(),
-    ];
-    args.extend(s.key_file_pin());
-    let (code, stderr) = rds_csi(&args, &[]).await;
+    let (code, stderr) = rds_csi(&s.args("volumes", &public, &[]), &[]).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(&format!(
