@@ -62,6 +62,30 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as people read it: `250ms`, `1.5s`, `30s`, `2m30s`, `1h`.
+pub fn display(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    if ms < 10_000 && ms % 1_000 >= 100 {
+        // Tenths of a second, rounded down: a 1.99 s timeout is not "2s".
+        return format!("{}.{}s", ms / 1_000, ms % 1_000 / 100);
+    }
+    let secs = d.as_secs();
+    let parts = [
+        (secs / 86_400, 'd'),
+        (secs % 86_400 / 3_600, 'h'),
+        (secs % 3_600 / 60, 'm'),
+        (secs % 60, 's'),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +113,24 @@ mod tests {
         assert_eq!(parse_seconds_or_duration("10s").unwrap().as_secs(), 10);
         assert_eq!(parse_seconds_or_duration("2m").unwrap().as_secs(), 120);
         assert!(parse_seconds_or_duration("2x").is_err());
+    }
+
+    #[test]
+    fn durations_display_as_written() {
+        assert_eq!(display(Duration::from_millis(250)), "250ms");
+        assert_eq!(display(Duration::from_millis(1_999)), "1.9s");
+        assert_eq!(display(Duration::from_millis(1_050)), "1s");
+        assert_eq!(display(Duration::from_micros(30_000_512)), "30s");
+        assert_eq!(display(Duration::from_secs(150)), "2m30s");
+        assert_eq!(display(Duration::from_secs(3_600)), "1h");
+        assert_eq!(display(Duration::from_secs(90_061)), "1d1h1m1s");
+        // What it prints, the flags take back.
+        assert_eq!(
+            parse_duration(&display(Duration::from_secs(150)))
+                .unwrap()
+                .as_secs(),
+            150
+        );
     }
 
     #[test]

@@ -723,3 +723,20 @@ async fn a_public_key_given_as_the_key_file_is_named_as_such() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_timeout_is_told_in_whole_units() {
+    let s = setup().await;
+    s.mock.inject(Fault::StallHandshake(true));
+    let args = s.args("volumes", &s.key(), &["--rds-connect-timeout", "1s"]);
+    let (code, stderr) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), rds_csi(&args, &[]))
+            .await
+            .expect("volumes hung past its connect timeouts");
+    assert_eq!(code, 1, "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.contains("RDS unreachable: timed out after 1s "),
+        "{error}"
+    );
+}

@@ -77,7 +77,7 @@ pub enum TransportError {
     AuthRejected { user: String, addr: String },
     #[error("SSH connection lost: {0}")]
     ConnectionLost(String),
-    #[error("timed out after {after:?} waiting for: {what}")]
+    #[error("timed out after {} waiting for: {what}", crate::duration::display(*after))]
     Timeout { what: String, after: Duration },
     #[error("SSH client setup: {0}")]
     Config(String),
