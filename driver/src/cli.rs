@@ -33,6 +33,11 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The operator commands' exit statuses, in their `--help`.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 done, nothing needs action; 1 done, something \
+    needs action; 2 bad flags; 3 could not do its work (RDS or cluster unreachable, silent or \
+    refusing, a file it could not use, --timeout over); 130 interrupted.";
+
 #[derive(Debug, Subcommand)]
 // Parsed once per process; boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -41,21 +46,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Report what the driver left on the RDS (files without disks, disks without files);
     /// with --delete, remove it.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Orphans(OrphansArgs),
     /// Check that the driver can work with an RDS: host key, login, every read-only command it
     /// needs, capacity. Prints a pass/fail table with the fix for each failure.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Doctor(ToolArgs),
     /// List the volumes and snapshots this driver manages on the RDS.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Volumes(ToolArgs),
     /// Before replacing the earlier Go driver: read the cluster's PVs, VolumeSnapshotContents
     /// and StorageClasses of --driver-name and the RDS, and report which will work as they are
     /// and what needs action (exit status 1 when anything does). Changes nothing.
+    #[command(after_help = EXIT_STATUS_HELP)]
     MigrateCheck(MigrateCheckArgs),
     /// Settle, on a real RDS, the RouterOS behaviours the driver cannot know (wrapping, `print
     /// terse`, failure exit status and texts, session limits, clock, copies, directories, regex
     /// anchors, resizes, allowed hosts). Works only in a fresh scratch directory under the base
     /// path and removes everything it made, also after a failure or Ctrl-C. Exit status 1 when
     /// the RDS did something the driver does not handle, or something could not be removed.
+    #[command(after_help = EXIT_STATUS_HELP)]
     Validate(ValidateArgs),
 }
 
@@ -89,7 +99,7 @@ pub fn main() -> ExitCode {
     };
     if let Err(e) = checked {
         eprintln!("rds-csi {name}: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(crate::operator::EXIT_USAGE);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -98,25 +108,63 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => crate::server::serve(args.config()?).await,
-            Command::Orphans(args) => crate::operator::orphans::run(args.options()).await,
-            Command::Doctor(args) => crate::operator::doctor::run(args.doctor_options()).await,
-            Command::Volumes(args) => crate::operator::volumes::run(args.volumes_options()).await,
-            Command::MigrateCheck(args) => {
-                crate::operator::migrate_check::run(args.options()).await
-            }
-            Command::Validate(args) => crate::operator::validate::run(args.options()).await,
+    let outcome = match cli.command {
+        Command::Serve(args) => {
+            let served =
+                runtime.block_on(async move { crate::server::serve(args.config()?).await });
+            return match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rds-csi serve: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rds-csi {name}: {e:#}");
-            ExitCode::FAILURE
+        operator => runtime.block_on(run_operator_command(operator)),
+    };
+    if let Err(e) = &outcome {
+        eprintln!("rds-csi {name}: {e:#}");
+    }
+    ExitCode::from(crate::operator::exit_status(&outcome))
+}
+
+async fn run_operator_command(command: Command) -> anyhow::Result<()> {
+    use crate::operator::{doctor, migrate_check, orphans, validate, volumes};
+    match command {
+        Command::Serve(_) => unreachable!("serve is not an operator command"),
+        // doctor prints its report when time runs out; validate still cleans up.
+        Command::Doctor(args) => doctor::run(args.doctor_options()).await,
+        Command::Validate(args) => validate::run(args.options()).await,
+        Command::Orphans(args) => {
+            let options = args.options();
+            bounded(options.rds.timeout, orphans::run(options)).await
+        }
+        Command::Volumes(args) => {
+            let options = args.volumes_options();
+            bounded(options.rds.timeout, volumes::run(options)).await
+        }
+        Command::MigrateCheck(args) => {
+            let options = args.options();
+            bounded(options.rds.timeout, migrate_check::run(options)).await
         }
     }
+}
+
+/// `run` given `timeout` in all; a little more, so that a deadline inside it (which names what
+/// was waited for) usually fires first.
+async fn bounded(
+    timeout: std::time::Duration,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let grace = std::time::Duration::from_secs(1);
+    tokio::time::timeout(timeout + grace, run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "gave up after {} (--timeout)",
+                crate::duration::display(timeout)
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -26,12 +26,17 @@ impl Setup {
 
     /// `command` against the mock, logging in with `key` and pinning its host key, then `extra`.
     fn args(&self, command: &str, key: &Path, extra: &[&str]) -> Vec<String> {
+        self.args_at(self.mock.addr().port(), command, key, extra)
+    }
+
+    /// [`Setup::args`] against `port` instead of the mock's.
+    fn args_at(&self, port: u16, command: &str, key: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             command.into(),
             "--rds-address".into(),
             "127.0.0.1".into(),
             "--rds-port".into(),
-            self.mock.addr().port().to_string(),
+            port.to_string(),
             "--rds-key-file".into(),
             key.display().to_string(),
         ];
@@ -39,6 +44,15 @@ impl Setup {
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     }
+}
+
+/// A loopback port nothing listens on (the OS chose it and it was let go).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn setup() -> Setup {
@@ -314,7 +328,7 @@ async fn doctor_fencing_says_whether_it_could_tell() {
     let shown = check(&doc, "fencing");
     assert_eq!(shown["result"], "pass", "{shown}");
     let detail = shown["detail"].as_str().unwrap();
-    assert!(detail.contains("on all 1 exported disks"), "{detail}");
+    assert!(detail.contains("on the 1 exported disk ("), "{detail}");
     assert!(!detail.contains("  "), "a run of spaces: {detail:?}");
 }
 
@@ -590,12 +604,7 @@ async fn errors_name_their_cause_once() {
     let s = setup().await;
     let key = s.dir.path().join("id");
     let key = key.to_str().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let closed = closed_port().to_string();
     let (code, stderr) = rds_csi(
         &[
             "volumes",
@@ -610,7 +619,7 @@ async fn errors_name_their_cause_once() {
         &[],
     )
     .await;
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     let error = stderr.lines().last().unwrap_or_default();
     assert!(
         error.contains("RDS unreachable: connecting to 127.0.0.1:"),
@@ -638,7 +647,7 @@ async fn errors_name_their_cause_once() {
         &[],
     )
     .await;
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     let error = stderr.lines().last().unwrap_or_default();
     assert!(
         error.contains("RDS host key not trusted: SSH host key of"),
@@ -714,7 +723,7 @@ async fn a_public_key_given_as_the_key_file_is_named_as_such() {
     let public = s.dir.path().join("id.pub");
     std::fs::write(&public, key.public_key().to_openssh().unwrap() + "\n").unwrap();
     let (code, stderr) = rds_csi(&s.args("volumes", &public, &[]), &[]).await;
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains(&format!(
             "--rds-key-file {} holds a public key",
@@ -733,10 +742,180 @@ async fn a_timeout_is_told_in_whole_units() {
         tokio::time::timeout(std::time::Duration::from_secs(60), rds_csi(&args, &[]))
             .await
             .expect("volumes hung past its connect timeouts");
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     let error = stderr.lines().last().unwrap_or_default();
     assert!(
-        error.contains("RDS unreachable: timed out after 1s "),
+        error.contains("RDS not answering: timed out after 1s "),
         "{error}"
     );
+}
+
+/// Every check of `doctor`'s JSON report, by name, in order.
+fn check_names(doc: &serde_json::Value) -> Vec<&str> {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+fn skipped_because(doc: &serde_json::Value, name: &str, reason: &str) {
+    let c = check(doc, name);
+    assert_eq!(c["result"], "skipped", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains(reason), "{c}");
+}
+
+/// `doctor` JSON, within a hard bound: its --timeout must end it.
+async fn doctor_json(args: &[String]) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        rds_csi_output(args, &[]),
+    )
+    .await
+    .expect("doctor outlived its --timeout");
+    let doc =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?} {stderr}"));
+    (code, doc, stderr)
+}
+
+#[tokio::test]
+async fn doctor_after_a_hang_reports_silence_not_missing_policies() {
+    let s = setup().await;
+    s.mock.inject(Fault::Hang {
+        pattern: "^/file print".into(),
+        times: None,
+    });
+    let args = s.args("doctor", &s.key(), &["-o", "json", "--timeout", "3s"]);
+    let (code, doc, stderr) = doctor_json(&args).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        check_names(&doc),
+        rds_csi::operator::doctor::CHECKS,
+        "{doc}"
+    );
+    assert_eq!(doc["ok"], false);
+    assert_eq!(check(&doc, "disk listing")["result"], "pass");
+    assert_fails(&doc, "file listing", "RDS not answering", "--rds-address");
+    skipped_because(&doc, "capacity", "the RDS stopped answering");
+    skipped_because(&doc, "traffic", "the RDS stopped answering");
+    assert!(!doc.to_string().contains("policies"), "{doc}");
+}
+
+#[tokio::test]
+async fn doctor_reports_every_check_whatever_fails() {
+    let s = setup().await;
+    // Nothing listens: connect fails, the rest is skipped for it.
+    let args = s.args_at(closed_port(), "doctor", &s.key(), &["-o", "json"]);
+    let (code, doc, stderr) = doctor_json(&args).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        check_names(&doc),
+        rds_csi::operator::doctor::CHECKS,
+        "{doc}"
+    );
+    assert_fails(&doc, "connect", "RDS unreachable", "--rds-port");
+    skipped_because(&doc, "host key", "no connection");
+    skipped_because(&doc, "traffic", "no connection");
+
+    // A key the RDS does not know: connect and host key say what they saw, not just `ok`.
+    let stranger = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    let stranger_file = s.dir.path().join("stranger");
+    std::fs::write(
+        &stranger_file,
+        stranger.to_openssh(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let args = s.args("doctor", &stranger_file, &["-o", "json"]);
+    let (code, doc, stderr) = doctor_json(&args).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        check_names(&doc),
+        rds_csi::operator::doctor::CHECKS,
+        "{doc}"
+    );
+    let port = s.mock.addr().port();
+    assert_eq!(
+        check(&doc, "connect")["detail"],
+        format!("reached 127.0.0.1:{port}")
+    );
+    assert!(
+        check(&doc, "host key")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("matches the pinned key"),
+        "{doc}"
+    );
+    assert_fails(&doc, "login", "refused", "/user ssh-keys import");
+    skipped_because(&doc, "disk listing", "not logged in");
+
+    // A bad base path: the first row, and all the others are there too.
+    let args = s.args(
+        "doctor",
+        &s.key(),
+        &["-o", "json", "--rds-volume-base-path", "relative"],
+    );
+    let (code, doc, stderr) = doctor_json(&args).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        check_names(&doc),
+        rds_csi::operator::doctor::CHECKS,
+        "{doc}"
+    );
+    assert_eq!(check(&doc, "base path")["result"], "fail");
+}
+
+#[tokio::test]
+async fn a_silent_rds_ends_at_the_timeout_with_exit_status_3() {
+    let s = setup().await;
+    s.mock.inject(Fault::Hang {
+        pattern: "^/disk print".into(),
+        times: None,
+    });
+    let args = s.args("volumes", &s.key(), &["--timeout", "2s"]);
+    let (code, stderr) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), rds_csi(&args, &[]))
+            .await
+            .expect("volumes outlived its --timeout");
+    assert_eq!(code, 3, "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.contains("RDS not answering") || error.contains("gave up after 2s (--timeout)"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_once_and_says_so() {
+    let s = setup().await;
+    let args = s.args_at(closed_port(), "volumes", &s.key(), &[]);
+    let (code, stderr) = rds_csi(&args, &[]).await;
+    assert_eq!(code, 3, "{stderr}");
+    let retries: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("trying again in"))
+        .collect();
+    assert_eq!(retries.len(), 1, "{stderr}");
+    assert!(retries[0].contains("RDS unreachable"), "{stderr}");
+    assert!(retries[0].contains("(attempt 2 of 2)"), "{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        2,
+        "one retry line, one error: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_check_cannot_read_its_kubeconfig_exit_status_3_cause_once() {
+    let s = setup().await;
+    let missing = s.dir.path().join("no-kubeconfig");
+    let args = s.args(
+        "migrate-check",
+        &s.key(),
+        &["--kubeconfig", missing.to_str().unwrap()],
+    );
+    let (code, stderr) = rds_csi(&args, &[]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }

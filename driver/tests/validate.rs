@@ -60,9 +60,18 @@ async fn every_variant_is_identified_and_nothing_is_left() {
                 let (mock, rds) = mock_with(spec).await;
                 let before = contents(&mock);
                 let base = RdsPath::new(BASE).unwrap();
-                let (report, bundle) = validate::run(&rds, &base, CancellationToken::new(), |_| {})
-                    .await
-                    .unwrap_or_else(|e| panic!("{spec}: {e:#}"));
+                let mut steps = Vec::new();
+                let (report, bundle) = validate::run(&rds, &base, CancellationToken::new(), |l| {
+                    // `[3/17] print-terse`: the step's name.
+                    if let Some((_, step)) = l.split_once("] ") {
+                        steps.push(step.to_string());
+                    }
+                })
+                .await;
+                assert_eq!(report.error, None, "{spec}");
+                // One row per step, in the progress's order: the count people see agrees.
+                let rows: Vec<&str> = report.findings.iter().map(|f| f.step).collect();
+                assert_eq!(rows, steps, "{spec}");
                 assert_eq!(contents(&mock), before, "{spec}: the RDS was changed");
                 assert!(
                     report.leftovers.is_empty(),
@@ -107,8 +116,7 @@ async fn an_interrupted_run_still_removes_what_it_made() {
                 trigger.cancel();
             }
         })
-        .await
-        .unwrap();
+        .await;
         assert!(report.interrupted, "{stop_at}");
         assert!(
             report.leftovers.is_empty(),
@@ -124,10 +132,9 @@ async fn an_interrupted_run_still_removes_what_it_made() {
 async fn refuses_a_base_path_that_is_not_a_directory() {
     let (mock, rds) = mock_with("default").await;
     let missing = RdsPath::new("/storage-pool/nowhere").unwrap();
-    let err = validate::run(&rds, &missing, CancellationToken::new(), |_| {})
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("not a directory"), "{err:#}");
+    let (report, _) = validate::run(&rds, &missing, CancellationToken::new(), |_| {}).await;
+    let err = report.error.unwrap();
+    assert!(err.contains("not a directory"), "{err}");
     assert!(mock.disks().is_empty());
     mock.stop().await;
 }
@@ -142,10 +149,10 @@ async fn refuses_a_scratch_directory_that_is_there_and_leaves_its_files() {
     );
     let before = contents(&mock);
     let base = RdsPath::new(BASE).unwrap();
-    let err = validate::run_tagged(&rds, &base, "0000beef", CancellationToken::new(), |_| {})
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("already exists"), "{err:#}");
+    let (report, _) =
+        validate::run_tagged(&rds, &base, "0000beef", CancellationToken::new(), |_| {}).await;
+    let err = report.error.unwrap();
+    assert!(err.contains("already exists"), "{err}");
     assert_eq!(
         contents(&mock),
         before,

@@ -107,6 +107,7 @@ fn children(path: &[String]) -> Option<&'static [&'static str]> {
             "profile",
             "target",
             "copy-short",
+            "state",
             "help",
         ],
         _ => return None,

@@ -31,6 +31,8 @@ pub enum Fault {
     RefuseConnectionsFor(Duration),
     /// Accept new TCP connections and never send the SSH banner.
     StallHandshake(bool),
+    /// Stall handshakes for this long, then answer them again.
+    StallHandshakeFor(Duration),
     /// Delay matching commands by a uniform random time in `min..=max` (seeded RNG).
     Latency {
         pattern: String,
@@ -70,7 +72,8 @@ pub struct Faults {
     latency: Vec<LatencyRule>,
     refuse: bool,
     refuse_until: Option<std::time::Instant>,
-    pub stall: bool,
+    stall: bool,
+    stall_until: Option<std::time::Instant>,
     rng: StdRng,
 }
 
@@ -86,6 +89,7 @@ impl Faults {
             refuse: false,
             refuse_until: None,
             stall: false,
+            stall_until: None,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -125,7 +129,14 @@ impl Faults {
                 self.refuse = true;
                 self.refuse_until = Some(std::time::Instant::now() + d);
             }
-            Fault::StallHandshake(on) => self.stall = on,
+            Fault::StallHandshake(on) => {
+                self.stall = on;
+                self.stall_until = None;
+            }
+            Fault::StallHandshakeFor(d) => {
+                self.stall = true;
+                self.stall_until = Some(std::time::Instant::now() + d);
+            }
             Fault::Latency { pattern, min, max } => self.latency.push(LatencyRule {
                 re: compile(&pattern)?,
                 pattern,
@@ -143,6 +154,7 @@ impl Faults {
         self.refuse = false;
         self.refuse_until = None;
         self.stall = false;
+        self.stall_until = None;
     }
 
     /// Whether new connections are refused now.
@@ -150,6 +162,14 @@ impl Faults {
         self.refuse
             && self
                 .refuse_until
+                .is_none_or(|until| std::time::Instant::now() < until)
+    }
+
+    /// Whether new connections get no SSH banner now.
+    pub fn stalling(&self) -> bool {
+        self.stall
+            && self
+                .stall_until
                 .is_none_or(|until| std::time::Instant::now() < until)
     }
 
@@ -212,7 +232,7 @@ impl Faults {
         if self.refusing() {
             out.push("refuse-connections".into());
         }
-        if self.stall {
+        if self.stalling() {
             out.push("stall-handshake".into());
         }
         out

@@ -12,6 +12,7 @@
 mod background;
 pub mod cli;
 pub mod command;
+mod console;
 pub mod engine;
 pub mod fault;
 pub mod format;

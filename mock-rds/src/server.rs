@@ -1,5 +1,5 @@
 //! The SSH transport (russh): exec requests, one command per channel, answers on stdout followed
-//! by exit-status, EOF and close. Also where connection-level faults happen (refuse, stall,
+//! by exit-status, EOF and close; a shell request gets the console (`crate::console`). Also where connection-level faults happen (refuse, stall,
 //! drop), since they act on the TCP socket rather than on a command.
 
 use std::collections::{HashMap, HashSet};
@@ -184,7 +184,10 @@ pub(crate) async fn accept_loop(
             let handler = Conn {
                 shared: shared.clone(),
                 id,
+                user: String::new(),
                 execs: HashSet::new(),
+                ptys: HashSet::new(),
+                consoles: HashMap::new(),
                 unanswered: Vec::new(),
             };
             match russh::server::run_stream(config, sock, handler).await {
@@ -205,8 +208,14 @@ pub(crate) async fn accept_loop(
 struct Conn {
     shared: Arc<Shared>,
     id: u64,
-    /// Channels that already had their one exec.
+    /// Who logged in, for the console's prompt.
+    user: String,
+    /// Channels that already had their one exec or shell.
     execs: HashSet<ChannelId>,
+    /// Channels with a terminal: their output ends lines with CR LF.
+    ptys: HashSet<ChannelId>,
+    /// Channels running the console, and where their keystrokes go.
+    consoles: HashMap<ChannelId, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     /// Opens never answered (`sessions-serial-open` overload); rejected when the connection ends.
     unanswered: Vec<russh::server::ChannelOpenHandle>,
 }
@@ -221,7 +230,8 @@ impl Drop for Conn {
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<SshAuth, Self::Error> {
+    async fn auth_none(&mut self, user: &str) -> Result<SshAuth, Self::Error> {
+        self.user = user.to_string();
         Ok(match self.shared.auth {
             Auth::AnyKey => SshAuth::Accept,
             Auth::AuthorizedKeys(_) => SshAuth::reject(),
@@ -247,6 +257,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<SshAuth, Self::Error> {
         let ok = self.shared.allows(key.public_key);
         tracing::debug!(conn = self.id, user, ok, "publickey auth");
+        self.user = user.to_string();
         Ok(if ok {
             SshAuth::Accept
         } else {
@@ -314,11 +325,12 @@ impl russh::server::Handler for Conn {
             handle,
             channel,
             line,
+            self.ptys.contains(&channel),
         ));
         Ok(())
     }
 
-    // No terminal and no shell; refusing them must not break a later exec on the channel.
+    // A terminal changes only line endings (`ssh -t` with a command, and the console).
     #[allow(clippy::too_many_arguments)]
     async fn pty_request(
         &mut self,
@@ -331,16 +343,62 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        self.ptys.insert(channel);
+        session.channel_success(channel)?;
         Ok(())
     }
 
+    /// `ssh` without a command: a line-based console running the same commands as exec.
     async fn shell_request(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        if !self.execs.insert(channel) {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        session.channel_success(channel)?;
+        let (keys, typed) = tokio::sync::mpsc::unbounded_channel();
+        self.consoles.insert(channel, keys);
+        let user = if self.user.is_empty() {
+            "admin"
+        } else {
+            &self.user
+        };
+        tokio::spawn(crate::console::run(
+            crate::console::Console::new(
+                self.shared.clone(),
+                self.id,
+                session.handle(),
+                channel,
+                self.ptys.contains(&channel),
+                user,
+            ),
+            typed,
+        ));
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(keys) = self.consoles.get(&channel) {
+            let _ = keys.send(data.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The console ends after the lines it already has.
+        self.consoles.remove(&channel);
         Ok(())
     }
 
@@ -371,24 +429,30 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.execs.remove(&channel);
+        self.ptys.remove(&channel);
+        self.consoles.remove(&channel);
         self.shared.channels().remove(&(self.id, channel));
         Ok(())
     }
 }
 
-async fn run_command(
-    shared: Arc<Shared>,
-    conn: u64,
-    handle: russh::server::Handle,
-    channel: ChannelId,
-    line: String,
-) {
+/// What the mock answered to one command: output, exit status (`None` under `exit-none`)
+/// and what else it does to the connections.
+pub(crate) struct Answer {
+    pub output: String,
+    pub status: Option<u32>,
+    pub effect: Effect,
+}
+
+/// Runs `line` as RouterOS would on connection `conn`, faults and profile included, and records
+/// it. `None` when no answer is to be sent: the command hangs, or its connection is gone.
+pub(crate) async fn answer(shared: &Arc<Shared>, conn: u64, line: &str) -> Option<Answer> {
     let engine = shared.engine.clone();
-    let (action, delay) = engine.decide(&line);
+    let (action, delay) = engine.decide(line);
     // Under `cli-lock` a command holds the one CLI for its whole latency and run.
-    let _cli = if engine.profile().has(Variant::CliLock) && !crate::engine::is_mock_command(&line) {
+    let _cli = if engine.profile().has(Variant::CliLock) && !crate::engine::is_mock_command(line) {
         let guard = shared.cli.lock().await;
-        tokio::time::sleep(delay + Profile::cli_latency(&line)).await;
+        tokio::time::sleep(delay + Profile::cli_latency(line)).await;
         Some(guard)
     } else {
         if !delay.is_zero() {
@@ -398,59 +462,99 @@ async fn run_command(
     };
     if !shared.alive(conn) {
         // The connection went away (or the server stopped) while we waited: do not run it.
-        return;
+        return None;
     }
-    tracing::info!(conn, command = %line, ?action, "exec");
     match action {
-        Action::Hang => engine.record(&line, None, "", Disposition::Hung),
+        Action::Hang => {
+            engine.record(line, None, "", Disposition::Hung);
+            None
+        }
         Action::Fail {
             message,
             exit_status,
         } => {
-            let out = if message.is_empty() {
+            let output = if message.is_empty() {
                 String::new()
             } else {
                 engine.cfg.output.lines(&message)
             };
-            engine.record(&line, Some(exit_status), &out, Disposition::Failed);
-            reply(&handle, channel, out, Some(exit_status)).await;
-            shared.channels().remove(&(conn, channel));
+            engine.record(line, Some(exit_status), &output, Disposition::Failed);
+            Some(Answer {
+                output,
+                status: Some(exit_status),
+                effect: Effect::None,
+            })
         }
         Action::DropAfterRun => {
-            let r = execute(&engine, &line, conn).await;
+            let r = execute(&engine, line, conn).await;
             let disposition = if r.refused {
                 Disposition::Refused
             } else {
                 Disposition::Dropped
             };
-            engine.record(&line, Some(r.exit_status), &r.output, disposition);
+            engine.record(line, Some(r.exit_status), &r.output, disposition);
             shared.kill(conn);
+            None
         }
         Action::Run => {
-            let r = execute(&engine, &line, conn).await;
+            let r = execute(&engine, line, conn).await;
             let status = (!r.omit_exit_status).then_some(r.exit_status);
             let disposition = if r.refused {
                 Disposition::Refused
             } else {
                 Disposition::Answered
             };
-            engine.record(&line, status, &r.output, disposition);
-            reply(&handle, channel, r.output, status).await;
-            shared.channels().remove(&(conn, channel));
-            if r.effect == Effect::DropConnections {
-                // Cut the others at once; this one gets an SSH disconnect queued behind its
-                // reply, so the person who asked still sees the command succeed.
-                shared.kill_all_but(conn);
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "drop-connections".into(),
-                        String::new(),
-                    )
-                    .await;
-            }
+            engine.record(line, status, &r.output, disposition);
+            Some(Answer {
+                output: r.output,
+                status,
+                effect: r.effect,
+            })
         }
     }
+}
+
+/// Applies what an answer does beyond its output: `drop-connections` cuts every other
+/// connection at once and queues a disconnect behind this one's reply, so the person who asked
+/// still sees the command succeed.
+pub(crate) async fn apply_effect(
+    shared: &Shared,
+    conn: u64,
+    handle: &russh::server::Handle,
+    effect: Effect,
+) {
+    if effect == Effect::DropConnections {
+        shared.kill_all_but(conn);
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "drop-connections".into(),
+                String::new(),
+            )
+            .await;
+    }
+}
+
+/// One exec: the answer on the channel, then exit status, EOF and close.
+async fn run_command(
+    shared: Arc<Shared>,
+    conn: u64,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    line: String,
+    pty: bool,
+) {
+    let Some(answer) = answer(&shared, conn, &line).await else {
+        return;
+    };
+    let output = if pty {
+        crate::console::terminal_lines(&answer.output)
+    } else {
+        answer.output
+    };
+    reply(&handle, channel, output, answer.status).await;
+    shared.channels().remove(&(conn, channel));
+    apply_effect(&shared, conn, &handle, answer.effect).await;
 }
 
 /// Runs the command on the blocking pool: it may copy backing files and fsync the state.

@@ -90,9 +90,11 @@ fn keygen(dir: &Path) -> std::path::PathBuf {
     key
 }
 
-fn ssh(server: &Server, key: &Path, known_hosts: &Path, cmd: &str) -> Output {
-    Command::new("ssh")
-        .arg("-p")
+/// The OpenSSH client for `server`, with `key`, checking its host key against `known_hosts`,
+/// before the destination and command.
+fn ssh_client(server: &Server, key: &Path, known_hosts: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-p")
         .arg(server.port.to_string())
         .arg("-i")
         .arg(key)
@@ -107,9 +109,13 @@ fn ssh(server: &Server, key: &Path, known_hosts: &Path, cmd: &str) -> Output {
             "IdentitiesOnly=yes",
             "-o",
             "ConnectTimeout=10",
-            "admin@127.0.0.1",
-            cmd,
-        ])
+        ]);
+    c
+}
+
+fn ssh(server: &Server, key: &Path, known_hosts: &Path, cmd: &str) -> Output {
+    ssh_client(server, key, known_hosts)
+        .args(["admin@127.0.0.1", cmd])
         .stdin(Stdio::null())
         .output()
         .expect("ssh (openssh-client) must be installed")
@@ -129,6 +135,28 @@ fn known_hosts(server: &Server, state: &Path, dir: &Path) -> std::path::PathBuf 
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&server.fingerprint));
     kh
+}
+
+/// A mock-rds taking any key, with its state in a temporary directory: that directory, the
+/// server, a client key and a known_hosts file for it.
+fn any_key_server() -> (
+    tempfile::TempDir,
+    Server,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let state = dir.path().join("state");
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-any-key",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let kh = known_hosts(&server, &state, dir.path());
+    (dir, server, key, kh)
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -285,10 +313,101 @@ fn its_log_into_a_file_has_no_colour() {
     assert!(ssh(&server, &key, &kh, "/disk print detail")
         .status
         .success());
+    // A refused command is logged with its exit status and its reply, not as if it ran.
+    let refused = ssh(&server, &key, &kh, "/disk frobnicate");
+    assert!(!refused.status.success());
     drop(server);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("INFO"), "nothing logged: {text:?}");
     assert!(!text.contains('\x1b'), "colour escapes in a file: {text:?}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("/disk frobnicate"))
+        .unwrap_or_else(|| panic!("the refused command is not logged: {text}"));
+    assert!(line.contains("disposition=Refused"), "{line}");
+    assert!(!line.contains("exit_status=0"), "{line}");
+    assert!(line.contains("bad command name"), "{line}");
+}
+
+/// The OpenSSH client in console mode: `flags` (`-T` or `-tt`), `input` as its stdin.
+fn ssh_console(
+    server: &Server,
+    key: &Path,
+    known_hosts: &Path,
+    flags: &[&str],
+    input: &[u8],
+) -> Output {
+    let mut child = ssh_client(server, key, known_hosts)
+        .args(flags)
+        .arg("admin@127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh (openssh-client) must be installed");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input).unwrap();
+    // `-T` reads to the end of its input; `-tt` leaves on `/quit` and keeps stdin open.
+    if flags == ["-T"] {
+        drop(stdin);
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(WAIT)
+        .expect("the console did not end")
+        .unwrap()
+}
+
+#[test]
+fn the_console_runs_the_exec_commands_with_and_without_a_terminal() {
+    let (_dir, server, key, kh) = any_key_server();
+
+    // No terminal (`ssh -T host < commands`): answers only, the last line without its newline.
+    let out = ssh_console(
+        &server,
+        &key,
+        &kh,
+        &["-T"],
+        b"/mock orphan-file path=/storage-pool/left.img size=1M\n/mock state",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("files: 1"), "{stdout}");
+    assert!(stdout.contains("/storage-pool/left.img"), "{stdout}");
+    assert!(
+        !stdout.contains("mock-rds] >"),
+        "a prompt without a terminal: {stdout}"
+    );
+
+    // A terminal, as a person at a keyboard gets: banner, prompt, echo, CR LF, /quit.
+    let out = ssh_console(
+        &server,
+        &key,
+        &kh,
+        &["-tt"],
+        b"/mock stat\x7fte\r/file print\r/quit\r",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("/mock help"), "no banner: {stdout}");
+    assert!(
+        stdout.contains("[admin@mock-rds] > "),
+        "no prompt: {stdout}"
+    );
+    assert!(stdout.contains("files: 1\r\n"), "{stdout:?}");
+    assert!(stdout.contains("left.img"), "{stdout}");
+
+    // A command with a terminal (`ssh -t host cmd`): its output arrives, in CR LF lines.
+    let out = ssh_client(&server, &key, &kh)
+        .args(["-tt", "admin@127.0.0.1", "/mock state"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("files: 1\r\n"), "{stdout:?}");
 }
 
 #[test]
@@ -349,17 +468,7 @@ fn a_state_dir_serves_one_mock_rds_and_the_data_dir_must_be_writable() {
 
 #[test]
 fn the_mock_menu_explains_itself_and_sighup_clears_every_fault() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path());
-    let state = dir.path().join("state");
-    let server = spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-any-key",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    let kh = known_hosts(&server, &state, dir.path());
+    let (_dir, server, key, kh) = any_key_server();
     let run = |cmd: &str| {
         let out = ssh(&server, &key, &kh, cmd);
         assert!(out.status.success(), "{cmd}: {out:?}");

@@ -137,6 +137,30 @@ async fn refuse_and_stall_new_connections() {
     rds.clear_faults();
     let after = Client::connect(rds.addr()).await.unwrap();
     after.ok("/system identity print").await;
+
+    // With `for=`, a shell's stall undoes itself: new connections are answered again after it.
+    after.ok("/mock fault stall-handshake for=1s").await;
+    assert!(after
+        .ok("/mock fault print")
+        .await
+        .contains("stall-handshake"));
+    let stalled =
+        tokio::time::timeout(Duration::from_millis(300), Client::connect(rds.addr())).await;
+    assert!(stalled.is_err(), "handshake must not complete");
+    let deadline = Instant::now() + WAIT;
+    while after
+        .ok("/mock fault print")
+        .await
+        .contains("stall-handshake")
+    {
+        assert!(Instant::now() < deadline, "the stall did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Client::connect(rds.addr())
+        .await
+        .unwrap()
+        .ok("/system identity print")
+        .await;
     rds.stop().await;
     assert!(eventually(WAIT, || rds.connection_count() == 0).await);
 }

@@ -60,8 +60,9 @@ impl RdsArgs {
     }
 
     /// The RDS for an operator command, bad flags kept as errors for it to report.
-    pub fn target(&self) -> crate::operator::RdsTarget {
+    pub fn target(&self, timeout: std::time::Duration) -> crate::operator::RdsTarget {
         crate::operator::RdsTarget {
+            timeout,
             ssh: self.ssh_config().map_err(|e| format!("{e:#}")),
             base_paths: self.volume_base_paths().map_err(|e| format!("{e:#}")),
             key_file: self.rds_key_file.clone(),

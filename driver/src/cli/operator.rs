@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::{RdsArgs, DEFAULT_DRIVER_NAME};
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_positive_duration};
 use crate::operator::doctor::DoctorOptions;
 use crate::operator::migrate_check::MigrateCheckOptions;
 use crate::operator::orphans::OrphansOptions;
@@ -25,9 +25,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 
-    /// Report format (`-o json`, as kubectl).
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
-    pub output: OutputArg,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -35,10 +34,31 @@ pub struct ToolArgs {
     #[command(flatten)]
     pub rds: RdsArgs,
 
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// How an operator command reports, and how long it may take.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
     /// Report format (`-o json`, as kubectl).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
     pub output: OutputArg,
+
+    /// Give up after this long in all, retries included (`30s`, `2m`, `1h`). Default: 30s for
+    /// doctor, 2m for volumes, orphans and migrate-check, 15m for validate (which still removes
+    /// what it made after the time is up).
+    #[arg(long, env = "RDS_CSI_TIMEOUT", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
 }
+
+impl ReportArgs {
+    fn timeout_or(&self, default: Duration) -> Duration {
+        self.timeout.unwrap_or(default)
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// How operator commands print their result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,9 +91,8 @@ pub struct MigrateCheckArgs {
     )]
     pub managed_nqn_prefix: String,
 
-    /// Report format (`-o json`, as kubectl).
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
-    pub output: OutputArg,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,9 +110,8 @@ pub struct OrphansArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grace_period: Duration,
 
-    /// Report format (`-o json`, as kubectl).
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Text)]
-    pub output: OutputArg,
+    #[command(flatten)]
+    pub report: ReportArgs,
 
     /// Kubeconfig file: with it, volume disks that no PersistentVolume of `--driver-name`
     /// references are reported too, and files a PV or VolumeSnapshotContent references are not.
@@ -117,9 +135,9 @@ impl From<OutputArg> for OutputFormat {
 impl ValidateArgs {
     pub fn options(self) -> ValidateOptions {
         ValidateOptions {
-            rds: self.rds.target(),
+            rds: self.rds.target(self.report.timeout_or(15 * MINUTE)),
             bundle: self.bundle,
-            output: self.output.into(),
+            output: self.report.output.into(),
         }
     }
 }
@@ -127,15 +145,15 @@ impl ValidateArgs {
 impl ToolArgs {
     pub fn doctor_options(self) -> DoctorOptions {
         DoctorOptions {
-            rds: self.rds.target(),
-            output: self.output.into(),
+            rds: self.rds.target(self.report.timeout_or(MINUTE / 2)),
+            output: self.report.output.into(),
         }
     }
 
     pub fn volumes_options(self) -> VolumesOptions {
         VolumesOptions {
-            rds: self.rds.target(),
-            output: self.output.into(),
+            rds: self.rds.target(self.report.timeout_or(2 * MINUTE)),
+            output: self.report.output.into(),
         }
     }
 }
@@ -143,11 +161,11 @@ impl ToolArgs {
 impl MigrateCheckArgs {
     pub fn options(self) -> MigrateCheckOptions {
         MigrateCheckOptions {
-            rds: self.rds.target(),
+            rds: self.rds.target(self.report.timeout_or(2 * MINUTE)),
             kubeconfig: self.kubeconfig,
             driver_name: self.driver_name,
             managed_nqn_prefix: self.managed_nqn_prefix,
-            output: self.output.into(),
+            output: self.report.output.into(),
         }
     }
 }
@@ -155,10 +173,10 @@ impl MigrateCheckArgs {
 impl OrphansArgs {
     pub fn options(self) -> OrphansOptions {
         OrphansOptions {
-            rds: self.rds.target(),
+            rds: self.rds.target(self.report.timeout_or(2 * MINUTE)),
             delete: self.delete,
             grace_period: self.grace_period,
-            output: self.output.into(),
+            output: self.report.output.into(),
             kubeconfig: self.kubeconfig,
             driver_name: self.driver_name,
         }

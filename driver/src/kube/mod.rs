@@ -94,6 +94,8 @@ impl Default for Config {
 /// An explicit kubeconfig that cannot be loaded is an error.
 pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>> {
     if let Some(path) = kubeconfig {
+        // Opened first: `Kubeconfig::read_from`'s own error for a missing file repeats its cause.
+        std::fs::File::open(path).with_context(|| format!("--kubeconfig {}", path.display()))?;
         let file = Kubeconfig::read_from(path)
             .with_context(|| format!("--kubeconfig {}", path.display()))?;
         let config = ::kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())

@@ -1,8 +1,6 @@
 //! `rds-csi doctor`: checks, in order, everything the driver needs from the RDS, and says how
 //! to fix what fails.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use super::{count, emit, gib, OutputFormat, RdsTarget};
@@ -50,13 +48,39 @@ fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -
     }
 }
 
-fn skipped(name: &'static str) -> Check {
+fn skipped(name: &'static str, reason: &str) -> Check {
     Check {
         name,
         result: Verdict::Skipped,
-        detail: "skipped: an earlier check failed".into(),
+        detail: format!("skipped: {reason}"),
         fix: String::new(),
     }
+}
+
+/// Every check, in the order they run: a report always has all of them, skipped with a reason
+/// when an earlier one stopped the run.
+pub const CHECKS: [&str; 10] = [
+    "base path",
+    "credentials",
+    "connect",
+    "host key",
+    "login",
+    "disk listing",
+    "fencing",
+    "file listing",
+    "capacity",
+    "traffic",
+];
+
+/// `checks` completed with every check not run, skipped for `reason`, in [`CHECKS`] order.
+fn skip_the_rest(mut checks: Vec<Check>, reason: &str) -> Vec<Check> {
+    for name in CHECKS {
+        if !checks.iter().any(|c| c.name == name) {
+            checks.push(skipped(name, reason));
+        }
+    }
+    checks.sort_by_key(|c| CHECKS.iter().position(|n| *n == c.name));
+    checks
 }
 
 /// Which pin the RDS's host key matched, or that nothing was checked.
@@ -87,13 +111,21 @@ const REJECTED_FIX: &str =
     "RouterOS rejected a command the driver needs: the RDS must run RouterOS 7 \
     with ROSE storage, and the SSH user needs the read and write policies";
 
+const CONNECT_FIX: &str =
+    "check --rds-address and --rds-port, the network path to the RDS, and that its SSH \
+    service is enabled (`/ip service print`); a port that accepts connections but never \
+    answers may not be the SSH service, or RouterOS may be hung";
+
+const STOPPED_ANSWERING: &str = "the RDS stopped answering";
+
 const FENCING_FIX: &str =
     "this RouterOS does not show the property storage-side fencing sets, so fenced volumes \
     could not be published: leave --nvme-fencing off and `nvmeFencing` out of StorageClasses, \
     or run a RouterOS 7 build whose `/disk print detail` shows nvme-tcp-server-allow-host-name \
     (`rds-csi validate` tells whether it takes a host NQN)";
 
-/// Runs every check in order; a check that cannot run because an earlier one failed is skipped.
+/// Runs every check in order, within the command's --timeout; a check that cannot run because
+/// an earlier one failed is skipped, saying why.
 pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
     let mut checks = Vec::new();
     let bases = match options.rds.base_paths() {
@@ -104,10 +136,18 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
                 format!("{e:#}"),
                 "set --rds-volume-base-path to an absolute path such as /storage-pool/metal-csi",
             ));
-            return checks;
+            return skip_the_rest(checks, "no valid base path");
         }
     };
     let base = bases[0].clone();
+    checks.push(pass(
+        "base path",
+        bases
+            .iter()
+            .map(|b| b.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
     let rds = match options.rds.client() {
         Ok(rds) => {
             checks.push(pass(
@@ -124,14 +164,15 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
                  and give --rds-host-key the RDS's host key fingerprint (`SHA256:...`), public key \
                  line (`ssh-ed25519 AAAA...`) or a file holding either",
             ));
-            return checks;
+            return skip_the_rest(checks, "no usable credentials");
         }
     };
-    let deadline = deadline_in(Duration::from_secs(30));
+    let deadline = deadline_in(options.rds.timeout);
     let addr = rds.transport().address();
+    let reached = || pass("connect", format!("reached {addr}"));
     match rds.identity(deadline).await {
         Ok(name) => {
-            checks.push(pass("connect", format!("reached {addr}")));
+            checks.push(reached());
             checks.push(pass(
                 "host key",
                 host_key_detail(rds.transport().accepted_host_key()),
@@ -141,50 +182,60 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
                 format!("logged in as {}; identity `{name}`", rds.transport().user()),
             ));
         }
-        Err(e) => {
-            let (failed, fix) = match &e {
-                RdsError::Transport(TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }) => (
-                    "host key",
-                    "the RDS presented a different host key: confirm its fingerprint on the RDS console \
-                     (`/ip ssh print`), then update the fingerprint, key or file given to --rds-host-key, \
-                     or the --rds-known-hosts file. If nobody changed the RDS, someone may be \
-                     intercepting the connection",
-                ),
-                RdsError::Transport(TransportError::AuthRejected { .. }) => (
-                    "login",
-                    "the RDS refused the key: import its public key for the user on the RDS \
-                     (`/user ssh-keys import public-key-file=... user=...`) or fix --rds-user",
-                ),
-                RdsError::Transport(_) => (
-                    "connect",
-                    "check --rds-address and --rds-port, the network path to the RDS, and that its SSH \
-                     service is enabled (`/ip service print`)",
-                ),
-                _ => ("identity", REJECTED_FIX),
-            };
-            for name in ["connect", "host key", "login"] {
-                if name == failed {
-                    checks.push(fail(name, e.to_string(), fix));
-                    break;
-                }
-                checks.push(pass(name, "ok"));
-            }
-            for name in [
+        Err(RdsError::Transport(
+            e @ (TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }),
+        )) => {
+            checks.push(reached());
+            checks.push(fail(
                 "host key",
+                e.to_string(),
+                "the RDS presented a different host key: confirm its fingerprint on the RDS console \
+                 (`/ip ssh print`), then update the fingerprint, key or file given to --rds-host-key, \
+                 or the --rds-known-hosts file. If nobody changed the RDS, someone may be \
+                 intercepting the connection",
+            ));
+            return skip_the_rest(checks, "the RDS's host key is not trusted");
+        }
+        Err(RdsError::Transport(e @ TransportError::AuthRejected { .. })) => {
+            checks.push(reached());
+            checks.push(pass(
+                "host key",
+                host_key_detail(rds.transport().accepted_host_key()),
+            ));
+            checks.push(fail(
                 "login",
-                "disk listing",
-                "file listing",
-                "capacity",
-                "traffic",
-            ] {
-                if !checks.iter().any(|c| c.name == name) {
-                    checks.push(skipped(name));
-                }
-            }
-            return checks;
+                e.to_string(),
+                "the RDS refused the key: import its public key for the user on the RDS \
+                 (`/user ssh-keys import public-key-file=... user=...`) or fix --rds-user",
+            ));
+            return skip_the_rest(checks, "not logged in");
+        }
+        Err(e @ RdsError::Transport(_)) => {
+            checks.push(fail("connect", e.to_string(), CONNECT_FIX));
+            return skip_the_rest(checks, "no connection");
+        }
+        Err(e) => {
+            // Logged in: the identity command itself was refused.
+            checks.push(reached());
+            checks.push(pass(
+                "host key",
+                host_key_detail(rds.transport().accepted_host_key()),
+            ));
+            checks.push(fail("login", e.to_string(), REJECTED_FIX));
+            return skip_the_rest(checks, "RouterOS refused the first command");
         }
     }
-    let rejected = |name: &'static str, e: RdsError| fail(name, e.to_string(), REJECTED_FIX);
+    // A transport failure now is the RDS going silent or away, not a missing policy: the rest
+    // is skipped rather than blamed on RouterOS.
+    let rds_failure = |name: &'static str, e: RdsError| match e {
+        RdsError::Transport(_) => fail(name, e.to_string(), CONNECT_FIX),
+        e => fail(name, e.to_string(), REJECTED_FIX),
+    };
+    let stopped = |checks: &[Check]| {
+        checks
+            .last()
+            .is_some_and(|c| c.result == Verdict::Fail && c.fix == CONNECT_FIX)
+    };
     checks.push(match rds.list_disks(deadline).await {
         Ok(disks) => {
             let managed = disks
@@ -199,16 +250,25 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
                 ),
             )
         }
-        Err(e) => rejected("disk listing", e),
+        Err(e) => rds_failure("disk listing", e),
     });
+    if stopped(&checks) {
+        return skip_the_rest(checks, STOPPED_ANSWERING);
+    }
     checks.push(fencing_check(&rds, deadline).await);
+    if stopped(&checks) {
+        return skip_the_rest(checks, STOPPED_ANSWERING);
+    }
     checks.push(match rds.list_files(&base, deadline).await {
         Ok(files) => pass(
             "file listing",
             format!("{} under {base}", count(files.len(), "file")),
         ),
-        Err(e) => rejected("file listing", e),
+        Err(e) => rds_failure("file listing", e),
     });
+    if stopped(&checks) {
+        return skip_the_rest(checks, STOPPED_ANSWERING);
+    }
     checks.push(match rds.capacity(&base, deadline).await {
         Ok(c) if c.free_bytes > 0 => pass(
             "capacity",
@@ -220,15 +280,18 @@ pub async fn run_checks(options: &DoctorOptions) -> Vec<Check> {
             e,
             format!("no disk is mounted at `{}`: --rds-volume-base-path must start with the pool's mount point", base.mount_point()),
         ),
-        Err(e) => rejected("capacity", e),
+        Err(e) => rds_failure("capacity", e),
     });
+    if stopped(&checks) {
+        return skip_the_rest(checks, STOPPED_ANSWERING);
+    }
     checks.push(match Slot::new(base.mount_point()) {
         Ok(slot) => match rds.traffic(&slot, deadline).await {
             Ok(t) => pass(
                 "traffic",
                 format!("{} reads, {} writes so far", t.read_ops, t.write_ops),
             ),
-            Err(e) => rejected("traffic", e),
+            Err(e) => rds_failure("traffic", e),
         },
         Err(e) => fail(
             "traffic",
@@ -251,6 +314,7 @@ async fn fencing_check(rds: &crate::rds::RdsClient, deadline: tokio::time::Insta
         .await
     {
         Ok(text) => crate::rds::parse::parse_detail(&text),
+        Err(e @ RdsError::Transport(_)) => return fail("fencing", e.to_string(), CONNECT_FIX),
         Err(e) => return fail("fencing", e.to_string(), REJECTED_FIX),
     };
     let entries = match entries {
@@ -283,15 +347,18 @@ async fn fencing_check(rds: &crate::rds::RdsClient, deadline: tokio::time::Insta
         (n, s) if s == n => pass(
             "fencing",
             format!(
-                "the RDS shows {KEY} on all {n} exported disks ({fenced} limited to a host): \
-                 --nvme-fencing can set it"
+                "the RDS shows {KEY} on {} {} ({fenced} limited to a host): \
+                 --nvme-fencing can set it",
+                if n == 1 { "the" } else { "all" },
+                count(n, "exported disk")
             ),
         ),
         (n, s) => fail(
             "fencing",
             format!(
-                "{KEY} is missing on {} of {n} exported disks: --nvme-fencing would fail on this RDS",
-                n - s
+                "{KEY} is missing on {} of {}: --nvme-fencing would fail on this RDS",
+                n - s,
+                count(n, "exported disk")
             ),
             FENCING_FIX,
         ),
@@ -320,6 +387,8 @@ pub async fn run(options: DoctorOptions) -> anyhow::Result<()> {
             Ok(())
         },
     )?;
-    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+    if failed > 0 {
+        return Err(super::NeedsAction(format!("{} failed", count(failed, "check"))).into());
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde::Serialize;
 
-use super::{emit, OutputFormat, RdsTarget, TOOL_DEADLINE};
+use super::{emit, NeedsAction, OutputFormat, RdsTarget};
 use crate::controller::params::{ParamDefaults, VolumeParams};
 use crate::ids::{self, ManagedFile};
 use crate::kube::api_deadline::{within, LIST_TIMEOUT};
@@ -277,7 +277,7 @@ pub async fn run(options: MigrateCheckOptions) -> anyhow::Result<()> {
     let view = read_cluster(&client, &options.driver_name).await?;
     let rds = options.rds.client()?;
     let disks = rds
-        .list_disks(deadline_in(TOOL_DEADLINE))
+        .list_disks(deadline_in(options.rds.timeout))
         .await
         .context("listing the RDS's disks")?;
     let findings = check(&view, &disks, &settings);
@@ -313,9 +313,12 @@ pub async fn run(options: MigrateCheckOptions) -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.verdict == Verdict::Action)
         .count();
-    anyhow::ensure!(
-        actions == 0,
-        "{actions} object(s) need action before the switch"
-    );
+    if actions > 0 {
+        return Err(NeedsAction(format!(
+            "{} need action before the switch",
+            super::count(actions, "object")
+        ))
+        .into());
+    }
     Ok(())
 }

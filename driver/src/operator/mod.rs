@@ -13,10 +13,39 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::rds::{RdsClient, RdsPath, SshConfig};
+use crate::rds::{RdsClient, RdsPath, RetryPolicy, SshConfig, Transport};
 
-/// Long enough to list a large pool over a slow link.
-const TOOL_DEADLINE: Duration = Duration::from_secs(120);
+/// The exit status of an operator command that ran and found something needing action (a
+/// failed check, an object to change, an orphan not removed). Any other error means the command
+/// could not do its work: [`EXIT_NOT_DONE`].
+pub const EXIT_NEEDS_ACTION: u8 = 1;
+/// Bad flags: nothing was tried.
+pub const EXIT_USAGE: u8 = 2;
+/// The command could not do its work: the RDS or the cluster unreachable, silent or refusing,
+/// a file it could not write, its --timeout over.
+pub const EXIT_NOT_DONE: u8 = 3;
+/// Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// What an operator command found that needs action: exit status [`EXIT_NEEDS_ACTION`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NeedsAction(pub String);
+
+/// The command was stopped by Ctrl-C: exit status [`EXIT_INTERRUPTED`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
+/// The exit status for an operator command's result.
+pub fn exit_status(result: &anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) if e.is::<NeedsAction>() => EXIT_NEEDS_ACTION,
+        Err(e) if e.is::<Interrupted>() => EXIT_INTERRUPTED,
+        Err(_) => EXIT_NOT_DONE,
+    }
+}
 
 /// How an operator command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +63,23 @@ pub struct RdsTarget {
     pub base_paths: Result<Vec<RdsPath>, String>,
     /// The private key's file, named by `doctor` once it has loaded.
     pub key_file: PathBuf,
+    /// How long the whole command may take (--timeout).
+    pub timeout: Duration,
 }
 
 impl RdsTarget {
+    /// A client that tries each command twice: someone is waiting, and --timeout bounds the
+    /// whole run anyway.
     pub fn client(&self) -> anyhow::Result<std::sync::Arc<RdsClient>> {
         let config = self.ssh.clone().map_err(anyhow::Error::msg)?;
-        Ok(crate::server::rds_client(config))
+        let retry = RetryPolicy {
+            attempts: 2,
+            ..RetryPolicy::default()
+        };
+        Ok(std::sync::Arc::new(RdsClient::new(
+            Transport::new(config),
+            retry,
+        )))
     }
 
     /// The base paths, the first one first; at least one.

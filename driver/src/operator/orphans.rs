@@ -8,7 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::{emit, OutputFormat, RdsTarget, TOOL_DEADLINE};
+use super::{emit, OutputFormat, RdsTarget};
 use crate::orphans::{self, OrphanKind};
 use crate::rds::{deadline_in, RdsPath};
 
@@ -51,7 +51,7 @@ struct Kept<'a> {
 pub async fn run(options: OrphansOptions) -> anyhow::Result<()> {
     let rds = options.rds.client()?;
     let bases = options.rds.base_paths()?;
-    let deadline = deadline_in(TOOL_DEADLINE);
+    let deadline = deadline_in(options.rds.timeout);
     // With a cluster, also disks without PV; files the cluster references are never orphans.
     let client = match &options.kubeconfig {
         Some(path) => Some(

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{emit, gib, OutputFormat, RdsTarget, TOOL_DEADLINE};
+use super::{emit, gib, OutputFormat, RdsTarget};
 use crate::controller::health::{condition_of, disk_problems, file_problem, Backing};
 use crate::ids::{classify_disk, ManagedFile};
 use crate::rds::deadline_in;
@@ -28,7 +28,7 @@ struct ListedVolume {
 pub async fn run(options: VolumesOptions) -> anyhow::Result<()> {
     let rds = options.rds.client()?;
     let bases = options.rds.base_paths()?;
-    let deadline = deadline_in(TOOL_DEADLINE);
+    let deadline = deadline_in(options.rds.timeout);
     let disks = rds.list_disks(deadline).await?;
     let files: std::collections::HashMap<_, _> = rds
         .list_files_in(&bases, deadline)

@@ -257,7 +257,14 @@ impl RdsClient {
                     if Instant::now() + delay >= deadline {
                         return Err(e);
                     }
-                    tracing::info!(error = %e, retry_in = ?delay, "retrying after a transport failure");
+                    // One line per retry, readable as it stands: an operator command's only
+                    // sign of life while the RDS does not answer.
+                    tracing::warn!(
+                        "{e}; trying again in {} (attempt {} of {})",
+                        crate::duration::display(delay),
+                        failures + 1,
+                        self.retry.attempts
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 result => return result,

@@ -96,9 +96,11 @@ impl TransportError {
             TransportError::AuthRejected { .. } => "RDS login refused",
             TransportError::Config(_) => "RDS connection not set up",
             TransportError::OutputTooLarge { .. } => "RDS reply refused",
-            TransportError::Connect { .. }
-            | TransportError::ConnectionLost(_)
-            | TransportError::Timeout { .. } => "RDS unreachable",
+            TransportError::Connect { .. } => "RDS unreachable",
+            TransportError::ConnectionLost(_) => "RDS connection lost",
+            // Reached, or at least not refused, but silent: a hung RouterOS or a port that is
+            // not its SSH service, not a network that is down.
+            TransportError::Timeout { .. } => "RDS not answering",
         }
     }
 

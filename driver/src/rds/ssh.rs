@@ -371,7 +371,8 @@ impl Transport {
                 );
                 state.retry_at = e.is_retryable().then(|| Instant::now() + delay);
                 state.last_error = Some(e.clone());
-                tracing::warn!(rds = %self.config.addr(), error = %e, retry_in = ?delay, "SSH connect failed");
+                // The caller's retry or its error reports it; a warning here would say it twice.
+                tracing::info!(rds = %self.config.addr(), error = %e, retry_in = ?delay, "SSH connect failed");
                 Err(e)
             }
         }

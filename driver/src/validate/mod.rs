@@ -31,13 +31,18 @@ const BARE_TEXTS: &[&str] = &[
     "invalid parameter",
 ];
 
-/// Whether the driver copes with what the RDS did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Whether the driver copes with what the RDS did (`true` or `false` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     Yes,
     /// The RDS did something no profile variant describes: please report it.
     No,
+}
+
+impl Serialize for Handled {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(*self == Handled::Yes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,6 +64,9 @@ pub struct Report {
     /// What could not be removed, each with the command that removes it.
     pub leftovers: Vec<String>,
     pub interrupted: bool,
+    /// Why the run stopped before its last step, when a step could not go on (the RDS
+    /// refused, was silent, or the scratch directory was taken).
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -119,13 +127,14 @@ struct Run<'a> {
 }
 
 /// Runs every step against the RDS, then removes what it made. `progress` gets one line per
-/// step; `cancel` stops the steps (the clean-up still runs).
+/// step; `cancel` stops the steps (the clean-up still runs). A step that cannot go on ends the
+/// run with [`Report::error`] set: the report so far is still the answer.
 pub async fn run(
     rds: &RdsClient,
     base: &RdsPath,
     cancel: CancellationToken,
     progress: impl FnMut(&str),
-) -> anyhow::Result<(Report, Bundle)> {
+) -> (Report, Bundle) {
     let tag = format!("{:08x}", rand::random::<u32>());
     run_tagged(rds, base, &tag, cancel, progress).await
 }
@@ -138,8 +147,17 @@ pub async fn run_tagged(
     tag: &str,
     cancel: CancellationToken,
     mut progress: impl FnMut(&str),
-) -> anyhow::Result<(Report, Bundle)> {
-    let scratch = base.join(&format!("rds-csi-validate-{tag}"))?;
+) -> (Report, Bundle) {
+    let scratch = match base.join(&format!("rds-csi-validate-{tag}")) {
+        Ok(scratch) => scratch,
+        Err(e) => {
+            let report = Report {
+                error: Some(format!("the scratch directory's name: {e}")),
+                ..Report::default()
+            };
+            return (report, Bundle::default());
+        }
+    };
     let mut run = Run {
         rds,
         prefix: format!("rdsv-{tag}"),
@@ -153,12 +171,16 @@ pub async fn run_tagged(
         files: Vec::new(),
         dirs: Vec::new(),
     };
-    let steps = run.steps(base, &cancel, &mut progress).await;
+    // Stopped at once, mid-command too: everything is noted before the command that makes it.
+    let steps = tokio::select! {
+        steps = run.steps(base, &cancel, &mut progress) => steps,
+        () = cancel.cancelled() => Ok(()),
+    };
     progress("clean-up");
     run.clean_up().await;
     run.report.interrupted = cancel.is_cancelled();
-    steps?;
-    Ok((run.report, run.bundle))
+    run.report.error = steps.err().map(|e| format!("{e:#}"));
+    (run.report, run.bundle)
 }
 
 fn text(out: &ExecOutput) -> String {
@@ -258,6 +280,7 @@ impl Run<'_> {
             "copy",
             "exact-size",
             "copy-size",
+            "wrapping-list",
             "resize",
             "allow-host",
             "sessions",
@@ -281,6 +304,7 @@ impl Run<'_> {
                 "copy" => self.copy().await?,
                 "exact-size" => self.exact_size().await?,
                 "copy-size" => self.copy_size().await?,
+                "wrapping-list" => self.wrapping_list().await?,
                 "resize" => self.resize().await?,
                 "allow-host" => self.allow_host().await?,
                 "sessions" => self.sessions().await?,

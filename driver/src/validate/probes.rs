@@ -116,6 +116,9 @@ impl Run<'_> {
             self.file(&scratch).await?.is_none(),
             "{scratch} already exists on the RDS; refusing to touch it"
         );
+        // Noted before the command, as disks are: a run stopped while it is sent still
+        // removes it, and it was not there a moment ago.
+        self.dirs.push(scratch.clone());
         let out = self
             .exec(
                 &format!(
@@ -130,7 +133,6 @@ impl Run<'_> {
             "could not make the scratch directory {scratch}: {}",
             text(&out)
         );
-        self.dirs.push(scratch.clone());
         self.find(
             "scratch",
             "`/file add type=directory` makes a directory",
@@ -163,6 +165,9 @@ impl Run<'_> {
         let path = dir.join(&format!("{slot}.img"))?;
         let line = self.add_line(&slot, &path, "1M", false);
         self.adding(&slot, &path);
+        // Inside the fresh scratch directory, so whatever is there later is this run's own;
+        // removing it when the RDS never made it is a no-op.
+        self.dirs.push(dir);
         let out = self.exec(&line, None).await?;
         let made = self.disk(&slot).await?.is_some();
         if !made {
@@ -170,9 +175,6 @@ impl Run<'_> {
                 "error-no-such-directory.txt".into(),
                 out.stdout.clone() + &out.stderr,
             ));
-        }
-        if self.file(&dir).await?.is_some() {
-            self.dirs.push(dir);
         }
         let (observed, variants) = if made {
             ("creates missing directories".to_string(), vec![])
@@ -382,7 +384,8 @@ impl Run<'_> {
                 ),
                 other => (
                     format!(
-                        "`{printed}` does not read as just made ({other:?} by the RDS's clock)"
+                        "`{printed}` does not read as just made ({} by the RDS's clock)",
+                        other.map_or("no age".into(), |age| format!("{} s old", age.as_secs()))
                     ),
                     Handled::No,
                 ),
@@ -559,7 +562,10 @@ impl Run<'_> {
             ("a copy takes the `file-size` given".to_string(), vec![])
         } else {
             (
-                format!("a copy keeps its source's size ({size:?} bytes for 2 MiB asked)"),
+                format!(
+                    "a copy keeps its source's size ({} for 2 MiB asked)",
+                    size.map_or("no size".into(), |b| format!("{b} bytes"))
+                ),
                 vec!["copy-ignores-size"],
             )
         };
@@ -570,6 +576,10 @@ impl Run<'_> {
             variants,
             Handled::Yes,
         );
+        Ok(())
+    }
+
+    pub(super) async fn wrapping_list(&mut self) -> anyhow::Result<()> {
         // Every scratch disk in one listing, with names of many lengths, so line breaks fall
         // at many places (a number is cut only when it happens to straddle a line end).
         let longest = 64 - self.prefix.len() - 2;
@@ -688,13 +698,19 @@ impl Run<'_> {
             ),
             (true, Some(v)) => (
                 format!(
-                    "shown ({v:?}) but not accepted: {} ({})",
+                    "shown (`{v}`) but not accepted: {} ({})",
                     text(&out),
                     exit_of(&out)
                 ),
                 vec![],
             ),
-            (false, v) => (format!("accepted; read back as {v:?}"), vec![]),
+            (false, v) => (
+                format!(
+                    "accepted; read back as {}",
+                    v.map_or("nothing".into(), |v| format!("`{v}`"))
+                ),
+                vec![],
+            ),
         };
         // Fencing is off by default; this only tells whether it could be turned on.
         self.find(

@@ -19,13 +19,14 @@ pub(super) const MOCK_HELP: &str = "\
   fault fail|hang|drop [pattern=RE] [times=N] fail, never answer, or cut the connection
   fault latency [pattern=RE] min=DUR [max=DUR]
   fault refuse-connections [enabled=no] [for=DUR]
-  fault stall-handshake [enabled=no]          (SIGHUP to mock-rds clears every fault)
+  fault stall-handshake [enabled=no] [for=DUR] (SIGHUP to mock-rds clears every fault)
   fault target-down [enabled=no] [for=DUR]    with --nvmet
   fault print | fault clear
   history [count=N]                           the last commands and how they ended
   profile [set=NAMES] | profile print         the RouterOS behaviour variants
   copy-short by=S [resume=DUR]                the next copy stops short
   target print                                with --nvmet: what the kernel target serves
+  state                                       disks, files, faults, profile and history at a glance
   reset                                       forget disks, files, faults and history
   drop-connections                            cut every connection
   help                                        this list
@@ -91,6 +92,10 @@ impl Engine {
                 Ok(self.mode().lines(&text))
             }
             "fault" => self.mock_fault(inv),
+            "state" => {
+                print_or_nothing(inv)?;
+                Ok(self.mode().lines(&self.state_summary()))
+            }
             "copy-short" => {
                 // `/mock copy-short by=40M [resume=2s]`: the next copy stops short.
                 inv.only_args(&["by", "resume"])?;
@@ -110,12 +115,7 @@ impl Engine {
             }
             "target" => {
                 // `/mock target print`: what the kernel target serves.
-                match inv.positional.as_slice() {
-                    [p] if p.word && matches!(&p.value, Value::Text(w) if w == "print") => {}
-                    [] => {}
-                    [p, ..] => return Err(CliError::ExpectedEnd { col: p.col }),
-                }
-                no_named(inv)?;
+                print_or_nothing(inv)?;
                 let t = self.target().ok_or_else(no_target)?;
                 let text: String = t.describe().iter().map(|l| format!("{l}\n")).collect();
                 Ok(self.mode().lines(&text))
@@ -230,8 +230,14 @@ impl Engine {
                 return Ok(String::new());
             }
             "stall-handshake" => {
-                inv.only_args(&["enabled"])?;
-                Fault::StallHandshake(enabled)
+                inv.only_args(&["enabled", "for"])?;
+                match inv.text("for") {
+                    Some(d) if enabled => Fault::StallHandshakeFor(
+                        fault::parse_duration(d)
+                            .ok_or_else(|| CliError::InvalidValue { arg: "for".into() })?,
+                    ),
+                    _ => Fault::StallHandshake(enabled),
+                }
             }
             "clear" => {
                 no_named(inv)?;
@@ -260,6 +266,67 @@ impl Engine {
             .map_err(|e| failure(format!("bad pattern: {e}")))?;
         Ok(String::new())
     }
+}
+
+impl Engine {
+    /// `/mock state`: everything a developer asks the mock about, in one read, with the
+    /// fields RouterOS would not print (sizes in bytes, copy sources).
+    fn state_summary(&self) -> String {
+        let mut text = format!("profile: {}\n", self.profile());
+        {
+            let st = lock(&self.state);
+            text.push_str(&format!("disks: {}\n", st.disks.len()));
+            for d in &st.disks {
+                text.push_str(&format!(
+                    "  slot={} file-path={} size={}{}{}{}\n",
+                    d.slot,
+                    d.file_path,
+                    d.file_size,
+                    if d.nvme_tcp_export {
+                        format!(
+                            " export=yes nqn={}",
+                            d.nvme_tcp_server_nqn.as_deref().unwrap_or("-")
+                        )
+                    } else {
+                        String::new()
+                    },
+                    if d.nvme_tcp_server_allow_host_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" allow-host={}", d.nvme_tcp_server_allow_host_name)
+                    },
+                    d.copied_from
+                        .as_deref()
+                        .map_or(String::new(), |s| format!(" copied-from={s}")),
+                ));
+            }
+            text.push_str(&format!("files: {}\n", st.files.len()));
+            for f in &st.files {
+                text.push_str(&format!("  {} {:?} size={}\n", f.path, f.kind, f.size));
+            }
+        }
+        let faults = lock(&self.faults).describe();
+        if faults.is_empty() {
+            text.push_str("faults: none\n");
+        } else {
+            text.push_str(&format!("faults: {}\n", faults.len()));
+            for f in faults {
+                text.push_str(&format!("  {f}\n"));
+            }
+        }
+        text.push_str(&format!("history: {} commands\n", self.history().len()));
+        text
+    }
+}
+
+/// `/mock X` or `/mock X print`, and nothing else.
+fn print_or_nothing(inv: &Invocation) -> Result<(), CliError> {
+    match inv.positional.as_slice() {
+        [p] if p.word && matches!(&p.value, Value::Text(w) if w == "print") => {}
+        [] => {}
+        [p, ..] => return Err(CliError::ExpectedEnd { col: p.col }),
+    }
+    no_named(inv)
 }
 
 fn no_target() -> CliError {

@@ -274,7 +274,7 @@ impl Engine {
     }
 
     pub fn stall_handshake(&self) -> bool {
-        lock(&self.faults).stall
+        lock(&self.faults).stalling()
     }
 
     /// Decides how to treat `line`. `/mock` commands are never faulted, so a person at a shell
@@ -301,6 +301,15 @@ impl Engine {
         output: &str,
         disposition: Disposition,
     ) {
+        let first_line = output.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        tracing::info!(
+            command,
+            exit_status = exit_status.map_or("none".to_string(), |s| s.to_string()),
+            ?disposition,
+            reply_lines = output.lines().count(),
+            reply = first_line.trim(),
+            "command"
+        );
         lock(&self.history).push(HistoryEntry {
             time: SystemTime::now(),
             command: command.to_string(),
