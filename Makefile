@@ -1,7 +1,7 @@
 # The few commands people type. `make run` tries the driver on this machine; `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean
+.PHONY: run test mutants mutants-diff build lint fmt clean
 
 run:
 	$(CARGO) run -q -p e2e --bin demo
@@ -13,6 +13,19 @@ test:
 	./e2e/cluster/build.sh >/dev/null
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Mutation testing of the safety-critical code (.cargo/mutants.toml; README "Tests that can
+# fail"). Not part of `make test`: the whole set takes hours. MUTANTS_ARGS narrows it, e.g.
+# MUTANTS_ARGS="--file driver/src/mkfs.rs -- --lib" for one file against the unit tests.
+mutants:
+	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants@27.1.0
+	$(CARGO) mutants --output target $(MUTANTS_ARGS)
+
+# The mutants of what this branch changed since main: run it before submitting.
+mutants-diff:
+	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants@27.1.0
+	git diff main... > target/mutants.diff
+	$(CARGO) mutants --output target --in-diff target/mutants.diff $(MUTANTS_ARGS)
 
 build:
 	$(CARGO) build --workspace --release

@@ -303,6 +303,46 @@ mod tests {
         }
     }
 
+    /// A disk is the driver's only when everything agrees: a file disk, its file named for its
+    /// own slot, and (a snapshot) not exported. A foreign disk whose file happens to carry a
+    /// driver's name, or a driver's file under another slot, is not.
+    #[test]
+    fn a_disk_is_the_drivers_only_when_slot_file_and_type_agree() {
+        let bases = [RdsPath::new("/p/csi").unwrap()];
+        let disk = |slot: &str, path: Option<&str>, disk_type: &str, exported: bool| Disk {
+            slot: slot.into(),
+            disk_type: disk_type.into(),
+            file_path: path.map(str::to_string),
+            nvme_export: exported,
+            ..Disk::default()
+        };
+        let volume = Some(ManagedFile::Volume(Slot::new("pvc-a").unwrap()));
+        let vol = |slot, exported| disk(slot, Some("/p/csi/pvc-a.img"), "file", exported);
+        assert_eq!(classify_disk(&bases, &vol("pvc-a", true)), volume);
+        assert_eq!(classify_disk(&bases, &vol("pvc-a", false)), volume);
+        // Another slot over a driver's file: a disk someone else made.
+        assert_eq!(classify_disk(&bases, &vol("pvc-b", true)), None);
+        assert_eq!(classify_disk(&bases, &vol("nixos-var", true)), None);
+        // Not a file disk, or no file at all.
+        assert_eq!(
+            classify_disk(&bases, &disk("pvc-a", Some("/p/csi/pvc-a.img"), "partition", true)),
+            None
+        );
+        assert_eq!(classify_disk(&bases, &disk("pvc-a", None, "file", true)), None);
+
+        let snap_id = "snap-0f923194-922a-5dd8-b376-c2c6ccb56dd8-at-0f92319492";
+        let snap_path = format!("/p/csi/{snap_id}.from-pvc-a.img");
+        let snapshot = Some(ManagedFile::Snapshot {
+            id: Slot::new(snap_id).unwrap(),
+            source: Some(Slot::new("pvc-a").unwrap()),
+        });
+        let snap = |slot, exported| disk(slot, Some(&snap_path), "file", exported);
+        assert_eq!(classify_disk(&bases, &snap(snap_id, false)), snapshot);
+        // A snapshot is never exported: an exported one is not the driver's doing.
+        assert_eq!(classify_disk(&bases, &snap(snap_id, true)), None);
+        assert_eq!(classify_disk(&bases, &snap("pvc-a", false)), None);
+    }
+
     #[test]
     fn volume_and_snapshot_ids_never_cross() {
         assert!(parse_volume_id("snap-x").is_none());

@@ -300,6 +300,103 @@ pub fn parse_options(fs: &str, options: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
+
+    /// Each value grammar at its edges: one inside and one outside every bound, and one
+    /// character of each kind it refuses. A grammar that let any of these through would let
+    /// mkfs see a value nobody checked.
+    #[rstest]
+    #[case::count_one_digit("-N", "7", true)]
+    #[case::count_twelve_digits("-N", "123456789012", true)]
+    #[case::count_thirteen_digits("-N", "1234567890123", false)]
+    #[case::count_sign("-N", "-1", false)]
+    #[case::count_letter("-N", "1k", false)]
+    #[case::percent_three_digits("-m", "100", true)]
+    #[case::percent_four_digits("-m", "1000", false)]
+    #[case::percent_three_decimals("-m", "0.125", true)]
+    #[case::percent_four_decimals("-m", "0.1250", false)]
+    #[case::percent_no_whole("-m", ".5", false)]
+    #[case::percent_no_decimals("-m", "5.", false)]
+    #[case::percent_letter("-m", "5a", false)]
+    #[case::percent_letter_decimal("-m", "5.a", false)]
+    #[case::percent_two_points("-m", "1.2.3", false)]
+    #[case::label_at_its_length("-L", "abcdefghijklmnop", true)]
+    #[case::label_one_too_long("-L", "abcdefghijklmnopq", false)]
+    #[case::label_punctuation("-L", "a.b_c-d", true)]
+    #[case::label_leading_dash("-L", "-x", false)]
+    #[case::label_slash("-L", "a/b", false)]
+    #[case::label_colon("-L", "a:b", false)]
+    #[case::uuid("-U", "0f923194-922a-5dd8-b376-c2c6ccb56dd8", true)]
+    #[case::uuid_upper_hex("-U", "0F923194-922A-5DD8-B376-C2C6CCB56DD8", true)]
+    #[case::uuid_word_clear("-U", "clear", true)]
+    #[case::uuid_word_random("-U", "random", true)]
+    #[case::uuid_word_time("-U", "time", true)]
+    #[case::uuid_other_word("-U", "now", false)]
+    #[case::uuid_four_groups("-U", "0f923194-922a-5dd8-b376c2c6ccb56dd8", false)]
+    #[case::uuid_six_groups("-U", "0f923194-922a-5dd8-b376-c2c6-ccb56dd8", false)]
+    #[case::uuid_short_group("-U", "0f92319-922a-5dd8-b376-c2c6ccb56dd8a", false)]
+    #[case::uuid_not_hex("-U", "0f923194-922a-5dd8-b376-c2c6ccb56ddg", false)]
+    #[case::one_of("-e", "panic", true)]
+    #[case::one_of_other("-e", "reboot", false)]
+    #[case::features("-O", "^has_journal,metadata_csum,64bit", true)]
+    #[case::feature_at_its_length("-O", "abcdefghijklmnopqrstuvwxyz012345", true)]
+    #[case::feature_one_too_long("-O", "abcdefghijklmnopqrstuvwxyz0123456", false)]
+    #[case::feature_upper_case("-O", "Has_journal", false)]
+    #[case::feature_dash("-O", "has-journal", false)]
+    #[case::feature_empty("-O", "a,,b", false)]
+    #[case::suboption_flag("-E", "nodiscard", true)]
+    #[case::suboption_value_at_its_length("-E", &format!("stride={}", "1".repeat(64)), true)]
+    #[case::suboption_value_one_too_long("-E", &format!("stride={}", "1".repeat(65)), false)]
+    #[case::suboption_owner("-E", "root_owner=0:0", true)]
+    #[case::suboption_empty_value("-E", "stride=", false)]
+    #[case::suboption_slash("-E", "stride=1/2", false)]
+    #[case::suboption_unknown("-E", "offset=1", false)]
+    #[case::suboption_second_unknown("-E", "stride=1,offset=1", false)]
+    fn each_value_grammar_holds_at_its_edges(
+        #[case] flag: &str,
+        #[case] value: &str,
+        #[case] accepted: bool,
+    ) {
+        let options = format!("{flag} {value}");
+        let parsed = parse_options("ext4", &options);
+        assert_eq!(parsed.is_ok(), accepted, "ext4 `{options}`: {parsed:?}");
+        if let Ok(words) = parsed {
+            assert_eq!(words, [flag, value], "the words pass through unchanged");
+        } else {
+            assert!(parsed.unwrap_err().contains(flag), "the error names the flag");
+        }
+    }
+
+    #[test]
+    fn the_length_limit_is_checked_before_the_words() {
+        let at_limit = format!("-L {}", " ".repeat(MAX_LEN - 5) + "x");
+        assert_eq!(at_limit.len(), MAX_LEN - 1);
+        assert!(parse_options("ext4", &(at_limit.clone() + " ")).is_ok());
+        let over = at_limit + "  ";
+        let e = parse_options("ext4", &over).unwrap_err();
+        assert!(e.contains("longer than 1024"), "{e}");
+        let e = parse_options("zfs", "").unwrap_err();
+        assert!(e.contains("`zfs`"), "{e}");
+        let e = parse_options("ext4", "-m").unwrap_err();
+        assert!(e.contains("`-m` needs a value"), "{e}");
+    }
+
+    #[test]
+    fn a_flag_without_value_takes_none_and_the_next_word_is_a_flag_again() {
+        assert_eq!(
+            parse_options("ext4", "-j -m 1 -D").unwrap(),
+            ["-j", "-m", "1", "-D"]
+        );
+        // `-j` takes no value: `5` is then a word of its own, and no flag.
+        assert!(parse_options("ext4", "-j 5").is_err());
+        assert_eq!(
+            parse_options("xfs", "-K -L x").unwrap(),
+            ["-K", "-L", "x"]
+        );
+        // XFS's label is shorter than ext4's.
+        assert!(parse_options("xfs", "-L abcdefghijkl").is_ok());
+        assert!(parse_options("xfs", "-L abcdefghijklm").is_err());
+    }
 
     #[test]
     fn options_that_name_paths_or_change_the_job_are_refused() {
