@@ -248,6 +248,9 @@ mod tests {
             "snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-xyz",
             "snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-",
             "snap-7e2a9c41-at-abcfd3394c",
+            // Only the hyphenated form names a source: the same UUID written without hyphens
+            // is not a v0.11 ID.
+            "snap-7e2a9c413b5d4e6f8a1b2c3d4e5f6a7b-at-1739800000",
             "snap-1",
         ] {
             assert_eq!(go_snapshot_source(&Slot::new(bad).unwrap()), None, "{bad}");
@@ -325,10 +328,16 @@ mod tests {
         assert_eq!(classify_disk(&bases, &vol("nixos-var", true)), None);
         // Not a file disk, or no file at all.
         assert_eq!(
-            classify_disk(&bases, &disk("pvc-a", Some("/p/csi/pvc-a.img"), "partition", true)),
+            classify_disk(
+                &bases,
+                &disk("pvc-a", Some("/p/csi/pvc-a.img"), "partition", true)
+            ),
             None
         );
-        assert_eq!(classify_disk(&bases, &disk("pvc-a", None, "file", true)), None);
+        assert_eq!(
+            classify_disk(&bases, &disk("pvc-a", None, "file", true)),
+            None
+        );
 
         let snap_id = "snap-0f923194-922a-5dd8-b376-c2c6ccb56dd8-at-0f92319492";
         let snap_path = format!("/p/csi/{snap_id}.from-pvc-a.img");

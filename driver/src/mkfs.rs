@@ -363,7 +363,10 @@ mod tests {
         if let Ok(words) = parsed {
             assert_eq!(words, [flag, value], "the words pass through unchanged");
         } else {
-            assert!(parsed.unwrap_err().contains(flag), "the error names the flag");
+            assert!(
+                parsed.unwrap_err().contains(flag),
+                "the error names the flag"
+            );
         }
     }
 
@@ -389,10 +392,7 @@ mod tests {
         );
         // `-j` takes no value: `5` is then a word of its own, and no flag.
         assert!(parse_options("ext4", "-j 5").is_err());
-        assert_eq!(
-            parse_options("xfs", "-K -L x").unwrap(),
-            ["-K", "-L", "x"]
-        );
+        assert_eq!(parse_options("xfs", "-K -L x").unwrap(), ["-K", "-L", "x"]);
         // XFS's label is shorter than ext4's.
         assert!(parse_options("xfs", "-L abcdefghijkl").is_ok());
         assert!(parse_options("xfs", "-L abcdefghijklm").is_err());
