@@ -24,6 +24,7 @@ mutants:
 # The mutants of what this branch changed since main: run it before submitting.
 mutants-diff:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants@27.1.0
+	mkdir -p target
 	git diff main... > target/mutants.diff
 	$(CARGO) mutants --output target --in-diff target/mutants.diff $(MUTANTS_ARGS)
 

@@ -604,21 +604,7 @@ async fn errors_name_their_cause_once() {
     let s = setup().await;
     let key = s.dir.path().join("id");
     let key = key.to_str().unwrap();
-    let closed = closed_port().to_string();
-    let (code, stderr) = rds_csi(
-        &[
-            "volumes",
-            "--rds-address",
-            "127.0.0.1",
-            "--rds-port",
-            &closed,
-            "--rds-insecure-skip-verify",
-            "--rds-key-file",
-            key,
-        ],
-        &[],
-    )
-    .await;
+    let (code, stderr) = rds_csi(&s.args_at(closed_port(), "volumes", &s.key(), &[]), &[]).await;
     assert_eq!(code, 3, "{stderr}");
     let error = stderr.lines().last().unwrap_or_default();
     assert!(

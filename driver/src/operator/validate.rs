@@ -61,7 +61,7 @@ pub async fn run(options: ValidateOptions) -> anyhow::Result<()> {
     let timer = tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         eprintln!(
-            "{} (--timeout) are up: removing what was made, then stopping",
+            "--timeout {} is up: removing what was made, then stopping",
             crate::duration::display(timeout)
         );
         on_timeout.cancel();
