@@ -36,6 +36,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ControllerRole {
     pub rds: SshConfig,
+    /// Whether changes may go to the RDS as one script each (where it runs them).
+    pub rds_scripts: bool,
     pub service: ControllerConfig,
     pub kube: crate::kube::Config,
 }
@@ -43,11 +45,16 @@ pub struct ControllerRole {
 /// The RDS client the controller and the operator commands use. Nothing is contacted yet: the
 /// connection is made on first use, so a driver starts (and reports not ready) while the RDS is
 /// down.
-pub fn rds_client(config: SshConfig) -> Arc<RdsClient> {
-    Arc::new(RdsClient::new(
+pub fn rds_client(config: SshConfig, scripts: bool) -> Arc<RdsClient> {
+    let client = RdsClient::new(
         Transport::with_observer(config, crate::metrics::rds_observer()),
         RetryPolicy::default(),
-    ))
+    );
+    Arc::new(if scripts {
+        client
+    } else {
+        client.without_scripts()
+    })
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -61,7 +68,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut kube_tasks = None;
     let mut pool = None;
     let (rds, controller) = if let Some(role) = config.controller {
-        let rds = rds_client(role.rds);
+        let rds = rds_client(role.rds, role.rds_scripts);
         let learner = Arc::clone(&rds);
         tokio::spawn(async move {
             learner

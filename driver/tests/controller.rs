@@ -1044,9 +1044,9 @@ async fn rds_errors_map_to_grpc_codes() {
         ),
         Code::ResourceExhausted
     );
-    // CreateVolume's first command is the file check.
+    // The add hangs, alone or inside the create script (and again in the sequence after it).
     f.mock.inject(Fault::Hang {
-        pattern: "^/file print".into(),
+        pattern: "^/disk add".into(),
         times: None,
     });
     let mut req = Request::new(create_req("pvc-hang", GIB));

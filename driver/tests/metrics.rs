@@ -119,7 +119,8 @@ async fn metrics_follow_csi_calls_and_readiness_follows_the_rds() {
     assert_eq!(status, 200);
     let ok_series = "rds_csi_csi_calls_total{code=\"Ok\",rpc=\"CreateVolume\"}";
     let bad_series = "rds_csi_csi_calls_total{code=\"InvalidArgument\",rpc=\"CreateVolume\"}";
-    let add_series = "rds_csi_rds_commands_total{kind=\"disk-add\",outcome=\"ok\"}";
+    // The mock runs scripts: a create is one `script-create` exec.
+    let add_series = "rds_csi_rds_commands_total{kind=\"script-create\",outcome=\"ok\"}";
 
     client.create_volume(create("pvc-m1")).await.unwrap();
     client.create_volume(create("pvc-m2")).await.unwrap();

@@ -307,7 +307,11 @@ impl HistoryEntry {
 
     /// A command that ran and succeeded on the mock (its effect happened), answered or not.
     pub fn took_effect(&self) -> bool {
-        self.exit == Some(0) && matches!(self.disposition.as_str(), "Answered" | "Dropped")
+        self.exit == Some(0)
+            && matches!(
+                self.disposition.as_str(),
+                "Answered" | "Dropped" | "Scripted"
+            )
     }
 }
 

@@ -1,12 +1,14 @@
 //! The RouterOS command line: a parser of the tokenizer's words into a menu path, arguments and
-//! `where` filters, and RouterOS sizes. The tokenizer and its errors are in `token`, the one
-//! script the mock answers in `script`. Errors carry the texts RouterOS prints, with 1-based
+//! `where` filters, and RouterOS sizes. The tokenizer and its errors are in `token`, the
+//! scripting the mock answers in `script`. Errors carry the texts RouterOS prints, with 1-based
 //! `(line 1 column N)` positions.
 
 mod script;
 mod token;
 
-pub use script::{is_script, parse_put, FileGet};
+pub use script::{
+    is_script, is_sequence, parse_put, parse_script, script_leaves, Compare, Count, FileGet, Stmt,
+};
 pub use token::{failure, tokenize, CliError, Tok, TokKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +536,73 @@ mod tests {
             CliError::Syntax { col: 23 }
         );
         assert!(is_script(" :put 1") && !is_script("/file print"));
+    }
+
+    #[test]
+    fn parses_scripts_into_statements() {
+        let script = parse_script(
+            r#":if ([:len [/file find name="a b;c"]] = 0) do={/disk add slot=x; :put "m;"} else={:put "e"}; /disk print"#,
+        )
+        .unwrap();
+        let [Stmt::If {
+            count,
+            op,
+            value,
+            then,
+            otherwise,
+        }, Stmt::Command(print)] = script.as_slice()
+        else {
+            panic!("{script:?}");
+        };
+        assert_eq!(count.menu, "file");
+        assert_eq!(
+            count.conds[0].value, "a b;c",
+            "a ; in a string splits nothing"
+        );
+        assert_eq!((*op, *value), (Compare::Eq, 0));
+        assert_eq!(
+            then,
+            &vec![
+                Stmt::Command("/disk add slot=x".into()),
+                Stmt::PutText("m;".into())
+            ]
+        );
+        assert_eq!(otherwise, &vec![Stmt::PutText("e".into())]);
+        assert_eq!(print, "/disk print");
+        assert!(is_sequence("/disk print; /file print") && !is_sequence("/disk print"));
+        assert!(
+            !is_sequence("/file print where name=\"a;b\""),
+            "a ; inside a string is no separator"
+        );
+        assert_eq!(
+            script_leaves(
+                r#":if ([:len [/disk find]] > 1) do={/disk remove [find]} else={:put "x"}; :put [/file get a size]"#
+            ),
+            vec!["/disk find", "/disk remove [find]", "/file get"]
+        );
+    }
+
+    #[test]
+    fn script_errors_name_the_column_in_the_whole_line() {
+        let err = |line: &str| parse_script(line).unwrap_err().to_string();
+        assert_eq!(
+            err(":put \"a\"; :log x"),
+            "bad command name log (line 1 column 12)"
+        );
+        assert_eq!(
+            err(":if ([:len [/system find]] = 0) do={}"),
+            "bad command name system (line 1 column 13)"
+        );
+        assert_eq!(
+            err(":if ([:len [/disk find]] = 0) do={} x"),
+            "expected end of command (line 1 column 37)"
+        );
+        assert_eq!(
+            err(":if ([:len [/disk find]] = 0)"),
+            "syntax error (line 1 column 30)"
+        );
+        assert_eq!(err(":put \"a\"}"), "syntax error (line 1 column 9)");
+        assert_eq!(err(":put (\"a\""), "syntax error (line 1 column 10)");
     }
 
     #[test]

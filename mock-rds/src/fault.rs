@@ -175,16 +175,7 @@ impl Faults {
 
     /// Picks the action and the latency for `line`, consuming one use of the matching rule.
     pub fn decide(&mut self, line: &str) -> (Action, Duration) {
-        let delay = match self.latency.iter().find(|l| l.re.is_match(line)) {
-            Some(l) if l.max > l.min => {
-                // Clamp absurd durations instead of letting `as` wrap them.
-                let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
-                let (min, max) = (ns(l.min), ns(l.max));
-                Duration::from_nanos(self.rng.random_range(min..=max.max(min)))
-            }
-            Some(l) => l.min,
-            None => Duration::ZERO,
-        };
+        let delay = self.latency_of(line);
         let Some(i) = self
             .rules
             .iter()
@@ -201,6 +192,20 @@ impl Faults {
             }
         }
         (action, delay)
+    }
+
+    /// The injected latency of `line`: that of the first latency rule matching it.
+    pub fn latency_of(&mut self, line: &str) -> Duration {
+        match self.latency.iter().find(|l| l.re.is_match(line)) {
+            Some(l) if l.max > l.min => {
+                // Clamp absurd durations instead of letting `as` wrap them.
+                let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+                let (min, max) = (ns(l.min), ns(l.max));
+                Duration::from_nanos(self.rng.random_range(min..=max.max(min)))
+            }
+            Some(l) => l.min,
+            None => Duration::ZERO,
+        }
     }
 
     /// A human-readable list, for `/mock fault print`.
@@ -252,6 +257,9 @@ pub enum Disposition {
     Hung,
     /// Run, then the connection was dropped before the reply ([`Fault::DropAfterRun`]).
     Dropped,
+    /// Run as one command of a script, with this exit status (the script is recorded after
+    /// its commands, as a whole).
+    Scripted,
 }
 
 /// One command the server received.

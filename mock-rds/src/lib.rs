@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use background::CopyShort;
-pub use engine::Reply;
+pub use engine::{Ending, Reply};
 pub use fault::{Disposition, Fault, HistoryEntry};
 pub use format::OutputMode;
 pub use profile::{Profile, Variant};

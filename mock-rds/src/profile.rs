@@ -33,6 +33,7 @@ pub enum Variant {
     ResizeDelayed,
     NoAllowHost,
     ScriptingRefused,
+    ScriptQuietPrint,
     PutHumanSize,
 }
 
@@ -64,6 +65,7 @@ pub const VARIANTS: &[(Variant, &str, &str)] = &[
     (ResizeDelayed, "resize-delayed", "after `/disk set file-size` the disk shows the new size only about a second later"),
     (NoAllowHost, "no-allow-host", "a RouterOS build without `nvme-tcp-server-allow-host-name`: `/disk print` does not show it and `/disk add` and `/disk set` refuse it (`expected end of command`)"),
     (ScriptingRefused, "scripting-refused", "scripts (`:put [...]`) are refused like an unknown command: `bad command name put`"),
+    (ScriptQuietPrint, "script-quiet-print", "inside a script (statements joined by `;`, `:if`) menu commands print nothing: only `:put` output shows"),
     (PutHumanSize, "put-human-size", "`:put [/file get ... size]` prints the rounded human size `/file print` shows (`10.0GiB`), not bytes"),
 ];
 
@@ -80,6 +82,7 @@ const EXCLUSIVE: &[&[Variant]] = &[
     &[ErrorsBare, ErrorsUnknown],
     &[ClockWest, ClockEast],
     &[ScriptingRefused, PutHumanSize],
+    &[ScriptingRefused, ScriptQuietPrint],
 ];
 
 /// Combined profiles that read like plausible hardware; together they hold every variant but
@@ -101,6 +104,7 @@ pub const COMBINED: &[(&str, &[Variant])] = &[
             DirsNoCreate,
             ResizeDelayed,
             PutHumanSize,
+            ScriptQuietPrint,
         ],
     ),
     (
@@ -211,8 +215,16 @@ impl Profile {
         }
     }
 
-    /// Time a command holds the CLI lock under `cli-lock`, by command kind.
+    /// Time a command holds the CLI lock under `cli-lock`, by command kind; a script holds it
+    /// for the commands in it.
     pub fn cli_latency(line: &str) -> Duration {
+        if crate::command::is_sequence(line) {
+            return crate::command::script_leaves(line)
+                .iter()
+                .filter(|leaf| !crate::command::is_sequence(leaf))
+                .map(|leaf| Self::cli_latency(leaf))
+                .sum();
+        }
         let l = line.trim_start_matches('/');
         let ms = if l.starts_with("disk add") && l.contains("copy-from") {
             60

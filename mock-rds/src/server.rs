@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::engine::{Effect, Engine};
+use crate::engine::{Effect, Ending, Engine};
 use crate::fault::{Action, Disposition};
 use crate::profile::{Profile, Variant, OPEN_DELAY, SESSION_LIMIT};
 use crate::Auth;
@@ -498,6 +498,18 @@ pub(crate) async fn answer(shared: &Arc<Shared>, conn: u64, line: &str) -> Optio
         }
         Action::Run => {
             let r = execute(&engine, line, conn).await;
+            match r.ending {
+                Ending::Answer => {}
+                Ending::Hang => {
+                    engine.record(line, None, "", Disposition::Hung);
+                    return None;
+                }
+                Ending::Drop => {
+                    engine.record(line, Some(r.exit_status), &r.output, Disposition::Dropped);
+                    shared.kill(conn);
+                    return None;
+                }
+            }
             let status = (!r.omit_exit_status).then_some(r.exit_status);
             let disposition = if r.refused {
                 Disposition::Refused
@@ -571,6 +583,7 @@ async fn execute(engine: &Arc<Engine>, line: &str, conn: u64) -> crate::Reply {
                 omit_exit_status: false,
                 refused: true,
                 effect: Effect::None,
+                ending: crate::engine::Ending::Answer,
             }
         }
     }

@@ -455,6 +455,79 @@ async fn scripts_print_exact_file_sizes_or_are_refused() {
     rds.stop().await;
 }
 
+/// A create in one exec: the file checked with a count, the disk added, read back.
+fn create_script(slot: &str) -> String {
+    let file = format!("storage-pool/metal-csi/{slot}.img");
+    format!(
+        ":if ([:len [/file find name=\"{file}\"]] = 0) do={{{}}} else={{:put \"rds-csi:file-exists\"}}; \
+         :put \"rds-csi:disk\"; /disk print detail where slot=\"{slot}\"",
+        add_cmd(slot, "1G")
+    )
+}
+
+/// Statements joined by `;` run in turn, `:if` takes one branch by a `find` count, and a
+/// failing statement ends the script with its error after what ran before it. The variants
+/// refuse scripts, or print only what `:put` prints.
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_run_in_order_branch_on_counts_and_stop_at_a_failure() {
+    let (rds, c) = with("default").await;
+    let made = c.run(&create_script(PVC)).await.unwrap();
+    assert_eq!(made.exit, Some(0), "{made:?}");
+    let (marker, listing) = made.stdout.split_once("\r\n").unwrap();
+    assert_eq!(marker, "rds-csi:disk");
+    assert!(listing.contains(&format!("slot=\"{PVC}\"")), "{made:?}");
+    assert!(rds.disk(PVC).is_some());
+
+    // The file is there now: the other branch, and the disk as it is.
+    let again = c.ok(&create_script(PVC)).await;
+    assert!(
+        again.starts_with("rds-csi:file-exists\r\nrds-csi:disk\r\n"),
+        "{again}"
+    );
+
+    // A failure stops the script: nothing after it runs, what ran before stays printed.
+    let failed = c
+        .run(&format!(
+            ":put \"before\"; {}; :put \"after\"",
+            add_cmd("pvc-big", "99T")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(failed.exit, Some(1), "{failed:?}");
+    assert_eq!(failed.stdout, "before\r\nfailure: not enough space\r\n");
+    assert!(rds.disk("pvc-big").is_none());
+
+    let bad = c.run(":if ([:size [/disk find]] = 0) do={}").await.unwrap();
+    assert_eq!(
+        bad.stdout, "bad command name size (line 1 column 8)\r\n",
+        "{bad:?}"
+    );
+    let unclosed = c.run(":put \"a\"; :if (").await.unwrap();
+    assert!(unclosed.stdout.starts_with("syntax error"), "{unclosed:?}");
+    rds.stop().await;
+
+    let (rds, c) = with("script-quiet-print").await;
+    let quiet = c.ok(&create_script(PVC)).await;
+    assert_eq!(
+        quiet, "rds-csi:disk\r\n",
+        "the listing inside the script is not shown"
+    );
+    assert!(rds.disk(PVC).is_some(), "but the add ran");
+    rds.stop().await;
+
+    let (rds, c) = with("scripting-refused").await;
+    let refused = c.run(&create_script(PVC)).await.unwrap();
+    assert_eq!(refused.exit, Some(1), "{refused:?}");
+    assert_eq!(refused.stdout, "bad command name if (line 1 column 2)\r\n");
+    let sequence = c.run("/disk print; /file print").await.unwrap();
+    assert_eq!(
+        sequence.stdout,
+        "expected end of command (line 1 column 12)\r\n"
+    );
+    assert!(rds.disk(PVC).is_none());
+    rds.stop().await;
+}
+
 /// Under `copy-async` a copy armed with `/mock copy-short` stops short by less than the display
 /// rounds (the disk keeps its full size), or stands still and then finishes.
 #[tokio::test(flavor = "multi_thread")]

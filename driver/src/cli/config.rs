@@ -134,6 +134,7 @@ impl ServeArgs {
         }
         Ok(ControllerRole {
             rds: self.rds.ssh_config()?,
+            rds_scripts: self.rds_scripting == super::serve::RdsScripting::Auto,
             service,
             kube: self.kube.config(),
         })

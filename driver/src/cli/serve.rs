@@ -64,6 +64,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4420, env = "RDS_CSI_NVME_PORT")]
     pub nvme_port: u16,
 
+    /// How the controller sends a volume's changes (create, delete) to the RDS: `auto` as one
+    /// RouterOS script each (check, change and read back in one exec) when the RDS passes a
+    /// read-only probe at start, else command by command; `off` always command by command.
+    #[arg(long, value_enum, default_value_t = RdsScripting::Auto, env = "RDS_CSI_RDS_SCRIPTING")]
+    pub rds_scripting: RdsScripting,
+
     /// Storage-side fencing (controller): volumes of StorageClasses with `nvmeFencing: "true"`
     /// let only the nodes they are published to connect, through the disk's
     /// `nvme-tcp-server-allow-host-name`. Off by default until confirmed on hardware.
@@ -327,4 +333,10 @@ fn parse_migration_timeout(s: &str) -> Result<Duration, String> {
             MAX_MIGRATION_TIMEOUT.as_secs()
         ))
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RdsScripting {
+    Auto,
+    Off,
 }

@@ -8,6 +8,7 @@ use tonic::Status;
 use super::ControllerService;
 use crate::grpc::rds_status;
 use crate::rds::command::{AllocSize, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
+use crate::rds::script::Created;
 use crate::rds::{disk_mismatch, CopyState, Disk, RdsError};
 
 /// The export settings a disk shows, if it is exported.
@@ -46,6 +47,47 @@ impl ControllerService {
             Ok(disk) => Ok(disk),
             // A copy still running when time ran out is left for the CO's retry to wait for.
             Err(e @ RdsError::Transport(_)) => Err(e),
+            Err(e) => {
+                self.discard_made(add, deadline).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the disk of `add` (not a copy; the caller holds its lock) in one exec when this
+    /// RDS runs scripts: the script adds it only if no file is at its path, and reads it back.
+    /// None when the sequence must decide instead: no scripting, a file already there (a
+    /// retry, or a leftover), a lost reply, or a refusal the sequence knows how to handle
+    /// (a directory to create). Output the driver cannot read is a failure, and whatever the
+    /// script may have made is removed.
+    pub(super) async fn make_disk_scripted(
+        &self,
+        add: &DiskAdd,
+        deadline: Instant,
+    ) -> Result<Option<Disk>, RdsError> {
+        if !self.rds.scripting(deadline).await? {
+            return Ok(None);
+        }
+        let made = match self.rds.create_scripted(add, deadline).await {
+            Ok(Created::Made(Some(disk))) => disk,
+            Ok(Created::Made(None)) => {
+                self.discard_made(add, deadline).await;
+                return Err(RdsError::Failed {
+                    exit_status: Some(0),
+                    text: format!(
+                        "disk {} is not there after `/disk add` reported success",
+                        add.slot
+                    ),
+                });
+            }
+            Err(e @ (RdsError::Parse(_) | RdsError::OutOfSpace(_))) => {
+                self.discard_made(add, deadline).await;
+                return Err(e);
+            }
+            Ok(Created::FileExists(_)) | Err(_) => return Ok(None),
+        };
+        match self.complete_disk(add, made, deadline).await {
+            Ok(disk) => Ok(Some(disk)),
             Err(e) => {
                 self.discard_made(add, deadline).await;
                 Err(e)

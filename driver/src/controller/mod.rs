@@ -258,8 +258,9 @@ impl ControllerService {
         Ok((id, disk))
     }
 
-    /// Removes a disk, then its file: RouterOS keeps the file after `/disk remove`. If the file
-    /// removal fails the call fails, and the CO's retry finds the file by the leftover search.
+    /// Removes a disk, then its file (in one exec where the RDS runs scripts): RouterOS keeps
+    /// the file after `/disk remove`. If the file removal fails the call fails, and the CO's
+    /// retry finds the file by the leftover search.
     async fn remove_disk_and_file(
         &self,
         id: &Slot,
@@ -267,6 +268,13 @@ impl ControllerService {
         deadline: Instant,
     ) -> Result<(), Status> {
         let path = Self::file_path_of(disk)?;
+        if self.rds.scripting(deadline).await.map_err(rds_status)? {
+            return self
+                .rds
+                .remove_scripted(id, &path, deadline)
+                .await
+                .map_err(rds_status);
+        }
         self.rds
             .remove_disk(id, deadline)
             .await

@@ -73,6 +73,28 @@ impl ControllerService {
             })
         };
 
+        let add = DiskAdd {
+            slot: id.clone(),
+            file_path: path.clone(),
+            size: Some(size),
+            copy_from: source.as_ref().map(|(src, _)| src.clone()),
+            // A fenced volume is exported once its fence is set (`usable`).
+            export: (!params.fenced).then(|| export.clone()),
+        };
+        if source.is_none() {
+            let scripted = self
+                .make_disk_scripted(&add, deadline)
+                .await
+                .map_err(rds_status)?;
+            if let Some(disk) = scripted {
+                let disk = self
+                    .usable(&id, disk, params.fenced, export, deadline)
+                    .await?;
+                tracing::info!(volume = %id, name, bytes = size.bytes(), path = %path, "volume created");
+                return Ok(response_volume(&disk));
+            }
+        }
+
         // One read tells whether this volume may exist: a volume's disk always has its file.
         let file = self
             .rds
@@ -122,14 +144,6 @@ impl ControllerService {
                 existing.file_path.as_deref().unwrap_or("-")
             )));
         }
-        let add = DiskAdd {
-            slot: id.clone(),
-            file_path: path.clone(),
-            size: Some(size),
-            copy_from: source.as_ref().map(|(src, _)| src.clone()),
-            // A fenced volume is exported once its fence is set (`usable`).
-            export: (!params.fenced).then(|| export.clone()),
-        };
         let disk = match self.make_disk(&add, deadline).await {
             Ok(disk) => disk,
             // The slot holds a disk elsewhere (another volumePath, or one whose file is gone).

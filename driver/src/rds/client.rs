@@ -49,7 +49,7 @@ impl Default for RetryPolicy {
 
 /// Whether a command asks what the RDS supports, so that a refusal is an answer, not a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
+pub(super) enum Probe {
     Yes,
     No,
 }
@@ -64,6 +64,10 @@ pub struct RdsClient {
     terse: Learnt,
     /// Whether `:put [/file get ... size]` gives exact file sizes.
     exact_sizes: Learnt,
+    /// Whether the driver's scripts run and print as expected (`script`).
+    pub(super) scripting: Learnt,
+    /// Whether scripts may be sent at all (`--rds-scripting`).
+    pub(super) scripts_allowed: bool,
     clock: Mutex<Option<(Instant, RdsClock)>>,
     /// What each copy's file showed last, and since when: kept across calls, so a CO retry
     /// goes on counting how long a copy has stood still rather than starting again.
@@ -73,18 +77,18 @@ pub struct RdsClient {
 /// Whether the RDS supports something, learnt once per connection generation: a reconnect may
 /// reach a different (upgraded, replaced) RDS, which is asked again.
 #[derive(Default)]
-struct Learnt(Mutex<Option<(u64, bool)>>);
+pub(super) struct Learnt(Mutex<Option<(u64, bool)>>);
 
 impl Learnt {
     /// What was learnt on `generation`, if anything.
-    fn get(&self, generation: u64) -> Option<bool> {
+    pub(super) fn get(&self, generation: u64) -> Option<bool> {
         match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((g, supported)) if g == generation => Some(supported),
             _ => None,
         }
     }
 
-    fn set(&self, generation: u64, supported: bool) {
+    pub(super) fn set(&self, generation: u64, supported: bool) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, supported));
     }
 }
@@ -96,9 +100,17 @@ impl RdsClient {
             retry,
             terse: Learnt::default(),
             exact_sizes: Learnt::default(),
+            scripting: Learnt::default(),
+            scripts_allowed: true,
             clock: Mutex::new(None),
             copies: Unchanged::new(COPY_FORGET),
         }
+    }
+
+    /// A client that never sends scripts: every change goes command by command.
+    pub fn without_scripts(mut self) -> Self {
+        self.scripts_allowed = false;
+        self
     }
 
     pub fn transport(&self) -> &Arc<Transport> {
@@ -191,7 +203,7 @@ impl RdsClient {
         self.run_line_as(command, line, deadline, Probe::No).await
     }
 
-    async fn run_line_as(
+    pub(super) async fn run_line_as(
         &self,
         command: &Command,
         line: &str,
@@ -207,7 +219,11 @@ impl RdsClient {
             deadline.min(started + self.retry.attempt_timeout)
         };
         let result = match self.transport.exec(line, attempt_deadline).await {
-            Ok(output) => classify(output, command.is_mutating()),
+            // A script prints its markers and read-backs: its parser checks what it printed.
+            Ok(output) => classify(
+                output,
+                command.is_mutating() && !matches!(command, Command::Script(_)),
+            ),
             Err(e) => Err(RdsError::Transport(e)),
         };
         let outcome = match &result {
@@ -243,7 +259,11 @@ impl RdsClient {
 
     /// Repeats `op` while it fails with a transport error, with backoff, until the attempts or
     /// the deadline run out.
-    async fn retrying<T, F, Fut>(&self, deadline: Instant, mut op: F) -> Result<T, RdsError>
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        mut op: F,
+    ) -> Result<T, RdsError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RdsError>>,
@@ -273,7 +293,7 @@ impl RdsClient {
     }
 
     /// Runs a command whose repetition is harmless (reads, and writes that converge).
-    async fn run_idempotent(
+    pub(super) async fn run_idempotent(
         &self,
         command: &Command,
         deadline: Instant,
@@ -290,16 +310,7 @@ impl RdsClient {
                 deadline,
             )
             .await?;
-        let mut matching: Vec<Disk> = disks(&out)?
-            .into_iter()
-            .filter(|d| d.slot == slot.as_str())
-            .collect();
-        if matching.len() > 1 {
-            return Err(RdsError::Parse(format!(
-                "more than one disk has slot {slot}"
-            )));
-        }
-        Ok(matching.pop())
+        disk_in(&out, slot)
     }
 
     /// Every disk on the RDS, the driver's and others, in one command.
@@ -648,8 +659,8 @@ impl RdsClient {
     }
 
     /// Learns, read-only and cheaply, what this RDS does where RouterOS builds may differ: its
-    /// clock's offset from UTC, and whether it answers `print terse` (a listing of a slot that
-    /// cannot exist). Run at start so the first real call does not pay for it; a failure is
+    /// clock's offset from UTC, whether it answers `print terse` (a listing of a slot that
+    /// cannot exist), and whether it runs the driver's scripts. Run at start so the first real call does not pay for it; a failure is
     /// only logged, and the next call learns it instead.
     pub async fn learn(&self, deadline: Instant) {
         if let Err(e) = self.clock(deadline).await {
@@ -658,6 +669,9 @@ impl RdsClient {
         let probe = Slot::new("rds-csi-probe-no-such-slot").expect("a valid slot");
         if let Err(e) = self.get_disk(&probe, deadline).await {
             tracing::warn!(error = %e, "could not list a disk at start");
+        }
+        if let Err(e) = self.scripting(deadline).await {
+            tracing::warn!(error = %e, "could not probe RDS scripting at start");
         }
     }
 
@@ -699,11 +713,25 @@ fn disks(out: &str) -> Result<Vec<Disk>, RdsError> {
     }
 }
 
-fn files(out: &str) -> Result<Vec<FileInfo>, RdsError> {
+pub(super) fn files(out: &str) -> Result<Vec<FileInfo>, RdsError> {
     Ok(entries(out)?
         .iter()
         .filter_map(FileInfo::from_entry)
         .collect())
+}
+
+/// The disk in `slot` in a listing of it, if there is one.
+pub(super) fn disk_in(out: &str, slot: &Slot) -> Result<Option<Disk>, RdsError> {
+    let mut matching: Vec<Disk> = disks(out)?
+        .into_iter()
+        .filter(|d| d.slot == slot.as_str())
+        .collect();
+    if matching.len() > 1 {
+        return Err(RdsError::Parse(format!(
+            "more than one disk has slot {slot}"
+        )));
+    }
+    Ok(matching.pop())
 }
 
 /// How a disk read back after `/disk add` differs from what was asked, if it does. A copy's size

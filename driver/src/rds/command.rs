@@ -384,6 +384,8 @@ pub enum Command {
     Identity,
     /// `/system clock print`: the RDS's time and offset from UTC.
     Clock,
+    /// Several of the above in one exec, with checks and markers (`script`).
+    Script(super::script::Script),
 }
 
 impl Command {
@@ -392,6 +394,7 @@ impl Command {
         match self {
             Command::DiskAdd(a) if a.copy_from.is_some() => "disk-copy",
             Command::DiskAdd(_) => "disk-add",
+            Command::Script(script) => script.kind(),
             Command::DiskSetSize { .. } => "disk-set-size",
             Command::DiskRemove { .. } => "disk-remove",
             Command::DiskSetExport { .. } => "disk-set-export",
@@ -433,6 +436,9 @@ impl Command {
     /// Whether the command changes state on the RDS (and so must be reconciled, not blindly
     /// repeated, after a lost reply).
     pub fn is_mutating(&self) -> bool {
+        if let Command::Script(script) = self {
+            return script.is_mutating();
+        }
         matches!(
             self,
             Command::DiskAdd(_)
@@ -522,6 +528,7 @@ impl Command {
                 format!("/disk monitor-traffic {} once", quote(slot.as_str()))
             }
             Command::Identity => "/system identity print".into(),
+            Command::Script(script) => script.line().to_string(),
             Command::Clock => "/system clock print".into(),
         }
     }

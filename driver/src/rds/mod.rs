@@ -9,6 +9,7 @@ pub mod model;
 mod observer;
 pub mod parse;
 mod reply;
+pub mod script;
 pub mod ssh;
 mod ssh_config;
 mod unchanged;

@@ -16,6 +16,7 @@ use crate::rds::error::{classify, ExecOutput};
 use crate::rds::{Disk, FileInfo, RdsClient};
 
 mod probes;
+mod scripting;
 
 /// Each command's deadline.
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
@@ -279,6 +280,7 @@ impl Run<'_> {
             "file-times",
             "copy",
             "exact-size",
+            "scripting",
             "copy-size",
             "wrapping-list",
             "resize",
@@ -303,6 +305,7 @@ impl Run<'_> {
                 "file-times" => self.file_times().await?,
                 "copy" => self.copy().await?,
                 "exact-size" => self.exact_size().await?,
+                "scripting" => self.scripting().await?,
                 "copy-size" => self.copy_size().await?,
                 "wrapping-list" => self.wrapping_list().await?,
                 "resize" => self.resize().await?,

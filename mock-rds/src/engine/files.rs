@@ -47,54 +47,6 @@ impl Engine {
         Ok(String::new())
     }
 
-    /// `:put [/file get <item> size]`: the file's size in bytes, as RouterOS scripting is expected
-    /// to print it (unverified); `put-human-size` prints the rounded `/file print` form instead and
-    /// `scripting-refused` refuses every script.
-    pub(super) fn script(&self, line: &str) -> Result<String, CliError> {
-        if self.has(Variant::ScriptingRefused) {
-            return Err(CliError::BadCommand {
-                name: line
-                    .trim_start()
-                    .trim_start_matches(':')
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-                col: line.len() - line.trim_start().len() + 2,
-            });
-        }
-        let get = command::parse_put(line)?;
-        let st = lock(&self.state);
-        let paths: Vec<String> = match &get.item {
-            Value::Find(conds) => self
-                .filter(self.file_entries(&st), Some(conds), FILE_KEYS)?
-                .iter()
-                .filter_map(|e| e.get("name").map(|n| absolute(&n.raw())))
-                .collect(),
-            Value::Text(name) => vec![absolute(name)],
-        };
-        // `get` of an empty `find`, of several items or of a missing name.
-        let [path] = paths.as_slice() else {
-            return Err(CliError::Other("invalid internal item number".into()));
-        };
-        let file = st
-            .file(path)
-            .ok_or_else(|| CliError::Other("invalid internal item number".into()))?;
-        let value = match get.property.as_str() {
-            "size" if file.kind != FileKind::File => String::new(),
-            "size" if self.has(Variant::PutHumanSize) => format::human(file.size),
-            "size" => file.size.to_string(),
-            "name" => file.name().to_string(),
-            "type" => file.type_name(),
-            _ => {
-                return Err(CliError::NoMatch {
-                    arg: "value-name".into(),
-                })
-            }
-        };
-        Ok(self.mode().lines(&format!("{value}\n")))
-    }
-
     pub(super) fn file_remove(&self, inv: &Invocation) -> Result<String, CliError> {
         no_named(inv)?;
         if inv.positional.is_empty() {

@@ -20,6 +20,7 @@ mod control;
 mod disks;
 mod files;
 mod print;
+mod script;
 mod system;
 
 use print::{file_entry, FILE_KEYS};
@@ -58,6 +59,20 @@ pub struct Reply {
     /// RouterOS refused the command: nothing changed.
     pub refused: bool,
     pub effect: Effect,
+    /// How the exec ends: a fault on a command inside a script may hang it or drop the
+    /// connection.
+    pub ending: Ending,
+}
+
+/// How an exec ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Answer,
+    /// Never answered ([`Fault::Hang`] on a command in a script).
+    Hang,
+    /// The connection dropped instead of answering ([`Fault::DropAfterRun`] on a command in
+    /// a script, which then ran to its end).
+    Drop,
 }
 
 pub struct Engine {
@@ -196,6 +211,7 @@ impl Engine {
             omit_exit_status: p.has(Variant::ExitNone),
             refused: true,
             effect: Effect::None,
+            ending: Ending::Answer,
         }
     }
 
@@ -207,6 +223,7 @@ impl Engine {
             omit_exit_status: false,
             refused: true,
             effect: Effect::None,
+            ending: Ending::Answer,
         }
     }
 
@@ -217,6 +234,7 @@ impl Engine {
             omit_exit_status: false,
             refused: false,
             effect: Effect::None,
+            ending: Ending::Answer,
         }
     }
 
@@ -283,7 +301,16 @@ impl Engine {
         if is_mock_command(line) {
             return (Action::Run, Duration::ZERO);
         }
-        lock(&self.faults).decide(line)
+        let mut faults = lock(&self.faults);
+        if !command::is_sequence(line) {
+            return faults.decide(line);
+        }
+        // A script takes as long as the commands in it; faults hit each command as it runs.
+        let delay = command::script_leaves(line)
+            .iter()
+            .map(|leaf| faults.latency_of(leaf))
+            .sum();
+        (Action::Run, delay)
     }
 
     pub fn history(&self) -> Vec<HistoryEntry> {
@@ -418,6 +445,12 @@ impl Engine {
     /// its connection closes).
     pub fn execute_on(&self, line: &str, conn: Option<u64>) -> Reply {
         let line = line.trim();
+        if command::is_sequence(line) && !is_mock_command(line) {
+            let mut st = lock(&self.state);
+            self.settle(&mut st);
+            drop(st);
+            return self.script(line, conn);
+        }
         match self.dispatch(line, conn) {
             Ok((output, effect)) => Reply {
                 effect,
@@ -429,12 +462,6 @@ impl Engine {
     }
 
     fn dispatch(&self, line: &str, conn: Option<u64>) -> Result<(String, Effect), CliError> {
-        if command::is_script(line) {
-            let mut st = lock(&self.state);
-            self.settle(&mut st);
-            drop(st);
-            return self.script(line).map(|out| (out, Effect::None));
-        }
         let inv = command::parse(line)?;
         if inv.path == ["mock", "drop-connections"] {
             no_args(&inv)?;

@@ -57,6 +57,16 @@ fn hostile_input_never_panics() {
         "/disk monitor-traffic [find] once",
         "/disk add copy-from=[find slot=a] type=file file-path=/storage-pool/z.img slot=z",
         "/disk print detail where slot~\"(a|\"",
+        ":if",
+        ":if (",
+        ":if ([:len [/disk find]] = 0)",
+        ":if ([:len [/disk find]] = x) do={}",
+        ":if ([:len [/disk find slot=a]] > 0) do={/disk remove [find slot=a]} else={:put \"b\"} x",
+        ":put",
+        ":put \"",
+        ";;;",
+        "/disk print; /disk print; :put [/file get x size]",
+        ":if ([:len [/file find name=\"\u{e9}\"]] != 1) do={:if ([:len [/disk find]] < 2) do={:put \"x\"}}",
     ];
     for line in fixed {
         let r = e.execute(line);
@@ -94,6 +104,16 @@ fn hostile_input_never_panics() {
         "once",
         "fault",
         "fail",
+        ";",
+        ":if ",
+        ":put ",
+        "(",
+        ")",
+        "{",
+        "}",
+        "do=",
+        "else=",
+        "[:len ",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for _ in 0..3000 {

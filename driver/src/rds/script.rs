@@ -1,0 +1,394 @@
+//! RouterOS scripts that do in one exec what a sequence of commands does: check, change and
+//! read back. Whether real RouterOS runs them over SSH exec, and prints what they `:put` and
+//! `print`, is not known; `RdsClient::scripting` probes it once per connection and the driver
+//! falls back to the sequences when the answer is anything but the expected one.
+//!
+//! Each script announces every part of its output with a marker line (`rds-csi:<part>`), and
+//! puts the mutation first, so its output (which must be nothing) is what precedes the first
+//! marker. A part that should be empty and is not, a marker missing, added or out of order is
+//! output the driver does not understand: after a mutation, a failure.
+
+use tokio::time::Instant;
+
+use super::client::{disk_in, files, Probe, RdsClient};
+use super::command::{quote, DiskAdd, DiskFilter, FileFilter, RdsPath, Slot};
+use super::error::{classify, ExecOutput, RdsError};
+use super::parse::parse_key_colon_value;
+use super::{Command, Disk};
+
+const MARK: &str = "rds-csi:";
+/// The slot the probe counts: no driver makes it.
+const PROBE_SLOT: &str = "rds-csi-probe-no-such-slot";
+
+/// One script, ready to send: built only here, from validated values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    kind: &'static str,
+    line: String,
+    mutating: bool,
+}
+
+impl Script {
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    pub fn is_mutating(&self) -> bool {
+        self.mutating
+    }
+
+    /// Read-only: a marker, an `:if` over a `find` count taking its `do` branch, and a `print`
+    /// after them, each of which must show.
+    pub fn probe() -> Script {
+        Script {
+            kind: "script-probe",
+            line: format!(
+                "{}; :if ([:len [/disk find slot={}]] = 0) do={{{}}} else={{{}}}; {}; \
+                 /system identity print",
+                put("probe"),
+                quote(PROBE_SLOT),
+                put("none"),
+                put("some"),
+                put("identity")
+            ),
+            mutating: false,
+        }
+    }
+
+    /// CreateVolume's disk: added only if no file is at its path (a leftover is never
+    /// reused), then read back.
+    pub fn create(add: &DiskAdd) -> Script {
+        let add_line = Command::DiskAdd(add.clone()).render();
+        Script {
+            kind: "script-create",
+            line: format!(
+                ":if ([:len [/file find name={}]] = 0) do={{{add_line}}} else={{{}}}; {}; {}",
+                quote(add.file_path.file_name()),
+                put("file-exists"),
+                put("disk"),
+                Command::DiskPrint(DiskFilter::Slot(add.slot.clone())).render()
+            ),
+            mutating: true,
+        }
+    }
+
+    /// DeleteVolume's disk and file (the caller has read the disk and found it its own): the
+    /// disk removed and read back, its file removed only once no disk holds the slot, and read
+    /// back.
+    pub fn remove(slot: &Slot, file: &RdsPath) -> Script {
+        Script {
+            kind: "script-remove",
+            line: format!(
+                "{}; {}; {}; {}; :if ([:len [/disk find slot={}]] = 0) do={{{}}}; {}; {}",
+                Command::DiskRemove { slot: slot.clone() }.render(),
+                put("disk"),
+                Command::DiskPrint(DiskFilter::Slot(slot.clone())).render(),
+                put("file-removal"),
+                quote(slot.as_str()),
+                Command::FileRemove { path: file.clone() }.render(),
+                put("file"),
+                Command::FilePrint(FileFilter::Name(file.clone())).render()
+            ),
+            mutating: true,
+        }
+    }
+}
+
+fn put(part: &str) -> String {
+    format!(":put {}", quote(&format!("{MARK}{part}")))
+}
+
+/// A script's output split at its markers.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parts<'a> {
+    /// What precedes the first marker: the output of the script's first command.
+    pub lead: String,
+    /// Each marker's name and the text after it, in order.
+    pub parts: Vec<(&'a str, String)>,
+}
+
+impl<'a> Parts<'a> {
+    pub fn split(out: &'a str) -> Parts<'a> {
+        let mut lead = String::new();
+        let mut parts: Vec<(&str, String)> = Vec::new();
+        for line in out.lines() {
+            match line.trim().strip_prefix(MARK) {
+                Some(name) if !name.is_empty() => parts.push((name, String::new())),
+                _ => {
+                    let text = match parts.last_mut() {
+                        Some((_, text)) => text,
+                        None => &mut lead,
+                    };
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        Parts { lead, parts }
+    }
+
+    /// The parts' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.parts.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The text of part `name`.
+    pub fn text(&self, name: &str) -> &str {
+        self.parts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, t)| t.as_str())
+    }
+
+    /// Fails when the output of a mutation (`text`) is not empty: RouterOS prints nothing when
+    /// a change succeeds, so anything is its failure, classified by its text.
+    pub fn nothing_from(what: &str, text: &str) -> Result<(), RdsError> {
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        match classify(
+            ExecOutput {
+                stdout: text.to_string(),
+                stderr: String::new(),
+                exit_status: Some(0),
+            },
+            true,
+        ) {
+            Err(e) => Err(e),
+            Ok(_) => Err(RdsError::Parse(format!("{what} printed {text:?}"))),
+        }
+    }
+
+    /// Fails unless the markers are exactly `expected` (one of them).
+    pub fn expect(&self, script: &str, expected: &[&[&str]]) -> Result<(), RdsError> {
+        let names = self.names();
+        if expected.iter().any(|e| *e == names.as_slice()) {
+            return Ok(());
+        }
+        Err(RdsError::Parse(format!(
+            "the {script} script printed the parts {names:?}, not one of {expected:?}"
+        )))
+    }
+}
+
+/// What the create script found and did.
+#[derive(Debug)]
+pub enum Created {
+    /// The disk was added; as read back (None: not there).
+    Made(Option<Disk>),
+    /// A file was at the path, so nothing was added; the disk in the slot, if any.
+    FileExists(Option<Disk>),
+}
+
+impl Created {
+    /// Reads the create script's output for the disk in `slot`.
+    pub fn read(out: &str, slot: &Slot) -> Result<Created, RdsError> {
+        let parts = Parts::split(out);
+        Parts::nothing_from("`/disk add`", &parts.lead)?;
+        parts.expect("create", &[&["disk"], &["file-exists", "disk"]])?;
+        Parts::nothing_from("the file check", parts.text("file-exists"))?;
+        let disk = disk_in(parts.text("disk"), slot)?;
+        Ok(if parts.names()[0] == "file-exists" {
+            Created::FileExists(disk)
+        } else {
+            Created::Made(disk)
+        })
+    }
+}
+
+impl RdsClient {
+    /// Whether this connection's RDS runs the driver's scripts and prints what they print,
+    /// probed once per connection generation (a reconnect may reach another RDS). Only a
+    /// transport failure is an error: any other answer means no.
+    pub async fn scripting(&self, deadline: Instant) -> Result<bool, RdsError> {
+        if !self.scripts_allowed {
+            return Ok(false);
+        }
+        let generation = self.transport().generation();
+        if let Some(known) = self.scripting.get(generation) {
+            return Ok(known);
+        }
+        let command = Command::Script(Script::probe());
+        let line = command.render();
+        let reply = self
+            .retrying(deadline, || {
+                self.run_line_as(&command, &line, deadline, Probe::Yes)
+            })
+            .await;
+        let supported = match reply {
+            Err(e @ RdsError::Transport(_)) => return Err(e),
+            Ok(out) => probe_answered(&out),
+            Err(_) => false,
+        };
+        self.scripting.set(self.transport().generation(), supported);
+        tracing::info!(supported, "RDS scripting (one exec per change) detected");
+        Ok(supported)
+    }
+
+    /// Runs the create script (scripting known to work). Not retried: after a lost reply
+    /// the caller reads what is there.
+    pub async fn create_scripted(
+        &self,
+        add: &DiskAdd,
+        deadline: Instant,
+    ) -> Result<Created, RdsError> {
+        let out = self
+            .run(&Command::Script(Script::create(add)), deadline)
+            .await?;
+        Created::read(&out, &add.slot)
+    }
+
+    /// Runs the remove script (scripting known to work): done only when neither the disk nor
+    /// the file shows any more. Repeating it is harmless, so a lost reply is retried.
+    pub async fn remove_scripted(
+        &self,
+        slot: &Slot,
+        file: &RdsPath,
+        deadline: Instant,
+    ) -> Result<(), RdsError> {
+        let out = self
+            .run_idempotent(&Command::Script(Script::remove(slot, file)), deadline)
+            .await?;
+        read_removed(&out, slot, file)
+    }
+}
+
+/// Reads the remove script's output: success only when it shows neither the disk nor the file.
+pub fn read_removed(out: &str, slot: &Slot, file: &RdsPath) -> Result<(), RdsError> {
+    let parts = Parts::split(out);
+    Parts::nothing_from("`/disk remove`", &parts.lead)?;
+    parts.expect("remove", &[&["disk", "file-removal", "file"]])?;
+    if disk_in(parts.text("disk"), slot)?.is_some() {
+        return Err(RdsError::Failed {
+            exit_status: Some(0),
+            text: format!("disk {slot} is still there after `/disk remove` answered success"),
+        });
+    }
+    Parts::nothing_from("`/file remove`", parts.text("file-removal"))?;
+    if files(parts.text("file"))?
+        .iter()
+        .any(|f| f.path == file.as_str())
+    {
+        return Err(RdsError::Failed {
+            exit_status: Some(0),
+            text: format!("{file} is still there after `/file remove` answered success"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the probe's output is exactly what a RouterOS running it as meant prints.
+pub fn probe_answered(out: &str) -> bool {
+    let parts = Parts::split(out);
+    parts.lead.trim().is_empty()
+        && parts.names() == ["probe", "none", "identity"]
+        && parts.text("probe").trim().is_empty()
+        && parts.text("none").trim().is_empty()
+        && parse_key_colon_value(parts.text("identity"))
+            .iter()
+            .any(|(k, v)| k == "name" && !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rds::command::{AllocSize, NvmeExport, Port};
+
+    fn add() -> DiskAdd {
+        let slot = Slot::new("pvc-1").unwrap();
+        DiskAdd {
+            file_path: RdsPath::new("/storage-pool/csi/pvc-1.img").unwrap(),
+            size: Some(AllocSize::round_up(1 << 30).unwrap()),
+            copy_from: None,
+            export: Some(NvmeExport {
+                port: Port::new(4420).unwrap(),
+                nqn: slot.nqn(),
+            }),
+            slot,
+        }
+    }
+
+    #[test]
+    fn create_adds_only_without_a_file_and_reads_back() {
+        assert_eq!(
+            Script::create(&add()).line(),
+            ":if ([:len [/file find name=\"storage-pool/csi/pvc-1.img\"]] = 0) do={/disk add \
+             type=file file-path=\"/storage-pool/csi/pvc-1.img\" file-size=\"1G\" slot=\"pvc-1\" \
+             nvme-tcp-export=yes nvme-tcp-server-port=\"4420\" \
+             nvme-tcp-server-nqn=\"nqn.2000-02.com.mikrotik:pvc-1\"} else={:put \
+             \"rds-csi:file-exists\"}; :put \"rds-csi:disk\"; /disk print detail where \
+             slot=\"pvc-1\""
+        );
+    }
+
+    #[test]
+    fn remove_removes_the_file_only_once_the_disk_is_gone() {
+        let line = Script::remove(
+            &Slot::new("pvc-1").unwrap(),
+            &RdsPath::new("/storage-pool/csi/pvc-1.img").unwrap(),
+        );
+        assert_eq!(
+            line.line(),
+            "/disk remove [find slot=\"pvc-1\"]; :put \"rds-csi:disk\"; /disk print detail where \
+             slot=\"pvc-1\"; :put \"rds-csi:file-removal\"; :if ([:len [/disk find \
+             slot=\"pvc-1\"]] = 0) do={/file remove [find name=\"storage-pool/csi/pvc-1.img\"]}; \
+             :put \"rds-csi:file\"; /file print detail where name=\"storage-pool/csi/pvc-1.img\""
+        );
+    }
+
+    #[test]
+    fn output_splits_at_markers_and_keeps_the_lead() {
+        let parts = Parts::split("oops\r\nrds-csi:disk\r\n 0 slot=\"a\"\r\n\r\nrds-csi:file\r\n");
+        assert_eq!(parts.lead, "oops\n");
+        assert_eq!(parts.names(), ["disk", "file"]);
+        assert_eq!(parts.text("disk"), " 0 slot=\"a\"\n\n");
+        assert_eq!(parts.text("file"), "");
+        assert!(parts.expect("x", &[&["disk", "file"]]).is_ok());
+        let wrong = parts.expect("x", &[&["disk"]]).unwrap_err().to_string();
+        assert!(wrong.contains("[\"disk\", \"file\"]"), "{wrong}");
+        // A bare `rds-csi:` is no marker.
+        assert_eq!(Parts::split("rds-csi:\n").lead, "rds-csi:\n");
+    }
+
+    #[test]
+    fn the_probe_counts_only_an_answer_in_full() {
+        assert_eq!(
+            Script::probe().line(),
+            ":put \"rds-csi:probe\"; :if ([:len [/disk find slot=\"rds-csi-probe-no-such-slot\"]] \
+             = 0) do={:put \"rds-csi:none\"} else={:put \"rds-csi:some\"}; :put \
+             \"rds-csi:identity\"; /system identity print"
+        );
+        let full = "rds-csi:probe\r\nrds-csi:none\r\nrds-csi:identity\r\n  name: RDS\r\n";
+        assert!(probe_answered(full));
+        for partial in [
+            // `print` inside a script shows nothing.
+            "rds-csi:probe\r\nrds-csi:none\r\nrds-csi:identity\r\n",
+            // The wrong branch, or both.
+            "rds-csi:probe\r\nrds-csi:some\r\nrds-csi:identity\r\n  name: RDS\r\n",
+            "rds-csi:probe\r\nrds-csi:none\r\nrds-csi:some\r\nrds-csi:identity\r\n  name: RDS\r\n",
+            // `:put` echoed with its quotes, or an error first.
+            "\"rds-csi:probe\"\r\n\"rds-csi:none\"\r\n\"rds-csi:identity\"\r\n  name: RDS\r\n",
+            "bad command name put (line 1 column 2)\r\n",
+            "",
+        ] {
+            assert!(!probe_answered(partial), "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn anything_a_mutation_prints_is_its_failure() {
+        assert!(Parts::nothing_from("x", " \r\n").is_ok());
+        assert!(matches!(
+            Parts::nothing_from("x", "failure: not enough space\n"),
+            Err(RdsError::OutOfSpace(_))
+        ));
+        assert!(matches!(
+            Parts::nothing_from("x", "command rejected: what\n"),
+            Err(RdsError::Failed { .. })
+        ));
+    }
+}

@@ -1,0 +1,133 @@
+//! One exec per change where the RDS runs scripts, command by command where it does not, and
+//! the same guarantees either way: nothing reused, everything read back, output the driver
+//! cannot read after a change is a failure that leaves nothing behind.
+
+mod common;
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::DeleteVolumeRequest;
+use mock_rds::{Disposition, Fault, Profile};
+use rstest::rstest;
+use tonic::Request;
+
+use common::controller::{create_req, fixture, Fixture, BASE, GIB};
+
+/// The execs the mock received (a script's commands are recorded apart, as `Scripted`).
+fn execs(f: &Fixture) -> Vec<String> {
+    f.mock
+        .history()
+        .into_iter()
+        .filter(|h| h.disposition != Disposition::Scripted)
+        .map(|h| h.command)
+        .collect()
+}
+
+async fn delete(f: &Fixture, id: &str) -> Result<(), tonic::Status> {
+    f.svc
+        .delete_volume(Request::new(DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        }))
+        .await
+        .map(drop)
+}
+
+#[rstest]
+#[case::scripts("default", 1, 2)]
+#[case::scripts_refused("scripting-refused", 3, 4)]
+#[case::print_hidden_in_scripts("script-quiet-print", 3, 4)]
+#[tokio::test(flavor = "multi_thread")]
+async fn each_change_takes_one_exec_where_the_rds_runs_scripts(
+    #[case] spec: &str,
+    #[case] create_execs: usize,
+    #[case] delete_execs: usize,
+) {
+    let f = fixture().await;
+    f.mock.set_profile(Profile::parse(spec).unwrap());
+    // The first calls also learn what the RDS supports.
+    f.create("pvc-learn", GIB).await;
+    delete(&f, "pvc-learn").await.unwrap();
+    f.mock.clear_history();
+
+    let v = f.create("pvc-counted", GIB).await;
+    assert_eq!(execs(&f).len(), create_execs, "{spec}: {:#?}", execs(&f));
+    assert_eq!(f.mock.disk("pvc-counted").unwrap().file_size, GIB as u64);
+    f.mock.clear_history();
+
+    delete(&f, &v.volume_id).await.unwrap();
+    assert_eq!(execs(&f).len(), delete_execs, "{spec}: {:#?}", execs(&f));
+    assert!(f.mock.disk("pvc-counted").is_none());
+    assert!(!f.file_exists(&format!("{BASE}/pvc-counted.img")));
+
+    // A retry of each is still answered as before.
+    f.create("pvc-again", GIB).await;
+    f.create("pvc-again", GIB).await;
+    delete(&f, "pvc-again").await.unwrap();
+    delete(&f, "pvc-again").await.unwrap();
+    assert!(f.mock.disk("pvc-again").is_none());
+}
+
+/// A leftover file at a new volume's path is never taken over: the script adds nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_script_never_reuses_a_leftover_file() {
+    let f = fixture().await;
+    f.mock
+        .add_orphan_file(&format!("{BASE}/pvc-leftover.img"), GIB as u64);
+    let e = f
+        .svc
+        .create_volume(Request::new(create_req("pvc-leftover", GIB)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not reused"), "{e:?}");
+    assert!(f.mock.disk("pvc-leftover").is_none());
+    assert_eq!(f.adds(), 0, "no /disk add ran");
+}
+
+/// What the script reads back after adding is not a listing: the create fails, and the disk
+/// and file it made are removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_output_after_the_add_fails_and_removes_what_was_made() {
+    let f = fixture().await;
+    f.create("pvc-warm", GIB).await;
+    f.mock.inject(Fault::Fail {
+        pattern: "^/disk print detail where slot=\"pvc-garbled\"".into(),
+        times: Some(1),
+        message: "this is no listing".into(),
+        exit_status: 0,
+    });
+    let e = f
+        .svc
+        .create_volume(Request::new(create_req("pvc-garbled", GIB)))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("could not be understood"), "{e:?}");
+    assert!(f.mock.disk("pvc-garbled").is_none());
+    assert!(!f.file_exists(&format!("{BASE}/pvc-garbled.img")));
+}
+
+/// A `/disk remove` inside the script that answers like success and does nothing: the file
+/// is not removed under its disk, and the call fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_stays_while_the_disk_does() {
+    let f = fixture().await;
+    let v = f.create("pvc-stays", GIB).await;
+    f.mock.inject(Fault::Fail {
+        pattern: "^/disk remove".into(),
+        times: Some(1),
+        message: String::new(),
+        exit_status: 0,
+    });
+    let e = delete(&f, &v.volume_id).await.unwrap_err();
+    assert!(e.message().contains("still there"), "{e:?}");
+    assert!(f.mock.disk("pvc-stays").is_some());
+    assert!(f.file_exists(&format!("{BASE}/pvc-stays.img")));
+    assert!(
+        f.mock.history().iter().any(|h| h
+            .command
+            .starts_with("/disk remove [find slot=\"pvc-stays\"];")),
+        "the delete went as a script"
+    );
+    delete(&f, &v.volume_id).await.unwrap();
+    assert!(!f.file_exists(&format!("{BASE}/pvc-stays.img")));
+}
