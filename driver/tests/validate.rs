@@ -62,7 +62,7 @@ async fn every_variant_is_identified_and_nothing_is_left() {
                 let base = RdsPath::new(BASE).unwrap();
                 let mut steps = Vec::new();
                 let (report, bundle) = validate::run(&rds, &base, CancellationToken::new(), |l| {
-                    // `[3/17] print-terse`: the step's name.
+                    // `[3/18] print-terse`: the step's name.
                     if let Some((_, step)) = l.split_once("] ") {
                         steps.push(step.to_string());
                     }

@@ -37,7 +37,7 @@ async fn validate_reports_the_profile_and_writes_a_bundle() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("[1/17] version"), "{stderr}");
+    assert!(stderr.contains("[1/18] version"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The verdict and the profile are fields of their own; `handled` is a boolean.
     assert_eq!(report["ok"], true, "{report:#}");

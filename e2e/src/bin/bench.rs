@@ -205,7 +205,8 @@ async fn raw_churn(
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Commands the mock received after the last `marker` command, excluding `/mock` ones.
+/// Execs the mock received after the last `marker` command, excluding `/mock` ones (a script
+/// is one exec; the commands in it, recorded as `Scripted`, are not counted again).
 async fn commands_since(mock: &Mock, keys: &Keys, marker: &str) -> anyhow::Result<Vec<String>> {
     let history = mock.history(keys).await?;
     let start = history
@@ -214,6 +215,7 @@ async fn commands_since(mock: &Mock, keys: &Keys, marker: &str) -> anyhow::Resul
         .map_or(0, |i| i + 1);
     Ok(history[start..]
         .iter()
+        .filter(|h| h.disposition != "Scripted")
         .map(|h| h.command.clone())
         .filter(|c| !c.contains("/system identity"))
         .collect())
@@ -320,6 +322,9 @@ fn print_table_header() {
 const REALISTIC_LATENCY: &[(&str, &str)] = &[
     ("^/disk print", "50ms"),
     ("^/file print", "100ms"),
+    // A script's `find` counts (a `find` walks the same list a `print` does).
+    ("^/disk find", "50ms"),
+    ("^/file find", "100ms"),
     ("^/disk add", "500ms"),
     ("^/disk remove", "500ms"),
     ("^/file remove", "100ms"),
@@ -334,6 +339,20 @@ async fn inject_realistic_latency(mock: &Mock, keys: &Keys) -> anyhow::Result<()
         .await?;
     }
     Ok(())
+}
+
+/// CreateVolume's and DeleteVolume's execs against an RDS that refuses scripts: the
+/// command-by-command way.
+async fn without_scripts(keys: &Keys) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mock = Mock::start_profile(keys, "scripting-refused").await?;
+    let mut args: Vec<String> = vec!["--controller".into()];
+    args.extend(mock.driver_args(keys));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let driver = Driver::start(&refs).await?;
+    let ctl = ControllerClient::new(driver.channel.clone());
+    let raw = RawSsh::connect(&mock, keys).await?;
+    let (create, delete, _) = pair_template(&ctl, &mock, keys, &raw, "noscript").await?;
+    Ok((create, delete))
 }
 
 /// The driver at its default settings against an RDS that runs one command at a time (one CLI
@@ -408,7 +427,8 @@ async fn main() -> anyhow::Result<()> {
         Ok(c.get_capacity(GetCapacityRequest::default()).await?)
     })
     .await?;
-    println!("SSH commands per CSI call");
+    let (plain_create, plain_delete) = without_scripts(&keys).await?;
+    println!("SSH execs per CSI call (RDS running scripts; a script is one exec)");
     for (rpc, cmds) in [
         ("CreateVolume", &create_cmds),
         ("DeleteVolume", &delete_cmds),
@@ -417,9 +437,17 @@ async fn main() -> anyhow::Result<()> {
     ] {
         println!("  {rpc:<18} {:>2}   {}", cmds.len(), cmds.join(" | "));
     }
+    println!("SSH execs per CSI call (RDS refusing scripts: profile scripting-refused)");
+    for (rpc, cmds) in [
+        ("CreateVolume", &plain_create),
+        ("DeleteVolume", &plain_delete),
+    ] {
+        println!("  {rpc:<18} {:>2}   {}", cmds.len(), cmds.join(" | "));
+    }
     report.insert(
         "ssh_commands_per_call".into(),
-        json!({"CreateVolume": create_cmds.len(), "DeleteVolume": delete_cmds.len(), "ListVolumesPage": list_cmds.len(), "GetCapacity": cap_cmds.len()}),
+        json!({"CreateVolume": create_cmds.len(), "DeleteVolume": delete_cmds.len(), "ListVolumesPage": list_cmds.len(), "GetCapacity": cap_cmds.len(),
+               "without_scripts": {"CreateVolume": plain_create.len(), "DeleteVolume": plain_delete.len()}}),
     );
     let idle_rss = rss_kib(pid, "VmRSS:")?;
 

@@ -34,8 +34,9 @@ impl From<CliError> for Stop {
 impl Engine {
     /// Runs a script: the output of each statement in turn. A failing statement ends it, its
     /// error printed after what the statements before it printed (they are not undone).
-    /// Injected faults apply to each menu command in it as it runs, and each command that
-    /// runs is recorded in the history (`Scripted`) before the script as a whole.
+    /// Injected faults apply to each menu command in it as it runs, and each command is
+    /// recorded in the history (`Scripted`, or as its fault left it) before the script as a
+    /// whole.
     pub(super) fn script(&self, line: &str, conn: Option<u64>) -> Reply {
         if self.has(Variant::ScriptingRefused) {
             return self.error(refusal(line));
@@ -112,10 +113,17 @@ impl Engine {
 
     /// One menu command of a script, under the faults that match it.
     fn run_command(&self, line: &str, conn: Option<u64>, run: &mut Run) -> Result<String, Stop> {
+        let mut ran_as = Disposition::Scripted;
         match self.decide(line).0 {
             Action::Run => {}
-            Action::DropAfterRun => run.drop = true,
-            Action::Hang => return Err(Stop::Hang),
+            Action::DropAfterRun => {
+                run.drop = true;
+                ran_as = Disposition::Dropped;
+            }
+            Action::Hang => {
+                self.record(line, None, "", Disposition::Hung);
+                return Err(Stop::Hang);
+            }
             Action::Fail {
                 message,
                 exit_status,
@@ -133,7 +141,7 @@ impl Engine {
         }
         match self.dispatch(line, conn) {
             Ok((text, _)) => {
-                self.record(line, Some(0), &text, Disposition::Scripted);
+                self.record(line, Some(0), &text, ran_as);
                 Ok(text)
             }
             Err(e) => {
