@@ -131,3 +131,22 @@ async fn the_file_stays_while_the_disk_does() {
     delete(&f, &v.volume_id).await.unwrap();
     assert!(!f.file_exists(&format!("{BASE}/pvc-stays.img")));
 }
+
+/// An RDS that ran scripts and stops (upgraded, replaced, its user's rights changed) is served
+/// command by command from the first refusal on, without a reconnect.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rds_that_stops_running_scripts_is_served_command_by_command() {
+    let f = fixture().await;
+    f.create("pvc-before", GIB).await;
+    f.mock
+        .set_profile(Profile::parse("scripting-refused").unwrap());
+    delete(&f, "pvc-before").await.unwrap();
+    let v = f.create("pvc-after", GIB).await;
+    delete(&f, &v.volume_id).await.unwrap();
+    assert!(f.mock.disk("pvc-before").is_none() && f.mock.disk("pvc-after").is_none());
+    assert!(f
+        .mock
+        .files()
+        .iter()
+        .all(|file| !file.path.contains("pvc-")));
+}

@@ -130,14 +130,6 @@ impl World {
             .await
             .map(|r| r.into_inner().volume.unwrap())
     }
-
-    fn commands(&self, prefix: &str) -> usize {
-        self.mock
-            .history()
-            .iter()
-            .filter(|h| h.command.starts_with(prefix))
-            .count()
-    }
 }
 
 fn export(id: &str) -> Option<NvmeExport> {

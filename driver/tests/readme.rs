@@ -91,7 +91,7 @@ async fn controller_capabilities() -> BTreeSet<String> {
         HostKeyPolicy::InsecureSkipVerify,
     );
     let svc = ControllerService::new(
-        rds_csi::server::rds_client(ssh),
+        rds_csi::server::rds_client(ssh, true),
         common::controller::config(),
     );
     let caps = svc

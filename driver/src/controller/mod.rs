@@ -269,11 +269,11 @@ impl ControllerService {
     ) -> Result<(), Status> {
         let path = Self::file_path_of(disk)?;
         if self.rds.scripting(deadline).await.map_err(rds_status)? {
-            return self
-                .rds
-                .remove_scripted(id, &path, deadline)
-                .await
-                .map_err(rds_status);
+            match self.rds.remove_scripted(id, &path, deadline).await {
+                // Refused as a script: the commands one by one say what RouterOS thinks.
+                Err(RdsError::InvalidArgument(_)) => {}
+                done => return done.map_err(rds_status),
+            }
         }
         self.rds
             .remove_disk(id, deadline)

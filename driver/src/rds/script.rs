@@ -166,7 +166,7 @@ impl<'a> Parts<'a> {
     /// Fails unless the markers are exactly `expected` (one of them).
     pub fn expect(&self, script: &str, expected: &[&[&str]]) -> Result<(), RdsError> {
         let names = self.names();
-        if expected.iter().any(|e| *e == names.as_slice()) {
+        if expected.contains(&names.as_slice()) {
             return Ok(());
         }
         Err(RdsError::Parse(format!(
@@ -238,8 +238,19 @@ impl RdsClient {
     ) -> Result<Created, RdsError> {
         let out = self
             .run(&Command::Script(Script::create(add)), deadline)
-            .await?;
+            .await
+            .inspect_err(|e| self.refused_scripts(e))?;
         Created::read(&out, &add.slot)
+    }
+
+    /// After a script was refused as a command RouterOS does not know (an RDS that ran
+    /// scripts and no longer does: upgraded, replaced, its user's rights changed), scripts
+    /// are off until the next connection asks again.
+    fn refused_scripts(&self, e: &RdsError) {
+        if matches!(e, RdsError::InvalidArgument(_)) {
+            tracing::warn!(error = %e, "the RDS refused a script; sending commands one by one");
+            self.scripting.set(self.transport().generation(), false);
+        }
     }
 
     /// Runs the remove script (scripting known to work): done only when neither the disk nor
@@ -252,7 +263,8 @@ impl RdsClient {
     ) -> Result<(), RdsError> {
         let out = self
             .run_idempotent(&Command::Script(Script::remove(slot, file)), deadline)
-            .await?;
+            .await
+            .inspect_err(|e| self.refused_scripts(e))?;
         read_removed(&out, slot, file)
     }
 }

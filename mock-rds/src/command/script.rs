@@ -128,11 +128,8 @@ fn parse_stmt(text: &str, at: usize) -> Result<Stmt, CliError> {
         // Columns of the `get` form count from the statement; shift them to the line.
         return parse_put(text).map(Stmt::PutGet).map_err(|e| shift(e, at));
     }
-    if text.starts_with(':') {
-        let name: String = text[1..]
-            .chars()
-            .take_while(|c| !c.is_whitespace())
-            .collect();
+    if let Some(command) = text.strip_prefix(':') {
+        let name: String = command.chars().take_while(|c| !c.is_whitespace()).collect();
         return Err(CliError::BadCommand { name, col: at + 2 });
     }
     Ok(Stmt::Command(text.to_string()))
