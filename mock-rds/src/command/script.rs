@@ -252,14 +252,12 @@ fn parse_count(text: &str) -> Result<Count, CliError> {
     Ok(Count { menu, conds })
 }
 
-/// Splits `text` at the `;` outside strings, brackets, braces and parentheses; each part
-/// with its byte offset in the line (`text` starts at `offset`).
-fn split_top(text: &str, offset: usize) -> Result<Vec<(usize, &str)>, CliError> {
-    let mut parts = Vec::new();
-    let mut depth: Vec<char> = Vec::new();
+/// The characters of `text` outside double-quoted strings (backslash escapes inside them),
+/// with their byte indices; and whether a string is left open at the end.
+fn outside_strings(text: &str) -> (Vec<(usize, char)>, bool) {
+    let mut out = Vec::new();
     let mut in_string = false;
     let mut escaped = false;
-    let mut start = 0;
     for (i, c) in text.char_indices() {
         if in_string {
             match c {
@@ -268,10 +266,24 @@ fn split_top(text: &str, offset: usize) -> Result<Vec<(usize, &str)>, CliError> 
                 '"' => in_string = false,
                 _ => {}
             }
-            continue;
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            out.push((i, c));
         }
+    }
+    (out, in_string)
+}
+
+/// Splits `text` at the `;` outside strings, brackets, braces and parentheses; each part
+/// with its byte offset in the line (`text` starts at `offset`).
+fn split_top(text: &str, offset: usize) -> Result<Vec<(usize, &str)>, CliError> {
+    let mut parts = Vec::new();
+    let mut depth: Vec<char> = Vec::new();
+    let mut start = 0;
+    let (chars, open_string) = outside_strings(text);
+    for (i, c) in chars {
         match c {
-            '"' => in_string = true,
             '[' | '{' | '(' => depth.push(c),
             ']' | '}' | ')' => {
                 let want = match c {
@@ -292,7 +304,7 @@ fn split_top(text: &str, offset: usize) -> Result<Vec<(usize, &str)>, CliError> 
             _ => {}
         }
     }
-    if in_string || !depth.is_empty() {
+    if open_string || !depth.is_empty() {
         return Err(CliError::Syntax {
             col: offset + text.len() + 1,
         });
@@ -304,20 +316,8 @@ fn split_top(text: &str, offset: usize) -> Result<Vec<(usize, &str)>, CliError> 
 /// The byte index of the bracket closing the one at `open`, outside strings.
 fn closing(text: &str, open: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, c) in text[open..].char_indices() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    for (i, c) in outside_strings(&text[open..]).0 {
         match c {
-            '"' => in_string = true,
             '[' | '{' | '(' => depth += 1,
             ']' | '}' | ')' => {
                 depth -= 1;
