@@ -5,7 +5,7 @@
 mod common;
 
 use csi_proto::v1::controller_server::Controller;
-use csi_proto::v1::DeleteVolumeRequest;
+use csi_proto::v1::{CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest};
 use mock_rds::{Disposition, Fault, Profile};
 use rstest::rstest;
 use tonic::Request;
@@ -33,13 +33,14 @@ async fn delete(f: &Fixture, id: &str) -> Result<(), tonic::Status> {
 }
 
 #[rstest]
-#[case::scripts("default", 1, 2)]
-#[case::scripts_refused("scripting-refused", 3, 4)]
-#[case::print_hidden_in_scripts("script-quiet-print", 3, 4)]
+#[case::scripts("default", 1, 2, 2)]
+#[case::scripts_refused("scripting-refused", 3, 3, 4)]
+#[case::print_hidden_in_scripts("script-quiet-print", 3, 3, 4)]
 #[tokio::test(flavor = "multi_thread")]
 async fn each_change_takes_one_exec_where_the_rds_runs_scripts(
     #[case] spec: &str,
     #[case] create_execs: usize,
+    #[case] expand_execs: usize,
     #[case] delete_execs: usize,
 ) {
     let f = fixture().await;
@@ -52,6 +53,28 @@ async fn each_change_takes_one_exec_where_the_rds_runs_scripts(
     let v = f.create("pvc-counted", GIB).await;
     assert_eq!(execs(&f).len(), create_execs, "{spec}: {:#?}", execs(&f));
     assert_eq!(f.mock.disk("pvc-counted").unwrap().file_size, GIB as u64);
+    f.mock.clear_history();
+
+    // The ownership read, then the resize read back (in one script where it runs).
+    let grown = f
+        .svc
+        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 2 * GIB);
+    assert_eq!(execs(&f).len(), expand_execs, "{spec}: {:#?}", execs(&f));
+    assert_eq!(
+        f.mock.disk("pvc-counted").unwrap().file_size,
+        2 * GIB as u64
+    );
     f.mock.clear_history();
 
     delete(&f, &v.volume_id).await.unwrap();

@@ -216,12 +216,13 @@ impl ControllerService {
         if disk.nvme_export {
             return Ok(disk);
         }
-        self.rds
+        let now = self
+            .rds
             .set_export(slot, Some(export.clone()), deadline)
-            .await?;
-        let now = self.rds.get_disk(slot, deadline).await?.ok_or_else(|| {
-            RdsError::NotFound(format!("disk {slot} disappeared while exporting it"))
-        })?;
+            .await?
+            .ok_or_else(|| {
+                RdsError::NotFound(format!("disk {slot} disappeared while exporting it"))
+            })?;
         match export_of(&now) {
             Some(e) if e == export => Ok(now),
             _ => Err(RdsError::Failed {

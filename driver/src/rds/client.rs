@@ -91,6 +91,11 @@ impl Learnt {
     pub(super) fn set(&self, generation: u64, supported: bool) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, supported));
     }
+
+    /// Forgets what was learnt: the next use asks again.
+    pub(super) fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl RdsClient {
@@ -440,15 +445,16 @@ impl RdsClient {
             slot: slot.clone(),
             size,
         };
-        // Setting the same size twice converges, so a lost reply is simply retried.
-        self.run_idempotent(&command, deadline).await?;
+        let gone = || RdsError::NotFound(format!("disk {slot} disappeared during resize"));
+        let mut read_back = self.set_then_read(&command, slot, deadline).await?;
         // RouterOS may show the new size only a little later.
         let settle = deadline.min(Instant::now() + RESIZE_SETTLE);
         let mut pause = POLL_MIN;
         loop {
-            let disk = self.get_disk(slot, deadline).await?.ok_or_else(|| {
-                RdsError::NotFound(format!("disk {slot} disappeared during resize"))
-            })?;
+            let disk = match read_back.take() {
+                Some(disk) => disk,
+                None => self.get_disk(slot, deadline).await?.ok_or_else(gone)?,
+            };
             match disk.size_bytes {
                 Some(actual) if actual >= size.bytes() => return Ok(disk),
                 other if Instant::now() + pause >= settle => {
@@ -464,18 +470,18 @@ impl RdsClient {
         }
     }
 
-    /// Exports a disk with these settings, or stops exporting it (`None`).
+    /// Exports a disk with these settings, or stops exporting it (`None`), and reads it back.
     pub async fn set_export(
         &self,
         slot: &Slot,
         export: Option<NvmeExport>,
         deadline: Instant,
-    ) -> Result<(), RdsError> {
+    ) -> Result<Option<Disk>, RdsError> {
         let command = Command::DiskSetExport {
             slot: slot.clone(),
             export,
         };
-        self.run_idempotent(&command, deadline).await.map(drop)
+        self.set_then_read(&command, slot, deadline).await
     }
 
     /// Exports a disk that only `host` may connect to (`None`: any host), in one command, and
@@ -535,9 +541,8 @@ impl RdsClient {
         host: Option<&Nqn>,
         deadline: Instant,
     ) -> Result<Disk, RdsError> {
-        self.run_idempotent(command, deadline).await?;
         let disk = self
-            .get_disk(slot, deadline)
+            .set_then_read(command, slot, deadline)
             .await?
             .ok_or_else(|| RdsError::NotFound(format!("disk {slot}")))?;
         let want = host.map(Nqn::as_str);

@@ -98,6 +98,23 @@ impl Script {
     }
 }
 
+impl Script {
+    /// A `/disk set` (expansion, export, fence) and the disk read back.
+    pub fn set(set: &Command, slot: &Slot) -> Script {
+        debug_assert!(set.render().starts_with("/disk set "), "{set:?}");
+        Script {
+            kind: "script-set",
+            line: format!(
+                "{}; {}; {}",
+                set.render(),
+                put("disk"),
+                Command::DiskPrint(DiskFilter::Slot(slot.clone())).render()
+            ),
+            mutating: true,
+        }
+    }
+}
+
 fn put(part: &str) -> String {
     format!(":put {}", quote(&format!("{MARK}{part}")))
 }
@@ -243,13 +260,35 @@ impl RdsClient {
         Created::read(&out, &add.slot)
     }
 
-    /// After a script was refused as a command RouterOS does not know (an RDS that ran
-    /// scripts and no longer does: upgraded, replaced, its user's rights changed), scripts
-    /// are off until the next connection asks again.
+    /// Runs a `/disk set` and reads the disk in `slot` back: in one script where the RDS runs
+    /// them, else as two commands. Setting the same values again converges, so a lost reply
+    /// is retried.
+    pub async fn set_then_read(
+        &self,
+        set: &Command,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<Option<Disk>, RdsError> {
+        if self.scripting(deadline).await? {
+            let script = Command::Script(Script::set(set, slot));
+            match self.run_idempotent(&script, deadline).await {
+                Ok(out) => return read_set(&out, slot),
+                // Asked again below, one command at a time: the answer stands either way.
+                Err(e @ RdsError::InvalidArgument(_)) => self.refused_scripts(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.run_idempotent(set, deadline).await?;
+        self.get_disk(slot, deadline).await
+    }
+
+    /// After a script was refused as invalid: either a command in it was (a value RouterOS
+    /// does not take), or the RDS no longer runs scripts (upgraded, replaced, its user's
+    /// rights changed). The two read alike, so the next change asks again with the probe.
     fn refused_scripts(&self, e: &RdsError) {
         if matches!(e, RdsError::InvalidArgument(_)) {
-            tracing::warn!(error = %e, "the RDS refused a script; sending commands one by one");
-            self.scripting.set(self.transport().generation(), false);
+            tracing::info!(error = %e, "the RDS refused a script; probing scripting again");
+            self.scripting.forget();
         }
     }
 
@@ -267,6 +306,14 @@ impl RdsClient {
             .inspect_err(|e| self.refused_scripts(e))?;
         read_removed(&out, slot, file)
     }
+}
+
+/// Reads the set script's output: the disk in `slot` as read back, if it is there.
+pub fn read_set(out: &str, slot: &Slot) -> Result<Option<Disk>, RdsError> {
+    let parts = Parts::split(out);
+    Parts::nothing_from("`/disk set`", &parts.lead)?;
+    parts.expect("set", &[&["disk"]])?;
+    disk_in(parts.text("disk"), slot)
 }
 
 /// Reads the remove script's output: success only when it shows neither the disk nor the file.
@@ -350,6 +397,26 @@ mod tests {
              slot=\"pvc-1\"]] = 0) do={/file remove [find name=\"storage-pool/csi/pvc-1.img\"]}; \
              :put \"rds-csi:file\"; /file print detail where name=\"storage-pool/csi/pvc-1.img\""
         );
+    }
+
+    #[test]
+    fn a_set_is_read_back_in_the_same_exec() {
+        let slot = Slot::new("pvc-1").unwrap();
+        let set = Command::DiskSetSize {
+            slot: slot.clone(),
+            size: AllocSize::round_up(2 << 30).unwrap(),
+        };
+        assert_eq!(
+            Script::set(&set, &slot).line(),
+            "/disk set [find slot=\"pvc-1\"] file-size=\"2G\"; :put \"rds-csi:disk\"; /disk \
+             print detail where slot=\"pvc-1\""
+        );
+        assert!(read_set("rds-csi:disk\r\n", &slot).unwrap().is_none());
+        assert!(matches!(
+            read_set("failure: disk is busy\r\nrds-csi:disk\r\n", &slot),
+            Err(RdsError::Busy(_))
+        ));
+        assert!(matches!(read_set("", &slot), Err(RdsError::Parse(_))));
     }
 
     #[test]
