@@ -599,3 +599,54 @@ async fn a_lost_copy_is_neither_retried_nor_accepted() {
         .count();
     assert_eq!(sent, 1, "a lost copy was sent again");
 }
+
+/// An RDS that leaves a channel open unanswered while another is pending
+/// (`sessions-one-open`): the open window the driver earns on prompt answers meets it once, the
+/// driver gives up that connection and opens one at a time from then on; every command
+/// completes within its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rds_that_serves_one_open_at_a_time_costs_one_reconnect() {
+    let key = new_key();
+    let mock = common::start_mock(key.public_key(), None).await;
+    mock.set_profile(mock_rds::Profile::parse("sessions-one-open").unwrap());
+    let retry = rds_csi::rds::RetryPolicy {
+        attempt_timeout: Duration::from_secs(10),
+        ..fast_retry()
+    };
+    let rds = Arc::new(client_for(&mock, key, common::pinned(&mock), retry));
+    // One at a time, the window is always full and the answers prompt: it widens.
+    for _ in 0..40 {
+        rds.identity(deadline_in(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    }
+    let burst = || {
+        let runs: Vec<_> = (0..32)
+            .map(|_| {
+                let rds = rds.clone();
+                tokio::spawn(
+                    async move { rds.identity(deadline_in(Duration::from_secs(20))).await },
+                )
+            })
+            .collect();
+        async move {
+            for r in runs {
+                r.await.unwrap().unwrap();
+            }
+        }
+    };
+    let before = rds.transport().generation();
+    burst().await;
+    let after_first = rds.transport().generation();
+    assert_eq!(
+        after_first - before,
+        1,
+        "the widened window met the RDS's limit once, and that connection was given up"
+    );
+    burst().await;
+    assert_eq!(
+        rds.transport().generation(),
+        after_first,
+        "one at a time from then on: nothing more is given up"
+    );
+}

@@ -281,8 +281,10 @@ impl russh::server::Handler for Conn {
             return Ok(());
         }
         self.shared.channels().insert((self.id, id));
-        if profile.has(Variant::SessionsSerialOpen) {
-            if self.shared.pending_opens.load(Ordering::Relaxed) >= SESSION_LIMIT {
+        let one_open = profile.has(Variant::SessionsOneOpen);
+        if profile.has(Variant::SessionsSerialOpen) || one_open {
+            let limit = if one_open { 1 } else { SESSION_LIMIT };
+            if self.shared.pending_opens.load(Ordering::Relaxed) >= limit {
                 tracing::debug!(
                     conn = self.id,
                     "leaving a channel open unanswered (overload)"

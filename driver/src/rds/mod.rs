@@ -7,6 +7,7 @@ mod copy;
 pub mod error;
 pub mod model;
 mod observer;
+mod open_window;
 pub mod parse;
 mod reply;
 pub mod script;

@@ -16,6 +16,7 @@ use tokio::time::{timeout_at, Instant};
 use super::connection::Connection;
 use super::error::{ExecOutput, TransportError};
 use super::observer::RdsObserver;
+use super::open_window::{self, OpenWindow};
 use super::reply::read_reply;
 pub use super::reply::MAX_OUTPUT_BYTES;
 pub use super::ssh_config::{
@@ -39,6 +40,14 @@ pub struct ChannelBurst {
     pub unanswered: usize,
 }
 
+/// Why a channel could not be opened.
+enum OpenFailure {
+    /// The RDS answered with a refusal, or the connection failed.
+    Refused(russh::Error),
+    /// An open sent beside others was left unanswered (`open_window`).
+    Stalled,
+}
+
 /// A cheap command to prove a connection still answers.
 pub const LIVENESS_COMMAND: &str = "/system identity print";
 
@@ -46,9 +55,8 @@ pub struct Transport {
     config: Arc<SshConfig>,
     slots: Vec<Mutex<SlotState>>,
     channels: Semaphore,
-    /// One channel open at a time over all connections: RouterOS has been seen to stall when
-    /// several opens are pending at once.
-    open_gate: Mutex<()>,
+    /// Channel opens pending at once over all connections (`open_window`).
+    opens: OpenWindow,
     /// Signalled whenever a command's channel is done, for opens the RDS refused for lack of one.
     channel_done: Notify,
     next_slot: AtomicUsize,
@@ -71,7 +79,7 @@ impl Transport {
             .collect();
         Arc::new(Self {
             channels: Semaphore::new(config.max_channels.max(1)),
-            open_gate: Mutex::new(()),
+            opens: OpenWindow::default(),
             channel_done: Notify::new(),
             config: Arc::new(config),
             slots,
@@ -158,8 +166,18 @@ impl Transport {
                     return Err(timeout("opening an SSH channel"));
                 }
                 Ok(Ok(channel)) => break channel,
+                Ok(Err(OpenFailure::Stalled)) => {
+                    drop(in_use);
+                    self.discard(slot, &conn).await;
+                    return Err(TransportError::ConnectionLost(
+                        "the RDS left an SSH channel open unanswered while others were pending"
+                            .into(),
+                    ));
+                }
                 // The RDS allows fewer channels than are in use: wait for one to be done.
-                Ok(Err(_)) if !conn.handle.is_closed() && self.others_in_flight() => {
+                Ok(Err(OpenFailure::Refused(_)))
+                    if !conn.handle.is_closed() && self.others_in_flight() =>
+                {
                     refusals += 1;
                     let pause = backoff(
                         Duration::from_millis(10),
@@ -171,7 +189,9 @@ impl Transport {
                     }
                     let _ = tokio::time::timeout(pause, self.channel_done.notified()).await;
                 }
-                Ok(Err(e)) => return Err(self.channel_failed(slot, &conn, e).await),
+                Ok(Err(OpenFailure::Refused(e))) => {
+                    return Err(self.channel_failed(slot, &conn, e).await)
+                }
             }
         };
         let run = async {
@@ -231,13 +251,29 @@ impl Transport {
         Ok(burst)
     }
 
-    /// Opens a session channel through the gate, so no two opens are ever pending together.
+    /// Opens a session channel within the open window. An open sent beside others that the
+    /// RDS leaves unanswered is a stall: the window narrows to one for good and the connection,
+    /// which may be wedged, is replaced (the caller retries on a new one).
     async fn open_channel(
         &self,
         conn: &Connection,
-    ) -> Result<russh::Channel<client::Msg>, russh::Error> {
-        let _gate = self.open_gate.lock().await;
-        conn.handle.channel_open_session().await
+    ) -> Result<russh::Channel<client::Msg>, OpenFailure> {
+        let ticket = self.opens.enter().await;
+        if !ticket.beside_others() {
+            let opened = conn.handle.channel_open_session().await;
+            ticket.answered();
+            return opened.map_err(OpenFailure::Refused);
+        }
+        match tokio::time::timeout(open_window::STALL, conn.handle.channel_open_session()).await {
+            Ok(opened) => {
+                ticket.answered();
+                opened.map_err(OpenFailure::Refused)
+            }
+            Err(_) => {
+                ticket.stalled();
+                Err(OpenFailure::Stalled)
+            }
+        }
     }
 
     /// Whether commands other than the caller's hold channels now.

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
-use e2e::{Driver, Keys, Mock};
+use e2e::{Driver, Env, Keys, Mock, MIB, NODE_ID};
 use russh::ChannelMsg;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -377,6 +378,68 @@ async fn serial_routeros(keys: &Keys, scale: usize) -> anyhow::Result<serde_json
     Ok(json!(rows))
 }
 
+/// Volumes staged for the node plugin's memory figure.
+const STAGED: usize = 50;
+
+/// The node plugin's resident memory (KiB), idle and with [`STAGED`] ext4 volumes staged, in a
+/// node-only process (the loop connector over the mock's files: root only). None without root.
+async fn node_memory() -> anyhow::Result<Option<(u64, u64)>> {
+    if !e2e::is_root() {
+        println!("\nNode plugin memory: not measured (staging needs root for loop devices)");
+        return Ok(None);
+    }
+    let env = Env::start("bench-node").await?;
+    let state = env.work.path().join("node-only-state");
+    let args: Vec<String> = vec![
+        "--node".into(),
+        "--node-id".into(),
+        NODE_ID.into(),
+        "--kubelet-dir".into(),
+        String::new(),
+        "--connector".into(),
+        "loop".into(),
+        "--loop-root".into(),
+        env.mock.data_dir.display().to_string(),
+        "--node-state-dir".into(),
+        state.display().to_string(),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let plugin = Driver::start(&refs).await?;
+    let pid = plugin.process.id();
+    let idle = rss_kib(pid, "VmRSS:")?;
+    let mut node = NodeClient::new(plugin.channel.clone());
+    let mut staged = Vec::new();
+    for i in 0..STAGED {
+        let volume =
+            e2e::staged::provision(&env, &format!("m{i}"), 16 * MIB, e2e::mount_cap("ext4")).await;
+        node.node_stage_volume(NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            publish_context: volume.publish_context.clone(),
+            staging_target_path: volume.staging.clone(),
+            volume_capability: Some(volume.cap.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await?;
+        staged.push(volume);
+    }
+    let loaded = rss_kib(pid, "VmRSS:")?;
+    for volume in &staged {
+        node.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: volume.staging.clone(),
+        })
+        .await?;
+    }
+    env.cleanup_run().await?;
+    println!(
+        "\nNode plugin memory: idle RSS {:.1} MiB, with {STAGED} volumes staged {:.1} MiB",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0
+    );
+    Ok(Some((idle, loaded)))
+}
+
 fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -498,6 +561,12 @@ async fn main() -> anyhow::Result<()> {
         "rss_mib".into(),
         json!({"idle": idle_rss as f64 / 1024.0, "peak_256_concurrent": peak_rss as f64 / 1024.0}),
     );
+    if let Some((idle, staged)) = node_memory().await? {
+        report.insert(
+            "node_rss_mib".into(),
+            json!({"idle": idle as f64 / 1024.0, format!("staged_{STAGED}"): staged as f64 / 1024.0}),
+        );
+    }
 
     // mock-rds alone: 8 connections x 32 channels.
     let per_channel = 20 * scale;
