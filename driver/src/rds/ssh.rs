@@ -223,7 +223,7 @@ impl Transport {
         }
     }
 
-    /// Opens `n` session channels at once on one connection, past the open gate, and closes
+    /// Opens `n` session channels at once on one connection, past the open window, and closes
     /// them again: how many the RDS accepted, refused, and left unanswered by `deadline`. Only
     /// `rds-csi validate` does this, to learn the RDS's session limits.
     pub async fn channel_burst(
