@@ -297,8 +297,10 @@ impl russh::server::Handler for Conn {
             tokio::spawn(async move {
                 let _gate = shared.open_gate.lock().await;
                 tokio::time::sleep(OPEN_DELAY).await;
-                reply.accept().await;
+                // No longer pending once answered: before the answer leaves, so a client that
+                // sends its next open on receiving it never finds this one still counted.
                 shared.pending_opens.fetch_sub(1, Ordering::Relaxed);
+                reply.accept().await;
             });
             return Ok(());
         }
