@@ -424,10 +424,17 @@ async fn node_memory() -> anyhow::Result<Option<(u64, u64)>> {
         staged.push(volume);
     }
     let loaded = rss_kib(pid, "VmRSS:")?;
+    let mut ctl = env.controller();
     for volume in &staged {
         node.node_unstage_volume(NodeUnstageVolumeRequest {
             volume_id: volume.volume_id.clone(),
             staging_target_path: volume.staging.clone(),
+        })
+        .await?;
+        ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            node_id: NODE_ID.into(),
+            ..Default::default()
         })
         .await?;
     }
