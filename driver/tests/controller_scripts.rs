@@ -5,12 +5,12 @@
 mod common;
 
 use csi_proto::v1::controller_server::Controller;
-use csi_proto::v1::{CapacityRange, ControllerExpandVolumeRequest, DeleteVolumeRequest};
+use csi_proto::v1::DeleteVolumeRequest;
 use mock_rds::{Disposition, Fault, Profile};
 use rstest::rstest;
 use tonic::Request;
 
-use common::controller::{create_req, fixture, Fixture, BASE, GIB};
+use common::controller::{create_req, expand_req, fixture, Fixture, BASE, GIB};
 
 /// The execs the mock received (a script's commands are recorded apart, as `Scripted`).
 fn execs(f: &Fixture) -> Vec<String> {
@@ -58,14 +58,7 @@ async fn each_change_takes_one_exec_where_the_rds_runs_scripts(
     // The ownership read, then the resize read back (in one script where it runs).
     let grown = f
         .svc
-        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 2 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        }))
+        .controller_expand_volume(Request::new(expand_req(&v.volume_id, 2 * GIB)))
         .await
         .unwrap()
         .into_inner();

@@ -738,14 +738,10 @@ async fn resize_variants_expand_or_say_why(
     w.create("pvc-grow", GIB).await.unwrap();
     let resp = w
         .svc
-        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-            volume_id: "pvc-grow".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 2 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        }))
+        .controller_expand_volume(Request::new(common::controller::expand_req(
+            "pvc-grow",
+            2 * GIB,
+        )))
         .await
         .unwrap()
         .into_inner();
@@ -779,14 +775,10 @@ async fn an_expansion_or_publish_never_succeeds_with_the_disk_unexported() {
     });
     let expand = || {
         w.svc
-            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-                volume_id: "pvc-regrow".into(),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: 2 * GIB,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            }))
+            .controller_expand_volume(Request::new(common::controller::expand_req(
+                "pvc-regrow",
+                2 * GIB,
+            )))
     };
     assert!(expand().await.is_err(), "the export was not restored");
     // The CO retries: the size is reached, and the disk must be exported before it is OK.
@@ -828,14 +820,10 @@ async fn a_failed_resize_with_the_export_off_exports_the_disk_again() {
     });
     let e = w
         .svc
-        .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-            volume_id: "pvc-nogrow".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 2 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        }))
+        .controller_expand_volume(Request::new(common::controller::expand_req(
+            "pvc-nogrow",
+            2 * GIB,
+        )))
         .await
         .unwrap_err();
     assert!(e.message().contains("execution error"), "{e:?}");

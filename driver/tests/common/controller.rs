@@ -91,6 +91,18 @@ pub fn block_cap(mode: Mode) -> VolumeCapability {
     }
 }
 
+/// Grow `volume_id` to `bytes` (no capability: a filesystem volume).
+pub fn expand_req(volume_id: &str, bytes: i64) -> ControllerExpandVolumeRequest {
+    ControllerExpandVolumeRequest {
+        volume_id: volume_id.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.into(),
