@@ -63,7 +63,8 @@ impl Kind {
     }
 }
 
-/// Behaviour profiles the soak switches between (and back to `default`).
+/// Behaviour profiles the soak switches between; `default` stands for the run's own profile
+/// (`--profile`), so a switch may go back to it.
 const PROFILES: &[&str] = &[
     "default",
     "hardware-a",
@@ -118,7 +119,7 @@ impl Fault {
 /// Draws the fault of one operation whose call sends `targets` with `name` on their command
 /// line. Two in five operations (three in five deletes) get a fault aimed at their call, one
 /// in sixteen an event.
-pub fn draw(rng: &mut StdRng, targets: &[Target], name: &str) -> Option<Fault> {
+pub fn draw(rng: &mut StdRng, targets: &[Target], name: &str, own: &str) -> Option<Fault> {
     let roll = rng.random_range(0..100);
     // Deletes are few and their faults are where an unknown reply is most dangerous (a disk
     // reported gone that is not): they get a fault three times in five.
@@ -184,7 +185,10 @@ pub fn draw(rng: &mut StdRng, targets: &[Target], name: &str) -> Option<Fault> {
                 Kind::Profile,
                 format!(
                     "/mock profile set={}",
-                    PROFILES[rng.random_range(0..PROFILES.len())]
+                    match PROFILES[rng.random_range(0..PROFILES.len())] {
+                        "default" => own,
+                        other => other,
+                    }
                 ),
             ),
         });
@@ -214,5 +218,34 @@ impl Counts {
             .map(|(k, c)| format!("{}={}", k.name(), c.load(Ordering::Relaxed)))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// The `/disk add` commands that took effect, by how the driver sent them: inside a script, or
+/// alone (the command-by-command sequence: an RDS that refuses scripts, a retry, a copy). Read
+/// from the mock's history, which a restart of mock-rds forgets: it is read before each one.
+#[derive(Default)]
+pub struct Adds {
+    pub scripted: AtomicU64,
+    pub alone: AtomicU64,
+}
+
+impl Adds {
+    /// Counts the adds the mock's history holds; a mock that does not answer adds nothing.
+    pub async fn tally(&self, env: &e2e::Env) {
+        let Ok(history) = env.mock.history(&env.keys).await else {
+            return;
+        };
+        for h in history
+            .iter()
+            .filter(|h| h.command.starts_with("/disk add") && h.took_effect())
+        {
+            let count = if h.disposition == "Scripted" {
+                &self.scripted
+            } else {
+                &self.alone
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

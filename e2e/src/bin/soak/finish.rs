@@ -26,7 +26,9 @@ pub async fn finish(soak: &Soak) -> anyhow::Result<()> {
     retry(|| async {
         let env = soak.env.read().await;
         env.exec_ok("/mock fault clear").await?;
-        env.exec_ok("/mock profile set=default").await.map(drop)
+        env.exec_ok(&format!("/mock profile set={}", soak.profile))
+            .await
+            .map(drop)
     })
     .await?;
     // Whatever a fault interrupted is finished by retries, as a CO would.
@@ -48,6 +50,7 @@ pub async fn finish(soak: &Soak) -> anyhow::Result<()> {
     // Every fenced volume is closed.
     crate::fence::check(soak, at).await;
     check_state(soak).await?;
+    soak.adds.tally(&*soak.env.read().await).await;
     // Data written on a staged volume (or copied into it) reads back intact.
     if soak.root {
         for v in 0..VOLUMES {

@@ -12,6 +12,7 @@
 //! `SOAK_VERBOSE=1` prints every fault injected; `SOAK_LOGS=DIR` keeps the logs of a failing
 //! run. RELIABILITY.md says what is checked.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ mod finish;
 mod model;
 mod ops;
 
-use faults::Counts;
+use faults::{Adds, Counts};
 use model::Model;
 use ops::Soak;
 
@@ -100,6 +101,7 @@ struct Outcome {
     faults: Counts,
     data_checks: u64,
     fence_checks: u64,
+    adds: Adds,
 }
 
 /// The soak and, on a violation, the search for the shortest failing prefix; false when it
@@ -125,6 +127,11 @@ async fn soak() -> anyhow::Result<bool> {
     );
     println!("faults by kind: {}", outcome.faults.describe());
     println!("data read back and compared: {} times", outcome.data_checks);
+    println!(
+        "disk adds that took effect: {} in scripts, {} alone",
+        outcome.adds.scripted.load(Ordering::Relaxed),
+        outcome.adds.alone.load(Ordering::Relaxed)
+    );
     let Some(first) = outcome.violations.iter().map(|(op, _)| *op).min() else {
         return Ok(true);
     };
@@ -221,6 +228,8 @@ async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
         verbose: std::env::var_os("SOAK_VERBOSE").is_some(),
         inject: o.faults,
         data_checks: Default::default(),
+        profile: o.profile.clone(),
+        adds: Adds::default(),
     });
     let workers: Vec<_> = (0..o.workers)
         .map(|_| {
@@ -238,5 +247,6 @@ async fn run(o: &Options, progress: bool) -> anyhow::Result<Outcome> {
         faults: soak.faults,
         data_checks: soak.data_checks.into_inner(),
         fence_checks: soak.fence_checks.into_inner(),
+        adds: soak.adds,
     })
 }

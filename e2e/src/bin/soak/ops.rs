@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, RwLock};
 use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::faults::{self, Counts, Fault, Target};
+use crate::faults::{self, Adds, Counts, Fault, Target};
 use crate::fence::{self, Oracle};
 use crate::model::{Call, Known, Model};
 
@@ -56,6 +56,9 @@ pub struct Soak {
     pub oracle: Oracle,
     /// Fenced disks compared with the one NQN their holders need.
     pub fence_checks: AtomicU64,
+    /// The run's own RouterOS behaviour profile (`--profile`).
+    pub profile: String,
+    pub adds: Adds,
 }
 
 /// A volume name of the pool; `pvc-` so that it is its own volume ID.
@@ -187,7 +190,7 @@ impl Soak {
                 },
                 _ => (&[Target::Print], vol(v)),
             };
-            match faults::draw(&mut rng, targets, &name) {
+            match faults::draw(&mut rng, targets, &name, &self.profile) {
                 Some(fault) if self.inject => self.inject(op, fault).await,
                 _ => {}
             }
@@ -208,6 +211,7 @@ impl Soak {
             Fault::Restart(faults::Kind::RestartMock) => {
                 let mut guard = self.env.write().await;
                 let env = &mut *guard;
+                self.adds.tally(env).await;
                 match env.mock.stop().await {
                     Ok(()) => env.mock.resume(&env.keys).await,
                     Err(e) => Err(e),
