@@ -9,7 +9,7 @@ use super::ControllerService;
 use crate::grpc::rds_status;
 use crate::rds::command::{AllocSize, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
 use crate::rds::script::Created;
-use crate::rds::{disk_mismatch, CopyState, Disk, RdsError};
+use crate::rds::{disk_mismatch, CopySeen, CopyState, Disk, FileInfo, RdsError};
 
 /// The export settings a disk shows, if it is exported.
 pub(super) fn export_of(disk: &Disk) -> Option<NvmeExport> {
@@ -20,6 +20,15 @@ pub(super) fn export_of(disk: &Disk) -> Option<NvmeExport> {
         port: Port::new(disk.nvme_port?.into()).ok()?,
         nqn: Nqn::new(disk.nqn.clone()?).ok()?,
     })
+}
+
+/// Whether the file at a failed create's path is known to be the create's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileAtPath {
+    /// The create saw no file there before its add.
+    Ours,
+    /// A script's reply could not be read: its own file check may have found one.
+    Unknown,
 }
 
 impl ControllerService {
@@ -38,17 +47,17 @@ impl ControllerService {
                     e,
                     RdsError::Failed { .. } | RdsError::InvalidArgument(_) | RdsError::Parse(_)
                 ) {
-                    self.discard_made(add, deadline).await;
+                    self.discard_made(add, FileAtPath::Ours, deadline).await;
                 }
                 return Err(e);
             }
         };
-        match self.complete_disk(add, made, deadline).await {
+        match self.complete_disk(add, made, None, deadline).await {
             Ok(disk) => Ok(disk),
             // A copy still running when time ran out is left for the CO's retry to wait for.
             Err(e @ RdsError::Transport(_)) => Err(e),
             Err(e) => {
-                self.discard_made(add, deadline).await;
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
                 Err(e)
             }
         }
@@ -71,38 +80,87 @@ impl ControllerService {
         let made = match self.rds.create_scripted(add, deadline).await {
             Ok(Created::Made(Some(disk))) => disk,
             Ok(Created::Made(None)) => {
-                self.discard_made(add, deadline).await;
-                return Err(RdsError::Failed {
-                    exit_status: Some(0),
-                    text: format!(
-                        "disk {} is not there after `/disk add` reported success",
-                        add.slot
-                    ),
-                });
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                return Err(RdsError::missing_after_add(&add.slot));
             }
-            Err(e @ (RdsError::Parse(_) | RdsError::OutOfSpace(_))) => {
-                self.discard_made(add, deadline).await;
+            // Refused for want of space: the add ran, so no file was there before it.
+            Err(e @ RdsError::OutOfSpace(_)) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                return Err(e);
+            }
+            Err(e @ RdsError::Parse(_)) => {
+                self.discard_made(add, FileAtPath::Unknown, deadline).await;
                 return Err(e);
             }
             Ok(Created::FileExists(_)) | Err(_) => return Ok(None),
         };
-        match self.complete_disk(add, made, deadline).await {
+        match self.complete_disk(add, made, None, deadline).await {
             Ok(disk) => Ok(Some(disk)),
             Err(e) => {
-                self.discard_made(add, deadline).await;
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
                 Err(e)
             }
         }
     }
 
+    /// Makes a snapshot's copy (`add.copy_from`; the caller holds the locks and has seen its
+    /// slot empty) in one exec where the RDS runs scripts: added only if no file is at its
+    /// path, and read back with its file, the file's exact size and the clock, so a copy
+    /// already whole costs no further command. Returns the disk once whole, and its file.
+    /// None when the command-by-command sequence must decide instead (no scripting, a file at
+    /// the path, a refusal, a lost reply): the script may have run, so the caller reads the
+    /// slot again first.
+    pub(super) async fn make_copy_scripted(
+        &self,
+        add: &DiskAdd,
+        deadline: Instant,
+    ) -> Result<Option<(Disk, Option<FileInfo>)>, RdsError> {
+        if !self.rds.scripting(deadline).await? {
+            return Ok(None);
+        }
+        let (made, tail) = match self.rds.copy_scripted(add, deadline).await {
+            Ok((Created::Made(Some(disk)), tail)) => (disk, tail),
+            Ok((Created::Made(None), _)) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                return Err(RdsError::missing_after_add(&add.slot));
+            }
+            Err(e @ RdsError::OutOfSpace(_)) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                return Err(e);
+            }
+            Err(e @ RdsError::Parse(_)) => {
+                self.discard_made(add, FileAtPath::Unknown, deadline).await;
+                return Err(e);
+            }
+            Ok((Created::FileExists(_), _)) | Err(_) => return Ok(None),
+        };
+        let seen = CopySeen {
+            disk: made.clone(),
+            file: tail.file.clone(),
+            exact: tail.exact,
+        };
+        match self.complete_disk(add, made, Some(seen), deadline).await {
+            Ok(disk) => Ok(Some((disk, tail.file))),
+            // A copy still running when time ran out is left for the CO's retry to wait for.
+            Err(e @ RdsError::Transport(_)) => Err(e),
+            Err(e) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a disk just made against `add`: a copy once whole (starting from what a script
+    /// `seen` of it), and grown if it kept its source's size.
     async fn complete_disk(
         &self,
         add: &DiskAdd,
         disk: Disk,
+        seen: Option<CopySeen>,
         deadline: Instant,
     ) -> Result<Disk, RdsError> {
         let disk = match &add.copy_from {
-            Some(_) => self.whole_copy(&add.slot, deadline).await?,
+            Some(_) => self.whole_copy(&add.slot, seen, deadline).await?,
             None => disk,
         };
         if let Some(problem) = disk_mismatch(add, &disk) {
@@ -120,13 +178,15 @@ impl ControllerService {
         }
     }
 
-    /// Waits for a copy's file to be whole; an interrupted copy is an error.
+    /// Waits for a copy's file to be whole (from what a script `seen` of it, if anything);
+    /// an interrupted copy is an error.
     pub(super) async fn whole_copy(
         &self,
         slot: &Slot,
+        seen: Option<CopySeen>,
         deadline: Instant,
     ) -> Result<Disk, RdsError> {
-        match self.rds.wait_for_copy(slot, deadline).await? {
+        match self.rds.wait_for_copy_from(slot, seen, deadline).await? {
             CopyState::Complete(disk) => Ok(*disk),
             CopyState::Interrupted(why) => Err(RdsError::Interrupted(why)),
         }
@@ -140,7 +200,7 @@ impl ControllerService {
         disk: &Disk,
         deadline: Instant,
     ) -> Result<Disk, Status> {
-        match self.whole_copy(slot, deadline).await {
+        match self.whole_copy(slot, None, deadline).await {
             Ok(disk) => Ok(disk),
             Err(e @ RdsError::Interrupted(_)) => {
                 tracing::warn!(slot = %slot, error = %e, "removing an interrupted copy");
@@ -151,14 +211,25 @@ impl ControllerService {
         }
     }
 
-    /// Removes what a failed create made at exactly this slot and path.
-    async fn discard_made(&self, add: &DiskAdd, deadline: Instant) {
+    /// Removes what a failed create made at exactly this slot and path. A file with no disk
+    /// is removed only when it is known to be the create's own (`file`): a script whose reply
+    /// could not be read may have found a leftover there and added nothing.
+    async fn discard_made(&self, add: &DiskAdd, file: FileAtPath, deadline: Instant) {
         let result = async {
-            if let Some(disk) = self.rds.get_disk(&add.slot, deadline).await? {
-                if disk.file_path.as_deref() != Some(add.file_path.as_str()) {
+            match self.rds.get_disk(&add.slot, deadline).await? {
+                Some(disk) if disk.file_path.as_deref() != Some(add.file_path.as_str()) => {
                     return Ok(()); // not what this call made
                 }
-                self.rds.remove_disk(&add.slot, deadline).await?;
+                Some(_) => self.rds.remove_disk(&add.slot, deadline).await?,
+                None if file == FileAtPath::Unknown => {
+                    tracing::warn!(
+                        slot = %add.slot, path = %add.file_path,
+                        "a failed create left no disk; its path's file, if any, is left alone \
+                         (it may be a leftover the create did not make)"
+                    );
+                    return Ok(());
+                }
+                None => {}
             }
             self.rds.remove_file(&add.file_path, deadline).await
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use csi_proto::v1::*;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::page::{Listing, Page};
@@ -56,37 +57,20 @@ impl ControllerService {
         let id = ids::snapshot_id_for_name(name);
         let _guards = self.lock_copy(&id, Some(&source), deadline).await?;
 
-        if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
-            let Some((_, recorded_source)) = self.owned_snapshot(&existing) else {
-                return Err(Status::already_exists(format!(
-                    "slot {id} is taken by a disk that is not a snapshot"
-                )));
-            };
-            if recorded_source.as_ref().is_some_and(|s| s != &source) {
-                return Err(Status::already_exists(format!(
-                    "snapshot {name} exists with a different source volume"
-                )));
-            }
-            let existing = self.existing_copy(&id, &existing, deadline).await?;
-            let file = self.file_of(&existing, deadline).await?;
-            let clock = self.clock(deadline).await;
-            let snapshot = self.snapshot_of(
-                &id,
-                Some(&source),
-                existing.size_bytes,
-                file.as_ref(),
-                clock.as_ref(),
-            );
-            return Ok(Response::new(CreateSnapshotResponse {
-                snapshot: Some(snapshot),
-            }));
-        }
-        let source_disk = self
+        // The slot and the source, read together (one exec where the RDS runs scripts).
+        let [existing, source_disk]: [Option<Disk>; 2] = self
             .rds
-            .get_disk(&source, deadline)
+            .get_disks(&[&id, &source], deadline)
             .await
             .map_err(rds_status)?
-            .ok_or_else(not_found)?;
+            .try_into()
+            .map_err(|_| Status::internal("the RDS read back a different number of disks"))?;
+        if let Some(existing) = existing {
+            return self
+                .snapshot_exists(name, &id, &source, &existing, deadline)
+                .await;
+        }
+        let source_disk = source_disk.ok_or_else(not_found)?;
         if self.owned_volume(&source_disk).is_none() {
             return Err(not_found());
         }
@@ -104,6 +88,44 @@ impl ControllerService {
                 "the snapshot's file name does not fit next to its source volume: {e}"
             ))
         })?;
+        let add = DiskAdd {
+            slot: id.clone(),
+            file_path: path.clone(),
+            size: None,
+            copy_from: Some(source.clone()),
+            export: None,
+        };
+        let size_of = |disk: &Disk| disk.size_bytes.or(source_disk.size_bytes);
+        let scripting = self.rds.scripting(deadline).await.map_err(rds_status)?;
+        let scripted = match scripting {
+            true => self
+                .make_copy_scripted(&add, deadline)
+                .await
+                .map_err(rds_status)?,
+            false => None,
+        };
+        if let Some((disk, file)) = scripted {
+            tracing::info!(snapshot = %id, source = %source, "snapshot created");
+            let clock = self.clock(deadline).await;
+            return Ok(Response::new(CreateSnapshotResponse {
+                snapshot: Some(self.snapshot_of(
+                    &id,
+                    Some(&source),
+                    size_of(&disk),
+                    file.as_ref(),
+                    clock.as_ref(),
+                )),
+            }));
+        }
+
+        // Command by command; a script that ran part way may have made the copy.
+        if scripting {
+            if let Some(existing) = self.rds.get_disk(&id, deadline).await.map_err(rds_status)? {
+                return self
+                    .snapshot_exists(name, &id, &source, &existing, deadline)
+                    .await;
+            }
+        }
         if let Some(file) = self
             .rds
             .get_file(&path, deadline)
@@ -115,13 +137,6 @@ impl ControllerService {
                 file.path
             )));
         }
-        let add = DiskAdd {
-            slot: id.clone(),
-            file_path: path.clone(),
-            size: None,
-            copy_from: Some(source.clone()),
-            export: None,
-        };
         let disk = self.make_disk(&add, deadline).await.map_err(rds_status)?;
         let file = self
             .rds
@@ -129,7 +144,7 @@ impl ControllerService {
             .await
             .map_err(rds_status)?;
         tracing::info!(snapshot = %id, source = %source, "snapshot created");
-        let size = disk.size_bytes.or(source_disk.size_bytes);
+        let size = size_of(&disk);
         let clock = self.clock(deadline).await;
         Ok(Response::new(CreateSnapshotResponse {
             snapshot: Some(self.snapshot_of(
@@ -139,6 +154,41 @@ impl ControllerService {
                 file.as_ref(),
                 clock.as_ref(),
             )),
+        }))
+    }
+
+    /// CreateSnapshot when its slot holds a disk: a retry of a snapshot this driver made from
+    /// `source` is answered once its copy is whole; anything else already exists.
+    async fn snapshot_exists(
+        &self,
+        name: &str,
+        id: &Slot,
+        source: &Slot,
+        existing: &Disk,
+        deadline: Instant,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        let Some((_, recorded_source)) = self.owned_snapshot(existing) else {
+            return Err(Status::already_exists(format!(
+                "slot {id} is taken by a disk that is not a snapshot"
+            )));
+        };
+        if recorded_source.as_ref().is_some_and(|s| s != source) {
+            return Err(Status::already_exists(format!(
+                "snapshot {name} exists with a different source volume"
+            )));
+        }
+        let existing = self.existing_copy(id, existing, deadline).await?;
+        let file = self.file_of(&existing, deadline).await?;
+        let clock = self.clock(deadline).await;
+        let snapshot = self.snapshot_of(
+            id,
+            Some(source),
+            existing.size_bytes,
+            file.as_ref(),
+            clock.as_ref(),
+        );
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(snapshot),
         }))
     }
 

@@ -392,13 +392,7 @@ impl RdsClient {
         }
         self.get_disk(&add.slot, deadline)
             .await?
-            .ok_or_else(|| RdsError::Failed {
-                exit_status: Some(0),
-                text: format!(
-                    "disk {} is not there after `/disk add` reported success",
-                    add.slot
-                ),
-            })
+            .ok_or_else(|| RdsError::missing_after_add(&add.slot))
     }
 
     /// Creates the directories holding `file` that do not exist (below its mount point).
@@ -689,8 +683,13 @@ impl RdsClient {
         }
         let out = self.run_idempotent(&Command::Clock, deadline).await?;
         let clock = RdsClock::parse(&out).map_err(RdsError::Parse)?;
-        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), clock));
+        self.keep_clock(clock);
         Ok(clock)
+    }
+
+    /// Keeps the clock as just read, for [`Self::clock`].
+    pub(super) fn keep_clock(&self, clock: RdsClock) {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), clock));
     }
 
     /// The RDS's system identity; also the liveness probe.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::client::RdsClient;
 use super::command::{RdsPath, Slot};
 use super::error::{RdsError, TransportError};
-use super::model::Disk;
+use super::model::{Disk, FileInfo};
 
 /// A copy whose exactly counted file has not grown for this long has stopped.
 const COPY_STALL: Duration = Duration::from_secs(4);
@@ -29,6 +29,15 @@ pub enum CopyState {
     Interrupted(String),
 }
 
+/// A copy's disk, its file and the file's exact byte count (if the RDS gives one), as read
+/// together by a script.
+#[derive(Debug, Clone)]
+pub struct CopySeen {
+    pub disk: Disk,
+    pub file: Option<FileInfo>,
+    pub exact: Option<u64>,
+}
+
 /// A copy's disk and file, read once.
 struct CopyReading {
     disk: Disk,
@@ -41,6 +50,25 @@ struct CopyReading {
 }
 
 impl CopyReading {
+    /// What `seen` says of the copy into `slot`, or why the copy is over (Err).
+    fn of(slot: &Slot, seen: CopySeen) -> Result<CopyReading, String> {
+        let CopySeen { disk, file, exact } = seen;
+        let (Some(want), Some(file)) = (disk.size_bytes, file) else {
+            return Err(format!("disk {slot} has no readable size or no file"));
+        };
+        let (have, precision) = match exact {
+            Some(bytes) => (bytes, 0),
+            // A `/file print` that shows bytes (precision 0) is exact too.
+            None => (file.size_bytes.unwrap_or_default(), file.size_precision),
+        };
+        Ok(CopyReading {
+            disk,
+            want,
+            have,
+            precision,
+        })
+    }
+
     fn same_as(&self, other: &CopyReading) -> bool {
         (self.want, self.have, self.precision) == (other.want, other.have, other.precision)
     }
@@ -84,9 +112,24 @@ impl RdsClient {
         slot: &Slot,
         deadline: Instant,
     ) -> Result<CopyState, RdsError> {
+        self.wait_for_copy_from(slot, None, deadline).await
+    }
+
+    /// [`Self::wait_for_copy`], starting from what a script read back right after the copy
+    /// began (`seen`), so that a copy already whole costs no further command.
+    pub async fn wait_for_copy_from(
+        &self,
+        slot: &Slot,
+        mut seen: Option<CopySeen>,
+        deadline: Instant,
+    ) -> Result<CopyState, RdsError> {
         let mut pause = POLL_MIN;
         let state = loop {
-            let reading = match self.read_copy(slot, deadline).await? {
+            let reading = match seen.take() {
+                Some(seen) => CopyReading::of(slot, seen),
+                None => self.read_copy(slot, deadline).await?,
+            };
+            let reading = match reading {
                 Ok(reading) => reading,
                 Err(why) => break CopyState::Interrupted(why),
             };
@@ -145,20 +188,11 @@ impl RdsClient {
         };
         let path = RdsPath::new(disk.file_path.clone().unwrap_or_default())?;
         let file = self.get_file(&path, deadline).await?;
-        let (Some(want), Some(file)) = (disk.size_bytes, file) else {
-            return Ok(Err(format!("disk {slot} has no readable size or no file")));
+        let exact = match file {
+            Some(_) => self.exact_file_size(&path, deadline).await?,
+            None => None,
         };
-        let (have, precision) = match self.exact_file_size(&path, deadline).await? {
-            Some(bytes) => (bytes, 0),
-            // A `/file print` that shows bytes (precision 0) is exact too.
-            None => (file.size_bytes.unwrap_or_default(), file.size_precision),
-        };
-        Ok(Ok(CopyReading {
-            disk,
-            want,
-            have,
-            precision,
-        }))
+        Ok(CopyReading::of(slot, CopySeen { disk, file, exact }))
     }
 
     /// How long the copy into `slot` has shown what `reading` shows, over this call and earlier

@@ -50,6 +50,15 @@ impl From<TransportError> for RdsError {
 }
 
 impl RdsError {
+    /// A `/disk add` that answered success while its disk does not show: unknown output after
+    /// a mutation, so a failure.
+    pub fn missing_after_add(slot: &impl std::fmt::Display) -> RdsError {
+        RdsError::Failed {
+            exit_status: Some(0),
+            text: format!("disk {slot} is not there after `/disk add` reported success"),
+        }
+    }
+
     /// Only transport failures are worth repeating: the RDS never saw the command, or its reply
     /// was lost. A RouterOS failure would only fail again.
     pub fn is_retryable(&self) -> bool {

@@ -17,7 +17,7 @@ mod unchanged;
 
 pub use client::{disk_mismatch, RdsClient, RetryPolicy};
 pub use command::{AllocSize, Command, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
-pub use copy::CopyState;
+pub use copy::{CopySeen, CopyState};
 pub use error::{RdsError, TransportError};
 pub use model::{Capacity, Disk, FileInfo, RdsClock, Traffic};
 pub use observer::RdsObserver;

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::client::{disk_in, files, Probe, RdsClient};
 use super::command::{quote, DiskAdd, DiskFilter, FileFilter, RdsPath, Slot};
 use super::error::{classify, ExecOutput, RdsError};
-use super::parse::parse_key_colon_value;
-use super::{Command, Disk};
+use super::parse::{parse_exact_count, parse_key_colon_value};
+use super::{Command, Disk, FileInfo, RdsClock};
 
 const MARK: &str = "rds-csi:";
 /// The slot the probe counts: no driver makes it.
@@ -59,19 +59,53 @@ impl Script {
         }
     }
 
-    /// CreateVolume's disk: added only if no file is at its path (a leftover is never
-    /// reused), then read back.
+    /// Read-only: the disks in `slots`, each after a `disk` marker.
+    pub fn read_disks(slots: &[&Slot]) -> Script {
+        let line = slots
+            .iter()
+            .map(|slot| {
+                format!(
+                    "{}; {}",
+                    put("disk"),
+                    Command::DiskPrint(DiskFilter::Slot((*slot).clone())).render()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Script {
+            kind: "script-read",
+            line,
+            mutating: false,
+        }
+    }
+
+    /// A new disk: added only if no file is at its path (a leftover is never reused), then
+    /// read back. A copy (CreateSnapshot) is also read back with its file, the file's exact
+    /// size and the RDS clock, all a snapshot needs to be answered.
     pub fn create(add: &DiskAdd) -> Script {
         let add_line = Command::DiskAdd(add.clone()).render();
+        let mut line = format!(
+            ":if ([:len [/file find name={}]] = 0) do={{{add_line}}} else={{{}}}; {}; {}",
+            quote(add.file_path.file_name()),
+            put("file-exists"),
+            put("disk"),
+            Command::DiskPrint(DiskFilter::Slot(add.slot.clone())).render()
+        );
+        if add.copy_from.is_some() {
+            let path = add.file_path.clone();
+            line.push_str(&format!(
+                "; {}; {}; {}; {}; {}; {}",
+                put("file"),
+                Command::FilePrint(FileFilter::Name(path.clone())).render(),
+                put("size"),
+                Command::FileExactSize { path }.render(),
+                put("clock"),
+                Command::Clock.render()
+            ));
+        }
         Script {
             kind: "script-create",
-            line: format!(
-                ":if ([:len [/file find name={}]] = 0) do={{{add_line}}} else={{{}}}; {}; {}",
-                quote(add.file_path.file_name()),
-                put("file-exists"),
-                put("disk"),
-                Command::DiskPrint(DiskFilter::Slot(add.slot.clone())).render()
-            ),
+            line,
             mutating: true,
         }
     }
@@ -201,12 +235,50 @@ pub enum Created {
     FileExists(Option<Disk>),
 }
 
+/// What the create script of a copy read after the add.
+#[derive(Debug, Default)]
+pub struct CopyTail {
+    pub file: Option<FileInfo>,
+    /// The file's exact size; None where the RDS shows only a rounded one.
+    pub exact: Option<u64>,
+    pub clock: Option<RdsClock>,
+}
+
 impl Created {
     /// Reads the create script's output for the disk in `slot`.
     pub fn read(out: &str, slot: &Slot) -> Result<Created, RdsError> {
+        Self::read_parts(&Parts::split(out), slot, &[])
+    }
+
+    /// Reads the create script's output for a copy (`add.copy_from`): what it did, and the
+    /// copy's file, exact size and the clock. A part that cannot be read is a failure, as
+    /// after any mutation; a size that is not an exact count is only not exact.
+    pub fn read_copy(out: &str, add: &DiskAdd) -> Result<(Created, CopyTail), RdsError> {
         let parts = Parts::split(out);
+        let created = Self::read_parts(&parts, &add.slot, &["file", "size", "clock"])?;
+        let file = files(parts.text("file"))?
+            .into_iter()
+            .find(|f| f.path == add.file_path.as_str());
+        let clock = RdsClock::parse(parts.text("clock")).map_err(RdsError::Parse)?;
+        Ok((
+            created,
+            CopyTail {
+                file,
+                exact: parse_exact_count(parts.text("size")),
+                clock: Some(clock),
+            },
+        ))
+    }
+
+    fn read_parts(parts: &Parts, slot: &Slot, tail: &[&str]) -> Result<Created, RdsError> {
         Parts::nothing_from("`/disk add`", &parts.lead)?;
-        parts.expect("create", &[&["disk"], &["file-exists", "disk"]])?;
+        let made: Vec<&str> = ["disk"].iter().chain(tail).copied().collect();
+        let exists: Vec<&str> = ["file-exists", "disk"]
+            .iter()
+            .chain(tail)
+            .copied()
+            .collect();
+        parts.expect("create", &[&made, &exists])?;
         Parts::nothing_from("the file check", parts.text("file-exists"))?;
         let disk = disk_in(parts.text("disk"), slot)?;
         Ok(if parts.names()[0] == "file-exists" {
@@ -260,6 +332,47 @@ impl RdsClient {
         Created::read(&out, &add.slot)
     }
 
+    /// Runs the create script of a copy (scripting known to work) and keeps the clock it
+    /// read. Not retried, like [`Self::create_scripted`].
+    pub async fn copy_scripted(
+        &self,
+        add: &DiskAdd,
+        deadline: Instant,
+    ) -> Result<(Created, CopyTail), RdsError> {
+        debug_assert!(add.copy_from.is_some(), "{add:?}");
+        let out = self
+            .run(&Command::Script(Script::create(add)), deadline)
+            .await
+            .inspect_err(|e| self.refused_scripts(e))?;
+        let (created, tail) = Created::read_copy(&out, add)?;
+        if let Some(clock) = tail.clock {
+            self.keep_clock(clock);
+        }
+        Ok((created, tail))
+    }
+
+    /// The disks in `slots`, in order: in one exec where the RDS runs scripts.
+    pub async fn get_disks(
+        &self,
+        slots: &[&Slot],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Disk>>, RdsError> {
+        if self.scripting(deadline).await? {
+            let script = Command::Script(Script::read_disks(slots));
+            match self.run_idempotent(&script, deadline).await {
+                Ok(out) => return read_disks(&out, slots),
+                // Read one at a time below.
+                Err(e @ RdsError::InvalidArgument(_)) => self.refused_scripts(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut disks = Vec::with_capacity(slots.len());
+        for slot in slots {
+            disks.push(self.get_disk(slot, deadline).await?);
+        }
+        Ok(disks)
+    }
+
     /// Runs a `/disk set` and reads the disk in `slot` back: in one script where the RDS runs
     /// them, else as two commands. Setting the same values again converges, so a lost reply
     /// is retried.
@@ -306,6 +419,25 @@ impl RdsClient {
             .inspect_err(|e| self.refused_scripts(e))?;
         read_removed(&out, slot, file)
     }
+}
+
+/// Reads the read script's output: the disk in each of `slots`, in order.
+pub fn read_disks(out: &str, slots: &[&Slot]) -> Result<Vec<Option<Disk>>, RdsError> {
+    let parts = Parts::split(out);
+    let names = vec!["disk"; slots.len()];
+    parts.expect("read", &[&names])?;
+    if !parts.lead.trim().is_empty() {
+        return Err(RdsError::Parse(format!(
+            "the read script printed {:?} before its first part",
+            parts.lead
+        )));
+    }
+    parts
+        .parts
+        .iter()
+        .zip(slots)
+        .map(|((_, text), slot)| disk_in(text, slot))
+        .collect()
 }
 
 /// Reads the set script's output: the disk in `slot` as read back, if it is there.
@@ -382,6 +514,91 @@ mod tests {
              \"rds-csi:file-exists\"}; :put \"rds-csi:disk\"; /disk print detail where \
              slot=\"pvc-1\""
         );
+    }
+
+    /// A copy's create script and what it prints, built from the captured outputs.
+    #[test]
+    fn a_copy_is_read_back_with_its_file_size_and_clock() {
+        let fixture = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/../fixtures/routeros/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let slot = Slot::new("pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8").unwrap();
+        let copy = DiskAdd {
+            file_path: RdsPath::new(
+                "/storage-pool/metal-csi/pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8.img",
+            )
+            .unwrap(),
+            size: None,
+            copy_from: Some(Slot::new("pvc-src").unwrap()),
+            export: None,
+            slot,
+        };
+        let line = Script::create(&copy).line().to_string();
+        assert!(line.starts_with(":if ([:len [/file find name="), "{line}");
+        assert!(
+            line.ends_with(
+                "; :put \"rds-csi:file\"; /file print detail where \
+                 name=\"storage-pool/metal-csi/pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8.img\"; \
+                 :put \"rds-csi:size\"; :put [/file get [find \
+                 name=\"storage-pool/metal-csi/pvc-0f923194-922a-5dd8-b376-c2c6ccb56dd8.img\"] \
+                 size]; :put \"rds-csi:clock\"; /system clock print"
+            ),
+            "{line}"
+        );
+        let clock = "time: 16:50:00\r\ndate: 2025-11-11\r\ntime-zone-autodetect: yes\r\n\
+                     time-zone-name: UTC\r\ngmt-offset: +00:00\r\ndst-active: no\r\n";
+        let out = format!(
+            "rds-csi:disk\r\n{}rds-csi:file\r\n{}rds-csi:size\r\n10737418240\r\n\
+             rds-csi:clock\r\n{clock}",
+            fixture("disk-print-detail-single.txt"),
+            fixture("file-print-detail.txt"),
+        );
+        let (created, tail) = Created::read_copy(&out, &copy).unwrap();
+        assert!(matches!(created, Created::Made(Some(_))), "{created:?}");
+        assert_eq!(tail.file.unwrap().path, copy.file_path.as_str());
+        assert_eq!(tail.exact, Some(10_737_418_240));
+        assert!(tail.clock.is_some());
+        // A rounded size is only not exact; a clock that cannot be read is a failure.
+        let rounded = out.replace("\r\n10737418240\r\n", "\r\n10.0GiB\r\n");
+        assert_eq!(Created::read_copy(&rounded, &copy).unwrap().1.exact, None);
+        let no_clock = out.replace("gmt-offset", "offset");
+        assert!(matches!(
+            Created::read_copy(&no_clock, &copy),
+            Err(RdsError::Parse(_))
+        ));
+        // Without the tail it is not what a copy's script prints.
+        let short = format!(
+            "rds-csi:disk\r\n{}",
+            fixture("disk-print-detail-single.txt")
+        );
+        assert!(matches!(
+            Created::read_copy(&short, &copy),
+            Err(RdsError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn disks_are_read_in_order_each_after_its_marker() {
+        let (a, b) = (Slot::new("a").unwrap(), Slot::new("b").unwrap());
+        assert_eq!(
+            Script::read_disks(&[&a, &b]).line(),
+            ":put \"rds-csi:disk\"; /disk print detail where slot=\"a\"; :put \
+             \"rds-csi:disk\"; /disk print detail where slot=\"b\""
+        );
+        assert!(!Script::read_disks(&[&a]).is_mutating());
+        let none = read_disks("rds-csi:disk\r\nrds-csi:disk\r\n", &[&a, &b]).unwrap();
+        assert_eq!(none, vec![None, None]);
+        for wrong in [
+            "rds-csi:disk\r\n",
+            "oops\r\nrds-csi:disk\r\nrds-csi:disk\r\n",
+            "",
+        ] {
+            assert!(read_disks(wrong, &[&a, &b]).is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

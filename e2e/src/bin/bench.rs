@@ -274,6 +274,51 @@ async fn pair_template(
     unreachable!("the loop returns on its second pass")
 }
 
+/// The execs of one CreateSnapshot of a fresh volume (after a warm-up snapshot, so the clock
+/// read and once-per-connection probes are not counted); both are deleted again.
+async fn snapshot_execs(
+    ctl: &ControllerClient<Channel>,
+    mock: &Mock,
+    keys: &Keys,
+    raw: &RawSsh,
+    tag: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut c = ctl.clone();
+    let source = c
+        .create_volume(create_req(&format!("bench-snap-src-{tag}")))
+        .await?
+        .into_inner()
+        .volume
+        .context("no volume")?;
+    let mut counted_execs = Vec::new();
+    for name in ["warm", "count"] {
+        let (snapshot, execs) = counted(mock, keys, raw, &format!("{tag}-s{name}"), async {
+            c.create_snapshot(CreateSnapshotRequest {
+                name: format!("bench-snap-{tag}-{name}"),
+                source_volume_id: source.volume_id.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .snapshot
+            .context("no snapshot")
+        })
+        .await?;
+        c.delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snapshot.snapshot_id,
+            ..Default::default()
+        })
+        .await?;
+        counted_execs = execs;
+    }
+    c.delete_volume(DeleteVolumeRequest {
+        volume_id: source.volume_id,
+        ..Default::default()
+    })
+    .await?;
+    Ok(counted_execs)
+}
+
 /// One row of the throughput table: the driver and the raw replay of its commands, at one
 /// concurrency.
 async fn measure(
@@ -344,7 +389,7 @@ async fn inject_realistic_latency(mock: &Mock, keys: &Keys) -> anyhow::Result<()
 
 /// CreateVolume's and DeleteVolume's execs against an RDS that refuses scripts: the
 /// command-by-command way.
-async fn without_scripts(keys: &Keys) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+async fn without_scripts(keys: &Keys) -> anyhow::Result<[Vec<String>; 3]> {
     let mock = Mock::start_profile(keys, "scripting-refused").await?;
     let mut args: Vec<String> = vec!["--controller".into()];
     args.extend(mock.driver_args(keys));
@@ -353,7 +398,8 @@ async fn without_scripts(keys: &Keys) -> anyhow::Result<(Vec<String>, Vec<String
     let ctl = ControllerClient::new(driver.channel.clone());
     let raw = RawSsh::connect(&mock, keys).await?;
     let (create, delete, _) = pair_template(&ctl, &mock, keys, &raw, "noscript").await?;
-    Ok((create, delete))
+    let snapshot = snapshot_execs(&ctl, &mock, keys, &raw, "noscript").await?;
+    Ok([create, delete, snapshot])
 }
 
 /// The driver at its default settings against an RDS that runs one command at a time (one CLI
@@ -497,27 +543,32 @@ async fn main() -> anyhow::Result<()> {
         Ok(c.get_capacity(GetCapacityRequest::default()).await?)
     })
     .await?;
-    let (plain_create, plain_delete) = without_scripts(&keys).await?;
+    let snapshot_cmds = snapshot_execs(&ctl, &mock, &keys, &raw, "default").await?;
+    let [plain_create, plain_delete, plain_snapshot] = without_scripts(&keys).await?;
     println!("SSH execs per CSI call (RDS running scripts; a script is one exec)");
     for (rpc, cmds) in [
         ("CreateVolume", &create_cmds),
         ("DeleteVolume", &delete_cmds),
+        ("CreateSnapshot", &snapshot_cmds),
         ("ListVolumes page", &list_cmds),
         ("GetCapacity", &cap_cmds),
     ] {
         println!("  {rpc:<18} {:>2}   {}", cmds.len(), cmds.join(" | "));
     }
+    // Without `:put` a copy's file size is only the rounded one: CreateSnapshot then polls
+    // until it has stood still for the copy window, so its count is set by time.
     println!("SSH execs per CSI call (RDS refusing scripts: profile scripting-refused)");
     for (rpc, cmds) in [
         ("CreateVolume", &plain_create),
         ("DeleteVolume", &plain_delete),
+        ("CreateSnapshot", &plain_snapshot),
     ] {
         println!("  {rpc:<18} {:>2}   {}", cmds.len(), cmds.join(" | "));
     }
     report.insert(
         "ssh_commands_per_call".into(),
-        json!({"CreateVolume": create_cmds.len(), "DeleteVolume": delete_cmds.len(), "ListVolumesPage": list_cmds.len(), "GetCapacity": cap_cmds.len(),
-               "without_scripts": {"CreateVolume": plain_create.len(), "DeleteVolume": plain_delete.len()}}),
+        json!({"CreateVolume": create_cmds.len(), "DeleteVolume": delete_cmds.len(), "CreateSnapshot": snapshot_cmds.len(), "ListVolumesPage": list_cmds.len(), "GetCapacity": cap_cmds.len(),
+               "without_scripts": {"CreateVolume": plain_create.len(), "DeleteVolume": plain_delete.len(), "CreateSnapshot": plain_snapshot.len()}}),
     );
     let idle_rss = rss_kib(pid, "VmRSS:")?;
 
