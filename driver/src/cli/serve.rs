@@ -64,9 +64,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4420, env = "RDS_CSI_NVME_PORT")]
     pub nvme_port: u16,
 
-    /// How the controller sends a volume's changes (create, expand, delete, fences, snapshots) to the RDS: `auto` as one
-    /// RouterOS script each (check, change and read back in one exec) when the RDS passes a
-    /// read-only probe at start, else command by command; `off` always command by command.
+    /// How the controller sends its changes (create, expand, delete, fences, snapshots) to the
+    /// RDS: `auto` as one RouterOS script each (check, change and read back in one exec) when
+    /// the RDS passes a read-only probe at start, else command by command; `off` always
+    /// command by command.
     #[arg(long, value_enum, default_value_t = RdsScripting::Auto, env = "RDS_CSI_RDS_SCRIPTING")]
     pub rds_scripting: RdsScripting,
 
