@@ -592,3 +592,65 @@ async fn orphaned_attachments_are_reported_not_detached() {
     assert!(report.orphans[0].contains("pvc-orphan.img"));
     assert_eq!(env.loops().len(), 1, "left alone");
 }
+
+/// The staging mount's options and its file system's, from the mount table.
+fn mount_options(path: &str) -> (String, String) {
+    let path = std::fs::canonicalize(path).unwrap();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not mounted", path.display()));
+    let (left, right) = line.split_once(" - ").unwrap();
+    let mount = left.split(' ').nth(5).unwrap().to_string();
+    let file_system = right.split(' ').nth(2).unwrap_or("").to_string();
+    (mount, file_system)
+}
+
+/// Mount flags reach the mount, whether they are kernel flags (mounted with the syscall) or
+/// a file system's options (through `mount(8)`).
+#[rstest]
+#[case::kernel_flags(&["noatime", "nodev", "ro"], &["noatime", "nodev", "ro"], &[])]
+#[case::file_system_options(&["commit=7"], &[], &["commit=7"])]
+#[tokio::test]
+async fn mount_flags_reach_the_staging_mount(
+    #[case] flags: &[&str],
+    #[case] on_mount: &[&str],
+    #[case] on_file_system: &[&str],
+) {
+    require_root!();
+    let env = Env::new();
+    let svc = env.service();
+    let id = "pvc-flags";
+    let ctx = env.volume(id, 64 * MIB, None);
+    // Formatted beforehand, so that a read-only stage has a file system to mount.
+    let st = Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(env.image(id))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let staging = env.kubelet("staging/flags");
+    let mut cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    if let Some(volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+        m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+    }
+    stage(&svc, stage_req(id, &staging, cap, &ctx))
+        .await
+        .unwrap();
+    let (mount, file_system) = mount_options(&staging);
+    for option in on_mount {
+        assert!(
+            mount.split(',').any(|o| o == *option),
+            "{option} not in {mount}"
+        );
+    }
+    for option in on_file_system {
+        assert!(
+            file_system.split(',').any(|o| o == *option),
+            "{option} not in {file_system}"
+        );
+    }
+    unstage(&svc, id, &staging).await.unwrap();
+    assert!(env.loops().is_empty());
+}

@@ -106,16 +106,9 @@ impl ControllerService {
         };
         if let Some((disk, file)) = scripted {
             tracing::info!(snapshot = %id, source = %source, "snapshot created");
-            let clock = self.clock(deadline).await;
-            return Ok(Response::new(CreateSnapshotResponse {
-                snapshot: Some(self.snapshot_of(
-                    &id,
-                    Some(&source),
-                    size_of(&disk),
-                    file.as_ref(),
-                    clock.as_ref(),
-                )),
-            }));
+            return Ok(self
+                .snapshot_made(&id, &source, size_of(&disk), file, deadline)
+                .await);
         }
 
         // Command by command; a script that ran part way may have made the copy.
@@ -144,17 +137,24 @@ impl ControllerService {
             .await
             .map_err(rds_status)?;
         tracing::info!(snapshot = %id, source = %source, "snapshot created");
-        let size = size_of(&disk);
+        Ok(self
+            .snapshot_made(&id, &source, size_of(&disk), file, deadline)
+            .await)
+    }
+
+    /// CreateSnapshot's answer for a whole copy of `source` in `id`.
+    async fn snapshot_made(
+        &self,
+        id: &Slot,
+        source: &Slot,
+        size: Option<u64>,
+        file: Option<FileInfo>,
+        deadline: Instant,
+    ) -> Response<CreateSnapshotResponse> {
         let clock = self.clock(deadline).await;
-        Ok(Response::new(CreateSnapshotResponse {
-            snapshot: Some(self.snapshot_of(
-                &id,
-                Some(&source),
-                size,
-                file.as_ref(),
-                clock.as_ref(),
-            )),
-        }))
+        Response::new(CreateSnapshotResponse {
+            snapshot: Some(self.snapshot_of(id, Some(source), size, file.as_ref(), clock.as_ref())),
+        })
     }
 
     /// CreateSnapshot when its slot holds a disk: a retry of a snapshot this driver made from
@@ -179,17 +179,9 @@ impl ControllerService {
         }
         let existing = self.existing_copy(id, existing, deadline).await?;
         let file = self.file_of(&existing, deadline).await?;
-        let clock = self.clock(deadline).await;
-        let snapshot = self.snapshot_of(
-            id,
-            Some(source),
-            existing.size_bytes,
-            file.as_ref(),
-            clock.as_ref(),
-        );
-        Ok(Response::new(CreateSnapshotResponse {
-            snapshot: Some(snapshot),
-        }))
+        Ok(self
+            .snapshot_made(id, source, existing.size_bytes, file, deadline)
+            .await)
     }
 
     pub(super) async fn snapshot_delete(

@@ -330,8 +330,8 @@ impl NodeService {
             let attachment = i.connector.attach(&target, deadline).await?;
             let device = attachment.device.clone();
             attached = Some(attachment);
-            rec.device = Some(device.clone());
-            i.state.save(&rec)?;
+            // Not saved again for the device: the record before attaching is what a crash
+            // needs, and devices are looked up by their target, never by the record.
             if read_only {
                 // Before mounting: a read-only device cannot even replay a journal.
                 mounts::set_read_only(&device, true, deadline).await?;

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use nix::mount::MsFlags;
 use tokio::time::Instant;
 
 use super::context::FsType;
@@ -155,6 +156,9 @@ impl Mounter {
         options: &[String],
         deadline: Instant,
     ) -> Result<()> {
+        if let (Some(fs), Some(flags)) = (fs_type, kernel_flags(options)) {
+            return mount_syscall(source, target, fs, flags, deadline).await;
+        }
         let mut args: Vec<String> = Vec::new();
         if let Some(t) = fs_type {
             args.extend(["-t".into(), t.into()]);
@@ -255,6 +259,97 @@ pub fn device_size(sys_root: &Path, major: u32, minor: u32) -> Result<Option<u64
     }
 }
 
+/// The mount options the kernel takes as flags, by name (`None`: the default, no flag).
+const KERNEL_FLAGS: &[(&str, Option<MsFlags>)] = &[
+    ("defaults", None),
+    ("rw", None),
+    ("ro", Some(MsFlags::MS_RDONLY)),
+    ("suid", None),
+    ("nosuid", Some(MsFlags::MS_NOSUID)),
+    ("dev", None),
+    ("nodev", Some(MsFlags::MS_NODEV)),
+    ("exec", None),
+    ("noexec", Some(MsFlags::MS_NOEXEC)),
+    ("async", None),
+    ("sync", Some(MsFlags::MS_SYNCHRONOUS)),
+    ("dirsync", Some(MsFlags::MS_DIRSYNC)),
+    ("relatime", Some(MsFlags::MS_RELATIME)),
+    ("noatime", Some(MsFlags::MS_NOATIME)),
+    ("nodiratime", Some(MsFlags::MS_NODIRATIME)),
+    ("strictatime", Some(MsFlags::MS_STRICTATIME)),
+    ("lazytime", Some(MsFlags::MS_LAZYTIME)),
+];
+
+/// The flags for `options` when every one of them is a kernel flag; None when any is not
+/// (file system options, or ones only `mount(8)` understands, such as `nofail`), so that
+/// `mount(8)` keeps deciding what they mean.
+fn kernel_flags(options: &[String]) -> Option<MsFlags> {
+    options.iter().try_fold(MsFlags::empty(), |flags, option| {
+        let (_, flag) = KERNEL_FLAGS.iter().find(|(name, _)| name == option)?;
+        Some(flag.map_or(flags, |f| flags | f))
+    })
+}
+
+/// Mounts a file system with the syscall, as `mount -t <fs> -o <flags>` would: no process to
+/// start on the path of every NodeStage.
+async fn mount_syscall(
+    source: &Path,
+    target: &Path,
+    fs: &str,
+    flags: MsFlags,
+    deadline: Instant,
+) -> Result<()> {
+    let (src, dst, kind) = (source.to_path_buf(), target.to_path_buf(), fs.to_string());
+    let call = tokio::task::spawn_blocking(move || {
+        nix::mount::mount(Some(&src), &dst, Some(kind.as_str()), flags, None::<&str>)
+    });
+    let what = || format!("mount -t {fs} {} {}", source.display(), target.display());
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(errno))) => Err(NodeError::Internal(format!("`{}` failed: {errno}", what()))),
+        Ok(Err(e)) => Err(NodeError::Internal(format!("`{}`: {e}", what()))),
+        Err(_) => Err(NodeError::DeadlineExceeded(format!(
+            "`{}` did not return before the deadline",
+            what()
+        ))),
+    }
+}
+
+/// The start of a device that blkid's probes read: superblocks, partition tables, LUKS and
+/// LVM headers, VMFS's at 1 MiB.
+const HEAD_PROBED: u64 = 2 << 20;
+/// The end of a device that blkid's probes read: md RAID 0.90/1.0 superblocks, GPT's backup
+/// header, ZFS's last labels, DDF and other firmware RAID metadata.
+const TAIL_PROBED: u64 = 1 << 20;
+
+/// Whether a device reads as zeros wherever a signature blkid knows would sit. A new RDS file
+/// disk is sparse, so this is what a new volume looks like, and it is told without starting
+/// blkid.
+fn blank_where_signatures_sit(device: &Path) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::File::open(device)?;
+    let size = file.seek(SeekFrom::End(0))?;
+    const CHUNK: usize = 256 << 10;
+    // Compared as slices (a `memcmp`), fast even in a debug build.
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let head = 0..HEAD_PROBED.min(size);
+    let tail = size.saturating_sub(TAIL_PROBED).max(head.end)..size;
+    for range in [head, tail] {
+        let mut at = range.start;
+        while at < range.end {
+            let len = buf.len().min((range.end - at) as usize);
+            file.read_exact_at(&mut buf[..len], at)?;
+            if buf[..len] != zeros[..len] {
+                return Ok(false);
+            }
+            at += len as u64;
+        }
+    }
+    Ok(true)
+}
+
 /// Reads the start of a device; a fresh RDS file disk is sparse, so it reads as zeros.
 async fn first_mib_is_zero(device: &Path) -> std::io::Result<bool> {
     use tokio::io::AsyncReadExt;
@@ -264,7 +359,7 @@ async fn first_mib_is_zero(device: &Path) -> std::io::Result<bool> {
     Ok(buf.iter().all(|&b| b == 0))
 }
 
-/// What `blkid -p` finds on a device.
+/// What is on a device: zeros where signatures sit, else what `blkid -p` finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     Empty,
@@ -274,6 +369,13 @@ pub enum Probe {
 }
 
 pub async fn probe(device: &Path, deadline: Instant) -> Result<Probe> {
+    // Zeros wherever blkid would look: blank, without a process. Anything else (data, or a
+    // device that cannot be read in time) goes to blkid as before.
+    let path = device.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || blank_where_signatures_sit(&path));
+    if let Ok(Ok(Ok(true))) = tokio::time::timeout_at(deadline, read).await {
+        return Ok(Probe::Empty);
+    }
     let out = run(
         Path::new("blkid"),
         &["-p", "-o", "export", &device.display().to_string()],
@@ -377,6 +479,53 @@ pub async fn grow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sparse file of `size` with one byte set at each of `marks`.
+    fn image(size: u64, marks: &[u64]) -> tempfile::NamedTempFile {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(size).unwrap();
+        for &at in marks {
+            f.as_file().write_all_at(&[0x5a], at).unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn only_kernel_flags_are_mounted_with_the_syscall() {
+        let flags = |o: &[&str]| kernel_flags(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(flags(&[]), Some(MsFlags::empty()));
+        assert_eq!(
+            flags(&["ro", "noatime", "defaults"]),
+            Some(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME)
+        );
+        // File system options and mount(8)'s own go to mount(8).
+        for other in [
+            &["commit=7"][..],
+            &["ro", "nofail"],
+            &["discard"],
+            &["bind"],
+        ] {
+            assert_eq!(flags(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn blank_only_with_zeros_wherever_signatures_sit() {
+        const MIB: u64 = 1 << 20;
+        let blank = |size, marks: &[u64]| blank_where_signatures_sit(image(size, marks).path());
+        assert!(blank(64 * MIB, &[]).unwrap());
+        // Between the probed ends: nothing blkid looks at.
+        assert!(blank(64 * MIB, &[32 * MIB]).unwrap());
+        for at in [0, 1024, 4096, MIB, 2 * MIB - 1, 63 * MIB, 64 * MIB - 1] {
+            assert!(!blank(64 * MIB, &[at]).unwrap(), "a byte at {at}");
+        }
+        // Smaller than both ends together: all of it is read.
+        assert!(blank(MIB, &[]).unwrap());
+        assert!(!blank(MIB, &[MIB / 2]).unwrap());
+        assert!(blank(0, &[]).unwrap());
+        assert!(blank_where_signatures_sit(Path::new("/nonexistent/device")).is_err());
+    }
 
     #[test]
     fn parses_mountinfo_lines() {

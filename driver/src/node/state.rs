@@ -30,7 +30,8 @@ pub struct VolumeRecord {
     /// (a loop device keeps it for its next user).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
-    /// The device at stage time. Informational only: devices are looked up again by NQN or
+    /// The device, when known at the record's last save (a stage finding the volume already
+    /// staged; not after a fresh attach). Informational only: devices are looked up again by NQN or
     /// backing file, because NVMe controllers renumber after a reconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<PathBuf>,

@@ -62,7 +62,9 @@ impl NvmeConfig {
             keep_alive_tmo: DEFAULT_KEEP_ALIVE_TMO,
             default_address: None,
             default_port: None,
-            poll_interval: Duration::from_millis(100),
+            // The namespace shows in sysfs tens of milliseconds after `nvme connect` returns,
+            // and a look costs a few reads of sysfs.
+            poll_interval: Duration::from_millis(20),
         }
     }
 }
@@ -350,16 +352,21 @@ impl NvmeTcpConnector {
 
     /// The first namespace of the subsystem that has a non-zero size and a device node.
     fn ready_device(&self, nqn: &str) -> Result<Option<PathBuf>> {
-        for sub in self.subsystems_for(nqn)? {
+        Ok(self.ready_in(&self.subsystems_for(nqn)?))
+    }
+
+    /// [`Self::ready_device`] among subsystems already scanned.
+    fn ready_in(&self, subsystems: &[Subsystem]) -> Option<PathBuf> {
+        for sub in subsystems {
             for ns in &sub.namespaces {
                 let size = read_trim(&ns.dir.join("size"));
                 let dev = self.cfg.dev_root.join(&ns.name);
                 if size.as_deref().is_some_and(|s| s != "0") && dev.exists() {
-                    return Ok(Some(dev));
+                    return Some(dev);
                 }
             }
         }
-        Ok(None)
+        None
     }
 
     pub async fn list_subsys(&self, deadline: Instant) -> Result<Vec<ListedSubsystem>> {
@@ -466,14 +473,14 @@ impl Connector for NvmeTcpConnector {
         // Serialise only the kernel operation, not the wait for the device below, so one
         // slow volume does not hold up the others.
         let serial = self.lock.lock().await;
-        if let Some(device) = self.ready_device(nqn)? {
+        let existing = self.subsystems_for(nqn)?;
+        if let Some(device) = self.ready_in(&existing) {
             tracing::debug!(nqn, device = %device.display(), "already connected");
             return Ok(Attachment {
                 device,
                 made_now: false,
             });
         }
-        let existing = self.subsystems_for(nqn)?;
         let mut made_now = false;
         if existing.is_empty() {
             let out = run(&self.cfg.nvme_bin, &args, deadline).await?;
