@@ -8,7 +8,7 @@ use tonic::Status;
 use super::ControllerService;
 use crate::grpc::rds_status;
 use crate::rds::command::{AllocSize, DiskAdd, Nqn, NvmeExport, Port, RdsPath, Slot};
-use crate::rds::script::Created;
+use crate::rds::script::{CopyTail, Created};
 use crate::rds::{disk_mismatch, CopySeen, CopyState, Disk, FileInfo, RdsError};
 
 /// The export settings a disk shows, if it is exported.
@@ -77,22 +77,9 @@ impl ControllerService {
         if !self.rds.scripting(deadline).await? {
             return Ok(None);
         }
-        let made = match self.rds.create_scripted(add, deadline).await {
-            Ok(Created::Made(Some(disk))) => disk,
-            Ok(Created::Made(None)) => {
-                self.discard_made(add, FileAtPath::Ours, deadline).await;
-                return Err(RdsError::missing_after_add(&add.slot));
-            }
-            // Refused for want of space: the add ran, so no file was there before it.
-            Err(e @ RdsError::OutOfSpace(_)) => {
-                self.discard_made(add, FileAtPath::Ours, deadline).await;
-                return Err(e);
-            }
-            Err(e @ RdsError::Parse(_)) => {
-                self.discard_made(add, FileAtPath::Unknown, deadline).await;
-                return Err(e);
-            }
-            Ok(Created::FileExists(_)) | Err(_) => return Ok(None),
+        let outcome = self.rds.create_scripted(add, deadline).await;
+        let Some(made) = self.made_by_script(add, outcome, deadline).await? else {
+            return Ok(None);
         };
         match self.complete_disk(add, made, None, deadline).await {
             Ok(disk) => Ok(Some(disk)),
@@ -118,21 +105,12 @@ impl ControllerService {
         if !self.rds.scripting(deadline).await? {
             return Ok(None);
         }
-        let (made, tail) = match self.rds.copy_scripted(add, deadline).await {
-            Ok((Created::Made(Some(disk)), tail)) => (disk, tail),
-            Ok((Created::Made(None), _)) => {
-                self.discard_made(add, FileAtPath::Ours, deadline).await;
-                return Err(RdsError::missing_after_add(&add.slot));
-            }
-            Err(e @ RdsError::OutOfSpace(_)) => {
-                self.discard_made(add, FileAtPath::Ours, deadline).await;
-                return Err(e);
-            }
-            Err(e @ RdsError::Parse(_)) => {
-                self.discard_made(add, FileAtPath::Unknown, deadline).await;
-                return Err(e);
-            }
-            Ok((Created::FileExists(_), _)) | Err(_) => return Ok(None),
+        let (outcome, tail) = match self.rds.copy_scripted(add, deadline).await {
+            Ok((created, tail)) => (Ok(created), tail),
+            Err(e) => (Err(e), CopyTail::default()),
+        };
+        let Some(made) = self.made_by_script(add, outcome, deadline).await? else {
+            return Ok(None);
         };
         let seen = CopySeen {
             disk: made.clone(),
@@ -152,6 +130,34 @@ impl ControllerService {
 
     /// Checks a disk just made against `add`: a copy once whole (starting from what a script
     /// `seen` of it), and grown if it kept its source's size.
+    /// The disk a create script made, read back; None when the sequence must decide instead
+    /// (a file at the path, a refusal, a lost reply). A failure removes what the script may
+    /// have made.
+    async fn made_by_script(
+        &self,
+        add: &DiskAdd,
+        outcome: Result<Created, RdsError>,
+        deadline: Instant,
+    ) -> Result<Option<Disk>, RdsError> {
+        match outcome {
+            Ok(Created::Made(Some(disk))) => Ok(Some(disk)),
+            Ok(Created::Made(None)) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                Err(RdsError::missing_after_add(&add.slot))
+            }
+            // Refused for want of space: the add ran, so no file was there before it.
+            Err(e @ RdsError::OutOfSpace(_)) => {
+                self.discard_made(add, FileAtPath::Ours, deadline).await;
+                Err(e)
+            }
+            Err(e @ RdsError::Parse(_)) => {
+                self.discard_made(add, FileAtPath::Unknown, deadline).await;
+                Err(e)
+            }
+            Ok(Created::FileExists(_)) | Err(_) => Ok(None),
+        }
+    }
+
     async fn complete_disk(
         &self,
         add: &DiskAdd,
