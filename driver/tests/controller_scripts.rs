@@ -308,3 +308,62 @@ async fn a_copy_still_running_after_the_script_is_waited_for() {
         .any(|h| h.disposition == Disposition::Scripted && h.command.contains("copy-from"));
     assert!(scripted, "the copy was not made by the script");
 }
+
+/// The clock the copy script reads cannot be read: the snapshot is answered without its
+/// creation time, and the copy is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_clock_keeps_the_copy() {
+    let f = fixture().await;
+    let v = f.create("pvc-src", GIB).await;
+    f.mock.inject(Fault::Fail {
+        pattern: "^/system clock print".into(),
+        times: None,
+        message: "no clock here".into(),
+        exit_status: 0,
+    });
+    let snap = f
+        .svc
+        .create_snapshot(Request::new(snapshot_req("snap-clockless", &v.volume_id)))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(snap.size_bytes, GIB);
+    assert!(snap.creation_time.is_none(), "{snap:?}");
+    assert!(
+        f.mock.disk(&snap.snapshot_id).is_some(),
+        "the copy was removed"
+    );
+}
+
+/// The connection is lost once the copy script has run: the call fails rather than sending
+/// the copy again, and the CO's retry finds the copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_reply_to_the_copy_script_never_sends_the_copy_again() {
+    let f = fixture().await;
+    let v = f.create("pvc-src", GIB).await;
+    f.mock.inject(Fault::DropAfterRun {
+        pattern: "^/disk add.*copy-from".into(),
+        times: Some(1),
+    });
+    let req = || Request::new(snapshot_req("snap-lost", &v.volume_id));
+    let e = f.svc.create_snapshot(req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let snap = f
+        .svc
+        .create_snapshot(req())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(snap.size_bytes, GIB);
+    let copies = f
+        .mock
+        .history()
+        .iter()
+        .filter(|h| h.command.starts_with("/disk add") && h.command.contains("copy-from"))
+        .count();
+    assert_eq!(copies, 1, "the copy was sent again");
+}

@@ -95,8 +95,8 @@ impl ControllerService {
     /// path, and read back with its file, the file's exact size and the clock, so a copy
     /// already whole costs no further command. Returns the disk once whole, and its file.
     /// None when the command-by-command sequence must decide instead (no scripting, a file at
-    /// the path, a refusal, a lost reply): the script may have run, so the caller reads the
-    /// slot again first.
+    /// the path, a refusal): the script may have run, so the caller reads the slot again
+    /// first. A lost reply is an error: the copy may be running, and the CO's retry finds it.
     pub(super) async fn make_copy_scripted(
         &self,
         add: &DiskAdd,
@@ -107,6 +107,9 @@ impl ControllerService {
         }
         let (outcome, tail) = match self.rds.copy_scripted(add, deadline).await {
             Ok((created, tail)) => (Ok(created), tail),
+            // A lost reply may leave a copy running: never sent again, it is found by the
+            // CO's retry, which waits for it.
+            Err(e @ RdsError::Transport(_)) => return Err(e),
             Err(e) => (Err(e), CopyTail::default()),
         };
         let Some(made) = self.made_by_script(add, outcome, deadline).await? else {

@@ -259,34 +259,31 @@ pub fn device_size(sys_root: &Path, major: u32, minor: u32) -> Result<Option<u64
     }
 }
 
-/// The mount options the kernel takes as flags, by name (`None`: the default, no flag).
-const KERNEL_FLAGS: &[(&str, Option<MsFlags>)] = &[
-    ("defaults", None),
-    ("rw", None),
-    ("ro", Some(MsFlags::MS_RDONLY)),
-    ("suid", None),
-    ("nosuid", Some(MsFlags::MS_NOSUID)),
-    ("dev", None),
-    ("nodev", Some(MsFlags::MS_NODEV)),
-    ("exec", None),
-    ("noexec", Some(MsFlags::MS_NOEXEC)),
-    ("async", None),
-    ("sync", Some(MsFlags::MS_SYNCHRONOUS)),
-    ("dirsync", Some(MsFlags::MS_DIRSYNC)),
-    ("relatime", Some(MsFlags::MS_RELATIME)),
-    ("noatime", Some(MsFlags::MS_NOATIME)),
-    ("nodiratime", Some(MsFlags::MS_NODIRATIME)),
-    ("strictatime", Some(MsFlags::MS_STRICTATIME)),
-    ("lazytime", Some(MsFlags::MS_LAZYTIME)),
+/// The mount options that set a kernel flag, by name. Options that clear one (`rw`, `suid`,
+/// `exec`, ...) are left to `mount(8)`, which reads a list left to right (`ro,rw` is
+/// read-write), as are `defaults` and all others.
+const KERNEL_FLAGS: &[(&str, MsFlags)] = &[
+    ("ro", MsFlags::MS_RDONLY),
+    ("nosuid", MsFlags::MS_NOSUID),
+    ("nodev", MsFlags::MS_NODEV),
+    ("noexec", MsFlags::MS_NOEXEC),
+    ("sync", MsFlags::MS_SYNCHRONOUS),
+    ("dirsync", MsFlags::MS_DIRSYNC),
+    ("relatime", MsFlags::MS_RELATIME),
+    ("noatime", MsFlags::MS_NOATIME),
+    ("nodiratime", MsFlags::MS_NODIRATIME),
+    ("strictatime", MsFlags::MS_STRICTATIME),
+    ("lazytime", MsFlags::MS_LAZYTIME),
 ];
 
-/// The flags for `options` when every one of them is a kernel flag; None when any is not
-/// (file system options, or ones only `mount(8)` understands, such as `nofail`), so that
-/// `mount(8)` keeps deciding what they mean.
+/// The flags for `options` when every one of them sets a kernel flag, so that their order
+/// does not matter; None when any does not (file system options, options that clear a flag,
+/// ones only `mount(8)` understands such as `nofail`), so that `mount(8)` keeps deciding
+/// what they mean.
 fn kernel_flags(options: &[String]) -> Option<MsFlags> {
     options.iter().try_fold(MsFlags::empty(), |flags, option| {
         let (_, flag) = KERNEL_FLAGS.iter().find(|(name, _)| name == option)?;
-        Some(flag.map_or(flags, |f| flags | f))
+        Some(flags | *flag)
     })
 }
 
@@ -299,28 +296,43 @@ async fn mount_syscall(
     flags: MsFlags,
     deadline: Instant,
 ) -> Result<()> {
+    let what = format!("mount -t {fs} {} {}", source.display(), target.display());
+    let late =
+        || NodeError::DeadlineExceeded(format!("`{what}` did not return before the deadline"));
+    if Instant::now() >= deadline {
+        return Err(late());
+    }
     let (src, dst, kind) = (source.to_path_buf(), target.to_path_buf(), fs.to_string());
-    let call = tokio::task::spawn_blocking(move || {
+    let mut call = tokio::task::spawn_blocking(move || {
         nix::mount::mount(Some(&src), &dst, Some(kind.as_str()), flags, None::<&str>)
     });
-    let what = || format!("mount -t {fs} {} {}", source.display(), target.display());
-    match tokio::time::timeout_at(deadline, call).await {
+    match tokio::time::timeout_at(deadline, &mut call).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(errno))) => Err(NodeError::Internal(format!("`{}` failed: {errno}", what()))),
-        Ok(Err(e)) => Err(NodeError::Internal(format!("`{}`: {e}", what()))),
-        Err(_) => Err(NodeError::DeadlineExceeded(format!(
-            "`{}` did not return before the deadline",
-            what()
-        ))),
+        Ok(Ok(Err(errno))) => Err(NodeError::Internal(format!("`{what}` failed: {errno}"))),
+        Ok(Err(e)) => Err(NodeError::Internal(format!("`{what}`: {e}"))),
+        Err(_) => {
+            // mount(2) cannot be called off: should it succeed after all, it is undone, so
+            // that a stage reported failed leaves no mount behind.
+            let target = target.to_path_buf();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = call.await {
+                    let undone = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+                    tracing::warn!(target = %target.display(), ?undone,
+                        "a mount that outlived its deadline succeeded late and was undone");
+                }
+            });
+            Err(late())
+        }
     }
 }
 
-/// The start of a device that blkid's probes read: superblocks, partition tables, LUKS and
-/// LVM headers, VMFS's at 1 MiB.
-const HEAD_PROBED: u64 = 2 << 20;
-/// The end of a device that blkid's probes read: md RAID 0.90/1.0 superblocks, GPT's backup
-/// header, ZFS's last labels, DDF and other firmware RAID metadata.
-const TAIL_PROBED: u64 = 1 << 20;
+/// The start of a device that blkid's probes read, with room to spare: superblocks, partition
+/// tables, LVM headers, VMFS's at 1 and 2 MiB, LUKS2's backup headers (searched up to 4 MiB).
+const HEAD_PROBED: u64 = 8 << 20;
+/// The end of a device that blkid's probes read, with room to spare: md RAID 0.90/1.0
+/// superblocks, GPT's backup header, ZFS's last labels, DDF, Promise (about 1.5 MiB from the
+/// end) and other firmware RAID metadata.
+const TAIL_PROBED: u64 = 2 << 20;
 
 /// Whether a device reads as zeros wherever a signature blkid knows would sit. A new RDS file
 /// disk is sparse, so this is what a new volume looks like, and it is told without starting
@@ -496,15 +508,19 @@ mod tests {
         let flags = |o: &[&str]| kernel_flags(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(flags(&[]), Some(MsFlags::empty()));
         assert_eq!(
-            flags(&["ro", "noatime", "defaults"]),
+            flags(&["ro", "noatime"]),
             Some(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME)
         );
-        // File system options and mount(8)'s own go to mount(8).
+        // File system options, mount(8)'s own and any that clear a flag (their order
+        // matters) go to mount(8).
         for other in [
             &["commit=7"][..],
             &["ro", "nofail"],
             &["discard"],
             &["bind"],
+            &["ro", "rw"],
+            &["nosuid", "suid"],
+            &["defaults"],
         ] {
             assert_eq!(flags(other), None, "{other:?}");
         }
@@ -517,7 +533,20 @@ mod tests {
         assert!(blank(64 * MIB, &[]).unwrap());
         // Between the probed ends: nothing blkid looks at.
         assert!(blank(64 * MIB, &[32 * MIB]).unwrap());
-        for at in [0, 1024, 4096, MIB, 2 * MIB - 1, 63 * MIB, 64 * MIB - 1] {
+        // Superblocks, VMFS at 1 and 2 MiB, LUKS2 backup headers up to 4 MiB, Promise RAID
+        // 3087 sectors from the end, md and GPT at the very end.
+        let promise = 64 * MIB - 3087 * 512;
+        for at in [
+            0,
+            1024,
+            4096,
+            MIB,
+            2 * MIB,
+            4 * MIB + 4095,
+            8 * MIB - 1,
+            promise,
+            64 * MIB - 1,
+        ] {
             assert!(!blank(64 * MIB, &[at]).unwrap(), "a byte at {at}");
         }
         // Smaller than both ends together: all of it is read.

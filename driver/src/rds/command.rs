@@ -430,7 +430,11 @@ impl Command {
     /// Whether the command copies a disk's data (`/disk add copy-from=...`), which takes time
     /// proportional to the data.
     pub fn is_copy(&self) -> bool {
-        matches!(self, Command::DiskAdd(add) if add.copy_from.is_some())
+        match self {
+            Command::DiskAdd(add) => add.copy_from.is_some(),
+            Command::Script(script) => script.is_copy(),
+            _ => false,
+        }
     }
 
     /// Whether the command changes state on the RDS (and so must be reconciled, not blindly

@@ -26,6 +26,8 @@ pub struct Script {
     kind: &'static str,
     line: String,
     mutating: bool,
+    /// It adds a disk with `copy-from`, which runs as long as the data takes.
+    copy: bool,
 }
 
 impl Script {
@@ -39,6 +41,10 @@ impl Script {
 
     pub fn is_mutating(&self) -> bool {
         self.mutating
+    }
+
+    pub fn is_copy(&self) -> bool {
+        self.copy
     }
 
     /// Read-only: a marker, an `:if` over a `find` count taking its `do` branch, and a `print`
@@ -56,6 +62,7 @@ impl Script {
                 put("identity")
             ),
             mutating: false,
+            copy: false,
         }
     }
 
@@ -76,6 +83,7 @@ impl Script {
             kind: "script-read",
             line,
             mutating: false,
+            copy: false,
         }
     }
 
@@ -107,6 +115,7 @@ impl Script {
             kind: "script-create",
             line,
             mutating: true,
+            copy: add.copy_from.is_some(),
         }
     }
 
@@ -128,6 +137,7 @@ impl Script {
                 Command::FilePrint(FileFilter::Name(file.clone())).render()
             ),
             mutating: true,
+            copy: false,
         }
     }
 }
@@ -145,6 +155,7 @@ impl Script {
                 Command::DiskPrint(DiskFilter::Slot(slot.clone())).render()
             ),
             mutating: true,
+            copy: false,
         }
     }
 }
@@ -259,13 +270,17 @@ impl Created {
         let file = files(parts.text("file"))?
             .into_iter()
             .find(|f| f.path == add.file_path.as_str());
-        let clock = RdsClock::parse(parts.text("clock")).map_err(RdsError::Parse)?;
+        // Only the snapshot's creation time needs the clock: one that cannot be read leaves
+        // it out, as `ControllerService::clock` does, and fails nothing.
+        let clock = RdsClock::parse(parts.text("clock"))
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the RDS clock"))
+            .ok();
         Ok((
             created,
             CopyTail {
                 file,
                 exact: parse_exact_count(parts.text("size")),
-                clock: Some(clock),
+                clock,
             },
         ))
     }
@@ -562,14 +577,15 @@ mod tests {
         assert_eq!(tail.file.unwrap().path, copy.file_path.as_str());
         assert_eq!(tail.exact, Some(10_737_418_240));
         assert!(tail.clock.is_some());
-        // A rounded size is only not exact; a clock that cannot be read is a failure.
+        // A rounded size is only not exact; a clock that cannot be read is only left out.
         let rounded = out.replace("\r\n10737418240\r\n", "\r\n10.0GiB\r\n");
         assert_eq!(Created::read_copy(&rounded, &copy).unwrap().1.exact, None);
         let no_clock = out.replace("gmt-offset", "offset");
-        assert!(matches!(
-            Created::read_copy(&no_clock, &copy),
-            Err(RdsError::Parse(_))
-        ));
+        let (created, tail) = Created::read_copy(&no_clock, &copy).unwrap();
+        assert!(matches!(created, Created::Made(Some(_))), "{created:?}");
+        assert!(tail.clock.is_none());
+        assert!(Command::Script(Script::create(&copy)).is_copy());
+        assert!(!Command::Script(Script::create(&add())).is_copy());
         // Without the tail it is not what a copy's script prints.
         let short = format!(
             "rds-csi:disk\r\n{}",

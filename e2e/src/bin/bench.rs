@@ -321,17 +321,75 @@ async fn snapshot_execs(
 
 /// One row of the throughput table: the driver and the raw replay of its commands, at one
 /// concurrency.
+/// The processes whose CPU time a row accounts for, beside the bench's own.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    driver: u32,
+    mock: u32,
+}
+
+/// CPU time (user and system, all threads) a process has used so far, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses, which may hold spaces) come the fields from the
+    // third on: utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks * 1000.0 / hz
+}
+
+/// CPU milliseconds per pair that the driver, the mock and the bench itself spent while
+/// `run` did `pairs` pairs.
+async fn cpu_per_pair<T>(
+    pids: Pids,
+    pairs: usize,
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, [f64; 3])> {
+    let now = || {
+        [
+            cpu_ms(pids.driver),
+            cpu_ms(pids.mock),
+            cpu_ms(std::process::id()),
+        ]
+    };
+    let before = now();
+    let value = run.await?;
+    let after = now();
+    Ok((
+        value,
+        std::array::from_fn(|i| (after[i] - before[i]) / pairs as f64),
+    ))
+}
+
 async fn measure(
     ctl: &ControllerClient<Channel>,
     raw: &RawSsh,
+    pids: Pids,
     template: &[String],
     mode: &str,
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let prefix = format!("bench-{mode}-c{concurrency}");
-    let (rate, creates, deletes) = churn(ctl, &prefix, total, concurrency).await?;
-    let raw_rate = raw_churn(raw, template, &format!("raw-{prefix}"), total, concurrency).await?;
+    let ((rate, creates, deletes), cpu) =
+        cpu_per_pair(pids, total, churn(ctl, &prefix, total, concurrency)).await?;
+    let (raw_rate, raw_cpu) = cpu_per_pair(
+        pids,
+        total,
+        raw_churn(raw, template, &format!("raw-{prefix}"), total, concurrency),
+    )
+    .await?;
     let ratio = rate / raw_rate;
     println!(
         "  {mode:<10} {concurrency:>4} {rate:>10.1} {raw_rate:>10.1} {:>5.0}% {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -341,11 +399,26 @@ async fn measure(
         percentile(&deletes, 0.5),
         percentile(&deletes, 0.99)
     );
+    // What bounds a row with no latency on this machine: the CPU a pair costs.
+    let sum = |c: [f64; 3]| c.iter().sum::<f64>();
+    println!(
+        "  {:<15} CPU ms per pair: driver run {:.2} (driver {:.2}, mock {:.2}, bench {:.2}), raw run {:.2} (mock {:.2}, bench {:.2})",
+        "",
+        sum(cpu),
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        sum(raw_cpu),
+        raw_cpu[1],
+        raw_cpu[2]
+    );
     Ok(json!({
         "latency": mode, "concurrency": concurrency, "pairs": total,
         "driver_pairs_per_s": rate, "raw_pairs_per_s": raw_rate, "ratio": ratio,
         "create_p50_ms": percentile(&creates, 0.5), "create_p99_ms": percentile(&creates, 0.99),
         "delete_p50_ms": percentile(&deletes, 0.5), "delete_p99_ms": percentile(&deletes, 0.99),
+        "cpu_ms_per_pair": {"driver": cpu[0], "mock": cpu[1], "bench": cpu[2],
+                            "raw_mock": raw_cpu[1], "raw_bench": raw_cpu[2]},
     }))
 }
 
@@ -419,7 +492,11 @@ async fn serial_routeros(keys: &Keys, scale: usize) -> anyhow::Result<serde_json
     print_table_header();
     let mut rows = Vec::new();
     for (concurrency, total) in [(1usize, 3 * scale), (8, 8 * scale)] {
-        rows.push(measure(&ctl, &raw, &template, "serial", concurrency, total).await?);
+        let pids = Pids {
+            driver: driver.process.id(),
+            mock: mock.process.id(),
+        };
+        rows.push(measure(&ctl, &raw, pids, &template, "serial", concurrency, total).await?);
     }
     Ok(json!(rows))
 }
@@ -587,7 +664,11 @@ async fn main() -> anyhow::Result<()> {
                 (true, 1) => 3 * scale,
                 (true, c) => 2 * c * scale,
             };
-            rows.push(measure(&ctl, &raw, &template, mode, concurrency, total).await?);
+            let pids = Pids {
+                driver: pid,
+                mock: mock.process.id(),
+            };
+            rows.push(measure(&ctl, &raw, pids, &template, mode, concurrency, total).await?);
         }
         // Leave the raw replays' volumes out of later measurements.
         mock.exec_ok(&keys, "/mock fault clear").await?;
