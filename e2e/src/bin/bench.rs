@@ -195,7 +195,14 @@ async fn raw_churn(
                 }
                 let id = format!("{prefix}-{i}");
                 for command in template.iter() {
-                    raw.exec(&command.replace("{id}", &id)).await?;
+                    let command = command.replace("{id}", &id);
+                    let out = raw.exec(&command).await?;
+                    // Each pair must really create and delete its own volume, as the
+                    // driver's do: a refusal would be cheaper and flatter the ceiling.
+                    anyhow::ensure!(
+                        !out.contains("failure") && !out.contains("rds-csi:file-exists"),
+                        "the raw replay of `{command}` failed: {out}"
+                    );
                 }
             }
         }));
@@ -263,11 +270,17 @@ async fn pair_template(
         })
         .await?;
         if name.starts_with("bench-count") {
-            let template = create_cmds
+            // The RDS sees the volume ID (derived from the name), never the name.
+            let template: Vec<String> = create_cmds
                 .iter()
                 .chain(&delete_cmds)
-                .map(|c| c.replace(&name, "{id}"))
+                .map(|c| c.replace(&volume.volume_id, "{id}"))
                 .collect();
+            anyhow::ensure!(
+                template.iter().all(|c| c.contains("{id}")),
+                "a command of the pair does not name the volume {}: {template:?}",
+                volume.volume_id
+            );
             return Ok((create_cmds, delete_cmds, template));
         }
     }
