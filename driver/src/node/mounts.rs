@@ -1,5 +1,7 @@
-//! The mount table (read from `/proc/self/mountinfo`, never remembered), the `mount`/`umount`
-//! binaries, and filesystem tools (`blkid`, `mkfs.*`, `resize2fs`, `xfs_growfs`).
+//! The mount table (read from `/proc/self/mountinfo`, never remembered), mounting (`mount(2)`
+//! for a file system with kernel flags only, the `mount`/`umount` binaries otherwise), telling
+//! a blank device (zeros where signatures sit, else `blkid`), and filesystem tools (`mkfs.*`,
+//! `resize2fs`, `xfs_growfs`).
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
