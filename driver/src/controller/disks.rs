@@ -90,21 +90,18 @@ impl ControllerService {
         }
     }
 
-    /// Makes a snapshot's copy (`add.copy_from`; the caller holds the locks and has seen its
-    /// slot empty) in one exec where the RDS runs scripts: added only if no file is at its
+    /// Makes a snapshot's copy (`add.copy_from`; the caller holds the locks, has seen its
+    /// slot empty and knows the RDS runs scripts) in one exec: added only if no file is at its
     /// path, and read back with its file, the file's exact size and the clock, so a copy
     /// already whole costs no further command. Returns the disk once whole, and its file.
-    /// None when the command-by-command sequence must decide instead (no scripting, a file at
-    /// the path, a refusal): the script may have run, so the caller reads the slot again
-    /// first. A lost reply is an error: the copy may be running, and the CO's retry finds it.
+    /// None when the command-by-command sequence must decide instead (a file at the path, a
+    /// refusal): the script may have run, so the caller reads the slot again first. A lost
+    /// reply is an error: the copy may be running, and the CO's retry finds it.
     pub(super) async fn make_copy_scripted(
         &self,
         add: &DiskAdd,
         deadline: Instant,
     ) -> Result<Option<(Disk, Option<FileInfo>)>, RdsError> {
-        if !self.rds.scripting(deadline).await? {
-            return Ok(None);
-        }
         let (outcome, tail) = match self.rds.copy_scripted(add, deadline).await {
             Ok((created, tail)) => (Ok(created), tail),
             // A lost reply may leave a copy running: never sent again, it is found by the
@@ -131,8 +128,6 @@ impl ControllerService {
         }
     }
 
-    /// Checks a disk just made against `add`: a copy once whole (starting from what a script
-    /// `seen` of it), and grown if it kept its source's size.
     /// The disk a create script made, read back; None when the sequence must decide instead
     /// (a file at the path, a refusal, a lost reply). A failure removes what the script may
     /// have made.
@@ -161,6 +156,8 @@ impl ControllerService {
         }
     }
 
+    /// Checks a disk just made against `add`: a copy once whole (starting from what a script
+    /// `seen` of it), and grown if it kept its source's size.
     async fn complete_disk(
         &self,
         add: &DiskAdd,
@@ -195,7 +192,7 @@ impl ControllerService {
         seen: Option<CopySeen>,
         deadline: Instant,
     ) -> Result<Disk, RdsError> {
-        match self.rds.wait_for_copy_from(slot, seen, deadline).await? {
+        match self.rds.wait_for_copy(slot, seen, deadline).await? {
             CopyState::Complete(disk) => Ok(*disk),
             CopyState::Interrupted(why) => Err(RdsError::Interrupted(why)),
         }

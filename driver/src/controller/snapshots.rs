@@ -97,12 +97,12 @@ impl ControllerService {
         };
         let size_of = |disk: &Disk| disk.size_bytes.or(source_disk.size_bytes);
         let scripting = self.rds.scripting(deadline).await.map_err(rds_status)?;
-        let scripted = match scripting {
-            true => self
-                .make_copy_scripted(&add, deadline)
+        let scripted = if scripting {
+            self.make_copy_scripted(&add, deadline)
                 .await
-                .map_err(rds_status)?,
-            false => None,
+                .map_err(rds_status)?
+        } else {
+            None
         };
         if let Some((disk, file)) = scripted {
             tracing::info!(snapshot = %id, source = %source, "snapshot created");

@@ -266,7 +266,7 @@ impl NodeService {
             flags.push("ro".into());
         }
         let mount_read_only = flags.iter().any(|f| f == "ro");
-        let mut rec = VolumeRecord {
+        let rec = VolumeRecord {
             volume_id: req.volume_id.clone(),
             connector: i.connector.name().into(),
             target: target.clone(),
@@ -274,7 +274,6 @@ impl NodeService {
             fs_type: fs,
             staging_path: staging.clone(),
             read_only,
-            device: None,
         };
 
         // Already staged (kubelet restarted, or a retry): accept only the same device.
@@ -294,7 +293,6 @@ impl NodeService {
                             }
                         )));
                     }
-                    rec.device = dev;
                     i.state.save(&rec)?;
                     return Ok(());
                 }
@@ -330,8 +328,6 @@ impl NodeService {
             let attachment = i.connector.attach(&target, deadline).await?;
             let device = attachment.device.clone();
             attached = Some(attachment);
-            // Not saved again for the device: the record before attaching is what a crash
-            // needs, and devices are looked up by their target, never by the record.
             if read_only {
                 // Before mounting: a read-only device cannot even replay a journal.
                 mounts::set_read_only(&device, true, deadline).await?;

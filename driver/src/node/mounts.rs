@@ -364,15 +364,6 @@ fn blank_where_signatures_sit(device: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Reads the start of a device; a fresh RDS file disk is sparse, so it reads as zeros.
-async fn first_mib_is_zero(device: &Path) -> std::io::Result<bool> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(device).await?;
-    let mut buf = Vec::with_capacity(1 << 20);
-    file.take(1 << 20).read_to_end(&mut buf).await?;
-    Ok(buf.iter().all(|&b| b == 0))
-}
-
 /// What is on a device: zeros where signatures sit, else what `blkid -p` finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -383,13 +374,18 @@ pub enum Probe {
 }
 
 pub async fn probe(device: &Path, deadline: Instant) -> Result<Probe> {
-    // Zeros wherever blkid would look: blank, without a process. Anything else (data, or a
-    // device that cannot be read in time) goes to blkid as before.
+    // Blank means zeros wherever a signature would sit, told without a process: the one case
+    // in which a device is formatted. Anything else is named by blkid, so that an existing
+    // file system is mounted and whatever it does not recognise is refused.
     let path = device.to_path_buf();
     let read = tokio::task::spawn_blocking(move || blank_where_signatures_sit(&path));
-    if let Ok(Ok(Ok(true))) = tokio::time::timeout_at(deadline, read).await {
-        return Ok(Probe::Empty);
-    }
+    let unreadable = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(Ok(true))) => return Ok(Probe::Empty),
+        Ok(Ok(Ok(false))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer before the deadline".to_string()),
+    };
     let out = run(
         Path::new("blkid"),
         &["-p", "-o", "export", &device.display().to_string()],
@@ -397,16 +393,14 @@ pub async fn probe(device: &Path, deadline: Instant) -> Result<Probe> {
     )
     .await?;
     match out.code {
-        // Exit 2 means "nothing found", but blkid also exits 2 when it could not open or read the
-        // device (a flapping NVMe path). Only a silent probe of a device whose first MiB reads
-        // back as zeros is blank: that is the only case in which we format.
-        Some(2) if out.stderr.trim().is_empty() => match first_mib_is_zero(device).await {
-            Ok(true) => Ok(Probe::Empty),
-            Ok(false) => Ok(Probe::Other(
-                "data that blkid does not recognise in the first MiB".into(),
+        // Exit 2 means "nothing found", but blkid also exits 2 when it could not open or read
+        // the device (a flapping NVMe path). Not blank either way.
+        Some(2) if out.stderr.trim().is_empty() => match unreadable {
+            None => Ok(Probe::Other(
+                "data that blkid does not recognise where signatures sit".into(),
             )),
-            Err(e) => Err(NodeError::Internal(format!(
-                "cannot read {} to confirm it is blank: {e}; refusing to format it",
+            Some(why) => Err(NodeError::Internal(format!(
+                "cannot read {} to confirm it is blank: {why}; refusing to format it",
                 device.display()
             ))),
         },

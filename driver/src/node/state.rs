@@ -30,11 +30,6 @@ pub struct VolumeRecord {
     /// (a loop device keeps it for its next user).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
-    /// The device, when known at the record's last save (a stage finding the volume already
-    /// staged; not after a fresh attach). Informational only: devices are looked up again by NQN or
-    /// backing file, because NVMe controllers renumber after a reconnect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,7 +138,6 @@ mod tests {
             fs_type: Some(FsType::Xfs),
             staging_path: "/stage".into(),
             read_only: true,
-            device: Some("/dev/loop0".into()),
         };
         store.save(&rec).unwrap();
         assert_eq!(store.load("pvc-1").unwrap(), Some(rec.clone()));
@@ -151,5 +145,33 @@ mod tests {
         store.remove("pvc-1").unwrap();
         store.remove("pvc-1").unwrap();
         assert_eq!(store.load("pvc-1").unwrap(), None);
+    }
+
+    /// Records written before the device was dropped from them (devices are always looked up
+    /// by their target, NVMe controllers renumber) still load.
+    #[test]
+    fn a_record_naming_its_device_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("volumes"));
+        store
+            .save(&VolumeRecord {
+                volume_id: "pvc-1".into(),
+                connector: "loop".into(),
+                target: VolumeTarget::default(),
+                access: AccessKind::Block,
+                fs_type: None,
+                staging_path: "/stage".into(),
+                read_only: false,
+            })
+            .unwrap();
+        let path = dir.path().join("volumes/pvc-1.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["device"] = "/dev/nvme3n1".into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        assert_eq!(
+            store.load("pvc-1").unwrap().unwrap().staging_path,
+            Path::new("/stage")
+        );
     }
 }

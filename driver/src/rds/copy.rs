@@ -107,17 +107,10 @@ impl RdsClient {
     /// a last reading finds the disk and file unchanged; one that stands still further short is
     /// Interrupted. A copy that stopped short by less than the precision cannot be told from a
     /// whole one that way, and is acknowledged: only an exact count can show it.
+    ///
+    /// The first reading is `seen` when a script read the copy back right after it began, so
+    /// that a copy already whole costs no further command.
     pub async fn wait_for_copy(
-        &self,
-        slot: &Slot,
-        deadline: Instant,
-    ) -> Result<CopyState, RdsError> {
-        self.wait_for_copy_from(slot, None, deadline).await
-    }
-
-    /// [`Self::wait_for_copy`], starting from what a script read back right after the copy
-    /// began (`seen`), so that a copy already whole costs no further command.
-    pub async fn wait_for_copy_from(
         &self,
         slot: &Slot,
         mut seen: Option<CopySeen>,
