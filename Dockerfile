@@ -31,11 +31,13 @@ FROM ${RUNTIME_IMAGE}
 #   util-linux     blkid (refuse to format a device that already holds data), blockdev
 #                  (read-only volumes: the device read-only flag)
 #   mount          mount, umount, losetup (also in bookworm-slim; listed so it cannot go away)
+#   cryptsetup-bin cryptsetup (encrypted volumes: LUKS2 format, open, close, resize)
 #   kmod           modprobe nvme-tcp when the host has not loaded it (host /lib/modules is mounted)
 #   ca-certificates for any TLS the controller does (Kubernetes API)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates \
+        cryptsetup-bin \
         e2fsprogs \
         kmod \
         mount \

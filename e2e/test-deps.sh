@@ -3,11 +3,11 @@
 # pip), else named with how to get it. `make test` runs this first.
 #   OpenSSH client (mock-rds interop), util-linux (loop devices, blockdev), e2fsprogs and
 #   xfsprogs (mkfs, online growth), kubectl (renders deploy/kubernetes), and for the VM tier
-#   (the NVMe/TCP data path on a real kernel): virtme-ng, qemu, a static busybox, nvme-cli, kmod
-#   and Debian's kernel, whose modules include the NVMe/TCP target. For the cluster tier: openssl
-#   (its certificates), Go >= 1.26 (builds the pinned Kubernetes components, e2e/cluster), and
-#   for its kubelet nodes containerd (with ctr), runc, the CNI plugins, iproute2 and busybox-static
-#   (the pods' images).
+#   (the NVMe/TCP data path on a real kernel): virtme-ng, qemu, a static busybox, nvme-cli, kmod,
+#   cryptsetup (encrypted volumes) and Debian's kernel, whose modules include the NVMe/TCP
+#   target and dm-crypt. For the cluster tier: openssl (its certificates), Go >= 1.26 (builds
+#   the pinned Kubernetes components, e2e/cluster), and for its kubelet nodes containerd (with
+#   ctr), runc, the CNI plugins, iproute2 and busybox-static (the pods' images).
 set -euo pipefail
 
 VIRTME_NG_VERSION=1.42
@@ -19,7 +19,7 @@ declare -A package=(
   [mkfs.xfs]=xfsprogs [xfs_growfs]=xfsprogs
   [kubectl]=kubernetes-client
   [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static
-  [nvme]=nvme-cli [modprobe]=kmod
+  [nvme]=nvme-cli [modprobe]=kmod [cryptsetup]=cryptsetup-bin
   [openssl]=openssl
   [containerd]=containerd [ctr]=containerd [runc]=runc [ip]=iproute2
 )

@@ -91,6 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             controller = controller
                 .with_events(kube.events.clone())
                 .with_node_lookup(kube.client.clone(), &config.driver_name)
+                .with_class_lookup(kube.client.clone())
                 .with_attachment_sync(kube.attachment_sync(&config.driver_name));
             // Only a table rebuilt from the cluster may overrule the RDS: one kept in memory
             // starts empty after a restart and would close the fences of volumes in use.

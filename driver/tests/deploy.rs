@@ -49,12 +49,14 @@ const ALL: &[&str] = &[
 #[rustfmt::skip]
 const CONTROLLER_API_CALLS: &[(&str, &str, &str, &[&str], Scope)] = &[
     // rds-csi --controller, as listed in driver/src/kube/mod.rs: attachments rebuilt from PVs and
-    // VolumeAttachments, node get and watch, CSINode get (attach limits), snapshot references,
-    // core/v1 events, its Lease.
+    // VolumeAttachments, node get and watch, CSINode get (attach limits), an encrypted volume's
+    // claim and class, snapshot references, core/v1 events, its Lease.
     ("rds-csi", "", "persistentvolumes", &["list"], Cluster),
     ("rds-csi", "storage.k8s.io", "volumeattachments", &["list"], Cluster),
     ("rds-csi", "", "nodes", READ, Cluster),
     ("rds-csi", "storage.k8s.io", "csinodes", &["get"], Cluster),
+    ("rds-csi", "", "persistentvolumeclaims", &["get"], Cluster),
+    ("rds-csi", "storage.k8s.io", "storageclasses", &["get"], Cluster),
     ("rds-csi", "snapshot.storage.k8s.io", "volumesnapshotcontents", &["list"], Cluster),
     ("rds-csi", "", "events", &["create"], Cluster),
     ("rds-csi", "coordination.k8s.io", "leases", &["get", "create", "update"], OwnNs),

@@ -680,3 +680,110 @@ async fn two_replicas_only_the_lease_holder_writes_fences() {
     );
     kube_b.shutdown().await;
 }
+
+fn storage_class(name: &str, parameters: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": DRIVER,
+        "parameters": parameters,
+    })
+}
+
+fn claim(name: &str, class: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {
+            "storageClassName": class,
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    })
+}
+
+/// The external-provisioner strips `csi.storage.k8s.io/` keys from CreateVolume's parameters,
+/// so whether an encrypted class names a node-stage Secret is read from the class itself,
+/// through the claim `--extra-create-metadata` names. Without one no node would get the
+/// passphrase: the volume is refused before anything is made on the RDS.
+#[tokio::test]
+async fn an_encrypted_class_without_a_node_stage_secret_is_refused() {
+    let (mock, rds) = rds().await;
+    let api = RealApi::start().await;
+    api.put(
+        STORAGE_CLASSES,
+        storage_class("bare", serde_json::json!({"encrypted": "true"})),
+    )
+    .await;
+    api.put(
+        STORAGE_CLASSES,
+        storage_class(
+            "half",
+            serde_json::json!({
+                "encrypted": "true",
+                "csi.storage.k8s.io/node-stage-secret-name": "luks",
+            }),
+        ),
+    )
+    .await;
+    api.put(
+        STORAGE_CLASSES,
+        storage_class(
+            "keyed",
+            serde_json::json!({
+                "encrypted": "true",
+                "csi.storage.k8s.io/node-stage-secret-name": "luks",
+                "csi.storage.k8s.io/node-stage-secret-namespace": "${pvc.namespace}",
+            }),
+        ),
+    )
+    .await;
+    let claims = "/api/v1/namespaces/apps/persistentvolumeclaims";
+    for class in ["bare", "half", "keyed"] {
+        api.put(claims, claim(&format!("claim-{class}"), class))
+            .await;
+    }
+    let svc = controller(&rds, Arc::new(AttachmentManager::new())).with_class_lookup(api.client());
+    let request = |class: &str| {
+        Request::new(CreateVolumeRequest {
+            name: format!("pvc-{class}"),
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter, false)],
+            // What the external-provisioner sends: the class's own keys and the claim's name.
+            parameters: [
+                ("encrypted", "true"),
+                ("csi.storage.k8s.io/pvc/name", &format!("claim-{class}")),
+                ("csi.storage.k8s.io/pvc/namespace", "apps"),
+                ("csi.storage.k8s.io/pv/name", &format!("pvc-{class}")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        })
+    };
+    for (class, missing) in [
+        ("bare", "node-stage-secret-name"),
+        ("half", "node-stage-secret-namespace"),
+    ] {
+        let err = svc.create_volume(request(class)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        for named in ["parameters.encrypted", missing, class] {
+            assert!(err.message().contains(named), "{}", err.message());
+        }
+        assert_eq!(mock.disk(&format!("pvc-{class}")), None);
+    }
+    let volume = svc
+        .create_volume(request("keyed"))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        volume.volume_context.get("encrypted").map(String::as_str),
+        Some("true")
+    );
+    assert!(mock.disk("pvc-keyed").is_some());
+}

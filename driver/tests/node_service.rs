@@ -191,6 +191,68 @@ async fn stage_arguments_are_validated_and_named() {
     let mut r = stage_req(&e);
     r.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode { mode: 99 });
     assert_invalid(call(r).await, "volume_capability.access_mode");
+    // Encrypted volumes: the flag's grammar, and the passphrase before anything is attached.
+    let mut r = stage_req(&e);
+    r.volume_context.insert("encrypted".into(), "yes".into());
+    assert_invalid(call(r).await, "volume_context.encrypted");
+    let mut r = stage_req(&e);
+    r.volume_context.insert("encrypted".into(), "true".into());
+    assert_invalid(call(r).await, "secrets.encryptionPassphrase");
+    let mut r = stage_req(&e);
+    r.volume_context.insert("encrypted".into(), "true".into());
+    r.secrets
+        .insert("encryptionPassphrase".into(), "fifteen-bytes!!".into());
+    let refused = call(r).await.unwrap_err();
+    assert_invalid(Err(refused.clone()), "secrets.encryptionPassphrase");
+    assert!(
+        !refused.message().contains("fifteen"),
+        "{}",
+        refused.message()
+    );
+}
+
+/// A fake sysfs holding the device-mapper devices `(dm, name, uuid)`.
+fn fake_sys(root: &Path, mappings: &[(&str, &str, &str)]) {
+    for (i, (dm, name, uuid)) in mappings.iter().enumerate() {
+        let dir = root.join("block").join(dm);
+        std::fs::create_dir_all(dir.join("dm")).unwrap();
+        std::fs::write(dir.join("dev"), format!("253:{i}\n")).unwrap();
+        std::fs::write(dir.join("dm/name"), format!("{name}\n")).unwrap();
+        std::fs::write(dir.join("dm/uuid"), format!("{uuid}\n")).unwrap();
+    }
+}
+
+/// After a restart the node plugin reports the open mappings of its own volumes that no record
+/// mentions, and leaves them open; other device-mapper devices are not its business.
+#[tokio::test]
+async fn recovery_reports_unrecorded_mappings_of_its_volumes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("sys");
+    let ours = "rds-csi-pvc-6ec89291-e651-4af7-8470-1168d64acbcd";
+    fake_sys(
+        &sys,
+        &[
+            (
+                "dm-0",
+                ours,
+                &format!("CRYPT-LUKS2-76cbeaf9295d44d5-{ours}"),
+            ),
+            (
+                "dm-1",
+                "luks-root",
+                "CRYPT-LUKS2-0123456789abcdef-luks-root",
+            ),
+            ("dm-2", "rds-csi-pvc-7", "LVM-0123"),
+        ],
+    );
+    let mut cfg = NodeConfig::new("node-7", dir.path().join("state"));
+    cfg.sys_root = sys;
+    let svc = NodeService::new(cfg, Arc::new(ParkedConnector::default()));
+    let report = svc.recover().await.unwrap();
+    assert_eq!(
+        report.orphans,
+        vec![format!("{ours} (encrypted mapping /dev/dm-0)")]
+    );
 }
 
 #[tokio::test]

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use csi_proto::v1::{
-    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, DeleteVolumeRequest,
-    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
-    NodeUnstageVolumeRequest, VolumeCapability,
+    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, CreateVolumeRequest,
+    DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 
 use crate::{create_request, Env, BASE_PATH, NODE_ID};
@@ -17,6 +17,8 @@ pub struct Staged {
     pub cap: VolumeCapability,
     pub volume_context: HashMap<String, String>,
     pub publish_context: HashMap<String, String>,
+    /// The node-stage secrets (an encrypted volume's passphrase).
+    pub secrets: HashMap<String, String>,
     pub staging: String,
     pub target: String,
 }
@@ -30,6 +32,7 @@ impl Staged {
             staging_target_path: self.staging.clone(),
             volume_capability: Some(self.cap.clone()),
             volume_context: self.volume_context.clone(),
+            secrets: self.secrets.clone(),
             ..Default::default()
         })
         .await
@@ -81,13 +84,24 @@ pub async fn provision_with(
     cap: VolumeCapability,
     parameters: &[(&str, &str)],
 ) -> Staged {
-    let mut ctl = env.controller();
-    let name = env.name(suffix);
-    let mut request = create_request(&name, bytes, cap.clone());
+    let mut request = create_request(&env.name(suffix), bytes, cap);
     request.parameters = parameters
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    provision_request(env, suffix, request).await
+}
+
+/// [`provision`] of a CreateVolume request made by the caller (a content source, say); the
+/// volume's name is the request's.
+pub async fn provision_request(env: &Env, suffix: &str, request: CreateVolumeRequest) -> Staged {
+    let mut ctl = env.controller();
+    let name = request.name.clone();
+    let bytes = request
+        .capacity_range
+        .as_ref()
+        .map_or(0, |r| r.required_bytes);
+    let cap = request.volume_capabilities[0].clone();
     let vol = ctl
         .create_volume(request)
         .await
@@ -128,6 +142,7 @@ pub async fn provision_with(
         cap,
         volume_context: vol.volume_context,
         publish_context,
+        secrets: HashMap::new(),
         staging: env.path(&format!("staging-{suffix}")).display().to_string(),
         target: env
             .path(&format!("pods/{suffix}/target"))

@@ -72,6 +72,7 @@ pub fn requirements() -> Vec<String> {
         ("nvme", "nvme-cli: apt-get install nvme-cli"),
         ("mkfs.xfs", "apt-get install xfsprogs"),
         ("mkfs.ext4", "apt-get install e2fsprogs"),
+        ("cryptsetup", "apt-get install cryptsetup-bin"),
     ] {
         if !on_path(tool) {
             missing.push(format!("{tool} ({how})"));
@@ -224,6 +225,8 @@ fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
 pub fn guest_setup() -> anyhow::Result<()> {
     sh("modprobe", &["nvmet-tcp"])?;
     sh("modprobe", &["nvme-tcp"])?;
+    // Encrypted volumes; Debian builds device-mapper and dm-crypt as modules.
+    sh("modprobe", &["dm-crypt"])?;
     if !Path::new(NVMET_CONFIGFS).exists() {
         sh("mount", &["-t", "configfs", "none", "/sys/kernel/config"])?;
     }
@@ -355,6 +358,18 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// What a test left in the guest: NVMe connections, kernel target entries, mounts under
 /// [`GUEST_TMP`]. Removes them all, and says what there was.
+/// The names of the open device-mapper devices the driver makes (`rds-csi-<volume>`).
+pub fn driver_mappings() -> Vec<String> {
+    names(Path::new("/sys/block"))
+        .into_iter()
+        .filter_map(|dev| {
+            std::fs::read_to_string(Path::new("/sys/block").join(dev).join("dm/name")).ok()
+        })
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("rds-csi-"))
+        .collect()
+}
+
 pub fn sweep() -> Vec<String> {
     let mut left = Vec::new();
     let mut mounts = mounts_under(Path::new(GUEST_TMP));
@@ -362,6 +377,11 @@ pub fn sweep() -> Vec<String> {
     for m in mounts {
         left.push(format!("mount {}", m.display()));
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    // The driver's mappings before the connections under them.
+    for name in driver_mappings() {
+        left.push(format!("dm-crypt mapping {name}"));
+        let _ = sh("cryptsetup", &["close", &name]);
     }
     for c in connected() {
         left.push(format!("NVMe connection {} ({})", c.nqn, c.subsystem));

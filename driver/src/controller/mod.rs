@@ -1,6 +1,7 @@
 //! The CSI Controller service: volumes and snapshots as file-backed disks on the RDS.
 
 pub mod caps;
+mod classes;
 mod cluster;
 mod copy_source;
 mod disks;
@@ -76,6 +77,8 @@ pub struct ControllerService {
     node_source: publish::NodeSource,
     /// With `--nvme-fencing`.
     fence: Option<fence::Fence>,
+    /// With Kubernetes: an encrypted volume's StorageClass is checked for its node-stage Secret.
+    classes: Option<classes::ClassLookup>,
     /// The last condition of each volume, for the `abnormal_volumes` gauge.
     health: health::HealthBook,
     /// With Kubernetes: re-reads the cluster's attachments before each decision, so any
@@ -175,6 +178,7 @@ impl ControllerService {
             attachments,
             events: None,
             fence,
+            classes: None,
             health: health::HealthBook::default(),
             sync: None,
         }
@@ -189,6 +193,13 @@ impl ControllerService {
             csi_nodes: ::kube::Api::all(client),
             driver: driver.to_string(),
         }));
+        self
+    }
+
+    /// Check that the StorageClass of an encrypted volume names a node-stage Secret (read
+    /// through the claim the external-provisioner's `--extra-create-metadata` names).
+    pub fn with_class_lookup(mut self, client: ::kube::Client) -> Self {
+        self.classes = Some(classes::ClassLookup { client });
         self
     }
 

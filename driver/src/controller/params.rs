@@ -25,6 +25,8 @@ pub mod keys {
     pub const MIGRATION_TIMEOUT: &str = crate::kube::attachments::MIGRATION_TIMEOUT_KEY;
     /// `"true"`: the volume is fenced on the RDS (see `controller::fence`).
     pub const NVME_FENCING: &str = crate::kube::attachments::NVME_FENCING_KEY;
+    /// `"true"`: the node encrypts the volume with LUKS2 (see `node::crypt`).
+    pub const ENCRYPTED: &str = crate::node::context::ENCRYPTED_KEY;
 }
 
 /// StorageClass parameter names.
@@ -52,6 +54,8 @@ pub struct VolumeParams {
     pub fs_type: String,
     /// `nvmeFencing: "true"`.
     pub fenced: bool,
+    /// `encrypted: "true"`.
+    pub encrypted: bool,
     /// Optional node settings passed through unchanged after validation.
     pub passthrough: Vec<(&'static str, String)>,
 }
@@ -81,6 +85,7 @@ impl VolumeParams {
             nvme_port: defaults.nvme_port,
             fs_type: DEFAULT_FS_TYPE.to_string(),
             fenced: false,
+            encrypted: false,
             passthrough: Vec::new(),
         };
         let mut address = defaults.nvme_address.clone();
@@ -122,13 +127,15 @@ impl VolumeParams {
                 }
                 keys::MKFS_OPTIONS => mkfs_options = Some(value),
                 keys::NVME_FENCING => {
-                    out.fenced = match value.as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(invalid(key, format!("`{value}` is not true or false"))),
-                    };
+                    out.fenced = parse_bool(key, value)?;
                     if out.fenced {
                         out.passthrough.push((keys::NVME_FENCING, "true".into()));
+                    }
+                }
+                keys::ENCRYPTED => {
+                    out.encrypted = parse_bool(key, value)?;
+                    if out.encrypted {
+                        out.passthrough.push((keys::ENCRYPTED, "true".into()));
                     }
                 }
                 keys::CTRL_LOSS_TMO
@@ -163,7 +170,7 @@ impl VolumeParams {
                         other,
                         "unknown parameter (known: volumePath, nvmeAddress, nvmePort, fsType, \
                          csi.storage.k8s.io/fstype, mkfsOptions, ctrlLossTmo, reconnectDelay, \
-                         keepAliveTmo, migrationTimeoutSeconds, nvmeFencing; ignored from the Go driver: \
+                         keepAliveTmo, migrationTimeoutSeconds, nvmeFencing, encrypted; ignored from the Go driver: \
                          rdsAddress, rdsPort, sshPort, nqnPrefix, rdsBasePath)",
                     ))
                 }
@@ -181,6 +188,14 @@ impl VolumeParams {
             )
         })?;
         Ok(out)
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, Status> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, format!("`{value}` is not true or false"))),
     }
 }
 
@@ -260,6 +275,7 @@ mod tests {
             ("migrationTimeoutSeconds", "0"),
             ("migrationTimeoutSeconds", "29"),
             ("migrationTimeoutSeconds", "86401"),
+            ("encrypted", "yes"),
             ("bogus", "1"),
             ("volumePath", "/storage-pool/elsewhere"),
             // Below a base path is not a base path: its files would not be the driver's.
@@ -273,6 +289,17 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}={value}");
             assert!(err.message().contains(key), "{}", err.message());
         }
+    }
+
+    #[test]
+    fn an_encrypted_class_marks_the_volume_context() {
+        let p = parse(&[("encrypted", "true")]).unwrap();
+        assert!(p.encrypted);
+        assert!(p
+            .passthrough
+            .contains(&(keys::ENCRYPTED, "true".to_string())));
+        let p = parse(&[("encrypted", "false")]).unwrap();
+        assert!(!p.encrypted && p.passthrough.is_empty());
     }
 
     /// The parameters of a Go driver StorageClass fixture.

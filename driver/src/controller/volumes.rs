@@ -30,6 +30,11 @@ impl ControllerService {
                  --nvme-fencing (off by default until confirmed on hardware)",
             ));
         }
+        if let (true, Some(classes)) = (params.encrypted, &self.classes) {
+            classes
+                .check_node_stage_secret(&req.parameters, deadline)
+                .await?;
+        }
         let size = allocation(req.capacity_range.as_ref(), &self.config)?;
         let id = ids::volume_id_for_name(name);
         let path = ids::volume_file(&params.dir, &id).map_err(|e| {

@@ -11,6 +11,8 @@
 //! | `""` (core/v1)            | `nodes`                  | get, list, watch   | attachment reconciler (get per node; list+watch for delete/NotReady), ControllerPublish (the node exists) |
 //! | `""` (core/v1)            | `persistentvolumes`      | list               | attachment rebuild and re-reads, orphan reconciler, PV/PVC lookup for events |
 //! | `""` (core/v1)            | `events`                 | create             | events (on PVs, PVCs, and the CSIDriver object) |
+//! | `""` (core/v1)            | `persistentvolumeclaims` | get                | CreateVolume of an encrypted volume (its claim's class) |
+//! | `storage.k8s.io`          | `storageclasses`         | get                | CreateVolume of an encrypted volume (the class names a node-stage Secret) |
 //! | `storage.k8s.io`          | `volumeattachments`      | list               | attachment rebuild at start; re-read under the volume's lock before each publish, unpublish, expansion, deletion and fence repair |
 //! | `storage.k8s.io`          | `csinodes`               | get                | ControllerPublish (the node's attach limit for this driver) |
 //! | `snapshot.storage.k8s.io` | `volumesnapshotcontents` | list               | orphan reconciler, `rds-csi orphans --kubeconfig` |

@@ -26,15 +26,23 @@ impl NodeService {
             .collect())
     }
 
-    /// After a failed stage of `volume_id`: detaches what this call attached when nothing
-    /// uses it, and drops the volume's record when nothing of it stays attached.
+    /// After a failed stage of `volume_id`: closes the mapping this call opened and detaches
+    /// what it attached, when nothing uses them, and drops the volume's record when nothing of
+    /// it stays attached.
     pub(super) async fn undo_failed_stage(
         &self,
         volume_id: &str,
         target: &VolumeTarget,
         attachment: Option<&Attachment>,
+        unlocked_now: bool,
     ) -> Result<()> {
         let i = &self.inner;
+        if unlocked_now {
+            if let Err(e) = self.lock(volume_id, cleanup_deadline()).await {
+                tracing::warn!(volume_id, error = %e, "failed stage: could not close its mapping");
+                return Ok(());
+            }
+        }
         let Some(attachment) = attachment else {
             // The attach failed; the connector undid what it had made itself.
             if i.connector.find_device(target).await?.is_none() {
@@ -48,9 +56,10 @@ impl NodeService {
             return Ok(());
         }
         let users = self.mounts_of_device(&attachment.device)?;
-        if !users.is_empty() {
+        let holders = super::crypt::holders(&i.cfg.sys_root, device_numbers(&attachment.device)?);
+        if !users.is_empty() || !holders.is_empty() {
             tracing::warn!(volume_id, device = %attachment.device.display(), users = ?users,
-                "failed stage: its device is in use; not detaching");
+                holders = ?holders, "failed stage: its device is in use; not detaching");
             return Ok(());
         }
         // Through `detach`: it also clears a read-only flag this stage may have set.

@@ -12,6 +12,8 @@ use super::error::{NodeError, Result};
 /// Publish context key the controller sets (to `true`) when a volume is published read-only:
 /// the node then stages it read-only (device and mount) and publishes it read-only.
 pub const PUBLISH_READONLY_KEY: &str = "readonly";
+/// Volume context key the controller sets (to `true`) for a volume of an `encrypted` class.
+pub const ENCRYPTED_KEY: &str = "encrypted";
 
 /// Filesystems the node formats and mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub struct StageContext {
     /// `mkfsOptions` as given, with the field it came from; checked by [`StageContext::mkfs_args`]
     /// once the filesystem is known (the capability's `fs_type` may override the context's).
     pub mkfs_options: Option<(String, String)>,
+    /// The volume is LUKS2-encrypted on the node (see `crypt`).
+    pub encrypted: bool,
 }
 
 impl StageContext {
@@ -302,6 +306,17 @@ pub fn publish_readonly(pc: &HashMap<String, String>) -> Result<bool> {
     }
 }
 
+/// Whether the volume context marks the volume encrypted.
+pub fn is_encrypted(vc: &HashMap<String, String>) -> Result<bool> {
+    match vc.get(ENCRYPTED_KEY).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(NodeError::InvalidArgument(format!(
+            "volume_context.{ENCRYPTED_KEY} `{other}` must be true or false"
+        ))),
+    }
+}
+
 /// Reads the volume context (and the Go-driver-compatible publish context as a fallback).
 /// Which keys are required depends on the connector; it checks that itself.
 pub fn parse_stage_context(
@@ -368,6 +383,7 @@ pub fn parse_stage_context(
         read_only: publish_readonly(pc)?,
         fs_type,
         mkfs_options,
+        encrypted: is_encrypted(vc)?,
     })
 }
 

@@ -34,18 +34,43 @@ fn describe<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {
 /// Runs `program args...` and returns its output whatever the exit status. Fails only when the
 /// program cannot be started or the deadline passes (the process is then killed).
 pub async fn run<S: AsRef<OsStr>>(program: &Path, args: &[S], deadline: Instant) -> Result<Output> {
+    run_with_input(program, args, None, &[], deadline).await
+}
+
+/// [`run`] with `input` written to the program's standard input (then closed), and `env` added
+/// to its environment. Input is how a secret reaches a program: never argv, a file or a log.
+pub async fn run_with_input<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    input: Option<&[u8]>,
+    env: &[(&str, &str)],
+    deadline: Instant,
+) -> Result<Output> {
+    use tokio::io::AsyncWriteExt;
     let cmdline = describe(program, args);
     tracing::debug!(command = %cmdline, "running");
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .envs(env.iter().copied())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A timed-out command must not linger holding a device.
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| NodeError::Internal(format!("cannot run `{cmdline}`: {e}")))?;
-    let out = tokio::time::timeout_at(deadline, child.wait_with_output())
+    let finished = async {
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A program that exits without reading all of it is judged by its exit status.
+            let _ = stdin.write_all(input).await;
+        }
+        child.wait_with_output().await
+    };
+    let out = tokio::time::timeout_at(deadline, finished)
         .await
         .map_err(|_| NodeError::DeadlineExceeded(format!("`{cmdline}` did not finish in time")))?
         .map_err(|e| NodeError::Internal(format!("`{cmdline}`: {e}")))?;

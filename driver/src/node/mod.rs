@@ -26,10 +26,13 @@ mod access;
 mod cleanup;
 pub mod connector;
 pub mod context;
+pub mod crypt;
+mod encryption;
 pub mod error;
 mod exec;
 pub mod guard;
 pub mod mounts;
+mod recovery;
 pub mod state;
 mod stats;
 
@@ -43,6 +46,8 @@ use error::{NodeError, Result};
 use guard::VolumeLocks;
 use mounts::{device_numbers, Mounter, Probe};
 use state::{AccessKind, StateStore, VolumeRecord};
+
+pub use recovery::RecoveryReport;
 
 /// The topology segment every node reports (one RDS, reachable from every node).
 pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/zone";
@@ -114,20 +119,6 @@ pub struct NvmeTcpConfig {
     pub fence_key: Option<crate::fence_key::FenceKey>,
 }
 
-/// What the start-up scan found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Volumes whose record, attachment and mount agree.
-    pub healthy: Vec<String>,
-    /// Staged volumes with a problem (stale mount, device gone, not mounted), described.
-    pub problems: Vec<String>,
-    /// Records removed because neither their attachment nor their mount exists any more.
-    pub removed_records: Vec<String>,
-    /// Attached managed volumes that no record mentions. Reported only: we cannot know who
-    /// uses them, and disconnecting a device in use corrupts data.
-    pub orphans: Vec<String>,
-}
-
 #[derive(Clone)]
 pub struct NodeService {
     inner: Arc<Inner>,
@@ -139,6 +130,7 @@ struct Inner {
     mounter: Mounter,
     state: StateStore,
     locks: VolumeLocks,
+    cryptsetup: crypt::Cryptsetup,
 }
 
 /// A deadline for clean-up work after the operation's own deadline may have passed.
@@ -164,6 +156,7 @@ impl NodeService {
                 mounter: Mounter::default(),
                 state,
                 locks: VolumeLocks::default(),
+                cryptsetup: crypt::Cryptsetup::default(),
             }),
         }
     }
@@ -245,6 +238,13 @@ impl NodeService {
             &i.cfg.managed_nqn_prefix,
         )?;
         i.connector.check_target(&ctx.target)?;
+        let passphrase = match ctx.encrypted {
+            true => {
+                crypt::check_volume_id(&req.volume_id)?;
+                Some(crypt::Passphrase::from_secrets(&req.secrets)?)
+            }
+            false => None,
+        };
         let reader_only = requested.is_reader_only();
         let (kind, fs, mut flags) = match requested.access {
             Access::Block => (AccessKind::Block, None, Vec::new()),
@@ -274,11 +274,14 @@ impl NodeService {
             fs_type: fs,
             staging_path: staging.clone(),
             read_only,
+            encrypted: ctx.encrypted,
         };
 
         // Already staged (kubelet restarted, or a retry): accept only the same device.
         if let Some(m) = i.mounter.mount_at(&staging)? {
-            let dev = i.connector.find_device(&target).await?;
+            let dev = self
+                .data_device(&req.volume_id, &target, ctx.encrypted)
+                .await?;
             if let (AccessKind::Mount, Some(d)) = (kind, &dev) {
                 if device_numbers(d)? == (m.major, m.minor) {
                     if m.is_read_only() != mount_read_only {
@@ -324,13 +327,21 @@ impl NodeService {
         // what to detach.
         i.state.save(&rec)?;
         let mut attached = None;
+        let mut unlocked_now = false;
         let result = async {
             let attachment = i.connector.attach(&target, deadline).await?;
-            let device = attachment.device.clone();
+            let mut device = attachment.device.clone();
             attached = Some(attachment);
             if read_only {
                 // Before mounting: a read-only device cannot even replay a journal.
                 mounts::set_read_only(&device, true, deadline).await?;
+            }
+            if let Some(passphrase) = &passphrase {
+                let unlocked = self
+                    .unlock(&req.volume_id, &device, passphrase, read_only, deadline)
+                    .await?;
+                unlocked_now = unlocked.opened_now;
+                device = unlocked.device;
             }
             if let Some(fs) = fs {
                 // A read-only volume is never formatted.
@@ -349,7 +360,7 @@ impl NodeService {
             Err(e) => {
                 // Undo only what this call attached, so a failed stage leaves nothing of its own
                 // behind and never takes away what another user has.
-                self.undo_failed_stage(&req.volume_id, &target, attached.as_ref())
+                self.undo_failed_stage(&req.volume_id, &target, attached.as_ref(), unlocked_now)
                     .await?;
                 Err(e)
             }
@@ -426,9 +437,16 @@ impl NodeService {
         if let Some(m) = i.mounter.mount_at(&staging)? {
             if target.is_none() {
                 // The record is lost: find the volume from the mounted device instead.
-                target = i.connector.target_for_device(m.major, m.minor).await?;
+                target = self
+                    .target_for_device(&req.volume_id, (m.major, m.minor))
+                    .await?;
             }
             i.mounter.unmount(&staging, deadline).await?;
+        }
+        if let Some(mapping) = self.lock(&req.volume_id, deadline).await? {
+            if let (None, Some(&(major, minor))) = (&target, mapping.backing.first()) {
+                target = i.connector.target_for_device(major, minor).await?;
+            }
         }
         if target.is_none() {
             // Nothing recorded or mounted: a block volume the Go driver staged, found by its ID.
@@ -443,6 +461,15 @@ impl NodeService {
                         "{} is still mounted at {}; not detaching volume {}",
                         dev.display(),
                         at.join(", "),
+                        req.volume_id
+                    )));
+                }
+                let holders = crypt::holders(&i.cfg.sys_root, device_numbers(&dev)?);
+                if !holders.is_empty() {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "{} is held by {} (device-mapper or md); not detaching volume {}",
+                        dev.display(),
+                        holders.join(", "),
                         req.volume_id
                     )));
                 }
@@ -498,6 +525,8 @@ impl NodeService {
                 i.mounter.bind(&staging, &target, ro, deadline).await?;
             }
             Access::Block => {
+                let encrypted = record.as_ref().is_some_and(|r| r.encrypted)
+                    || context::is_encrypted(&req.volume_context)?;
                 let staged = match record {
                     Some(rec) => Some(rec.target),
                     None => self.unrecorded_target(&req.volume_id).await?,
@@ -508,12 +537,20 @@ impl NodeService {
                         req.volume_id
                     ))
                 })?;
-                let dev = i.connector.find_device(&staged).await?.ok_or_else(|| {
-                    NodeError::FailedPrecondition(format!(
-                        "the device of volume {} is not attached",
-                        req.volume_id
-                    ))
-                })?;
+                let dev = self
+                    .data_device(&req.volume_id, &staged, encrypted)
+                    .await?
+                    .ok_or_else(|| {
+                        NodeError::FailedPrecondition(format!(
+                            "the device of volume {} is not {}",
+                            req.volume_id,
+                            if encrypted {
+                                "open (its dm-crypt mapping is missing)"
+                            } else {
+                                "attached"
+                            }
+                        ))
+                    })?;
                 let numbers = device_numbers(&dev)?;
                 if let Some(tm) = i.mounter.mount_at(&target)? {
                     let same = std::fs::metadata(&target).is_ok_and(|m| {
@@ -579,84 +616,6 @@ impl NodeService {
         }
         tracing::info!(volume_id = %req.volume_id, target = %target.display(), "unpublished");
         Ok(())
-    }
-
-    /// The start-up scan: compare the records with the mounts and attachments, remove records
-    /// of volumes that are entirely gone, and report the rest.
-    pub async fn recover(&self) -> Result<RecoveryReport> {
-        let i = &self.inner;
-        let mut report = RecoveryReport::default();
-        let records = i.state.list()?;
-        for rec in &records {
-            let id = &rec.volume_id;
-            let dev = i.connector.find_device(&rec.target).await.unwrap_or(None);
-            let mount = i.mounter.mount_at(&rec.staging_path)?;
-            match (rec.access, mount, dev) {
-                (AccessKind::Mount, Some(m), Some(d)) => {
-                    if device_numbers(&d).ok() == Some((m.major, m.minor)) {
-                        report.healthy.push(id.clone());
-                    } else {
-                        report.problems.push(format!(
-                            "{id}: stale mount at {} ({}:{}); the volume is now {}",
-                            rec.staging_path.display(),
-                            m.major,
-                            m.minor,
-                            d.display()
-                        ));
-                    }
-                }
-                (AccessKind::Mount, Some(m), None) => report.problems.push(format!(
-                    "{id}: mounted at {} but the device is gone ({})",
-                    rec.staging_path.display(),
-                    m.source
-                )),
-                (AccessKind::Mount, None, Some(d)) => report.problems.push(format!(
-                    "{id}: attached as {} but not mounted at {}",
-                    d.display(),
-                    rec.staging_path.display()
-                )),
-                (AccessKind::Block, _, Some(_)) => report.healthy.push(id.clone()),
-                (_, None, None) | (AccessKind::Block, Some(_), None) => {
-                    i.state.remove(id)?;
-                    report.removed_records.push(id.clone());
-                }
-            }
-        }
-        let known = |t: &VolumeTarget| {
-            records.iter().any(|r| {
-                (t.nqn.is_some() && r.target.nqn == t.nqn)
-                    || (t.file_path.is_some() && r.target.file_path == t.file_path)
-            })
-        };
-        for a in i.connector.attached().await? {
-            if !known(&a.target) {
-                report.orphans.push(format!(
-                    "{} ({})",
-                    a.target
-                        .nqn
-                        .clone()
-                        .or(a.target.file_path.clone())
-                        .unwrap_or_default(),
-                    a.device
-                        .as_ref()
-                        .map_or("no device".into(), |d| d.display().to_string())
-                ));
-            }
-        }
-        for p in &report.problems {
-            tracing::warn!(problem = %p, "node recovery");
-        }
-        for o in &report.orphans {
-            tracing::warn!(attachment = %o, "attached volume with no record on this node (left alone)");
-        }
-        tracing::info!(
-            healthy = report.healthy.len(),
-            problems = report.problems.len(),
-            removed_records = report.removed_records.len(),
-            orphans = report.orphans.len(),
-            "node recovery scan done"
-        );
-        Ok(report)
     }
 }
 

@@ -364,6 +364,42 @@ fn blank_where_signatures_sit(device: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Writes zeros wherever [`blank_where_signatures_sit`] looks, and flushes them: the device
+/// then reads as blank.
+pub async fn zero_where_signatures_sit(device: &Path, deadline: Instant) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let path = device.to_path_buf();
+    let write = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let size = file.seek(SeekFrom::End(0))?;
+        let head = 0..HEAD_PROBED.min(size);
+        let tail = size.saturating_sub(TAIL_PROBED).max(head.end)..size;
+        let zeros = vec![0u8; 1 << 20];
+        for range in [head, tail] {
+            let mut at = range.start;
+            while at < range.end {
+                let len = zeros.len().min((range.end - at) as usize);
+                file.write_all_at(&zeros[..len], at)?;
+                at += len as u64;
+            }
+        }
+        file.sync_all()
+    });
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(NodeError::io(format!("zeroing {}", device.display()), e)),
+        Ok(Err(e)) => Err(NodeError::Internal(format!(
+            "zeroing {}: {e}",
+            device.display()
+        ))),
+        Err(_) => Err(NodeError::DeadlineExceeded(format!(
+            "zeroing {} did not finish in time",
+            device.display()
+        ))),
+    }
+}
+
 /// What is on a device: zeros where signatures sit, else what `blkid -p` finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {

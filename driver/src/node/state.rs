@@ -30,6 +30,9 @@ pub struct VolumeRecord {
     /// (a loop device keeps it for its next user).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// The data is read through the volume's dm-crypt mapping (see `crypt`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +141,7 @@ mod tests {
             fs_type: Some(FsType::Xfs),
             staging_path: "/stage".into(),
             read_only: true,
+            encrypted: true,
         };
         store.save(&rec).unwrap();
         assert_eq!(store.load("pvc-1").unwrap(), Some(rec.clone()));
@@ -162,6 +166,7 @@ mod tests {
                 fs_type: None,
                 staging_path: "/stage".into(),
                 read_only: false,
+                encrypted: false,
             })
             .unwrap();
         let path = dir.path().join("volumes/pvc-1.json");

@@ -13,6 +13,7 @@ use csi_proto::v1::{
 use tokio::time::Instant;
 
 use super::context::validate_volume_id;
+use super::crypt;
 use super::error::{NodeError, Result};
 use super::mounts::{self, device_numbers, device_size, MountInfo};
 use super::{exec, NodeService};
@@ -146,7 +147,10 @@ impl NodeService {
         };
         if problem.is_none() {
             if let Some(rec) = &record {
-                problem = match i.connector.find_device(&rec.target).await? {
+                problem = match self
+                    .data_device(&rec.volume_id, &rec.target, rec.encrypted)
+                    .await?
+                {
                     None => Some(format!("volume {} is no longer attached", req.volume_id)),
                     Some(d) => match device_numbers(&d) {
                         Ok(n) if n == numbers => {
@@ -212,11 +216,15 @@ impl NodeService {
         } else {
             (m.major, m.minor)
         };
+        // An encrypted volume is mounted (or published) from its mapping; the attached device
+        // under it is what grows first.
+        let mapping =
+            crypt::mapping_of(&i.cfg.sys_root, &req.volume_id)?.filter(|m| m.numbers == numbers);
+        let attached = self.attached_numbers(&req.volume_id, numbers)?;
         let target = match i.state.load(&req.volume_id)? {
             Some(r) => r.target,
-            None => i
-                .connector
-                .target_for_device(numbers.0, numbers.1)
+            None => self
+                .target_for_device(&req.volume_id, numbers)
                 .await?
                 .ok_or_else(|| {
                     NodeError::NotFound(format!(
@@ -228,7 +236,7 @@ impl NodeService {
         let device = i.connector.find_device(&target).await?.ok_or_else(|| {
             NodeError::FailedPrecondition(format!("volume {} is not attached", req.volume_id))
         })?;
-        if device_numbers(&device)? != numbers {
+        if device_numbers(&device)? != attached {
             return Err(NodeError::FailedPrecondition(format!(
                 "{} is a stale mount: volume {} is now {}",
                 path.display(),
@@ -244,7 +252,7 @@ impl NodeService {
         // The kernel may publish the new size a little after the rescan.
         let wait_until = deadline.min(Instant::now() + Duration::from_secs(30));
         let size = exec::poll_until(wait_until, Duration::from_millis(100), || {
-            Ok(device_size(&i.cfg.sys_root, numbers.0, numbers.1)?.filter(|s| *s >= required))
+            Ok(device_size(&i.cfg.sys_root, attached.0, attached.1)?.filter(|s| *s >= required))
         })
         .await?
         .ok_or_else(|| {
@@ -253,8 +261,15 @@ impl NodeService {
                 device.display()
             ))
         })?;
+        let data_device = match &mapping {
+            Some(m) => {
+                i.cryptsetup.resize(m, deadline).await?;
+                m.device.clone()
+            }
+            None => device,
+        };
         if !is_block {
-            mounts::grow(&m.fs_type, &device, &path, deadline).await?;
+            mounts::grow(&m.fs_type, &data_device, &path, deadline).await?;
         }
         tracing::info!(volume_id = %req.volume_id, bytes = size, "expanded");
         Ok(size as i64)

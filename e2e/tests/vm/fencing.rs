@@ -164,6 +164,7 @@ pub async fn fenced_volume_admits_only_its_nodes() -> anyhow::Result<()> {
         cap: rwx_block(),
         volume_context: vol.volume_context,
         publish_context: HashMap::new(),
+        secrets: HashMap::new(),
         staging: env.path("staging-blk").display().to_string(),
         target: env.path("pods/blk/target").display().to_string(),
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use e2e::vm;
 
 mod bench;
+mod encryption;
 mod fencing;
 mod scenarios;
 
@@ -39,6 +40,8 @@ const SCENARIOS: &[(&str, Run)] = scenarios![
     target_outage_while_mounted,
     host_identity_files,
     fenced_volume_admits_only_its_nodes,
+    encrypted_filesystem,
+    encrypted_block,
     nodestage_bench,
 ];
 

@@ -14,6 +14,8 @@ use csi_proto::v1::{
 use e2e::staged::{provision, provision_with, retire, Staged};
 use e2e::{block_cap, mount_cap, poll_until, vm, Env, EnvOptions, Mock, BASE_PATH, MIB};
 
+pub use crate::encryption::{encrypted_block, encrypted_filesystem};
+
 /// The mock-rds flags of the tier: the kernel target on the VM's loopback.
 pub const MOCK_NVMET: &[&str] = &["--nvmet", "--nvme-listen", "127.0.0.1"];
 /// The NQN prefix the driver and the mock use.
@@ -53,20 +55,20 @@ pub fn nqn(volume_id: &str) -> String {
     format!("{NQN_PREFIX}{volume_id}")
 }
 
-fn backing_file(env: &Env, volume_id: &str) -> PathBuf {
+pub fn backing_file(env: &Env, volume_id: &str) -> PathBuf {
     env.mock
         .data_dir
         .join(format!("{}/{volume_id}.img", &BASE_PATH[1..]))
 }
 
 /// Whether `needle` occurs in the file (the volumes here are small).
-fn file_contains(path: &Path, needle: &[u8]) -> anyhow::Result<bool> {
+pub fn file_contains(path: &Path, needle: &[u8]) -> anyhow::Result<bool> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(data.windows(needle.len()).any(|w| w == needle))
 }
 
 /// The device the mount at `path` is of, and its filesystem type.
-fn mount_source(path: &str) -> Option<(String, String)> {
+pub fn mount_source(path: &str) -> Option<(String, String)> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()?
         .lines()
@@ -80,14 +82,14 @@ fn mount_source(path: &str) -> Option<(String, String)> {
 }
 
 /// The volume is connected (by sysfs) with exactly one namespace: its `/dev` path.
-fn connected_device(volume_id: &str) -> anyhow::Result<String> {
+pub fn connected_device(volume_id: &str) -> anyhow::Result<String> {
     let c = vm::connection(&nqn(volume_id))
         .with_context(|| format!("{volume_id} is not connected (sysfs)"))?;
     ensure!(c.namespaces.len() == 1, "namespaces of {volume_id}: {c:?}");
     Ok(format!("/dev/{}", c.namespaces[0]))
 }
 
-fn ensure_disconnected(volume_id: &str) -> anyhow::Result<()> {
+pub fn ensure_disconnected(volume_id: &str) -> anyhow::Result<()> {
     if let Some(c) = vm::connection(&nqn(volume_id)) {
         bail!("{volume_id} is still connected: {c:?}");
     }
@@ -135,7 +137,7 @@ pub async fn lifecycle_xfs() -> anyhow::Result<()> {
 }
 
 /// Writes `data` at `offset` of a block device (or file) and flushes it.
-fn write_at(path: &str, offset: u64, data: &[u8]) -> anyhow::Result<()> {
+pub fn write_at(path: &str, offset: u64, data: &[u8]) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     f.write_all(data)?;
@@ -143,7 +145,7 @@ fn write_at(path: &str, offset: u64, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_at(path: &Path, offset: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+pub fn read_at(path: &Path, offset: u64, len: usize) -> anyhow::Result<Vec<u8>> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0; len];
@@ -181,7 +183,7 @@ pub async fn lifecycle_block() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fs_total_bytes(path: &str) -> anyhow::Result<u64> {
+pub fn fs_total_bytes(path: &str) -> anyhow::Result<u64> {
     let s = nix::sys::statvfs::statvfs(path)?;
     Ok(s.blocks() * s.fragment_size())
 }
@@ -350,6 +352,7 @@ pub async fn stage(
             staging_target_path: staging.to_string(),
             volume_capability: Some(cap.clone()),
             volume_context: v.volume_context.clone(),
+            secrets: v.secrets.clone(),
             ..Default::default()
         })
         .await
@@ -492,7 +495,7 @@ fn controller_state(ctrl: &str) -> String {
 
 /// The volume's condition as the node plugin reports it to kubelet, asked with a deadline as
 /// kubelet asks: the call must answer while the target is down, not hang on the device.
-async fn node_condition(env: &Env, v: &Staged) -> anyhow::Result<VolumeCondition> {
+pub async fn node_condition(env: &Env, v: &Staged) -> anyhow::Result<VolumeCondition> {
     let mut request = tonic::Request::new(NodeGetVolumeStatsRequest {
         volume_id: v.volume_id.clone(),
         volume_path: v.target.clone(),
