@@ -452,6 +452,44 @@ async fn unrecognised_data_is_never_formatted() {
     assert_eq!(&head[4096..], &garbage[..], "the data was not overwritten");
 }
 
+/// An encrypted volume gets a LUKS2 header only on a blank device: a file system (an
+/// unencrypted volume restored into an encrypted class, say) or unrecognised data is refused
+/// before cryptsetup runs, and stays as it was.
+#[tokio::test]
+async fn an_encrypted_stage_never_encrypts_over_data() {
+    require_root!();
+    let env = Env::new();
+    let svc = env.service();
+    let id = "pvc-plain";
+    let mut ctx = env.volume(id, 64 * MIB, None);
+    ctx.insert("encrypted".into(), "true".into());
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-L", "precious"])
+        .arg(env.image(id))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let staging = env.kubelet("staging/plain");
+    let mut req = stage_req(
+        id,
+        &staging,
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        &ctx,
+    );
+    req.secrets
+        .insert("encryptionPassphrase".into(), "sixteen-bytes!!!".into());
+    let e = stage(&svc, req).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("unencrypted ext4"), "{e:?}");
+    assert!(env.loops().is_empty(), "rolled back: {:?}", env.loops());
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(env.image(id))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LABEL=precious"));
+}
+
 #[tokio::test]
 async fn staging_path_mounted_from_another_device_is_a_conflict() {
     require_root!();

@@ -33,7 +33,6 @@ impl Staged {
             volume_capability: Some(self.cap.clone()),
             volume_context: self.volume_context.clone(),
             secrets: self.secrets.clone(),
-            ..Default::default()
         })
         .await
         .unwrap();

@@ -43,6 +43,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("orphans_against_real_objects", |t| {
         Box::pin(scenarios::orphans_against_real_objects(t))
     }),
+    ("encrypted_class_needs_its_node_stage_secret", |t| {
+        Box::pin(scenarios::encrypted_class_needs_its_node_stage_secret(t))
+    }),
     ("delete_removes_everything", |t| {
         Box::pin(scenarios::delete_removes_everything(t))
     }),

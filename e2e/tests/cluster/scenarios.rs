@@ -685,6 +685,107 @@ pub async fn orphans_against_real_objects(t: &mut Tier) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An encrypted class must name a node-stage Secret, or no node would get the passphrase. The
+/// real external-provisioner strips `csi.storage.k8s.io/` keys from CreateVolume's parameters,
+/// so the controller reads the class through the claim (`--extra-create-metadata`, under the
+/// manifests' RBAC): without the Secret no disk is made and the claim's event says why; with it
+/// the PV names the Secret and its volume context marks the volume encrypted. (Staging one
+/// needs dm-crypt, which this host's kernel lacks: the VM tier stages encrypted volumes.)
+pub async fn encrypted_class_needs_its_node_stage_secret(t: &mut Tier) -> anyhow::Result<()> {
+    let admin = t.admin().clone();
+    let class = |name: &str, secret: &str| {
+        format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {name}}}\n\
+             provisioner: {DRIVER}\nvolumeBindingMode: WaitForFirstConsumer\nparameters:\n  \
+             encrypted: \"true\"\n{secret}"
+        )
+    };
+    admin.apply(&class("rds-nvme-encrypted-bare", "")).await?;
+    admin
+        .apply(&class(
+            "rds-nvme-encrypted",
+            "  csi.storage.k8s.io/node-stage-secret-name: luks\n  \
+             csi.storage.k8s.io/node-stage-secret-namespace: \"${pvc.namespace}\"\n",
+        ))
+        .await?;
+
+    let refused = "crypt-bare";
+    admin
+        .apply(&pvc(
+            refused,
+            "rds-nvme-encrypted-bare",
+            "1Gi",
+            false,
+            "ReadWriteOnce",
+            "",
+        ))
+        .await?;
+    admin
+        .apply(&pod("user-crypt-bare", refused, NODES[0], false))
+        .await?;
+    let event = poll_until(
+        &format!("the provisioner's ProvisioningFailed event on {refused}"),
+        STEP,
+        || async {
+            let selector = format!("involvedObject.name={refused},reason=ProvisioningFailed");
+            let events = admin
+                .items(&["events", "-n", APPS, "--field-selector", &selector])
+                .await
+                .ok()?;
+            events.into_iter().find(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("parameters.encrypted"))
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("node-stage-secret-name")),
+        "the refusal does not name the missing key: {}",
+        event["message"]
+    );
+    let uid = admin.json(&["get", "pvc", refused, "-n", APPS]).await?["metadata"]["uid"]
+        .as_str()
+        .context("the claim has no uid")?
+        .to_string();
+    ensure!(
+        mock_disk(t, &format!("pvc-{uid}"))?.is_none(),
+        "a refused encrypted volume left a disk on the RDS"
+    );
+    delete_pod(t, "user-crypt-bare").await?;
+
+    let pv = {
+        admin
+            .apply(&pvc(
+                "crypt",
+                "rds-nvme-encrypted",
+                "1Gi",
+                false,
+                "ReadWriteOnce",
+                "",
+            ))
+            .await?;
+        schedule_user(t, "user-crypt", "crypt", NODES[0], false).await?
+    };
+    ensure!(
+        pv["spec"]["csi"]["volumeAttributes"]["encrypted"] == "true",
+        "the volume context does not mark the volume encrypted: {}",
+        pv["spec"]["csi"]["volumeAttributes"]
+    );
+    ensure!(
+        pv["spec"]["csi"]["nodeStageSecretRef"]
+            == serde_json::json!({"name": "luks", "namespace": APPS}),
+        "the PV names no node-stage Secret: {}",
+        pv["spec"]["csi"]
+    );
+    delete_pod(t, "user-crypt").await?;
+    wait_detached(t, &name_of(&pv), NODES[0]).await?;
+    Ok(())
+}
+
 /// Deleting the snapshot and every claim (reclaim policy Delete) removes every disk and file
 /// the driver made from mock-rds.
 pub async fn delete_removes_everything(t: &mut Tier) -> anyhow::Result<()> {

@@ -142,8 +142,7 @@ async fn expand(env: &Env, v: &Staged, grown: i64) -> anyhow::Result<()> {
 
 /// An encrypted ext4 volume through its life: refused without its secret, formatted, written,
 /// grown online, kept across a node plugin restart, ciphertext on the RDS, refused with another
-/// passphrase (header untouched), restaged; then a snapshot of it restored, which opens with
-/// the same passphrase only.
+/// passphrase (header untouched), restaged.
 pub async fn encrypted_filesystem() -> anyhow::Result<()> {
     let mut env = nvme_env("vmcrypt", &[]).await?;
     let mut v = provision_with(
@@ -231,26 +230,48 @@ pub async fn encrypted_filesystem() -> anyhow::Result<()> {
     v.unpublish_and_unstage(&env).await;
     ensure_closed(&v.volume_id)?;
 
-    // A snapshot carries the header: its restore opens with the same passphrase only.
+    retire(&env, &v).await;
+    Ok(())
+}
+
+/// A snapshot of an encrypted volume carries its LUKS2 header: the volume restored from it opens
+/// with the source's passphrase only, and what it holds on the RDS is ciphertext too.
+pub async fn encrypted_snapshot_restore() -> anyhow::Result<()> {
+    let env = nvme_env("vmcryptsnap", &[]).await?;
+    let mut v = provision_with(
+        &env,
+        "cryptsrc",
+        64 * MIB,
+        mount_cap("ext4"),
+        &[("encrypted", "true")],
+    )
+    .await;
+    v.secrets = secrets(PASSPHRASE);
+    v.stage_and_publish(&env).await;
+    let text = format!("a known text of {}, carried by its snapshot\n", v.volume_id);
+    std::fs::write(Path::new(&v.target).join("known.txt"), &text)?;
+    v.unpublish_and_unstage(&env).await;
+    ensure_closed(&v.volume_id)?;
+
     let snapshot = env
         .controller()
         .create_snapshot(CreateSnapshotRequest {
             source_volume_id: v.volume_id.clone(),
-            name: env.name("crypt-snap"),
+            name: env.name("cryptsnap"),
             ..Default::default()
         })
         .await?
         .into_inner()
         .snapshot
         .context("no snapshot")?;
-    let mut request = create_request(&env.name("crypt-restored"), 128 * MIB, mount_cap("ext4"));
+    let mut request = create_request(&env.name("cryptrestored"), 64 * MIB, mount_cap("ext4"));
     request.parameters = [("encrypted".to_string(), "true".to_string())].into();
     request.volume_content_source = Some(VolumeContentSource {
         r#type: Some(SourceType::Snapshot(SnapshotSource {
             snapshot_id: snapshot.snapshot_id.clone(),
         })),
     });
-    let mut restored = provision_request(&env, "crypt-restored", request).await;
+    let mut restored = provision_request(&env, "cryptrestored", request).await;
     restored.secrets = secrets(OTHER_PASSPHRASE);
     stage_fails(
         &env,

@@ -14,7 +14,7 @@ use csi_proto::v1::{
 use e2e::staged::{provision, provision_with, retire, Staged};
 use e2e::{block_cap, mount_cap, poll_until, vm, Env, EnvOptions, Mock, BASE_PATH, MIB};
 
-pub use crate::encryption::{encrypted_block, encrypted_filesystem};
+pub use crate::encryption::{encrypted_block, encrypted_filesystem, encrypted_snapshot_restore};
 
 /// The mock-rds flags of the tier: the kernel target on the VM's loopback.
 pub const MOCK_NVMET: &[&str] = &["--nvmet", "--nvme-listen", "127.0.0.1"];
@@ -353,7 +353,6 @@ pub async fn stage(
             volume_capability: Some(cap.clone()),
             volume_context: v.volume_context.clone(),
             secrets: v.secrets.clone(),
-            ..Default::default()
         })
         .await
         .map(drop)
@@ -750,5 +749,5 @@ pub async fn target_follows_the_disks() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub use super::bench::nodestage_bench;
+pub use super::bench::{nodestage_bench, nodestage_bench_encrypted};
 pub use super::fencing::fenced_volume_admits_only_its_nodes;
