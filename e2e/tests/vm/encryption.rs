@@ -31,6 +31,25 @@ fn secrets(passphrase: &str) -> HashMap<String, String> {
     [("encryptionPassphrase".to_string(), passphrase.to_string())].into()
 }
 
+/// A volume of an encrypted class, controller-published, its node-stage secret [`PASSPHRASE`].
+async fn provision_encrypted(
+    env: &Env,
+    suffix: &str,
+    bytes: i64,
+    cap: csi_proto::v1::VolumeCapability,
+) -> Staged {
+    let mut v = provision_with(env, suffix, bytes, cap, &[("encrypted", "true")]).await;
+    v.secrets = secrets(PASSPHRASE);
+    v
+}
+
+/// The volume's file `known.txt` reads `text`.
+fn ensure_known(v: &Staged, text: &str, when: &str) -> anyhow::Result<()> {
+    let back = std::fs::read_to_string(Path::new(&v.target).join("known.txt"))?;
+    ensure!(back == text, "{when} the file reads {back:?}");
+    Ok(())
+}
+
 /// The volume's open mapping: its `/dev/dm-N` and the devices under it (sysfs).
 fn mapping(volume_id: &str) -> Option<(String, Vec<String>)> {
     let name = format!("rds-csi-{volume_id}");
@@ -145,17 +164,11 @@ async fn expand(env: &Env, v: &Staged, grown: i64) -> anyhow::Result<()> {
 /// passphrase (header untouched), restaged.
 pub async fn encrypted_filesystem() -> anyhow::Result<()> {
     let mut env = nvme_env("vmcrypt", &[]).await?;
-    let mut v = provision_with(
-        &env,
-        "crypt",
-        64 * MIB,
-        mount_cap("ext4"),
-        &[("encrypted", "true")],
-    )
-    .await;
+    let mut v = provision_encrypted(&env, "crypt", 64 * MIB, mount_cap("ext4")).await;
     ensure!(v.volume_context.get("encrypted").map(String::as_str) == Some("true"));
 
     // Without its secret, or with a short one, nothing is attached.
+    v.secrets.clear();
     stage_fails(
         &env,
         &v,
@@ -202,8 +215,7 @@ pub async fn encrypted_filesystem() -> anyhow::Result<()> {
         "after a restart: {}",
         condition.message
     );
-    let back = std::fs::read_to_string(Path::new(&v.target).join("known.txt"))?;
-    ensure!(back == text, "after a restart the file reads {back:?}");
+    ensure_known(&v, &text, "after a restart")?;
     v.unpublish_and_unstage(&env).await;
     ensure_closed(&v.volume_id)?;
     ensure_ciphertext(&env, &v, text.as_bytes())?;
@@ -225,8 +237,7 @@ pub async fn encrypted_filesystem() -> anyhow::Result<()> {
 
     v.secrets = secrets(PASSPHRASE);
     v.stage_and_publish(&env).await;
-    let back = std::fs::read_to_string(Path::new(&v.target).join("known.txt"))?;
-    ensure!(back == text, "after restaging the file reads {back:?}");
+    ensure_known(&v, &text, "after restaging")?;
     v.unpublish_and_unstage(&env).await;
     ensure_closed(&v.volume_id)?;
 
@@ -238,15 +249,7 @@ pub async fn encrypted_filesystem() -> anyhow::Result<()> {
 /// with the source's passphrase only, and what it holds on the RDS is ciphertext too.
 pub async fn encrypted_snapshot_restore() -> anyhow::Result<()> {
     let env = nvme_env("vmcryptsnap", &[]).await?;
-    let mut v = provision_with(
-        &env,
-        "cryptsrc",
-        64 * MIB,
-        mount_cap("ext4"),
-        &[("encrypted", "true")],
-    )
-    .await;
-    v.secrets = secrets(PASSPHRASE);
+    let v = provision_encrypted(&env, "cryptsrc", 64 * MIB, mount_cap("ext4")).await;
     v.stage_and_publish(&env).await;
     let text = format!("a known text of {}, carried by its snapshot\n", v.volume_id);
     std::fs::write(Path::new(&v.target).join("known.txt"), &text)?;
@@ -282,8 +285,7 @@ pub async fn encrypted_snapshot_restore() -> anyhow::Result<()> {
     .await?;
     restored.secrets = secrets(PASSPHRASE);
     restored.stage_and_publish(&env).await;
-    let back = std::fs::read_to_string(Path::new(&restored.target).join("known.txt"))?;
-    ensure!(back == text, "the restored volume reads {back:?}");
+    ensure_known(&restored, &text, "restored,")?;
     restored.unpublish_and_unstage(&env).await;
     ensure_closed(&restored.volume_id)?;
     ensure_ciphertext(&env, &restored, text.as_bytes())?;
@@ -314,15 +316,7 @@ pub async fn encrypted_snapshot_restore() -> anyhow::Result<()> {
 /// An encrypted raw block volume: the pod gets the mapping, the RDS gets ciphertext.
 pub async fn encrypted_block() -> anyhow::Result<()> {
     let env = nvme_env("vmcryptblk", &[]).await?;
-    let mut v = provision_with(
-        &env,
-        "cryptblk",
-        32 * MIB,
-        block_cap(),
-        &[("encrypted", "true")],
-    )
-    .await;
-    v.secrets = secrets(PASSPHRASE);
+    let v = provision_encrypted(&env, "cryptblk", 32 * MIB, block_cap()).await;
     v.stage_and_publish(&env).await;
     let dm = open_mapping(&v.volume_id)?;
     let target_rdev = nix::sys::stat::stat(v.target.as_str())?.st_rdev;
