@@ -40,6 +40,10 @@ pub const PBKDF_ARGS: &[&str] = &[
     "2",
 ];
 
+/// The label a new volume's LUKS2 header carries until its mapping has been zeroed (see
+/// `NodeService::unlock`).
+pub const UNREADY_LABEL: &str = "rds-csi-unready";
+
 /// cryptsetup's exit status for "no key slot opens with this passphrase".
 const EXIT_WRONG_PASSPHRASE: i32 = 2;
 
@@ -195,6 +199,25 @@ pub fn holders(sys_root: &Path, numbers: (u32, u32)) -> Vec<String> {
     names
 }
 
+/// The label of a LUKS2 header, as blkid reads it; None when it has none.
+pub async fn header_label(device: &Path, deadline: Instant) -> Result<Option<String>> {
+    let out = super::exec::run_ok(
+        Path::new("blkid"),
+        &[
+            "-p",
+            "-o",
+            "value",
+            "-s",
+            "LABEL",
+            &device.display().to_string(),
+        ],
+        deadline,
+    )
+    .await?;
+    let label = out.stdout.trim();
+    Ok((!label.is_empty()).then(|| label.to_string()))
+}
+
 /// How the node runs cryptsetup.
 #[derive(Debug, Clone)]
 pub struct Cryptsetup {
@@ -211,9 +234,16 @@ impl Default for Cryptsetup {
 
 /// `luksFormat` of a blank device; the passphrase comes on standard input.
 pub fn format_args(device: &Path) -> Vec<String> {
-    let mut args: Vec<String> = ["luksFormat", "--type", "luks2", "--batch-mode"]
-        .map(String::from)
-        .into();
+    let mut args: Vec<String> = [
+        "luksFormat",
+        "--type",
+        "luks2",
+        "--batch-mode",
+        "--label",
+        UNREADY_LABEL,
+    ]
+    .map(String::from)
+    .into();
     args.extend(PBKDF_ARGS.iter().map(|a| a.to_string()));
     args.extend([
         "--key-file".into(),
@@ -321,6 +351,21 @@ impl Cryptsetup {
         Ok(())
     }
 
+    /// Takes the [`UNREADY_LABEL`] off a volume's header: the volume is ready.
+    pub async fn clear_label(&self, device: &Path, deadline: Instant) -> Result<()> {
+        let args = vec![
+            "config".to_string(),
+            "--label".to_string(),
+            String::new(),
+            device.display().to_string(),
+        ];
+        let out = self.run(&args, None, deadline).await?;
+        if !out.success() {
+            return Err(failed(&args, &out));
+        }
+        Ok(())
+    }
+
     /// Grows a mapping to fill its device, after the device grew.
     pub async fn resize(&self, mapping: &Mapping, deadline: Instant) -> Result<()> {
         let args = vec!["resize".to_string(), mapping.name.clone()];
@@ -361,7 +406,7 @@ mod tests {
         let format = format_args(dev);
         assert_eq!(
             format.join(" "),
-            "luksFormat --type luks2 --batch-mode --pbkdf argon2id --pbkdf-memory 65536 \
+            "luksFormat --type luks2 --batch-mode --label rds-csi-unready --pbkdf argon2id --pbkdf-memory 65536 \
              --pbkdf-force-iterations 4 --pbkdf-parallel 2 --key-file - /dev/nvme0n1"
         );
         let open = open_args(dev, &mapping_name(ID), false);
@@ -518,6 +563,12 @@ mod tests {
             numbers: (253, 0),
             backing: vec![],
         };
+        tool.clear_label(Path::new("/dev/nvme0n1"), deadline())
+            .await
+            .unwrap();
+        assert_eq!(read("stdin"), b"");
+        // `echo "$@"`: the empty label is the empty argument between the spaces.
+        assert_eq!(read("argv"), b"config --label  /dev/nvme0n1\n");
         tool.resize(&mapping, deadline()).await.unwrap();
         assert_eq!(read("stdin"), b"");
         assert_eq!(

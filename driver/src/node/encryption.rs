@@ -52,8 +52,14 @@ impl NodeService {
                 m.name
             )));
         }
-        let fresh = match mounts::probe(device, deadline).await? {
-            Probe::Filesystem(t) if t == LUKS_TYPE => false,
+        // A new volume is made ready in steps (header, open, zeros on the mapping), and any of
+        // them may be cut short: the header's label says the zeros are still owed, so a retry
+        // (on this node or another) finishes the job instead of finding noise.
+        let unready = match mounts::probe(device, deadline).await? {
+            Probe::Filesystem(t) if t == LUKS_TYPE => {
+                crypt::header_label(device, deadline).await?.as_deref()
+                    == Some(crypt::UNREADY_LABEL)
+            }
             Probe::Empty if read_only => {
                 return Err(NodeError::FailedPrecondition(format!(
                     "{} is blank and the volume is published read-only, so no LUKS2 header is \
@@ -80,21 +86,48 @@ impl NodeService {
                 )))
             }
         };
-        i.cryptsetup
-            .open(device, volume_id, passphrase, read_only, deadline)
-            .await?;
-        let mapping = crypt::mapping_of(&i.cfg.sys_root, volume_id)?.ok_or_else(|| {
-            NodeError::Internal(format!(
-                "cryptsetup opened {} but sysfs shows no mapping {}",
-                device.display(),
-                crypt::mapping_name(volume_id)
-            ))
-        })?;
-        if fresh {
-            // A new header's mapping reads as the decryption of zeros, which is noise: zeroed
-            // where signatures sit, it is blank, and formatting follows the rule of every volume.
-            mounts::zero_where_signatures_sit(&mapping.device, deadline).await?;
+        if unready && read_only {
+            return Err(NodeError::FailedPrecondition(format!(
+                "volume {volume_id} was never made ready (its LUKS2 header is labelled {}) and \
+                 is published read-only; publish it read-write once to finish it",
+                crypt::UNREADY_LABEL
+            )));
         }
+        let opened = async {
+            i.cryptsetup
+                .open(device, volume_id, passphrase, read_only, deadline)
+                .await?;
+            let mapping = crypt::mapping_of(&i.cfg.sys_root, volume_id)?.ok_or_else(|| {
+                NodeError::Internal(format!(
+                    "cryptsetup opened {} but sysfs shows no mapping {}",
+                    device.display(),
+                    crypt::mapping_name(volume_id)
+                ))
+            })?;
+            if unready {
+                // A new header's mapping reads as the decryption of zeros, which is noise:
+                // zeroed where signatures sit, it is blank, and formatting follows the rule of
+                // every volume. Only then is the label taken off.
+                mounts::zero_where_signatures_sit(&mapping.device, deadline).await?;
+                i.cryptsetup.clear_label(device, deadline).await?;
+            }
+            Ok::<_, NodeError>(mapping)
+        }
+        .await;
+        let mapping = match opened {
+            Ok(m) => m,
+            Err(e) => {
+                // No mapping of this volume was open before this call: whatever is open now
+                // (an open cut short by the deadline included) is this call's to close.
+                if let Ok(Some(m)) = crypt::mapping_of(&i.cfg.sys_root, volume_id) {
+                    if let Err(close) = i.cryptsetup.close(&m, super::cleanup_deadline()).await {
+                        tracing::warn!(volume_id, error = %close,
+                            "failed stage: could not close the mapping it opened");
+                    }
+                }
+                return Err(e);
+            }
+        };
         Ok(Unlocked {
             device: mapping.device,
             opened_now: true,

@@ -247,10 +247,39 @@ pub async fn encrypted_filesystem() -> anyhow::Result<()> {
 
 /// A snapshot of an encrypted volume carries its LUKS2 header: the volume restored from it opens
 /// with the source's passphrase only, and what it holds on the RDS is ciphertext too.
+///
+/// The source's first stage also finds what a stage cut short after writing the header leaves
+/// (the header, still labelled as not ready): it finishes the volume instead of refusing it.
 pub async fn encrypted_snapshot_restore() -> anyhow::Result<()> {
     let env = nvme_env("vmcryptsnap", &[]).await?;
     let v = provision_encrypted(&env, "cryptsrc", 64 * MIB, mount_cap("ext4")).await;
+    let file = backing_file(&env, &v.volume_id);
+    let key_file = file.with_extension("passphrase");
+    std::fs::write(&key_file, PASSPHRASE)?;
+    let mut format = vec!["luksFormat", "--type", "luks2", "--batch-mode"];
+    format.extend(["--label", "rds-csi-unready", "--pbkdf", "pbkdf2"]);
+    format.extend(["--pbkdf-force-iterations", "1000", "--key-file"]);
+    let done = std::process::Command::new("cryptsetup")
+        .args(&format)
+        .arg(&key_file)
+        .arg(&file)
+        .status()?;
+    std::fs::remove_file(&key_file)?;
+    ensure!(
+        done.success(),
+        "cryptsetup luksFormat of {}",
+        file.display()
+    );
     v.stage_and_publish(&env).await;
+    let label = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "LABEL"])
+        .arg(&file)
+        .output()?;
+    ensure!(
+        label.stdout.trim_ascii().is_empty(),
+        "the header is still labelled {:?} once the volume is ready",
+        String::from_utf8_lossy(&label.stdout)
+    );
     let text = format!("a known text of {}, carried by its snapshot\n", v.volume_id);
     std::fs::write(Path::new(&v.target).join("known.txt"), &text)?;
     v.unpublish_and_unstage(&env).await;
