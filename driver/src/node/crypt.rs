@@ -595,4 +595,81 @@ mod tests {
             .unwrap_err();
         assert!(matches!(&e, NodeError::Internal(m) if m.contains("exit 1")));
     }
+
+    #[tokio::test]
+    async fn every_failing_cryptsetup_call_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = recording_cryptsetup(dir.path(), 1);
+        let pass = Passphrase::from_secrets(&secrets("sixteen-bytes!!!")).unwrap();
+        let dev = Path::new("/dev/nvme0n1");
+        let mapping = Mapping {
+            volume_id: ID.into(),
+            name: mapping_name(ID),
+            device: "/dev/dm-0".into(),
+            numbers: (253, 0),
+            backing: vec![(259, 0)],
+        };
+        let results = [
+            broken.format(dev, &pass, deadline()).await,
+            broken.close(&mapping, deadline()).await,
+            broken.clear_label(dev, deadline()).await,
+            broken.resize(&mapping, deadline()).await,
+        ];
+        for (call, result) in ["format", "close", "config", "resize"].iter().zip(results) {
+            assert!(
+                matches!(&result, Err(NodeError::Internal(m)) if m.contains("exit 1")),
+                "{call}: {result:?}"
+            );
+        }
+    }
+
+    /// A sysfs that cannot be read is an error, not "no mappings": unstage would otherwise
+    /// detach a device whose mapping it did not see.
+    #[test]
+    fn an_unreadable_sysfs_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("block"), "not a directory").unwrap();
+        assert!(matches!(mappings(dir.path()), Err(NodeError::Internal(_))));
+    }
+
+    /// The label of a real LUKS2 header (cryptsetup writes it to a file; no device-mapper
+    /// needed), as the stage reads it to tell a volume that was never made ready.
+    #[tokio::test]
+    async fn the_header_label_is_read_as_cryptsetup_wrote_it() {
+        let on_path = |tool: &str| {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        };
+        if !on_path("cryptsetup") || !on_path("blkid") {
+            assert!(
+                std::env::var("CI").is_err(),
+                "cryptsetup and blkid are needed (e2e/test-deps.sh installs them)"
+            );
+            eprintln!("skipped: cryptsetup or blkid is missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("volume.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let tool = Cryptsetup::default();
+        // A cheap key derivation: only the header's label matters here.
+        let mut args = format_args(&file);
+        let pbkdf = args.iter().position(|a| a == "--pbkdf").unwrap();
+        args.splice(
+            pbkdf..pbkdf + PBKDF_ARGS.len(),
+            ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"].map(String::from),
+        );
+        let pass = Passphrase::from_secrets(&secrets("sixteen-bytes!!!")).unwrap();
+        let out = tool.run(&args, Some(&pass), deadline()).await.unwrap();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(
+            header_label(&file, deadline()).await.unwrap().as_deref(),
+            Some(UNREADY_LABEL)
+        );
+        tool.clear_label(&file, deadline()).await.unwrap();
+        assert_eq!(header_label(&file, deadline()).await.unwrap(), None);
+    }
 }
