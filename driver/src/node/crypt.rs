@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::time::Instant;
 
+use super::connector::nvme::{dir_names, read_trim};
 use super::error::{NodeError, Result};
 use super::exec::{run_with_input, Output};
 
@@ -110,12 +111,6 @@ pub struct Mapping {
     pub backing: Vec<(u32, u32)>,
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
 fn parse_numbers(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.split_once(':')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
@@ -146,21 +141,21 @@ pub fn mappings(sys_root: &Path) -> Result<Vec<Mapping>> {
         }
         let dir = entry.path();
         let (Some(name), Some(uuid)) = (
-            read_trimmed(&dir.join("dm/name")),
-            read_trimmed(&dir.join("dm/uuid")),
+            read_trim(&dir.join("dm/name")),
+            read_trim(&dir.join("dm/uuid")),
         ) else {
             continue;
         };
         let Some(volume_id) = volume_of(&name, &uuid) else {
             continue;
         };
-        let Some(numbers) = read_trimmed(&dir.join("dev")).and_then(|s| parse_numbers(&s)) else {
+        let Some(numbers) = read_trim(&dir.join("dev")).and_then(|s| parse_numbers(&s)) else {
             continue;
         };
         let backing = std::fs::read_dir(dir.join("slaves"))
             .map(|rd| {
                 rd.flatten()
-                    .filter_map(|s| read_trimmed(&s.path().join("dev")))
+                    .filter_map(|s| read_trim(&s.path().join("dev")))
                     .filter_map(|s| parse_numbers(&s))
                     .collect()
             })
@@ -187,16 +182,7 @@ pub fn mapping_of(sys_root: &Path, volume_id: &str) -> Result<Option<Mapping>> {
 /// What holds the block device `major:minor` open from above (device-mapper, md): a device
 /// with holders must not be detached, whoever made them.
 pub fn holders(sys_root: &Path, numbers: (u32, u32)) -> Vec<String> {
-    let dir = sys_root.join(format!("dev/block/{}:{}/holders", numbers.0, numbers.1));
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    dir_names(&sys_root.join(format!("dev/block/{}:{}/holders", numbers.0, numbers.1)))
 }
 
 /// The label of a LUKS2 header, as blkid reads it; None when it has none.
@@ -302,6 +288,20 @@ impl Cryptsetup {
         .await
     }
 
+    /// [`Cryptsetup::run`], a non-zero exit status being an error that quotes stderr.
+    async fn run_ok(
+        &self,
+        args: &[String],
+        passphrase: Option<&Passphrase>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let out = self.run(args, passphrase, deadline).await?;
+        if !out.success() {
+            return Err(failed(args, &out));
+        }
+        Ok(())
+    }
+
     /// Writes a new LUKS2 header on `device`. The caller has checked that it is blank.
     pub async fn format(
         &self,
@@ -310,11 +310,7 @@ impl Cryptsetup {
         deadline: Instant,
     ) -> Result<()> {
         let args = format_args(device);
-        let out = self.run(&args, Some(passphrase), deadline).await?;
-        if !out.success() {
-            return Err(failed(&args, &out));
-        }
-        Ok(())
+        self.run_ok(&args, Some(passphrase), deadline).await
     }
 
     /// Opens `device` as the mapping of `volume_id`. A passphrase that opens no key slot is a
@@ -344,11 +340,7 @@ impl Cryptsetup {
     /// Closes a mapping this driver opened.
     pub async fn close(&self, mapping: &Mapping, deadline: Instant) -> Result<()> {
         let args = vec!["close".to_string(), mapping.name.clone()];
-        let out = self.run(&args, None, deadline).await?;
-        if !out.success() {
-            return Err(failed(&args, &out));
-        }
-        Ok(())
+        self.run_ok(&args, None, deadline).await
     }
 
     /// Takes the [`UNREADY_LABEL`] off a volume's header: the volume is ready.
@@ -359,21 +351,13 @@ impl Cryptsetup {
             String::new(),
             device.display().to_string(),
         ];
-        let out = self.run(&args, None, deadline).await?;
-        if !out.success() {
-            return Err(failed(&args, &out));
-        }
-        Ok(())
+        self.run_ok(&args, None, deadline).await
     }
 
     /// Grows a mapping to fill its device, after the device grew.
     pub async fn resize(&self, mapping: &Mapping, deadline: Instant) -> Result<()> {
         let args = vec!["resize".to_string(), mapping.name.clone()];
-        let out = self.run(&args, None, deadline).await?;
-        if !out.success() {
-            return Err(failed(&args, &out));
-        }
-        Ok(())
+        self.run_ok(&args, None, deadline).await
     }
 }
 

@@ -131,13 +131,15 @@ fn is_namespace_name(s: &str) -> bool {
         && y.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn read_trim(p: &Path) -> Option<String> {
+/// A sysfs attribute, trimmed; None when it cannot be read.
+pub(crate) fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-fn dir_names(p: &Path) -> Vec<String> {
+/// The entries of a sysfs directory, in natural order; none when it cannot be read.
+pub(crate) fn dir_names(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(p)
         .map(|rd| {
             rd.flatten()
