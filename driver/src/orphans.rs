@@ -231,3 +231,103 @@ pub fn keep_reason(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_named_in_logs_and_events_as_reports_serialize_them() {
+        for kind in [
+            OrphanKind::FileWithoutDisk,
+            OrphanKind::DiskWithoutFile,
+            OrphanKind::DiskWithoutPv,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn a_file_is_old_only_when_both_clocks_say_so() {
+        // The RDS reads 12:00:00 at UTC+1, so 11:00:00 UTC.
+        let clock = RdsClock {
+            offset_seconds: 3600,
+            now_wall: crate::rds::model::wall_clock_seconds("2026-12-06 12:00:00").unwrap(),
+        };
+        let utc_noon = clock.to_utc("2026-12-06 12:00:00").unwrap();
+        let grace = Duration::from_secs(600);
+        let old = |printed: Option<&str>, now: SystemTime| old_enough(printed, &clock, now, grace);
+        assert!(
+            old(Some("2026-12-06 11:50:00"), utc_noon),
+            "exactly the grace"
+        );
+        assert!(!old(Some("2026-12-06 11:50:01"), utc_noon));
+        assert!(
+            !old(None, utc_noon + grace * 10),
+            "unknown age is never old"
+        );
+        // Our clock is behind the RDS's: the RDS says old, we say fresh.
+        assert!(!old(Some("2026-12-06 11:50:00"), utc_noon - grace));
+        // The RDS's clock is behind ours: we say old, the RDS says fresh.
+        assert!(!old(Some("2026-12-06 12:00:00"), utc_noon + grace));
+    }
+
+    fn orphan(kind: OrphanKind, slot: Option<&str>, path: &str) -> Orphan {
+        Orphan {
+            kind,
+            path: Some(path.to_string()),
+            slot: slot.map(str::to_string),
+            size_bytes: None,
+            last_modified: None,
+        }
+    }
+
+    #[test]
+    fn references_and_attachments_keep_an_orphan_and_snapshot_files_are_always_kept() {
+        let bases = [RdsPath::new("/pool/csi").unwrap()];
+        let file = orphan(OrphanKind::FileWithoutDisk, None, "/pool/csi/pvc-1.img");
+        let disk = orphan(
+            OrphanKind::DiskWithoutPv,
+            Some("pvc-2"),
+            "/pool/csi/pvc-2.img",
+        );
+        let none = References::default();
+        assert_eq!(keep_reason(&bases, &file, &[&none]), None);
+        assert_eq!(keep_reason(&bases, &disk, &[&none]), None);
+        for (orphan, id) in [(&file, "pvc-1"), (&disk, "pvc-2")] {
+            let by_pv = References {
+                volumes: [id.to_string()].into(),
+                ..References::default()
+            };
+            let by_snapshot = References {
+                snapshots: [id.to_string()].into(),
+                ..References::default()
+            };
+            let attached = References {
+                attached: [id.to_string()].into(),
+                ..References::default()
+            };
+            assert_eq!(
+                keep_reason(&bases, orphan, &[&none, &by_pv]),
+                Some("the cluster references it"),
+                "any reading protects"
+            );
+            assert_eq!(
+                keep_reason(&bases, orphan, &[&by_snapshot]),
+                Some("the cluster references it")
+            );
+            assert_eq!(
+                keep_reason(&bases, orphan, &[&attached]),
+                Some("a node has it attached")
+            );
+        }
+        let snapshot_file = orphan(
+            OrphanKind::FileWithoutDisk,
+            None,
+            "/pool/csi/snap-7e2a9c41-3b5d-4e6f-8a1b-2c3d4e5f6a7b-at-1739800000.from-pvc-1.img",
+        );
+        assert!(keep_reason(&bases, &snapshot_file, &[&none])
+            .unwrap()
+            .starts_with("a snapshot file is never deleted"));
+    }
+}

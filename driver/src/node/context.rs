@@ -445,6 +445,52 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_bounded_and_free_of_nul() {
+        let at_length = |n: usize| format!("/{}", "a".repeat(n - 1));
+        assert!(validate_path("target_path", &at_length(4096), None).is_ok());
+        let e = validate_path("target_path", &at_length(4097), None).unwrap_err();
+        assert!(e.to_string().contains("target_path"), "{e}");
+        assert!(validate_path("target_path", "/a\0b", None).is_err());
+    }
+
+    #[test]
+    fn filesystem_names_are_exact_and_round_trip() {
+        for fs in [FsType::Ext4, FsType::Ext3, FsType::Xfs] {
+            assert_eq!(FsType::parse(fs.as_str()), Some(fs));
+        }
+        for other in ["", "EXT4", "ext2", "btrfs", "xfs "] {
+            assert_eq!(FsType::parse(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn mount_flags_are_printable_words_that_are_not_options() {
+        let longest = "a".repeat(256);
+        for good in ["noatime", "data=ordered", "!", "~", longest.as_str()] {
+            assert!(
+                validate_mount_flags(&[good.to_string()]).is_ok(),
+                "{good:?}"
+            );
+        }
+        let too_long = "a".repeat(257);
+        for bad in [
+            "",
+            too_long.as_str(),
+            "no atime",
+            "tab\there",
+            "del\u{7f}",
+            "é",
+            "-o",
+            "--bind",
+        ] {
+            let flags = ["noatime".to_string(), bad.to_string()];
+            let e = validate_mount_flags(&flags).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{bad:?}: {e:?}");
+            assert!(e.to_string().contains("mount_flags"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_volume_path_that_cannot_hold_a_volume_is_not_found() {
         let root = Some(Path::new("/var/lib/kubelet"));
         let check = |p: &str| validate_volume_path("volume_path", p, "pvc-1", root);
