@@ -231,6 +231,27 @@ fn empty_node_detaches_everywhere() {
     assert!(m.detach_time("pvc-1").is_some());
 }
 
+/// `--max-volumes-per-node` is per node: what other nodes hold does not fill this one.
+#[test]
+fn the_attach_limit_counts_only_the_nodes_own_volumes() {
+    let (_clock, m) = manual();
+    m.attach("pvc-1", "node-b", RWO, None).unwrap();
+    m.attach("pvc-2", "node-b", RWO, None).unwrap();
+    assert_eq!(
+        m.attach_within_limit("pvc-3", "node-a", RWO, None, Some(1)),
+        Ok(true)
+    );
+    assert!(matches!(
+        m.attach_within_limit("pvc-4", "node-a", RWO, None, Some(1)),
+        Err(AttachError::NodeFull { limit: 1, .. })
+    ));
+    assert_eq!(
+        m.attach_within_limit("pvc-3", "node-a", RWO, None, Some(1)),
+        Ok(false),
+        "a retry on a full node is not a new volume"
+    );
+}
+
 #[test]
 fn not_ready_refuses_publishes() {
     let m = AttachmentManager::new().not_ready();

@@ -445,6 +445,45 @@ mod tests {
     }
 
     #[test]
+    fn boolean_keys_take_exactly_true_or_false() {
+        let stage = |vc: &[(&str, &str)], pc: &[(&str, &str)]| {
+            parse_stage_context("pvc-1", &map(vc), &map(pc), PREFIX)
+        };
+        let plain = stage(&[], &[]).unwrap();
+        assert_eq!(plain.target.volume_id, "pvc-1");
+        assert!(!plain.read_only && !plain.encrypted && !plain.target.fenced);
+        let set = stage(
+            &[("encrypted", "true"), ("nvmeFencing", "true")],
+            &[("readonly", "true")],
+        )
+        .unwrap();
+        assert!(set.read_only && set.encrypted && set.target.fenced);
+        let unset = stage(
+            &[("encrypted", "false"), ("nvmeFencing", "false")],
+            &[("readonly", "false")],
+        )
+        .unwrap();
+        assert!(!unset.read_only && !unset.encrypted && !unset.target.fenced);
+        for (vc, pc, field) in [
+            (
+                &[("encrypted", "yes")][..],
+                &[][..],
+                "volume_context.encrypted",
+            ),
+            (&[("nvmeFencing", "True")][..], &[][..], "nvmeFencing"),
+            (
+                &[][..],
+                &[("readonly", "1")][..],
+                "publish_context.readonly",
+            ),
+        ] {
+            let e = stage(vc, pc).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{e:?}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
     fn paths_are_bounded_and_free_of_nul() {
         let at_length = |n: usize| format!("/{}", "a".repeat(n - 1));
         assert!(validate_path("target_path", &at_length(4096), None).is_ok());

@@ -193,16 +193,19 @@ fn is_valid_nqn(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("nqn.") else {
         return false;
     };
-    let b = rest.as_bytes();
-    let date_ok = b.len() > 8
-        && b[..4].iter().all(u8::is_ascii_digit)
+    // `YYYY-MM.`, then the reverse domain.
+    let Some((date, domain_and_suffix)) = rest.split_at_checked(8) else {
+        return false;
+    };
+    let b = date.as_bytes();
+    let date_ok = b[..4].iter().all(u8::is_ascii_digit)
         && b[4] == b'-'
         && b[5..7].iter().all(u8::is_ascii_digit)
         && b[7] == b'.';
     if !date_ok {
         return false;
     }
-    let Some((domain, suffix)) = rest[8..].split_once(':') else {
+    let Some((domain, suffix)) = domain_and_suffix.split_once(':') else {
         return false;
     };
     !domain.is_empty()
@@ -591,6 +594,13 @@ mod tests {
         assert!(!path("/storage-pool/metal-csi-evil/pvc-1.img").is_under(&base));
         assert!(!path("/storage-pool/metal-csi").is_under(&base));
         assert!(!path("/storage-pool").is_under(&base));
+        assert!(path("/storage-pool/metal-csi/pvc-1.img")
+            .require_under(&base)
+            .is_ok());
+        let e = path("/storage-pool/metal-csi-evil/pvc-1.img")
+            .require_under(&base)
+            .unwrap_err();
+        assert!(e.to_string().contains("metal-csi-evil"), "{e}");
         for bad in [
             "", "relative", "/", "/a//b", "/a/", "/a/../b", "/a/./b", "/a b", "/a=b", "/a\"b",
             "/a$b", "/a;b", "/a\nb", "/a\\b", "/a[b]",
@@ -620,10 +630,23 @@ mod tests {
             "nqn.2000-02.com.mikrotik:x y",
             "iqn.2000-02.com.mikrotik:x",
             "nqn.2000-02.:x",
+            "nqn.2000",
         ] {
             assert!(Nqn::new(bad).is_err(), "{bad}");
         }
+        let longest = format!("nqn.2000-02.com.mikrotik:{}", "a".repeat(198));
+        assert_eq!(longest.len(), 223);
+        assert_eq!(Nqn::new(longest.clone()).unwrap().to_string(), longest);
         assert!(Nqn::new(format!("nqn.2000-02.com.mikrotik:{}", "a".repeat(199))).is_err());
+        // Each part of the date on its own: year, hyphen, month, dot.
+        for bad_date in [
+            "nqn.20a0-02.com.mikrotik:x",
+            "nqn.2000_02.com.mikrotik:x",
+            "nqn.2000-0a.com.mikrotik:x",
+            "nqn.2000-02-com.mikrotik:x",
+        ] {
+            assert!(Nqn::new(bad_date).is_err(), "{bad_date}");
+        }
         assert!(Port::new(0).is_err());
         assert!(Port::new(65536).is_err());
         assert_eq!(Port::new(4420).unwrap().get(), 4420);
@@ -645,6 +668,11 @@ mod tests {
         );
         assert!(AllocSize::round_up(0).is_err());
         assert!(AllocSize::round_up(u64::MAX).is_err());
+        assert_eq!(
+            AllocSize::round_up(AllocSize::MAX).unwrap().bytes(),
+            AllocSize::MAX
+        );
+        assert!(AllocSize::round_up(AllocSize::MAX + 1).is_err());
     }
 
     #[test]
@@ -712,5 +740,69 @@ mod tests {
         );
         assert!(!exact.is_listing() && !exact.is_mutating() && !exact.is_copy());
         assert_eq!(exact.kind(), "file-exact-size");
+    }
+
+    /// What the client decides from a command: a mutation is reconciled after a lost reply,
+    /// never blindly repeated; a copy gets a longer deadline; a listing may be printed terse.
+    #[test]
+    fn commands_are_classified_by_what_they_do_on_the_rds() {
+        let add = |copy_from: Option<Slot>| {
+            Command::DiskAdd(DiskAdd {
+                slot: slot("pvc-2"),
+                file_path: path("/storage-pool/metal-csi/pvc-2.img"),
+                size: None,
+                copy_from,
+                export: None,
+            })
+        };
+        let copy = add(Some(slot("pvc-1")));
+        assert_eq!((copy.kind(), copy.is_copy()), ("disk-copy", true));
+        let plain = add(None);
+        assert_eq!((plain.kind(), plain.is_copy()), ("disk-add", false));
+        let mutations = [
+            copy,
+            plain,
+            Command::DiskSetSize {
+                slot: slot("pvc-1"),
+                size: AllocSize::round_up(1 << 30).unwrap(),
+            },
+            Command::DiskRemove {
+                slot: slot("pvc-1"),
+            },
+            Command::DiskSetExport {
+                slot: slot("pvc-1"),
+                export: None,
+            },
+            Command::DiskSetAllowedHost {
+                slot: slot("pvc-1"),
+                host: None,
+            },
+            Command::FileRemove {
+                path: path("/storage-pool/metal-csi/pvc-1.img"),
+            },
+            Command::FileAddDirectory {
+                path: path("/storage-pool/metal-csi"),
+            },
+        ];
+        for command in &mutations {
+            assert!(command.is_mutating(), "{}", command.kind());
+            assert!(!command.is_listing(), "{}", command.kind());
+            assert_eq!(command.render_terse(), command.render());
+        }
+        let listings = [
+            Command::DiskPrint(DiskFilter::MountPoint(
+                MountPoint::new("storage-pool").unwrap(),
+            )),
+            Command::FilePrint(FileFilter::Under(path("/storage-pool/metal-csi"))),
+        ];
+        for command in &listings {
+            assert!(command.is_listing() && !command.is_mutating() && !command.is_copy());
+            let terse = command.render_terse();
+            assert!(terse.contains(" print terse where "), "{terse}");
+            assert_eq!(
+                terse.replace(" print terse", " print detail"),
+                command.render()
+            );
+        }
     }
 }

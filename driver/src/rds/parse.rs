@@ -105,8 +105,6 @@ fn flush(current: &mut Option<(Entry, String)>, entries: &mut Vec<Entry>) -> Res
     Ok(())
 }
 
-/// An entry starts with its index near the left margin (` 0 `, `12 `); continuation lines are
-/// indented further, so a wrapped `091 200` is never taken for an index.
 /// An entry starts with its index, right-aligned in a column as wide as the largest index
 /// (` 0`, `    7` in a listing of 10,000). The first index found fixes where that column ends;
 /// continuation lines are indented past it, so a wrapped `091 200` is never taken for an index.
@@ -422,6 +420,14 @@ mod tests {
         let e = parse_detail(" 0   size=53 687\r\n     091 200 x=1\r\n").unwrap();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].get("size"), Some("53 687 091 200"));
+        // The widest first index column read as one (7 columns: 1,000,000 entries).
+        let e = parse_detail("      7 name=a\r\n      8 name=b\r\n").unwrap();
+        assert_eq!((e.len(), e[1].index), (2, Some(8)));
+        // Output without an index column: a continuation indented past any index column
+        // that starts with digits is still a continuation.
+        let e = parse_detail("size=53 687\r\n        091 200 x=1\r\n").unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].get("size"), Some("53 687 091 200"));
     }
 
     #[test]
@@ -431,6 +437,7 @@ mod tests {
             "command rejected: no such item\r\n",
             " 0  slot=\"a\" stray\r\n",
             " 0  slot=\"unterminated\r\n",
+            " 0  =no-key\r\n",
         ] {
             assert!(parse_detail(bad).is_err(), "{bad:?}");
         }
