@@ -96,6 +96,30 @@ fn detach_times_are_forgotten_after_the_retention() {
         assert_eq!(m.detach_time(&format!("pvc-{i}")), None, "pvc-{i} kept");
     }
     assert!(m.detach_time("pvc-new").is_some());
+
+    let (clock, _) = manual();
+    let short = AttachmentManager::new()
+        .with_clock(clock.clone())
+        .with_detach_retention(Duration::from_secs(60));
+    let detach = |volume: &str| {
+        short.attach(volume, "node-a", RWO, None).unwrap();
+        short.detach(volume, "node-a");
+    };
+    detach("pvc-old");
+    clock.advance(Duration::from_secs(59));
+    detach("pvc-mid");
+    assert!(
+        short.detach_time("pvc-old").is_some(),
+        "younger than the retention"
+    );
+    clock.advance(Duration::from_secs(1));
+    detach("pvc-new");
+    assert_eq!(
+        short.detach_time("pvc-old"),
+        None,
+        "as old as the retention"
+    );
+    assert!(short.detach_time("pvc-mid").is_some());
 }
 
 trait NowForTest {
@@ -184,6 +208,10 @@ fn rwx_block_dual_attach_and_migration_timeout() {
     let state = m.get("pvc-1").unwrap();
     assert_eq!(state.node_ids(), ["node-b"]);
     assert!(!state.is_migrating());
+    assert_eq!(
+        state.migration_started_at, None,
+        "one holder is no migration"
+    );
     assert!(m.timed_out_migrations().is_empty());
 
     // The volume context overrides the timeout.
@@ -191,9 +219,12 @@ fn rwx_block_dual_attach_and_migration_timeout() {
     let timeout = m.migration_timeout_for(&ctx);
     assert_eq!(timeout, Duration::from_secs(60));
     m.attach("pvc-1", "node-c", RWX, Some(timeout)).unwrap();
-    clock.advance(Duration::from_secs(59));
-    assert!(m.timed_out_migrations().is_empty());
-    clock.advance(Duration::from_secs(2));
+    clock.advance(Duration::from_secs(60));
+    assert!(
+        m.timed_out_migrations().is_empty(),
+        "timed out only once longer than its timeout"
+    );
+    clock.advance(Duration::from_secs(1));
     assert_eq!(m.timed_out_migrations().len(), 1);
 }
 
@@ -258,6 +289,9 @@ fn not_ready_refuses_publishes() {
     let err = m.attach("pvc-1", "node-a", RWO, None).unwrap_err();
     assert_eq!(err, AttachError::NotReady);
     assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+    assert!(format!("{m:?}").contains("ready: false"), "{m:?}");
+    m.set_ready(true);
+    assert_eq!(m.attach("pvc-1", "node-a", RWO, None), Ok(true));
 }
 
 #[test]

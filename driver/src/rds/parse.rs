@@ -460,6 +460,8 @@ mod tests {
         assert_eq!(parse_human_size("1.5KiB"), Some(1536));
         assert_eq!(parse_human_size("GiB"), None);
         assert_eq!(parse_human_size("1.0XiB"), None);
+        assert_eq!(parse_human_size("2.0TiB"), Some(2 << 40));
+        assert_eq!(parse_human_size("1.0PiB"), Some(1 << 50));
     }
 
     #[test]
@@ -467,6 +469,11 @@ mod tests {
         assert_eq!(parse_exact_count("10737418240\r\n"), Some(10 << 30));
         assert_eq!(parse_exact_count("10 737 418 240\n"), Some(10 << 30));
         assert_eq!(parse_exact_count("0"), Some(0));
+        assert_eq!(
+            parse_exact_count("100 000"),
+            Some(100_000),
+            "a full first group"
+        );
         for bad in [
             "",
             "10.0GiB",
@@ -489,5 +496,8 @@ mod tests {
         let kv = parse_key_colon_value("   read-ops:   243 401\r\n  write-rate: 12.8Mbps\r\n");
         assert_eq!(kv[0], ("read-ops".into(), "243 401".into()));
         assert_eq!(kv[1], ("write-rate".into(), "12.8Mbps".into()));
+        // A line whose text before the colon is not one word is not a field.
+        let kv = parse_key_colon_value(": 1\r\nnot a key: 2\r\ntime: 08:47:07\r\n");
+        assert_eq!(kv, [("time".to_string(), "08:47:07".to_string())]);
     }
 }

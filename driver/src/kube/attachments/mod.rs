@@ -141,6 +141,8 @@ impl AttachmentState {
         self.nodes.iter().any(|n| n.node == node)
     }
     pub fn is_migrating(&self) -> bool {
+        // Every writer of `migration_started_at` sets it only with a second holder and clears
+        // it below two, so `> 1` and `>= 1` agree (an equivalent mutant); kept as the rule.
         self.nodes.len() > 1 && self.migration_started_at.is_some()
     }
     /// True once a dual attach has lasted longer than its timeout.
