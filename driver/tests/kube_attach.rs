@@ -186,6 +186,11 @@ fn rwx_block_dual_attach_and_migration_timeout() {
     assert_eq!(state.migration_timeout, DEFAULT_MIGRATION_TIMEOUT);
     assert_eq!(m.attach("pvc-1", "node-b", RWX, None), Ok(false));
 
+    assert!(
+        !m.detach("pvc-1", "node-z"),
+        "a node holding nothing detaches nothing"
+    );
+    assert_eq!(m.get("pvc-1").unwrap(), state, "the migration goes on");
     let err = m.attach("pvc-1", "node-c", RWX, None).unwrap_err();
     assert!(matches!(err, AttachError::MigrationLimit { .. }), "{err}");
     assert!(err.to_string().contains("migration limit"));
