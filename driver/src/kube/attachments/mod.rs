@@ -43,6 +43,7 @@ pub const MAX_MIGRATION_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// where they enter (flag, StorageClass); this covers what predates the check (old PVs).
 pub fn clamp_migration_timeout(timeout: Duration) -> Duration {
     let clamped = timeout.clamp(MIN_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT);
+    // Only the warning hangs on this comparison: inverting it changes no result.
     if clamped != timeout {
         tracing::warn!(
             requested_seconds = timeout.as_secs(),
