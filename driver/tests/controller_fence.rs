@@ -152,13 +152,22 @@ async fn the_pass_repairs_the_rds_from_the_table() {
     let v = fenced_volume(&f, "pvc-fence-3").await;
     let id = v.volume_id.clone();
     publish(&f, &v, "node-a").await.unwrap();
+    let plain = f.create("pvc-plain", GIB).await;
     let fence = f.svc.fence().expect("fencing is on");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let before = f.mock.history().len();
     assert_eq!(
         fence.pass(deadline).await.unwrap().repaired,
         0,
         "nothing to repair"
     );
+    // The listing tells an unfenced volume: the pass never reads it again nor locks it.
+    let read_again: Vec<String> = f.mock.history()[before..]
+        .iter()
+        .map(|h| h.command.clone())
+        .filter(|c| c.contains(plain.volume_id.as_str()))
+        .collect();
+    assert!(read_again.is_empty(), "{read_again:?}");
     // Someone lets a stranger in behind the driver's back.
     let stranger = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c7a-3d2b-4a6e-8f90-1a2b3c4d5e01";
     let r = f.mock.execute(&format!(
