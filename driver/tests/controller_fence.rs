@@ -176,6 +176,12 @@ async fn the_pass_repairs_the_rds_from_the_table() {
     assert_eq!(r.exit_status, 0, "{r:?}");
     assert_eq!(fence.pass(deadline).await.unwrap().repaired, 1);
     assert_eq!(allowed(&f, &id), host("node-a"));
+    // The task the Lease holder runs is that pass, with a deadline of its own.
+    f.mock.execute(&format!(
+        "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"{stranger}\""
+    ));
+    rds_csi::controller::fence::leader_task(fence.clone())().await;
+    assert_eq!(allowed(&f, &id), host("node-a"));
     // A fenced volume nobody holds that was opened is closed again.
     unpublish(&f, &id, "node-a").await.unwrap();
     f.mock.execute(&format!(

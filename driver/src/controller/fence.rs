@@ -201,6 +201,7 @@ impl Fence {
     /// One pass, with its outcome logged: the repair task the Lease holder runs.
     pub async fn pass_logged(&self) {
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        // Only what is logged depends on the report (its mutants change nothing else).
         match self.pass(deadline).await {
             Ok(report) if report == PassReport::default() => {}
             Ok(report) => tracing::warn!(
