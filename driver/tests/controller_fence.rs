@@ -504,3 +504,42 @@ async fn an_expansion_never_exports_a_disk_it_cannot_tell_is_fenced() {
     assert!(disk.nvme_tcp_export);
     assert_eq!(disk.nvme_tcp_server_allow_host_name, closed());
 }
+
+/// The pass re-reads each fenced disk under the volume's lock and acts on that reading: a disk
+/// unfenced by hand after the listing is left as it now is, not closed from a stale listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pass_acts_on_the_disk_as_reread_under_the_lock() {
+    let f = fixture_with(fencing_config()).await;
+    let id = fenced_volume(&f, "pvc-fence-reread").await.volume_id;
+    assert_eq!(allowed(&f, &id), closed());
+    // The re-read waits long enough for the change below to land first.
+    f.mock.inject(Fault::Latency {
+        pattern: format!("^/disk print detail where slot=\"?{id}\"?$"),
+        min: std::time::Duration::from_secs(2),
+        max: std::time::Duration::from_secs(2),
+    });
+    let before = f.mock.history().len();
+    let fence = f.svc.fence().expect("fencing is on").clone();
+    let pass = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        fence.pass(deadline).await
+    });
+    let listed = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f.mock.history()[before..]
+        .iter()
+        .any(|h| h.command == "/disk print detail")
+    {
+        assert!(
+            tokio::time::Instant::now() < listed,
+            "the pass never listed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = f.mock.execute(&format!(
+        "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"\""
+    ));
+    assert_eq!(r.exit_status, 0, "{r:?}");
+    let report = pass.await.unwrap().unwrap();
+    assert_eq!(report.repaired, 0, "{report:?}");
+    assert_eq!(allowed(&f, &id), "", "left open as it was re-read");
+}
