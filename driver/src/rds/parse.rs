@@ -420,6 +420,9 @@ mod tests {
         let e = parse_detail(" 0   size=53 687\r\n     091 200 x=1\r\n").unwrap();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].get("size"), Some("53 687 091 200"));
+        // An index is digits followed by a space: digits glued to text begin a key.
+        let e = parse_detail(" 0  name=a\r\n 1g=b\r\n").unwrap();
+        assert_eq!((e.len(), e[0].get("1g")), (1, Some("b")));
         // The widest first index column read as one (7 columns: 1,000,000 entries).
         let e = parse_detail("      7 name=a\r\n      8 name=b\r\n").unwrap();
         assert_eq!((e.len(), e[1].index), (2, Some(8)));
