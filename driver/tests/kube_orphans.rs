@@ -310,11 +310,17 @@ async fn delete_mode_removes_only_unprotected_orphans() {
         first.deleted
     );
     clock.advance(Duration::from_secs(300));
+    // One delete fails: it is counted, and the next pass deletes it.
+    r.mock.inject(Fault::Fail {
+        pattern: "^/file remove .*pvc-gone".into(),
+        times: Some(1),
+        message: "failure: disk is busy".into(),
+        exit_status: 1,
+    });
     let report = orphans.reconcile_once().await.unwrap();
     assert_eq!(
         summary(&report.deleted),
         vec![
-            (OrphanKind::FileWithoutDisk, format!("{BASE}/pvc-gone.img")),
             (
                 OrphanKind::DiskWithoutFile,
                 format!("{BASE}/pvc-nofile.img")
@@ -323,7 +329,19 @@ async fn delete_mode_removes_only_unprotected_orphans() {
         ],
         "a disk without file whose PV exists is reported, not deleted"
     );
-    assert_eq!(orphans.stats().deleted, 3);
+    assert_eq!(
+        (orphans.stats().deleted, orphans.stats().delete_failures),
+        (2, 1)
+    );
+    let retried = orphans.reconcile_once().await.unwrap();
+    assert_eq!(
+        summary(&retried.deleted),
+        vec![(OrphanKind::FileWithoutDisk, format!("{BASE}/pvc-gone.img"))]
+    );
+    assert_eq!(
+        (orphans.stats().deleted, orphans.stats().delete_failures),
+        (3, 1)
+    );
     for gone in ["pvc-nopv", "pvc-nofile"] {
         assert!(r.mock.disk(gone).is_none(), "{gone}");
     }
