@@ -406,6 +406,7 @@ async fn stopping_ends_a_pass_in_progress() {
     let parent = tokio_util::sync::CancellationToken::new();
     let lists = api.requests("persistentvolumes", "LIST").await;
     orphans.start(&parent).unwrap();
+    assert!(orphans.is_running());
     e2e::poll_until(
         "the pass reading the PVs",
         Duration::from_secs(10),
