@@ -322,6 +322,8 @@ pub fn parse_human_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = (number * multiplier as f64).round();
+    // Never negative nor NaN (no sign is read), and infinity also fails the last test: the
+    // first `||` made `&&` is an equivalent mutant.
     if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
         return None;
     }
@@ -467,6 +469,12 @@ mod tests {
         assert_eq!(parse_human_size("1.0XiB"), None);
         assert_eq!(parse_human_size("2.0TiB"), Some(2 << 40));
         assert_eq!(parse_human_size("1.0PiB"), Some(1 << 50));
+        assert_eq!(parse_human_size("0.0GiB"), Some(0));
+        assert_eq!(
+            parse_human_size("99999999999PiB"),
+            None,
+            "beyond u64, not saturated"
+        );
     }
 
     #[test]
