@@ -30,6 +30,20 @@ fn allowed(f: &Fixture, id: &str) -> String {
     f.mock.disk(id).unwrap().nvme_tcp_server_allow_host_name
 }
 
+/// Polls the mock's history (from entry `since`) until a fence pass has listed the disks, the
+/// point at which it has decided what to repair. Finer than `e2e::poll_until`: the windows
+/// these tests open after the listing are a fraction of a second.
+async fn until_the_pass_has_listed(f: &Fixture, since: usize) {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f.mock.history()[since..]
+        .iter()
+        .any(|h| h.command.starts_with("/disk print") && !h.command.contains("where"))
+    {
+        assert!(tokio::time::Instant::now() < until, "the pass never listed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 fn host(node: &str) -> String {
     key().host_identity(node).nqn
 }
@@ -391,17 +405,7 @@ async fn the_pass_never_lands_a_stale_fence_after_an_unpublish() {
     });
     // Once the pass has listed the disks it has decided; the unpublish comes while its
     // repair is on the way.
-    let listed = || {
-        f.mock
-            .history()
-            .iter()
-            .any(|h| h.command.starts_with("/disk print") && !h.command.contains("where"))
-    };
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !listed() {
-        assert!(tokio::time::Instant::now() < until, "the pass never listed");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    until_the_pass_has_listed(&f, 0).await;
     unpublish(&f, &id, "node-a").await.unwrap();
     let _ = pass.await.unwrap();
     assert!(f.svc.attachments().nodes(&id).is_empty());
@@ -524,17 +528,7 @@ async fn the_pass_acts_on_the_disk_as_reread_under_the_lock() {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         fence.pass(deadline).await
     });
-    let listed = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !f.mock.history()[before..]
-        .iter()
-        .any(|h| h.command == "/disk print detail")
-    {
-        assert!(
-            tokio::time::Instant::now() < listed,
-            "the pass never listed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    until_the_pass_has_listed(&f, before).await;
     let r = f.mock.execute(&format!(
         "/disk set [find slot={id}] nvme-tcp-server-allow-host-name=\"\""
     ));
