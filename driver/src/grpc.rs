@@ -16,15 +16,26 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// The longest deadline a caller may ask for; longer ones are cut to it.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
-/// The caller's deadline (`grpc-timeout` header), or the default; never past [`MAX_DEADLINE`].
+/// The most taken off a caller's deadline to leave time for the reply; see [`deadline`].
+pub const MAX_REPLY_MARGIN: Duration = Duration::from_secs(1);
+
+/// When the work must end: a tenth (at most [`MAX_REPLY_MARGIN`]) before the caller's deadline
+/// (`grpc-timeout` header), or the default when the caller sent none; never past
+/// [`MAX_DEADLINE`]. Work ending at the caller's own deadline races it: a retry or a reconnect
+/// due just before it leaves the precise error unsent, and the caller sees only its timeout.
 pub fn deadline<T>(request: &Request<T>) -> Instant {
-    let timeout = request
+    let timeout = match request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .unwrap_or(DEFAULT_DEADLINE)
-        .min(MAX_DEADLINE);
+    {
+        Some(timeout) => {
+            let timeout = timeout.min(MAX_DEADLINE);
+            timeout - (timeout / 10).min(MAX_REPLY_MARGIN)
+        }
+        None => DEFAULT_DEADLINE,
+    };
     let now = Instant::now();
     now.checked_add(timeout).unwrap_or(now + MAX_DEADLINE)
 }
@@ -159,6 +170,26 @@ mod tests {
         let d = deadline(&with_timeout("123456789S"));
         assert!(d <= Instant::now() + DEFAULT_DEADLINE);
         assert!(d > before + DEFAULT_DEADLINE - Duration::from_secs(5));
+    }
+
+    /// The work ends a margin before the caller's deadline, so the reply (an Unavailable, an
+    /// Aborted) reaches the caller before it gives up; with no caller deadline there is no margin.
+    #[test]
+    fn the_work_ends_a_reply_margin_before_the_callers_deadline() {
+        for (value, work) in [
+            ("3S", Duration::from_millis(2700)),
+            ("100m", Duration::from_millis(90)),
+            ("15S", Duration::from_secs(14)),
+            ("2M", Duration::from_secs(119)),
+        ] {
+            let before = Instant::now();
+            let d = deadline(&with_timeout(value));
+            let after = Instant::now();
+            assert!(d >= before + work && d <= after + work, "{value}");
+        }
+        let before = Instant::now();
+        let d = deadline(&Request::new(()));
+        assert!(d >= before + DEFAULT_DEADLINE && d <= Instant::now() + DEFAULT_DEADLINE);
     }
 
     #[tokio::test]

@@ -109,12 +109,10 @@ async fn hung_command_fails_by_the_deadline_and_the_next_call_works(
         .await
         .unwrap_err();
     let took = started.elapsed();
-    // Cancelled is tonic's own client-side deadline, which may fire a hair before the driver's.
+    // The driver's own answer, a margin before the caller's deadline, not the caller's timeout
+    // (Cancelled).
     assert!(
-        matches!(
-            err.code(),
-            Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled
-        ),
+        matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable),
         "{err:?}"
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
