@@ -331,22 +331,109 @@ fn readers_share_a_volume_and_exclude_writers() {
 }
 
 /// The cluster as the API server would serve these VolumeAttachments (and their PVs, named
-/// after their volumes).
+/// after their volumes, ReadWriteOnce).
 fn cluster_of(vas: Vec<serde_json::Value>) -> ClusterAttachments {
-    let pvs: Vec<_> = vas
+    let pvs = vas
         .iter()
         .map(|va| {
             let name = va["spec"]["source"]["persistentVolumeName"]
                 .as_str()
                 .unwrap();
-            serde_json::from_value(pv(name, name, DRIVER, "ReadWriteOnce", "Filesystem")).unwrap()
+            pv(name, name, DRIVER, "ReadWriteOnce", "Filesystem")
         })
         .collect();
-    let vas: Vec<_> = vas
-        .into_iter()
-        .map(|va| serde_json::from_value(va).unwrap())
-        .collect();
+    cluster_from(vas, pvs)
+}
+
+/// The cluster as the API server would serve these VolumeAttachments and PVs.
+fn cluster_from(vas: Vec<serde_json::Value>, pvs: Vec<serde_json::Value>) -> ClusterAttachments {
+    fn parse<T: serde::de::DeserializeOwned>(objects: Vec<serde_json::Value>) -> Vec<T> {
+        objects
+            .into_iter()
+            .map(|o| serde_json::from_value(o).unwrap())
+            .collect()
+    }
+    let (vas, pvs) = (parse(vas), parse(pvs));
     ClusterAttachments::from_objects(&vas, &pvs, DRIVER, DEFAULT_MIGRATION_TIMEOUT)
+}
+
+/// An attached VolumeAttachment of `volume` to `node`, created at `created` (RFC 3339).
+fn va_created(volume: &str, node: &str, created: &str) -> serde_json::Value {
+    let mut va = va(&format!("va-{node}"), volume, node, DRIVER, true);
+    va["metadata"]["creationTimestamp"] = created.into();
+    va
+}
+
+/// Two nodes attached in the cluster are a migration from the second one's attach on, whether
+/// the table held neither node or the first: a sync starts it there, and it times out after the
+/// migration timeout like one this replica published.
+#[test]
+fn a_migration_read_from_the_cluster_starts_at_the_second_attach() {
+    // The manual clock's start, 1_800_000_000 s after the epoch.
+    let second_attach = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    for held in [None, Some("node-a")] {
+        let (clock, m) = manual();
+        if let Some(node) = held {
+            m.attach("pvc-m", node, RWO, None).unwrap();
+        }
+        let cluster = cluster_of(vec![
+            va_created("pvc-m", "node-a", "2027-01-15T07:59:00Z"),
+            va_created("pvc-m", "node-b", "2027-01-15T08:00:00Z"),
+        ]);
+        m.sync(None, &cluster);
+        assert_eq!(m.nodes("pvc-m"), ["node-a", "node-b"], "held {held:?}");
+        let state = m.get("pvc-m").unwrap();
+        assert_eq!(
+            state.migration_started_at,
+            Some(second_attach),
+            "held {held:?}"
+        );
+        assert!(m.timed_out_migrations().is_empty(), "held {held:?}");
+        clock.advance(DEFAULT_MIGRATION_TIMEOUT + Duration::from_secs(1));
+        let timed_out: Vec<_> = m
+            .timed_out_migrations()
+            .into_iter()
+            .map(|s| s.volume_id)
+            .collect();
+        assert_eq!(timed_out, ["pvc-m"], "held {held:?}");
+    }
+}
+
+/// A fence the PV records reaches the table for a volume the table already holds, and a PV
+/// without one never takes the table's fence away.
+#[test]
+fn a_sync_adds_the_fence_a_pv_records_and_never_drops_one() {
+    let m = AttachmentManager::new();
+    m.attach("pvc-f", "node-a", RWO, None).unwrap();
+    assert!(!m.is_fenced("pvc-f"));
+    let mut fenced = pv("pvc-f", "pvc-f", DRIVER, "ReadWriteOnce", "Filesystem");
+    fenced["spec"]["csi"]["volumeAttributes"] = serde_json::json!({"nvmeFencing": "true"});
+    let attached = va("va-a", "pvc-f", "node-a", DRIVER, true);
+    m.sync(None, &cluster_from(vec![attached.clone()], vec![fenced]));
+    assert!(m.is_fenced("pvc-f"), "the PV's fence");
+    m.sync(None, &cluster_of(vec![attached]));
+    assert!(m.is_fenced("pvc-f"), "kept");
+}
+
+/// Readers join without limit only when the table and the cluster both hold the volume
+/// ReadOnlyMany: a two-node migration the table holds stays two nodes, whatever the PV says.
+#[test]
+fn a_third_node_never_joins_a_migration_from_the_cluster() {
+    let m = AttachmentManager::new();
+    m.attach("pvc-x", "node-a", RWX, None).unwrap();
+    m.attach("pvc-x", "node-b", RWX, None).unwrap();
+    let readers = ["a", "b", "c"].map(|n| {
+        va(
+            &format!("va-{n}"),
+            "pvc-x",
+            &format!("node-{n}"),
+            DRIVER,
+            true,
+        )
+    });
+    let read_only_many = pv("pvc-x", "pvc-x", DRIVER, "ReadOnlyMany", "Block");
+    m.sync(None, &cluster_from(readers.to_vec(), vec![read_only_many]));
+    assert_eq!(m.nodes("pvc-x"), ["node-a", "node-b"]);
 }
 
 /// Another replica's attaches and detaches reach the table through the cluster: a node whose
