@@ -168,6 +168,20 @@ async fn finds_the_namespace_head_with_multipath() {
     assert!(f.calls().is_empty());
 }
 
+/// Every namespace of a subsystem is listed once, in the kernel's numbering order (n2 before
+/// n10), so the first ready one is found whatever the directory order.
+#[test]
+fn lists_every_namespace_of_a_subsystem_in_numbering_order() {
+    let f = Fake::new("multipath-y");
+    for n in ["nvme3n10", "nvme3n2"] {
+        std::fs::create_dir(f.class().join("nvme-subsys3").join(n)).unwrap();
+    }
+    let subs = scan_subsystems(&f.sys).unwrap();
+    let s3 = subs.iter().find(|s| s.name == "nvme-subsys3").unwrap();
+    let names: Vec<&str> = s3.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["nvme3n1", "nvme3n2", "nvme3n10"]);
+}
+
 #[tokio::test]
 async fn finds_the_namespace_under_the_controller_without_multipath() {
     let f = Fake::new("multipath-n");
