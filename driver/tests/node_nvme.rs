@@ -168,6 +168,12 @@ async fn finds_the_namespace_head_with_multipath() {
     assert!(f.calls().is_empty());
 }
 
+/// A volume's record names the connector that staged it as `--connector` does.
+#[test]
+fn the_connector_is_named_as_the_connector_flag_names_it() {
+    assert_eq!(Fake::new("multipath-y").connector().name(), "nvme-tcp");
+}
+
 /// Every namespace of a subsystem is listed once, in the kernel's numbering order (n2 before
 /// n10), so the first ready one is found whatever the directory order.
 #[test]
