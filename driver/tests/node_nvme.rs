@@ -281,6 +281,19 @@ async fn attach_tolerates_already_connected_from_a_race() {
     assert!(!attached.made_now, "another connected it first");
 }
 
+/// An expansion's rescan has the kernel re-read the namespaces of the volume's own controller,
+/// and of no other.
+#[tokio::test]
+async fn rescan_rereads_the_volumes_controller_only() {
+    let f = Fake::new("multipath-y");
+    f.connector()
+        .rescan(&target(NQN), &f.dev.join("nvme3n1"), soon())
+        .await
+        .unwrap();
+    let rescan = format!("ns-rescan {}", f.dev.join("nvme5").display());
+    assert_eq!(f.calls(), [rescan]);
+}
+
 #[tokio::test]
 async fn attach_rescans_a_connected_subsystem_without_namespace() {
     let f = Fake::new("multipath-y");
