@@ -418,19 +418,42 @@ async fn never_touches_unmanaged_nqns() {
     assert!(f.class().join("nvme-subsys0").exists());
 }
 
-#[tokio::test]
-async fn lists_only_managed_attachments() {
-    let f = Fake::new("multipath-y");
-    let mut nqns: Vec<String> = f
+/// The attached volumes the connector reports: (volume ID, NQN), sorted.
+async fn attached_volumes(f: &Fake) -> Vec<(String, String)> {
+    let mut volumes: Vec<(String, String)> = f
         .connector()
         .attached()
         .await
         .unwrap()
         .into_iter()
-        .map(|a| a.target.nqn.unwrap())
+        .map(|a| (a.target.volume_id, a.target.nqn.unwrap()))
         .collect();
-    nqns.sort();
-    assert_eq!(nqns, vec![NQN.to_string(), format!("{NQN}-2")]);
+    volumes.sort();
+    volumes
+}
+
+/// The managed attachments, each with its volume ID; the node's own export is never one.
+fn managed_attachments() -> Vec<(String, String)> {
+    vec![
+        ("pvc-abc".to_string(), NQN.to_string()),
+        ("pvc-abc-2".to_string(), format!("{NQN}-2")),
+    ]
+}
+
+#[tokio::test]
+async fn lists_only_managed_attachments() {
+    let f = Fake::new("multipath-y");
+    assert_eq!(attached_volumes(&f).await, managed_attachments());
+}
+
+/// Without sysfs's class view (a container that lacks it), the attachments come from
+/// `nvme list-subsys`, with the same rule.
+#[tokio::test]
+async fn lists_managed_attachments_through_the_binary_without_the_sysfs_class() {
+    let f = Fake::new("multipath-y");
+    std::fs::remove_dir_all(f.class()).unwrap();
+    assert_eq!(attached_volumes(&f).await, managed_attachments());
+    assert_eq!(f.calls(), ["list-subsys -o json"]);
 }
 
 #[tokio::test]
