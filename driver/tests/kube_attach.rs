@@ -357,10 +357,11 @@ fn cluster_from(vas: Vec<serde_json::Value>, pvs: Vec<serde_json::Value>) -> Clu
     ClusterAttachments::from_objects(&vas, &pvs, DRIVER, DEFAULT_MIGRATION_TIMEOUT)
 }
 
-/// An attached VolumeAttachment of `volume` to `node`, created at `created` (RFC 3339).
-fn va_created(volume: &str, node: &str, created: &str) -> serde_json::Value {
+/// An attached VolumeAttachment of `volume` to `node`, created at `created`.
+fn va_created(volume: &str, node: &str, created: SystemTime) -> serde_json::Value {
     let mut va = va(&format!("va-{node}"), volume, node, DRIVER, true);
-    va["metadata"]["creationTimestamp"] = created.into();
+    let created = k8s_openapi::jiff::Timestamp::try_from(created).unwrap();
+    va["metadata"]["creationTimestamp"] = created.to_string().into();
     va
 }
 
@@ -369,16 +370,16 @@ fn va_created(volume: &str, node: &str, created: &str) -> serde_json::Value {
 /// migration timeout like one this replica published.
 #[test]
 fn a_migration_read_from_the_cluster_starts_at_the_second_attach() {
-    // The manual clock's start, 1_800_000_000 s after the epoch.
-    let second_attach = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     for held in [None, Some("node-a")] {
         let (clock, m) = manual();
         if let Some(node) = held {
             m.attach("pvc-m", node, RWO, None).unwrap();
         }
+        let second_attach = clock.now_for_test();
+        let first_attach = second_attach - Duration::from_secs(60);
         let cluster = cluster_of(vec![
-            va_created("pvc-m", "node-a", "2027-01-15T07:59:00Z"),
-            va_created("pvc-m", "node-b", "2027-01-15T08:00:00Z"),
+            va_created("pvc-m", "node-a", first_attach),
+            va_created("pvc-m", "node-b", second_attach),
         ]);
         m.sync(None, &cluster);
         assert_eq!(m.nodes("pvc-m"), ["node-a", "node-b"], "held {held:?}");
